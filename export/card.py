@@ -1,0 +1,75 @@
+"""Model cards: what an exported folder holds, where it came from, and the sha256 of each file."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from reranker.models import CARD_FORMAT, sha256_file, write_json_atomic
+
+#: files of a checkpoint folder that carry training provenance, copied into the card
+TRAINING_INFO_FILES = ("train_info.json", "training_args.json")
+
+
+def exporter_versions() -> dict[str, str]:
+    """Versions of the packages that shaped the exported graph."""
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            try:
+                versions[dist] = metadata.version(dist + "-gpu")
+            except metadata.PackageNotFoundError:
+                versions[dist] = "absent"
+    return versions
+
+
+def read_training_info(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """Training provenance from a checkpoint folder (``train_info.json``/``training_args.json``)."""
+    info: dict[str, Any] = {}
+    for name in TRAINING_INFO_FILES:
+        path = checkpoint_dir / name
+        if not path.is_file():
+            continue
+        try:
+            info[name.removesuffix(".json")] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            info[name.removesuffix(".json")] = {"unreadable": str(exc)}
+    return info or None
+
+
+def source_hashes(checkpoint_dir: Path) -> dict[str, str]:
+    """sha256 of the weight files of a checkpoint (what the export was made from)."""
+    hashes: dict[str, str] = {}
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+        for path in sorted(checkpoint_dir.glob(pattern)):
+            hashes[path.name] = sha256_file(path)
+    return hashes
+
+
+def file_hashes(folder: Path, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every plain file in ``folder`` (not recursive), bar the excluded names."""
+    return {
+        path.name: sha256_file(path)
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name not in exclude
+    }
+
+
+def write_card(folder: Path, card_name: str, card: dict[str, Any]) -> dict[str, Any]:
+    """Complete the card (format, time, versions, file hashes) and write it into ``folder``."""
+    full = {
+        "format": CARD_FORMAT,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "exporter": exporter_versions(),
+        "metrics": {},
+        **card,
+    }
+    full["files"] = file_hashes(folder, exclude=(card_name,))
+    write_json_atomic(folder / card_name, full)
+    return full

@@ -1,0 +1,91 @@
+"""Parity of an exported ONNX graph against the torch model it came from, on real token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from reranker.embed import mean_pool
+from reranker.models import load_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+#: used when a caller gives no pairs: short and long, related and unrelated
+DEFAULT_PARITY_PAIRS: tuple[tuple[str, str], ...] = (
+    ("what causes rain", "Rain forms when water vapour condenses into droplets heavy enough to fall."),
+    ("python list sort", "The sort() method orders a list in place; sorted() returns a new list."),
+    (
+        "effects of vitamin D on bone density",
+        "Vitamin D increases intestinal absorption of calcium and phosphate. In a randomised "
+        "trial of 2,000 older adults, supplementation for three years did not change bone "
+        "mineral density at the hip or spine compared with placebo, although falls were fewer.",
+    ),
+    ("capital of France", "Bananas are rich in potassium."),
+    ("a", "b"),
+)
+
+
+def make_tokenizer(tokenizer_json: Path, max_length: int) -> Tokenizer:
+    """The fast tokenizer exactly as the serving code loads it."""
+    return load_tokenizer(tokenizer_json, max_length)
+
+
+def batch_arrays(
+    tokenizer: Tokenizer, inputs: Sequence[str] | Sequence[tuple[str, str]]
+) -> dict[str, np.ndarray]:
+    """Token ids, mask and type ids for ``inputs`` (texts or pairs), padded to the longest."""
+    encodings = tokenizer.encode_batch(list(inputs))
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(encodings), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    for row, enc in enumerate(encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _feed(session: ort.InferenceSession, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in arrays.items() if k in names}
+
+
+def onnx_outputs(onnx_path: Path, batches: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """First output of the ONNX model for each batch, on the CPU provider."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return [np.asarray(session.run(None, _feed(session, b))[0]) for b in batches]
+
+
+def torch_outputs(
+    model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]], accepted: Sequence[str]
+) -> list[np.ndarray]:
+    """First output of the wrapped torch model for each batch (eval mode, no grad)."""
+    import torch
+
+    results: list[np.ndarray] = []
+    with torch.inference_mode():
+        for batch in batches:
+            args: list[Any] = [torch.from_numpy(batch[name]) for name in accepted]
+            out = model(*args)
+            results.append(out.detach().float().numpy())
+    return results
+
+
+def parity_batches(
+    tokenizer: Tokenizer, inputs: Sequence[str] | Sequence[tuple[str, str]]
+) -> list[dict[str, np.ndarray]]:
+    """Batches that test both shapes: all inputs padded together, and each input alone."""
+    items = list(inputs)
+    batches = [batch_arrays(tokenizer, items)]
+    batches.extend(batch_arrays(tokenizer, [item]) for item in items[:3])
+    return batches

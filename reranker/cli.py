@@ -1,0 +1,421 @@
+"""The ``reranker`` command line: one command per verb.
+
+Exit codes: 0 success; 1 unexpected failure; 2 bad usage or settings; 3 the Elasticsearch
+node could not be started or reached; 4 unreadable or malformed input; 5 indexing failed
+(the live alias was left as it was); 6 a search failed; 7 a model could not be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from elasticsearch import ConnectionError as ESConnectionError
+
+from reranker.config import Settings
+from reranker.errors import RerankerError
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
+    from reranker.embed import Embedder
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  unexpected failure
+  2  bad usage or settings
+  3  Elasticsearch node not started or not reachable
+  4  unreadable or malformed input
+  5  indexing failed (the live alias is untouched)
+  6  search failed
+  7  model could not be loaded
+"""
+
+
+class RerankerGroup(click.Group):
+    """Turns the package's errors into one line on stderr and a meaningful exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RerankerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except ESConnectionError as exc:
+            settings: Settings | None = ctx.obj
+            url = settings.es_url if settings else "Elasticsearch"
+            click.echo(
+                f"error: cannot reach {url} ({exc.message}); "
+                "start the local node with `reranker es up` or set RERANKER_ES_URL",
+                err=True,
+            )
+            sys.exit(3)
+
+
+@click.group(cls=RerankerGroup, epilog=EXIT_CODES_HELP)
+@click.option(
+    "--es-url",
+    envvar="RERANKER_ES_URL",
+    default=None,
+    help="Elasticsearch URL [env RERANKER_ES_URL; default http://127.0.0.1:9200].",
+)
+@click.version_option(package_name="reranker")
+@click.pass_context
+def main(ctx: click.Context, es_url: str | None) -> None:
+    """Hybrid search reranking in front of Elasticsearch.
+
+    Elasticsearch recalls candidates (BM25 and kNN); an ONNX cross-encoder reranks them.
+    Start with `reranker es up`, then `reranker index` a corpus and `reranker eval` it.
+    """
+    ctx.obj = Settings.from_env(es_url=es_url)
+
+
+def _client(ctx: click.Context) -> Elasticsearch:
+    from reranker.es.client import make_client
+
+    settings: Settings = ctx.obj
+    return make_client(settings)
+
+
+def _embedder(ctx: click.Context) -> Embedder:
+    from reranker.embed import Embedder
+
+    return Embedder.default(ctx.obj)
+
+
+# --------------------------------------------------------------------------- es
+
+
+@main.group(cls=RerankerGroup)
+def es() -> None:
+    """Manage the local single-node Elasticsearch (the embedded default).
+
+    The node runs on 127.0.0.1 with security off, from the integ-test-zip distribution
+    fetched from Maven Central with `mvn`; distribution, JDK and data are cached under
+    RERANKER_HOME (default ~/.cache/reranker).
+    """
+
+
+def _node_options(func: F) -> F:
+    func = click.option("--port", default=9200, show_default=True, help="HTTP port.")(func)
+    func = click.option(
+        "--es-version", "version", default=None, help="Elasticsearch 9.x version to run."
+    )(func)
+    return func
+
+
+def _node(port: int, version: str | None, heap: str | None = None) -> Any:
+    from reranker.es.node import DEFAULT_ES_VERSION, LocalNode
+
+    kwargs: dict[str, Any] = {"port": port, "version": version or DEFAULT_ES_VERSION}
+    if heap:
+        kwargs["heap"] = heap
+    return LocalNode(**kwargs)
+
+
+@es.command("up")
+@_node_options
+@click.option("--heap", default="1g", show_default=True, help="JVM heap (-Xms and -Xmx).")
+def es_up(port: int, version: str | None, heap: str) -> None:
+    """Fetch (once), start and wait for the local node. Does nothing if it already runs."""
+    status = _node(port, version, heap).up(progress=lambda msg: click.echo(msg, err=True))
+    click.echo(f"Elasticsearch {status.version} is up at {status.url} (pid {status.pid})")
+
+
+@es.command("down")
+@_node_options
+def es_down(port: int, version: str | None) -> None:
+    """Stop the local node started by `es up` (only that one, found by its pid file)."""
+    status = _node(port, version).down()
+    click.echo(status.message)
+
+
+@es.command("status")
+@_node_options
+def es_status(port: int, version: str | None) -> None:
+    """Say whether the local node runs; exit 3 if it does not."""
+    status = _node(port, version).status()
+    click.echo(status.message)
+    if not status.running:
+        sys.exit(3)
+
+
+# --------------------------------------------------------------------------- index
+
+
+@main.command("index")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--alias", required=True, help="Alias the new index is published under.")
+@click.option(
+    "--extra",
+    "extra",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="JSONL of extra fields joined on _id (e.g. signals.jsonl); repeatable.",
+)
+@click.option(
+    "--skip-malformed/--abort-on-malformed",
+    default=False,
+    show_default=True,
+    help="Skip malformed lines (each reported) or stop at the first one.",
+)
+@click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def index_cmd(
+    ctx: click.Context,
+    source: Path,
+    alias: str,
+    extra: tuple[Path, ...],
+    skip_malformed: bool,
+    keep_old: bool,
+    progress: bool,
+) -> None:
+    """Index SOURCE (a BEIR folder or a JSONL file) into a new versioned index behind ALIAS.
+
+    Documents are embedded (ONNX all-MiniLM-L6-v2), bulk-loaded into <alias>-<timestamp>,
+    counted, and only then is the alias swapped atomically. Any failure leaves the alias
+    and its current index untouched. Re-running on the same source gives the same result.
+    """
+    from reranker.corpus import CorpusSource
+    from reranker.indexing import LoadOptions, default_cache, index_corpus
+
+    corpus = CorpusSource.open(source, extra=extra)
+    client = _client(ctx)
+    embedder = _embedder(ctx)
+    result = index_corpus(
+        client,
+        corpus,
+        alias,
+        embedder,
+        cache=default_cache(ctx.obj.home, embedder),
+        skip_malformed=skip_malformed,
+        options=LoadOptions(keep_previous=keep_old, progress=progress),
+    )
+    for skipped in result.skipped:
+        click.echo(f"skipped {skipped}", err=True)
+    _report_index(result)
+
+
+@main.command("reindex")
+@click.option("--alias", required=True, help="Alias whose index is rebuilt.")
+@click.option("--re-embed", is_flag=True, help="Recompute embeddings instead of copying them.")
+@click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def reindex_cmd(
+    ctx: click.Context, alias: str, re_embed: bool, keep_old: bool, progress: bool
+) -> None:
+    """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
+    mappings, and swap the alias the same safe way as `index`."""
+    from reranker.indexing import LoadOptions, default_cache, reindex_alias
+
+    client = _client(ctx)
+    embedder = _embedder(ctx)
+    result = reindex_alias(
+        client,
+        alias,
+        embedder,
+        cache=default_cache(ctx.obj.home, embedder),
+        re_embed=re_embed,
+        options=LoadOptions(keep_previous=keep_old, progress=progress),
+    )
+    _report_index(result)
+
+
+def _report_index(result: Any) -> None:
+    previous = ", ".join(result.previous) or "none"
+    fate = "deleted" if result.deleted_previous else "kept"
+    click.echo(
+        f"{result.alias} → {result.index}: {result.documents} documents in "
+        f"{result.seconds:.1f}s (previous: {previous}, {fate if result.previous else 'n/a'})"
+    )
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _hybrid_options(func: F) -> F:
+    func = click.option(
+        "--fusion", type=click.Choice(["rrf", "linear"]), default="rrf", show_default=True
+    )(func)
+    func = click.option("--rank-constant", default=60, show_default=True, help="RRF constant.")(
+        func
+    )
+    func = click.option(
+        "--normalization",
+        type=click.Choice(["minmax", "zscore", "l2"]),
+        default="minmax",
+        show_default=True,
+        help="Score normalisation for linear fusion.",
+    )(func)
+    func = click.option(
+        "--weights",
+        default="1,1",
+        show_default=True,
+        help="Fusion weights, lexical,dense.",
+    )(func)
+    return func
+
+
+def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: str) -> Any:
+    from reranker.errors import ConfigError
+    from reranker.first_stage import HybridOptions
+
+    try:
+        lexical, dense = (float(w) for w in weights.split(","))
+    except ValueError:
+        raise ConfigError(f"--weights {weights!r}: expected two numbers, e.g. 1,1") from None
+    return HybridOptions(
+        fusion=fusion,  # type: ignore[arg-type]
+        rank_constant=rank_constant,
+        normalization=normalization,  # type: ignore[arg-type]
+        weights=(lexical, dense),
+    )
+
+
+@main.command("search")
+@click.argument("text")
+@click.option("--alias", required=True, help="Index or alias to search.")
+@click.option(
+    "--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True
+)
+@click.option("--k", default=10, show_default=True, help="Number of hits.")
+@_hybrid_options
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON lines.")
+@click.pass_context
+def search_cmd(
+    ctx: click.Context,
+    text: str,
+    alias: str,
+    mode: str,
+    k: int,
+    fusion: str,
+    rank_constant: int,
+    normalization: str,
+    weights: str,
+    as_json: bool,
+) -> None:
+    """First-stage search: BM25 over title and text, kNN over the embedding, or both fused."""
+    from reranker.first_stage import FirstStage
+
+    hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
+    encoder = _embedder(ctx) if mode != "bm25" else None
+    stage = FirstStage(_client(ctx), alias, encoder, with_source=["title", "text"])
+    hits = stage.search(text, mode, k, hybrid=hybrid)
+    for rank, hit in enumerate(hits, start=1):
+        source = hit.source or {}
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "rank": rank,
+                        "_id": hit.id,
+                        "_score": hit.score,
+                        "stages": hit.stage_scores,
+                        "title": source.get("title"),
+                    }
+                )
+            )
+        else:
+            label = (source.get("title") or source.get("text") or "").replace("\n", " ")[:90]
+            click.echo(f"{rank:>3}. {hit.score:10.4f}  {hit.id:<24} {label}")
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@main.command("eval")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="qrels split to evaluate.")
+@click.option("--modes", default="bm25,dense,hybrid", show_default=True, help="Comma-separated.")
+@click.option("--alias", default=None, help="Alias to index into [default: beir-<dataset name>].")
+@click.option("--depth", default=100, show_default=True, help="Hits retrieved per query.")
+@_hybrid_options
+@click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
+@click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def eval_cmd(
+    ctx: click.Context,
+    dataset: Path,
+    split: str,
+    modes: str,
+    alias: str | None,
+    depth: int,
+    fusion: str,
+    rank_constant: int,
+    normalization: str,
+    weights: str,
+    reindex: bool,
+    output: Path | None,
+    progress: bool,
+) -> None:
+    """Evaluate retrieval on a BEIR-layout DATASET: NDCG@10, MRR@10 and Recall@100 per mode.
+
+    Indexes the corpus first if the alias does not already hold it (signals.jsonl beside the
+    corpus is joined in), then runs every judged query of the split through every mode.
+    """
+    from reranker.errors import ConfigError
+    from reranker.evaluation import (
+        EvalReport,
+        collect_run,
+        ensure_dataset_index,
+        first_stage_runners,
+        judged_queries,
+        score_run,
+    )
+    from reranker.first_stage import FirstStage
+    from reranker.indexing import default_cache
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    known = ("bm25", "dense", "hybrid")
+    unknown = [m for m in wanted if m not in known]
+    if unknown or not wanted:
+        raise ConfigError(
+            f"unknown mode(s) {', '.join(unknown) or '(none)'}; use {', '.join(known)}"
+        )
+    if depth < 10:
+        raise ConfigError("--depth must be at least 10 (NDCG@10 needs ten hits)")
+    hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
+    dataset = dataset.resolve() if dataset.exists() else dataset
+    queries, qrels = judged_queries(dataset, split)
+    alias = alias or f"beir-{dataset.name.lower()}"
+
+    client = _client(ctx)
+    embedder = _embedder(ctx)
+    built = ensure_dataset_index(
+        client,
+        dataset,
+        alias,
+        embedder,
+        cache=default_cache(ctx.obj.home, embedder),
+        force=reindex,
+        progress=progress,
+    )
+    if built is not None:
+        click.echo(f"indexed {built.documents} documents into {built.index}", err=True)
+
+    stage = FirstStage(client, alias, embedder)
+    runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid)
+    report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
+    for mode in wanted:
+        run, ms = collect_run(queries, runners[mode], progress=progress, label=mode)
+        report.results[mode] = score_run(run, qrels)
+        report.timings_ms[mode] = ms
+    click.echo(report.table())
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report.as_json(), indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""One typed settings object, read from the environment (and defaults), validated at start.
+
+Environment variables (all optional):
+
+- ``RERANKER_HOME``: cache for models, Elasticsearch distributions and local node data
+  (default ``~/.cache/reranker``).
+- ``RERANKER_ES_URL``: the cluster (default: the local node, ``http://127.0.0.1:9200``).
+- ``RERANKER_ES_API_KEY`` or ``RERANKER_ES_USERNAME`` + ``RERANKER_ES_PASSWORD``: credentials.
+- ``RERANKER_ES_CA_CERTS``: CA bundle for TLS;
+  ``RERANKER_ES_VERIFY_CERTS=false`` turns certificate checks off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from reranker.errors import ConfigError
+
+DEFAULT_ES_URL = "http://127.0.0.1:9200"
+
+
+def reranker_home() -> Path:
+    """Root of every cache the package writes (models, ES distributions, node data)."""
+    configured = os.environ.get("RERANKER_HOME")
+    home = Path(configured).expanduser() if configured else Path.home() / ".cache" / "reranker"
+    return home
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Connection and cache settings shared by the CLI, the pipeline and the proxy."""
+
+    es_url: str = DEFAULT_ES_URL
+    es_api_key: str | None = None
+    es_username: str | None = None
+    es_password: str | None = None
+    es_ca_certs: str | None = None
+    es_verify_certs: bool = True
+    request_timeout_s: float = 30.0
+    home: Path = field(default_factory=reranker_home)
+
+    def __post_init__(self) -> None:
+        parsed = urlparse(self.es_url)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ConfigError(f"Elasticsearch URL {self.es_url!r} is not an http(s) URL")
+        if (self.es_username is None) != (self.es_password is None):
+            raise ConfigError("set both RERANKER_ES_USERNAME and RERANKER_ES_PASSWORD, or neither")
+        if self.es_api_key and self.es_username:
+            raise ConfigError("set an API key or a username/password, not both")
+        if self.request_timeout_s <= 0:
+            raise ConfigError("request timeout must be positive")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from ``RERANKER_*`` variables; explicit keyword overrides win."""
+        values: dict[str, object] = {
+            "es_url": os.environ.get("RERANKER_ES_URL") or DEFAULT_ES_URL,
+            "es_api_key": os.environ.get("RERANKER_ES_API_KEY") or None,
+            "es_username": os.environ.get("RERANKER_ES_USERNAME") or None,
+            "es_password": os.environ.get("RERANKER_ES_PASSWORD") or None,
+            "es_ca_certs": os.environ.get("RERANKER_ES_CA_CERTS") or None,
+            "es_verify_certs": _env_bool("RERANKER_ES_VERIFY_CERTS", True),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"

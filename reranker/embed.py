@@ -1,0 +1,211 @@
+"""The dense encoder (ONNX Runtime, CPU) used at index time and at query time.
+
+    embedder = Embedder.default()              # exports the shipped weights on first use
+    vectors = embedder.encode(["a text", ...])  # (n, embedder.dim) float32, unit length
+
+Embeddings are sentence-transformers compatible for all-MiniLM-L6-v2: mean of the token vectors
+over the attention mask, then L2-normalised, so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reranker.errors import ModelError
+from reranker.models import (
+    EMBEDDER_CACHE_NAME,
+    ENCODER_CARD,
+    SHIPPED_MODEL_NAME,
+    config_max_positions,
+    load_tokenizer,
+    open_session,
+    read_card,
+    shipped_weights_dir,
+    verify_files,
+)
+
+if TYPE_CHECKING:
+    from reranker.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: texts tokenised (and length-sorted) together; bounds memory on very long inputs
+_CHUNK = 2048
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token vectors over the attention mask, then L2-normalised (float32)."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden.astype(np.float32) * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    pooled = summed / counts
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    result: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return result
+
+
+def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    """The texts as a list; :class:`TypeError` naming the first item that is not a str."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} must be a sequence of str, not a single {type(texts).__name__}")
+    items = list(texts)
+    for position, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"{what}[{position}] is {type(text).__name__}, expected str"
+            )
+    return items
+
+
+class Embedder:
+    """Texts in, unit-length float32 vectors out; thread-safe.
+
+    ``model_dir`` is a folder written by :func:`export.export_encoder` (``model.onnx``,
+    ``tokenizer.json``, ``card.json``); the files are checked against the card's sha256.
+    Texts longer than ``max_length`` tokens are truncated; ``truncated`` counts them.
+    """
+
+    def __init__(self, model_dir: Path, *, max_length: int = 256, threads: int | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        card = read_card(self.model_dir, ENCODER_CARD)
+        if card.get("kind") != "encoder":
+            raise ModelError(f"{self.model_dir} holds a {card.get('kind')!r} model, not an encoder")
+        onnx_name = str(card.get("variants", {}).get("fp32", {}).get("file", "model.onnx"))
+        verify_files(self.model_dir, card, [onnx_name, "tokenizer.json"])
+        if max_length < 2:
+            raise ModelError(f"max_length must be at least 2, got {max_length}")
+        self.max_length = min(max_length, config_max_positions(self.model_dir))
+        self.card: dict[str, Any] = card
+        self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
+        self._session = open_session(
+            self.model_dir / onnx_name, providers=["CPUExecutionProvider"], threads=threads
+        )
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self.dim: int = int(card.get("dim") or self._session.get_outputs()[0].shape[-1])
+        sources: dict[str, str] = card.get("source", {}).get("sha256", {}) or {}
+        digest = next(iter(sorted(sources.values())), None) or card["files"][onnx_name]
+        #: name and the sha256 of the source weights: identifies the embedding space
+        self.model_id: str = f"{card.get('name', self.model_dir.name)}@{digest[:12]}"
+        self._lock = threading.Lock()
+        self.truncated = 0  # texts cut to max_length, over the life of this object
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.model_id!r}, dim={self.dim}, max_length={self.max_length})"
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        """``(len(texts), dim)`` float32 embeddings in the caller's order, each of unit length.
+
+        Texts are tokenised in chunks, sorted by length and padded per batch, so short texts
+        do not pay for long ones. ``progress`` shows a tqdm bar. A non-str item raises
+        :class:`TypeError`; an empty sequence gives a ``(0, dim)`` array.
+        """
+        items = check_texts(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        if not items:
+            return out
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(items), disable=not progress, unit="text", desc="embedding") as bar:
+            for start in range(0, len(items), _CHUNK):
+                chunk = items[start : start + _CHUNK]
+                encodings = self._tokenizer.encode_batch(chunk)
+                cut = sum(1 for e in encodings if e.overflowing)
+                if cut:
+                    with self._lock:
+                        self.truncated += cut
+                order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+                for b in range(0, len(order), batch_size):
+                    rows = order[b : b + batch_size]
+                    out[start + rows] = self._run([encodings[r] for r in rows])
+                    bar.update(len(rows))
+        return out
+
+    def _run(self, encodings: Sequence[Any]) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = {name: arrays[name] for name in self._inputs}
+        try:
+            hidden = self._session.run(None, feed)[0]
+        except Exception as exc:  # ORT's runtime errors are untyped
+            raise ModelError(f"embedding model failed on a batch of {len(encodings)}: {exc}") from exc
+        pooled = mean_pool(np.asarray(hidden), mask)
+        if not np.isfinite(pooled).all():
+            raise ModelError("embedding model returned non-finite values")
+        return pooled
+
+    @classmethod
+    def default(
+        cls, settings: Settings | None = None, *, max_length: int = 256, threads: int | None = None
+    ) -> Embedder:
+        """The shipped all-MiniLM-L6-v2, exported on first use to the models cache.
+
+        The export lives in ``settings.models_dir / "all-MiniLM-L6-v2-onnx"``; a folder that
+        fails its checks is exported again. Exporting needs torch (``pip install -e '.[train]'``);
+        loading an existing export does not.
+        """
+        if settings is None:
+            from reranker.config import Settings
+
+            settings = Settings.from_env()
+        cache = settings.models_dir / EMBEDDER_CACHE_NAME
+        try:
+            return cls(cache, max_length=max_length, threads=threads)
+        except ModelError as exc:
+            if cache.exists():
+                log.warning("cached embedder at %s is unusable (%s); exporting it again", cache, exc)
+        with _export_lock(cache):
+            try:  # another process may have exported it while we waited for the lock
+                return cls(cache, max_length=max_length, threads=threads)
+            except ModelError:
+                pass
+            if importlib.util.find_spec("torch") is None or importlib.util.find_spec(
+                "transformers"
+            ) is None:
+                raise ModelError(
+                    f"no exported embedder at {cache}, and exporting one needs torch and "
+                    "transformers: pip install -e '.[train]'"
+                )
+            from export.onnx_export import export_encoder
+
+            log.info("exporting the shipped %s embedder to %s (once)", SHIPPED_MODEL_NAME, cache)
+            export_encoder(
+                shipped_weights_dir(),
+                cache,
+                name=SHIPPED_MODEL_NAME,
+                base_model=f"sentence-transformers/{SHIPPED_MODEL_NAME}",
+            )
+        return cls(cache, max_length=max_length, threads=threads)
+
+
+@contextmanager
+def _export_lock(target: Path) -> Iterator[None]:
+    """An exclusive file lock beside ``target``, so concurrent processes export once."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with lock_path.open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

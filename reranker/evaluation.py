@@ -1,0 +1,141 @@
+"""Evaluation over a BEIR-layout dataset: every judged query through every mode, scored by
+``ir_measures`` (NDCG@10, MRR@10, Recall@100)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+from elasticsearch import Elasticsearch
+from ir_measures import RR, R, nDCG
+from tqdm import tqdm
+
+from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
+from reranker.embed_cache import EmbeddingCache, TextEncoder
+from reranker.errors import SourceError
+from reranker.es import mappings
+from reranker.first_stage import FirstStage, HybridOptions
+from reranker.indexing import IndexResult, LoadOptions, index_corpus, source_digest
+
+MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
+# A judged query with no hits still counts (as zero) only if it appears in the run.
+NO_HIT = "__no_hit__"
+
+Run = dict[str, dict[str, float]]
+RunFunction = Callable[[str, str], Mapping[str, float]]
+
+
+@dataclass
+class EvalReport:
+    dataset: str
+    split: str
+    queries: int
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    index: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "queries": self.queries,
+            "results": self.results,
+            "mean_ms_per_query": self.timings_ms,
+            "index": self.index,
+        }
+
+    def table(self) -> str:
+        header = f"{'mode':<12}" + "".join(f"{name:>12}" for name in MEASURES) + f"{'ms/query':>10}"
+        lines = [f"{self.dataset} / {self.split}: {self.queries} queries", header]
+        for mode, scores in self.results.items():
+            cells = "".join(f"{scores[name]:>12.4f}" for name in MEASURES)
+            lines.append(f"{mode:<12}{cells}{self.timings_ms.get(mode, 0.0):>10.1f}")
+        return "\n".join(lines)
+
+
+def judged_queries(dataset: Path, split: str) -> tuple[dict[str, str], Qrels]:
+    """The split's judged queries that have text, and their judgements."""
+    qrels = load_qrels(dataset, split)
+    texts = load_queries(dataset)
+    queries = {qid: texts[qid] for qid in qrels if qid in texts}
+    if not queries:
+        raise SourceError(f"no query in {dataset}/queries.jsonl is judged in split {split!r}")
+    return queries, {qid: qrels[qid] for qid in queries}
+
+
+def score_run(run: Run, qrels: Qrels) -> dict[str, float]:
+    metrics = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, run)
+    return {name: float(metrics[measure]) for name, measure in MEASURES.items()}
+
+
+def collect_run(
+    queries: Mapping[str, str], search: RunFunction, *, progress: bool, label: str
+) -> tuple[Run, float]:
+    """Run ``search`` for every query; returns the run and mean milliseconds per query."""
+    run: Run = {}
+    started = time.perf_counter()
+    for query_id, text in tqdm(queries.items(), desc=label, unit="q", disable=not progress):
+        scores = dict(search(query_id, text))
+        run[query_id] = scores or {NO_HIT: 0.0}
+    elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(queries), 1)
+    return run, elapsed_ms
+
+
+def first_stage_runners(
+    stage: FirstStage,
+    queries: Mapping[str, str],
+    *,
+    depth: int,
+    hybrid: HybridOptions,
+) -> dict[str, RunFunction]:
+    """bm25, dense and hybrid as run functions; query vectors are computed once, in a batch."""
+    vectors: dict[str, list[float]] = {}
+    if stage.encoder is not None:
+        ids = list(queries)
+        vectors = dict(zip(ids, stage.embed([queries[q] for q in ids]), strict=True))
+
+    def as_run(hits: Sequence[Any]) -> dict[str, float]:
+        return {h.id: h.score for h in hits}
+
+    return {
+        "bm25": lambda qid, text: as_run(stage.bm25(text, depth)),
+        "dense": lambda qid, text: as_run(stage.dense(text, depth, vector=vectors.get(qid))),
+        "hybrid": lambda qid, text: as_run(
+            stage.hybrid(text, depth, hybrid, vector=vectors.get(qid))
+        ),
+    }
+
+
+def ensure_dataset_index(
+    client: Elasticsearch,
+    dataset: Path,
+    alias: str,
+    encoder: TextEncoder,
+    *,
+    cache: EmbeddingCache | None,
+    force: bool = False,
+    progress: bool = True,
+) -> IndexResult | None:
+    """Index the dataset's corpus behind ``alias`` unless it already holds exactly this corpus.
+
+    ``signals.jsonl`` beside the corpus, if present, is joined in. Returns None when the
+    existing index was reused.
+    """
+    extra = (dataset / "signals.jsonl",) if (dataset / "signals.jsonl").is_file() else ()
+    source = CorpusSource.open(dataset, extra=extra)
+    current = mappings.indices_behind_alias(client, alias)
+    if current and not force:
+        meta = mappings.index_meta(client, current[0])
+        if (
+            meta.get("source_sha256") == source_digest(source)
+            and meta.get("embedder") == encoder.model_id
+        ):
+            return None
+
+    return index_corpus(
+        client, source, alias, encoder, cache=cache, options=LoadOptions(progress=progress)
+    )

@@ -1,0 +1,152 @@
+"""First-stage retrieval in Elasticsearch: BM25, kNN, and both fused in Python."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from elasticsearch import Elasticsearch
+from elasticsearch.exceptions import ApiError, TransportError
+
+from reranker import fusion
+from reranker.embed_cache import TextEncoder
+from reranker.errors import SearchError
+from reranker.es.queries import TEXT_FIELDS, bm25_query, knn_clause
+
+Mode = Literal["bm25", "dense", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
+FusionMethod = Literal["rrf", "linear"]
+
+
+@dataclass
+class Hit:
+    """One retrieved document: its id, the score that ranked it, and each stage's score."""
+
+    id: str
+    score: float
+    source: dict[str, Any] | None = None
+    stage_scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HybridOptions:
+    fusion: FusionMethod = "rrf"
+    rank_constant: int = 60
+    weights: tuple[float, float] = (1.0, 1.0)  # (lexical, dense)
+    normalization: fusion.Normalization = "minmax"
+    depth: int = 100  # how many hits of each list are fused
+
+    def __post_init__(self) -> None:
+        if self.fusion not in get_args(FusionMethod):
+            raise SearchError(f"unknown fusion {self.fusion!r}; use rrf or linear")
+        if self.normalization not in fusion.NORMALIZATIONS:
+            raise SearchError(f"unknown normalization {self.normalization!r}")
+        if self.rank_constant < 1:
+            raise SearchError("rank_constant must be at least 1")
+        if self.depth < 1:
+            raise SearchError("depth must be at least 1")
+
+
+class FirstStage:
+    """Runs first-stage queries against one index or alias."""
+
+    def __init__(
+        self,
+        client: Elasticsearch,
+        index: str,
+        encoder: TextEncoder | None = None,
+        *,
+        fields: Sequence[str] = TEXT_FIELDS,
+        with_source: bool | Sequence[str] = False,
+    ) -> None:
+        self.client = client
+        self.index = index
+        self.encoder = encoder
+        self.fields = tuple(fields)
+        self.with_source = with_source
+
+    def search(
+        self,
+        text: str,
+        mode: str,
+        k: int = 10,
+        *,
+        hybrid: HybridOptions | None = None,
+        vector: Sequence[float] | None = None,
+    ) -> list[Hit]:
+        if mode not in MODES:
+            raise SearchError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+        if k < 1:
+            raise SearchError("k must be at least 1")
+        if not text.strip():
+            raise SearchError("query text is empty")
+        if mode == "bm25":
+            return self.bm25(text, k)
+        if mode == "dense":
+            return self.dense(text, k, vector=vector)
+        return self.hybrid(text, k, hybrid or HybridOptions(), vector=vector)
+
+    def bm25(self, text: str, k: int) -> list[Hit]:
+        return self._run({"query": bm25_query(text, self.fields)}, k, "bm25")
+
+    def dense(self, text: str, k: int, *, vector: Sequence[float] | None = None) -> list[Hit]:
+        if vector is None:
+            vector = self.embed([text])[0]
+        return self._run({"knn": knn_clause(vector, k)}, k, "dense")
+
+    def hybrid(
+        self,
+        text: str,
+        k: int,
+        options: HybridOptions,
+        *,
+        vector: Sequence[float] | None = None,
+    ) -> list[Hit]:
+        depth = max(k, options.depth)
+        lexical = self.bm25(text, depth)
+        dense = self.dense(text, depth, vector=vector)
+        runs = [{h.id: h.score for h in lexical}, {h.id: h.score for h in dense}]
+        if options.fusion == "rrf":
+            fused = fusion.rrf(runs, rank_constant=options.rank_constant, weights=options.weights)
+        else:
+            fused = fusion.linear(
+                runs, weights=options.weights, normalization=options.normalization
+            )
+        by_id = {h.id: h for h in dense} | {h.id: h for h in lexical}
+        hits = []
+        for doc_id in fusion.ranked(fused)[:k]:
+            base = by_id[doc_id]
+            stages = {"bm25": runs[0].get(doc_id), "dense": runs[1].get(doc_id)}
+            hits.append(
+                Hit(
+                    id=doc_id,
+                    score=fused[doc_id],
+                    source=base.source,
+                    stage_scores={name: s for name, s in stages.items() if s is not None},
+                )
+            )
+        return hits
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.encoder is None:
+            raise SearchError("dense retrieval needs an embedder; none was given")
+        return [row.tolist() for row in self.encoder.encode(list(texts))]
+
+    def _run(self, body: dict[str, Any], k: int, stage: str) -> list[Hit]:
+        try:
+            response = self.client.search(index=self.index, size=k, source=self.with_source, **body)
+        except (ApiError, TransportError) as exc:
+            raise SearchError(f"{stage} search on {self.index!r} failed: {exc}") from exc
+        hits = []
+        for raw in response["hits"]["hits"]:
+            score = float(raw["_score"])
+            hits.append(
+                Hit(
+                    id=raw["_id"],
+                    score=score,
+                    source=raw.get("_source"),
+                    stage_scores={stage: score},
+                )
+            )
+        return hits

@@ -1,0 +1,292 @@
+"""The index path: a corpus (or the current index) into a new versioned index, then an alias swap.
+
+Order of work, and why: validate the whole source first (a malformed line aborts before
+Elasticsearch is touched), create ``<alias>-<timestamp>``, embed and bulk-load in chunks,
+refresh, check the count, and only then swap the alias in one atomic request. Any failure
+before the swap deletes the new index and leaves the alias and its index as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import Elasticsearch
+from elasticsearch import helpers as es_helpers
+from elasticsearch.exceptions import ApiError, TransportError
+from tqdm import tqdm
+
+from reranker import __version__
+from reranker.corpus import CorpusSource, Document, passage_text
+from reranker.embed_cache import EmbeddingCache, TextEncoder, encode_with_cache
+from reranker.errors import IndexingError, MalformedLineError
+from reranker.es import mappings
+
+SOURCE_FIELDS_RESERVED = {"_id", "embedding"}
+
+
+@dataclass
+class IndexResult:
+    alias: str
+    index: str
+    documents: int
+    skipped: list[MalformedLineError] = field(default_factory=list)
+    previous: list[str] = field(default_factory=list)
+    deleted_previous: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    chunk_size: int = 256
+    embed_batch_size: int = 32
+    keep_previous: bool = False
+    progress: bool = True
+    bulk_max_retries: int = 5
+
+
+def source_digest(source: CorpusSource) -> str:
+    """sha256 over the corpus and extra files: tells whether an index is of this source."""
+    digest = hashlib.sha256()
+    for path in (source.corpus_path, *source.extra_paths):
+        digest.update(str(path.name).encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def index_corpus(
+    client: Elasticsearch,
+    source: CorpusSource,
+    alias: str,
+    encoder: TextEncoder,
+    *,
+    cache: EmbeddingCache | None = None,
+    skip_malformed: bool = False,
+    options: LoadOptions | None = None,
+) -> IndexResult:
+    """Build a new index of ``source`` behind ``alias``. See the module docstring."""
+    options = options or LoadOptions()
+    mappings.validate_alias_name(alias)
+    report = source.count(skip_malformed=skip_malformed)  # raises on the first bad line
+    if report.documents == 0:
+        raise IndexingError(f"{source.corpus_path} holds no documents")
+    meta = {
+        "source": str(source.corpus_path.resolve()),
+        "extra": [str(p.resolve()) for p in source.extra_paths],
+        "source_sha256": source_digest(source),
+    }
+    result = _load_and_swap(
+        client,
+        alias,
+        encoder,
+        documents=lambda: source.documents(skip_malformed=skip_malformed),
+        expected=report.documents,
+        meta=meta,
+        cache=cache,
+        reuse_embeddings=False,
+        options=options,
+    )
+    result.skipped = report.skipped
+    return result
+
+
+def reindex_alias(
+    client: Elasticsearch,
+    alias: str,
+    encoder: TextEncoder,
+    *,
+    cache: EmbeddingCache | None = None,
+    re_embed: bool = False,
+    options: LoadOptions | None = None,
+) -> IndexResult:
+    """Rebuild the index behind ``alias`` from its own documents, with today's mappings."""
+    options = options or LoadOptions()
+    current = mappings.indices_behind_alias(client, alias)
+    if not current:
+        raise IndexingError(f"alias {alias!r} does not exist; nothing to reindex")
+    expected = int(client.count(index=alias)["count"])
+    old_meta = mappings.index_meta(client, current[0])
+    meta = {k: v for k, v in old_meta.items() if k in {"source", "extra", "source_sha256"}}
+    meta["reindexed_from"] = current
+
+    def scanned() -> Iterator[Document]:
+        for hit in es_helpers.scan(client, index=alias, query={"query": {"match_all": {}}}):
+            doc: Document = dict(hit["_source"])
+            doc["_id"] = hit["_id"]
+            yield doc
+
+    return _load_and_swap(
+        client,
+        alias,
+        encoder,
+        documents=scanned,
+        expected=expected,
+        meta=meta,
+        cache=cache,
+        reuse_embeddings=not re_embed,
+        options=options,
+    )
+
+
+def _load_and_swap(
+    client: Elasticsearch,
+    alias: str,
+    encoder: TextEncoder,
+    *,
+    documents: Callable[[], Iterable[Document]],
+    expected: int,
+    meta: dict[str, Any],
+    cache: EmbeddingCache | None,
+    reuse_embeddings: bool,
+    options: LoadOptions,
+) -> IndexResult:
+    started = time.monotonic()
+    previous = mappings.indices_behind_alias(client, alias)
+    analysis_name, analysis = mappings.choose_analysis(client)
+    new_index = mappings.versioned_index_name(client, alias)
+    body = mappings.documents_index_body(
+        analysis_name=analysis_name,
+        analysis=analysis,
+        dims=encoder.dim,
+        meta={
+            **meta,
+            "embedder": encoder.model_id,
+            "dims": encoder.dim,
+            "documents": expected,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reranker_version": __version__,
+        },
+    )
+    try:
+        client.indices.create(index=new_index, **body)
+    except (ApiError, TransportError) as exc:
+        raise IndexingError(f"could not create index {new_index}: {_reason(exc)}") from exc
+
+    try:
+        actions = _actions(
+            new_index, documents(), encoder, cache, reuse_embeddings, options, expected
+        )
+        loaded = _bulk_load(client, actions, options)
+        client.indices.put_settings(index=new_index, settings={"index": {"refresh_interval": None}})
+        client.indices.refresh(index=new_index)
+        counted = int(client.count(index=new_index)["count"])
+        if counted != expected or loaded != expected:
+            raise IndexingError(
+                f"count check failed: read {expected} documents, loaded {loaded}, "
+                f"the new index holds {counted}"
+            )
+        mappings.swap_alias(client, alias, new_index, previous)
+    except BaseException as exc:
+        _delete_quietly(client, new_index)
+        if isinstance(exc, IndexingError):
+            raise
+        if isinstance(exc, ApiError | TransportError):
+            raise IndexingError(
+                f"indexing into {new_index} failed: {_reason(exc)}; alias {alias!r} unchanged"
+            ) from exc
+        raise
+
+    deleted = False
+    if previous and not options.keep_previous:
+        client.indices.delete(index=",".join(previous), ignore_unavailable=True)
+        deleted = True
+    return IndexResult(
+        alias=alias,
+        index=new_index,
+        documents=expected,
+        previous=previous,
+        deleted_previous=deleted,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _actions(
+    index: str,
+    documents: Iterable[Document],
+    encoder: TextEncoder,
+    cache: EmbeddingCache | None,
+    reuse_embeddings: bool,
+    options: LoadOptions,
+    expected: int,
+) -> Iterator[dict[str, Any]]:
+    bar = tqdm(total=expected, unit="doc", desc="embed+load", disable=not options.progress)
+    iterator = iter(documents)
+    try:
+        while chunk := list(itertools.islice(iterator, options.chunk_size)):
+            needs = [
+                i
+                for i, doc in enumerate(chunk)
+                if not (reuse_embeddings and _has_vector(doc, encoder.dim))
+            ]
+            if needs:
+                vectors = encode_with_cache(
+                    encoder,
+                    [passage_text(chunk[i]) for i in needs],
+                    cache,
+                    batch_size=options.embed_batch_size,
+                )
+                for i, vector in zip(needs, vectors, strict=True):
+                    chunk[i]["embedding"] = vector.tolist()
+            for doc in chunk:
+                source = {k: v for k, v in doc.items() if k not in SOURCE_FIELDS_RESERVED}
+                source["embedding"] = doc["embedding"]
+                yield {"_index": index, "_id": doc["_id"], "_source": source}
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+def _bulk_load(
+    client: Elasticsearch, actions: Iterator[dict[str, Any]], options: LoadOptions
+) -> int:
+    loaded = 0
+    for ok, item in es_helpers.streaming_bulk(
+        client,
+        actions,
+        chunk_size=500,
+        max_retries=options.bulk_max_retries,
+        initial_backoff=1,
+        max_backoff=30,
+        raise_on_error=False,
+    ):
+        if not ok:
+            detail = item.get("index", item)
+            error = detail.get("error", {})
+            reason = error.get("reason", error) if isinstance(error, dict) else error
+            raise IndexingError(
+                f"document {detail.get('_id')!r} was rejected ({detail.get('status')}): {reason}"
+            )
+        loaded += 1
+    return loaded
+
+
+def _has_vector(doc: Document, dim: int) -> bool:
+    vector = doc.get("embedding")
+    return isinstance(vector, list) and len(vector) == dim
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        info = exc.info if isinstance(exc.info, dict) else {}
+        error = info.get("error", {})
+        if isinstance(error, dict) and error.get("reason"):
+            return f"{error.get('type')}: {error['reason']}"
+    return str(exc)
+
+
+def _delete_quietly(client: Elasticsearch, index: str) -> None:
+    with contextlib.suppress(ApiError, TransportError):
+        client.indices.delete(index=index, ignore_unavailable=True)
+
+
+def default_cache(home: Path, encoder: TextEncoder) -> EmbeddingCache:
+    return EmbeddingCache(home / "embeddings", encoder.model_id)
