@@ -67,8 +67,7 @@ def _require_torch() -> None:
         import transformers  # noqa: F401
     except ImportError as exc:
         raise ModelError(
-            "exporting a model needs torch and transformers: pip install -e '.[train]' "
-            f"({exc})"
+            f"exporting a model needs torch and transformers: pip install -e '.[train]' ({exc})"
         ) from exc
 
 
@@ -96,7 +95,9 @@ def _atomic_dir(out_dir: Path) -> Iterator[Path]:
 def _check_checkpoint(checkpoint_dir: Path) -> Path:
     checkpoint_dir = Path(checkpoint_dir).expanduser()
     if not (checkpoint_dir / "config.json").is_file():
-        raise ModelError(f"{checkpoint_dir} is not a Hugging Face checkpoint folder (no config.json)")
+        raise ModelError(
+            f"{checkpoint_dir} is not a Hugging Face checkpoint folder (no config.json)"
+        )
     return checkpoint_dir
 
 
@@ -111,7 +112,9 @@ def _write_tokenizer(checkpoint_dir: Path, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
     except Exception as exc:  # transformers raises many types here
-        raise ModelError(f"{checkpoint_dir}: no tokenizer.json and no loadable tokenizer: {exc}") from exc
+        raise ModelError(
+            f"{checkpoint_dir}: no tokenizer.json and no loadable tokenizer: {exc}"
+        ) from exc
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ModelError(f"{checkpoint_dir}: the tokenizer has no fast (tokenizers) version")
@@ -171,7 +174,7 @@ def _torch_export(
             dynamo=False,
             input_names=list(accepted),
             output_names=[output],
-            dynamic_axes=axes,  # type: ignore[arg-type]
+            dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=True,
         )
@@ -196,7 +199,9 @@ def _optimize(source: Path, target: Path, *, num_heads: int, hidden: int) -> dic
         stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
         optimized.save_model_to_file(str(target), use_external_data_format=False)
     except Exception as exc:  # the optimiser's failures are many and not typed
-        log.warning("ONNX Runtime transformer optimisation failed, keeping the plain graph: %s", exc)
+        log.warning(
+            "ONNX Runtime transformer optimisation failed, keeping the plain graph: %s", exc
+        )
         return None
     return stats
 
@@ -329,7 +334,12 @@ def export_encoder(
                 "export_seconds": round(time.perf_counter() - started, 1),
             },
         )
-    log.info("exported encoder %s to %s in %.1f s", checkpoint_dir, out_dir, time.perf_counter() - started)
+    log.info(
+        "exported encoder %s to %s in %.1f s",
+        checkpoint_dir,
+        out_dir,
+        time.perf_counter() - started,
+    )
     return out_dir
 
 
@@ -381,7 +391,7 @@ def export_cross_encoder(
     version: str | None = None,
     max_length: int = 256,
 ) -> Path:
-    """Export a sequence-classification checkpoint to ``out_dir`` for :class:`reranker.scoring.Scorer`.
+    """Export a sequence-classification checkpoint for :class:`reranker.scoring.Scorer`.
 
     Writes ``model.onnx`` (fused fp32, output ``logits``, axes ``batch`` × ``sequence``), and
     with ``int8``/``fp16`` the variants ``model.int8.onnx``/``model.fp16.onnx``; beside them
@@ -405,7 +415,9 @@ def export_cross_encoder(
             str(checkpoint_dir), local_files_only=True, attn_implementation="eager"
         ).eval()
     except Exception as exc:  # transformers raises many types here
-        raise ModelError(f"{checkpoint_dir}: cannot load a sequence-classification model: {exc}") from exc
+        raise ModelError(
+            f"{checkpoint_dir}: cannot load a sequence-classification model: {exc}"
+        ) from exc
     accepted = _accepted_inputs(model)
     length = _max_length(config, max_length)
     heads, hidden = _model_dims(config)
@@ -478,7 +490,9 @@ def export_cross_encoder(
             },
         )
     log.info(
-        "exported cross-encoder %s to %s in %.1f s", checkpoint_dir, out_dir, time.perf_counter() - started
+        "exported cross-encoder %s to %s in %.1f s",
+        checkpoint_dir,
+        out_dir,
+        time.perf_counter() - started,
     )
     return out_dir
-

@@ -10,7 +10,6 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from reranker.embed import mean_pool
 from reranker.models import load_tokenizer
 
 if TYPE_CHECKING:
@@ -18,7 +17,10 @@ if TYPE_CHECKING:
 
 #: used when a caller gives no pairs: short and long, related and unrelated
 DEFAULT_PARITY_PAIRS: tuple[tuple[str, str], ...] = (
-    ("what causes rain", "Rain forms when water vapour condenses into droplets heavy enough to fall."),
+    (
+        "what causes rain",
+        "Rain forms when water vapour condenses into droplets heavy enough to fall.",
+    ),
     ("python list sort", "The sort() method orders a list in place; sorted() returns a new list."),
     (
         "effects of vitamin D on bone density",
@@ -85,7 +87,6 @@ def parity_batches(
     tokenizer: Tokenizer, inputs: Sequence[str] | Sequence[tuple[str, str]]
 ) -> list[dict[str, np.ndarray]]:
     """Batches that test both shapes: all inputs padded together, and each input alone."""
-    items = list(inputs)
-    batches = [batch_arrays(tokenizer, items)]
-    batches.extend(batch_arrays(tokenizer, [item]) for item in items[:3])
+    batches = [batch_arrays(tokenizer, inputs)]
+    batches.extend(batch_arrays(tokenizer, inputs[i : i + 1]) for i in range(min(3, len(inputs))))
     return batches

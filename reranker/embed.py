@@ -60,9 +60,7 @@ def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
     items = list(texts)
     for position, text in enumerate(items):
         if not isinstance(text, str):
-            raise TypeError(
-                f"{what}[{position}] is {type(text).__name__}, expected str"
-            )
+            raise TypeError(f"{what}[{position}] is {type(text).__name__}, expected str")
     return items
 
 
@@ -74,7 +72,9 @@ class Embedder:
     Texts longer than ``max_length`` tokens are truncated; ``truncated`` counts them.
     """
 
-    def __init__(self, model_dir: Path, *, max_length: int = 256, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, *, max_length: int = 256, threads: int | None = None
+    ) -> None:
         self.model_dir = Path(model_dir)
         card = read_card(self.model_dir, ENCODER_CARD)
         if card.get("kind") != "encoder":
@@ -148,7 +148,9 @@ class Embedder:
         try:
             hidden = self._session.run(None, feed)[0]
         except Exception as exc:  # ORT's runtime errors are untyped
-            raise ModelError(f"embedding model failed on a batch of {len(encodings)}: {exc}") from exc
+            raise ModelError(
+                f"embedding model failed on a batch of {len(encodings)}: {exc}"
+            ) from exc
         pooled = mean_pool(np.asarray(hidden), mask)
         if not np.isfinite(pooled).all():
             raise ModelError("embedding model returned non-finite values")
@@ -173,15 +175,18 @@ class Embedder:
             return cls(cache, max_length=max_length, threads=threads)
         except ModelError as exc:
             if cache.exists():
-                log.warning("cached embedder at %s is unusable (%s); exporting it again", cache, exc)
+                log.warning(
+                    "cached embedder at %s is unusable (%s); exporting it again", cache, exc
+                )
         with _export_lock(cache):
             try:  # another process may have exported it while we waited for the lock
                 return cls(cache, max_length=max_length, threads=threads)
             except ModelError:
                 pass
-            if importlib.util.find_spec("torch") is None or importlib.util.find_spec(
-                "transformers"
-            ) is None:
+            if (
+                importlib.util.find_spec("torch") is None
+                or importlib.util.find_spec("transformers") is None
+            ):
                 raise ModelError(
                     f"no exported embedder at {cache}, and exporting one needs torch and "
                     "transformers: pip install -e '.[train]'"

@@ -10,6 +10,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch.exceptions import ApiError, TransportError
 
 from reranker import fusion
+from reranker.fusion import NORMALIZATIONS, Normalization
 from reranker.embed_cache import TextEncoder
 from reranker.errors import SearchError
 from reranker.es.queries import TEXT_FIELDS, bm25_query, knn_clause
@@ -34,13 +35,13 @@ class HybridOptions:
     fusion: FusionMethod = "rrf"
     rank_constant: int = 60
     weights: tuple[float, float] = (1.0, 1.0)  # (lexical, dense)
-    normalization: fusion.Normalization = "minmax"
+    normalization: Normalization = "minmax"
     depth: int = 100  # how many hits of each list are fused
 
     def __post_init__(self) -> None:
         if self.fusion not in get_args(FusionMethod):
             raise SearchError(f"unknown fusion {self.fusion!r}; use rrf or linear")
-        if self.normalization not in fusion.NORMALIZATIONS:
+        if self.normalization not in NORMALIZATIONS:
             raise SearchError(f"unknown normalization {self.normalization!r}")
         if self.rank_constant < 1:
             raise SearchError("rank_constant must be at least 1")
@@ -135,7 +136,11 @@ class FirstStage:
 
     def _run(self, body: dict[str, Any], k: int, stage: str) -> list[Hit]:
         try:
-            response = self.client.search(index=self.index, size=k, source=self.with_source, **body)
+            if isinstance(self.with_source, bool):
+                body["source"] = self.with_source
+            else:
+                body["source_includes"] = list(self.with_source)
+            response = self.client.search(index=self.index, size=k, **body)
         except (ApiError, TransportError) as exc:
             raise SearchError(f"{stage} search on {self.index!r} failed: {exc}") from exc
         hits = []

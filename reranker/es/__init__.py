@@ -1,0 +1,1 @@
+"""Elasticsearch: client factory, local node management, mappings and first-stage queries."""

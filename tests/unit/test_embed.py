@@ -1,0 +1,166 @@
+"""The dense embedder: real shipped weights, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from reranker.config import Settings
+from reranker.embed import Embedder
+from reranker.errors import ModelError
+from reranker.models import EMBEDDER_CACHE_NAME
+
+
+@pytest.fixture(scope="module")
+def minilm_embedder(minilm_encoder_dir: Path) -> Embedder:
+    return Embedder(minilm_encoder_dir, threads=2)
+
+
+def _torch_embeddings(weights: Path, texts: list[str], max_length: int) -> np.ndarray:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(weights), local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(str(weights), local_files_only=True).eval()
+    batch = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    result: np.ndarray = torch.nn.functional.normalize(pooled, dim=1).numpy()
+    return result
+
+
+def test_onnx_embeddings_equal_torch_mean_pooling_on_scifact_abstracts(
+    minilm_embedder: Embedder, minilm_weights_dir: Path, scifact_docs: list[str]
+) -> None:
+    texts = [*scifact_docs[:6], "short query about cells", ""]
+    expected = _torch_embeddings(minilm_weights_dir, texts, max_length=256)
+    got = minilm_embedder.encode(texts, batch_size=3)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_encode_returns_float32_unit_rows_of_model_dim(
+    minilm_embedder: Embedder, scifact_docs: list[str]
+) -> None:
+    vectors = minilm_embedder.encode(scifact_docs[:10])
+    assert vectors.shape == (10, 384) == (10, minilm_embedder.dim)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_encode_keeps_caller_order_when_lengths_differ(
+    minilm_embedder: Embedder, scifact_docs: list[str]
+) -> None:
+    rng = np.random.default_rng(7)
+    texts = [
+        doc[: int(n)] for doc, n in zip(scifact_docs[:12], rng.integers(5, 900, 12), strict=True)
+    ]
+    batched = minilm_embedder.encode(texts, batch_size=4)
+    one_by_one = np.stack([minilm_embedder.encode([t])[0] for t in texts])
+    assert np.abs(batched - one_by_one).max() <= 1e-5
+    # and the rows really differ from each other, so order mistakes would show
+    assert np.abs(batched[0] - batched[1]).max() > 1e-2
+
+
+def test_related_sentences_are_closer_than_unrelated(minilm_embedder: Embedder) -> None:
+    query, related, unrelated = minilm_embedder.encode(
+        [
+            "How do vaccines train the immune system?",
+            "Immunisation exposes the body to an antigen so that it builds antibodies.",
+            "The recipe calls for two cups of flour and a pinch of salt.",
+        ]
+    )
+    assert float(query @ related) > float(query @ unrelated) + 0.2
+
+
+def test_empty_input_gives_zero_rows(minilm_embedder: Embedder) -> None:
+    vectors = minilm_embedder.encode([])
+    assert vectors.shape == (0, 384)
+    assert vectors.dtype == np.float32
+
+
+@pytest.mark.parametrize("bad", [["fine", 3], ["fine", None], ["fine", b"bytes"]])
+def test_non_str_item_raises_type_error_naming_position(
+    minilm_embedder: Embedder, bad: Any
+) -> None:
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        minilm_embedder.encode(bad)
+
+
+def test_a_bare_string_is_refused_rather_than_split_into_characters(
+    minilm_embedder: Embedder,
+) -> None:
+    with pytest.raises(TypeError, match="sequence of str"):
+        minilm_embedder.encode("one text")  # type: ignore[arg-type]
+
+
+def test_very_long_text_is_truncated_and_counted(minilm_embedder: Embedder) -> None:
+    before = minilm_embedder.truncated
+    long_text = "protein folding " * 20_000  # ~320k characters
+    vectors = minilm_embedder.encode([long_text, "short"])
+    assert vectors.shape == (2, 384)
+    assert np.isfinite(vectors).all()
+    assert minilm_embedder.truncated == before + 1
+
+
+def test_model_id_names_model_and_source_weights(minilm_embedder: Embedder) -> None:
+    name, digest = minilm_embedder.model_id.split("@")
+    assert name == "all-MiniLM-L6-v2"
+    assert digest == "53aa51172d14"  # sha256 prefix of the shipped model.safetensors
+
+
+def _linked_copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for path in src.iterdir():
+        if path.name == "model.onnx":
+            (dst / path.name).symlink_to(path)
+        else:
+            shutil.copy2(path, dst / path.name)
+    return dst
+
+
+def test_folder_whose_tokenizer_does_not_match_card_is_refused(
+    minilm_encoder_dir: Path, tmp_path: Path
+) -> None:
+    folder = _linked_copy(minilm_encoder_dir, tmp_path / "enc")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["normalizer"]["lowercase"] = False
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    with pytest.raises(ModelError, match=r"tokenizer\.json"):
+        Embedder(folder)
+
+
+def test_default_loads_an_existing_cache_without_exporting(
+    minilm_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(home=tmp_path)
+    settings.models_dir.mkdir(parents=True)
+    _linked_copy(minilm_encoder_dir, settings.models_dir / EMBEDDER_CACHE_NAME)
+
+    def no_export(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("default() exported although a valid cache exists")
+
+    monkeypatch.setattr("export.onnx_export.export_encoder", no_export)
+    embedder = Embedder.default(settings)
+    assert embedder.encode(["hello"]).shape == (1, 384)
+
+
+def test_default_without_torch_and_without_cache_asks_for_train_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
+        return None if name == "torch" else real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ModelError, match=r"pip install -e '\.\[train\]'"):
+        Embedder.default(Settings(home=tmp_path))
