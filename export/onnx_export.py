@@ -213,9 +213,14 @@ def _model_dims(config: Any) -> tuple[int, int]:
 
 
 def _base_model(checkpoint_dir: Path, given: str | None) -> str:
-    """The upstream model name: given, else ``_name_or_path`` of config.json when it is a hub id."""
+    """The upstream model name: given, else ``base_model`` of ``train_info.json``, else
+    ``_name_or_path`` of config.json when it is a hub id, else the folder's name."""
     if given:
         return given
+    info = read_training_info(checkpoint_dir) or {}
+    named_base = info.get("train_info", {}).get("base_model")
+    if isinstance(named_base, str) and named_base:
+        return named_base
     try:
         raw = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -119,7 +119,14 @@ def reindex_alias(
     meta["reindexed_from"] = current
 
     def scanned() -> Iterator[Document]:
-        for hit in es_helpers.scan(client, index=alias, query={"query": {"match_all": {}}}):
+        # Elasticsearch 9 leaves vectors out of _source unless asked for them.
+        hits = es_helpers.scan(
+            client,
+            index=alias,
+            query={"query": {"match_all": {}}},
+            source_exclude_vectors=False,
+        )
+        for hit in hits:
             doc: Document = dict(hit["_source"])
             doc["_id"] = hit["_id"]
             yield doc

@@ -143,6 +143,9 @@ class TrainConfig:
     bf16: bool | None = None
     """bfloat16 autocast; ``None`` = on where the hardware supports it (CUDA with bf16, or a CPU
     with AVX512-BF16 / AMX), else off."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers; ``None`` = ``"eager"`` on CPU (measured ~30%
+    faster than SDPA for bf16 training on Zen 4) and the library default on CUDA."""
     device: str | None = None
     """``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` = CUDA when present, else CPU."""
     threads: int | None = None
@@ -816,7 +819,7 @@ def check_checkpoint_dir(path: Path) -> Path:
 
 
 def load_cross_encoder(
-    path: Path,
+    path: Path, attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
     """Load a sequence-classification model with one output from a local folder, offline.
 
@@ -834,6 +837,7 @@ def load_cross_encoder(
                 local_files_only=True,
                 ignore_mismatched_sizes=True,
                 output_loading_info=True,
+                **({"attn_implementation": attn_implementation} if attn_implementation else {}),
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{path}: cannot load as a cross-encoder: {exc}") from exc
@@ -847,11 +851,15 @@ def _quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cpu_supports_bf16() -> bool:
@@ -956,8 +964,9 @@ def _save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with _quiet_transformers():
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / TRAINER_STATE_FILE)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
@@ -1030,6 +1039,7 @@ def train(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device, bf16 = _resolve_device(config)
+    attn = config.attn_implementation or ("eager" if device.type == "cpu" else None)
     seed_everything(config.seed)
 
     data = load_training_pairs(
@@ -1063,10 +1073,10 @@ def train(
             raise RerankerError(
                 f"cannot resume {checkpoint_dir}: the data or settings changed ({', '.join(changed)})"
             )
-        model, tokenizer, _ = load_cross_encoder(checkpoint_dir)
+        model, tokenizer, _ = load_cross_encoder(checkpoint_dir, attn)
         head_fresh = bool(state["head_fresh"])
     else:
-        model, tokenizer, head_fresh = load_cross_encoder(base)
+        model, tokenizer, head_fresh = load_cross_encoder(base, attn)
     model.to(device)
     model.train()
 
@@ -1134,11 +1144,16 @@ def train(
     def run_dev(done_epoch: float) -> None:
         if dev is None:
             return
-        metrics = evaluate_dev(
-            model, tokenizer, dev, max_length=config.max_length,
-            batch_size=max(config.batch_size, 32), bf16=bf16,
-        )
-        model.train()
+        try:
+            metrics = evaluate_dev(
+                model, tokenizer, dev, max_length=config.max_length,
+                batch_size=max(config.batch_size, 32), bf16=bf16,
+            )
+        except (RuntimeError, ValueError, KeyError) as exc:  # never lose the training to it
+            logger.error("dev evaluation failed after step %d: %s", step, exc)
+            return
+        finally:
+            model.train()
         metrics = {"epoch": round(done_epoch, 4), "step": float(step), **metrics}
         dev_metrics.append(metrics)
         logger.info("dev %s after step %d: %s", dev.name, step,
@@ -1213,8 +1228,9 @@ def train(
     tokenizer.model_max_length = config.max_length
     model.config.id2label = {0: "relevance"}
     model.config.label2id = {"relevance": 0}
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with _quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     tail = losses[-config.log_every:]
     info: dict[str, Any] = {
         "format": 1,

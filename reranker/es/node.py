@@ -260,10 +260,25 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _mvn_summary(output: str) -> str:
+    """Maven's own reason (the ``Failed to execute goal`` line) and its last meaningful lines."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in output.splitlines()]
+    lines = [line for line in lines if line.strip() not in {"", "[ERROR]"}]
+    reason = next((line for line in lines if "Failed to execute goal" in line), None)
+    if reason:
+        reason = re.sub(r"^.*?on project [\w-]+: ", "", reason.replace("[ERROR] ", ""))
+    tail = "\n".join(lines[-12:])
+    return (f"{reason}\n" if reason else "\n") + f"--- last lines of mvn's output ---\n{tail}"
+
+
 def fetch_distribution_zip(version: str, progress: Progress | None = None) -> Path:
-    """The distribution zip in the local Maven repository, fetched with ``mvn`` when absent."""
-    default_repo = Path.home() / ".m2" / "repository"
-    cached = _maven_zip(default_repo, version)
+    """The distribution zip in ``~/.m2/repository``, fetched with ``mvn`` when absent.
+
+    ``-Dmaven.repo.local`` pins Maven to that folder: Maven otherwise resolves ``~`` from the
+    passwd entry, not ``$HOME``, and a custom ``localRepository`` would hide where the zip went.
+    """
+    repo = Path.home() / ".m2" / "repository"
+    cached = _maven_zip(repo, version)
     if cached.is_file():
         return cached
     mvn = shutil.which("mvn")
@@ -275,35 +290,28 @@ def fetch_distribution_zip(version: str, progress: Progress | None = None) -> Pa
     artifact = f"{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{version}:zip"
     if progress:
         progress(f"fetching Elasticsearch {version} from Maven Central ({artifact})")
+    command = [
+        mvn,
+        "-B",
+        "-q",
+        "-U",  # retry even if an earlier failure was cached in the local repository
+        f"-Dmaven.repo.local={repo}",
+        "dependency:get",
+        f"-Dartifact={artifact}",
+        "-Dtransitive=false",
+    ]
     try:
-        done = subprocess.run(
-            [mvn, "-B", "-q", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     except subprocess.TimeoutExpired as exc:
         raise NodeError(f"mvn did not fetch {artifact} within 30 minutes") from exc
     if done.returncode != 0:
         raise NodeError(
             f"mvn could not fetch {artifact} (exit {done.returncode}; is Maven Central "
-            f"reachable?):\n{_tail(done.stdout + done.stderr, 15)}"
+            f"reachable?): {_mvn_summary(done.stdout + done.stderr)}"
         )
-    if cached.is_file():
-        return cached
-    asked = subprocess.run(
-        [mvn, "-B", "-q", "help:evaluate", "-Dexpression=settings.localRepository",
-         "-DforceStdout"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    located = _maven_zip(Path(asked.stdout.strip()), version) if asked.stdout.strip() else None
-    if located is not None and located.is_file():
-        return located
-    raise NodeError(f"mvn reported success but {cached.name} is not in the local Maven repository")
+    if not cached.is_file():
+        raise NodeError(f"mvn reported success but {cached} does not exist")
+    return cached
 
 
 def _extract_zip(archive: Path, dest: Path) -> None:
@@ -339,7 +347,7 @@ def ensure_distribution(dist_root: Path, version: str, progress: Progress | None
         try:
             _extract_zip(archive, staging)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise NodeError(f"cannot unpack {archive}: {exc} (delete it to fetch it again)") from exc
+            raise NodeError(f"cannot unpack {archive}: {exc} (delete it to fetch again)") from exc
         unpacked = staging / f"elasticsearch-{version}"
         if not (unpacked / "bin" / "elasticsearch").is_file():
             raise NodeError(f"{archive} does not contain elasticsearch-{version}/bin/elasticsearch")
@@ -370,24 +378,35 @@ def _ensure_service_user() -> _RunAs:
     try:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        if not os.path.exists(useradd):
-            raise NodeError(
-                f"Elasticsearch cannot run as root and useradd is missing to create the "
-                f"unprivileged user {SERVICE_USER!r}; run as a normal user instead"
-            ) from None
-        done = subprocess.run(
-            [useradd, "--system", "--user-group", "--no-create-home",
-             "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode not in (0, 9):  # 9: created meanwhile by someone else
-            raise NodeError(f"useradd {SERVICE_USER} failed: {_tail(done.stderr, 5)}")
-        entry = pwd.getpwnam(SERVICE_USER)
+        entry = _create_service_user()
     groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
     return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)
+
+
+def _create_service_user() -> pwd.struct_passwd:
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    if not os.path.exists(useradd):
+        raise NodeError(
+            f"Elasticsearch cannot run as root and useradd is missing to create the "
+            f"unprivileged user {SERVICE_USER!r}; run as a normal user instead"
+        )
+    done = subprocess.run(
+        [
+            useradd,
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            SERVICE_USER,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode not in (0, 9):  # 9: created meanwhile by someone else
+        raise NodeError(f"useradd {SERVICE_USER} failed: {_tail(done.stderr, 5)}")
+    return pwd.getpwnam(SERVICE_USER)
 
 
 def _can(user: _RunAs, path: Path, bits: int) -> bool:
@@ -442,7 +461,9 @@ def _proc_args(pid: int) -> list[str] | None:
     try:  # no /proc (macOS): ask ps
         done = subprocess.run(
             ["ps", "-o", "stat=,command=", "-p", str(pid)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError:
         return None
@@ -452,11 +473,20 @@ def _proc_args(pid: int) -> list[str] | None:
     return line.split()[1:]
 
 
-def _is_elasticsearch(pid: int) -> bool:
+def _is_elasticsearch(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is an Elasticsearch server JVM whose command line mentions ``marker``.
+
+    The server's command line carries ``-Djava.io.tmpdir=<node folder>/tmp``, so the node
+    folder as ``marker`` tells our node from any other Elasticsearch (or a recycled pid).
+    """
     args = _proc_args(pid)
     if not args:
         return False
-    return Path(args[0]).name == "java" and any("org.elasticsearch" in arg for arg in args)
+    return (
+        Path(args[0]).name == "java"
+        and any("org.elasticsearch" in arg for arg in args)
+        and any(marker in arg for arg in args)
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -589,6 +619,27 @@ def render_settings(settings: dict[str, str | int | bool]) -> str:
     return "".join(lines)
 
 
+# Lines that say why a start failed, most specific first.
+_CAUSES = (
+    r"Could not reserve enough space.*",
+    r"unknown setting \[.*?\]",
+    r"failed to obtain node locks.*",
+    r"\w*BindException.*",
+    r"bootstrap check failure.*",
+    r"Error occurred during initialization of VM.*",
+    r"java\.lang\.\w+(?:Exception|Error): .*",
+    r"^ERROR: .*",
+)
+
+
+def _startup_cause(log: str) -> str | None:
+    for pattern in _CAUSES:
+        match = re.search(pattern, log, re.MULTILINE)
+        if match:
+            return match.group(0).strip()[:300]
+    return None
+
+
 def _unknown_setting(log: str) -> str | None:
     match = re.search(r"unknown setting \[([^\]]+)\]", log)
     return match.group(1) if match else None
@@ -628,6 +679,7 @@ class LocalNode:
         self.node_dir = self.home / "nodes" / str(port)
         self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
         self.url = f"http://127.0.0.1:{port}"
+        self._log_offsets: dict[Path, int] = {}
 
     # -- paths
     @property
@@ -647,24 +699,30 @@ class LocalNode:
         """Whether our node runs and answers; a stale pid file is removed on the way."""
         pid = self._live_pid()
         if pid is None:
-            answer = _ask(self.url, timeout=2.0) if not _port_bindable(self.port) else None
-            if answer is not None or not _port_bindable(self.port):
-                return self._status(False, None, None, _describe_other(self.port, answer))
-            return self._status(False, None, None, f"no node running on port {self.port}")
+            if _port_bindable(self.port):
+                return self._status(False, None, None, f"no node running on port {self.port}")
+            answer = _ask(self.url, timeout=2.0)
+            return self._status(False, None, None, _describe_other(self.port, answer))
         answer = _ask(self.url)
         if answer is not None and self._is_ours(answer, pid):
             if answer.health in {"green", "yellow"}:
                 return self._status(
-                    True, pid, answer.version,
+                    True,
+                    pid,
+                    answer.version,
                     f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
                     f"health {answer.health})",
                 )
             return self._status(
-                False, pid, answer.version,
+                False,
+                pid,
+                answer.version,
                 f"Elasticsearch pid {pid} answers at {self.url} but health is {answer.health}",
             )
         return self._status(
-            False, pid, None,
+            False,
+            pid,
+            None,
             f"Elasticsearch pid {pid} (from {self.pid_file}) is alive but does not answer at "
             f"{self.url} (starting, or hung: `down` stops it)",
         )
@@ -680,9 +738,11 @@ class LocalNode:
             return self._replace_message(current, f"already running: {current.message}")
         if current.pid is not None:  # alive, not answering yet: maybe another `up` is starting it
             say(f"waiting for Elasticsearch pid {current.pid} to answer at {self.url}")
-            return self._wait_healthy(current.pid, time.monotonic() + self.startup_timeout_s,
-                                      started_here=False)
-        self._check_port_free(self.port)
+            return self._wait_healthy(
+                current.pid, time.monotonic() + self.startup_timeout_s, started_here=False
+            )
+        if not _port_bindable(self.port):  # taken, and not by a node this folder started
+            raise NodeError(f"{current.message}; stop it or choose another port (--port)")
 
         started = time.monotonic()
         java_home = find_java_home()
@@ -701,46 +761,63 @@ class LocalNode:
             if current.running:
                 return self._replace_message(current, f"already running: {current.message}")
             skip: set[str] = set()
-            for _attempt in range(2):
+            while True:
                 self._prepare_node_dir(es_home, java_home, run_as, skip)
-                say(f"starting Elasticsearch {self.version} on {self.url} (JDK {java_home}, "
-                    f"heap {self.heap}, node folder {self.node_dir})")
+                say(
+                    f"starting Elasticsearch {self.version} on {self.url} (JDK {java_home}, "
+                    f"heap {self.heap}, node folder {self.node_dir})"
+                )
                 try:
-                    status = self._launch(es_home, java_home, run_as, started)
+                    status = self._launch(es_home, java_home, run_as)
                 except _RejectedSetting as rejected:
+                    if rejected.setting in skip:  # pragma: no cover - would be an ES bug
+                        raise NodeError(self._failure(f"{rejected.setting} rejected")) from None
                     say(f"this Elasticsearch does not know {rejected.setting}; retrying without")
                     skip.add(rejected.setting)
                     continue
-                say(f"Elasticsearch {status.version} is up at {self.url} "
-                    f"after {time.monotonic() - started:.1f}s")
+                say(
+                    f"Elasticsearch {status.version} is up at {self.url} "
+                    f"after {time.monotonic() - started:.1f}s"
+                )
                 return status
-        raise NodeError("unreachable")  # pragma: no cover
 
     def down(self) -> NodeStatus:
         """Stop the node named by the pid file (SIGTERM, up to 30 s, then SIGKILL)."""
         pid = self._live_pid()
         if pid is None:
-            return self._status(False, None, None,
-                                f"no node started by reranker runs on port {self.port}")
-        os.kill(pid, signal.SIGTERM)
+            return self._status(
+                False, None, None, f"no node started by reranker runs on port {self.port}"
+            )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
         if not self._wait_gone(pid, 30.0):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             if not self._wait_gone(pid, 10.0):
                 raise NodeError(f"Elasticsearch pid {pid} did not exit after SIGKILL")
         self.pid_file.unlink(missing_ok=True)
-        return self._status(False, None, None,
-                            f"stopped Elasticsearch pid {pid} on port {self.port}")
+        return self._status(
+            False, None, None, f"stopped Elasticsearch pid {pid} on port {self.port}"
+        )
 
     # -- internals
-    def _status(self, running: bool, pid: int | None, version: str | None,
-                message: str) -> NodeStatus:
-        return NodeStatus(running=running, url=self.url, pid=pid, version=version,
-                          home=self.node_dir, message=message)
+    def _status(
+        self, running: bool, pid: int | None, version: str | None, message: str
+    ) -> NodeStatus:
+        return NodeStatus(
+            running=running,
+            url=self.url,
+            pid=pid,
+            version=version,
+            home=self.node_dir,
+            message=message,
+        )
 
     @staticmethod
     def _replace_message(status: NodeStatus, message: str) -> NodeStatus:
-        return NodeStatus(status.running, status.url, status.pid, status.version, status.home,
-                          message)
+        return NodeStatus(
+            status.running, status.url, status.pid, status.version, status.home, message
+        )
 
     def _live_pid(self) -> int | None:
         """The pid from the pid file if it is a live Elasticsearch; a stale file is removed."""
@@ -751,7 +828,7 @@ class LocalNode:
         except OSError as exc:
             raise NodeError(f"cannot read {self.pid_file}: {exc}") from exc
         pid = int(text) if text.isdigit() else None
-        if pid is not None and _is_elasticsearch(pid):
+        if pid is not None and _is_elasticsearch(pid, str(self.node_dir)):
             return pid
         with contextlib.suppress(OSError):
             self.pid_file.unlink()
@@ -760,14 +837,6 @@ class LocalNode:
     @staticmethod
     def _is_ours(answer: _Answer, pid: int) -> bool:
         return answer.cluster_name == CLUSTER_NAME and answer.pid in (None, pid)
-
-    def _check_port_free(self, port: int) -> None:
-        if _port_bindable(port):
-            return
-        answer = _ask(f"http://127.0.0.1:{port}", timeout=2.0)
-        raise NodeError(
-            f"{_describe_other(port, answer)}; stop it or choose another port (--port)"
-        )
 
     def _transport_port(self) -> int:
         preferred = self.port + 100
@@ -805,8 +874,9 @@ class LocalNode:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _prepare_node_dir(self, es_home: Path, java_home: Path, run_as: _RunAs | None,
-                          skip: set[str]) -> None:
+    def _prepare_node_dir(
+        self, es_home: Path, java_home: Path, run_as: _RunAs | None, skip: set[str]
+    ) -> None:
         config = self.node_dir / "config"
         data = self.data_dir or self.node_dir / "data"
         for folder in (self.node_dir, config, data, self.logs_dir, self.node_dir / "tmp"):
@@ -852,8 +922,7 @@ class LocalNode:
                         f"not searchable); choose a folder under /var/lib, /srv or /tmp"
                     )
 
-    def _launch(self, es_home: Path, java_home: Path, run_as: _RunAs | None,
-                started: float) -> NodeStatus:
+    def _launch(self, es_home: Path, java_home: Path, run_as: _RunAs | None) -> NodeStatus:
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8",
@@ -864,7 +933,9 @@ class LocalNode:
             "ES_JAVA_OPTS": f"-Xms{self.heap} -Xmx{self.heap}",
         }
         self.pid_file.unlink(missing_ok=True)
-        deadline = started + self.startup_timeout_s
+        self._log_offsets = {path: _size(path) for path in self._log_files()}
+        self._log_offsets[self.console_log] = 0  # truncated below
+        deadline = time.monotonic() + self.startup_timeout_s
         command = [str(es_home / "bin" / "elasticsearch"), "-d", "-p", str(self.pid_file)]
         with self.console_log.open("w") as log:
             if run_as is not None:
@@ -885,24 +956,28 @@ class LocalNode:
             code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._kill_group(proc)
-            raise NodeError(self._failure(
-                f"Elasticsearch did not start on {self.url} within "
-                f"{self.startup_timeout_s:.0f}s; stopped it"
-            )) from None
+            raise NodeError(
+                self._failure(
+                    f"Elasticsearch did not start on {self.url} within "
+                    f"{self.startup_timeout_s:.0f}s; stopped it"
+                )
+            ) from None
         if code != 0:
             self._kill_group(proc)
             log_text = self._log_tail(200)
             rejected = _unknown_setting(log_text)
             if rejected in OPTIONAL_SETTINGS:
                 raise _RejectedSetting(rejected)
-            raise NodeError(self._failure(
-                f"Elasticsearch on port {self.port} failed to start (launcher exit {code})"
-            ))
+            raise NodeError(
+                self._failure(
+                    f"Elasticsearch on port {self.port} failed to start (launcher exit {code})"
+                )
+            )
         pid = self._live_pid()
         if pid is None:
-            raise NodeError(self._failure(
-                f"Elasticsearch started but left no live process in {self.pid_file}"
-            ))
+            raise NodeError(
+                self._failure(f"Elasticsearch started but left no live process in {self.pid_file}")
+            )
         return self._wait_healthy(pid, deadline, started_here=True)
 
     def _wait_healthy(self, pid: int, deadline: float, *, started_here: bool) -> NodeStatus:
@@ -910,11 +985,15 @@ class LocalNode:
             if not _alive(pid):
                 raise NodeError(self._failure(f"Elasticsearch pid {pid} exited while starting"))
             answer = _ask(self.url)
-            if answer is not None and self._is_ours(answer, pid) and answer.health in {
-                "green", "yellow"
-            }:
+            if (
+                answer is not None
+                and self._is_ours(answer, pid)
+                and answer.health in {"green", "yellow"}
+            ):
                 return self._status(
-                    True, pid, answer.version,
+                    True,
+                    pid,
+                    answer.version,
                     f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
                     f"health {answer.health})",
                 )
@@ -924,13 +1003,18 @@ class LocalNode:
                 break
             time.sleep(0.5)
         if started_here:
-            os.kill(pid, signal.SIGKILL)
-            self._wait_gone(pid, 10.0)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                if self._wait_gone(pid, 15.0):
+                    break
             self.pid_file.unlink(missing_ok=True)
-        raise NodeError(self._failure(
-            f"Elasticsearch pid {pid} did not reach health yellow at {self.url} within "
-            f"{self.startup_timeout_s:.0f}s" + ("; killed it" if started_here else "")
-        ))
+        raise NodeError(
+            self._failure(
+                f"Elasticsearch pid {pid} did not reach health yellow at {self.url} within "
+                f"{self.startup_timeout_s:.0f}s" + ("; killed it" if started_here else "")
+            )
+        )
 
     @staticmethod
     def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -952,21 +1036,31 @@ class LocalNode:
             time.sleep(0.2)
         return not _alive(pid)
 
+    def _log_files(self) -> tuple[Path, Path]:
+        return self.console_log, self.logs_dir / f"{CLUSTER_NAME}.log"
+
     def _log_tail(self, lines: int) -> str:
+        """The last lines each log got since this object last launched the node."""
         chunks: list[str] = []
-        for path in (self.console_log, self.logs_dir / f"{CLUSTER_NAME}.log"):
-            with contextlib.suppress(OSError):
-                chunks.append(_tail(path.read_text(errors="replace"), lines))
+        for path in self._log_files():
+            with contextlib.suppress(OSError), path.open("rb") as handle:
+                offset = self._log_offsets.get(path, 0)
+                handle.seek(offset if offset <= _size(path) else 0)  # 0: rotated meanwhile
+                chunks.append(_tail(handle.read().decode(errors="replace"), lines))
         return "\n".join(chunk for chunk in chunks if chunk)
 
     def _failure(self, headline: str) -> str:
-        tail = _tail(self._log_tail(40), 40)
-        cause = re.findall(
-            r"^(?:java\.lang\.\w+(?:Exception|Error)|ERROR|bootstrap check failure).*$",
-            tail, re.MULTILINE,
-        )
-        reason = f"\ncause: {cause[0]}" if cause else ""
-        return f"{headline}{reason}\n--- last lines of {self.console_log} ---\n{tail}"
+        logged = self._log_tail(200)
+        cause = _startup_cause(logged)
+        reason = f"\ncause: {cause}" if cause else ""
+        return f"{headline}{reason}\n--- last lines of the node's logs ---\n{_tail(logged, 30)}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 class _RejectedSetting(Exception):

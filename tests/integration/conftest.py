@@ -48,4 +48,11 @@ def alias(es_client: Elasticsearch) -> Iterator[str]:
     """A fresh alias name; every index behind or named after it is deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    es_client.indices.delete(index=f"{name}-*", ignore_unavailable=True, allow_no_indices=True)
+    delete_indices_named_after(es_client, name)
+
+
+def delete_indices_named_after(client: Elasticsearch, alias: str) -> None:
+    """Wildcard deletes are refused (action.destructive_requires_name), so name each one."""
+    names = list(client.indices.get(index=f"{alias}-*", allow_no_indices=True))
+    if names:
+        client.indices.delete(index=",".join(names), ignore_unavailable=True)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from reranker.cli import main
-from tests.integration.conftest import SCIFACT, write_jsonl
+from tests.integration.conftest import SCIFACT, delete_indices_named_after, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ def test_eval_writes_every_mode_and_metric_in_the_documented_shape(
             assert report["results"][mode]["recall@100"] > 0.8, mode
             assert report["results"][mode]["ndcg@10"] > 0.5, mode
     finally:
-        es_client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+        delete_indices_named_after(es_client, alias)
 
 
 def test_eval_reuses_an_index_that_already_holds_the_corpus(
@@ -84,7 +84,7 @@ def test_eval_reuses_an_index_that_already_holds_the_corpus(
         assert second.exit_code == 0, second.output
         assert "indexed" not in second.output
     finally:
-        es_client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+        delete_indices_named_after(es_client, alias)
 
 
 def test_eval_of_a_split_without_qrels_exits_4_naming_the_splits(

@@ -132,12 +132,16 @@ def test_reindex_rebuilds_from_the_current_index_and_swaps(
         es_client, CorpusSource.open(write_jsonl(tmp_path / "d.jsonl", scifact_docs[:25])),
         alias, embedder, options=QUIET,
     )
-    vector_before = es_client.get(index=alias, id=scifact_docs[0]["_id"])["_source"]["embedding"]
+    vector_before = es_client.get(
+        index=alias, id=scifact_docs[0]["_id"], source_exclude_vectors=False
+    )["_source"]["embedding"]
     second = reindex_alias(es_client, alias, embedder, options=QUIET)
     assert second.index != first.index
     assert mappings.indices_behind_alias(es_client, alias) == [second.index]
     assert es_client.count(index=alias)["count"] == 25
-    vector_after = es_client.get(index=alias, id=scifact_docs[0]["_id"])["_source"]["embedding"]
+    vector_after = es_client.get(
+        index=alias, id=scifact_docs[0]["_id"], source_exclude_vectors=False
+    )["_source"]["embedding"]
     assert vector_after == pytest.approx(vector_before)
 
 

@@ -61,10 +61,18 @@ def scifact_docs() -> list[str]:
 @pytest.fixture(scope="session")
 def scifact_pairs() -> list[tuple[str, str]]:
     """Up to 100 real (query, abstract) pairs from SciFact test: judged docs plus others."""
+    pairs = load_scifact_pairs()
+    if not pairs:
+        pytest.skip("SciFact data not found beside the repository")
+    return pairs
+
+
+def load_scifact_pairs() -> list[tuple[str, str]]:
+    """50 judged (query, abstract) pairs of SciFact test and 50 unjudged; [] without the data."""
     queries_path, corpus_path = SCIFACT / "queries.jsonl", SCIFACT / "corpus.jsonl"
     qrels_path = SCIFACT / "qrels" / "test.tsv"
     if not (queries_path.is_file() and corpus_path.is_file() and qrels_path.is_file()):
-        pytest.skip("SciFact data not found beside the repository")
+        return []
     qrels: list[tuple[str, str]] = []
     for line in qrels_path.read_text(encoding="utf-8").splitlines()[1:]:
         qid, did, _ = line.split("\t")
@@ -108,7 +116,13 @@ def xenc_checkpoint_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempP
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy2(minilm_weights_dir / name, out / name)
     (out / "train_info.json").write_text(
-        json.dumps({"data": "none (fresh head, for tests)", "epochs": 0}), encoding="utf-8"
+        json.dumps(
+            {
+                "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                "data": "none (fresh head, for tests)",
+                "epochs": 0,
+            }
+        ), encoding="utf-8"
     )
     return out
 

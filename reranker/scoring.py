@@ -1,0 +1,432 @@
+"""The cross-encoder :class:`Scorer`: (query, passage) pairs in, one relevance score per pair out.
+
+    scorer = Scorer(Path("models/reranker"))            # a folder from export_cross_encoder
+    scores = scorer.score([(query, passage), ...])      # float32 logits, in the caller's order
+    probs = scorer.score(pairs, sigmoid=True)           # the same through a sigmoid, in (0, 1)
+
+What it does for speed (all measured on 2-core CPUs, see ``shared/models/README.md``):
+pairs are tokenised once (each distinct query once), sorted by length, cut into batches of at
+most ``max_batch_size`` pairs and ``max_batch_tokens`` padded tokens, and each batch is padded
+only to its own longest pair; scores go back to the caller's order.
+
+Truncation is longest-first, as in Hugging Face tokenizers: tokens come off the longer of query
+and passage until the pair fits ``max_length``. Passages beyond ``max_length * 100`` characters
+are cut at a space before tokenising (a 100k-character passage costs no more than a long one).
+Truncated pairs are counted: :attr:`Scorer.last_stats` for the latest call, :attr:`Scorer.stats`
+over the scorer's life.
+
+Providers: by default CUDA when this onnxruntime build has it and it loads, else CPU. Asking
+for a provider the build lacks is not an error: it falls back to CPU with a warning, and
+:attr:`Scorer.provider` says what actually runs. The choice is logged.
+
+Conventions: an empty list of pairs gives an empty float32 array (not an error); a pair that is
+not two ``str`` raises :class:`TypeError`; non-finite model output raises
+:class:`~reranker.errors.ModelError`. One scorer may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from reranker.errors import ModelError
+from reranker.models import (
+    CROSS_ENCODER_CARD,
+    config_max_positions,
+    open_session,
+    read_card,
+    verify_files,
+)
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+VARIANTS = ("fp32", "int8", "fp16")
+#: characters kept per token of ``max_length`` before tokenising (BERT tokens span < 100 chars)
+CHARS_PER_TOKEN_CAP = 100
+
+
+class ScoreTimeout(ModelError):
+    """Scoring passed the caller's deadline; the remaining batches were not run."""
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """What one :meth:`Scorer.score` call (or a scorer's whole life) did."""
+
+    pairs: int = 0
+    batches: int = 0
+    truncated: int = 0
+    tokens: int = 0  # real tokens fed to the model
+    padded_tokens: int = 0  # tokens fed including padding (batch rows × batch width)
+    seconds: float = 0.0
+
+    def __add__(self, other: ScoreStats) -> ScoreStats:
+        return ScoreStats(
+            pairs=self.pairs + other.pairs,
+            batches=self.batches + other.batches,
+            truncated=self.truncated + other.truncated,
+            tokens=self.tokens + other.tokens,
+            padded_tokens=self.padded_tokens + other.padded_tokens,
+            seconds=self.seconds + other.seconds,
+        )
+
+
+def check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs as a list; :class:`TypeError` naming the first malformed one."""
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError("pairs must be a sequence of (query, passage) tuples, not a string")
+    items = list(pairs)
+    for position, pair in enumerate(items):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(
+                f"pairs[{position}] must be a (query, passage) pair, got {type(pair).__name__}"
+            )
+        for side, text in zip(("query", "passage"), pair, strict=True):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"pairs[{position}] {side} is {type(text).__name__}, expected str"
+                )
+    return [(q, p) for q, p in items]
+
+
+def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
+    """Lengths after longest-first truncation of a pair to ``budget`` tokens.
+
+    The same rule as Hugging Face ``tokenizers`` (``TruncationStrategy::LongestFirst``): when
+    only the longer side must shrink, it keeps ``budget - shorter``; when both must, they
+    split the budget evenly (the odd token to the longer side).
+    """
+    if n1 + n2 <= budget:
+        return n1, n2
+    swap = n1 > n2
+    short, long_ = (n2, n1) if swap else (n1, n2)
+    long_ = short if short > budget else max(short, budget - short)
+    if short + long_ > budget:
+        short = budget // 2
+        long_ = short + budget % 2
+    return (long_, short) if swap else (short, long_)
+
+
+def _cap_chars(text: str, limit: int) -> tuple[str, bool]:
+    if len(text) <= limit:
+        return text, False
+    cut = text.rfind(" ", limit // 2, limit)
+    return text[: cut if cut > 0 else limit], True
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
+    return out
+
+
+class Scorer:
+    """Cross-encoder scores for (query, passage) pairs, from an exported model folder.
+
+    ``model_dir`` holds ``reranker.json`` (the card), ONNX files, ``tokenizer.json`` and
+    ``config.json``. The card's sha256 of the chosen variant, the tokenizer and the config must
+    match, else :class:`ModelError` naming the file; so must the ONNX file parse.
+    ``variant`` picks ``fp32``, ``int8`` or ``fp16`` (for CUDA) when the export made it.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        providers: Sequence[str] | None = None,
+        max_length: int = 256,
+        max_batch_tokens: int = 4096,
+        max_batch_size: int = 16,
+        threads: int | None = None,
+        variant: str = "fp32",
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        if max_length < 8:
+            raise ModelError(f"max_length must be at least 8, got {max_length}")
+        if max_batch_size < 1:
+            raise ModelError(f"max_batch_size must be positive, got {max_batch_size}")
+        card = read_card(self.model_dir, CROSS_ENCODER_CARD)
+        if card.get("kind") != "cross-encoder":
+            raise ModelError(
+                f"{self.model_dir} holds a {card.get('kind')!r} model, not a cross-encoder"
+            )
+        variants: dict[str, Any] = card.get("variants") or {}
+        if variant not in variants:
+            raise ModelError(
+                f"{self.model_dir} has no {variant!r} variant (it has: {', '.join(variants)}); "
+                "export it with the matching option"
+            )
+        onnx_name = str(variants[variant].get("file"))
+        verify_files(self.model_dir, card, [onnx_name, "tokenizer.json", "config.json"])
+        self.card: dict[str, Any] = card
+        self._variant = variant
+        self.max_length = min(max_length, config_max_positions(self.model_dir))
+        if max_batch_tokens < self.max_length:
+            raise ModelError(
+                f"max_batch_tokens ({max_batch_tokens}) must be at least max_length "
+                f"({self.max_length}), or a single long pair could not be scored"
+            )
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+
+        self._tokenizer = self._load_tokenizer(self.model_dir / "tokenizer.json")
+        special = self._tokenizer.num_special_tokens_to_add(is_pair=True)
+        self._budget = self.max_length - special
+        if self._budget < 2:
+            raise ModelError(f"max_length {self.max_length} leaves no room for text")
+
+        chosen = self._choose_providers(providers)
+        self._session = open_session(self.model_dir / onnx_name, providers=chosen, threads=threads)
+        active = self._session.get_providers()
+        self._provider = active[0] if active else CPU
+        if chosen[0] != CPU and self._provider != chosen[0]:
+            warnings.warn(
+                f"{chosen[0]} is installed but could not be used (drivers or libraries missing); "
+                f"scoring runs on {self._provider}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if variant == "fp16" and self._provider == CPU:
+            log.warning("the fp16 variant is meant for CUDA; on CPU it is slower than fp32")
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self._output = self._session.get_outputs()[0].name
+        log.info(
+            "scorer %s (%s) on %s, max_length %d, batches ≤ %d pairs / %d tokens",
+            self.model_id,
+            variant,
+            self._provider,
+            self.max_length,
+            max_batch_size,
+            max_batch_tokens,
+        )
+        self._lock = threading.Lock()
+        self._stats = ScoreStats()
+        self._last = ScoreStats()
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def model_id(self) -> str:
+        """The model's name from its card (``name``)."""
+        return str(self.card.get("name") or self.model_dir.name)
+
+    @property
+    def version(self) -> str:
+        """The card's ``version`` if the export set one, else sha256[:12] of the ONNX file."""
+        explicit = self.card.get("version")
+        if explicit:
+            return str(explicit)
+        onnx_name = self.card["variants"][self._variant]["file"]
+        return str(self.card["files"][onnx_name])[:12]
+
+    @property
+    def variant(self) -> str:
+        return self._variant
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs the model, e.g. ``CPUExecutionProvider``."""
+        return self._provider
+
+    @property
+    def stats(self) -> ScoreStats:
+        """Totals over every call so far."""
+        with self._lock:
+            return self._stats
+
+    @property
+    def last_stats(self) -> ScoreStats:
+        """The latest finished call (with several threads: whichever finished last)."""
+        with self._lock:
+            return self._last
+
+    @property
+    def last_truncated(self) -> int:
+        """Pairs truncated in the latest finished call."""
+        return self.last_stats.truncated
+
+    def __repr__(self) -> str:
+        return (
+            f"Scorer({self.model_id!r}, version={self.version!r}, variant={self._variant!r}, "
+            f"provider={self._provider!r})"
+        )
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        sigmoid: bool = False,
+        deadline: float | None = None,
+    ) -> np.ndarray:
+        """One float32 score per pair, in the caller's order.
+
+        Scores are the model's logit (one-label heads), or ``logit[1] - logit[0]`` for
+        two-label heads, so that ``sigmoid=True`` gives the positive class's probability.
+        ``deadline`` is a :func:`time.monotonic` instant: when a batch finishes past it the rest
+        are skipped and :class:`ScoreTimeout` is raised. An empty ``pairs`` gives an empty
+        array.
+        """
+        items = check_pairs(pairs)
+        started = time.perf_counter()
+        out = np.empty(len(items), dtype=np.float32)
+        if not items:
+            return out
+        encodings, truncated = self._encode(items)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
+        order = np.argsort(lengths, kind="stable")
+        batches = 0
+        padded = 0
+        start = 0
+        while start < len(order):
+            end = start + 1
+            # sorted ascending, so the batch's width is the length of its last pair
+            while (
+                end < len(order)
+                and end - start < self.max_batch_size
+                and (end - start + 1) * int(lengths[order[end]]) <= self.max_batch_tokens
+            ):
+                end += 1
+            rows = order[start:end]
+            width = int(lengths[rows[-1]])
+            out[rows] = self._run([encodings[r] for r in rows], width)
+            batches += 1
+            padded += len(rows) * width
+            start = end
+            if deadline is not None and start < len(order) and time.monotonic() > deadline:
+                raise ScoreTimeout(
+                    f"scoring passed its deadline after {start} of {len(items)} pairs"
+                )
+        if not np.isfinite(out).all():
+            bad = int((~np.isfinite(out)).sum())
+            raise ModelError(f"the model returned {bad} non-finite scores of {len(items)}")
+        call = ScoreStats(
+            pairs=len(items),
+            batches=batches,
+            truncated=truncated,
+            tokens=int(lengths.sum()),
+            padded_tokens=padded,
+            seconds=time.perf_counter() - started,
+        )
+        with self._lock:
+            self._last = call
+            self._stats = self._stats + call
+        return _sigmoid(out) if sigmoid else out
+
+    def warmup(self) -> None:
+        """Run one small batch, so the first real request does not pay for lazy setup."""
+        self.score([("warm up", "a short passage to warm the model up")])
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _load_tokenizer(path: Path) -> Tokenizer:
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+            raise ModelError(f"{path} is not a loadable tokenizer: {exc}") from exc
+        tokenizer.no_padding()
+        tokenizer.no_truncation()  # pairs are truncated here, longest first (see longest_first)
+        return tokenizer
+
+    def _choose_providers(self, requested: Sequence[str] | None) -> list[str]:
+        available = ort.get_available_providers()
+        if requested is None:
+            wanted = [CUDA, CPU] if CUDA in available else [CPU]
+        else:
+            wanted = [str(p) for p in requested]
+            missing = [p for p in wanted if p not in available]
+            if missing:
+                warnings.warn(
+                    f"execution providers {missing} are not in this onnxruntime build "
+                    f"(available: {available}); falling back to {CPU}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        chosen = [p for p in wanted if p in available and p != CPU] + [CPU]
+        log.info("execution providers requested %s, using %s", requested, chosen)
+        return chosen
+
+    def _encode(self, items: list[tuple[str, str]]) -> tuple[list[Encoding], int]:
+        """Pair encodings (special tokens added), longest-first truncated; and how many were cut."""
+        limit = self.max_length * CHARS_PER_TOKEN_CAP
+        truncated = 0
+        queries: dict[str, int] = {}
+        passages: list[str] = []
+        query_slots: list[int] = []
+        cut_by_chars: list[bool] = []
+        for query, passage in items:
+            query_slots.append(queries.setdefault(query, len(queries)))
+            capped, cut = _cap_chars(passage, limit)
+            passages.append(capped)
+            cut_by_chars.append(cut)
+        query_texts = [_cap_chars(q, limit)[0] for q in queries]
+        try:
+            query_encs = self._tokenizer.encode_batch(query_texts, add_special_tokens=False)
+            passage_encs = self._tokenizer.encode_batch(passages, add_special_tokens=False)
+        except Exception as exc:  # tokenizers raises bare Exceptions
+            raise ModelError(f"tokenisation failed: {exc}") from exc
+        encodings: list[Encoding] = []
+        for slot, passage_enc, cut in zip(query_slots, passage_encs, cut_by_chars, strict=True):
+            query_enc = query_encs[slot]
+            n1, n2 = len(query_enc.ids), len(passage_enc.ids)
+            k1, k2 = longest_first(n1, n2, self._budget)
+            if k1 < n1:
+                query_enc = _truncated_copy(self._tokenizer, query_texts[slot], k1)
+            if k2 < n2:
+                passage_enc.truncate(k2)
+            if cut or k1 < n1 or k2 < n2:
+                truncated += 1
+            encodings.append(
+                self._tokenizer.post_process(query_enc, passage_enc, add_special_tokens=True)
+            )
+        return encodings, truncated
+
+    def _run(self, encodings: Sequence[Encoding], width: int) -> np.ndarray:
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        try:
+            feed = {name: arrays[name] for name in self._inputs}
+        except KeyError as exc:
+            raise ModelError(f"the model wants an input this scorer cannot make: {exc}") from exc
+        try:
+            logits = np.asarray(self._session.run([self._output], feed)[0], dtype=np.float32)
+        except Exception as exc:  # ORT's runtime errors are untyped
+            raise ModelError(f"the model failed on a batch of {len(encodings)}: {exc}") from exc
+        if logits.ndim == 1:
+            logits = logits[:, None]
+        if logits.shape[0] != len(encodings):
+            raise ModelError(
+                f"the model returned {logits.shape[0]} scores for a batch of {len(encodings)}"
+            )
+        if logits.shape[1] == 1:
+            return logits[:, 0]
+        if logits.shape[1] == 2:
+            return logits[:, 1] - logits[:, 0]
+        raise ModelError(f"a {logits.shape[1]}-label head is not a relevance score")
+
+
+def _truncated_copy(tokenizer: Tokenizer, text: str, keep: int) -> Encoding:
+    """A fresh encoding of ``text`` cut to ``keep`` tokens (query encodings are shared)."""
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    encoding.truncate(keep)
+    return encoding

@@ -1,0 +1,61 @@
+"""Session fixtures for the integration tests: one real Elasticsearch node per test session.
+
+``es_node`` starts a :class:`~reranker.es.node.LocalNode` on port 9250 (``RERANKER_TEST_ES_PORT``
+overrides) with a fresh data folder, so it never touches the node a user runs on 9200, and
+stops it when the session ends. With ``RERANKER_TEST_ES_URL`` set, that cluster is used
+instead and nothing is started or stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from reranker.es.node import LocalNode, NodeStatus
+
+# Tests that stop the session node run after every other test (they are in test_node.py).
+RUN_LAST = ("test_down_stops_the_process_and_status_says_not_running",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.name.split("[")[0] in RUN_LAST)
+
+
+def es_test_port() -> int:
+    return int(os.environ.get("RERANKER_TEST_ES_PORT", "9250"))
+
+
+@pytest.fixture(scope="session")
+def es_node() -> Iterator[NodeStatus]:
+    external = os.environ.get("RERANKER_TEST_ES_URL")
+    if external:
+        yield NodeStatus(
+            running=True,
+            url=external.rstrip("/"),
+            pid=None,
+            version=None,
+            home=Path(),
+            message="external cluster from RERANKER_TEST_ES_URL",
+        )
+        return
+    # Under /tmp so that the unprivileged node user can reach it when the tests run as root.
+    data_dir = Path(tempfile.mkdtemp(prefix="reranker-test-es-data-"))
+    node = LocalNode(port=es_test_port(), heap="512m", data_dir=data_dir)
+    try:
+        yield node.up()
+    finally:
+        node.down()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def es_client(es_node: NodeStatus) -> Iterator[Elasticsearch]:
+    client = Elasticsearch(es_node.url, request_timeout=60)
+    yield client
+    client.close()
