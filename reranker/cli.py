@@ -90,6 +90,22 @@ def _embedder(ctx: click.Context) -> Embedder:
     return Embedder.default(ctx.obj)
 
 
+def default_model_dir() -> Path:
+    """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
+    import os
+
+    configured = os.environ.get("RERANKER_MODEL")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6"
+
+
+def _scorer(model: Path | None, variant: str) -> Any:
+    from reranker.scoring import Scorer
+
+    return Scorer(model or default_model_dir(), variant=variant)
+
+
 # --------------------------------------------------------------------------- es
 
 
@@ -339,6 +355,29 @@ def search_cmd(
 @click.option("--alias", default=None, help="Alias to index into [default: beir-<dataset name>].")
 @click.option("--depth", default=100, show_default=True, help="Hits retrieved per query.")
 @_hybrid_options
+@click.option(
+    "--window", default=100, show_default=True, help="Candidates the cross-encoder reranks."
+)
+@click.option(
+    "--rerank-base",
+    type=click.Choice(["bm25", "dense", "hybrid"]),
+    default="bm25",
+    show_default=True,
+    help="First stage whose candidates `rerank` reorders.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cross-encoder folder for `rerank` [default: RERANKER_MODEL or the shipped model].",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["fp32", "int8", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Which exported precision of the cross-encoder to run.",
+)
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -354,6 +393,10 @@ def eval_cmd(
     rank_constant: int,
     normalization: str,
     weights: str,
+    window: int,
+    rerank_base: str,
+    model: Path | None,
+    variant: str,
     reindex: bool,
     output: Path | None,
     progress: bool,
@@ -370,13 +413,16 @@ def eval_cmd(
         ensure_dataset_index,
         first_stage_runners,
         judged_queries,
+        pipeline_runner,
+        query_vectors,
         score_run,
     )
     from reranker.first_stage import FirstStage
     from reranker.indexing import default_cache
+    from reranker.pipeline import Pipeline
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    known = ("bm25", "dense", "hybrid")
+    known = ("bm25", "dense", "hybrid", "rerank")
     unknown = [m for m in wanted if m not in known]
     if unknown or not wanted:
         raise ConfigError(
@@ -404,7 +450,14 @@ def eval_cmd(
         click.echo(f"indexed {built.documents} documents into {built.index}", err=True)
 
     stage = FirstStage(client, alias, embedder)
-    runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid)
+    vectors = query_vectors(stage, queries)
+    runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid, vectors=vectors)
+    if "rerank" in wanted:
+        scorer = _scorer(model, variant)
+        click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
+        reading = FirstStage(client, alias, embedder, with_source=["title", "text"])
+        pipeline = Pipeline(reading, scorer, base=rerank_base, window=window, hybrid=hybrid)
+        runners["rerank"] = pipeline_runner(pipeline, vectors)
     report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
     for mode in wanted:
         run, ms = collect_run(queries, runners[mode], progress=progress, label=mode)

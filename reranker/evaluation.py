@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
 from reranker.embed_cache import EmbeddingCache, TextEncoder
-from reranker.errors import SourceError
+from reranker.errors import SearchError, SourceError
 from reranker.es import mappings
 from reranker.first_stage import FirstStage, HybridOptions
 from reranker.indexing import IndexResult, LoadOptions, index_corpus, source_digest
+from reranker.pipeline import Pipeline
 
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 # A judged query with no hits still counts (as zero) only if it appears in the run.
@@ -91,12 +92,9 @@ def first_stage_runners(
     *,
     depth: int,
     hybrid: HybridOptions,
+    vectors: Mapping[str, list[float]],
 ) -> dict[str, RunFunction]:
-    """bm25, dense and hybrid as run functions; query vectors are computed once, in a batch."""
-    vectors: dict[str, list[float]] = {}
-    if stage.encoder is not None:
-        ids = list(queries)
-        vectors = dict(zip(ids, stage.embed([queries[q] for q in ids]), strict=True))
+    """bm25, dense and hybrid as run functions over precomputed query vectors."""
 
     def as_run(hits: Sequence[Any]) -> dict[str, float]:
         return {h.id: h.score for h in hits}
@@ -108,6 +106,26 @@ def first_stage_runners(
             stage.hybrid(text, depth, hybrid, vector=vectors.get(qid))
         ),
     }
+
+
+def pipeline_runner(pipeline: Pipeline, vectors: Mapping[str, list[float]]) -> RunFunction:
+    """The reranking pipeline as a run function: its whole window, in its final order."""
+
+    def run(query_id: str, text: str) -> dict[str, float]:
+        result = pipeline.search(text, k=pipeline.window, vector=vectors.get(query_id))
+        if result.degraded:
+            raise SearchError(f"query {query_id}: {result.degraded}")
+        return {h.id: h.score for h in result.hits}
+
+    return run
+
+
+def query_vectors(stage: FirstStage, queries: Mapping[str, str]) -> dict[str, list[float]]:
+    """Every query embedded once, in one batch (empty without an encoder)."""
+    if stage.encoder is None:
+        return {}
+    ids = list(queries)
+    return dict(zip(ids, stage.embed([queries[q] for q in ids]), strict=True))
 
 
 def ensure_dataset_index(

@@ -10,10 +10,10 @@ from elasticsearch import Elasticsearch
 from elasticsearch.exceptions import ApiError, TransportError
 
 from reranker import fusion
-from reranker.fusion import NORMALIZATIONS, Normalization
 from reranker.embed_cache import TextEncoder
 from reranker.errors import SearchError
 from reranker.es.queries import TEXT_FIELDS, bm25_query, knn_clause
+from reranker.fusion import NORMALIZATIONS, Normalization
 
 Mode = Literal["bm25", "dense", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)

@@ -95,9 +95,7 @@ def check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
             )
         for side, text in zip(("query", "passage"), pair, strict=True):
             if not isinstance(text, str):
-                raise TypeError(
-                    f"pairs[{position}] {side} is {type(text).__name__}, expected str"
-                )
+                raise TypeError(f"pairs[{position}] {side} is {type(text).__name__}, expected str")
     return [(q, p) for q, p in items]
 
 

@@ -331,7 +331,9 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 try:
                     grade = int(float(parts[2]))
                 except ValueError as exc:
-                    raise SourceError(f"{path}:{number}: score {parts[2]!r} is not a number") from exc
+                    raise SourceError(
+                        f"{path}:{number}: score {parts[2]!r} is not a number"
+                    ) from exc
                 qrels.setdefault(parts[0], {})[parts[1]] = grade
     except OSError as exc:
         raise SourceError(f"{path}: cannot read qrels: {exc}") from exc
@@ -366,7 +368,9 @@ def load_beir(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
     """A BEIR folder's ``(corpus {doc_id: passage}, queries {query_id: text})``."""
     folder = Path(folder)
     corpus = {str(row["_id"]): doc_text(row) for _, row in _read_jsonl(folder / "corpus.jsonl")}
-    queries = {str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(folder / "queries.jsonl")}
+    queries = {
+        str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(folder / "queries.jsonl")
+    }
     return corpus, queries
 
 
@@ -545,9 +549,7 @@ def load_training_pairs(
             per_file.append(_triples_pairs(source.path, collector, excluded, test_qrels))
         else:
             per_file.append(
-                _beir_pairs(
-                    source, collector, negatives_per_positive, bm25_depth, seed, test_qrels
-                )
+                _beir_pairs(source, collector, negatives_per_positive, bm25_depth, seed, test_qrels)
             )
     pairs = collector.pairs
     if not pairs:
@@ -577,9 +579,61 @@ def load_training_pairs(
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
-    "a an and are as at be but by for from has have he her his i if in into is it its of on "
-    "or our she so such than that the their them then there these they this to was we were "
-    "what when where which who will with you your".split()
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "will",
+        "with",
+        "you",
+        "your",
+    }
 )
 
 
@@ -714,29 +768,58 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+Feature = tuple[np.ndarray, np.ndarray | None]
+"""One tokenised pair: input ids, and token type ids where the model uses them (int32)."""
+
+
 def _encode(
-    tokenizer: PreTrainedTokenizerBase, queries: Sequence[str], passages: Sequence[str], max_length: int
-) -> list[dict[str, list[int]]]:
-    encoded = tokenizer(
-        list(queries),
-        list(passages),
-        truncation="longest_first",
-        max_length=max_length,
-        padding=False,
-    )
-    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in encoded]
-    return [{k: encoded[k][i] for k in keys} for i in range(len(queries))]
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[str],
+    passages: Sequence[str],
+    max_length: int,
+    chunk: int = 2048,
+) -> list[Feature]:
+    """Tokenise pairs (no padding; the longer side truncated first) into compact arrays."""
+    out: list[Feature] = []
+    for start in range(0, len(queries), chunk):
+        encoded = tokenizer(
+            list(queries[start : start + chunk]),
+            list(passages[start : start + chunk]),
+            truncation="longest_first",
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+        types = encoded.get("token_type_ids")
+        for i, ids in enumerate(encoded["input_ids"]):
+            out.append(
+                (
+                    np.asarray(ids, dtype=np.int32),
+                    None if types is None else np.asarray(types[i], dtype=np.int8),
+                )
+            )
+    return out
 
 
 def _collate(
-    features: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device
+    features: Sequence[Feature], pad_id: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    width = max(len(f["input_ids"]) for f in features)
-    batch: dict[str, torch.Tensor] = {}
-    for key in features[0]:
-        fill = pad_id if key == "input_ids" else 0
-        rows = [f[key] + [fill] * (width - len(f[key])) for f in features]
-        batch[key] = torch.tensor(rows, dtype=torch.long, device=device)
+    """Pad a batch to its longest pair."""
+    width = max(len(ids) for ids, _ in features)
+    ids = np.full((len(features), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(features), width), dtype=np.int64)
+    types = np.zeros((len(features), width), dtype=np.int64)
+    for row, (row_ids, row_types) in enumerate(features):
+        ids[row, : len(row_ids)] = row_ids
+        mask[row, : len(row_ids)] = 1
+        if row_types is not None:
+            types[row, : len(row_types)] = row_types
+    batch = {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(mask).to(device),
+    }
+    if features[0][1] is not None:
+        batch["token_type_ids"] = torch.from_numpy(types).to(device)
     return batch
 
 
@@ -753,7 +836,7 @@ def score_pairs(
     batches, dynamic padding). Leaves the model in eval mode."""
     device = next(model.parameters()).device
     features = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    order = sorted(range(len(features)), key=lambda i: len(features[i][0]))
     out = np.zeros(len(features), dtype=np.float32)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.eval()
@@ -778,11 +861,18 @@ def evaluate_dev(
 ) -> dict[str, float]:
     """Re-rank every dev query's candidates with the model; NDCG@10 and RR@10, and BM25's
     NDCG@10 on the same candidates (``bm25_nDCG@10``)."""
-    flat = [(qid, doc_id, dev.queries[qid], text) for qid, cands in dev.candidates.items()
-            for doc_id, text in cands]
+    flat = [
+        (qid, doc_id, dev.queries[qid], text)
+        for qid, cands in dev.candidates.items()
+        for doc_id, text in cands
+    ]
     scores = score_pairs(
-        model, tokenizer, [(q, t) for _, _, q, t in flat],
-        max_length=max_length, batch_size=batch_size, bf16=bf16,
+        model,
+        tokenizer,
+        [(q, t) for _, _, q, t in flat],
+        max_length=max_length,
+        batch_size=batch_size,
+        bf16=bf16,
     )
     run: dict[str, dict[str, float]] = {}
     for (qid, doc_id, _, _), score in zip(flat, scores, strict=True):
@@ -808,9 +898,7 @@ def check_checkpoint_dir(path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a Hugging Face checkpoint folder (config.json missing)")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise ModelError(
-            f"{path}: no model weights (expected one of {', '.join(WEIGHT_FILES)})"
-        )
+        raise ModelError(f"{path}: no model weights (expected one of {', '.join(WEIGHT_FILES)})")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(
             f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})"
@@ -841,8 +929,11 @@ def load_cross_encoder(
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{path}: cannot load as a cross-encoder: {exc}") from exc
-    fresh = [k for k in [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]
-             if "classifier" in str(k) or "score" in str(k)]
+    fresh = [
+        k
+        for k in [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]
+        if "classifier" in str(k) or "score" in str(k)
+    ]
     return model, tokenizer, bool(fresh)
 
 
@@ -1071,7 +1162,8 @@ def train(
                 k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]
             )
             raise RerankerError(
-                f"cannot resume {checkpoint_dir}: the data or settings changed ({', '.join(changed)})"
+                f"cannot resume {checkpoint_dir}: the data or settings changed "
+                f"({', '.join(changed)}); start again with overwrite=True"
             )
         model, tokenizer, _ = load_cross_encoder(checkpoint_dir, attn)
         head_fresh = bool(state["head_fresh"])
@@ -1083,7 +1175,7 @@ def train(
     features = _encode(
         tokenizer, [p.query for p in data.pairs], [p.passage for p in data.pairs], config.max_length
     )
-    lengths = [len(f["input_ids"]) for f in features]
+    lengths = [len(ids) for ids, _ in features]
     labels = torch.tensor([p.label for p in data.pairs], dtype=torch.float32)
     truncated = sum(1 for n in lengths if n >= config.max_length)
     steps_per_epoch = math.ceil(len(features) / config.batch_size)
@@ -1094,10 +1186,14 @@ def train(
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     grouped = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
     ]
     optimizer = torch.optim.AdamW(grouped, lr=config.lr)
     scheduler = get_linear_schedule_with_warmup(
@@ -1117,14 +1213,27 @@ def train(
         losses = list(state["losses"])
         dev_metrics = list(state["dev_metrics"])
         _set_rng_state(state["rng"])
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", checkpoint_dir, step, epoch,
-                    batch_in_epoch)
+        logger.info(
+            "resuming %s at step %d (epoch %d, batch %d)",
+            checkpoint_dir,
+            step,
+            epoch,
+            batch_in_epoch,
+        )
 
     logger.info(
         "training %s on %d pairs (%d positive), %d steps of %d, max_length %d (%d truncated), "
         "device %s, bf16 %s, threads %d",
-        base, len(features), data.stats["positives"], total_steps, config.batch_size,
-        config.max_length, truncated, device, bf16, torch.get_num_threads(),
+        base,
+        len(features),
+        data.stats["positives"],
+        total_steps,
+        config.batch_size,
+        config.max_length,
+        truncated,
+        device,
+        bf16,
+        torch.get_num_threads(),
     )
 
     def make_state() -> dict[str, Any]:
@@ -1146,8 +1255,12 @@ def train(
             return
         try:
             metrics = evaluate_dev(
-                model, tokenizer, dev, max_length=config.max_length,
-                batch_size=max(config.batch_size, 32), bf16=bf16,
+                model,
+                tokenizer,
+                dev,
+                max_length=config.max_length,
+                batch_size=max(config.batch_size, 32),
+                bf16=bf16,
             )
         except (RuntimeError, ValueError, KeyError) as exc:  # never lose the training to it
             logger.error("dev evaluation failed after step %d: %s", step, exc)
@@ -1156,13 +1269,19 @@ def train(
             model.train()
         metrics = {"epoch": round(done_epoch, 4), "step": float(step), **metrics}
         dev_metrics.append(metrics)
-        logger.info("dev %s after step %d: %s", dev.name, step,
-                    {k: round(v, 4) for k, v in metrics.items()})
+        logger.info(
+            "dev %s after step %d: %s", dev.name, step, {k: round(v, 4) for k, v in metrics.items()}
+        )
 
     interactive = sys.stderr.isatty()
     bar = tqdm(
-        total=total_steps, initial=step, disable=not progress, desc="train", unit="step",
-        mininterval=0.5 if interactive else 30.0, dynamic_ncols=True,
+        total=total_steps,
+        initial=step,
+        disable=not progress,
+        desc="train",
+        unit="step",
+        mininterval=0.5 if interactive else 30.0,
+        dynamic_ncols=True,
     )
     window_start = time.monotonic()
     window_pairs = 0
@@ -1170,8 +1289,9 @@ def train(
     loop_started = time.monotonic()
     try:
         while step < total_steps and epoch < config.epochs:
-            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch,
-                                    config.length_group)
+            batches = epoch_batches(
+                lengths, config.batch_size, config.seed, epoch, config.length_group
+            )
             while batch_in_epoch < len(batches) and step < total_steps:
                 indices = batches[batch_in_epoch]
                 batch = _collate([features[i] for i in indices], pad_id, device)
@@ -1190,7 +1310,7 @@ def train(
                 losses.append(value)
                 window_pairs += len(indices)
                 pairs_seen_this_call += len(indices)
-                recent = losses[-config.log_every:]
+                recent = losses[-config.log_every :]
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
                 if step % config.log_every == 0 or step == total_steps:
@@ -1199,8 +1319,13 @@ def train(
                     left = (total_steps - step) * config.batch_size / rate if rate else 0.0
                     logger.info(
                         "step %d/%d epoch %d loss %.4f lr %.2e %.1f pairs/s eta %.0f min",
-                        step, total_steps, epoch, sum(recent) / len(recent),
-                        scheduler.get_last_lr()[0], rate, left / 60,
+                        step,
+                        total_steps,
+                        epoch,
+                        sum(recent) / len(recent),
+                        scheduler.get_last_lr()[0],
+                        rate,
+                        left / 60,
                     )
                     window_start, window_pairs = time.monotonic(), 0
                 if batch_in_epoch == len(batches):
@@ -1231,7 +1356,7 @@ def train(
     with _quiet_transformers():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    tail = losses[-config.log_every:]
+    tail = losses[-config.log_every :]
     info: dict[str, Any] = {
         "format": 1,
         "kind": "cross-encoder",
@@ -1248,8 +1373,11 @@ def train(
         "epochs_completed": round(step / steps_per_epoch, 4),
         "final_loss": sum(tail) / len(tail) if tail else None,
         "loss_curve": [
-            {"step": i + len(losses[i : i + config.log_every]),
-             "loss": sum(losses[i : i + config.log_every]) / len(losses[i : i + config.log_every])}
+            {
+                "step": i + len(losses[i : i + config.log_every]),
+                "loss": sum(losses[i : i + config.log_every])
+                / len(losses[i : i + config.log_every]),
+            }
             for i in range(0, len(losses), config.log_every)
         ],
         "dev_metrics": dev_metrics,
@@ -1264,8 +1392,11 @@ def train(
         "config": config.to_json(),
         "command": list(sys.argv),
         "versions": _versions(),
-        "platform": {"machine": platform.machine(), "system": platform.platform(),
-                     "cpus": os.cpu_count()},
+        "platform": {
+            "machine": platform.machine(),
+            "system": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
         "notes": [],
     }
     if any(str(s).startswith("scifact") for s in data.stats["pairs_by_source"]):

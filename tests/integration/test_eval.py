@@ -53,8 +53,19 @@ def test_eval_writes_every_mode_and_metric_in_the_documented_shape(
     try:
         result = CliRunner().invoke(
             main,
-            ["--es-url", es_node.url, "eval", str(mini_scifact), "--split", "test",
-             "--alias", alias, "--output", str(output), "--no-progress"],
+            [
+                "--es-url",
+                es_node.url,
+                "eval",
+                str(mini_scifact),
+                "--split",
+                "test",
+                "--alias",
+                alias,
+                "--output",
+                str(output),
+                "--no-progress",
+            ],
         )
         assert result.exit_code == 0, result.output
         report = json.loads(output.read_text())
@@ -75,8 +86,17 @@ def test_eval_reuses_an_index_that_already_holds_the_corpus(
     es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
 ) -> None:
     alias = "test-eval-reuse"
-    args = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias,
-            "--modes", "bm25", "--no-progress"]
+    args = [
+        "--es-url",
+        es_node.url,
+        "eval",
+        str(mini_scifact),
+        "--alias",
+        alias,
+        "--modes",
+        "bm25",
+        "--no-progress",
+    ]
     try:
         first = CliRunner().invoke(main, args)
         assert "indexed" in first.output

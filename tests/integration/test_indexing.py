@@ -35,8 +35,11 @@ def with_signals(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_index_publishes_alias_after_verifying_the_count(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     path = write_jsonl(tmp_path / "docs.jsonl", scifact_docs[:40])
     result = index_corpus(es_client, CorpusSource.open(path), alias, embedder, options=QUIET)
@@ -49,8 +52,11 @@ def test_index_publishes_alias_after_verifying_the_count(
 
 
 def test_analyser_choice_matches_the_clusters_modules_and_is_recorded(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     has_stemmer = mappings.supported_token_filters(es_client, ["porter_stem"])["porter_stem"]
     path = write_jsonl(tmp_path / "docs.jsonl", scifact_docs[:5])
@@ -61,8 +67,11 @@ def test_analyser_choice_matches_the_clusters_modules_and_is_recorded(
 
 
 def test_reindexing_the_same_source_is_idempotent(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     source = CorpusSource.open(write_jsonl(tmp_path / "docs.jsonl", scifact_docs[:30]))
     first = index_corpus(es_client, source, alias, embedder, options=QUIET)
@@ -76,13 +85,19 @@ def test_reindexing_the_same_source_is_idempotent(
 
 
 def test_bulk_failure_midway_leaves_the_live_alias_and_index_untouched(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     good = with_signals(scifact_docs[:60])
     live = index_corpus(
-        es_client, CorpusSource.open(write_jsonl(tmp_path / "good.jsonl", good)), alias,
-        embedder, options=QUIET,
+        es_client,
+        CorpusSource.open(write_jsonl(tmp_path / "good.jsonl", good)),
+        alias,
+        embedder,
+        options=QUIET,
     )
     bad = with_signals(scifact_docs[:60])
     bad[45]["signals"]["year"] = "the year of the rat"  # mapped as a number by then
@@ -97,8 +112,11 @@ def test_bulk_failure_midway_leaves_the_live_alias_and_index_untouched(
 
 
 def test_malformed_line_aborts_before_elasticsearch_is_touched(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     path = write_jsonl(tmp_path / "docs.jsonl", scifact_docs[:8])
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -111,8 +129,11 @@ def test_malformed_line_aborts_before_elasticsearch_is_touched(
 
 
 def test_skip_malformed_indexes_the_rest_and_reports_the_line(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     path = write_jsonl(tmp_path / "docs.jsonl", scifact_docs[:8])
     with path.open("a", encoding="utf-8") as handle:
@@ -125,12 +146,18 @@ def test_skip_malformed_indexes_the_rest_and_reports_the_line(
 
 
 def test_reindex_rebuilds_from_the_current_index_and_swaps(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     first = index_corpus(
-        es_client, CorpusSource.open(write_jsonl(tmp_path / "d.jsonl", scifact_docs[:25])),
-        alias, embedder, options=QUIET,
+        es_client,
+        CorpusSource.open(write_jsonl(tmp_path / "d.jsonl", scifact_docs[:25])),
+        alias,
+        embedder,
+        options=QUIET,
     )
     vector_before = es_client.get(
         index=alias, id=scifact_docs[0]["_id"], source_exclude_vectors=False
@@ -146,8 +173,11 @@ def test_reindex_rebuilds_from_the_current_index_and_swaps(
 
 
 def test_alias_that_names_a_concrete_index_is_refused(
-    es_client: Elasticsearch, embedder: Embedder, scifact_docs: list[dict[str, Any]],
-    tmp_path: Path, alias: str,
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
 ) -> None:
     es_client.indices.create(index=f"{alias}-plain")
     path = write_jsonl(tmp_path / "d.jsonl", scifact_docs[:3])
@@ -181,8 +211,19 @@ def test_cli_index_then_search_finds_a_document_by_its_title(
     for mode in ("bm25", "dense", "hybrid"):
         found = runner.invoke(
             main,
-            ["--es-url", es_node.url, "search", str(target["title"]), "--alias", alias,
-             "--mode", mode, "--k", "3", "--json"],
+            [
+                "--es-url",
+                es_node.url,
+                "search",
+                str(target["title"]),
+                "--alias",
+                alias,
+                "--mode",
+                mode,
+                "--k",
+                "3",
+                "--json",
+            ],
         )
         assert found.exit_code == 0, found.output
         top = json.loads(found.output.splitlines()[0])

@@ -122,7 +122,8 @@ def xenc_checkpoint_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempP
                 "data": "none (fresh head, for tests)",
                 "epochs": 0,
             }
-        ), encoding="utf-8"
+        ),
+        encoding="utf-8",
     )
     return out
 

@@ -50,9 +50,7 @@ def test_malformed_line_is_reported_with_its_line_number(tmp_path: Path) -> None
 
 def test_skip_malformed_reports_and_keeps_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "docs.jsonl"
-    path.write_bytes(
-        b'{"_id": "1", "text": "a"}\n\xff\xfe broken\n{"_id": "3", "text": "c"}\n'
-    )
+    path.write_bytes(b'{"_id": "1", "text": "a"}\n\xff\xfe broken\n{"_id": "3", "text": "c"}\n')
     report = CorpusSource.open(path).count(skip_malformed=True)
     assert report.documents == 2
     assert [e.line_number for e in report.skipped] == [2]
@@ -81,7 +79,7 @@ def test_missing_source_is_a_source_error(tmp_path: Path) -> None:
 
 
 def test_folder_without_corpus_is_a_source_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="corpus.jsonl"):
+    with pytest.raises(SourceError, match=r"corpus\.jsonl"):
         CorpusSource.open(tmp_path)
 
 

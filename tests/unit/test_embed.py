@@ -99,7 +99,7 @@ def test_a_bare_string_is_refused_rather_than_split_into_characters(
     minilm_embedder: Embedder,
 ) -> None:
     with pytest.raises(TypeError, match="sequence of str"):
-        minilm_embedder.encode("one text")  # type: ignore[arg-type]
+        minilm_embedder.encode("one text")
 
 
 def test_very_long_text_is_truncated_and_counted(minilm_embedder: Embedder) -> None:

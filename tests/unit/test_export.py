@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,8 +12,8 @@ from reranker.errors import ModelError
 from reranker.models import sha256_file
 
 
-def _card(folder: Path, name: str = "reranker.json") -> dict[str, object]:
-    card: dict[str, object] = json.loads((folder / name).read_text(encoding="utf-8"))
+def _card(folder: Path, name: str = "reranker.json") -> dict[str, Any]:
+    card: dict[str, Any] = json.loads((folder / name).read_text(encoding="utf-8"))
     return card
 
 
@@ -61,8 +62,10 @@ def test_exported_graph_is_one_file_with_dynamic_batch_and_sequence_axes(
     onnx = pytest.importorskip("onnx")
     assert not list(xenc_export_dir.glob("*.data"))
     model = onnx.load(str(xenc_export_dir / "model.onnx"))  # fails if data were external
-    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-              for i in model.graph.input}
+    inputs = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+    }
     assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}
     for dims in inputs.values():
         assert all(isinstance(d, str) and d for d in dims)  # symbolic: batch, sequence
@@ -77,7 +80,7 @@ def test_encoder_export_writes_model_tokenizer_config_and_card(minilm_encoder_di
     assert card["kind"] == "encoder"
     assert card["dim"] == 384
     assert card["outputs"] == ["last_hidden_state"]
-    assert set(card["files"]) == {"model.onnx", "tokenizer.json", "config.json"}  # type: ignore[arg-type]
+    assert set(card["files"]) == {"model.onnx", "tokenizer.json", "config.json"}
     variants = card["variants"]
     assert isinstance(variants, dict)
     assert variants["fp32"]["parity"] <= 1e-4
@@ -88,7 +91,7 @@ def test_a_folder_without_config_is_not_a_checkpoint(tmp_path: Path) -> None:
     from export.onnx_export import export_cross_encoder
 
     (tmp_path / "ckpt").mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         export_cross_encoder(tmp_path / "ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
