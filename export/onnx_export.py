@@ -92,6 +92,20 @@ def _atomic_dir(out_dir: Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def _quiet_ort_tools() -> Iterator[None]:
+    """Silence the INFO/WARNING chatter the ORT quantiser and optimiser send to the root logger."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.transformers.optimizer")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _check_checkpoint(checkpoint_dir: Path) -> Path:
     checkpoint_dir = Path(checkpoint_dir).expanduser()
     if not (checkpoint_dir / "config.json").is_file():
@@ -357,13 +371,16 @@ def _quantize_int8(raw: Path, target: Path, work: Path, *, num_heads: int, hidde
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantized = work / "int8.unfused.onnx"
-    quantize_dynamic(
-        str(raw),
-        str(quantized),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-    )
-    fused = _optimize(quantized, target, num_heads=num_heads, hidden=hidden) if num_heads else None
+    with _quiet_ort_tools():
+        quantize_dynamic(
+            str(raw),
+            str(quantized),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
+        fused = (
+            _optimize(quantized, target, num_heads=num_heads, hidden=hidden) if num_heads else None
+        )
     if fused is None:
         shutil.copy2(quantized, target)
 
@@ -372,16 +389,17 @@ def _convert_fp16(fused_fp32: Path, target: Path, *, num_heads: int, hidden: int
     """fp16 weights and activations (for CUDA), inputs and outputs kept in their types."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = optimize_model(
-        str(fused_fp32),
-        model_type="bert",
-        num_heads=num_heads,
-        hidden_size=hidden,
-        opt_level=0,
-        use_gpu=True,
-    )
-    model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(target), use_external_data_format=False)
+    with _quiet_ort_tools():
+        model = optimize_model(
+            str(fused_fp32),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden,
+            opt_level=0,
+            use_gpu=True,
+        )
+        model.convert_float_to_float16(keep_io_types=True)
+        model.save_model_to_file(str(target), use_external_data_format=False)
 
 
 def export_cross_encoder(

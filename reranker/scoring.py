@@ -185,7 +185,22 @@ class Scorer:
             raise ModelError(f"max_length {self.max_length} leaves no room for text")
 
         chosen = self._choose_providers(providers)
-        self._session = open_session(self.model_dir / onnx_name, providers=chosen, threads=threads)
+        try:
+            self._session = open_session(
+                self.model_dir / onnx_name, providers=chosen, threads=threads
+            )
+        except ModelError as exc:
+            if chosen == [CPU]:
+                raise
+            warnings.warn(
+                f"{chosen[0]} failed to start ({exc}); falling back to {CPU}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            chosen = [CPU]
+            self._session = open_session(
+                self.model_dir / onnx_name, providers=chosen, threads=threads
+            )
         active = self._session.get_providers()
         self._provider = active[0] if active else CPU
         if chosen[0] != CPU and self._provider != chosen[0]:
@@ -322,6 +337,21 @@ class Scorer:
             self._last = call
             self._stats = self._stats + call
         return _sigmoid(out) if sigmoid else out
+
+    def score_query(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        sigmoid: bool = False,
+        deadline: float | None = None,
+    ) -> np.ndarray:
+        """Scores of ``passages`` for one ``query`` (the reranking case), in their order."""
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, expected str")
+        if isinstance(passages, (str, bytes)):
+            raise TypeError("passages must be a sequence of str, not a single string")
+        return self.score([(query, p) for p in passages], sigmoid=sigmoid, deadline=deadline)
 
     def warmup(self) -> None:
         """Run one small batch, so the first real request does not pay for lazy setup."""

@@ -64,7 +64,6 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    get_linear_schedule_with_warmup,
 )
 
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
@@ -839,7 +838,7 @@ def score_pairs(
     order = sorted(range(len(features)), key=lambda i: len(features[i][0]))
     out = np.zeros(len(features), dtype=np.float32)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model.eval()
+    model.train(False)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -943,14 +942,14 @@ def _quiet_transformers() -> Iterator[None]:
 
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def cpu_supports_bf16() -> bool:
@@ -1006,6 +1005,20 @@ def epoch_batches(
         perm = rng.permutation(len(batches)).tolist()
         batches = [batches[i] for i in perm]
     return batches
+
+
+def linear_warmup_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate rising linearly from 0 over ``warmup_steps``, then falling linearly to 0
+    at ``total_steps`` (as ``transformers.get_linear_schedule_with_warmup``)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _fingerprint(config: TrainConfig, data_digest: str, base: Path) -> dict[str, Any]:
@@ -1169,7 +1182,7 @@ def train(
         head_fresh = bool(state["head_fresh"])
     else:
         model, tokenizer, head_fresh = load_cross_encoder(base, attn)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub for .to is too narrow
     model.train()
 
     features = _encode(
@@ -1196,7 +1209,7 @@ def train(
         },
     ]
     optimizer = torch.optim.AdamW(grouped, lr=config.lr)
-    scheduler = get_linear_schedule_with_warmup(
+    scheduler = linear_warmup_schedule(
         optimizer, int(config.warmup_ratio * total_steps), total_steps
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,8 @@ from elasticsearch import Elasticsearch
 from reranker.embed import Embedder
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path.cwd().joinpath("..", "shared", "data").resolve()
-if not DATA.is_dir():
-    DATA = (REPO.parent / "shared" / "data").resolve()
+# The shared BEIR data sits beside the checkout; RERANKER_DATA points elsewhere.
+DATA = Path(os.environ.get("RERANKER_DATA") or REPO.parent / "shared" / "data").resolve()
 SCIFACT = DATA / "scifact"
 
 

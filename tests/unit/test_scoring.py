@@ -323,3 +323,17 @@ def test_an_encoder_folder_is_not_accepted_as_a_cross_encoder(
 def test_an_unexported_variant_is_refused_naming_the_ones_present(xenc_export_dir: Path) -> None:
     with pytest.raises(ModelError, match=r"no 'bf16' variant \(it has: .*fp32"):
         Scorer(xenc_export_dir, variant="bf16")
+
+
+def test_score_query_equals_score_on_the_pairs(
+    xenc_scorer: Scorer, scifact_pairs: list[tuple[str, str]]
+) -> None:
+    query = scifact_pairs[0][0]
+    passages = [p[:400] for _, p in scifact_pairs[:5]]
+    np.testing.assert_allclose(
+        xenc_scorer.score_query(query, passages),
+        xenc_scorer.score([(query, p) for p in passages]),
+        atol=1e-6,
+    )
+    with pytest.raises(TypeError, match="not a single string"):
+        xenc_scorer.score_query(query, "one passage")
