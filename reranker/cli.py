@@ -470,6 +470,113 @@ def eval_cmd(
         click.echo(f"wrote {output}", err=True)
 
 
+# --------------------------------------------------------------------------- model path
+
+
+@main.command("train")
+@click.argument("data", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--base-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Local Hugging Face checkpoint folder [default: the shipped all-MiniLM-L6-v2].",
+)
+@click.option("--max-length", default=256, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=4e-5, show_default=True)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
+@click.option("--loss", type=click.Choice(["bce", "pairwise"]), default="bce", show_default=True)
+@click.option(
+    "--exclude-source",
+    multiple=True,
+    help="Leave out triples of this source (e.g. scifact-train); repeatable.",
+)
+@click.option(
+    "--dev",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dev qrels (BEIR <dataset>/qrels/dev.tsv) for NDCG@10 after each epoch.",
+)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--seed", default=13, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint-last.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+def train_cmd(
+    data: tuple[Path, ...],
+    output_dir: Path,
+    base_model: Path | None,
+    max_length: int,
+    batch_size: int,
+    lr: float,
+    epochs: int,
+    max_steps: int | None,
+    loss: str,
+    exclude_source: tuple[str, ...],
+    dev: Path | None,
+    threads: int | None,
+    seed: int,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    """Fine-tune a cross-encoder (BertForSequenceClassification, one label) on DATA.
+
+    DATA are triples JSONL files (query, positive, negative) or BEIR qrels of a train split;
+    a test split is refused. CPU by default (bf16 autocast where the CPU has it), CUDA when
+    present. Checkpoints go to OUTPUT/checkpoint-last (resumable); the final model, with its
+    tokenizer and train_info.json, to OUTPUT. Export it with `reranker export`.
+    """
+    from reranker.train import TrainConfig, train
+
+    config = TrainConfig(
+        train_files=list(data),
+        output_dir=output_dir,
+        base_model=base_model,
+        max_length=max_length,
+        batch_size=batch_size,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        loss=loss,  # type: ignore[arg-type]
+        exclude_sources=list(exclude_source),
+        dev=dev,
+        threads=threads,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    result = train(config, progress=True)
+    click.echo(
+        f"trained {result.steps} steps on {result.pairs} pairs in {result.seconds / 60:.1f} min; "
+        f"final loss {result.losses[-1] if result.losses else float('nan'):.4f}; "
+        f"checkpoint {result.checkpoint}"
+    )
+    for epoch, metrics in enumerate(result.dev_metrics, start=1):
+        click.echo(f"dev after epoch {epoch}: {json.dumps(metrics)}")
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--int8", is_flag=True, help="Also write a per-channel int8 variant.")
+@click.option("--fp16", is_flag=True, help="Also write an fp16 variant (for CUDA).")
+@click.option("--name", default=None, help="Model name for the card [default: folder name].")
+@click.option("--max-length", default=256, show_default=True)
+def export_cmd(
+    checkpoint: Path, out: Path, int8: bool, fp16: bool, name: str | None, max_length: int
+) -> None:
+    """Export CHECKPOINT (any local Hugging Face sequence-classification folder) to ONNX in
+    OUT, with dynamic batch and sequence axes, fused attention, a parity check against torch
+    (max |logit difference| ≤ 1e-4 for fp32) and a model card reranker.json."""
+    from export import export_cross_encoder
+
+    folder = export_cross_encoder(
+        checkpoint, out, int8=int8, fp16=fp16, name=name, max_length=max_length
+    )
+    click.echo(f"exported {checkpoint} → {folder}")
+
+
 # --------------------------------------------------------------------------- doctor
 
 
