@@ -176,7 +176,8 @@ class TrainConfig:
     overwrite: bool = False
     """Allow writing into an ``output_dir`` that already holds a model or a checkpoint."""
     keep_checkpoint: bool = False
-    """Keep ``checkpoint-last`` (with the optimizer state) after a finished run."""
+    """Keep ``checkpoint-last`` (the final state, with the optimizer) after a finished run;
+    by default it is deleted once the model is saved."""
 
     def __post_init__(self) -> None:
         self.train_files = [Path(p) for p in self.train_files]
@@ -431,7 +432,7 @@ def _triples_pairs(
         if missing:
             raise SourceError(f"{path}:{number}: missing or empty {', '.join(missing)}")
         source = str(row.get("source") or path.stem)
-        if source.lower().endswith("test") or source.lower().split("-")[-1] in FORBIDDEN_SPLITS:
+        if re.split(r"[-_. ]", source.lower())[-1] in FORBIDDEN_SPLITS:
             raise SourceError(f"{path}:{number}: source {source!r} is a test split; refusing it")
         rows += 1
         if source in exclude_sources:
@@ -728,6 +729,7 @@ def build_dev_set(
     if max_queries is not None and len(qids) > max_queries:
         qids = sorted(random.Random(seed).sample(qids, max_queries))
     doc_ids = list(corpus)
+    index = {d: i for i, d in enumerate(doc_ids)}
     bm25 = BM25([corpus[d] for d in doc_ids])
     candidates: dict[str, list[tuple[str, str]]] = {}
     bm25_run: dict[str, dict[str, float]] = {}
@@ -738,7 +740,6 @@ def build_dev_set(
         scores = bm25.scores(queries[qid])
         top = [doc_ids[i] for i, _ in bm25.top_k(queries[qid], negatives + len(qrels[qid]))]
         chosen = sorted(judged) + [d for d in top if d not in judged][:negatives]
-        index = {d: i for i, d in enumerate(doc_ids)}
         candidates[qid] = [(d, corpus[d]) for d in chosen]
         bm25_run[qid] = {d: float(scores[index[d]]) for d in chosen}
     return DevSet(
@@ -1419,7 +1420,9 @@ def train(
             "optimistic."
         )
     (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if not config.keep_checkpoint and checkpoint_dir.exists():
+    if config.keep_checkpoint:
+        _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
+    elif checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
     logger.info("saved %s after %d steps (final loss %.4f)", out, step, info["final_loss"] or 0.0)
     return TrainResult(
