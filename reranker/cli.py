@@ -487,7 +487,6 @@ def eval_cmd(
 @click.option("--lr", default=4e-5, show_default=True)
 @click.option("--epochs", default=1, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
-@click.option("--loss", type=click.Choice(["bce", "pairwise"]), default="bce", show_default=True)
 @click.option(
     "--exclude-source",
     multiple=True,
@@ -512,7 +511,6 @@ def train_cmd(
     lr: float,
     epochs: int,
     max_steps: int | None,
-    loss: str,
     exclude_source: tuple[str, ...],
     dev: Path | None,
     threads: int | None,
@@ -520,15 +518,19 @@ def train_cmd(
     resume: bool,
     overwrite: bool,
 ) -> None:
-    """Fine-tune a cross-encoder (BertForSequenceClassification, one label) on DATA.
+    """Fine-tune a cross-encoder (BertForSequenceClassification, one label) on DATA with
+    pointwise binary cross-entropy.
 
     DATA are triples JSONL files (query, positive, negative) or BEIR qrels of a train split;
     a test split is refused. CPU by default (bf16 autocast where the CPU has it), CUDA when
     present. Checkpoints go to OUTPUT/checkpoint-last (resumable); the final model, with its
     tokenizer and train_info.json, to OUTPUT. Export it with `reranker export`.
     """
+    import logging
+
     from reranker.train import TrainConfig, train
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = TrainConfig(
         train_files=list(data),
         output_dir=output_dir,
@@ -538,7 +540,6 @@ def train_cmd(
         lr=lr,
         epochs=epochs,
         max_steps=max_steps,
-        loss=loss,  # type: ignore[arg-type]
         exclude_sources=list(exclude_source),
         dev=dev,
         threads=threads,
@@ -549,7 +550,7 @@ def train_cmd(
     result = train(config, progress=True)
     click.echo(
         f"trained {result.steps} steps on {result.pairs} pairs in {result.seconds / 60:.1f} min; "
-        f"final loss {result.losses[-1] if result.losses else float('nan'):.4f}; "
+        f"loss (mean of the last steps) {result.info.get('final_loss', float('nan')):.4f}; "
         f"checkpoint {result.checkpoint}"
     )
     for epoch, metrics in enumerate(result.dev_metrics, start=1):

@@ -1,0 +1,978 @@
+"""Speed benchmarks of the cross-encoder (``reranker bench ...``): measurements, not tests.
+
+``reranker bench scorer`` reranks the same real (query, passage) pairs from SciFact with several
+backends in one process and reports, per backend, the median wall time of the whole window
+(tokenisation included), pairs per second and the arithmetic rate it reached, next to the
+machine's measured matrix-multiply peak:
+
+- ``torch-fp32``: transformers ``AutoModelForSequenceClassification`` in eager PyTorch;
+- ``torch-bf16``: the same under CPU bf16 autocast, when the CPU supports bf16;
+- ``ort-fp32`` / ``ort-int8``: :class:`reranker.scoring.Scorer` on the exported ONNX variants;
+- ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it.
+
+Every backend follows the Scorer's batching policy: pairs sorted by length, batches of at most
+``--batch-size`` pairs and 4096 padded tokens, each padded only to its own longest pair.
+Repeats are interleaved (each repeat runs every backend once, in turn) so that background load
+on a shared machine hits all backends alike; each backend runs once untimed first.
+
+Without ``--checkpoint`` the model is the shipped all-MiniLM-L6-v2 body with a fresh one-label
+head (seeded): speed does not depend on the head's values, so an untrained head measures the
+same as a fine-tuned one. Without ``--model`` that checkpoint is exported (fp32 and int8) to a
+temporary folder first, so torch and ONNX Runtime run the very same weights.
+
+FLOPs: a BERT-style encoder of L layers, width h and feed-forward width f spends about
+``L·2·(4h² + 2hf)·n + L·4·h·n²`` FLOPs on a sequence of n tokens (projections, feed-forward,
+then the two attention matmuls); for MiniLM-L6 ≈ 21.2M·n + 9216·n². "Useful" GFLOP/s counts
+each pair's real tokens, "padded" GFLOP/s the tokens actually fed (rows × batch width).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import numpy as np
+
+from reranker.corpus import CorpusSource, load_qrels, load_queries, passage_text
+from reranker.errors import ModelError, RerankerError, SourceError
+from reranker.models import (
+    CROSS_ENCODER_CARD,
+    load_tokenizer,
+    read_card,
+    shipped_weights_dir,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+
+    from reranker.scoring import Scorer
+
+Pair = tuple[str, str]
+
+DEFAULT_DATASET = Path("../shared/data/scifact")
+#: padded tokens per batch, the Scorer's default (a batch of 16 pairs of 256 tokens fits)
+MAX_BATCH_TOKENS = 4096
+#: sequence length the Scorer truncates to by default
+MAX_LENGTH = 256
+#: seed of the fresh classification head on the shipped weights
+HEAD_SEED = 0
+#: pause between two timed runs, so thread pools still spinning from the previous backend
+#: (ONNX Runtime's and OpenMP's workers spin a little after each call) do not slow the next
+GAP_S = 0.1
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+# --------------------------------------------------------------------------------------------
+# pure parts
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes the FLOP count needs, from a Hugging Face ``config.json``."""
+
+    layers: int
+    hidden: int
+    ffn: int
+
+    @classmethod
+    def from_config(cls, folder: Path) -> ModelDims:
+        path = Path(folder) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path} cannot be read: {exc}") from exc
+        if not isinstance(config, dict):
+            raise ModelError(f"{path} is not a JSON object")
+        # BERT-style names first, then DistilBERT's
+        layers = config.get("num_hidden_layers", config.get("n_layers"))
+        hidden = config.get("hidden_size", config.get("dim"))
+        ffn = config.get("intermediate_size", config.get("hidden_dim"))
+        if not all(isinstance(v, int) and v > 0 for v in (layers, hidden, ffn)):
+            raise ModelError(
+                f"{path} lacks num_hidden_layers / hidden_size / intermediate_size: "
+                "cannot count FLOPs"
+            )
+        assert isinstance(layers, int) and isinstance(hidden, int) and isinstance(ffn, int)
+        return cls(layers=layers, hidden=hidden, ffn=ffn)
+
+    def flops(self, n_tokens: float) -> float:
+        return flops_per_pair(n_tokens, self.layers, self.hidden, self.ffn)
+
+
+def flops_per_pair(n_tokens: float, layers: int, hidden: int, ffn: int) -> float:
+    """Forward FLOPs of an encoder on one sequence of ``n_tokens`` tokens.
+
+    Per layer: Q, K, V and output projections (4·h² multiply-adds per token) and the
+    feed-forward pair (2·h·ffn), at 2 FLOPs per multiply-add; plus Q·Kᵀ and attention·V
+    (2·n²·h multiply-adds). Embeddings, norms, softmax and the head are left out (< 1%).
+    """
+    n = float(n_tokens)
+    return layers * 2.0 * (4.0 * hidden * hidden + 2.0 * hidden * ffn) * n + (
+        layers * 4.0 * hidden * n * n
+    )
+
+
+@dataclass(frozen=True)
+class BenchPairs:
+    """The benchmark's pairs: one query against its relevant documents and filler documents."""
+
+    query_id: str
+    query: str
+    relevant: tuple[str, ...]  # relevant doc ids found in the corpus, in qrels order
+    doc_ids: tuple[str, ...]  # one per pair
+    pairs: tuple[Pair, ...]
+
+
+def select_pairs(dataset: Path, n: int, split: str = "test") -> BenchPairs:
+    """``n`` deterministic (query, passage) pairs from a BEIR folder.
+
+    The query is the first one judged in ``qrels/<split>.tsv`` (with a positive grade and a
+    text in ``queries.jsonl``); its relevant documents come first (qrels order), then the
+    first other documents of ``corpus.jsonl`` in file order, until ``n`` pairs. Passages are
+    :func:`~reranker.corpus.passage_text`. Fewer than ``n`` only when the corpus is smaller.
+    """
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise SourceError(f"dataset folder {dataset} does not exist (a BEIR folder expected)")
+    qrels = load_qrels(dataset, split)
+    queries = load_queries(dataset)
+    chosen: tuple[str, list[str]] | None = None
+    for query_id, judged in qrels.items():
+        relevant = [doc for doc, grade in judged.items() if grade > 0]
+        if relevant and query_id in queries:
+            chosen = (query_id, relevant)
+            break
+    if chosen is None:
+        raise SourceError(f"{dataset}: no query of split {split!r} has a relevant document")
+    query_id, relevant_ids = chosen
+    wanted = set(relevant_ids[:n])
+    found: dict[str, str] = {}
+    others: list[tuple[str, str]] = []
+    need_others = n - len(wanted)
+    for doc in CorpusSource.open(dataset).documents():
+        doc_id = str(doc["_id"])
+        if doc_id in wanted:
+            found[doc_id] = passage_text(doc)
+        elif len(others) < need_others:
+            others.append((doc_id, passage_text(doc)))
+        if len(found) == len(wanted) and len(others) >= need_others:
+            break
+    relevant = [doc for doc in relevant_ids if doc in found]
+    # relevant docs missing from the corpus leave room for more filler, never more than n
+    chosen_docs = [(doc, found[doc]) for doc in relevant] + others
+    chosen_docs = chosen_docs[:n]
+    query = queries[query_id]
+    return BenchPairs(
+        query_id=query_id,
+        query=query,
+        relevant=tuple(relevant),
+        doc_ids=tuple(doc for doc, _ in chosen_docs),
+        pairs=tuple((query, text) for _, text in chosen_docs),
+    )
+
+
+def plan_batches(
+    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int
+) -> list[list[int]]:
+    """The Scorer's batching: indices sorted by length (stable), cut into batches of at most
+    ``max_batch_size`` pairs and ``max_batch_tokens`` padded tokens (a single pair always fits)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while (
+            end < len(order)
+            and end - start < max_batch_size
+            and (end - start + 1) * lengths[order[end]] <= max_batch_tokens
+        ):
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
+def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
+    """Tokens fed including padding: rows × the batch's longest pair, summed over batches."""
+    return sum(len(rows) * max(lengths[r] for r in rows) for rows in batches if rows)
+
+
+def median_ms(seconds: Sequence[float]) -> float:
+    """The median of wall times given in seconds, in milliseconds."""
+    if not seconds:
+        raise ValueError("no timings")
+    return float(statistics.median(seconds)) * 1000.0
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+
+
+@dataclass
+class Backend:
+    """One way of scoring the pairs; ``run`` takes the pairs and returns one score each."""
+
+    name: str
+    run: Callable[[Sequence[Pair]], np.ndarray]
+    dims: ModelDims
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    scores: np.ndarray | None = None
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(
+            f"the benchmark needs torch and transformers: pip install -e '.[train]' ({exc})"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "newly initialized weights" chatter and progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    bars = bool(hf_logging.is_progress_bar_enabled())
+    getattr(hf_logging, "disable_progress_bar")()  # noqa: B009 (untyped in transformers)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            getattr(hf_logging, "enable_progress_bar")()  # noqa: B009
+
+
+def make_fresh_head_checkpoint(weights: Path, out: Path, *, seed: int = HEAD_SEED) -> Path:
+    """A sequence-classification checkpoint: the encoder ``weights``, a fresh one-label head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(weights), num_labels=1, local_files_only=True
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out))
+    for name in _TOKENIZER_FILES:
+        if (weights / name).is_file():
+            shutil.copy2(weights / name, out / name)
+    return out
+
+
+def _checkpoint_tokenizer(checkpoint: Path, max_length: int) -> Tokenizer:
+    """The checkpoint's fast tokenizer, longest-first truncation at ``max_length``."""
+    if (checkpoint / "tokenizer.json").is_file():
+        return load_tokenizer(checkpoint / "tokenizer.json", max_length)
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+    except Exception as exc:  # transformers raises many types here
+        raise ModelError(
+            f"{checkpoint}: no tokenizer.json and no loadable tokenizer: {exc}"
+        ) from exc
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelError(f"{checkpoint}: the tokenizer has no fast (tokenizers) version")
+    backend.no_padding()
+    backend.enable_truncation(max_length=max_length, strategy="longest_first")
+    tokenizer: Tokenizer = backend
+    return tokenizer
+
+
+class TorchRunner:
+    """Eager PyTorch scoring with the Scorer's tokenisation and batching policy."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        bf16: bool = False,
+    ) -> None:
+        import inspect
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.bf16 = bf16
+        self.types = "token_type_ids" in inspect.signature(model.forward).parameters
+
+    def __call__(self, pairs: Sequence[Pair]) -> np.ndarray:
+        import torch
+
+        encodings = self.tokenizer.encode_batch(list(pairs))
+        lengths = [len(e.ids) for e in encodings]
+        out = np.empty(len(pairs), dtype=np.float32)
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            for rows in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
+                width = max(lengths[r] for r in rows)
+                ids = np.zeros((len(rows), width), dtype=np.int64)
+                mask = np.zeros_like(ids)
+                types = np.zeros_like(ids)
+                for i, r in enumerate(rows):
+                    enc = encodings[r]
+                    ids[i, : lengths[r]] = enc.ids
+                    mask[i, : lengths[r]] = 1
+                    types[i, : lengths[r]] = enc.type_ids
+                kwargs = {
+                    "input_ids": torch.from_numpy(ids),
+                    "attention_mask": torch.from_numpy(mask),
+                }
+                if self.types:
+                    kwargs["token_type_ids"] = torch.from_numpy(types)
+                logits = self.model(**kwargs).logits.float().numpy()
+                out[rows] = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+        return out
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except Exception:  # an op missing from this build
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# matmul peaks
+
+
+def _best_rate(fn: Callable[[], object], flops: float, repeats: int) -> float:
+    fn()  # warm up (allocations, kernel selection)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return flops / best / 1e9
+
+
+def _torch_peak(dtype: torch.dtype, sizes: Sequence[int], repeats: int) -> float:
+    import torch
+
+    rates = []
+    for n in sizes:
+        a = torch.randn(n, n).to(dtype)
+        b = torch.randn(n, n).to(dtype)
+        rates.append(_best_rate(functools.partial(torch.matmul, a, b), 2.0 * n**3, repeats))
+    return max(rates)
+
+
+def _ort_int8_peak(sizes: Sequence[int], repeats: int, threads: int) -> float:
+    """u8 × s8 → s32 ``MatMulInteger`` in ONNX Runtime (the op dynamic quantisation uses)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rates = []
+    for n in sizes:
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+            "int8_peak",
+            [
+                helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n]),
+                helper.make_tensor_value_info("B", TensorProto.INT8, [n, n]),
+            ],
+            [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
+        rng = np.random.default_rng(0)
+        feed = {
+            "A": rng.integers(0, 255, (n, n), dtype=np.uint8),
+            "B": rng.integers(-127, 127, (n, n), dtype=np.int8),
+        }
+        run = functools.partial(session.run, None, feed)
+        rates.append(_best_rate(run, 2.0 * n**3, repeats))
+    return max(rates)
+
+
+def measure_peaks(
+    threads: int, sizes: Sequence[int] = (1024, 2048), repeats: int = 3
+) -> tuple[dict[str, float], list[str]]:
+    """Best matmul rate (GFLOP/s, GOP/s for int8) of square matrices with ``threads`` threads:
+    fp32 and bf16 (when the CPU has it) by torch, int8 by ONNX Runtime. Returns notes too."""
+    import torch
+
+    torch.set_num_threads(threads)
+    notes: list[str] = []
+    peaks = {"fp32": round(_torch_peak(torch.float32, sizes, repeats), 1)}
+    if _bf16_supported():
+        try:
+            peaks["bf16"] = round(_torch_peak(torch.bfloat16, sizes, repeats), 1)
+        except Exception as exc:  # a build without bf16 CPU kernels
+            notes.append(f"bf16 matmul peak not measured: {exc}")
+    try:
+        peaks["int8"] = round(_ort_int8_peak(sizes, repeats, threads), 1)
+    except Exception as exc:  # onnx missing, or the op unsupported
+        notes.append(f"int8 matmul peak not measured: {exc}")
+    return peaks, notes
+
+
+# --------------------------------------------------------------------------------------------
+# the machine
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, the flags that matter for these kernels, library versions."""
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        info["usable_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        info["usable_cpus"] = os.cpu_count()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if fields.get("model name"):
+        info["cpu"] = fields["model name"]
+    if "flags" in fields:
+        flags = set(fields["flags"].split())
+        info["cpu_flags"] = [f for f in _CPU_FLAGS if f in flags]
+    versions: dict[str, str] = {}
+    for module in ("numpy", "torch", "transformers", "onnxruntime"):
+        try:
+            versions[module] = str(__import__(module).__version__)
+        except Exception:  # not installed
+            continue
+    info["versions"] = versions
+    return info
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+class BenchGroup(click.Group):
+    """Package errors as one line on stderr and their exit code (as the main CLI does)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RerankerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=BenchGroup)
+def bench() -> None:
+    """Benchmarks (speed), not tests."""
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _check_dataset(dataset: Path) -> None:
+    if not dataset.is_dir():
+        raise click.ClickException(
+            f"dataset folder {dataset} does not exist: give --dataset a BEIR folder "
+            "(corpus.jsonl, queries.jsonl, qrels/test.tsv)"
+        )
+    missing = [
+        name
+        for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")
+        if not (dataset / name).is_file()
+    ]
+    if missing:
+        raise click.ClickException(f"dataset folder {dataset} lacks {', '.join(missing)}")
+
+
+def _resolve_checkpoint(
+    checkpoint: Path | None, model: Path | None, tmp: Path, notes: list[str]
+) -> tuple[Path, str]:
+    """The checkpoint the torch backends run (and the export starts from), and a note."""
+    if checkpoint is not None:
+        return checkpoint, f"--checkpoint {checkpoint}"
+    if model is not None:
+        source = _card_source(model)
+        if source is not None:
+            return source, f"{source}, the checkpoint named in {model}'s card"
+        notes.append(
+            f"{model}'s card names no checkpoint that is still there: torch runs the shipped "
+            "MiniLM with a fresh head, which may not be the same network as the ONNX model"
+        )
+    weights = shipped_weights_dir()
+    _say(f"building a fresh one-label head on {weights} (seed {HEAD_SEED})")
+    made = make_fresh_head_checkpoint(weights, tmp / "checkpoint")
+    return made, (
+        f"shipped all-MiniLM-L6-v2 ({weights}) with a fresh one-label head "
+        f"(seed {HEAD_SEED}; speed does not depend on the head's values)"
+    )
+
+
+def _card_source(model: Path) -> Path | None:
+    """The checkpoint a model folder was exported from, when its card names one still there."""
+    card = read_card(model, CROSS_ENCODER_CARD)
+    source = card.get("source")
+    path = source.get("path") if isinstance(source, dict) else None
+    if isinstance(path, str) and (Path(path) / "config.json").is_file():
+        return Path(path)
+    return None
+
+
+def _ort_backends(
+    model_dir: Path,
+    *,
+    threads: int,
+    batch_size: int,
+    notes: list[str],
+) -> list[Backend]:
+    import onnxruntime as ort
+
+    from reranker.scoring import CPU, CUDA, Scorer
+
+    dims = ModelDims.from_config(model_dir)
+    card = read_card(model_dir, CROSS_ENCODER_CARD)
+    variants = card.get("variants") or {}
+
+    def scorer(variant: str, providers: list[str]) -> Scorer:
+        return Scorer(
+            model_dir,
+            providers=providers,
+            variant=variant,
+            threads=threads,
+            max_batch_size=batch_size,
+            max_batch_tokens=MAX_BATCH_TOKENS,
+            max_length=MAX_LENGTH,
+        )
+
+    def backend(name: str, s: Scorer) -> Backend:
+        return Backend(
+            name=name,
+            run=s.score,
+            dims=dims,
+            info={"provider": s.provider, "variant": s.variant, "scorer": s},
+        )
+
+    backends = [backend("ort-fp32", scorer("fp32", [CPU]))]
+    if "int8" in variants:
+        backends.append(backend("ort-int8", scorer("int8", [CPU])))
+    else:
+        notes.append(f"{model_dir} has no int8 variant: ort-int8 not measured")
+    if CUDA in ort.get_available_providers():
+        for variant in ("fp32", "fp16"):
+            if variant not in variants:
+                notes.append(f"{model_dir} has no {variant} variant: ort-cuda-{variant} skipped")
+                continue
+            try:
+                s = scorer(variant, [CUDA])
+            except RerankerError as exc:
+                notes.append(f"ort-cuda-{variant} skipped: {exc}")
+                continue
+            if s.provider != CUDA:
+                notes.append(f"ort-cuda-{variant} skipped: CUDA did not start ({s.provider} ran)")
+                continue
+            backends.append(backend(f"ort-cuda-{variant}", s))
+    return backends
+
+
+def _torch_backends(
+    checkpoint: Path,
+    *,
+    max_length: int,
+    batch_size: int,
+    notes: list[str],
+) -> list[Backend]:
+    from transformers import AutoModelForSequenceClassification
+
+    dims = ModelDims.from_config(checkpoint)
+    try:
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(checkpoint), local_files_only=True
+            ).eval()
+    except Exception as exc:  # transformers raises many types here
+        raise ModelError(
+            f"{checkpoint}: cannot load a sequence-classification model: {exc}"
+        ) from exc
+    tokenizer = _checkpoint_tokenizer(checkpoint, max_length)
+    attn = str(getattr(model.config, "_attn_implementation", "?"))
+    info = {"checkpoint": str(checkpoint), "attention": attn}
+    backends = [
+        Backend(
+            "torch-fp32",
+            TorchRunner(
+                model,
+                tokenizer,
+                max_batch_size=batch_size,
+                max_batch_tokens=MAX_BATCH_TOKENS,
+            ),
+            dims,
+            dict(info),
+        )
+    ]
+    if _bf16_supported():
+        backends.append(
+            Backend(
+                "torch-bf16",
+                TorchRunner(
+                    model,
+                    tokenizer,
+                    max_batch_size=batch_size,
+                    max_batch_tokens=MAX_BATCH_TOKENS,
+                    bf16=True,
+                ),
+                dims,
+                {**info, "autocast": "bfloat16"},
+            )
+        )
+    else:
+        notes.append("this CPU (or torch build) has no bf16 kernels: torch-bf16 not measured")
+    return backends
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> str:
+    header = ("backend", "ms", "pairs/s", "GFLOP/s", "padded", "% fp32 peak", "× torch-fp32")
+    lines = [
+        [
+            name,
+            _fmt(r["ms"], ".0f"),
+            _fmt(r["pairs_per_s"], ".1f"),
+            _fmt(r["gflops"], ".1f"),
+            _fmt(r["padded_gflops"], ".1f"),
+            _fmt(r.get("pct_fp32_peak"), ".0f"),
+            _fmt(r.get("speedup_vs_torch_fp32"), ".2f"),
+        ]
+        for name, r in rows.items()
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    for line in lines:
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+    return "\n".join(out)
+
+
+@bench.command("scorer")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An exported cross-encoder folder (reranker.json); default: export --checkpoint "
+    "(fp32 + int8) to a temporary folder.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Hugging Face sequence-classification folder for the torch backends (and the export); "
+    "default: the checkpoint named in --model's card, else the shipped all-MiniLM-L6-v2 body "
+    "with a fresh one-label head.",
+)
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATASET,
+    show_default=True,
+    help="BEIR folder the pairs come from.",
+)
+@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as JSON here.",
+)
+def scorer_cmd(
+    model: Path | None,
+    checkpoint: Path | None,
+    dataset: Path,
+    n_pairs: int,
+    repeats: int,
+    threads: int,
+    batch_size: int,
+    output: Path | None,
+) -> None:
+    """Rerank real SciFact pairs with torch, ONNX Runtime fp32 and int8 side by side.
+
+    Interleaved repeats, median wall time per backend (tokenisation included), useful and
+    padded GFLOP/s against the measured matmul peak. Progress goes to stderr, the table to
+    stdout.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _check_dataset(dataset)
+    if model is not None:
+        read_card(model, CROSS_ENCODER_CARD)  # a clear error before any slow work
+    if checkpoint is not None and not (checkpoint / "config.json").is_file():
+        raise click.ClickException(
+            f"--checkpoint {checkpoint} is not a Hugging Face checkpoint folder (no config.json)"
+        )
+    _require_torch()
+    import onnxruntime as ort
+    import torch
+
+    torch.set_num_threads(threads)
+    load_before = _load()
+    notes: list[str] = []
+    selection = select_pairs(dataset, n_pairs)
+    pairs = list(selection.pairs)
+    if len(pairs) < n_pairs:
+        notes.append(f"the corpus gave only {len(pairs)} pairs of the {n_pairs} asked for")
+    _say(
+        f"{len(pairs)} pairs: query {selection.query_id} ({len(selection.relevant)} relevant "
+        f"docs) from {dataset}"
+    )
+
+    with (
+        _quiet_transformers(),
+        tempfile.TemporaryDirectory(prefix="reranker-bench-") as tmp_name,
+    ):
+        tmp = Path(tmp_name)
+        checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
+        if model is None:
+            from export.onnx_export import export_cross_encoder
+
+            cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+            _say(f"exporting {checkpoint} to a temporary folder (fp32 + int8) ...")
+            started = time.perf_counter()
+            model_dir = export_cross_encoder(
+                checkpoint,
+                tmp / "onnx",
+                int8=True,
+                fp16=cuda,
+                parity_pairs=pairs[:8],
+                name="bench",
+            )
+            onnx_note = (
+                f"exported from the same checkpoint to a temporary folder "
+                f"({time.perf_counter() - started:.0f} s), int8 = dynamic per-channel"
+            )
+        else:
+            model_dir = model
+            onnx_note = f"--model {model}"
+        _say(f"ONNX model: {onnx_note}")
+
+        backends = _torch_backends(
+            checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes
+        )
+        backends += _ort_backends(model_dir, threads=threads, batch_size=batch_size, notes=notes)
+        ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
+        max_length = int(ort_fp32.info["scorer"].max_length)
+        if max_length != MAX_LENGTH:
+            # a model with fewer positions: tokenise torch's pairs the same way
+            for b in backends:
+                if isinstance(b.run, TorchRunner):
+                    b.run.tokenizer = _checkpoint_tokenizer(checkpoint, max_length)
+
+        _say("measuring matmul peaks ...")
+        peaks, peak_notes = measure_peaks(threads)
+        notes += peak_notes
+        _say("  " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+        peak_samples = [peaks]
+
+        # untimed first run of each backend (lazy setup), which also gives scores to compare
+        for b in list(backends):
+            try:
+                b.scores = np.asarray(b.run(pairs), dtype=np.float32)
+            except Exception as exc:  # bf16 autocast or CUDA failing at run time
+                if b.name in {"torch-fp32", "ort-fp32"}:
+                    raise
+                notes.append(f"{b.name} skipped: its first run failed: {exc}")
+                backends.remove(b)
+        load_per_repeat: list[float] = []
+        for r in range(repeats):
+            for b in backends:
+                time.sleep(GAP_S)
+                started = time.perf_counter()
+                b.run(pairs)
+                b.seconds.append(time.perf_counter() - started)
+            load_per_repeat.extend(_load()[:1])
+            _say(
+                f"repeat {r + 1}/{repeats}: "
+                + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
+            )
+            if r + 1 < repeats:
+                # sample the peaks again between rounds: the best sample is the least disturbed
+                peak_samples.append(measure_peaks(threads, repeats=2)[0])
+        peaks = {kind: max(sample.get(kind, 0.0) for sample in peak_samples) for kind in peaks}
+        load_after = _load()
+
+        results = _results(backends, pairs, peaks, max_length, notes)
+        lengths = results.pop("_lengths")
+
+    payload: dict[str, Any] = {
+        "pairs": len(pairs),
+        "backends": results,
+        "peak_gflops": peaks,
+        "threads": threads,
+        "batch_size": batch_size,
+        "max_batch_tokens": MAX_BATCH_TOKENS,
+        "max_length": max_length,
+        "repeats": repeats,
+        "mean_tokens": round(float(np.mean(lengths)), 1),
+        "tokens": {"min": int(min(lengths)), "max": int(max(lengths)), "sum": int(sum(lengths))},
+        "peak_gflops_samples": peak_samples,
+        "load_1min_per_repeat": load_per_repeat,
+        "machine": {
+            **machine_info(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+        "dataset": {
+            "path": str(dataset),
+            "query_id": selection.query_id,
+            "relevant": list(selection.relevant),
+            "doc_ids": list(selection.doc_ids),
+        },
+        "model": {"torch": source_note, "onnx": onnx_note},
+        "notes": notes,
+    }
+    click.echo(
+        f"{len(pairs)} pairs, mean {payload['mean_tokens']} tokens (max {max(lengths)}), "
+        f"{threads} threads, batch ≤ {batch_size}, median of {repeats}; "
+        f"load average {load_before} → {load_after}"
+    )
+    click.echo("matmul peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+    click.echo(f"torch: {source_note}\nonnx: {onnx_note}")
+    click.echo(_table(results))
+    for note in notes:
+        click.echo(f"note: {note}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        _say(f"wrote {output}")
+
+
+def _results(
+    backends: Sequence[Backend],
+    pairs: Sequence[Pair],
+    peaks: dict[str, float],
+    max_length: int,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Per-backend figures (and ``_lengths``: the real token count of each pair)."""
+    results: dict[str, Any] = {}
+    reference: np.ndarray | None = None
+    torch_ms: float | None = None
+    lengths: list[int] = []
+    for b in backends:
+        if isinstance(b.run, TorchRunner):
+            tokenizer = b.run.tokenizer
+        else:
+            scorer = b.info["scorer"]
+            tokenizer = load_tokenizer(scorer.model_dir / "tokenizer.json", max_length)
+        lengths = [len(e.ids) for e in tokenizer.encode_batch(list(pairs))]
+        batches = plan_batches(lengths, _batch_size(b), MAX_BATCH_TOKENS)
+        padded = padded_tokens(lengths, batches)
+        useful = sum(b.dims.flops(n) for n in lengths)
+        padded_flops = sum(
+            len(rows) * b.dims.flops(max(lengths[r] for r in rows)) for rows in batches
+        )
+        ms = median_ms(b.seconds)
+        row: dict[str, Any] = {
+            "ms": round(ms, 1),
+            "pairs_per_s": round(len(pairs) / (ms / 1000.0), 2),
+            "gflops": round(useful / (ms / 1000.0) / 1e9, 2),
+            "padded_gflops": round(padded_flops / (ms / 1000.0) / 1e9, 2),
+            "runs_ms": [round(s * 1000.0, 1) for s in b.seconds],
+            "tokens": sum(lengths),
+            "padded_tokens": padded,
+            "batches": len(batches),
+        }
+        if "fp32" in peaks:
+            row["pct_fp32_peak"] = round(100.0 * row["gflops"] / peaks["fp32"], 1)
+        if "scorer" in b.info:
+            stats = b.info["scorer"].last_stats
+            if (stats.tokens, stats.padded_tokens) != (sum(lengths), padded):
+                notes.append(
+                    f"{b.name}: the Scorer fed {stats.tokens} tokens ({stats.padded_tokens} "
+                    f"padded), the FLOP count assumed {sum(lengths)} ({padded})"
+                )
+        row.update({k: v for k, v in b.info.items() if k != "scorer"})
+        if b.name == "torch-fp32":
+            reference = b.scores
+            torch_ms = ms
+        if torch_ms is not None:
+            row["speedup_vs_torch_fp32"] = round(torch_ms / ms, 2)
+        if reference is not None and b.scores is not None and b.name != "torch-fp32":
+            row["max_abs_diff_vs_torch_fp32"] = round(float(np.abs(b.scores - reference).max()), 5)
+        results[b.name] = row
+    results["_lengths"] = lengths
+    return results
+
+
+def _batch_size(backend: Backend) -> int:
+    if isinstance(backend.run, TorchRunner):
+        return backend.run.max_batch_size
+    return int(backend.info["scorer"].max_batch_size)
