@@ -16,7 +16,7 @@ from reranker.corpus import CorpusSource
 from reranker.embed import Embedder
 from reranker.errors import IndexingError, MalformedLineError
 from reranker.es import mappings
-from reranker.indexing import LoadOptions, index_corpus, reindex_alias
+from reranker.indexing import LoadOptions, _load_and_swap, index_corpus, reindex_alias
 from tests.integration.conftest import write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -228,3 +228,34 @@ def test_cli_index_then_search_finds_a_document_by_its_title(
         assert found.exit_code == 0, found.output
         top = json.loads(found.output.splitlines()[0])
         assert top["_id"] == target["_id"], mode
+
+
+def test_count_mismatch_aborts_before_the_swap(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
+) -> None:
+    live = index_corpus(
+        es_client,
+        CorpusSource.open(write_jsonl(tmp_path / "d.jsonl", scifact_docs[:10])),
+        alias,
+        embedder,
+        options=QUIET,
+    )
+    # Claim one more document than the source yields: the load succeeds, the check must not.
+    with pytest.raises(IndexingError, match="count check failed"):
+        _load_and_swap(
+            es_client,
+            alias,
+            embedder,
+            documents=lambda: iter(copy.deepcopy(scifact_docs[10:20])),
+            expected=11,
+            meta={},
+            cache=None,
+            reuse_embeddings=False,
+            options=QUIET,
+        )
+    assert mappings.indices_behind_alias(es_client, alias) == [live.index]
+    assert indices_named_after(es_client, alias) == [live.index]

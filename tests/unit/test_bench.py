@@ -69,7 +69,7 @@ def test_select_pairs_is_deterministic_with_the_relevant_doc_first() -> None:
     assert len(first.pairs) == len(first.doc_ids) == 20
     assert len(set(first.doc_ids)) == 20
     # the first judged query of qrels/test.tsv, and its relevant docs first
-    header, row = (SCIFACT / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[:2]
+    _header, row = (SCIFACT / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[:2]
     query_id, doc_id, _ = row.split("\t")
     assert first.query_id == query_id
     assert first.doc_ids[0] == doc_id
