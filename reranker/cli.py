@@ -100,10 +100,16 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6"
 
 
-def _scorer(model: Path | None, variant: str) -> Any:
+def _scorer(model: Path | None, variant: str | None) -> Any:
+    """The cross-encoder; without a variant, fp32 if the folder has it, else what it has."""
+    from reranker.models import CROSS_ENCODER_CARD, read_card
     from reranker.scoring import Scorer
 
-    return Scorer(model or default_model_dir(), variant=variant)
+    folder = model or default_model_dir()
+    if variant is None:
+        variants = read_card(folder, CROSS_ENCODER_CARD).get("variants") or {}
+        variant = "fp32" if "fp32" in variants or not variants else next(iter(variants))
+    return Scorer(folder, variant=variant)
 
 
 # --------------------------------------------------------------------------- es
@@ -306,6 +312,17 @@ def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: 
 @click.option("--k", default=10, show_default=True, help="Number of hits.")
 @_hybrid_options
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON lines.")
+@click.option(
+    "--rerank/--no-rerank",
+    default=False,
+    show_default=True,
+    help="Rerank the first stage's top --window with the cross-encoder.",
+)
+@click.option("--window", default=100, show_default=True, help="Candidates to rerank.")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
+@click.option(
+    "--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None, help="Precision."
+)
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -318,31 +335,42 @@ def search_cmd(
     normalization: str,
     weights: str,
     as_json: bool,
+    rerank: bool,
+    window: int,
+    model: Path | None,
+    variant: str | None,
 ) -> None:
-    """First-stage search: BM25 over title and text, kNN over the embedding, or both fused."""
+    """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
+    --rerank, the top --window of that first stage reordered by the cross-encoder."""
     from reranker.first_stage import FirstStage
+    from reranker.pipeline import Pipeline
 
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     encoder = _embedder(ctx) if mode != "bm25" else None
     stage = FirstStage(_client(ctx), alias, encoder, with_source=["title", "text"])
-    hits = stage.search(text, mode, k, hybrid=hybrid)
-    for rank, hit in enumerate(hits, start=1):
+    scorer = _scorer(model, variant) if rerank else None
+    pipeline = Pipeline(stage, scorer, base=mode, window=window if rerank else k, hybrid=hybrid)
+    result = pipeline.search(text, k=k)
+    if result.degraded:
+        click.echo(f"warning: {result.degraded}", err=True)
+    for rank, hit in enumerate(result.hits, start=1):
         source = hit.source or {}
         if as_json:
-            click.echo(
-                json.dumps(
-                    {
-                        "rank": rank,
-                        "_id": hit.id,
-                        "_score": hit.score,
-                        "stages": hit.stage_scores,
-                        "title": source.get("title"),
-                    }
-                )
-            )
+            row = {
+                "rank": rank,
+                "_id": hit.id,
+                "_score": hit.score,
+                "first_stage_rank": hit.first_stage_rank,
+                "stages": hit.stage_scores,
+                "title": source.get("title"),
+            }
+            if hit.relevance is not None:
+                row["relevance"] = hit.relevance
+            click.echo(json.dumps(row))
         else:
             label = (source.get("title") or source.get("text") or "").replace("\n", " ")[:90]
-            click.echo(f"{rank:>3}. {hit.score:10.4f}  {hit.id:<24} {label}")
+            moved = f"(was {hit.first_stage_rank:>3})" if rerank else ""
+            click.echo(f"{rank:>3}. {hit.score:10.4f} {moved} {hit.id:<24} {label}")
 
 
 # --------------------------------------------------------------------------- eval
@@ -374,9 +402,8 @@ def search_cmd(
 @click.option(
     "--variant",
     type=click.Choice(["fp32", "int8", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Which exported precision of the cross-encoder to run.",
+    default=None,
+    help="Exported precision of the cross-encoder [default: fp32 if present].",
 )
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
@@ -396,7 +423,7 @@ def eval_cmd(
     window: int,
     rerank_base: str,
     model: Path | None,
-    variant: str,
+    variant: str | None,
     reindex: bool,
     output: Path | None,
     progress: bool,
@@ -603,7 +630,7 @@ def doctor_cmd(ctx: click.Context, model: Path | None) -> None:
     available = onnxruntime.get_available_providers()
     line("onnxruntime", f"{onnxruntime.__version__}; providers {', '.join(available)}")
     try:
-        scorer = _scorer(model, "fp32")
+        scorer = _scorer(model, None)
         line("cross-encoder", f"{scorer.model_id} {scorer.version} on {scorer.provider}")
     except RerankerError as exc:
         line("cross-encoder", str(exc), ok=False)
