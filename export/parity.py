@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from reranker.models import load_tokenizer
+from reranker.models import load_tokenizer, pad_encodings
 
 if TYPE_CHECKING:
     import torch
@@ -42,17 +42,7 @@ def batch_arrays(
     tokenizer: Tokenizer, inputs: Sequence[str] | Sequence[tuple[str, str]]
 ) -> dict[str, np.ndarray]:
     """Token ids, mask and type ids for ``inputs`` (texts or pairs), padded to the longest."""
-    encodings = tokenizer.encode_batch(list(inputs))
-    width = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    types = np.zeros_like(ids)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        ids[row, :n] = enc.ids
-        mask[row, :n] = 1
-        types[row, :n] = enc.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return pad_encodings(tokenizer.encode_batch(list(inputs)))
 
 
 def _feed(session: ort.InferenceSession, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ from reranker.models import (
     config_max_positions,
     load_tokenizer,
     open_session,
+    pad_encodings,
     read_card,
     shipped_weights_dir,
     verify_files,
@@ -134,16 +135,7 @@ class Embedder:
         return out
 
     def _run(self, encodings: Sequence[Any]) -> np.ndarray:
-        width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        types = np.zeros_like(ids)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        arrays = pad_encodings(encodings)
         feed = {name: arrays[name] for name in self._inputs}
         try:
             hidden = self._session.run(None, feed)[0]
@@ -151,7 +143,7 @@ class Embedder:
             raise ModelError(
                 f"embedding model failed on a batch of {len(encodings)}: {exc}"
             ) from exc
-        pooled = mean_pool(np.asarray(hidden), mask)
+        pooled = mean_pool(np.asarray(hidden), arrays["attention_mask"])
         if not np.isfinite(pooled).all():
             raise ModelError("embedding model returned non-finite values")
         return pooled

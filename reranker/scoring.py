@@ -44,6 +44,7 @@ from reranker.models import (
     CROSS_ENCODER_CARD,
     config_max_positions,
     open_session,
+    pad_encodings,
     read_card,
     verify_files,
 )
@@ -423,15 +424,7 @@ class Scorer:
         return encodings, truncated
 
     def _run(self, encodings: Sequence[Encoding], width: int) -> np.ndarray:
-        ids = np.zeros((len(encodings), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        types = np.zeros_like(ids)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        arrays = pad_encodings(encodings, width)
         try:
             feed = {name: arrays[name] for name in self._inputs}
         except KeyError as exc:
