@@ -92,13 +92,11 @@ def minmax(x: npt.ArrayLike) -> FloatArray:
     if not finite.any():
         return out
     low, high = float(v[finite].min()), float(v[finite].max())
-    span = high - low
-    if span == 0 or not math.isfinite(span):
-        # all equal; or a span too wide for float64 (±1e308): rank-free fallback
-        out[finite] = 1.0 if span == 0 else (v[finite] - low) / (high / 2 - low / 2) / 2
-    else:
-        out[finite] = (v[finite] - low) / span
-    return out
+    if high == low:
+        out[finite] = 1.0
+    else:  # halved first, so that a span beyond float64 (-1e308 … 1e308) cannot overflow
+        out[finite] = (v[finite] / 2 - low / 2) / (high / 2 - low / 2)
+    return np.clip(out, 0.0, 1.0)
 
 
 def build_feature_batch(
@@ -231,7 +229,8 @@ class Explanation:
 class Blend(Protocol):
     """What the pipeline needs from a blend. ``features`` columns follow ``feature_names``."""
 
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     @property
     def feature_names(self) -> tuple[str, ...]: ...
@@ -253,9 +252,7 @@ def _explanations(
     scores: FloatArray,
     defaults: npt.ArrayLike | None,
 ) -> list[Explanation]:
-    flags = (
-        np.zeros(x.shape, dtype=bool) if defaults is None else np.asarray(defaults, dtype=bool)
-    )
+    flags = np.zeros(x.shape, dtype=bool) if defaults is None else np.asarray(defaults, dtype=bool)
     if flags.shape != x.shape:
         raise ValueError(f"defaults must have shape {x.shape}, got {flags.shape}")
     out: list[Explanation] = []
@@ -282,14 +279,15 @@ class LinearBlend:
     """``score = bias + Σ weights[name] · x[name]``.
 
     ``feature_names`` is the column order of the matrices it scores (default: the keys of
-    ``weights``); a feature without a weight has weight 0 (shown in explanations with
-    contribution 0). Refused with ConfigError: a weight for a name not in ``feature_names``,
-    all-zero weights, non-finite or |w| > 1e9 values. Negative weights are allowed.
+    ``weights``); a feature without a weight gets weight 0 (``weights`` is completed with it,
+    and explanations show it with contribution 0). Refused with ConfigError: a weight for a
+    name not in ``feature_names``, all-zero weights, non-finite or |w| > 1e9 values. Negative
+    weights are allowed (they penalise a feature).
     """
 
     weights: dict[str, float]
     bias: float = 0.0
-    feature_names: tuple[str, ...] = ()  # type: ignore[misc]  # a field satisfies the protocol
+    feature_names: tuple[str, ...] = ()
     kind: ClassVar[str] = "linear"
     _w: FloatArray = field(init=False, repr=False, compare=False)
 
@@ -302,12 +300,12 @@ class LinearBlend:
         unknown = [name for name in weights if name not in names]
         if unknown:
             raise ConfigError(
-                f"weight(s) for unknown feature(s) {', '.join(unknown)}; "
-                f"known: {', '.join(names)}"
+                f"weight(s) for unknown feature(s) {', '.join(unknown)}; known: {', '.join(names)}"
             )
         if not any(weights.values()):
             raise ConfigError("blend weights are all zero: every candidate would tie")
         bias = _finite_weight("bias", self.bias)
+        weights = {name: weights.get(name, 0.0) for name in names}
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "bias", bias)
         object.__setattr__(self, "feature_names", names)
@@ -335,7 +333,7 @@ class LinearBlend:
         return {
             "kind": self.kind,
             "feature_names": list(self.feature_names),
-            "weights": {name: self.weights.get(name, 0.0) for name in self.feature_names},
+            "weights": dict(self.weights),
             "bias": self.bias,
         }
 
@@ -368,6 +366,7 @@ def parse_weights(text: str, names: Sequence[str] | None = None) -> LinearBlend:
         raise ConfigError("blend weights are empty; expected e.g. 'relevance=1,authority=0.2'")
     weights: dict[str, float] = {}
     bias = 0.0
+    seen: set[str] = set()
     for item in text.split(","):
         item = item.strip()
         key, sep, raw = item.partition("=")
@@ -380,15 +379,14 @@ def parse_weights(text: str, names: Sequence[str] | None = None) -> LinearBlend:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"bad blend weight {item!r}: {raw!r} is not a number") from None
-        if key in weights or (key == "bias" and bias):
+        if key in seen:
             raise ConfigError(f"blend weight {key!r} given twice")
+        seen.add(key)
         if key == "bias":
             bias = _finite_weight("bias", value)
             continue
         if names is not None and key not in names:
-            raise ConfigError(
-                f"unknown blend feature {key!r}; known: {', '.join(names)}"
-            )
+            raise ConfigError(f"unknown blend feature {key!r}; known: {', '.join(names)}")
         weights[key] = value
     if not weights:
         raise ConfigError("blend weights name no feature, only a bias")
@@ -404,9 +402,7 @@ def _lightgbm() -> Any:
     try:
         import lightgbm
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModelError(
-            "LambdaMART blends need lightgbm (pip install 'lightgbm>=4')"
-        ) from exc
+        raise ModelError("LambdaMART blends need lightgbm (pip install 'lightgbm>=4')") from exc
     return lightgbm
 
 
@@ -464,7 +460,7 @@ class LambdaMartBlend:
         return _explanations(self._names, x, parts, base, scores, defaults)
 
     def model_string(self) -> str:
-        return cast(str, self.booster.model_to_string())
+        return str(self.booster.model_to_string())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -679,18 +675,14 @@ def fit_lambdamart(
     _check_names(names)
     x_train, labels_train, g_train = _ranking_set(X_train, y_train, groups_train, names, "train")
     merged = {**LAMBDAMART_PARAMS, **(params or {})}
-    train = lgb.Dataset(
-        x_train, label=labels_train, group=g_train, feature_name=list(names), params=merged
-    )
+    train = lgb.Dataset(x_train, label=labels_train, group=g_train, feature_name=list(names))
     valid_sets: list[Any] = []
     callbacks: list[Any] = []
     if X_dev is not None:
         if y_dev is None or groups_dev is None:
             raise ValueError("a dev set needs X, y and groups")
         x_dev, labels_dev, g_dev = _ranking_set(X_dev, y_dev, groups_dev, names, "dev")
-        valid_sets.append(
-            lgb.Dataset(x_dev, label=labels_dev, group=g_dev, reference=train, params=merged)
-        )
+        valid_sets.append(lgb.Dataset(x_dev, label=labels_dev, group=g_dev, reference=train))
         callbacks.append(
             lgb.early_stopping(early_stopping_rounds, first_metric_only=True, verbose=False)
         )

@@ -656,5 +656,14 @@ def doctor_cmd(ctx: click.Context, model: Path | None) -> None:
         sys.exit(1)
 
 
+def _register_bench() -> None:
+    # bench's errors reach RerankerGroup.invoke above, like every other command's.
+    from reranker.bench import bench
+
+    main.add_command(bench)
+
+
+_register_bench()
+
 if __name__ == "__main__":
     main()

@@ -95,7 +95,7 @@ def saturation(x: npt.ArrayLike, pivot: float) -> FloatArray:
     if not (math.isfinite(pivot) and pivot > 0):
         raise ValueError(f"saturation pivot must be finite and > 0, got {pivot!r}")
     v = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
-    return cast(FloatArray, v / (v + pivot))
+    return v / (v + pivot)
 
 
 def exp_decay(age_days: npt.ArrayLike, half_life_days: float) -> FloatArray:
@@ -469,7 +469,11 @@ class FeatureBatch:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(self.names))
-        values = np.asarray(self.values, dtype=np.float64).reshape(-1, len(self.names))
+        values = np.asarray(self.values, dtype=np.float64)
+        if values.ndim != 2:
+            values = values.reshape(-1, len(self.names)) if self.names else values.reshape(0, 0)
+        if values.shape[1] != len(self.names):
+            raise ValueError(f"values have {values.shape[1]} columns for {len(self.names)} names")
         object.__setattr__(self, "values", values)
         if self.defaults_used.shape != values.shape:
             if self.defaults_used.size:
@@ -481,7 +485,7 @@ class FeatureBatch:
 
     def column(self, name: str) -> FloatArray:
         try:
-            return cast(FloatArray, self.values[:, self.names.index(name)])
+            return self.values[:, self.names.index(name)]
         except ValueError:
             raise KeyError(f"no signal {name!r}; have {', '.join(self.names)}") from None
 
@@ -503,7 +507,9 @@ def extract(
     the wall clock is read once per call.
     """
     if config.needs_fit:
-        unfitted = [s.name for s in config.signals if s.transform == "saturation" and s.pivot is None]
+        unfitted = [
+            s.name for s in config.signals if s.transform == "saturation" and s.pivot is None
+        ]
         raise ConfigError(
             f"saturation pivot of {', '.join(unfitted)} is not set; call fit_pivots() first"
         )
