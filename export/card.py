@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from reranker.errors import ModelError
 from reranker.models import CARD_FORMAT, sha256_file, write_json_atomic
 
 #: files of a checkpoint folder that carry training provenance, copied into the card
@@ -73,3 +75,33 @@ def write_card(folder: Path, card_name: str, card: dict[str, Any]) -> dict[str, 
     full["files"] = file_hashes(folder, exclude=(card_name,))
     write_json_atomic(folder / card_name, full)
     return full
+
+
+def prune_variants(folder: Path, card_name: str, keep: Sequence[str]) -> dict[str, Any]:
+    """Delete the variants not in ``keep`` from an exported folder and rewrite its card.
+
+    A shipped model keeps only what it serves (e.g. int8), so the repository stays small.
+    """
+    card: dict[str, Any] = json.loads((folder / card_name).read_text(encoding="utf-8"))
+    variants: dict[str, Any] = card.get("variants") or {}
+    unknown = [name for name in keep if name not in variants]
+    if unknown or not keep:
+        raise ModelError(
+            f"cannot keep {', '.join(unknown) or 'nothing'}: {folder} has {', '.join(variants)}"
+        )
+    for name, entry in list(variants.items()):
+        if name not in keep:
+            (folder / str(entry["file"])).unlink(missing_ok=True)
+            del variants[name]
+    card["variants"] = variants
+    card["files"] = file_hashes(folder, exclude=(card_name,))
+    write_json_atomic(folder / card_name, card)
+    return card
+
+
+def record_metrics(folder: Path, card_name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Merge evaluation results into the card's ``metrics`` (the card hashes other files only)."""
+    card: dict[str, Any] = json.loads((folder / card_name).read_text(encoding="utf-8"))
+    card["metrics"] = {**card.get("metrics", {}), **metrics}
+    write_json_atomic(folder / card_name, card)
+    return card

@@ -188,8 +188,8 @@ def _check_names(names: Sequence[str]) -> None:
 def sanitize(features: npt.ArrayLike, n_features: int) -> FloatArray:
     """A float64 ``(n, n_features)`` copy with non-finite → 0.0 and values clipped to ±1e9."""
     x = np.asarray(features, dtype=np.float64)
-    if x.ndim == 1 and n_features and x.size % n_features == 0:
-        x = x.reshape(-1, n_features)
+    if x.size == 0:
+        x = x.reshape(0, n_features)
     if x.ndim != 2 or x.shape[1] != n_features:
         raise ValueError(f"features must have shape (n, {n_features}), got {x.shape}")
     x = np.where(np.isfinite(x), x, 0.0)

@@ -407,6 +407,11 @@ def search_cmd(
 )
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Also write the rerank results into the cross-encoder's model card (metrics).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def eval_cmd(
@@ -426,6 +431,7 @@ def eval_cmd(
     variant: str | None,
     reindex: bool,
     output: Path | None,
+    record: bool,
     progress: bool,
 ) -> None:
     """Evaluate retrieval on a BEIR-layout DATASET: NDCG@10, MRR@10 and Recall@100 per mode.
@@ -495,6 +501,13 @@ def eval_cmd(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report.as_json(), indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
+    if record and "rerank" in report.results:
+        from export.card import record_metrics
+        from reranker.models import CROSS_ENCODER_CARD
+
+        key = f"{dataset.name}/{split}/{rerank_base}-top{window}/{scorer.variant}"
+        record_metrics(scorer.model_dir, CROSS_ENCODER_CARD, {key: report.results["rerank"]})
+        click.echo(f"recorded {key} in {scorer.model_dir / CROSS_ENCODER_CARD}", err=True)
 
 
 # --------------------------------------------------------------------------- model path
@@ -591,8 +604,20 @@ def train_cmd(
 @click.option("--fp16", is_flag=True, help="Also write an fp16 variant (for CUDA).")
 @click.option("--name", default=None, help="Model name for the card [default: folder name].")
 @click.option("--max-length", default=256, show_default=True)
+@click.option(
+    "--keep",
+    default=None,
+    help="Comma-separated variants to keep after the parity checks, e.g. int8 for a small "
+    "shipped model [default: all].",
+)
 def export_cmd(
-    checkpoint: Path, out: Path, int8: bool, fp16: bool, name: str | None, max_length: int
+    checkpoint: Path,
+    out: Path,
+    int8: bool,
+    fp16: bool,
+    name: str | None,
+    max_length: int,
+    keep: str | None,
 ) -> None:
     """Export CHECKPOINT (any local Hugging Face sequence-classification folder) to ONNX in
     OUT, with dynamic batch and sequence axes, fused attention, a parity check against torch
@@ -602,7 +627,13 @@ def export_cmd(
     folder = export_cross_encoder(
         checkpoint, out, int8=int8, fp16=fp16, name=name, max_length=max_length
     )
-    click.echo(f"exported {checkpoint} → {folder}")
+    if keep:
+        from export.card import prune_variants
+        from reranker.models import CROSS_ENCODER_CARD
+
+        prune_variants(folder, CROSS_ENCODER_CARD, [v.strip() for v in keep.split(",")])
+    size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+    click.echo(f"exported {checkpoint} → {folder} ({size_mb:.1f} MB)")
 
 
 # --------------------------------------------------------------------------- doctor

@@ -1,6 +1,6 @@
 """Per-document ranking signals (authority, freshness, popularity) from ``_source`` fields.
 
-A :class:`SignalConfig` names a few :class:`SignalSpec`\\ s; :func:`extract` turns a window of
+A :class:`SignalConfig` names a few :class:`SignalSpec` objects; :func:`extract` turns a window of
 ``_source`` documents into a ``(n_docs, n_signals)`` float64 matrix that the blend reads next to
 the cross-encoder's relevance. Everything here is pure: no Elasticsearch, no clock unless a
 decay's reference is ``"now"`` and no ``now`` is passed.
@@ -410,6 +410,17 @@ class SignalConfig:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.signals)
+
+    @property
+    def source_fields(self) -> tuple[str, ...]:
+        """Every ``_source`` path read (fields and field references), for ``_source`` filters."""
+        paths: list[str] = []
+        for spec in self.signals:
+            candidates = [spec.field]
+            if spec.reference is not None and _reference_kind(spec)[0] == "field":
+                candidates.append(spec.reference)
+            paths.extend(p for p in candidates if p not in paths)
+        return tuple(paths)
 
     @property
     def needs_fit(self) -> bool:

@@ -383,6 +383,14 @@ def test_round_trip_and_loading(tmp_path: Path) -> None:
 
 
 def test_presets_do_not_read_label_leaking_fields() -> None:
+    assert STACKEXCHANGE.source_fields == (
+        "signals.OwnerReputation",
+        "signals.Score",
+        "signals.QuestionViewCount",
+        "signals.CreationDate",
+        "signals.dump_date",
+    )
+    assert SCIFACT.source_fields == ("signals.citations", "signals.year")
     for config in PRESETS.values():
         for spec in config.signals:
             for bad in ("ParentId", "AcceptedAnswerId", "accepted", "VoteTypeId"):
