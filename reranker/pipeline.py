@@ -1,4 +1,5 @@
-"""The query path as one object: first stage → cross-encoder, with per-stage timings.
+"""The query path as one object: first stage → cross-encoder → signals → blend, with
+per-stage timings.
 
 The CLI (`reranker search --rerank`, `reranker eval --modes ...,rerank`) and the proxy both call
 :meth:`Pipeline.search`; nothing else composes the stages.
@@ -12,10 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
 from reranker.scoring import Scorer
+from reranker.signals import FeatureBatch, SignalConfig, extract
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,8 @@ class RankedHit:
     first_stage_score: float
     relevance: float | None = None  # the cross-encoder's logit
     stage_scores: dict[str, float] = field(default_factory=dict)
+    features: dict[str, float] | None = None  # the blend's inputs, by name
+    explanation: dict[str, Any] | None = None  # each feature's value and contribution
 
 
 @dataclass
@@ -40,10 +47,13 @@ class PipelineResult:
     timings_ms: dict[str, float]
     degraded: str | None = None
     model: str | None = None
+    blend: str | None = None  # "<kind>@<version>" of the blend that ordered the hits
 
 
 class Pipeline:
-    """First-stage recall of ``window`` candidates, reranked by ``scorer`` when there is one.
+    """First-stage recall of ``window`` candidates, reranked by ``scorer`` when there is one,
+    then ordered by ``blend`` over the cross-encoder's score, the first-stage score and the
+    ``signals`` when a blend is given (without one, the cross-encoder's logit is the score).
 
     If the scorer fails and ``fail_open`` is set, the first-stage order comes back with
     ``degraded`` saying why, never an empty list.
@@ -59,6 +69,9 @@ class Pipeline:
         hybrid: HybridOptions | None = None,
         fields: Sequence[str] = ("title", "text"),
         fail_open: bool = True,
+        blend: Blend | None = None,
+        signals: SignalConfig | None = None,
+        explain: bool = False,
     ) -> None:
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
@@ -71,6 +84,11 @@ class Pipeline:
         self.hybrid = hybrid or HybridOptions()
         self.fields = tuple(fields)
         self.fail_open = fail_open
+        self.blend = blend
+        self.signals = signals
+        self.explain = explain
+        if blend is not None and scorer is None:
+            raise SearchError("a blend needs the cross-encoder's scores; no scorer was given")
 
     def search(
         self,
@@ -113,15 +131,39 @@ class Pipeline:
                 for hit, logit in zip(hits, logits.tolist(), strict=True):
                     hit.relevance = float(logit)
                     hit.score = float(logit)
+                timings["rerank"] = (time.perf_counter() - started) * 1000
+                if self.blend is not None:
+                    started = time.perf_counter()
+                    self._apply_blend(hits, logits)
+                    timings["blend"] = (time.perf_counter() - started) * 1000
                 hits.sort(key=lambda h: (-h.score, h.first_stage_rank))
-            timings["rerank"] = (time.perf_counter() - started) * 1000
         return PipelineResult(
             hits=hits[:k],
             window=self.window,
             timings_ms=timings,
             degraded=degraded,
             model=self.scorer.model_id if self.scorer else None,
+            blend=f"{self.blend.kind}@{blend_version(self.blend)}" if self.blend else None,
         )
+
+    def _apply_blend(self, hits: list[RankedHit], logits: np.ndarray) -> None:
+        assert self.blend is not None
+        names = self.blend.feature_names
+        signal_batch: FeatureBatch | None = None
+        if self.signals is not None and self.signals.signals:
+            signal_batch = extract([h.source for h in hits], self.signals)
+        batch = build_feature_batch(
+            logits, [h.first_stage_score for h in hits], signal_batch, names
+        )
+        scores = self.blend.score(batch.values)
+        explanations = (
+            self.blend.explain(batch.values, defaults=batch.defaults_used) if self.explain else None
+        )
+        for i, hit in enumerate(hits):
+            hit.score = float(scores[i])
+            hit.features = dict(zip(names, batch.values[i].tolist(), strict=True))
+            if explanations is not None:
+                hit.explanation = explanations[i].to_dict()
 
     def passage(self, hit: Hit) -> str:
         """The text the cross-encoder reads: the configured fields of ``_source``, joined."""

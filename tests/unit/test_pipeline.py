@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from reranker.blend import LinearBlend
 from reranker.errors import ModelError, SearchError
 from reranker.first_stage import Hit
 from reranker.pipeline import Pipeline
@@ -41,6 +42,7 @@ class LengthScorer:
 
 
 DOCS = [("a", "x"), ("b", "xxx"), ("c", "xx")]
+NAMES = ("relevance", "first_stage")
 
 
 def make(scorer: Any, **kwargs: Any) -> Pipeline:
@@ -74,3 +76,27 @@ def test_window_bounds_what_is_reranked_and_k_what_is_returned() -> None:
 def test_unknown_base_mode_is_rejected() -> None:
     with pytest.raises(SearchError, match="unknown first-stage mode"):
         make(LengthScorer(), base="sparse")
+
+
+def test_a_blend_weighting_only_the_first_stage_restores_its_order() -> None:
+    blend = LinearBlend(weights={"relevance": 0.0, "first_stage": 1.0}, feature_names=NAMES)
+    result = make(LengthScorer(), blend=blend).search("q", k=3)
+    assert [h.id for h in result.hits] == ["a", "b", "c"]
+    assert result.blend is not None and result.blend.startswith("linear@")
+
+
+def test_blend_explanations_account_for_the_final_score() -> None:
+    blend = LinearBlend(weights={"relevance": 2.0, "first_stage": 0.5}, feature_names=NAMES)
+    result = make(LengthScorer(), blend=blend, explain=True).search("q", k=3)
+    for hit in result.hits:
+        assert hit.explanation is not None
+        parts = hit.explanation["base"] + sum(
+            f["contribution"] for f in hit.explanation["features"].values()
+        )
+        assert parts == pytest.approx(hit.score)
+
+
+def test_a_blend_without_a_scorer_is_refused() -> None:
+    blend = LinearBlend(weights={"relevance": 1.0}, feature_names=NAMES)
+    with pytest.raises(SearchError, match="needs the cross-encoder"):
+        make(None, blend=blend)
