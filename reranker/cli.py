@@ -408,6 +408,18 @@ def search_cmd(
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option(
+    "--blend",
+    default=None,
+    help="For `blend`: a blend file from `reranker ltr fit`, or weights such as "
+    "relevance=1,authority=0.1.",
+)
+@click.option(
+    "--signals",
+    default=None,
+    help="Signal config: a preset (stackexchange, scifact, none) or a JSON file "
+    "[default: the blend file's, else the dataset's preset].",
+)
+@click.option(
     "--record",
     is_flag=True,
     help="Also write the rerank results into the cross-encoder's model card (metrics).",
@@ -431,6 +443,8 @@ def eval_cmd(
     variant: str | None,
     reindex: bool,
     output: Path | None,
+    blend: str | None,
+    signals: str | None,
     record: bool,
     progress: bool,
 ) -> None:
@@ -441,6 +455,7 @@ def eval_cmd(
     """
     from reranker.errors import ConfigError
     from reranker.evaluation import (
+        CachedScorer,
         EvalReport,
         collect_run,
         ensure_dataset_index,
@@ -455,7 +470,7 @@ def eval_cmd(
     from reranker.pipeline import Pipeline
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    known = ("bm25", "dense", "hybrid", "rerank")
+    known = ("bm25", "dense", "hybrid", "rerank", "blend")
     unknown = [m for m in wanted if m not in known]
     if unknown or not wanted:
         raise ConfigError(
@@ -485,12 +500,27 @@ def eval_cmd(
     stage = FirstStage(client, alias, embedder)
     vectors = query_vectors(stage, queries)
     runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid, vectors=vectors)
-    if "rerank" in wanted:
-        scorer = _scorer(model, variant)
-        click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
-        reading = FirstStage(client, alias, embedder, with_source=["title", "text"])
-        pipeline = Pipeline(reading, scorer, base=rerank_base, window=window, hybrid=hybrid)
-        runners["rerank"] = pipeline_runner(pipeline, vectors)
+    if {"rerank", "blend"} & set(wanted):
+        scorer = CachedScorer(_scorer(model, variant), ctx.obj.home / "scores")
+        click.echo(f"reranking {rerank_base} top-{window} with {scorer.scorer!r}", err=True)
+        signal_config, blend_model = None, None
+        if "blend" in wanted:
+            signal_config, blend_model = _blend_and_signals(blend, signals, dataset.name)
+            click.echo(f"blend {blend_model.kind} over {', '.join(blend_model.feature_names)}")
+        fields = ["title", "text", *(signal_config.source_fields if signal_config else ())]
+        reading = FirstStage(client, alias, embedder, with_source=fields)
+        for mode, mode_blend in (("rerank", None), ("blend", blend_model)):
+            if mode in wanted:
+                pipeline = Pipeline(
+                    reading,
+                    scorer,
+                    base=rerank_base,
+                    window=window,
+                    hybrid=hybrid,
+                    blend=mode_blend,
+                    signals=signal_config if mode_blend else None,
+                )
+                runners[mode] = pipeline_runner(pipeline, vectors)
     report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
     for mode in wanted:
         run, ms = collect_run(queries, runners[mode], progress=progress, label=mode)
@@ -636,6 +666,162 @@ def export_cmd(
     click.echo(f"exported {checkpoint} → {folder} ({size_mb:.1f} MB)")
 
 
+# --------------------------------------------------------------------------- ltr
+
+
+@main.group(cls=RerankerGroup)
+def ltr() -> None:
+    """Learn the blend of relevance with authority, freshness and popularity.
+
+    `ltr log-features` writes the features of every candidate in the window for the judged
+    queries of a split; `ltr fit` learns a linear or LambdaMART blend on the train file,
+    selecting on the dev file; `eval --modes ...,blend --blend FILE` reports it.
+    """
+
+
+@ltr.command("log-features")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--split", default="train", show_default=True)
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="JSONL file.")
+@click.option("--alias", default=None, help="[default: beir-<dataset name>]")
+@click.option("--window", default=100, show_default=True, help="Candidates per query.")
+@click.option(
+    "--rerank-base",
+    type=click.Choice(["bm25", "dense", "hybrid"]),
+    default="bm25",
+    show_default=True,
+)
+@click.option("--signals", default=None, help="Preset or JSON file [default: the dataset's].")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
+@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None)
+@click.option("--max-queries", type=int, default=None, help="Only the first N judged queries.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def ltr_log_features(
+    ctx: click.Context,
+    dataset: Path,
+    split: str,
+    output: Path,
+    alias: str | None,
+    window: int,
+    rerank_base: str,
+    signals: str | None,
+    model: Path | None,
+    variant: str | None,
+    max_queries: int | None,
+    progress: bool,
+) -> None:
+    """Write the blend's features of every window candidate of DATASET's judged queries.
+
+    One JSON object per candidate (qid, doc_id, label, rank, features, defaults); a
+    FILE.meta.json beside it records the signal config, window and model, for `ltr fit`.
+    """
+    from tqdm import tqdm
+
+    from reranker.blend import feature_names_for
+    from reranker.evaluation import (
+        CachedScorer,
+        ensure_dataset_index,
+        judged_queries,
+        query_vectors,
+    )
+    from reranker.first_stage import FirstStage
+    from reranker.indexing import default_cache
+    from reranker.ltr import log_features
+    from reranker.pipeline import Pipeline
+    from reranker.signals import PRESETS, load_signal_config
+
+    queries, qrels = judged_queries(dataset, split)
+    if max_queries:
+        queries = dict(list(queries.items())[:max_queries])
+    config = (
+        load_signal_config(signals)
+        if signals
+        else PRESETS.get(dataset.name.lower(), PRESETS["none"])
+    )
+    names = feature_names_for(config)
+    alias = alias or f"beir-{dataset.name.lower()}"
+    client = _client(ctx)
+    embedder = _embedder(ctx)
+    ensure_dataset_index(
+        client,
+        dataset,
+        alias,
+        embedder,
+        cache=default_cache(ctx.obj.home, embedder),
+        progress=progress,
+    )
+    scorer = CachedScorer(_scorer(model, variant), ctx.obj.home / "scores")
+    reading = FirstStage(
+        client, alias, embedder, with_source=["title", "text", *config.source_fields]
+    )
+    pipeline = Pipeline(reading, scorer, base=rerank_base, window=window)
+    vectors = query_vectors(reading, queries) if rerank_base != "bm25" else {}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with output.open("w", encoding="utf-8") as handle:
+        ordered = tqdm(queries.items(), desc="features", unit="q", disable=not progress)
+        for query_id, text in ordered:
+            for row in log_features(pipeline, {query_id: text}, qrels, names, config, vectors):
+                handle.write(json.dumps(row) + "\n")
+                rows += 1
+    meta = {
+        "dataset": dataset.name,
+        "split": split,
+        "queries": len(queries),
+        "window": window,
+        "rerank_base": rerank_base,
+        "signals": config.to_dict(),
+        "features": list(names),
+        "model": f"{scorer.model_id}@{scorer.version}/{scorer.variant}",
+    }
+    meta_path = output.with_name(output.name + ".meta.json")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {rows} rows for {len(queries)} queries to {output}")
+
+
+@ltr.command("fit")
+@click.argument("train_features", type=click.Path(path_type=Path))
+@click.option("--dev", "dev_features", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--kind",
+    type=click.Choice(["linear", "lambdamart"]),
+    default="lambdamart",
+    show_default=True,
+)
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Blend file.")
+def ltr_fit(train_features: Path, dev_features: Path | None, kind: str, output: Path) -> None:
+    """Fit a blend on TRAIN_FEATURES (from `ltr log-features`), select on --dev, save it
+    with a card (signal config, window, data, dev NDCG@10 against relevance alone)."""
+    from reranker.blend import RELEVANCE, save_blend
+    from reranker.ltr import fit_blend, read_features
+
+    train = read_features(train_features)
+    dev = read_features(dev_features, train.names) if dev_features else None
+    model = fit_blend(kind, train, dev)
+    card: dict[str, Any] = {"train": str(train_features), "dev": str(dev_features)}
+    meta_path = train_features.with_name(train_features.name + ".meta.json")
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        card.update(
+            {k: meta[k] for k in ("signals", "window", "rerank_base", "model") if k in meta}
+        )
+    for name, data in (("train", train), ("dev", dev)):
+        if data is None:
+            continue
+        relevance_only = data.values[:, data.names.index(RELEVANCE)]
+        card[f"{name}_ndcg@10"] = {
+            "blend": data.ndcg(model.score(data.values)),
+            "relevance_only": data.ndcg(relevance_only),
+        }
+        click.echo(
+            f"{name}: NDCG@10 blend {card[f'{name}_ndcg@10']['blend']:.4f}, "
+            f"relevance only {card[f'{name}_ndcg@10']['relevance_only']:.4f}"
+        )
+    path = save_blend(model, output, card=card)
+    click.echo(f"saved {kind} blend to {path}")
+
+
 # --------------------------------------------------------------------------- doctor
 
 
@@ -685,6 +871,29 @@ def doctor_cmd(ctx: click.Context, model: Path | None) -> None:
         line("elasticsearch", f"{ctx.obj.es_url} unreachable ({type(exc).__name__})", ok=False)
     if problems:
         sys.exit(1)
+
+
+def _blend_and_signals(
+    blend: str | None, signals: str | None, dataset_name: str
+) -> tuple[Any, Any]:
+    """The signal config and the blend for `blend` mode (see eval's --blend/--signals)."""
+    from reranker.blend import feature_names_for, load_blend, parse_weights, read_blend_card
+    from reranker.errors import ConfigError
+    from reranker.signals import PRESETS, load_signal_config
+
+    if not blend:
+        raise ConfigError("mode blend needs --blend (a blend file or weights)")
+    blend_path = Path(blend)
+    card = read_blend_card(blend_path) if blend_path.exists() else {}
+    if signals:
+        config = load_signal_config(signals)
+    elif card.get("signals") is not None:
+        config = load_signal_config(card["signals"])
+    else:
+        config = PRESETS.get(dataset_name.lower(), PRESETS["none"])
+    names = feature_names_for(config)
+    model = load_blend(blend_path, names) if blend_path.exists() else parse_weights(blend, names)
+    return config, model
 
 
 def _register_bench() -> None:

@@ -19,7 +19,7 @@ from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
-from reranker.scoring import Scorer
+from reranker.scoring import PairScorer
 from reranker.signals import FeatureBatch, SignalConfig, extract
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Pipeline:
     def __init__(
         self,
         first_stage: FirstStage,
-        scorer: Scorer | None = None,
+        scorer: PairScorer | None = None,
         *,
         base: str = "bm25",
         window: int = 100,

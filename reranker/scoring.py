@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -128,6 +128,21 @@ def _cap_chars(text: str, limit: int) -> tuple[str, bool]:
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     out: np.ndarray = (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
     return out
+
+
+class PairScorer(Protocol):
+    """What the pipeline needs of a scorer: :class:`Scorer`, or a wrapper of one."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        sigmoid: bool = False,
+        deadline: float | None = None,
+    ) -> np.ndarray: ...
 
 
 class Scorer:

@@ -1,0 +1,147 @@
+"""Learning the blend: log every window candidate's features for judged queries, then fit.
+
+Feature files are JSONL, one candidate per line, queries contiguous, in the first stage's
+order::
+
+    {"qid": "beer-38", "doc_id": "beer-71", "label": 2, "rank": 3,
+     "features": {"relevance": 0.93, "first_stage": 0.71, "authority": 0.4, ...},
+     "defaults": ["freshness"]}
+
+``label`` is the qrels grade (0 when unjudged), ``rank`` the first-stage rank, ``features`` the
+blend's inputs (see :func:`reranker.blend.build_feature_batch`) and ``defaults`` the features
+that fell back to their configured default for this document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reranker.blend import (
+    Blend,
+    build_feature_batch,
+    fit_lambdamart,
+    fit_linear,
+    group_sizes,
+    ndcg_at_k,
+)
+from reranker.corpus import Qrels
+from reranker.errors import SourceError
+from reranker.pipeline import Pipeline
+from reranker.signals import SignalConfig, extract
+
+
+def log_features(
+    pipeline: Pipeline,
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    names: Sequence[str],
+    signals: SignalConfig | None,
+    vectors: Mapping[str, list[float]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Feature rows for every candidate in the pipeline's window, query by query."""
+    if pipeline.scorer is None or pipeline.blend is not None:
+        raise ValueError("log features with a scoring pipeline that has no blend")
+    for query_id, text in queries.items():
+        vector = (vectors or {}).get(query_id)
+        result = pipeline.search(text, k=pipeline.window, vector=vector)
+        if result.degraded:
+            raise SourceError(f"query {query_id}: {result.degraded}")
+        hits = sorted(result.hits, key=lambda h: h.first_stage_rank)
+        signal_batch = (
+            extract([h.source for h in hits], signals) if signals and signals.signals else None
+        )
+        batch = build_feature_batch(
+            [h.relevance if h.relevance is not None else np.nan for h in hits],
+            [h.first_stage_score for h in hits],
+            signal_batch,
+            names,
+        )
+        judged = qrels.get(query_id, {})
+        for i, hit in enumerate(hits):
+            yield {
+                "qid": query_id,
+                "doc_id": hit.id,
+                "label": int(judged.get(hit.id, 0)),
+                "rank": hit.first_stage_rank,
+                "features": dict(zip(names, batch.values[i].tolist(), strict=True)),
+                "defaults": [
+                    n for n, used in zip(names, batch.defaults_used[i], strict=True) if used
+                ],
+            }
+
+
+@dataclass
+class FeatureSet:
+    """A feature file in matrix form: rows grouped by query, in file order."""
+
+    names: tuple[str, ...]
+    values: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    query_ids: list[str]
+
+    def ndcg(self, scores: np.ndarray, k: int = 10) -> float:
+        return ndcg_at_k(scores, self.labels, self.groups, k)
+
+
+def read_features(path: Path, names: Sequence[str] | None = None) -> FeatureSet:
+    """Load a feature file; every row must carry the same feature names (or ``names``)."""
+    rows_qid: list[str] = []
+    values: list[list[float]] = []
+    labels: list[float] = []
+    expected = tuple(names) if names else None
+    if not Path(path).is_file():
+        raise SourceError(f"feature file {path} does not exist")
+    with Path(path).open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                features: dict[str, float] = row["features"]
+                qid, label = str(row["qid"]), float(row["label"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise SourceError(f"{path}:{line_number}: not a feature row") from None
+            if expected is None:
+                expected = tuple(features)
+            if tuple(features) != expected:
+                raise SourceError(
+                    f"{path}:{line_number}: features {list(features)} differ from {list(expected)}"
+                )
+            rows_qid.append(qid)
+            values.append([float(features[n]) for n in expected])
+            labels.append(label)
+    if not values or expected is None:
+        raise SourceError(f"{path} holds no feature rows")
+    return FeatureSet(
+        names=expected,
+        values=np.asarray(values, dtype=np.float64),
+        labels=np.asarray(labels, dtype=np.float64),
+        groups=group_sizes(rows_qid),
+        query_ids=list(dict.fromkeys(rows_qid)),
+    )
+
+
+def fit_blend(kind: str, train: FeatureSet, dev: FeatureSet | None) -> Blend:
+    """Fit a linear blend (coordinate ascent on NDCG@10) or LambdaMART (early-stopped on dev)."""
+    if dev is not None and dev.names != train.names:
+        raise SourceError(f"dev features {dev.names} differ from train features {train.names}")
+    if kind == "linear":
+        return fit_linear(train.values, train.labels, train.groups, train.names)
+    if kind == "lambdamart":
+        return fit_lambdamart(
+            train.values,
+            train.labels.astype(int),
+            train.groups,
+            dev.values if dev else None,
+            dev.labels.astype(int) if dev else None,
+            dev.groups if dev else None,
+            train.names,
+        )
+    raise SourceError(f"unknown blend kind {kind!r}; use linear or lambdamart")
