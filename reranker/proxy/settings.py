@@ -1,0 +1,148 @@
+"""The proxy's settings: one frozen object, from the environment or built in code, validated."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reranker.config import Settings
+from reranker.errors import ConfigError
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Everything ``reranker serve`` needs besides the models themselves.
+
+    ``es`` holds the connection to Elasticsearch (URL, credentials, TLS). When it carries
+    credentials they are used for every request; otherwise a client's ``Authorization``
+    header is passed through to Elasticsearch (unless it was the proxy's own API key).
+    """
+
+    es: Settings = field(default_factory=Settings.from_env)
+    host: str = "127.0.0.1"
+    port: int = 9280
+    #: fnmatch patterns of the indices and aliases that may be searched
+    allowed_indices: tuple[str, ...] = ("*",)
+    #: if any, clients must send ``Authorization: ApiKey <one of these>``
+    api_keys: tuple[str, ...] = ()
+    default_window: int = 100
+    max_window: int = 1000
+    default_fields: tuple[str, ...] = ("title", "text")
+    #: the whole request's budget when the request gives no ``rerank.timeout_ms``
+    default_timeout_ms: int = 5000
+    max_timeout_ms: int = 60_000
+    #: share of the budget Elasticsearch gets (its ``timeout``); the scorer gets what remains
+    es_budget_fraction: float = 0.5
+    #: how long past its deadline a scoring call may run before the request answers without it
+    scorer_grace_ms: int = 100
+    max_body_bytes: int = 1 << 20
+    #: reranked requests handled at once; beyond → 429
+    max_in_flight: int = 32
+    #: reranked requests whose scoring is queued or running (abandoned calls included)
+    max_scorer_queue: int = 16
+    scorer_workers: int = 1
+    #: consecutive scorer failures that open the circuit, and how long it stays open
+    breaker_failures: int = 5
+    breaker_cooloff_s: float = 30.0
+    retry_after_s: int = 1
+    #: dense retrieval (``rerank.hybrid.dense``) needs the embedder
+    enable_dense: bool = True
+    #: one document per reranked request into ``<log_index_prefix>-YYYY.MM.DD``
+    request_log: bool = False
+    log_index_prefix: str = "reranker-logs"
+    log_queue_size: int = 1000
+    log_batch_size: int = 200
+    log_flush_s: float = 1.0
+    log_top_hits: int = 10
+
+    def __post_init__(self) -> None:
+        positive = {
+            "port": self.port,
+            "default_window": self.default_window,
+            "max_window": self.max_window,
+            "default_timeout_ms": self.default_timeout_ms,
+            "max_timeout_ms": self.max_timeout_ms,
+            "max_body_bytes": self.max_body_bytes,
+            "max_in_flight": self.max_in_flight,
+            "max_scorer_queue": self.max_scorer_queue,
+            "scorer_workers": self.scorer_workers,
+            "breaker_failures": self.breaker_failures,
+            "log_queue_size": self.log_queue_size,
+            "log_batch_size": self.log_batch_size,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"proxy setting {name} must be at least 1, got {value}")
+        if self.default_window > self.max_window:
+            raise ConfigError("default_window must not exceed max_window")
+        if self.default_timeout_ms > self.max_timeout_ms:
+            raise ConfigError("default_timeout_ms must not exceed max_timeout_ms")
+        if not 0.0 < self.es_budget_fraction < 1.0:
+            raise ConfigError("es_budget_fraction must be between 0 and 1")
+        if self.breaker_cooloff_s < 0 or self.log_flush_s <= 0 or self.scorer_grace_ms < 0:
+            raise ConfigError("breaker_cooloff_s, log_flush_s and scorer_grace_ms must be ≥ 0")
+        if not self.allowed_indices:
+            raise ConfigError("allowed_indices is empty: no index could be searched")
+        if not self.default_fields:
+            raise ConfigError("default_fields is empty: the cross-encoder would read nothing")
+        if any(not key for key in self.api_keys):
+            raise ConfigError("an empty API key is not a key")
+
+    @property
+    def es_has_credentials(self) -> bool:
+        return bool(self.es.es_api_key or self.es.es_username)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ProxySettings:
+        """Settings from ``RERANKER_PROXY_*`` variables (and ``RERANKER_ES_*`` for ``es``);
+        explicit keyword overrides win."""
+        values: dict[str, object] = {
+            "host": os.environ.get("RERANKER_PROXY_HOST") or "127.0.0.1",
+            "port": _env_int("RERANKER_PROXY_PORT", 9280),
+            "allowed_indices": _env_list("RERANKER_PROXY_ALLOWED_INDICES", ("*",)),
+            "api_keys": _env_list("RERANKER_PROXY_API_KEYS", ()),
+            "max_window": _env_int("RERANKER_PROXY_MAX_WINDOW", 1000),
+            "default_timeout_ms": _env_int("RERANKER_PROXY_TIMEOUT_MS", 5000),
+            "max_in_flight": _env_int("RERANKER_PROXY_MAX_IN_FLIGHT", 32),
+            "max_scorer_queue": _env_int("RERANKER_PROXY_MAX_SCORER_QUEUE", 16),
+            "breaker_failures": _env_int("RERANKER_PROXY_BREAKER_FAILURES", 5),
+            "breaker_cooloff_s": _env_float("RERANKER_PROXY_BREAKER_COOLOFF_S", 30.0),
+            "request_log": os.environ.get("RERANKER_PROXY_REQUEST_LOG", "").lower()
+            in {"1", "true", "yes", "on"},
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "es" not in values:
+            values["es"] = Settings.from_env()
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def model_path(value: str | Path | None) -> Path | None:
+    return Path(value).expanduser() if value else None
