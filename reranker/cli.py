@@ -666,6 +666,50 @@ def export_cmd(
     click.echo(f"exported {checkpoint} → {folder} ({size_mb:.1f} MB)")
 
 
+# --------------------------------------------------------------------------- serve
+
+
+@main.command("serve")
+@click.option("--host", default=None, help="[env RERANKER_PROXY_HOST; default 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="[env RERANKER_PROXY_PORT; default 9280]")
+@click.option(
+    "--allow",
+    multiple=True,
+    help="Index pattern clients may search (fnmatch); repeatable [default: all].",
+)
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
+@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None)
+@click.option("--dense/--no-dense", default=True, show_default=True, help="Allow hybrid kNN.")
+@click.option("--request-log/--no-request-log", default=None, help="Log reranked requests.")
+@click.pass_context
+def serve_cmd(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    allow: tuple[str, ...],
+    model: Path | None,
+    variant: str | None,
+    dense: bool,
+    request_log: bool | None,
+) -> None:
+    """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
+    `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
+    it. Other settings come from RERANKER_PROXY_* variables (see README)."""
+    from reranker.proxy import ProxySettings, serve
+
+    overrides: dict[str, Any] = {"es": ctx.obj, "host": host, "port": port}
+    if allow:
+        overrides["allowed_indices"] = tuple(allow)
+    if request_log is not None:
+        overrides["request_log"] = request_log
+    settings = ProxySettings.from_env(**overrides)
+    serve(
+        settings,
+        scorer_factory=lambda: _scorer(model, variant),
+        encoder_factory=(lambda: _embedder(ctx)) if dense else None,
+    )
+
+
 # --------------------------------------------------------------------------- ltr
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from reranker.config import Settings
 from reranker.errors import ConfigError
@@ -142,7 +141,3 @@ class ProxySettings:
         if "es" not in values:
             values["es"] = Settings.from_env()
         return cls(**values)  # type: ignore[arg-type]
-
-
-def model_path(value: str | Path | None) -> Path | None:
-    return Path(value).expanduser() if value else None

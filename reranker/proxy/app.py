@@ -1,0 +1,853 @@
+"""The proxy: an ASGI app (Starlette) that answers ``/{index}/_search`` like Elasticsearch.
+
+Without a ``rerank`` object a search passes through to Elasticsearch unchanged. With one, the
+client's own query (and kNN on ``embedding`` if ``rerank.hybrid.dense``) fetches ``window``
+candidates, :class:`~reranker.pipeline.Pipeline` fuses and reranks them in a bounded thread
+pool, and the answer is an Elasticsearch search response whose ``_score`` is the final score.
+See ``DESIGN.md`` ("The proxy's contract") and :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from elastic_transport import HttpxAsyncHttpNode
+from elasticsearch import AsyncElasticsearch
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from reranker.embed_cache import TextEncoder
+from reranker.errors import ModelError
+from reranker.es.client import client_options
+from reranker.es.queries import knn_clause
+from reranker.pipeline import Pipeline, PipelineResult
+from reranker.proxy import errors
+from reranker.proxy.errors import ProxyError
+from reranker.proxy.first_stage import (
+    FirstStageResult,
+    PrefetchedFirstStage,
+    read_hits,
+    search_es,
+    split_key,
+)
+from reranker.proxy.limits import Admission, CircuitBreaker, Saturated, Ticket
+from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from reranker.proxy.metrics import ProxyMetrics
+from reranker.proxy.request import (
+    CONSUMED_PARAMS,
+    Page,
+    RerankSpec,
+    SourceFilter,
+    check_compatible,
+    extract_query_text,
+    filter_source,
+    first_stage_source,
+    index_allowed,
+    knn_filter,
+    page,
+    parse_rerank,
+    source_filter,
+    split_rerank,
+)
+from reranker.proxy.request_log import RequestLog
+from reranker.proxy.settings import ProxySettings
+from reranker.scoring import Scorer, ScoreTimeout
+
+log = logging.getLogger(__name__)
+
+COMPAT_JSON = "application/vnd.elasticsearch+json;compatible-with=9"
+PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
+ScorerFactory = Callable[[], Scorer]
+EncoderFactory = Callable[[], TextEncoder]
+
+
+def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
+    """The proxy's client: the shared auth/TLS options, httpx transport (no aiohttp needed),
+    no retry on timeout (the request's deadline is already spent)."""
+    options = client_options(settings.es)
+    options.update(retry_on_timeout=False, max_retries=1)
+    return AsyncElasticsearch(settings.es.es_url, node_class=HttpxAsyncHttpNode, **options)
+
+
+def degraded_kind(reason: str) -> str:
+    """A short label for metrics and the log: timeout, error, circuit_open, es_partial, ..."""
+    lowered = reason.lower()
+    if lowered.startswith("es partial"):
+        return "es_partial"
+    if "circuit open" in lowered:
+        return "circuit_open"
+    if "not loaded" in lowered or "unavailable" in lowered:
+        return "unavailable"
+    if "deadline" in lowered or "timeout" in lowered:
+        return "timeout"
+    return "error"
+
+
+class Proxy:
+    """The app's state and handlers; :func:`create_app` wires it into Starlette."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        scorer_factory: ScorerFactory | None = None,
+        encoder_factory: EncoderFactory | None = None,
+        es_client: AsyncElasticsearch | None = None,
+        load_in_background: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.scorer_factory = scorer_factory
+        self.encoder_factory = encoder_factory
+        self.load_in_background = load_in_background
+        self.metrics = ProxyMetrics()
+        self.admission = Admission(settings.max_in_flight, settings.max_scorer_queue)
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooloff_s)
+        self._own_client = es_client is None
+        self._es = es_client
+        self.scorer: Scorer | None = None
+        self.encoder: TextEncoder | None = None
+        self.model_error: str | None = None
+        self.encoder_error: str | None = None
+        self.loaded = asyncio.Event()
+        self.request_log: RequestLog | None = None
+        self.executor = ThreadPoolExecutor(settings.scorer_workers, "reranker-scorer")
+        self.embed_executor = ThreadPoolExecutor(1, "reranker-embed")
+        self._loader: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def es(self) -> AsyncElasticsearch:
+        if self._es is None:
+            raise RuntimeError("the proxy is not started (use the app's lifespan)")
+        return self._es
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.loaded = asyncio.Event()
+        if self._es is None:
+            self._es = make_async_client(self.settings)
+        if self.load_in_background:
+            self._loader = asyncio.create_task(self._load_models(), name="reranker-load-models")
+        else:
+            await self._load_models()
+        if self.settings.request_log:
+            self.request_log = RequestLog(
+                self.es,
+                self.metrics,
+                prefix=self.settings.log_index_prefix,
+                queue_size=self.settings.log_queue_size,
+                batch_size=self.settings.log_batch_size,
+                flush_s=self.settings.log_flush_s,
+            )
+            await self.request_log.start()
+        try:
+            yield
+        finally:
+            if self._loader is not None:
+                self._loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loader
+            if self.request_log is not None:
+                await self.request_log.close()
+            if self._own_client and self._es is not None:
+                await self._es.close()
+                self._es = None
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.embed_executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _load_models(self) -> None:
+        try:
+            if self.scorer_factory is not None:
+                try:
+                    scorer = await asyncio.to_thread(self.scorer_factory)
+                    await asyncio.to_thread(scorer.warmup)
+                except Exception as exc:  # a model that fails to load leaves the proxy up
+                    self.model_error = str(exc) or type(exc).__name__
+                    log.error("the cross-encoder could not be loaded: %s", self.model_error)
+                else:
+                    self.scorer = scorer
+                    self.metrics.model.info(
+                        {
+                            "model": scorer.model_id,
+                            "version": scorer.version,
+                            "variant": scorer.variant,
+                            "provider": scorer.provider,
+                        }
+                    )
+            else:
+                self.model_error = "no cross-encoder configured"
+            if self.encoder_factory is not None and self.settings.enable_dense:
+                try:
+                    self.encoder = await asyncio.to_thread(self.encoder_factory)
+                except Exception as exc:
+                    self.encoder_error = str(exc) or type(exc).__name__
+                    log.error("the query embedder could not be loaded: %s", self.encoder_error)
+        finally:
+            self.loaded.set()
+
+    # ------------------------------------------------------------------ responses
+
+    def respond(
+        self,
+        request: Request,
+        body: Any,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        accept = request.headers.get("accept", "")
+        media = COMPAT_JSON if "vnd.elasticsearch" in accept else "application/json"
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return Response(
+            content.encode("utf-8"),
+            status_code=status,
+            media_type=media,
+            headers={**PRODUCT_HEADER, **(headers or {})},
+        )
+
+    def error(self, request: Request, exc: ProxyError) -> Response:
+        return self.respond(request, exc.body(), exc.status, exc.headers)
+
+    async def guarded(
+        self,
+        request: Request,
+        handler: Callable[[Request], Awaitable[Response]],
+        kind: Callable[[], str],
+    ) -> Response:
+        """Runs a handler; a :class:`ProxyError` becomes its ES-shaped answer and anything
+        else an ES-shaped 500 without internals (the traceback goes to the log only).
+        The answer is counted under ``kind()`` (read once the handler is done)."""
+        try:
+            response = await handler(request)
+        except ProxyError as exc:
+            response = self.error(request, exc)
+        except Exception:
+            log.exception("unexpected failure on %s %s", request.method, request.url.path)
+            response = self.error(request, errors.internal_error())
+        self.metrics.requests.labels(kind(), str(response.status_code)).inc()
+        return response
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def health(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            es_state: dict[str, Any] = {"reachable": False}
+            try:
+                health = await self.es.options(request_timeout=2.0).cluster.health()
+                es_state = {"reachable": True, "status": health.get("status")}
+            except Exception as exc:
+                es_state["reason"] = str(exc)[:300]
+            model: dict[str, Any] = {"loaded": self.scorer is not None}
+            if self.scorer is not None:
+                model.update(
+                    id=self.scorer.model_id,
+                    version=self.scorer.version,
+                    variant=self.scorer.variant,
+                    provider=self.scorer.provider,
+                )
+            elif not self.loaded.is_set():
+                model["reason"] = "loading"
+            elif self.model_error:
+                model["reason"] = self.model_error
+            ok = bool(es_state["reachable"]) and self.scorer is not None
+            body = {
+                "status": "ok" if ok else "unavailable",
+                "model": model,
+                "embedder": {
+                    "loaded": self.encoder is not None,
+                    **({"reason": self.encoder_error} if self.encoder_error else {}),
+                },
+                "elasticsearch": es_state,
+                "circuit": self.breaker.state,
+                "in_flight": self.admission.in_flight,
+                "scorer_queue": self.admission.scorer_backlog,
+            }
+            return self.respond(request, body, 200 if ok else 503)
+
+        return await self.guarded(request, handle, lambda: "health")
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            self.metrics.in_flight.set(self.admission.in_flight)
+            self.metrics.scorer_queue.set(self.admission.scorer_backlog)
+            self.metrics.circuit_open.set(0 if self.breaker.state == "closed" else 1)
+            return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+        return await self.guarded(request, handle, lambda: "metrics")
+
+    async def search(self, request: Request) -> Response:
+        started = time.perf_counter()
+        kind = "search"  # until the body says: passthrough or rerank
+
+        async def handle(request: Request) -> Response:
+            nonlocal kind
+            self._check_api_key(request)
+            index = request.path_params["index"]
+            refused = index_allowed(index, self.settings.allowed_indices)
+            if refused is not None:
+                raise errors.forbidden_index(refused)
+            raw = await self._read_body(request)
+            body = parse_body(raw)
+            rest, spec_raw = split_rerank(body)
+            params = dict(request.query_params)
+            if spec_raw is None:
+                kind = "passthrough"
+                return await self._passthrough(request, index, raw, params)
+            kind = "rerank"
+            return await self._rerank(request, index, rest, spec_raw, params, started)
+
+        return await self.guarded(request, handle, lambda: kind)
+
+    # ------------------------------------------------------------------ input
+
+    def _check_api_key(self, request: Request) -> None:
+        if not self.settings.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "apikey" or not key:
+            raise errors.unauthorized()
+        given = key.strip().encode()
+        if not any(hmac.compare_digest(given, k.encode()) for k in self.settings.api_keys):
+            raise errors.unauthorized()
+
+    def _upstream_headers(self, request: Request) -> dict[str, str]:
+        """The client's ``Authorization`` goes on to Elasticsearch unless the proxy has its own
+        credentials or the header was the proxy's API key."""
+        headers: dict[str, str] = {}
+        auth = request.headers.get("authorization")
+        if auth and not self.settings.es_has_credentials and not self.settings.api_keys:
+            headers["authorization"] = auth
+        opaque = request.headers.get("x-opaque-id")
+        if opaque:
+            headers["x-opaque-id"] = opaque
+        return headers
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise errors.too_large(limit)
+            except ValueError:
+                raise errors.bad_request("Content-Length is not a number") from None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise errors.too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # ------------------------------------------------------------------ pass-through
+
+    async def _passthrough(
+        self, request: Request, index: str, raw: bytes, params: dict[str, str]
+    ) -> Response:
+        started = time.perf_counter()
+        try:
+            status, body = await search_es(
+                self.es,
+                index,
+                raw if raw.strip() else None,
+                params=params,
+                headers=self._upstream_headers(request),
+                timeout_s=self.settings.es.request_timeout_s,
+            )
+        finally:
+            self.metrics.passthrough_seconds.observe(time.perf_counter() - started)
+        if isinstance(body, (bytes, str)):
+            raise errors.bad_gateway("Elasticsearch answered a search with a non-JSON body")
+        return self.respond(request, body, status)
+
+    # ------------------------------------------------------------------ reranking
+
+    async def _rerank(
+        self,
+        request: Request,
+        index: str,
+        body: dict[str, Any],
+        spec_raw: Any,
+        params: dict[str, str],
+        started: float,
+    ) -> Response:
+        spec = parse_rerank(spec_raw, self.settings)
+        check_compatible(body, params)
+        pages = page(body, params, spec.window)
+        sources = source_filter(body, params)
+        text = spec.query_text or extract_query_text(body.get("query")) or params.get("q")
+        if not text or not text.strip():
+            raise errors.bad_request(
+                "no query text for the cross-encoder: give [rerank.query_text], or a "
+                "match / multi_match / combined_fields / query_string query"
+            )
+        if spec.dense and not self.settings.enable_dense:
+            raise errors.bad_request("dense retrieval is switched off on this proxy")
+        scoring = self.scorer is not None
+        try:
+            ticket = self.admission.admit(scoring=scoring)
+        except Saturated as exc:
+            self.metrics.rejected.inc()
+            raise errors.saturated(str(exc), self.settings.retry_after_s) from None
+        self.metrics.in_flight.set(self.admission.in_flight)
+        try:
+            return await self._rerank_admitted(
+                request, index, body, params, spec, pages, sources, text.strip(), started, ticket
+            )
+        finally:
+            ticket.release()
+            self.metrics.in_flight.set(self.admission.in_flight)
+
+    async def _rerank_admitted(
+        self,
+        request: Request,
+        index: str,
+        body: dict[str, Any],
+        params: dict[str, str],
+        spec: RerankSpec,
+        pages: Page,
+        sources: SourceFilter,
+        text: str,
+        started: float,
+        ticket: Ticket,
+    ) -> Response:
+        deadline = time.monotonic() + spec.timeout_ms / 1000
+        try:
+            first = await self._first_stage(
+                request, index, body, params, spec, sources, text, deadline
+            )
+            degraded = first.degraded()
+            if spec.dense and first.dense is None:
+                degraded.append("dense retrieval unavailable: the embedder is not loaded")
+            result, rerank_ms = await self._score(first, spec, text, deadline, ticket)
+        finally:
+            if not ticket.submitted:  # else the scoring call frees its slot when it ends
+                ticket.scoring_done()
+        if result.degraded:
+            degraded.append(result.degraded)
+        total_ms = (time.perf_counter() - started) * 1000
+        timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
+        timings["overhead"] = max(
+            0.0,
+            total_ms
+            - timings.get("embed", 0.0)
+            - timings.get("es", 0.0)
+            - timings.get("rerank", 0.0)
+            - timings.get("scorer_queue", 0.0),
+        )
+        reason = "; ".join(degraded) if degraded else None
+        for stage in ("embed", "es", "rerank", "scorer_queue", "total"):
+            if stage in timings:
+                self.metrics.stage_seconds.labels(stage).observe(timings[stage] / 1000)
+        if reason:
+            for item in degraded:
+                self.metrics.degraded.labels(degraded_kind(item)).inc()
+        answer = self._answer(first, result, spec, pages, sources, text, timings, reason)
+        if self.request_log is not None:
+            self.request_log.submit(
+                log_document(
+                    index,
+                    text,
+                    spec,
+                    pages,
+                    result,
+                    timings,
+                    reason,
+                    answer,
+                    top=self.settings.log_top_hits,
+                )
+            )
+        return self.respond(request, answer)
+
+    async def _first_stage(
+        self,
+        request: Request,
+        index: str,
+        body: dict[str, Any],
+        params: dict[str, str],
+        spec: RerankSpec,
+        sources: SourceFilter,
+        text: str,
+        deadline: float,
+    ) -> FirstStageResult:
+        budget_ms = max(1, int(spec.timeout_ms * self.settings.es_budget_fraction))
+        source = first_stage_source(sources, spec.fields)
+        forwarded = {k: v for k, v in params.items() if k not in CONSUMED_PARAMS}
+        headers = self._upstream_headers(request)
+        lexical_body = {k: v for k, v in body.items() if k not in ("from", "size", "_source")}
+        lexical_body.update(size=spec.window, _source=source, timeout=f"{budget_ms}ms")
+        timings: dict[str, float] = {}
+
+        def remaining() -> float:
+            return deadline - time.monotonic()
+
+        async def lexical() -> Any:
+            if remaining() <= 0:
+                raise errors.upstream_timeout("no time left for the first stage")
+            _, answer = await search_es(
+                self.es, index, lexical_body, params=forwarded, headers=headers,
+                timeout_s=remaining(),
+            )  # fmt: skip
+            return answer
+
+        async def dense() -> Any:
+            assert self.encoder is not None
+            encoder = self.encoder
+            loop = asyncio.get_running_loop()
+            began = time.perf_counter()
+            vectors = await loop.run_in_executor(self.embed_executor, encoder.encode, [text])
+            timings["embed"] = (time.perf_counter() - began) * 1000
+            clause = knn_clause([float(x) for x in vectors[0]], spec.window)
+            constraint = knn_filter(body.get("query"))
+            if constraint is not None:
+                clause["filter"] = constraint
+            dense_body = {
+                "knn": clause,
+                "size": spec.window,
+                "_source": source,
+                "timeout": f"{budget_ms}ms",
+            }
+            if remaining() <= 0:
+                raise errors.upstream_timeout("no time left for the kNN search")
+            _, answer = await search_es(
+                self.es, index, dense_body,
+                params={k: v for k, v in forwarded.items() if k != "q"},
+                headers=headers, timeout_s=remaining(),
+            )  # fmt: skip
+            return answer
+
+        began = time.perf_counter()
+        use_dense = spec.dense and self.encoder is not None
+        if use_dense:
+            lexical_answer, dense_answer = await asyncio.gather(lexical(), dense())
+        else:
+            lexical_answer, dense_answer = await lexical(), None
+        wall = (time.perf_counter() - began) * 1000
+        timings["es"] = max(0.0, wall - timings.get("embed", 0.0))
+        result = FirstStageResult(
+            lexical=read_hits(lexical_answer, "bm25"),
+            dense=read_hits(dense_answer, "dense") if dense_answer is not None else None,
+            timings_ms=timings,
+        )
+        timings["es_took"] = float(
+            max(result.lexical.took, result.dense.took if result.dense else 0)
+        )
+        return result
+
+    async def _score(
+        self, first: FirstStageResult, spec: RerankSpec, text: str, deadline: float, ticket: Ticket
+    ) -> tuple[PipelineResult, dict[str, float]]:
+        """Fuse and rerank through :class:`Pipeline` in the scorer's pool; fail open here when
+        the scorer is bypassed, fails or overruns. Returns the result and stage timings."""
+        stage = PrefetchedFirstStage(
+            first.lexical.hits, first.dense.hits if first.dense is not None else None
+        )
+        base = "hybrid" if first.dense is not None else "bm25"
+
+        def pipeline(scorer: Scorer | None) -> Pipeline:
+            return Pipeline(
+                stage,
+                scorer,
+                base=base,
+                window=spec.window,
+                hybrid=spec.hybrid,
+                fields=spec.fields,
+                fail_open=spec.fail_open,
+            )
+
+        def unscored(reason: str) -> PipelineResult:
+            if not spec.fail_open:
+                raise errors.reranker_unavailable(f"reranking was required but: {reason}")
+            result = pipeline(None).search(text, k=spec.window)
+            result.degraded = reason
+            return result
+
+        if not first.lexical.hits and (first.dense is None or not first.dense.hits):
+            return pipeline(None).search(text, k=spec.window), {}
+        if self.scorer is None:
+            reason = "loading" if not self.loaded.is_set() else (self.model_error or "unknown")
+            return unscored(f"reranker unavailable: model not loaded ({reason})"), {}
+        if not self.breaker.allow():
+            return unscored("circuit open: the cross-encoder failed repeatedly"), {}
+        if time.monotonic() >= deadline:
+            self.breaker.release()
+            if not spec.fail_open:
+                raise errors.reranker_timeout("no time left for the cross-encoder")
+            result = pipeline(None).search(text, k=spec.window)
+            result.degraded = "reranker timeout: no time left after the first stage"
+            return result, {}
+
+        loop = asyncio.get_running_loop()
+        scoring = pipeline(self.scorer)
+
+        def call() -> PipelineResult:
+            if time.monotonic() >= deadline:  # abandoned while queued: do not score at all
+                raise ScoreTimeout("the deadline passed while waiting for the scorer")
+            return scoring.search(text, k=spec.window, deadline=deadline)
+
+        submitted_at = time.perf_counter()
+        future = loop.run_in_executor(self.executor, call)
+        ticket.submitted = True
+
+        def finished(done: asyncio.Future[PipelineResult]) -> None:
+            ticket.scoring_done()
+            if not done.cancelled():
+                done.exception()  # retrieved, so an abandoned call logs no warning
+
+        future.add_done_callback(finished)
+        wait_s = max(0.0, deadline - time.monotonic()) + self.settings.scorer_grace_ms / 1000
+        timed_out = True
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except TimeoutError:
+            reason = f"reranker timeout: no scores within {spec.timeout_ms} ms"
+        except ModelError as exc:  # fail_open is false, or the call expired in the queue
+            timed_out = isinstance(exc, ScoreTimeout)
+            reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
+        except Exception as exc:  # a scorer bug (e.g. a wrong number of scores): fail open too
+            log.error("the scoring call failed unexpectedly", exc_info=exc)
+            timed_out = False
+            reason = f"reranker error: unexpected {type(exc).__name__}"
+        except BaseException:  # cancelled (the client went away): not the scorer's fault
+            self.breaker.release()
+            raise
+        else:
+            waited = (time.perf_counter() - submitted_at) * 1000
+            scored = result.timings_ms.get("rerank", 0.0)
+            timed_out = False
+            reason = "reranker error: invalid output (non-finite scores)"
+            if all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
+                if result.degraded:
+                    self.breaker.failure()
+                    result.degraded = result.degraded.replace(
+                        "reranker error: scoring passed its deadline",
+                        "reranker timeout: scoring passed its deadline",
+                    )
+                else:
+                    self.breaker.success()
+                return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
+        self.breaker.failure()
+        if not spec.fail_open:
+            fail = errors.reranker_timeout if timed_out else errors.reranker_unavailable
+            raise fail(reason)
+        result = pipeline(None).search(text, k=spec.window)
+        result.degraded = reason
+        return result, {"scorer_queue": (time.perf_counter() - submitted_at) * 1000}
+
+    def _answer(
+        self,
+        first: FirstStageResult,
+        result: PipelineResult,
+        spec: RerankSpec,
+        pages: Page,
+        sources: SourceFilter,
+        text: str,
+        timings: dict[str, float],
+        degraded: str | None,
+    ) -> dict[str, Any]:
+        hits: list[dict[str, Any]] = []
+        window_hits = result.hits
+        for rank, hit in enumerate(
+            window_hits[pages.start : pages.start + pages.size], start=pages.start + 1
+        ):
+            out = dict(first.raw_hit(hit.id))
+            index, doc_id = split_key(hit.id)
+            out["_index"], out["_id"], out["_score"] = index, doc_id, hit.score
+            out.pop("_source", None)
+            filtered = filter_source(hit.source, sources)
+            if filtered is not None:
+                out["_source"] = filtered
+            if spec.explain:
+                out["_rerank"] = {
+                    "rank": rank,
+                    "first_stage_rank": hit.first_stage_rank,
+                    "first_stage_score": hit.first_stage_score,
+                    "stage_scores": dict(hit.stage_scores),
+                    "cross_encoder_logit": hit.relevance,
+                    "final_score": hit.score,
+                }
+            hits.append(out)
+        lexical = first.lexical.body
+        timed_out = first.lexical.timed_out or bool(first.dense and first.dense.timed_out)
+        answer: dict[str, Any] = {
+            "took": round(timings["total"]),
+            "timed_out": timed_out,
+            "_shards": first.lexical.shards,
+            "hits": {
+                "total": lexical.get("hits", {}).get("total"),
+                "max_score": max((h.score for h in window_hits), default=None),
+                "hits": hits,
+            },
+        }
+        for key in ("aggregations", "suggest"):
+            if key in lexical:
+                answer[key] = lexical[key]
+        scorer = self.scorer
+        answer["rerank"] = {
+            "model": (
+                {"id": scorer.model_id, "version": scorer.version, "variant": scorer.variant}
+                if scorer is not None
+                else None
+            ),
+            "query_text": text,
+            "window": spec.window,
+            "candidates": len(window_hits),
+            "first_stage": "hybrid" if first.dense is not None else "bm25",
+            **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
+            "took_ms": {k: round(v, 3) for k, v in timings.items()},
+            "degraded": degraded,
+        }
+        return answer
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object (empty → ``{}``); 400 otherwise."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise errors.parse_error("request body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise errors.parse_error(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(body, dict):
+        raise errors.parse_error("request body must be a JSON object")
+    return body
+
+
+def log_document(
+    index: str,
+    text: str,
+    spec: RerankSpec,
+    pages: Page,
+    result: PipelineResult,
+    timings: dict[str, float],
+    degraded: str | None,
+    answer: dict[str, Any],
+    *,
+    top: int = 10,
+) -> dict[str, Any]:
+    """The request-log document (see ``es_mappings/logs-template.json``)."""
+    model = answer["rerank"]["model"]
+    logged: list[dict[str, Any]] = []
+    for rank, hit in enumerate(result.hits[:top], start=1):
+        hit_index, doc_id = split_key(hit.id)
+        logged.append(
+            {
+                "_id": doc_id,
+                "_index": hit_index,
+                "rank": rank,
+                "first_stage_rank": hit.first_stage_rank,
+                "moved": hit.first_stage_rank - rank,
+                "score": hit.score,
+                "first_stage_score": hit.first_stage_score,
+                "logit": hit.relevance,
+            }
+        )
+    return {
+        "@timestamp": datetime.now(UTC).isoformat(),
+        "index": index,
+        "query_text": text,
+        "window": spec.window,
+        "candidates": len(result.hits),
+        "from": pages.start,
+        "size": pages.size,
+        "first_stage": answer["rerank"]["first_stage"],
+        "fusion": answer["rerank"].get("fusion"),
+        "status": 200,
+        "model": {"id": model["id"], "version": model["version"]} if model else None,
+        "took_ms": {k: round(v, 3) for k, v in timings.items()},
+        "degraded": degraded,
+        "degraded_kind": degraded_kind(degraded) if degraded else None,
+        "hits": logged,
+    }
+
+
+def create_app(
+    settings: ProxySettings,
+    *,
+    scorer_factory: ScorerFactory | None = None,
+    encoder_factory: EncoderFactory | None = None,
+    es_client: AsyncElasticsearch | None = None,
+    load_in_background: bool = True,
+) -> Starlette:
+    """The proxy as an ASGI app.
+
+    ``scorer_factory`` builds the cross-encoder :class:`Scorer` and ``encoder_factory`` the
+    query embedder (for ``rerank.hybrid.dense``); both run in a thread at start-up, in the
+    background by default (``/_health`` answers 503 until the scorer is loaded, and reranked
+    searches fail open meanwhile). ``es_client`` replaces the client made from
+    ``settings.es`` (it is then not closed by the app). The :class:`Proxy` is at
+    ``app.state.proxy``.
+    """
+    proxy = Proxy(
+        settings,
+        scorer_factory=scorer_factory,
+        encoder_factory=encoder_factory,
+        es_client=es_client,
+        load_in_background=load_in_background,
+    )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "GET, POST")
+            error = errors.method_not_allowed(request.method, request.url.path, allowed)
+        elif isinstance(exc, HTTPException) and exc.status_code == 404:
+            error = errors.not_found(request.url.path)
+        else:
+            if not isinstance(exc, HTTPException):
+                log.error("unexpected failure", exc_info=exc)
+            error = errors.internal_error()
+        proxy.metrics.requests.labels("other", str(error.status)).inc()
+        return proxy.error(request, error)
+
+    app = Starlette(
+        routes=[
+            Route("/_health", proxy.health, methods=["GET"]),
+            Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
+            Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+        lifespan=proxy.lifespan,
+    )
+    app.state.proxy = proxy
+    return app
+
+
+def serve(
+    settings: ProxySettings,
+    *,
+    scorer_factory: ScorerFactory | None,
+    encoder_factory: EncoderFactory | None = None,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Run the proxy with uvicorn on ``settings.host:settings.port`` until interrupted."""
+    import uvicorn
+
+    app = create_app(settings, scorer_factory=scorer_factory, encoder_factory=encoder_factory)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=access_log,
+        server_header=False,
+    )

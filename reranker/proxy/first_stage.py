@@ -1,0 +1,168 @@
+"""The first stage, asynchronously: the client's own query (BM25) and kNN on ``embedding``.
+
+The lists come back as :class:`~reranker.first_stage.Hit` lists keyed by index and id, and
+:class:`PrefetchedFirstStage` hands them to :class:`~reranker.pipeline.Pipeline`, so fusion
+(``FirstStage.hybrid``), passage text and fail-open stay the pipeline's own code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch
+
+from reranker.errors import SearchError
+from reranker.first_stage import FirstStage, Hit
+from reranker.proxy.errors import (
+    bad_gateway,
+    from_elasticsearch,
+    upstream_timeout,
+    upstream_unavailable,
+)
+
+KEY_SEPARATOR = "\x1f"  # joins _index and _id: the same _id may live in two indices
+
+
+def hit_key(index: str, doc_id: str) -> str:
+    return f"{index}{KEY_SEPARATOR}{doc_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    index, _, doc_id = key.partition(KEY_SEPARATOR)
+    return index, doc_id
+
+
+class PrefetchedFirstStage(FirstStage):
+    """A :class:`FirstStage` answering from lists already fetched (by :func:`search_es`).
+
+    ``bm25``/``dense`` return those lists, so the inherited ``search``/``hybrid`` (fusion)
+    run unchanged. It holds no client and never calls Elasticsearch.
+    """
+
+    def __init__(self, lexical: list[Hit], dense: list[Hit] | None = None) -> None:
+        # deliberately not calling FirstStage.__init__: there is no client to hold
+        self.index = "(prefetched)"
+        self.encoder = None
+        self.fields = ()
+        self.with_source = False
+        self._lexical = lexical
+        self._dense = dense
+
+    def bm25(self, text: str, k: int) -> list[Hit]:
+        return self._lexical[:k]
+
+    def dense(self, text: str, k: int, *, vector: Sequence[float] | None = None) -> list[Hit]:
+        if self._dense is None:
+            raise SearchError("no dense list was fetched for this request")
+        return self._dense[:k]
+
+
+@dataclass
+class SearchResponse:
+    """One Elasticsearch search response, read for the proxy."""
+
+    body: dict[str, Any]
+    hits: list[Hit]
+    raw_hits: dict[str, dict[str, Any]]
+    wall_ms: float = 0.0
+
+    @property
+    def took(self) -> int:
+        return int(self.body.get("took") or 0)
+
+    @property
+    def timed_out(self) -> bool:
+        return bool(self.body.get("timed_out"))
+
+    @property
+    def shards(self) -> dict[str, Any]:
+        shards = self.body.get("_shards")
+        return shards if isinstance(shards, dict) else {}
+
+    def partial_reason(self) -> str | None:
+        """Why the results are partial (timed out, failed shards), or ``None``."""
+        failed = int(self.shards.get("failed") or 0)
+        if self.timed_out:
+            return "es partial results: the search timed out"
+        if failed:
+            return f"es partial results: {failed} of {self.shards.get('total')} shards failed"
+        return None
+
+
+@dataclass
+class FirstStageResult:
+    lexical: SearchResponse
+    dense: SearchResponse | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def raw_hit(self, key: str) -> dict[str, Any]:
+        if key in self.lexical.raw_hits:
+            return self.lexical.raw_hits[key]
+        if self.dense is not None and key in self.dense.raw_hits:
+            return self.dense.raw_hits[key]
+        index, doc_id = split_key(key)
+        return {"_index": index, "_id": doc_id}
+
+    def degraded(self) -> list[str]:
+        reasons = [self.lexical.partial_reason()]
+        if self.dense is not None:
+            reasons.append(self.dense.partial_reason())
+        return list(dict.fromkeys(r for r in reasons if r))
+
+
+async def search_es(
+    client: AsyncElasticsearch,
+    index: str,
+    body: Any,
+    *,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float,
+) -> tuple[int, Any]:
+    """``POST /{index}/_search`` as given; (status, decoded body). Upstream trouble becomes a
+    :class:`ProxyError`: ES unreachable → 503, no answer in time → 504, an error answer →
+    Elasticsearch's own status and body, anything unreadable → 502."""
+    request_headers = {"accept": "application/json", "content-type": "application/json"}
+    request_headers.update(headers or {})
+    try:
+        response = await client.options(request_timeout=max(timeout_s, 0.001)).perform_request(
+            "POST",
+            f"/{quote(index, safe=',*')}/_search",
+            params=dict(params or {}),
+            headers=request_headers,
+            body=body,
+        )
+    except ApiError as exc:
+        raise from_elasticsearch(exc.meta.status, exc.body) from None
+    except ConnectionTimeout:
+        raise upstream_timeout(
+            f"Elasticsearch did not answer within {timeout_s * 1000:.0f} ms"
+        ) from None
+    except TransportConnectionError as exc:
+        raise upstream_unavailable(f"Elasticsearch is unreachable: {exc.message}") from None
+    except TransportError as exc:
+        raise bad_gateway(f"Elasticsearch answered something unreadable: {exc.message}") from None
+    return response.meta.status, response.body
+
+
+def read_hits(body: Any, stage: str) -> SearchResponse:
+    """Hits of a search response as pipeline :class:`Hit` objects (502 if it is not one)."""
+    try:
+        raw = body["hits"]["hits"]
+        hits: list[Hit] = []
+        raw_hits: dict[str, dict[str, Any]] = {}
+        for item in raw:
+            key = hit_key(str(item["_index"]), str(item["_id"]))
+            score = float(item["_score"] if item.get("_score") is not None else 0.0)
+            hits.append(
+                Hit(id=key, score=score, source=item.get("_source"), stage_scores={stage: score})
+            )
+            raw_hits[key] = item
+    except (KeyError, TypeError, ValueError):
+        raise bad_gateway("Elasticsearch's search response has no readable hits") from None
+    return SearchResponse(body=body, hits=hits, raw_hits=raw_hits)

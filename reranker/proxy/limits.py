@@ -1,0 +1,135 @@
+"""Backpressure and the scorer's circuit breaker (both in-process, event-loop side)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive scorer failures; stays open for ``cooloff_s``.
+
+    Then it is half-open: one trial call goes through (the others still bypass the scorer);
+    its success closes the circuit, its failure opens it for another cool-off.
+    """
+
+    def __init__(
+        self,
+        failures: int,
+        cooloff_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failures < 1:
+            raise ValueError("failures must be at least 1")
+        self.threshold = failures
+        self.cooloff_s = cooloff_s
+        self._clock = clock
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
+        if self._opened_at is None:
+            return "closed"
+        if self._clock() - self._opened_at < self.cooloff_s:
+            return "open"
+        return "half-open"
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._consecutive
+
+    def allow(self) -> bool:
+        """Whether this call may use the scorer (and, half-open, claim the one trial)."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self._trial_running:
+            self._trial_running = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self._consecutive = 0
+        self._opened_at = None
+        self._trial_running = False
+
+    def failure(self) -> None:
+        self._consecutive += 1
+        if self._trial_running or self._consecutive >= self.threshold:
+            self._opened_at = self._clock()
+        self._trial_running = False
+
+    def release(self) -> None:
+        """A claimed call ended without using the scorer (neither success nor failure)."""
+        self._trial_running = False
+
+
+class Saturated(Exception):
+    """The proxy is at a bound; the message names which."""
+
+
+class Admission:
+    """Bounds reranked requests in flight and the scorer's backlog; try-acquire only.
+
+    :meth:`admit` returns a :class:`Ticket` at once or raises :class:`Saturated` (the caller
+    answers 429). Everything runs on the event loop with no await between check and update,
+    so plain counters are the semaphore. The backlog counts requests whose scoring is queued
+    or still running, including calls a request stopped waiting for; ``ticket.scoring_done()``
+    frees that slot.
+    """
+
+    def __init__(self, max_in_flight: int, max_scorer_queue: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.max_scorer_queue = max_scorer_queue
+        self._in_flight = 0
+        self._backlog = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def scorer_backlog(self) -> int:
+        return self._backlog
+
+    def admit(self, *, scoring: bool) -> Ticket:
+        if self._in_flight >= self.max_in_flight:
+            raise Saturated(f"{self._in_flight} reranked requests in flight")
+        if scoring and self._backlog >= self.max_scorer_queue:
+            raise Saturated(f"{self._backlog} requests waiting for the cross-encoder")
+        self._in_flight += 1
+        if scoring:
+            self._backlog += 1
+        return Ticket(self, scoring)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+
+    def _scoring_done(self) -> None:
+        self._backlog -= 1
+
+
+class Ticket:
+    """One admitted request: ``release()`` when it answers, ``scoring_done()`` when its scoring
+    (if any) is over. Both are idempotent."""
+
+    def __init__(self, admission: Admission, scoring: bool) -> None:
+        self._admission = admission
+        self._released = False
+        self._scoring = scoring
+        #: set once the scoring call is handed to the pool; it then calls scoring_done itself
+        self.submitted = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._admission._release()
+
+    def scoring_done(self) -> None:
+        if self._scoring:
+            self._scoring = False
+            self._admission._scoring_done()

@@ -1,0 +1,524 @@
+"""The proxy against a real Elasticsearch node and a real ONNX cross-encoder.
+
+The cross-encoder is the shipped MiniLM with a fresh one-label head, exported once per session
+(its scores mean nothing; the proxy's behaviour is what is tested). 120 SciFact documents are
+indexed once per module behind a fresh alias.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from elastic_transport import ObjectApiResponse
+from elasticsearch import BadRequestError, Elasticsearch
+
+from reranker.config import Settings
+from reranker.corpus import CorpusSource
+from reranker.embed import Embedder
+from reranker.errors import ModelError
+from reranker.es.node import NodeStatus
+from reranker.indexing import LoadOptions, index_corpus
+from reranker.proxy import ProxySettings, create_app
+from reranker.scoring import Scorer
+from tests.integration.conftest import delete_indices_named_after, write_jsonl
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+QUERY = {"match": {"text": "human cells protein expression disease"}}
+QUERY_TEXT = "human cells protein expression disease"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def proxy_xenc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped MiniLM with a fresh one-label head, exported for the Scorer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from export.onnx_export import export_cross_encoder
+    from reranker.models import shipped_weights_dir
+
+    weights = shipped_weights_dir()
+    torch.manual_seed(1234)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        str(weights), num_labels=1, local_files_only=True
+    )
+    checkpoint = tmp_path_factory.mktemp("proxy-xenc-checkpoint")
+    model.save_pretrained(str(checkpoint))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(weights / name, checkpoint / name)
+    (checkpoint / "train_info.json").write_text(
+        json.dumps({"base_model": "all-MiniLM-L6-v2", "data": "none (tests)", "epochs": 0})
+    )
+    out = tmp_path_factory.mktemp("proxy-xenc") / "reranker"
+    return export_cross_encoder(checkpoint, out, name="proxy-test-xenc")
+
+
+@pytest.fixture(scope="session")
+def proxy_scorer(proxy_xenc_dir: Path) -> Scorer:
+    return Scorer(proxy_xenc_dir, threads=1)
+
+
+@pytest.fixture(scope="module")
+def proxy_alias(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, object]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    alias = f"proxytest-{uuid.uuid4().hex[:8]}"
+    path = write_jsonl(tmp_path_factory.mktemp("proxy-docs") / "docs.jsonl", scifact_docs)
+    index_corpus(
+        es_client, CorpusSource.open(path), alias, embedder, options=LoadOptions(progress=False)
+    )
+    yield alias
+    delete_indices_named_after(es_client, alias)
+    es_client.options(ignore_status=404).indices.delete_index_template(name=f"{alias}-logs")
+
+
+class FailingScorer(Scorer):
+    """Fault injection: the real scorer's identity, but every call raises."""
+
+    def __init__(self, inner: Scorer) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.calls = 0
+
+    def warmup(self) -> None:
+        pass  # the fault is injected into live calls only
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        self.calls += 1
+        raise ModelError("injected fault")
+
+
+class BadOutputScorer(Scorer):
+    """Fault injection: scores that are not finite, or too few of them."""
+
+    def __init__(self, inner: Scorer, mode: str) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.mode = mode
+
+    def warmup(self) -> None:
+        pass
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        if self.mode == "nan":
+            return np.full(len(pairs), np.nan, dtype=np.float32)
+        return np.zeros(len(pairs) - 1, dtype=np.float32)
+
+
+class SlowScorer(Scorer):
+    """The real scorer, after a pause longer than the tests' budgets."""
+
+    def __init__(self, inner: Scorer, pause_s: float) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.inner = inner
+        self.pause_s = pause_s
+
+    def warmup(self) -> None:
+        pass
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        time.sleep(self.pause_s)
+        return self.inner.score(pairs, **kwargs)
+
+
+def proxy_settings(es_node: NodeStatus, alias: str, **overrides: Any) -> ProxySettings:
+    values: dict[str, Any] = {
+        "es": Settings(es_url=es_node.url),
+        "allowed_indices": (f"{alias}*",),
+        "max_window": 50,
+        "default_window": 20,
+        "default_timeout_ms": 30_000,
+    }
+    values.update(overrides)
+    return ProxySettings(**values)
+
+
+@asynccontextmanager
+async def running(
+    settings: ProxySettings, scorer: Scorer | None, embedder: Embedder | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        settings,
+        scorer_factory=(lambda: scorer) if scorer is not None else None,
+        encoder_factory=(lambda: embedder) if embedder is not None else None,
+        load_in_background=False,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://proxy", timeout=60
+        ) as http:
+            yield http
+
+
+@pytest.fixture
+async def proxy(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(proxy_settings(es_node, proxy_alias), proxy_scorer, embedder) as http:
+        yield http
+
+
+def rerank_body(size: int = 10, **rerank: Any) -> dict[str, Any]:
+    return {"query": QUERY, "size": size, "rerank": {"window": 10, **rerank}}
+
+
+def ids(response: httpx.Response) -> list[str]:
+    return [hit["_id"] for hit in response.json()["hits"]["hits"]]
+
+
+def first_stage_ids(es_client: Elasticsearch, alias: str, k: int) -> list[str]:
+    answer = es_client.search(index=alias, query=QUERY, size=k, source=False)
+    return [hit["_id"] for hit in answer["hits"]["hits"]]
+
+
+# ------------------------------------------------------------------ pass-through
+
+
+async def test_without_rerank_the_answer_is_elasticsearchs_own(
+    proxy: httpx.AsyncClient, es_client: Elasticsearch, proxy_alias: str
+) -> None:
+    body = {"query": QUERY, "size": 5, "_source": ["title"]}
+    response = await proxy.post(f"/{proxy_alias}/_search", json=body)
+    direct = es_client.search(index=proxy_alias, body=body).body
+    assert response.status_code == 200
+    assert response.headers["x-elastic-product"] == "Elasticsearch"
+    got = response.json()
+    got.pop("took")
+    direct.pop("took")
+    assert got == direct
+
+
+async def test_pass_through_keeps_query_parameters_and_error_status(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    response = await proxy.get(f"/{proxy_alias}/_search", params={"q": "cells", "size": "3"})
+    assert response.status_code == 200
+    assert len(response.json()["hits"]["hits"]) == 3
+    bad = await proxy.post(f"/{proxy_alias}/_search", json={"query": {"matchx": {}}})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["type"] == "parsing_exception"
+
+
+async def test_missing_index_inside_the_allow_list_is_elasticsearchs_404(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    response = await proxy.post(f"/{proxy_alias}-missing/_search", json={})
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "index_not_found_exception"
+
+
+# ------------------------------------------------------------------ reranked answers
+
+
+async def test_reranked_answer_is_the_window_reordered_by_the_cross_encoder(
+    proxy: httpx.AsyncClient, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    response = await proxy.post(f"/{proxy_alias}/_search", json=rerank_body(explain=True))
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= {"took", "timed_out", "_shards", "hits", "rerank"}
+    hits = body["hits"]["hits"]
+    assert sorted(h["_id"] for h in hits) == sorted(first_stage_ids(es_client, proxy_alias, 10))
+    scores = [h["_score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert body["hits"]["max_score"] == scores[0]
+    assert body["hits"]["total"]["value"] >= 10
+    for hit in hits:
+        assert hit["_index"].startswith(proxy_alias)
+        assert set(hit["_source"]) >= {"title", "text"}
+        explained = hit["_rerank"]
+        assert explained["cross_encoder_logit"] == hit["_score"] == explained["final_score"]
+        assert 1 <= explained["first_stage_rank"] <= 10
+    top = hits[0]["_source"]
+    logit = proxy_scorer.score([(QUERY_TEXT, f"{top['title']} {top['text']}".strip())])[0]
+    assert hits[0]["_score"] == pytest.approx(float(logit), abs=1e-4)
+    rerank = body["rerank"]
+    assert rerank["model"]["id"] == "proxy-test-xenc"
+    assert rerank["model"]["version"] == proxy_scorer.version
+    assert rerank["window"] == 10
+    assert rerank["degraded"] is None
+    assert rerank["query_text"] == QUERY_TEXT
+    assert set(rerank["took_ms"]) >= {"es", "rerank", "total"}
+
+
+async def test_pages_partition_the_reranked_window(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    whole = await proxy.post(f"/{proxy_alias}/_search", json=rerank_body())
+    first = rerank_body(size=5)
+    second = rerank_body(size=5)
+    second["from"] = 5
+    page1 = await proxy.post(f"/{proxy_alias}/_search", json=first)
+    page2 = await proxy.post(f"/{proxy_alias}/_search", json=second)
+    assert ids(page1) + ids(page2) == ids(whole)
+
+
+async def test_page_beyond_the_window_is_a_400(proxy: httpx.AsyncClient, proxy_alias: str) -> None:
+    body = rerank_body()
+    body.update({"from": 8, "size": 5})
+    response = await proxy.post(f"/{proxy_alias}/_search", json=body)
+    assert response.status_code == 400
+    assert "window" in response.json()["error"]["reason"]
+
+
+async def test_window_beyond_the_configured_limit_is_a_400(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    response = await proxy.post(f"/{proxy_alias}/_search", json=rerank_body(window=51))
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "illegal_argument_exception"
+
+
+async def test_source_filtering_is_respected_while_the_scorer_reads_its_fields(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    body = rerank_body()
+    body["_source"] = ["title"]
+    titled = await proxy.post(f"/{proxy_alias}/_search", json=body)
+    body["_source"] = False
+    bare = await proxy.post(f"/{proxy_alias}/_search", json=body)
+    assert all(set(h["_source"]) == {"title"} for h in titled.json()["hits"]["hits"])
+    assert all("_source" not in h for h in bare.json()["hits"]["hits"])
+    assert ids(titled) == ids(bare)  # same scores: the passage text did not change
+
+
+async def test_hybrid_fuses_bm25_and_knn_before_reranking(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    body = rerank_body(explain=True, hybrid={"dense": True, "fusion": "rrf"})
+    response = await proxy.post(f"/{proxy_alias}/_search", json=body)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["rerank"]["first_stage"] == "hybrid"
+    assert "embed" in answer["rerank"]["took_ms"]
+    stages = [set(h["_rerank"]["stage_scores"]) for h in answer["hits"]["hits"]]
+    assert any("dense" in s for s in stages)
+
+
+async def test_query_text_can_be_given_explicitly(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    body = {"query": {"match_all": {}}, "size": 3, "rerank": {"window": 5, "query_text": "cells"}}
+    response = await proxy.post(f"/{proxy_alias}/_search", json=body)
+    assert response.status_code == 200
+    assert response.json()["rerank"]["query_text"] == "cells"
+
+
+async def test_reranked_index_outside_the_allow_list_is_a_403(
+    proxy: httpx.AsyncClient,
+) -> None:
+    response = await proxy.post("/beir-scifact/_search", json=rerank_body())
+    assert response.status_code == 403
+
+
+async def test_malformed_json_is_a_400(proxy: httpx.AsyncClient, proxy_alias: str) -> None:
+    response = await proxy.post(f"/{proxy_alias}/_search", content=b'{"rerank": {')
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "parsing_exception"
+
+
+# ------------------------------------------------------------------ failing open
+
+
+async def test_scorer_error_gives_first_stage_order_marked_degraded(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    async with running(proxy_settings(es_node, proxy_alias), FailingScorer(proxy_scorer)) as http:
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        metrics = (await http.get("/metrics")).text
+    assert response.status_code == 200
+    assert ids(response) == first_stage_ids(es_client, proxy_alias, 10)
+    degraded = response.json()["rerank"]["degraded"]
+    assert degraded is not None and "injected fault" in degraded
+    assert 'reranker_proxy_degraded_total{reason="error"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("mode", ["nan", "short"])
+async def test_invalid_scorer_output_gives_first_stage_order_marked_degraded(
+    mode: str,
+    es_node: NodeStatus,
+    es_client: Elasticsearch,
+    proxy_alias: str,
+    proxy_scorer: Scorer,
+) -> None:
+    scorer = BadOutputScorer(proxy_scorer, mode)
+    async with running(proxy_settings(es_node, proxy_alias), scorer) as http:
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+    assert response.status_code == 200
+    assert ids(response) == first_stage_ids(es_client, proxy_alias, 10)
+    assert response.json()["rerank"]["degraded"].startswith("reranker error")
+
+
+async def test_scorer_error_without_fail_open_is_a_503(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    async with running(proxy_settings(es_node, proxy_alias), FailingScorer(proxy_scorer)) as http:
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body(fail_open=False))
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == 503
+    assert "injected fault" in body["error"]["reason"]
+
+
+async def test_scorer_past_its_deadline_fails_open_as_a_timeout(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    slow = SlowScorer(proxy_scorer, pause_s=3.0)
+    async with running(proxy_settings(es_node, proxy_alias), slow) as http:
+        started = time.perf_counter()
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body(timeout_ms=1000))
+        elapsed = time.perf_counter() - started
+        strict = await http.post(
+            f"/{proxy_alias}/_search", json=rerank_body(timeout_ms=1000, fail_open=False)
+        )
+    assert response.status_code == 200
+    assert elapsed < 2.5  # answered at the deadline, not when the scorer finished
+    assert "timeout" in response.json()["rerank"]["degraded"]
+    assert ids(response) == first_stage_ids(es_client, proxy_alias, 10)
+    assert strict.status_code in (429, 504)  # the abandoned call may still hold the queue
+
+
+async def test_repeated_scorer_failures_open_the_circuit(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    failing = FailingScorer(proxy_scorer)
+    settings = proxy_settings(es_node, proxy_alias, breaker_failures=2, breaker_cooloff_s=60)
+    async with running(settings, failing) as http:
+        for _ in range(2):
+            await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        health = (await http.get("/_health")).json()
+    assert failing.calls == 2  # the third request did not reach the scorer
+    assert response.status_code == 200
+    assert response.json()["rerank"]["degraded"].startswith("circuit open")
+    assert health["circuit"] == "open"
+
+
+async def test_a_saturated_proxy_answers_429(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    settings = proxy_settings(es_node, proxy_alias, max_in_flight=1)
+    async with running(settings, proxy_scorer) as http:
+        proxy = http._transport.app.state.proxy  # type: ignore[attr-defined]
+        held = proxy.admission.admit(scoring=True)
+        try:
+            response = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        finally:
+            held.release()
+            held.scoring_done()
+        after = await http.post(f"/{proxy_alias}/_search", json=rerank_body(size=5, window=5))
+    assert response.status_code == 429
+    assert response.headers["retry-after"]
+    assert after.status_code == 200
+
+
+# ------------------------------------------------------------------ health, log
+
+
+async def test_health_reports_model_and_cluster(proxy: httpx.AsyncClient) -> None:
+    response = await proxy.get("/_health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"]["loaded"] is True
+    assert body["elasticsearch"]["reachable"] is True
+
+
+async def test_each_reranked_request_is_logged_for_kibana(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    prefix = f"{proxy_alias}-logs"
+    settings = proxy_settings(
+        es_node, proxy_alias, request_log=True, log_index_prefix=prefix, log_flush_s=0.1
+    )
+    async with running(settings, proxy_scorer) as http:
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body(3, window=5))
+    assert response.status_code == 200
+    # leaving the app flushed the queue
+    es_client.indices.refresh(index=f"{prefix}-*")
+    docs = es_client.search(index=f"{prefix}-*", size=5)["hits"]["hits"]
+    assert len(docs) == 1
+    doc = docs[0]["_source"]
+    assert doc["query_text"] == QUERY_TEXT
+    assert doc["window"] == 5
+    assert doc["model"]["version"] == proxy_scorer.version
+    assert len(doc["hits"]) == 5
+    assert {"rank", "first_stage_rank", "logit"} <= set(doc["hits"][0])
+    assert docs[0]["_index"] == f"{prefix}-{time.strftime('%Y.%m.%d', time.gmtime())}"
+
+
+# ------------------------------------------------------------------ the official client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def proxy_server(es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer) -> Iterator[str]:
+    import uvicorn
+
+    port = free_port()
+    app = create_app(
+        proxy_settings(es_node, proxy_alias),
+        scorer_factory=lambda: proxy_scorer,
+        load_in_background=False,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the proxy did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_official_client_searches_through_the_proxy(proxy_server: str, proxy_alias: str) -> None:
+    with Elasticsearch(proxy_server, request_timeout=60) as client:
+        plain = client.search(index=proxy_alias, query=QUERY, size=5)
+        reranked = client.search(
+            index=proxy_alias, query=QUERY, size=5, ext={"rerank": {"window": 10}}
+        )
+        as_body = client.search(
+            index=proxy_alias, body={"query": QUERY, "size": 5, "rerank": {"window": 10}}
+        )
+        with pytest.raises(BadRequestError) as refused:
+            client.search(index=proxy_alias, query=QUERY, size=20, ext={"rerank": {"window": 10}})
+    assert isinstance(plain, ObjectApiResponse)
+    assert isinstance(reranked, ObjectApiResponse)
+    assert len(plain["hits"]["hits"]) == 5
+    assert "rerank" not in plain
+    assert reranked["rerank"]["window"] == 10
+    assert [h["_id"] for h in as_body["hits"]["hits"]] == [
+        h["_id"] for h in reranked["hits"]["hits"]
+    ]
+    assert refused.value.status_code == 400
+    assert "window" in str(refused.value)
