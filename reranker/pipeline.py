@@ -19,7 +19,7 @@ from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
-from reranker.scoring import PairScorer
+from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,14 @@ class PipelineResult:
     degraded: str | None = None
     model: str | None = None
     blend: str | None = None  # "<kind>@<version>" of the blend that ordered the hits
+
+
+def check_scores(scores: np.ndarray, expected: int) -> None:
+    """A scorer's output must be one finite number per pair, else it counts as its failure."""
+    if np.shape(scores) != (expected,):
+        raise ModelError(f"the scorer returned {np.shape(scores)} scores for {expected} pairs")
+    if not np.isfinite(scores).all():
+        raise ModelError("the scorer returned non-finite scores")
 
 
 class Pipeline:
@@ -122,10 +130,12 @@ class Pipeline:
                 logits = self.scorer.score(
                     [(text, self.passage(h)) for h in candidates], deadline=deadline
                 )
+                check_scores(logits, len(candidates))
             except ModelError as exc:
                 if not self.fail_open:
                     raise
-                degraded = f"reranker error: {exc}"
+                cause = "timeout" if isinstance(exc, ScoreTimeout) else "error"
+                degraded = f"reranker {cause}: {exc}"
                 log.warning("scorer failed, first-stage order returned: %s", exc)
             else:
                 for hit, logit in zip(hits, logits.tolist(), strict=True):

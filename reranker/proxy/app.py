@@ -634,10 +634,6 @@ class Proxy:
             if all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
                 if result.degraded:
                     self.breaker.failure()
-                    result.degraded = result.degraded.replace(
-                        "reranker error: scoring passed its deadline",
-                        "reranker timeout: scoring passed its deadline",
-                    )
                 else:
                     self.breaker.success()
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}

@@ -100,3 +100,22 @@ def test_a_blend_without_a_scorer_is_refused() -> None:
     blend = LinearBlend(weights={"relevance": 1.0}, feature_names=NAMES)
     with pytest.raises(SearchError, match="needs the cross-encoder"):
         make(None, blend=blend)
+
+
+class ShortScorer(LengthScorer):
+    """Returns one score too few."""
+
+    def score(self, pairs: Sequence[tuple[str, str]], **_: Any) -> np.ndarray:
+        return super().score(pairs)[:-1]
+
+
+class NanScorer(LengthScorer):
+    def score(self, pairs: Sequence[tuple[str, str]], **_: Any) -> np.ndarray:
+        return np.full(len(pairs), np.nan, dtype=np.float32)
+
+
+@pytest.mark.parametrize("scorer", [ShortScorer(), NanScorer()], ids=["short", "nan"])
+def test_invalid_scorer_output_fails_open(scorer: LengthScorer) -> None:
+    result = make(scorer).search("q", k=3)
+    assert [h.id for h in result.hits] == ["a", "b", "c"]
+    assert result.degraded is not None and result.degraded.startswith("reranker error")
