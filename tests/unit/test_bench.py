@@ -10,13 +10,13 @@ from click.testing import CliRunner
 
 from reranker.bench import (
     ModelDims,
-    bench,
     flops_per_pair,
     median_ms,
     padded_tokens,
     plan_batches,
     select_pairs,
 )
+from reranker.cli import main
 from reranker.errors import SourceError
 
 SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
@@ -87,7 +87,7 @@ def test_select_pairs_errors_on_a_missing_folder(tmp_path: Path) -> None:
 
 
 def test_bench_scorer_names_a_missing_dataset_folder(tmp_path: Path) -> None:
-    result = CliRunner().invoke(bench, ["scorer", "--dataset", str(tmp_path / "nowhere")])
+    result = CliRunner().invoke(main, ["bench", "scorer", "--dataset", str(tmp_path / "nowhere")])
     assert result.exit_code != 0
     assert "does not exist" in result.output
 
@@ -95,7 +95,7 @@ def test_bench_scorer_names_a_missing_dataset_folder(tmp_path: Path) -> None:
 def test_bench_scorer_refuses_a_model_folder_without_a_card(tmp_path: Path) -> None:
     dataset = _need_scifact()
     result = CliRunner().invoke(
-        bench, ["scorer", "--dataset", str(dataset), "--model", str(tmp_path)]
+        main, ["bench", "scorer", "--dataset", str(dataset), "--model", str(tmp_path)]
     )
     assert result.exit_code == 7  # ModelError's exit code
     assert "reranker.json" in result.output
@@ -111,8 +111,9 @@ def test_bench_scorer_end_to_end_writes_json_for_all_backends(
     dataset = _need_scifact()
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
-        bench,
+        main,
         [
+            "bench",
             "scorer",
             "--dataset",
             str(dataset),
