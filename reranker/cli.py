@@ -420,6 +420,12 @@ def search_cmd(
     "[default: the blend file's, else the dataset's preset].",
 )
 @click.option(
+    "--max-queries",
+    type=int,
+    default=None,
+    help="Only the first N judged queries (in qrels order), for quick comparisons.",
+)
+@click.option(
     "--record",
     is_flag=True,
     help="Also write the rerank results into the cross-encoder's model card (metrics).",
@@ -445,6 +451,7 @@ def eval_cmd(
     output: Path | None,
     blend: str | None,
     signals: str | None,
+    max_queries: int | None,
     record: bool,
     progress: bool,
 ) -> None:
@@ -481,6 +488,9 @@ def eval_cmd(
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
     queries, qrels = judged_queries(dataset, split)
+    if max_queries:
+        queries = dict(list(queries.items())[:max_queries])
+        qrels = {qid: qrels[qid] for qid in queries}
     alias = alias or f"beir-{dataset.name.lower()}"
 
     client = _client(ctx)
