@@ -38,7 +38,7 @@ from export.parity import (
 )
 from reranker.embed import mean_pool
 from reranker.errors import ModelError
-from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD
+from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -121,18 +121,7 @@ def _write_tokenizer(checkpoint_dir: Path, out: Path) -> None:
     if source.is_file():
         shutil.copy2(source, out / "tokenizer.json")
         return
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
-    except Exception as exc:  # transformers raises many types here
-        raise ModelError(
-            f"{checkpoint_dir}: no tokenizer.json and no loadable tokenizer: {exc}"
-        ) from exc
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ModelError(f"{checkpoint_dir}: the tokenizer has no fast (tokenizers) version")
-    backend.save(str(out / "tokenizer.json"))
+    checkpoint_tokenizer(checkpoint_dir).save(str(out / "tokenizer.json"))
 
 
 def _accepted_inputs(model: torch.nn.Module) -> list[str]:

@@ -50,6 +50,7 @@ from reranker.corpus import CorpusSource, load_qrels, load_queries, passage_text
 from reranker.errors import ModelError, RerankerError, SourceError
 from reranker.models import (
     CROSS_ENCODER_CARD,
+    checkpoint_tokenizer,
     load_tokenizer,
     read_card,
     shipped_weights_dir,
@@ -293,20 +294,9 @@ def _checkpoint_tokenizer(checkpoint: Path, max_length: int) -> Tokenizer:
     """The checkpoint's fast tokenizer, longest-first truncation at ``max_length``."""
     if (checkpoint / "tokenizer.json").is_file():
         return load_tokenizer(checkpoint / "tokenizer.json", max_length)
-    from transformers import AutoTokenizer
-
-    try:
-        hf = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
-    except Exception as exc:  # transformers raises many types here
-        raise ModelError(
-            f"{checkpoint}: no tokenizer.json and no loadable tokenizer: {exc}"
-        ) from exc
-    backend = getattr(hf, "backend_tokenizer", None)
-    if backend is None:
-        raise ModelError(f"{checkpoint}: the tokenizer has no fast (tokenizers) version")
-    backend.no_padding()
-    backend.enable_truncation(max_length=max_length, strategy="longest_first")
-    tokenizer: Tokenizer = backend
+    tokenizer = checkpoint_tokenizer(checkpoint)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
     return tokenizer
 
 

@@ -118,6 +118,26 @@ def load_tokenizer(tokenizer_json: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+def checkpoint_tokenizer(checkpoint_dir: Path) -> Tokenizer:
+    """The fast tokenizer of a Hugging Face checkpoint folder: its ``tokenizer.json``, or the
+    fast version transformers builds from its other tokenizer files (needs transformers)."""
+    if (checkpoint_dir / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(checkpoint_dir), local_files_only=True)
+    except Exception as exc:  # transformers raises many types here
+        raise ModelError(
+            f"{checkpoint_dir}: no tokenizer.json and no loadable tokenizer: {exc}"
+        ) from exc
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelError(f"{checkpoint_dir}: the tokenizer has no fast (tokenizers) version")
+    tokenizer: Tokenizer = backend
+    return tokenizer
+
+
 def config_max_positions(model_dir: Path, default: int = 512) -> int:
     """Longest sequence the model's position table allows (from ``config.json``)."""
     try:
