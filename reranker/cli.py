@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from elasticsearch import ConnectionError as ESConnectionError
@@ -578,6 +578,31 @@ def eval_cmd(
     default=None,
     help="Dev qrels (BEIR <dataset>/qrels/dev.tsv) for NDCG@10 after each epoch.",
 )
+@click.option(
+    "--loss",
+    type=click.Choice(["bce", "listwise"]),
+    default="bce",
+    show_default=True,
+    help="Pointwise BCE, or softmax cross-entropy over one positive and its query's negatives.",
+)
+@click.option(
+    "--group-size",
+    default=8,
+    show_default=True,
+    help="Listwise: pairs per group (1 positive + negatives); BATCH_SIZE // this groups a step.",
+)
+@click.option(
+    "--negatives-per-positive",
+    default=3,
+    show_default=True,
+    help="BEIR sources: BM25 negatives sampled per judged positive.",
+)
+@click.option(
+    "--bm25-depth",
+    default=30,
+    show_default=True,
+    help="BEIR sources: BM25 negatives come from this many top documents (judged ones excluded).",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--seed", default=13, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint-last.")
@@ -593,13 +618,20 @@ def train_cmd(
     max_steps: int | None,
     exclude_source: tuple[str, ...],
     dev: Path | None,
+    loss: str,
+    group_size: int,
+    negatives_per_positive: int,
+    bm25_depth: int,
     threads: int | None,
     seed: int,
     resume: bool,
     overwrite: bool,
 ) -> None:
     """Fine-tune a cross-encoder (BertForSequenceClassification, one label) on DATA with
-    pointwise binary cross-entropy.
+    pointwise binary cross-entropy or a listwise softmax loss over hard negatives.
+
+    --base-model may be an already fine-tuned cross-encoder (its head is kept), e.g. to continue
+    a BCE-trained model with the listwise loss on BM25 negatives of a BEIR train split.
 
     DATA are triples JSONL files (query, positive, negative) or BEIR qrels of a train split;
     a test split is refused. CPU by default (bf16 autocast where the CPU has it), CUDA when
@@ -622,6 +654,10 @@ def train_cmd(
         max_steps=max_steps,
         exclude_sources=list(exclude_source),
         dev=dev,
+        loss=cast(Any, loss),
+        group_size=group_size,
+        negatives_per_positive=negatives_per_positive,
+        bm25_depth=bm25_depth,
         threads=threads,
         seed=seed,
         resume=resume,
@@ -691,6 +727,19 @@ def export_cmd(
 @click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None)
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Allow hybrid kNN.")
 @click.option("--request-log/--no-request-log", default=None, help="Log reranked requests.")
+@click.option(
+    "--signals",
+    "signal_sources",
+    multiple=True,
+    help="[PATTERN=]PRESET_OR_FILE: the signals a blend of weights may use on indices matching "
+    "PATTERN (default *), e.g. 'beir-stackexchange*=stackexchange'; repeatable.",
+)
+@click.option(
+    "--blend",
+    "blend_files",
+    multiple=True,
+    help="NAME=FILE: a learned blend (`reranker ltr fit`) requests may name; repeatable.",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -701,21 +750,33 @@ def serve_cmd(
     variant: str | None,
     dense: bool,
     request_log: bool | None,
+    signal_sources: tuple[str, ...],
+    blend_files: tuple[str, ...],
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
-    it. Other settings come from RERANKER_PROXY_* variables (see README)."""
+    it. Other settings come from RERANKER_PROXY_* variables (see README).
+
+    `kill -HUP <pid>` or `POST /_reranker/reload` (optionally {"model": DIR, "variant": V})
+    loads the model again, checks its card and a smoke test, and swaps it in without dropping
+    requests; a model that fails keeps the old one serving.
+    """
     from reranker.proxy import ProxySettings, serve
+    from reranker.proxy.blends import parse_pairs
 
     overrides: dict[str, Any] = {"es": ctx.obj, "host": host, "port": port}
     if allow:
         overrides["allowed_indices"] = tuple(allow)
     if request_log is not None:
         overrides["request_log"] = request_log
+    if signal_sources:
+        overrides["signals"] = parse_pairs(signal_sources, "signals")
+    if blend_files:
+        overrides["blends"] = parse_pairs(blend_files, "blend")
     settings = ProxySettings.from_env(**overrides)
     serve(
         settings,
-        scorer_factory=lambda: _scorer(model, variant),
+        model_loader=lambda folder, chosen: _scorer(folder or model, chosen or variant),
         encoder_factory=(lambda: _embedder(ctx)) if dense else None,
     )
 

@@ -90,9 +90,7 @@ class CachedScorer:
         if missing:
             fresh = self.scorer.score([pairs[i] for i in missing], deadline=deadline)
             self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
-            known.update(
-                {self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)}
-            )
+            known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
         logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)
         return 1.0 / (1.0 + np.exp(-logits)) if sigmoid else logits
 

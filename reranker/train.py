@@ -89,7 +89,7 @@ TOKENIZER_FILES = (
 )
 FORBIDDEN_SPLITS = frozenset({"test"})
 
-LossName = Literal["bce"]
+LossName = Literal["bce", "listwise"]
 
 
 def default_base_model() -> Path:
@@ -138,7 +138,13 @@ class TrainConfig:
     seed: int = 13
     """Seeds Python, NumPy and torch, the batch order and the BM25 negative sampling."""
     loss: LossName = "bce"
-    """Pointwise binary cross-entropy on the logit (the only loss implemented)."""
+    """``"bce"``: pointwise binary cross-entropy on each pair's logit. ``"listwise"``: softmax
+    cross-entropy over a group of one positive and up to ``group_size - 1`` negatives of the
+    same query (localised contrastive estimation, Gao et al. 2021): the model is asked to put
+    the positive above its query's hard negatives, which is what reranking a top-k needs."""
+    group_size: int = 8
+    """Listwise loss: pairs per group (one positive, the rest negatives of the same query);
+    ``batch_size // group_size`` groups make one optimizer step."""
     bf16: bool | None = None
     """bfloat16 autocast; ``None`` = on where the hardware supports it (CUDA with bf16, or a CPU
     with AVX512-BF16 / AMX), else off."""
@@ -207,8 +213,13 @@ class TrainConfig:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.loss != "bce":
-            raise ConfigError(f"unknown loss {self.loss!r}; implemented: 'bce'")
+        if self.loss not in ("bce", "listwise"):
+            raise ConfigError(f"unknown loss {self.loss!r}; implemented: 'bce', 'listwise'")
+        if self.loss == "listwise" and not 2 <= self.group_size <= self.batch_size:
+            raise ConfigError(
+                f"group_size must be between 2 and batch_size ({self.batch_size}), "
+                f"got {self.group_size}"
+            )
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.negatives_per_positive < 0 or self.dev_negatives < 0:
@@ -270,6 +281,37 @@ class PairSet:
 
     pairs: list[Pair]
     stats: dict[str, Any]
+
+
+def listwise_groups(pairs: Sequence[Pair], group_size: int, seed: int) -> list[list[int]]:
+    """Groups for the listwise loss, as indices into ``pairs``: for every positive, the
+    positive first, then up to ``group_size - 1`` negatives of the same query and source
+    (a seeded sample). Positives whose query has no negative are left out."""
+    by_query: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    for index, pair in enumerate(pairs):
+        positives, negatives = by_query.setdefault((pair.source, pair.query), ([], []))
+        (positives if pair.label > 0 else negatives).append(index)
+    rng = random.Random(f"{seed}:groups")
+    groups = []
+    for positives, negatives in by_query.values():
+        if not negatives:
+            continue
+        for positive in positives:
+            count = min(len(negatives), group_size - 1)
+            groups.append([positive, *rng.sample(negatives, count)])
+    return groups
+
+
+def listwise_loss(logits: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Mean softmax cross-entropy of consecutive groups of ``logits`` (sizes ``sizes``), the
+    first member of each group being its positive."""
+    losses = []
+    start = 0
+    for size in sizes:
+        group = logits[start : start + size]
+        losses.append(torch.logsumexp(group, dim=0) - group[0])
+        start += size
+    return torch.stack(losses).mean()
 
 
 @dataclass(frozen=True)
@@ -1035,6 +1077,7 @@ def _fingerprint(config: TrainConfig, data_digest: str, base: Path) -> dict[str,
         "warmup_ratio": config.warmup_ratio,
         "seed": config.seed,
         "loss": config.loss,
+        **({"group_size": config.group_size} if config.loss == "listwise" else {}),
         "length_group": config.length_group,
     }
 
@@ -1192,7 +1235,17 @@ def train(
     lengths = [len(ids) for ids, _ in features]
     labels = torch.tensor([p.label for p in data.pairs], dtype=torch.float32)
     truncated = sum(1 for n in lengths if n >= config.max_length)
-    steps_per_epoch = math.ceil(len(features) / config.batch_size)
+    # The unit of batching: a pair (BCE) or a group of one query's pairs (listwise).
+    if config.loss == "listwise":
+        units = listwise_groups(data.pairs, config.group_size, config.seed)
+        if not units:
+            raise SourceError("the listwise loss needs queries with a positive and a negative")
+        units_per_step = max(1, config.batch_size // config.group_size)
+    else:
+        units = [[i] for i in range(len(features))]
+        units_per_step = config.batch_size
+    unit_lengths = [max(lengths[i] for i in unit) * len(unit) for unit in units]
+    steps_per_epoch = math.ceil(len(units) / units_per_step)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -1236,13 +1289,15 @@ def train(
         )
 
     logger.info(
-        "training %s on %d pairs (%d positive), %d steps of %d, max_length %d (%d truncated), "
-        "device %s, bf16 %s, threads %d",
+        "training %s on %d pairs (%d positive; %s loss, %d units), %d steps of %d units, "
+        "max_length %d (%d truncated), device %s, bf16 %s, threads %d",
         base,
         len(features),
         data.stats["positives"],
+        config.loss,
+        len(units),
         total_steps,
-        config.batch_size,
+        units_per_step,
         config.max_length,
         truncated,
         device,
@@ -1304,15 +1359,19 @@ def train(
     try:
         while step < total_steps and epoch < config.epochs:
             batches = epoch_batches(
-                lengths, config.batch_size, config.seed, epoch, config.length_group
+                unit_lengths, units_per_step, config.seed, epoch, config.length_group
             )
             while batch_in_epoch < len(batches) and step < total_steps:
-                indices = batches[batch_in_epoch]
+                chosen = [units[u] for u in batches[batch_in_epoch]]
+                indices = [i for unit in chosen for i in unit]
                 batch = _collate([features[i] for i in indices], pad_id, device)
-                target = labels[indices].to(device)
                 with _autocast(device, bf16):
-                    logits = model(**batch).logits
-                loss = loss_fn(logits.float().reshape(-1), target)
+                    logits = model(**batch).logits.float().reshape(-1)
+                loss: Any  # torch.Tensor; its stubbed backward() is untyped
+                if config.loss == "listwise":
+                    loss = listwise_loss(logits, [len(unit) for unit in chosen])
+                else:
+                    loss = loss_fn(logits, labels[indices].to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -1330,7 +1389,8 @@ def train(
                 if step % config.log_every == 0 or step == total_steps:
                     elapsed = time.monotonic() - window_start
                     rate = window_pairs / elapsed if elapsed > 0 else 0.0
-                    left = (total_steps - step) * config.batch_size / rate if rate else 0.0
+                    per_step = len(indices)
+                    left = (total_steps - step) * per_step / rate if rate else 0.0
                     logger.info(
                         "step %d/%d epoch %d loss %.4f lr %.2e %.1f pairs/s eta %.0f min",
                         step,
@@ -1397,6 +1457,11 @@ def train(
         "dev_metrics": dev_metrics,
         "seed": config.seed,
         "loss": config.loss,
+        **(
+            {"group_size": config.group_size, "groups": len(units)}
+            if config.loss == "listwise"
+            else {}
+        ),
         "device": str(device),
         "bf16": bf16,
         "threads": torch.get_num_threads(),

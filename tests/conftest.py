@@ -8,6 +8,7 @@ instead and nothing is started or stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -59,3 +60,45 @@ def es_client(es_node: NodeStatus) -> Iterator[Elasticsearch]:
     client = Elasticsearch(es_node.url, request_timeout=60)
     yield client
     client.close()
+
+
+# Real weights, shared by unit and integration tests.
+
+
+@pytest.fixture(scope="session")
+def minilm_weights_dir() -> Path:
+    from reranker.errors import ModelError
+    from reranker.models import shipped_weights_dir
+
+    try:
+        return shipped_weights_dir()
+    except ModelError as exc:
+        pytest.skip(f"shipped weights not installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def xenc_checkpoint_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local sequence-classification checkpoint: MiniLM body, a fresh one-label head."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    torch.manual_seed(1234)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        str(minilm_weights_dir), num_labels=1, local_files_only=True
+    )
+    out = tmp_path_factory.mktemp("xenc-checkpoint")
+    model.save_pretrained(str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy2(minilm_weights_dir / name, out / name)
+    (out / "train_info.json").write_text(
+        json.dumps(
+            {
+                "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                "data": "none (fresh head, for tests)",
+                "epochs": 0,
+            }
+        ),
+        encoding="utf-8",
+    )
+    return out

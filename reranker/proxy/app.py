@@ -15,10 +15,12 @@ import hmac
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from elastic_transport import HttpxAsyncHttpNode
@@ -33,8 +35,9 @@ from reranker.embed_cache import TextEncoder
 from reranker.errors import ModelError
 from reranker.es.client import client_options
 from reranker.es.queries import knn_clause
-from reranker.pipeline import Pipeline, PipelineResult
+from reranker.pipeline import Pipeline, PipelineResult, check_scores
 from reranker.proxy import errors
+from reranker.proxy.blends import BlendCatalog, NamedBlend
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.first_stage import (
     FirstStageResult,
@@ -71,7 +74,18 @@ log = logging.getLogger(__name__)
 COMPAT_JSON = "application/vnd.elasticsearch+json;compatible-with=9"
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 ScorerFactory = Callable[[], Scorer]
+ModelLoader = Callable[[Path | None, str | None], Scorer]
+"""``(model folder, variant)`` → a loaded scorer; ``None`` means the configured default."""
 EncoderFactory = Callable[[], TextEncoder]
+
+#: A reloaded model must score these finite, in this count and order of relevance, before it
+#: replaces the one serving (a smoke test against a broken or wrong model).
+SMOKE_QUERY = "what is a qubit in quantum computing"
+SMOKE_PASSAGES = (
+    "A qubit is the basic unit of quantum information: a two-level quantum system that can be "
+    "in a superposition of the states 0 and 1.",
+    "Malted barley provides the sugars that yeast ferments into alcohol when brewing beer.",
+)
 
 
 def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
@@ -107,9 +121,17 @@ class Proxy:
         encoder_factory: EncoderFactory | None = None,
         es_client: AsyncElasticsearch | None = None,
         load_in_background: bool = True,
+        model_loader: ModelLoader | None = None,
     ) -> None:
         self.settings = settings
+        if scorer_factory is None and model_loader is not None:
+            loader = model_loader
+            scorer_factory = lambda: loader(None, None)  # noqa: E731
         self.scorer_factory = scorer_factory
+        self.model_loader = model_loader
+        self.catalog = BlendCatalog(settings.signals, settings.blends)
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self.encoder_factory = encoder_factory
         self.load_in_background = load_in_background
         self.metrics = ProxyMetrics()
@@ -144,6 +166,7 @@ class Proxy:
             self._loader = asyncio.create_task(self._load_models(), name="reranker-load-models")
         else:
             await self._load_models()
+        hangup = self._install_sighup()
         if self.settings.request_log:
             self.request_log = RequestLog(
                 self.es,
@@ -157,6 +180,9 @@ class Proxy:
         try:
             yield
         finally:
+            if hangup:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if self._loader is not None:
                 self._loader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -179,15 +205,7 @@ class Proxy:
                     self.model_error = str(exc) or type(exc).__name__
                     log.error("the cross-encoder could not be loaded: %s", self.model_error)
                 else:
-                    self.scorer = scorer
-                    self.metrics.model.info(
-                        {
-                            "model": scorer.model_id,
-                            "version": scorer.version,
-                            "variant": scorer.variant,
-                            "provider": scorer.provider,
-                        }
-                    )
+                    self._install_scorer(scorer)
             else:
                 self.model_error = "no cross-encoder configured"
             if self.encoder_factory is not None and self.settings.enable_dense:
@@ -198,6 +216,116 @@ class Proxy:
                     log.error("the query embedder could not be loaded: %s", self.encoder_error)
         finally:
             self.loaded.set()
+
+    def _install_scorer(self, scorer: Scorer) -> None:
+        """Make ``scorer`` the one new requests use; requests already scoring keep theirs."""
+        self.scorer = scorer
+        self.model_error = None
+        self.metrics.model.info(
+            {
+                "model": scorer.model_id,
+                "version": scorer.version,
+                "variant": scorer.variant,
+                "provider": scorer.provider,
+            }
+        )
+
+    # ------------------------------------------------------------------ hot reload
+
+    def _install_sighup(self) -> bool:
+        """SIGHUP reloads the configured model (where the loop can take signal handlers:
+        the main thread of a Unix process)."""
+        if self.model_loader is None or not hasattr(signal, "SIGHUP"):
+            return False
+        loop = asyncio.get_running_loop()
+
+        def hangup() -> None:
+            log.info("SIGHUP: reloading the cross-encoder")
+            task = loop.create_task(self._reload_logged(), name="reranker-sighup-reload")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, hangup)
+        except (NotImplementedError, RuntimeError, ValueError):
+            return False
+        return True
+
+    async def _reload_logged(self) -> None:
+        try:
+            outcome = await self.reload()
+        except ProxyError as exc:
+            log.error("model reload refused: %s", exc.reason)
+        else:
+            log.info("model reloaded: %s", json.dumps(outcome["model"]))
+
+    async def reload(self, model: Path | None = None, variant: str | None = None) -> dict[str, Any]:
+        """Load a model (default: the configured one, re-read from disk), smoke-test it, and
+        swap it in atomically; the old one keeps serving until then and stays if anything
+        fails (a :class:`ProxyError`: 400 for a model that fails its card check or smoke test,
+        409 while another reload runs)."""
+        if self.model_loader is None:
+            raise errors.bad_request("this proxy was started without a reloadable model")
+        if self._reload_lock.locked():
+            raise ProxyError(409, "status_exception", "a model reload is already running")
+        async with self._reload_lock:
+            started = time.perf_counter()
+            try:
+                scorer = await asyncio.to_thread(self.model_loader, model, variant)
+                await asyncio.to_thread(smoke_test, scorer)
+            except Exception as exc:
+                self.metrics.reloads.labels("refused").inc()
+                reason = str(exc) or type(exc).__name__
+                raise errors.bad_request(
+                    f"model reload refused, the current model keeps serving: {reason}"
+                ) from None
+            previous = self.scorer
+            self._install_scorer(scorer)
+            self.breaker.reset()
+            self.metrics.reloads.labels("loaded").inc()
+            return {
+                "acknowledged": True,
+                "previous": describe_scorer(previous),
+                "model": describe_scorer(scorer),
+                "took_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+
+    async def reload_endpoint(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            self._check_admin(request)
+            body = parse_body(await self._read_body(request))
+            unknown = sorted(set(body) - {"model", "variant"})
+            if unknown:
+                raise errors.bad_request(
+                    f"unknown field(s) {', '.join(unknown)}; use model, variant"
+                )
+            model, variant = body.get("model"), body.get("variant")
+            if model is not None and (not isinstance(model, str) or not model.strip()):
+                raise errors.bad_request("[model] must be a model folder path")
+            if variant is not None and variant not in ("fp32", "int8", "fp16"):
+                raise errors.bad_request("[variant] must be one of fp32, int8, fp16")
+            outcome = await self.reload(Path(model) if model else None, variant)
+            return self.respond(request, outcome)
+
+        return await self.guarded(request, handle, lambda: "admin")
+
+    def _check_admin(self, request: Request) -> None:
+        keys = self.settings.admin_api_keys
+        if not keys:
+            client = request.client.host if request.client else ""
+            if client not in ("127.0.0.1", "::1", "localhost", "testclient"):
+                raise ProxyError(
+                    403,
+                    "security_exception",
+                    "model reload is only allowed from loopback unless admin API keys are set",
+                )
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        given = key.strip().encode()
+        if scheme.lower() != "apikey" or not any(
+            hmac.compare_digest(given, k.encode()) for k in keys
+        ):
+            raise errors.unauthorized()
 
     # ------------------------------------------------------------------ responses
 
@@ -398,6 +526,7 @@ class Proxy:
             )
         if spec.dense and not self.settings.enable_dense:
             raise errors.bad_request("dense retrieval is switched off on this proxy")
+        blend = self.catalog.resolve(index, spec.blend)
         scoring = self.scorer is not None
         try:
             ticket = self.admission.admit(scoring=scoring)
@@ -407,8 +536,9 @@ class Proxy:
         self.metrics.in_flight.set(self.admission.in_flight)
         try:
             return await self._rerank_admitted(
-                request, index, body, params, spec, pages, sources, text.strip(), started, ticket
-            )
+                request, index, body, params, spec, pages, sources, text.strip(), started, ticket,
+                blend,
+            )  # fmt: skip
         finally:
             ticket.release()
             self.metrics.in_flight.set(self.admission.in_flight)
@@ -425,6 +555,7 @@ class Proxy:
         text: str,
         started: float,
         ticket: Ticket,
+        blend: NamedBlend | None,
     ) -> Response:
         deadline = time.monotonic() + spec.timeout_ms / 1000
         try:
@@ -434,7 +565,7 @@ class Proxy:
             degraded = first.degraded()
             if spec.dense and first.dense is None:
                 degraded.append("dense retrieval unavailable: the embedder is not loaded")
-            result, rerank_ms = await self._score(first, spec, text, deadline, ticket)
+            result, rerank_ms = await self._score(first, spec, text, deadline, ticket, blend)
         finally:
             if not ticket.submitted:  # else the scoring call frees its slot when it ends
                 ticket.scoring_done()
@@ -442,16 +573,19 @@ class Proxy:
             degraded.append(result.degraded)
         total_ms = (time.perf_counter() - started) * 1000
         timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
+        if "blend" in result.timings_ms:
+            timings["blend"] = result.timings_ms["blend"]
         timings["overhead"] = max(
             0.0,
             total_ms
             - timings.get("embed", 0.0)
             - timings.get("es", 0.0)
             - timings.get("rerank", 0.0)
+            - timings.get("blend", 0.0)
             - timings.get("scorer_queue", 0.0),
         )
         reason = "; ".join(degraded) if degraded else None
-        for stage in ("embed", "es", "rerank", "scorer_queue", "total"):
+        for stage in ("embed", "es", "rerank", "blend", "scorer_queue", "total"):
             if stage in timings:
                 self.metrics.stage_seconds.labels(stage).observe(timings[stage] / 1000)
         if reason:
@@ -550,7 +684,13 @@ class Proxy:
         return result
 
     async def _score(
-        self, first: FirstStageResult, spec: RerankSpec, text: str, deadline: float, ticket: Ticket
+        self,
+        first: FirstStageResult,
+        spec: RerankSpec,
+        text: str,
+        deadline: float,
+        ticket: Ticket,
+        blend: NamedBlend | None = None,
     ) -> tuple[PipelineResult, dict[str, float]]:
         """Fuse and rerank through :class:`Pipeline` in the scorer's pool; fail open here when
         the scorer is bypassed, fails or overruns. Returns the result and stage timings."""
@@ -568,6 +708,9 @@ class Proxy:
                 hybrid=spec.hybrid,
                 fields=spec.fields,
                 fail_open=spec.fail_open,
+                blend=blend.blend if blend is not None and scorer is not None else None,
+                signals=blend.signals if blend is not None else None,
+                explain=spec.explain or self.request_log is not None,
             )
 
         def unscored(reason: str) -> PipelineResult:
@@ -677,6 +820,8 @@ class Proxy:
                     "cross_encoder_logit": hit.relevance,
                     "final_score": hit.score,
                 }
+                if hit.explanation is not None:
+                    out["_rerank"]["blend"] = hit.explanation
             hits.append(out)
         lexical = first.lexical.body
         timed_out = first.lexical.timed_out or bool(first.dense and first.dense.timed_out)
@@ -705,6 +850,7 @@ class Proxy:
             "candidates": len(window_hits),
             "first_stage": "hybrid" if first.dense is not None else "bm25",
             **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
+            "blend": result.blend,
             "took_ms": {k: round(v, 3) for k, v in timings.items()},
             "degraded": degraded,
         }
@@ -726,6 +872,29 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise errors.parse_error("request body must be a JSON object")
     return body
+
+
+def describe_scorer(scorer: Scorer | None) -> dict[str, Any] | None:
+    if scorer is None:
+        return None
+    return {
+        "id": scorer.model_id,
+        "version": scorer.version,
+        "variant": scorer.variant,
+        "provider": scorer.provider,
+    }
+
+
+def smoke_test(scorer: Scorer) -> None:
+    """Raise unless ``scorer`` gives finite scores, one per pair, the relevant passage first."""
+    scorer.warmup()
+    scores = scorer.score([(SMOKE_QUERY, passage) for passage in SMOKE_PASSAGES])
+    check_scores(scores, len(SMOKE_PASSAGES))
+    if not scores[0] > scores[1]:
+        raise ModelError(
+            f"smoke test failed: the model scores an off-topic passage ({scores[1]:.3f}) above "
+            f"the answer ({scores[0]:.3f})"
+        )
 
 
 def log_document(
@@ -755,6 +924,16 @@ def log_document(
                 "score": hit.score,
                 "first_stage_score": hit.first_stage_score,
                 "logit": hit.relevance,
+                **(
+                    {
+                        "contributions": {
+                            name: item["contribution"]
+                            for name, item in hit.explanation["features"].items()
+                        }
+                    }
+                    if hit.explanation is not None
+                    else {}
+                ),
             }
         )
     return {
@@ -767,6 +946,7 @@ def log_document(
         "size": pages.size,
         "first_stage": answer["rerank"]["first_stage"],
         "fusion": answer["rerank"].get("fusion"),
+        "blend": answer["rerank"].get("blend"),
         "status": 200,
         "model": {"id": model["id"], "version": model["version"]} if model else None,
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
@@ -783,6 +963,7 @@ def create_app(
     encoder_factory: EncoderFactory | None = None,
     es_client: AsyncElasticsearch | None = None,
     load_in_background: bool = True,
+    model_loader: ModelLoader | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
 
@@ -799,6 +980,7 @@ def create_app(
         encoder_factory=encoder_factory,
         es_client=es_client,
         load_in_background=load_in_background,
+        model_loader=model_loader,
     )
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -818,6 +1000,7 @@ def create_app(
         routes=[
             Route("/_health", proxy.health, methods=["GET"]),
             Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
+            Route("/_reranker/reload", proxy.reload_endpoint, methods=["POST"]),
             Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: http_error},
@@ -830,15 +1013,22 @@ def create_app(
 def serve(
     settings: ProxySettings,
     *,
-    scorer_factory: ScorerFactory | None,
+    scorer_factory: ScorerFactory | None = None,
     encoder_factory: EncoderFactory | None = None,
+    model_loader: ModelLoader | None = None,
     log_level: str = "info",
     access_log: bool = False,
 ) -> None:
-    """Run the proxy with uvicorn on ``settings.host:settings.port`` until interrupted."""
+    """Run the proxy with uvicorn on ``settings.host:settings.port`` until interrupted;
+    SIGHUP (or ``POST /_reranker/reload``) reloads the model when ``model_loader`` is given."""
     import uvicorn
 
-    app = create_app(settings, scorer_factory=scorer_factory, encoder_factory=encoder_factory)
+    app = create_app(
+        settings,
+        scorer_factory=scorer_factory,
+        encoder_factory=encoder_factory,
+        model_loader=model_loader,
+    )
     uvicorn.run(
         app,
         host=settings.host,

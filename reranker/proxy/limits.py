@@ -67,6 +67,10 @@ class CircuitBreaker:
         """A claimed call ended without using the scorer (neither success nor failure)."""
         self._trial_running = False
 
+    def reset(self) -> None:
+        """Close the circuit: a new model gets a fresh start."""
+        self.success()
+
 
 class Saturated(Exception):
     """The proxy is at a bound; the message names which."""

@@ -65,6 +65,12 @@ class ProxyMetrics:
             "1 while the scorer's circuit breaker bypasses the cross-encoder.",
             registry=r,
         )
+        self.reloads = Counter(
+            "reranker_proxy_model_reloads",
+            "Model reloads, by outcome (loaded, refused).",
+            ["outcome"],
+            registry=r,
+        )
         self.model = Info("reranker_proxy_model", "The cross-encoder being served.", registry=r)
         self.log_written = Counter(
             "reranker_proxy_log_documents_written",

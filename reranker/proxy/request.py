@@ -15,7 +15,16 @@ from reranker.first_stage import HybridOptions
 from reranker.proxy.errors import ProxyError, bad_request
 from reranker.proxy.settings import ProxySettings
 
-RERANK_FIELDS = ("query_text", "window", "fields", "hybrid", "explain", "timeout_ms", "fail_open")
+RERANK_FIELDS = (
+    "query_text",
+    "window",
+    "fields",
+    "hybrid",
+    "blend",
+    "explain",
+    "timeout_ms",
+    "fail_open",
+)
 HYBRID_FIELDS = ("dense", "fusion", "rank_constant", "weights", "normalization")
 #: body keys that make no sense when the proxy orders the hits itself
 CONFLICTING_BODY_KEYS = ("sort", "search_after", "rescore", "collapse", "retriever", "pit")
@@ -48,6 +57,9 @@ class RerankSpec:
     explain: bool
     timeout_ms: int
     fail_open: bool
+    blend: Any = None
+    """As given: weights (an object) or a learned blend's name; resolved by the proxy's
+    :class:`~reranker.proxy.blends.BlendCatalog` against the index's signals."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,7 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         explain=_bool(raw, "explain", False, "rerank"),
         timeout_ms=timeout_ms,
         fail_open=_bool(raw, "fail_open", True, "rerank"),
+        blend=raw.get("blend"),
     )
 
 

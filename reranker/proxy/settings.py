@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from reranker.config import Settings
 from reranker.errors import ConfigError
+from reranker.proxy.blends import parse_pairs
 
 
 def _env_int(name: str, default: int) -> int:
@@ -81,6 +82,13 @@ class ProxySettings:
     log_batch_size: int = 200
     log_flush_s: float = 1.0
     log_top_hits: int = 10
+    signals: tuple[tuple[str, str], ...] = ()
+    """``(index pattern, signal preset or JSON file)``: the features a ``rerank.blend`` of
+    weights may name on matching indices (first match wins)."""
+    blends: tuple[tuple[str, str], ...] = ()
+    """``(name, blend file)``: learned blends a request may name in ``rerank.blend``."""
+    admin_api_keys: tuple[str, ...] = ()
+    """Keys for ``POST /_reranker/reload``; without any, only loopback clients may reload."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -112,7 +120,7 @@ class ProxySettings:
             raise ConfigError("allowed_indices is empty: no index could be searched")
         if not self.default_fields:
             raise ConfigError("default_fields is empty: the cross-encoder would read nothing")
-        if any(not key for key in self.api_keys):
+        if any(not key for key in (*self.api_keys, *self.admin_api_keys)):
             raise ConfigError("an empty API key is not a key")
 
     @property
@@ -136,6 +144,9 @@ class ProxySettings:
             "breaker_cooloff_s": _env_float("RERANKER_PROXY_BREAKER_COOLOFF_S", 30.0),
             "request_log": os.environ.get("RERANKER_PROXY_REQUEST_LOG", "").lower()
             in {"1", "true", "yes", "on"},
+            "signals": parse_pairs(_env_list("RERANKER_PROXY_SIGNALS", ()), "signals"),
+            "blends": parse_pairs(_env_list("RERANKER_PROXY_BLENDS", ()), "blend"),
+            "admin_api_keys": _env_list("RERANKER_PROXY_ADMIN_API_KEYS", ()),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

@@ -7,11 +7,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.embed import Embedder
+from reranker.scoring import Scorer
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared BEIR data sits beside the checkout; RERANKER_DATA points elsewhere.
@@ -56,3 +58,32 @@ def delete_indices_named_after(client: Elasticsearch, alias: str) -> None:
     names = list(client.indices.get(index=f"{alias}-*", allow_no_indices=True))
     if names:
         client.indices.delete(index=",".join(names), ignore_unavailable=True)
+
+
+@pytest.fixture(scope="session")
+def proxy_xenc_dir(xenc_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped MiniLM with a fresh one-label head, exported for the Scorer (its scores mean
+    nothing; the proxy's behaviour is what the proxy tests check)."""
+    from export.onnx_export import export_cross_encoder
+
+    out = tmp_path_factory.mktemp("proxy-xenc") / "reranker"
+    return export_cross_encoder(xenc_checkpoint_dir, out, name="proxy-test-xenc")
+
+
+@pytest.fixture(scope="session")
+def proxy_scorer(proxy_xenc_dir: Path) -> Scorer:
+    return Scorer(proxy_xenc_dir, threads=1)
+
+
+def index_docs(
+    client: Elasticsearch, embedder: Embedder, docs: list[dict[str, Any]], alias: str, folder: Path
+) -> str:
+    """Index ``docs`` behind ``alias`` with ``reranker index``'s code path; returns the alias."""
+    from reranker.corpus import CorpusSource
+    from reranker.indexing import LoadOptions, index_corpus
+
+    path = write_jsonl(folder / "docs.jsonl", docs)
+    index_corpus(
+        client, CorpusSource.open(path), alias, embedder, options=LoadOptions(progress=False)
+    )
+    return alias

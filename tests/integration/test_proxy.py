@@ -7,15 +7,12 @@ indexed once per module behind a fresh alias.
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,14 +22,12 @@ from elastic_transport import ObjectApiResponse
 from elasticsearch import BadRequestError, Elasticsearch
 
 from reranker.config import Settings
-from reranker.corpus import CorpusSource
 from reranker.embed import Embedder
 from reranker.errors import ModelError
 from reranker.es.node import NodeStatus
-from reranker.indexing import LoadOptions, index_corpus
 from reranker.proxy import ProxySettings, create_app
 from reranker.scoring import Scorer
-from tests.integration.conftest import delete_indices_named_after, write_jsonl
+from tests.integration.conftest import delete_indices_named_after, index_docs
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -48,35 +43,6 @@ def anyio_backend() -> str:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session")
-def proxy_xenc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped MiniLM with a fresh one-label head, exported for the Scorer."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from export.onnx_export import export_cross_encoder
-    from reranker.models import shipped_weights_dir
-
-    weights = shipped_weights_dir()
-    torch.manual_seed(1234)
-    model = transformers.BertForSequenceClassification.from_pretrained(
-        str(weights), num_labels=1, local_files_only=True
-    )
-    checkpoint = tmp_path_factory.mktemp("proxy-xenc-checkpoint")
-    model.save_pretrained(str(checkpoint))
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy2(weights / name, checkpoint / name)
-    (checkpoint / "train_info.json").write_text(
-        json.dumps({"base_model": "all-MiniLM-L6-v2", "data": "none (tests)", "epochs": 0})
-    )
-    out = tmp_path_factory.mktemp("proxy-xenc") / "reranker"
-    return export_cross_encoder(checkpoint, out, name="proxy-test-xenc")
-
-
-@pytest.fixture(scope="session")
-def proxy_scorer(proxy_xenc_dir: Path) -> Scorer:
-    return Scorer(proxy_xenc_dir, threads=1)
-
-
 @pytest.fixture(scope="module")
 def proxy_alias(
     es_client: Elasticsearch,
@@ -85,10 +51,7 @@ def proxy_alias(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     alias = f"proxytest-{uuid.uuid4().hex[:8]}"
-    path = write_jsonl(tmp_path_factory.mktemp("proxy-docs") / "docs.jsonl", scifact_docs)
-    index_corpus(
-        es_client, CorpusSource.open(path), alias, embedder, options=LoadOptions(progress=False)
-    )
+    index_docs(es_client, embedder, scifact_docs, alias, tmp_path_factory.mktemp("proxy-docs"))
     yield alias
     delete_indices_named_after(es_client, alias)
     es_client.options(ignore_status=404).indices.delete_index_template(name=f"{alias}-logs")

@@ -19,17 +19,6 @@ SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scif
 
 
 @pytest.fixture(scope="session")
-def minilm_weights_dir() -> Path:
-    from reranker.errors import ModelError
-    from reranker.models import shipped_weights_dir
-
-    try:
-        return shipped_weights_dir()
-    except ModelError as exc:
-        pytest.skip(f"shipped weights not installed: {exc}")
-
-
-@pytest.fixture(scope="session")
 def minilm_encoder_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -98,34 +87,6 @@ def load_scifact_pairs() -> list[tuple[str, str]]:
     pairs = [(queries[q], docs[d]) for q, d in qrels if q in queries and d in docs]
     pairs += [(queries[q], extra[i]) for i, (q, _) in enumerate(qrels) if q in queries]
     return pairs[:100]
-
-
-@pytest.fixture(scope="session")
-def xenc_checkpoint_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local sequence-classification checkpoint: MiniLM body, a fresh one-label head."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    import shutil
-
-    torch.manual_seed(1234)
-    model = transformers.BertForSequenceClassification.from_pretrained(
-        str(minilm_weights_dir), num_labels=1, local_files_only=True
-    )
-    out = tmp_path_factory.mktemp("xenc-checkpoint")
-    model.save_pretrained(str(out))
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy2(minilm_weights_dir / name, out / name)
-    (out / "train_info.json").write_text(
-        json.dumps(
-            {
-                "base_model": "sentence-transformers/all-MiniLM-L6-v2",
-                "data": "none (fresh head, for tests)",
-                "epochs": 0,
-            }
-        ),
-        encoding="utf-8",
-    )
-    return out
 
 
 @pytest.fixture(scope="session")
