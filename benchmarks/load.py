@@ -2,9 +2,18 @@
 
     python benchmarks/load.py --url http://127.0.0.1:9280 --clients 32 --duration 60
     python benchmarks/load.py --serve MODEL_DIR --clients 4 --duration 10 --window 20
+    python benchmarks/load.py --serve models/reranker-minilm-l6 --variant int8 \
+        --clients 32 --duration 60 --windows 20,50,100 --request-log
 
 ``--serve MODEL_DIR`` starts a proxy in a child process first (on a free port, against
 ``RERANKER_ES_URL``) and stops it afterwards; otherwise ``--url`` names a running one.
+``--windows`` runs one load per window against the same proxy. A 429 answer makes that client
+wait ``Retry-After`` seconds, as a well-behaved client would.
+
+``--request-log`` (with ``--serve``) turns the proxy's request log on under a fresh index
+prefix and, after the runs, checks that the documents in Elasticsearch number the reranked
+answers (every 200 with a ``rerank`` block, warm-ups included) minus the drops that
+``/metrics`` reports.
 
 Reports throughput, latency percentiles (as the client saw them), answers by status, degraded
 answers by reason, and where the time went, from each answer's ``rerank.took_ms``: the
@@ -101,6 +110,10 @@ async def client_loop(
             continue
         latency = (time.perf_counter() - started) * 1000
         sample = Sample(status=response.status_code, latency_ms=latency)
+        if response.status_code == 429:
+            samples.append(sample)
+            await asyncio.sleep(float(response.headers.get("retry-after") or 1))
+            continue
         if response.status_code == 200:
             rerank = response.json().get("rerank") or {}
             sample.took_ms = {k: float(v) for k, v in (rerank.get("took_ms") or {}).items()}
@@ -135,6 +148,7 @@ def summarise(samples: list[Sample], seconds: float, args: argparse.Namespace) -
         "clients": args.clients,
         "duration_s": round(seconds, 2),
         "window": None if args.no_rerank else args.window,
+        "reranked_answers": sum(1 for s in ok if s.took_ms),
         "hybrid": bool(args.hybrid),
         "requests": len(samples),
         "throughput_rps": round(len(samples) / seconds, 2) if seconds else 0.0,
@@ -169,7 +183,9 @@ async def run_load(args: argparse.Namespace, url: str) -> dict[str, Any]:
             )
         )
         elapsed = time.perf_counter() - started
-    return summarise(samples, elapsed, args)
+    report = summarise(samples, elapsed, args)
+    report["reranked_answers"] += 0 if args.no_rerank else 1  # the warm-up is logged too
+    return report
 
 
 def free_port() -> int:
@@ -187,12 +203,18 @@ def served_proxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
         from pathlib import Path
         from reranker.proxy import ProxySettings, serve
         from reranker.scoring import Scorer
+        log = {args.log_prefix!r}
         encoder = None
         if {bool(args.hybrid)!r}:
             from reranker.embed import Embedder
             encoder = lambda: Embedder.default(threads={args.threads})
         serve(
-            ProxySettings.from_env(port={port}, max_in_flight={args.max_in_flight}),
+            ProxySettings.from_env(
+                port={port},
+                max_in_flight={args.max_in_flight},
+                max_window=max(1000, {max(args.windows)}),
+                **({{"request_log": True, "log_index_prefix": log}} if log else {{}}),
+            ),
             scorer_factory=lambda: Scorer(
                 Path({str(model_dir)!r}), variant={args.variant!r}, threads={args.threads}
             ),
@@ -234,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     parser.add_argument("--window", type=int, default=20)
+    parser.add_argument("--windows", default=None, help="comma-separated: one run per window")
+    parser.add_argument("--request-log", action="store_true", help="with --serve: log check")
     parser.add_argument("--size", type=int, default=10)
     parser.add_argument("--hybrid", action="store_true", help="BM25 + kNN first stage")
     parser.add_argument("--fusion", default="rrf", choices=["rrf", "linear"])
@@ -246,20 +270,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-in-flight", type=int, default=32, help="with --serve")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    try:
+        args.windows = [int(w) for w in (args.windows or str(args.window)).split(",")]
+    except ValueError:
+        parser.error("--windows must be comma-separated integers")
+    args.window = args.windows[0]
+    args.log_prefix = f"reranker-logs-load{int(time.time())}" if args.request_log else None
+    if args.request_log and args.serve is None:
+        parser.error("--request-log needs --serve (the proxy is started with the log on)")
     if args.clients < 1 or args.duration <= 0:
         parser.error("--clients must be ≥ 1 and --duration > 0")
-    if args.size > args.window and not args.no_rerank:
+    if args.size > min(args.windows) and not args.no_rerank:
         parser.error("--size must not exceed --window")
     return args
 
 
+def run_windows(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    reports = []
+    for window in args.windows:
+        args.window = window
+        reports.append(asyncio.run(run_load(args, url)))
+        print(json.dumps(reports[-1]), file=sys.stderr, flush=True)
+    return reports
+
+
+def metric(url: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples (over its labels) from ``/metrics``."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name) and not line.startswith(f"{name}_created"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def log_check(url: str, prefix: str, reranked: int) -> dict[str, Any]:
+    """Wait for the proxy's log queue to drain, then compare Elasticsearch's count."""
+    from elasticsearch import Elasticsearch
+
+    from reranker.config import Settings
+
+    es_url = Settings.from_env().es_url
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        written = metric(url, "reranker_proxy_log_documents_written_total")
+        dropped = metric(url, "reranker_proxy_log_documents_dropped_total")
+        if written + dropped >= reranked:
+            break
+        time.sleep(1)
+    with Elasticsearch(es_url, request_timeout=60) as es:
+        es.indices.refresh(index=f"{prefix}-*")
+        count = int(es.count(index=f"{prefix}-*")["count"])
+    return {
+        "index_pattern": f"{prefix}-*",
+        "reranked_answers": reranked,
+        "log_documents": count,
+        "dropped": dropped,
+        "written": written,
+        "holds": count == reranked - dropped,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    report: dict[str, Any]
     if args.serve is not None:
         with served_proxy(args.serve, args) as url:
-            report = asyncio.run(run_load(args, url))
+            runs = run_windows(args, url)
+            report = {"runs": runs}
+            if args.log_prefix:
+                reranked = sum(r["reranked_answers"] for r in runs)
+                report["request_log"] = log_check(url, args.log_prefix, reranked)
     else:
-        report = asyncio.run(run_load(args, args.url))
+        report = {"runs": run_windows(args, args.url)}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output is not None:
