@@ -897,7 +897,19 @@ def ltr_log_features(
 
 @ltr.command("fit")
 @click.argument("train_features", type=click.Path(path_type=Path))
-@click.option("--dev", "dev_features", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--dev",
+    "dev_features",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dev feature file (model selection, LambdaMART early stopping).",
+)
+@click.option(
+    "--dev-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Without a dev split: hold out this fraction of the train queries instead.",
+)
 @click.option(
     "--kind",
     type=click.Choice(["linear", "lambdamart"]),
@@ -905,16 +917,37 @@ def ltr_log_features(
     show_default=True,
 )
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Blend file.")
-def ltr_fit(train_features: Path, dev_features: Path | None, kind: str, output: Path) -> None:
+def ltr_fit(
+    train_features: Path,
+    dev_features: Path | None,
+    dev_fraction: float | None,
+    kind: str,
+    output: Path,
+) -> None:
     """Fit a blend on TRAIN_FEATURES (from `ltr log-features`), select on --dev, save it
-    with a card (signal config, window, data, dev NDCG@10 against relevance alone)."""
+    with a card (signal config, window, data, dev NDCG@10 against relevance alone).
+
+    A dataset without a dev split (SciFact) holds out --dev-fraction of the train queries
+    instead (a seeded hash of the query id), so the test split is still never looked at.
+    """
     from reranker.blend import RELEVANCE, save_blend
+    from reranker.errors import ConfigError
     from reranker.ltr import fit_blend, read_features
 
+    if dev_features is not None and dev_fraction is not None:
+        raise ConfigError("give --dev or --dev-fraction, not both")
     train = read_features(train_features)
     dev = read_features(dev_features, train.names) if dev_features else None
+    if dev_fraction is not None:
+        train, dev = train.split(dev_fraction)
     model = fit_blend(kind, train, dev)
-    card: dict[str, Any] = {"train": str(train_features), "dev": str(dev_features)}
+    card: dict[str, Any] = {
+        "train": str(train_features),
+        "dev": str(dev_features) if dev_features else None,
+        "dev_fraction": dev_fraction,
+        "train_queries": len(train.query_ids),
+        "dev_queries": len(dev.query_ids) if dev is not None else 0,
+    }
     meta_path = train_features.with_name(train_features.name + ".meta.json")
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ that fell back to their configured default for this document.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,37 @@ class FeatureSet:
 
     def ndcg(self, scores: np.ndarray, k: int = 10) -> float:
         return ndcg_at_k(scores, self.labels, self.groups, k)
+
+    def subset(self, query_ids: set[str]) -> FeatureSet:
+        """The rows of the queries in ``query_ids``, in file order."""
+        starts = np.concatenate([[0], np.cumsum(self.groups)[:-1]])
+        keep = [i for i, qid in enumerate(self.query_ids) if qid in query_ids]
+        rows = np.concatenate(
+            [np.arange(starts[i], starts[i] + self.groups[i]) for i in keep]
+        ).astype(int)
+        return FeatureSet(
+            names=self.names,
+            values=self.values[rows],
+            labels=self.labels[rows],
+            groups=self.groups[keep],
+            query_ids=[self.query_ids[i] for i in keep],
+        )
+
+    def split(self, fraction: float, seed: int = 13) -> tuple[FeatureSet, FeatureSet]:
+        """``(rest, held_out)``: about ``fraction`` of the queries held out, chosen by a seeded
+        hash of the query id (stable across runs and files), for a dataset without a dev split."""
+        if not 0.0 < fraction < 1.0:
+            raise SourceError(f"the held-out fraction must be between 0 and 1, got {fraction}")
+        held = {
+            qid
+            for qid in self.query_ids
+            if int(hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
+        }
+        if not held or len(held) == len(self.query_ids):
+            raise SourceError(
+                f"holding out {fraction} of {len(self.query_ids)} queries leaves none"
+            )
+        return self.subset(set(self.query_ids) - held), self.subset(held)
 
 
 def read_features(path: Path, names: Sequence[str] | None = None) -> FeatureSet:

@@ -1,0 +1,55 @@
+"""Feature files of `reranker ltr`: reading them and holding out queries for selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reranker.errors import SourceError
+from reranker.ltr import read_features
+
+
+def write_features(path: Path, queries: int, per_query: int = 3) -> Path:
+    rows = [
+        {
+            "qid": f"q{q}",
+            "doc_id": f"d{q}-{d}",
+            "label": int(d == 0),
+            "rank": d + 1,
+            "features": {"relevance": float(q * 10 + d), "first_stage": 1.0 / (d + 1)},
+        }
+        for q in range(queries)
+        for d in range(per_query)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_feature_file_reads_as_matrices_grouped_by_query(tmp_path: Path) -> None:
+    data = read_features(write_features(tmp_path / "f.jsonl", queries=2))
+    assert data.names == ("relevance", "first_stage")
+    assert data.values[:, 0].tolist() == [0, 1, 2, 10, 11, 12]
+    assert data.groups.tolist() == [3, 3] and data.query_ids == ["q0", "q1"]
+
+
+def test_held_out_queries_are_disjoint_whole_and_stable(tmp_path: Path) -> None:
+    data = read_features(write_features(tmp_path / "f.jsonl", queries=50))
+    rest, held = data.split(0.2)
+    assert set(rest.query_ids).isdisjoint(held.query_ids)
+    assert sorted(rest.query_ids + held.query_ids) == sorted(data.query_ids)
+    assert 3 <= len(held.query_ids) <= 20
+    assert held.groups.sum() == len(held.values) == 3 * len(held.query_ids)
+    first = held.query_ids[0]
+    q = int(first[1:])
+    assert held.values[0, 0] == q * 10  # rows travel with their query
+    assert data.split(0.2)[1].query_ids == held.query_ids
+
+
+def test_a_split_that_leaves_one_side_empty_is_refused(tmp_path: Path) -> None:
+    data = read_features(write_features(tmp_path / "f.jsonl", queries=1))
+    with pytest.raises(SourceError, match="leaves none"):
+        data.split(0.5)
+    with pytest.raises(SourceError, match="between 0 and 1"):
+        data.split(1.5)
