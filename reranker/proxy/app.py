@@ -80,6 +80,9 @@ EncoderFactory = Callable[[], TextEncoder]
 
 #: A reloaded model must score these finite, in this count and order of relevance, before it
 #: replaces the one serving (a smoke test against a broken or wrong model).
+#: Admission assumes the first stage uses up to this fraction of a request's deadline.
+SCORER_MARGIN = 0.2
+
 SMOKE_QUERY = "what is a qubit in quantum computing"
 SMOKE_PASSAGES = (
     "A qubit is the basic unit of quantum information: a two-level quantum system that can be "
@@ -529,7 +532,12 @@ class Proxy:
         blend = self.catalog.resolve(index, spec.blend)
         scoring = self.scorer is not None
         try:
-            ticket = self.admission.admit(scoring=scoring)
+            ticket = self.admission.admit(
+                scoring=scoring,
+                pairs=spec.window,
+                # what the scorer can expect: the deadline less Elasticsearch's usual share
+                budget_s=spec.timeout_ms / 1000 * (1 - SCORER_MARGIN),
+            )
         except Saturated as exc:
             self.metrics.rejected.inc()
             raise errors.saturated(str(exc), self.settings.retry_after_s) from None
@@ -740,7 +748,7 @@ class Proxy:
 
         def call() -> PipelineResult:
             if time.monotonic() >= deadline:  # abandoned while queued: do not score at all
-                raise ScoreTimeout("the deadline passed while waiting for the scorer")
+                raise QueueExpired("the deadline passed while waiting for the scorer")
             return scoring.search(text, k=spec.window, deadline=deadline)
 
         submitted_at = time.perf_counter()
@@ -755,12 +763,14 @@ class Proxy:
         future.add_done_callback(finished)
         wait_s = max(0.0, deadline - time.monotonic()) + self.settings.scorer_grace_ms / 1000
         timed_out = True
+        scorer_at_fault = True
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
         except TimeoutError:
             reason = f"reranker timeout: no scores within {spec.timeout_ms} ms"
         except ModelError as exc:  # fail_open is false, or the call expired in the queue
             timed_out = isinstance(exc, ScoreTimeout)
+            scorer_at_fault = not isinstance(exc, QueueExpired)  # overload, not a broken model
             reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
         except Exception as exc:  # a scorer bug (e.g. a wrong number of scores): fail open too
             log.error("the scoring call failed unexpectedly", exc_info=exc)
@@ -772,6 +782,8 @@ class Proxy:
         else:
             waited = (time.perf_counter() - submitted_at) * 1000
             scored = result.timings_ms.get("rerank", 0.0)
+            if "rerank" in result.timings_ms:
+                self.admission.record(len(result.hits), scored / 1000)
             timed_out = False
             reason = "reranker error: invalid output (non-finite scores)"
             if all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
@@ -780,7 +792,10 @@ class Proxy:
                 else:
                     self.breaker.success()
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
-        self.breaker.failure()
+        if scorer_at_fault:
+            self.breaker.failure()
+        else:
+            self.breaker.release()
         if not spec.fail_open:
             fail = errors.reranker_timeout if timed_out else errors.reranker_unavailable
             raise fail(reason)
@@ -872,6 +887,10 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise errors.parse_error("request body must be a JSON object")
     return body
+
+
+class QueueExpired(ScoreTimeout):
+    """A scoring call whose request's deadline passed before the scorer got to it."""
 
 
 def describe_scorer(scorer: Scorer | None) -> dict[str, Any] | None:

@@ -84,13 +84,39 @@ class Admission:
     so plain counters are the semaphore. The backlog counts requests whose scoring is queued
     or still running, including calls a request stopped waiting for; ``ticket.scoring_done()``
     frees that slot.
+
+    Deadline-aware: once scoring calls have been timed (:meth:`record`), a request is also
+    refused when the pairs already waiting for the cross-encoder, plus its own, would take
+    longer than its budget at the measured rate. It could only time out and fail open after
+    holding a slot; a fast 429 tells the client to come back instead.
     """
+
+    #: weight of the newest measurement in the moving average of the scorer's pairs/s
+    RATE_SMOOTHING = 0.2
 
     def __init__(self, max_in_flight: int, max_scorer_queue: int) -> None:
         self.max_in_flight = max_in_flight
         self.max_scorer_queue = max_scorer_queue
         self._in_flight = 0
         self._backlog = 0
+        self._backlog_pairs = 0
+        self.pairs_per_s: float | None = None
+
+    def record(self, pairs: int, seconds: float) -> None:
+        """A scoring call of ``pairs`` pairs took ``seconds`` (its own run time)."""
+        if pairs <= 0 or seconds <= 0:
+            return
+        rate = pairs / seconds
+        if self.pairs_per_s is None:
+            self.pairs_per_s = rate
+        else:
+            self.pairs_per_s += self.RATE_SMOOTHING * (rate - self.pairs_per_s)
+
+    def expected_wait_s(self, pairs: int) -> float | None:
+        """Seconds until ``pairs`` more pairs would be scored, at the measured rate."""
+        if self.pairs_per_s is None:
+            return None
+        return (self._backlog_pairs + pairs) / self.pairs_per_s
 
     @property
     def in_flight(self) -> int:
@@ -100,31 +126,41 @@ class Admission:
     def scorer_backlog(self) -> int:
         return self._backlog
 
-    def admit(self, *, scoring: bool) -> Ticket:
+    def admit(self, *, scoring: bool, pairs: int = 0, budget_s: float | None = None) -> Ticket:
         if self._in_flight >= self.max_in_flight:
             raise Saturated(f"{self._in_flight} reranked requests in flight")
         if scoring and self._backlog >= self.max_scorer_queue:
             raise Saturated(f"{self._backlog} requests waiting for the cross-encoder")
+        wait = self.expected_wait_s(pairs) if scoring else None
+        if wait is not None and budget_s is not None and wait > budget_s and self._backlog:
+            raise Saturated(
+                f"the cross-encoder's backlog ({self._backlog_pairs} pairs at "
+                f"{self.pairs_per_s:.0f} pairs/s) would take {wait * 1000:.0f} ms, beyond this "
+                f"request's {budget_s * 1000:.0f} ms"
+            )
         self._in_flight += 1
         if scoring:
             self._backlog += 1
-        return Ticket(self, scoring)
+            self._backlog_pairs += pairs
+        return Ticket(self, scoring, pairs)
 
     def _release(self) -> None:
         self._in_flight -= 1
 
-    def _scoring_done(self) -> None:
+    def _scoring_done(self, pairs: int) -> None:
         self._backlog -= 1
+        self._backlog_pairs -= pairs
 
 
 class Ticket:
     """One admitted request: ``release()`` when it answers, ``scoring_done()`` when its scoring
     (if any) is over. Both are idempotent."""
 
-    def __init__(self, admission: Admission, scoring: bool) -> None:
+    def __init__(self, admission: Admission, scoring: bool, pairs: int = 0) -> None:
         self._admission = admission
         self._released = False
         self._scoring = scoring
+        self._pairs = pairs
         #: set once the scoring call is handed to the pool; it then calls scoring_done itself
         self.submitted = False
 
@@ -136,4 +172,4 @@ class Ticket:
     def scoring_done(self) -> None:
         if self._scoring:
             self._scoring = False
-            self._admission._scoring_done()
+            self._admission._scoring_done(self._pairs)

@@ -91,3 +91,38 @@ def test_scorer_backlog_outlives_the_request_until_scoring_is_done() -> None:
     admission.admit(scoring=False).release()  # requests that need no scoring still pass
     ticket.scoring_done()
     admission.admit(scoring=True)
+
+
+def test_admission_refuses_scoring_that_could_not_finish_within_the_budget() -> None:
+    admission = Admission(max_in_flight=32, max_scorer_queue=16)
+    admission.record(pairs=100, seconds=1.0)  # 100 pairs/s
+    first = admission.admit(scoring=True, pairs=100, budget_s=2.0)  # 1 s
+    admission.admit(scoring=True, pairs=100, budget_s=2.0)  # 2 s: just fits
+    with pytest.raises(Saturated, match=r"200 pairs at 100 pairs/s\) would take 3000 ms"):
+        admission.admit(scoring=True, pairs=100, budget_s=2.0)  # 3 s
+    admission.admit(scoring=False, pairs=100, budget_s=2.0)  # no scoring: not bounded by it
+    first.scoring_done()
+    admission.admit(scoring=True, pairs=100, budget_s=2.0)
+
+
+def test_an_idle_scorer_takes_a_request_even_beyond_its_budget() -> None:
+    admission = Admission(max_in_flight=4, max_scorer_queue=4)
+    admission.record(pairs=10, seconds=1.0)
+    admission.admit(scoring=True, pairs=1000, budget_s=0.5)  # nothing queued: try it
+
+
+def test_before_any_measurement_only_the_counts_bound_admission() -> None:
+    admission = Admission(max_in_flight=4, max_scorer_queue=2)
+    admission.admit(scoring=True, pairs=10_000, budget_s=0.001)
+    admission.admit(scoring=True, pairs=10_000, budget_s=0.001)
+    with pytest.raises(Saturated, match="waiting for the cross-encoder"):
+        admission.admit(scoring=True, pairs=1, budget_s=10)
+
+
+def test_the_measured_rate_is_a_moving_average() -> None:
+    admission = Admission(max_in_flight=1, max_scorer_queue=1)
+    admission.record(pairs=100, seconds=1.0)
+    admission.record(pairs=200, seconds=1.0)
+    assert admission.pairs_per_s == pytest.approx(100 + Admission.RATE_SMOOTHING * 100)
+    admission.record(pairs=0, seconds=1.0)  # ignored
+    assert admission.pairs_per_s == pytest.approx(120)
