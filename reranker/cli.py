@@ -905,6 +905,11 @@ def ltr_log_features(
     help="Dev feature file (model selection, LambdaMART early stopping).",
 )
 @click.option(
+    "--only",
+    default=None,
+    help="Comma-separated features the blend may use (e.g. relevance,authority,freshness).",
+)
+@click.option(
     "--dev-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=None,
@@ -921,6 +926,7 @@ def ltr_fit(
     train_features: Path,
     dev_features: Path | None,
     dev_fraction: float | None,
+    only: str | None,
     kind: str,
     output: Path,
 ) -> None:
@@ -940,8 +946,10 @@ def ltr_fit(
     dev = read_features(dev_features, train.names) if dev_features else None
     if dev_fraction is not None:
         train, dev = train.split(dev_fraction)
-    model = fit_blend(kind, train, dev)
+    features = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    model = fit_blend(kind, train, dev, features)
     card: dict[str, Any] = {
+        "only": features,
         "train": str(train_features),
         "dev": str(dev_features) if dev_features else None,
         "dev_fraction": dev_fraction,

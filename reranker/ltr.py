@@ -25,6 +25,7 @@ import numpy as np
 
 from reranker.blend import (
     Blend,
+    LinearBlend,
     build_feature_batch,
     fit_lambdamart,
     fit_linear,
@@ -160,18 +161,38 @@ def read_features(path: Path, names: Sequence[str] | None = None) -> FeatureSet:
     )
 
 
-def fit_blend(kind: str, train: FeatureSet, dev: FeatureSet | None) -> Blend:
-    """Fit a linear blend (coordinate ascent on NDCG@10) or LambdaMART (early-stopped on dev)."""
+def fit_blend(
+    kind: str, train: FeatureSet, dev: FeatureSet | None, only: Sequence[str] | None = None
+) -> Blend:
+    """Fit a linear blend (coordinate ascent on NDCG@10) or LambdaMART (early-stopped on dev).
+
+    ``only`` restricts the blend to those features (the others get weight 0, or are constant
+    for LambdaMART, which then never splits on them); the blend still reads the whole feature
+    set, so it loads wherever the full one does.
+    """
     if dev is not None and dev.names != train.names:
         raise SourceError(f"dev features {dev.names} differ from train features {train.names}")
+    keep = list(train.names) if not only else list(only)
+    unknown = [name for name in keep if name not in train.names]
+    if unknown:
+        raise SourceError(f"unknown feature(s) {', '.join(unknown)}; known: {train.names}")
+    columns = [train.names.index(name) for name in keep]
     if kind == "linear":
-        return fit_linear(train.values, train.labels, train.groups, train.names)
+        fitted = fit_linear(train.values[:, columns], train.labels, train.groups, keep)
+        return LinearBlend(weights=fitted.weights, bias=fitted.bias, feature_names=train.names)
     if kind == "lambdamart":
+        dropped = [i for i in range(len(train.names)) if i not in columns]
+
+        def masked(values: np.ndarray) -> np.ndarray:
+            out = values.copy()
+            out[:, dropped] = 0.0
+            return out
+
         return fit_lambdamart(
-            train.values,
+            masked(train.values),
             train.labels.astype(int),
             train.groups,
-            dev.values if dev else None,
+            masked(dev.values) if dev else None,
             dev.labels.astype(int) if dev else None,
             dev.groups if dev else None,
             train.names,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reranker.errors import SourceError
-from reranker.ltr import read_features
+from reranker.ltr import fit_blend, read_features
 
 
 def write_features(path: Path, queries: int, per_query: int = 3) -> Path:
@@ -53,3 +54,21 @@ def test_a_split_that_leaves_one_side_empty_is_refused(tmp_path: Path) -> None:
         data.split(0.5)
     with pytest.raises(SourceError, match="between 0 and 1"):
         data.split(1.5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "lambdamart"])
+def test_a_blend_restricted_to_some_features_ignores_the_others(tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("lightgbm")
+    data = read_features(write_features(tmp_path / "f.jsonl", queries=40, per_query=6))
+    rest, held = data.split(0.25)
+    blend = fit_blend(kind, rest, held, only=["first_stage"])
+    assert blend.feature_names == data.names
+    shuffled = data.values.copy()
+    shuffled[:, 0] = np.random.default_rng(0).normal(size=len(shuffled)) * 100
+    assert np.allclose(blend.score(data.values), blend.score(shuffled))
+
+
+def test_restricting_to_an_unknown_feature_is_refused(tmp_path: Path) -> None:
+    data = read_features(write_features(tmp_path / "f.jsonl", queries=4))
+    with pytest.raises(SourceError, match="unknown feature"):
+        fit_blend("linear", data, None, only=["authority"])
