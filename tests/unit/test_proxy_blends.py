@@ -14,7 +14,7 @@ from reranker.blend import LinearBlend, save_blend
 from reranker.errors import ConfigError, ModelError
 from reranker.proxy import ProxySettings, create_app
 from reranker.proxy.app import smoke_test
-from reranker.proxy.blends import BlendCatalog, parse_pairs
+from reranker.proxy.blends import BlendCatalog, load_named_blend, parse_pairs
 from reranker.proxy.errors import ProxyError
 from reranker.signals import NO_SIGNALS, SCIFACT, STACKEXCHANGE
 from tests.unit.test_proxy_app import assert_es_error, settings
@@ -178,3 +178,21 @@ async def test_reload_rejects_unknown_fields() -> None:
     )
     assert_es_error(answer, 400)
     assert "modle" in answer.json()["error"]["reason"]
+
+
+SHIPPED_BLENDS = Path(__file__).resolve().parents[2] / "models" / "blends"
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED_BLENDS.glob("*.json")), ids=lambda p: p.stem)
+def test_shipped_blends_load_and_were_fitted_on_the_shipped_models_scores(path: Path) -> None:
+    pytest.importorskip("lightgbm")
+    import json
+
+    named = load_named_blend(path.stem, path)
+    assert named.signals.signals  # each was fitted with its dataset's signals
+    card = json.loads(path.read_text(encoding="utf-8"))["card"]
+    shipped = json.loads(
+        (SHIPPED_BLENDS.parent / "reranker-minilm-l6" / "reranker.json").read_text("utf-8")
+    )
+    version = shipped["files"]["model.int8.onnx"][:12]  # what Scorer.version reports
+    assert card["model"] == f"{shipped['name']}@{version}/int8"
