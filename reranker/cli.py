@@ -728,6 +728,13 @@ def export_cmd(
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Allow hybrid kNN.")
 @click.option("--request-log/--no-request-log", default=None, help="Log reranked requests.")
 @click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    show_default=True,
+    help="Process logs on stderr: JSON lines (one object per event) or plain text.",
+)
+@click.option(
     "--signals",
     "signal_sources",
     multiple=True,
@@ -750,6 +757,7 @@ def serve_cmd(
     variant: str | None,
     dense: bool,
     request_log: bool | None,
+    log_format: str,
     signal_sources: tuple[str, ...],
     blend_files: tuple[str, ...],
 ) -> None:
@@ -778,6 +786,7 @@ def serve_cmd(
         settings,
         model_loader=lambda folder, chosen: _scorer(folder or model, chosen or variant),
         encoder_factory=(lambda: _embedder(ctx)) if dense else None,
+        json_logs=log_format == "json",
     )
 
 

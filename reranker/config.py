@@ -50,6 +50,9 @@ class Settings:
     es_username: str | None = None
     es_password: str | None = None
     es_ca_certs: str | None = None
+    es_ca_fingerprint: str | None = None
+    """SHA-256 fingerprint of the cluster's CA (or leaf) certificate: pins TLS without a CA
+    file (``ssl_assert_fingerprint`` of the official client)."""
     es_verify_certs: bool = True
     request_timeout_s: float = 30.0
     home: Path = field(default_factory=reranker_home)
@@ -64,6 +67,13 @@ class Settings:
             raise ConfigError("set an API key or a username/password, not both")
         if self.request_timeout_s <= 0:
             raise ConfigError("request timeout must be positive")
+        if self.es_ca_fingerprint is not None:
+            digits = self.es_ca_fingerprint.replace(":", "").lower()
+            if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+                raise ConfigError(
+                    "RERANKER_ES_CA_FINGERPRINT must be a SHA-256 fingerprint (64 hex digits, "
+                    "colons allowed)"
+                )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -74,6 +84,7 @@ class Settings:
             "es_username": os.environ.get("RERANKER_ES_USERNAME") or None,
             "es_password": os.environ.get("RERANKER_ES_PASSWORD") or None,
             "es_ca_certs": os.environ.get("RERANKER_ES_CA_CERTS") or None,
+            "es_ca_fingerprint": os.environ.get("RERANKER_ES_CA_FINGERPRINT") or None,
             "es_verify_certs": _env_bool("RERANKER_ES_VERIFY_CERTS", True),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

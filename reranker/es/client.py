@@ -24,6 +24,8 @@ def client_options(settings: Settings) -> dict[str, Any]:
         options["verify_certs"] = settings.es_verify_certs
         if settings.es_ca_certs:
             options["ca_certs"] = settings.es_ca_certs
+        if settings.es_ca_fingerprint:
+            options["ssl_assert_fingerprint"] = settings.es_ca_fingerprint
     return options
 
 

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reranker.embed_cache import TextEncoder
-from reranker.errors import ModelError
+from reranker.errors import ConfigError, ModelError
 from reranker.es.client import client_options
 from reranker.es.queries import knn_clause
 from reranker.pipeline import Pipeline, PipelineResult, check_scores
@@ -96,6 +96,17 @@ def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
     no retry on timeout (the request's deadline is already spent)."""
     options = client_options(settings.es)
     options.update(retry_on_timeout=False, max_retries=1)
+    if "ssl_assert_fingerprint" in options:
+        # httpx cannot pin a certificate; elastic-transport's aiohttp node can
+        try:
+            from elastic_transport import AiohttpHttpNode
+
+            return AsyncElasticsearch(settings.es.es_url, node_class=AiohttpHttpNode, **options)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(
+                "the proxy pins the cluster's certificate fingerprint only with aiohttp "
+                f"installed (pip install aiohttp), or give RERANKER_ES_CA_CERTS instead ({exc})"
+            ) from None
     return AsyncElasticsearch(settings.es.es_url, node_class=HttpxAsyncHttpNode, **options)
 
 
@@ -600,6 +611,17 @@ class Proxy:
             for item in degraded:
                 self.metrics.degraded.labels(degraded_kind(item)).inc()
         answer = self._answer(first, result, spec, pages, sources, text, timings, reason)
+        log.info(
+            "reranked",
+            extra={
+                "index": index,
+                "window": spec.window,
+                "candidates": len(result.hits),
+                "took_ms": {k: round(v, 2) for k, v in timings.items()},
+                "degraded": reason,
+                "blend": result.blend,
+            },
+        )
         if self.request_log is not None:
             self.request_log.submit(
                 log_document(
@@ -1037,10 +1059,13 @@ def serve(
     model_loader: ModelLoader | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    json_logs: bool = True,
 ) -> None:
     """Run the proxy with uvicorn on ``settings.host:settings.port`` until interrupted;
     SIGHUP (or ``POST /_reranker/reload``) reloads the model when ``model_loader`` is given."""
     import uvicorn
+
+    from reranker.proxy.logs import log_config
 
     app = create_app(
         settings,
@@ -1053,6 +1078,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=log_config(log_level, json_logs),
         access_log=access_log,
         server_header=False,
     )

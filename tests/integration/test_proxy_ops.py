@@ -7,6 +7,7 @@ that passes the smoke test) and copies of it that are broken on purpose.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -224,8 +225,12 @@ def test_sighup_reloads_a_running_server_and_keeps_the_old_model_on_failure(
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "reranker.cli", "--es-url", es_node.url, "serve"]
     command += ["--port", str(port), "--model", str(folder), "--variant", "int8", "--no-dense"]
+    log_file = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        command, cwd=REPO, env={**os.environ, "RERANKER_PROXY_ALLOWED_INDICES": f"{papers}*"}
+        command,
+        cwd=REPO,
+        env={**os.environ, "RERANKER_PROXY_ALLOWED_INDICES": f"{papers}*"},
+        stderr=log_file,
     )
     try:
         wait_for(f"{base}/_health", process)
@@ -244,3 +249,9 @@ def test_sighup_reloads_a_running_server_and_keeps_the_old_model_on_failure(
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log_file.close()
+    events = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    messages = [event["message"] for event in events]  # every line is one JSON object
+    assert "reranked" in messages
+    assert any(m.startswith("model reloaded") for m in messages)
+    assert any(m.startswith("model reload refused") for m in messages)
