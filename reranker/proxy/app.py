@@ -325,21 +325,16 @@ class Proxy:
 
     def _check_admin(self, request: Request) -> None:
         keys = self.settings.admin_api_keys
-        if not keys:
-            client = request.client.host if request.client else ""
-            if client not in ("127.0.0.1", "::1", "localhost", "testclient"):
-                raise ProxyError(
-                    403,
-                    "security_exception",
-                    "model reload is only allowed from loopback unless admin API keys are set",
-                )
+        if keys:
+            require_api_key(request, keys)
             return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        given = key.strip().encode()
-        if scheme.lower() != "apikey" or not any(
-            hmac.compare_digest(given, k.encode()) for k in keys
-        ):
-            raise errors.unauthorized()
+        client = request.client.host if request.client else ""
+        if client not in ("127.0.0.1", "::1"):
+            raise ProxyError(
+                403,
+                "security_exception",
+                "model reload is only allowed from loopback unless admin API keys are set",
+            )
 
     # ------------------------------------------------------------------ responses
 
@@ -456,15 +451,8 @@ class Proxy:
     # ------------------------------------------------------------------ input
 
     def _check_api_key(self, request: Request) -> None:
-        if not self.settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "apikey" or not key:
-            raise errors.unauthorized()
-        given = key.strip().encode()
-        if not any(hmac.compare_digest(given, k.encode()) for k in self.settings.api_keys):
-            raise errors.unauthorized()
+        if self.settings.api_keys:
+            require_api_key(request, self.settings.api_keys)
 
     def _upstream_headers(self, request: Request) -> dict[str, str]:
         """The client's ``Authorization`` goes on to Elasticsearch unless the proxy has its own
@@ -892,6 +880,16 @@ class Proxy:
             "degraded": degraded,
         }
         return answer
+
+
+def require_api_key(request: Request, keys: tuple[str, ...]) -> None:
+    """401 unless ``Authorization: ApiKey <key>`` names one of ``keys`` (constant-time)."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    given = key.strip().encode()
+    if scheme.lower() != "apikey" or not given:
+        raise errors.unauthorized()
+    if not any(hmac.compare_digest(given, k.encode()) for k in keys):
+        raise errors.unauthorized()
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
