@@ -49,6 +49,8 @@ from reranker.proxy.first_stage import (
 from reranker.proxy.limits import Admission, CircuitBreaker, Saturated, Ticket
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
+from reranker.proxy.msearch import SearchItem, parse_msearch
+from reranker.proxy.msearch import concurrency as msearch_concurrency
 from reranker.proxy.request import (
     CONSUMED_PARAMS,
     Page,
@@ -444,9 +446,74 @@ class Proxy:
                 kind = "passthrough"
                 return await self._passthrough(request, index, raw, params)
             kind = "rerank"
-            return await self._rerank(request, index, rest, spec_raw, params, started)
+            answer = await self._rerank(request, index, rest, spec_raw, params, started)
+            return self.respond(request, answer)
 
         return await self.guarded(request, handle, lambda: kind)
+
+    async def msearch(self, request: Request) -> Response:
+        """``_msearch``: every search answered on its own (reranked where it has ``rerank``);
+        without any ``rerank`` and with every index allowed, one pass-through request."""
+
+        async def handle(request: Request) -> Response:
+            self._check_api_key(request)
+            started = time.perf_counter()
+            path_index = request.path_params.get("index")
+            if path_index is not None and (
+                refused := index_allowed(path_index, self.settings.allowed_indices)
+            ):
+                raise errors.forbidden_index(refused)
+            raw = await self._read_body(request)
+            url_params = dict(request.query_params)
+            items = parse_msearch(raw, path_index, url_params)
+            limit = msearch_concurrency(url_params)
+            plain = all(split_rerank(item.body)[1] is None for item in items)
+            allowed = all(
+                index_allowed(item.index, self.settings.allowed_indices) is None for item in items
+            )
+            if plain and allowed:
+                return await self._passthrough(
+                    request, path_index or "", raw, url_params, endpoint="_msearch"
+                )
+            gate = asyncio.Semaphore(limit)
+
+            async def answer(item: SearchItem) -> dict[str, Any]:
+                async with gate:
+                    return await self._msearch_item(request, item)
+
+            responses = await asyncio.gather(*(answer(item) for item in items))
+            took = round((time.perf_counter() - started) * 1000)
+            return self.respond(request, {"took": took, "responses": list(responses)})
+
+        return await self.guarded(request, handle, lambda: "msearch")
+
+    async def _msearch_item(self, request: Request, item: SearchItem) -> dict[str, Any]:
+        """One search of a multi-search as its ``responses`` entry; errors stay in the entry."""
+        started = time.perf_counter()
+        try:
+            refused = index_allowed(item.index, self.settings.allowed_indices)
+            if refused is not None:
+                raise errors.forbidden_index(refused)
+            rest, spec_raw = split_rerank(item.body)
+            if spec_raw is None:
+                status, body = await search_es(
+                    self.es,
+                    item.index,
+                    item.raw_body,
+                    params=item.params,
+                    headers=self._upstream_headers(request),
+                    timeout_s=self.settings.es.request_timeout_s,
+                )
+                if not isinstance(body, dict):
+                    raise errors.bad_gateway("Elasticsearch answered a search with a non-JSON body")
+                return {**body, "status": status}
+            answer = await self._rerank(request, item.index, rest, spec_raw, item.params, started)
+            return {**answer, "status": 200}
+        except ProxyError as exc:
+            return msearch_error(exc)
+        except Exception:
+            log.exception("unexpected failure in a multi-search item on %s", item.index)
+            return msearch_error(errors.internal_error())
 
     # ------------------------------------------------------------------ input
 
@@ -487,7 +554,12 @@ class Proxy:
     # ------------------------------------------------------------------ pass-through
 
     async def _passthrough(
-        self, request: Request, index: str, raw: bytes, params: dict[str, str]
+        self,
+        request: Request,
+        index: str,
+        raw: bytes,
+        params: dict[str, str],
+        endpoint: str = "_search",
     ) -> Response:
         started = time.perf_counter()
         try:
@@ -498,6 +570,7 @@ class Proxy:
                 params=params,
                 headers=self._upstream_headers(request),
                 timeout_s=self.settings.es.request_timeout_s,
+                endpoint=endpoint,
             )
         finally:
             self.metrics.passthrough_seconds.observe(time.perf_counter() - started)
@@ -515,7 +588,8 @@ class Proxy:
         spec_raw: Any,
         params: dict[str, str],
         started: float,
-    ) -> Response:
+    ) -> dict[str, Any]:
+        """The reranked search answer (the caller sends it); refusals are :class:`ProxyError`."""
         spec = parse_rerank(spec_raw, self.settings)
         check_compatible(body, params)
         pages = page(body, params, spec.window)
@@ -563,7 +637,7 @@ class Proxy:
         started: float,
         ticket: Ticket,
         blend: NamedBlend | None,
-    ) -> Response:
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + spec.timeout_ms / 1000
         try:
             first = await self._first_stage(
@@ -624,7 +698,7 @@ class Proxy:
                     top=self.settings.log_top_hits,
                 )
             )
-        return self.respond(request, answer)
+        return answer
 
     async def _first_stage(
         self,
@@ -892,6 +966,14 @@ def require_api_key(request: Request, keys: tuple[str, ...]) -> None:
         raise errors.unauthorized()
 
 
+def msearch_error(exc: ProxyError) -> dict[str, Any]:
+    """A failed search's ``responses`` entry: its ES-shaped error body with its status."""
+    body = exc.body()
+    if not isinstance(body, dict):
+        body = errors.error_body(exc.status, exc.error_type, exc.reason)
+    return {**body, "status": exc.status}
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object (empty → ``{}``); 400 otherwise."""
     if not raw.strip():
@@ -1041,6 +1123,8 @@ def create_app(
             Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
             Route("/_reranker/reload", proxy.reload_endpoint, methods=["POST"]),
             Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
+            Route("/_msearch", proxy.msearch, methods=["GET", "POST"]),
+            Route("/{index}/_msearch", proxy.msearch, methods=["GET", "POST"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: http_error},
         lifespan=proxy.lifespan,

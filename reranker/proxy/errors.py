@@ -52,7 +52,8 @@ def not_found(path: str) -> ProxyError:
     return ProxyError(
         404,
         "resource_not_found_exception",
-        f"no handler for [{path}]: the proxy serves only /{{index}}/_search, /_health and /metrics",
+        f"no handler for [{path}]: the proxy serves only /{{index}}/_search, _msearch, /_health, "
+        "/metrics and /_reranker/reload",
     )
 
 

@@ -123,16 +123,19 @@ async def search_es(
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
     timeout_s: float,
+    endpoint: str = "_search",
 ) -> tuple[int, Any]:
-    """``POST /{index}/_search`` as given; (status, decoded body). Upstream trouble becomes a
-    :class:`ProxyError`: ES unreachable → 503, no answer in time → 504, an error answer →
-    Elasticsearch's own status and body, anything unreadable → 502."""
-    request_headers = {"accept": "application/json", "content-type": "application/json"}
+    """``POST /{index}/_search`` (or ``/{index}/_msearch`` with an NDJSON body) as given;
+    (status, decoded body). Upstream trouble becomes a :class:`ProxyError`: ES unreachable →
+    503, no answer in time → 504, an error answer → Elasticsearch's own status and body,
+    anything unreadable → 502."""
+    content_type = "application/x-ndjson" if endpoint == "_msearch" else "application/json"
+    request_headers = {"accept": "application/json", "content-type": content_type}
     request_headers.update(headers or {})
     try:
         response = await client.options(request_timeout=max(timeout_s, 0.001)).perform_request(
             "POST",
-            f"/{quote(index, safe=',*')}/_search",
+            f"/{quote(index, safe=',*')}/{endpoint}" if index else f"/{endpoint}",
             params=dict(params or {}),
             headers=request_headers,
             body=body,

@@ -7,6 +7,7 @@ indexed once per module behind a fresh alias.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -301,6 +302,99 @@ async def test_malformed_json_is_a_400(proxy: httpx.AsyncClient, proxy_alias: st
     assert response.json()["error"]["type"] == "parsing_exception"
 
 
+# ------------------------------------------------------------------ _msearch
+
+
+def msearch_body(*lines: dict[str, Any]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+async def msearch(proxy: httpx.AsyncClient, path: str, *lines: dict[str, Any]) -> httpx.Response:
+    return await proxy.post(
+        path, content=msearch_body(*lines), headers={"content-type": "application/x-ndjson"}
+    )
+
+
+@pytest.mark.parametrize("on_path", [True, False], ids=["index-in-path", "index-in-headers"])
+async def test_msearch_without_rerank_is_elasticsearchs_own_answer(
+    proxy: httpx.AsyncClient, es_client: Elasticsearch, proxy_alias: str, on_path: bool
+) -> None:
+    header = {} if on_path else {"index": proxy_alias}
+    searches = [header, {"query": QUERY, "size": 3}, {"index": proxy_alias}, {"size": 2}]
+    path = f"/{proxy_alias}/_msearch" if on_path else "/_msearch"
+    response = await msearch(proxy, path, *searches)
+    direct = es_client.msearch(index=proxy_alias, searches=searches).body
+    assert response.status_code == 200
+    got = response.json()
+    for answer in (got, direct):
+        answer.pop("took")
+        for item in answer["responses"]:
+            item.pop("took")
+    assert got == direct
+
+
+async def test_msearch_reranks_the_searches_that_ask_and_passes_the_others_through(
+    proxy: httpx.AsyncClient, es_client: Elasticsearch, proxy_alias: str
+) -> None:
+    single = await proxy.post(f"/{proxy_alias}/_search", json=rerank_body())
+    response = await msearch(
+        proxy, "/_msearch", {"index": proxy_alias}, {"query": QUERY, "size": 10},
+        {"index": proxy_alias}, rerank_body(),
+    )  # fmt: skip
+    assert response.status_code == 200
+    plain, reranked = response.json()["responses"]
+    assert plain["status"] == reranked["status"] == 200
+    assert "rerank" not in plain
+    assert [h["_id"] for h in plain["hits"]["hits"]] == first_stage_ids(es_client, proxy_alias, 10)
+    assert reranked["rerank"]["window"] == 10
+    assert [h["_id"] for h in reranked["hits"]["hits"]] == ids(single)
+
+
+async def test_a_failing_search_in_msearch_is_its_own_entry_and_the_others_still_answer(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    too_wide = rerank_body()
+    too_wide["rerank"]["window"] = 10_000
+    response = await msearch(
+        proxy, "/_msearch",
+        {"index": "not-allowed"}, rerank_body(),
+        {"index": proxy_alias}, too_wide,
+        {"index": f"{proxy_alias}-missing"}, {"query": QUERY},
+        {"index": proxy_alias}, rerank_body(),
+    )  # fmt: skip
+    assert response.status_code == 200
+    forbidden, bad, missing, fine = response.json()["responses"]
+    assert forbidden["status"] == 403
+    assert forbidden["error"]["type"] == "security_exception"
+    assert bad["status"] == 400
+    assert "window" in bad["error"]["reason"]
+    assert missing["status"] == 404
+    assert missing["error"]["type"] == "index_not_found_exception"
+    assert fine["status"] == 200
+    assert len(fine["hits"]["hits"]) == 10
+
+
+async def test_a_malformed_msearch_body_is_one_400(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    response = await proxy.post(
+        f"/{proxy_alias}/_msearch",
+        content=b'{}\n{"query": {"match_all": {}}}\n{}\n',
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"]["type"] == "parsing_exception"
+    assert "line 3" in body["error"]["reason"]
+
+
+async def test_msearch_on_an_index_outside_the_allow_list_is_a_403(
+    proxy: httpx.AsyncClient,
+) -> None:
+    response = await msearch(proxy, "/not-allowed/_msearch", {}, {"query": QUERY})
+    assert response.status_code == 403
+
+
 # ------------------------------------------------------------------ failing open
 
 
@@ -485,3 +579,18 @@ def test_official_client_searches_through_the_proxy(proxy_server: str, proxy_ali
     ]
     assert refused.value.status_code == 400
     assert "window" in str(refused.value)
+
+
+def test_official_client_multi_searches_through_the_proxy(
+    proxy_server: str, proxy_alias: str
+) -> None:
+    with Elasticsearch(proxy_server, request_timeout=60) as client:
+        answer = client.msearch(
+            index=proxy_alias,
+            searches=[{}, {"query": QUERY, "size": 5}, {}, rerank_body(size=5)],
+        )
+    plain, reranked = answer["responses"]
+    assert isinstance(answer, ObjectApiResponse)
+    assert len(plain["hits"]["hits"]) == len(reranked["hits"]["hits"]) == 5
+    assert "rerank" not in plain
+    assert reranked["rerank"]["window"] == 10
