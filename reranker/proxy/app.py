@@ -467,7 +467,7 @@ class Proxy:
             url_params = dict(request.query_params)
             items = parse_msearch(raw, path_index, url_params)
             limit = msearch_concurrency(url_params)
-            plain = all(split_rerank(item.body)[1] is None for item in items)
+            plain = not any(item.wants_rerank for item in items)
             allowed = all(
                 index_allowed(item.index, self.settings.allowed_indices) is None for item in items
             )

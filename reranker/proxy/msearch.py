@@ -44,6 +44,13 @@ class SearchItem:
     body: dict[str, Any]
     raw_body: bytes
 
+    @property
+    def wants_rerank(self) -> bool:
+        """Whether the body names ``rerank`` (top level or ``ext``), valid or not: a malformed
+        one is that search's 400, found when it is answered."""
+        ext = self.body.get("ext")
+        return "rerank" in self.body or (isinstance(ext, dict) and "rerank" in ext)
+
 
 def parse_msearch(
     raw: bytes, default_index: str | None, url_params: Mapping[str, str]

@@ -360,10 +360,12 @@ async def test_a_failing_search_in_msearch_is_its_own_entry_and_the_others_still
         {"index": "not-allowed"}, rerank_body(),
         {"index": proxy_alias}, too_wide,
         {"index": f"{proxy_alias}-missing"}, {"query": QUERY},
+        {"index": proxy_alias}, {"query": QUERY, "rerank": None},
         {"index": proxy_alias}, rerank_body(),
     )  # fmt: skip
     assert response.status_code == 200
-    forbidden, bad, missing, fine = response.json()["responses"]
+    forbidden, bad, missing, null_rerank, fine = response.json()["responses"]
+    assert null_rerank["status"] == 400
     assert forbidden["status"] == 403
     assert forbidden["error"]["type"] == "security_exception"
     assert bad["status"] == 400

@@ -104,3 +104,8 @@ def test_concurrency_defaults_is_capped_and_must_be_positive() -> None:
     for bad in ("0", "-1", "two"):
         with pytest.raises(ProxyError):
             concurrency({"max_concurrent_searches": bad})
+
+
+def test_a_search_wants_rerank_when_its_body_names_it_at_the_top_or_under_ext() -> None:
+    raw = ndjson({}, {"rerank": {}}, {}, {"ext": {"rerank": None}}, {}, {"ext": {"x": 1}})
+    assert [item.wants_rerank for item in parse_msearch(raw, "docs", {})] == [True, True, False]
