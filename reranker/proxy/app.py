@@ -496,16 +496,9 @@ class Proxy:
                 raise errors.forbidden_index(refused)
             rest, spec_raw = split_rerank(item.body)
             if spec_raw is None:
-                status, body = await search_es(
-                    self.es,
-                    item.index,
-                    item.raw_body,
-                    params=item.params,
-                    headers=self._upstream_headers(request),
-                    timeout_s=self.settings.es.request_timeout_s,
+                status, body = await self._search_upstream(
+                    request, item.index, item.raw_body, item.params
                 )
-                if not isinstance(body, dict):
-                    raise errors.bad_gateway("Elasticsearch answered a search with a non-JSON body")
                 return {**body, "status": status}
             answer = await self._rerank(request, item.index, rest, spec_raw, item.params, started)
             return {**answer, "status": 200}
@@ -561,6 +554,18 @@ class Proxy:
         params: dict[str, str],
         endpoint: str = "_search",
     ) -> Response:
+        status, body = await self._search_upstream(request, index, raw, params, endpoint)
+        return self.respond(request, body, status)
+
+    async def _search_upstream(
+        self,
+        request: Request,
+        index: str,
+        raw: bytes,
+        params: dict[str, str],
+        endpoint: str = "_search",
+    ) -> tuple[int, Any]:
+        """The client's search body sent on as it is; (status, decoded JSON answer)."""
         started = time.perf_counter()
         try:
             status, body = await search_es(
@@ -576,7 +581,7 @@ class Proxy:
             self.metrics.passthrough_seconds.observe(time.perf_counter() - started)
         if isinstance(body, (bytes, str)):
             raise errors.bad_gateway("Elasticsearch answered a search with a non-JSON body")
-        return self.respond(request, body, status)
+        return status, body
 
     # ------------------------------------------------------------------ reranking
 
@@ -968,10 +973,7 @@ def require_api_key(request: Request, keys: tuple[str, ...]) -> None:
 
 def msearch_error(exc: ProxyError) -> dict[str, Any]:
     """A failed search's ``responses`` entry: its ES-shaped error body with its status."""
-    body = exc.body()
-    if not isinstance(body, dict):
-        body = errors.error_body(exc.status, exc.error_type, exc.reason)
-    return {**body, "status": exc.status}
+    return {**exc.body(), "status": exc.status}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
