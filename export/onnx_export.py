@@ -36,9 +36,9 @@ from export.parity import (
     parity_batches,
     torch_outputs,
 )
-from reranker.embed import mean_pool
 from reranker.errors import ModelError
-from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer
+from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION
+from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer, mean_pool
 
 if TYPE_CHECKING:
     import torch
@@ -145,6 +145,9 @@ def _wrap(model: torch.nn.Module, accepted: Sequence[str], output: str) -> torch
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             kwargs = dict(zip(accepted, tensors, strict=True))
+            if "first_stage" in kwargs:  # a first-stage-aware model returns its logits
+                logits: torch.Tensor = self.inner(**kwargs)
+                return logits
             result = self.inner(**kwargs, return_dict=True)
             value: torch.Tensor = getattr(result, output)
             return value
@@ -164,9 +167,17 @@ def _torch_export(
     ids = torch.randint(1000, max(vocab, 1001), (2, 16), generator=generator, dtype=torch.int64)
     mask = torch.ones_like(ids)
     mask[1, 11:] = 0  # one padded row, so the mask path is traced as used
-    dummy = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    dummy = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "first_stage": torch.rand((2, len(FEATURE_NAMES)), generator=generator),
+    }
     args = tuple(dummy[name] for name in accepted)
-    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in accepted}
+    axes: dict[str, dict[int, str]] = {
+        name: {0: "batch"} if name == "first_stage" else {0: "batch", 1: "sequence"}
+        for name in accepted
+    }
     axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about python control flow on shapes
@@ -391,6 +402,16 @@ def _convert_fp16(fused_fp32: Path, target: Path, *, num_heads: int, hidden: int
         model.save_model_to_file(str(target), use_external_data_format=False)
 
 
+def _load_aware_if_any(checkpoint_dir: Path) -> Any:
+    """The first-stage-aware model saved in ``checkpoint_dir``, or None for a plain one."""
+    from reranker.first_stage_aware import is_aware_checkpoint, load_aware
+
+    if not is_aware_checkpoint(checkpoint_dir):
+        return None
+    model, _ = load_aware(checkpoint_dir)
+    return model.eval()
+
+
 def export_cross_encoder(
     checkpoint_dir: Path,
     out_dir: Path,
@@ -422,15 +443,26 @@ def export_cross_encoder(
     out_dir = Path(out_dir)
     started = time.perf_counter()
     config = AutoConfig.from_pretrained(str(checkpoint_dir), local_files_only=True)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(checkpoint_dir), local_files_only=True, attn_implementation="eager"
-        ).eval()
-    except Exception as exc:  # transformers raises many types here
-        raise ModelError(
-            f"{checkpoint_dir}: cannot load a sequence-classification model: {exc}"
-        ) from exc
-    accepted = _accepted_inputs(model)
+    aware = _load_aware_if_any(checkpoint_dir)
+    feature_card: dict[str, Any] | None = None
+    if aware is not None:
+        model = aware
+        accepted = [*_accepted_inputs(model.encoder), "first_stage"]
+        feature_card = {
+            "names": list(FEATURE_NAMES),
+            "normalization": NORMALIZATION,
+            "weights": [float(v) for v in aware.feature_weights.detach()],
+        }
+    else:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(checkpoint_dir), local_files_only=True, attn_implementation="eager"
+            ).eval()
+        except Exception as exc:  # transformers raises many types here
+            raise ModelError(
+                f"{checkpoint_dir}: cannot load a sequence-classification model: {exc}"
+            ) from exc
+        accepted = _accepted_inputs(model)
     length = _max_length(config, max_length)
     heads, hidden = _model_dims(config)
     pairs = [tuple(p) for p in (parity_pairs or DEFAULT_PARITY_PAIRS)]
@@ -445,6 +477,11 @@ def export_cross_encoder(
 
         tokenizer = make_tokenizer(out / "tokenizer.json", length)
         batches = parity_batches(tokenizer, pairs)  # type: ignore[arg-type]
+        if aware is not None:
+            rng = np.random.default_rng(0)
+            for batch in batches:
+                rows = batch["input_ids"].shape[0]
+                batch["first_stage"] = rng.random((rows, len(FEATURE_NAMES)), dtype=np.float32)
         reference = torch_outputs(_wrap(model, accepted, "logits"), batches, accepted)
 
         def max_diff(path: Path) -> float:
@@ -492,9 +529,10 @@ def export_cross_encoder(
                 "base_model": _base_model(checkpoint_dir, base_model),
                 "source": {"path": str(checkpoint_dir), "sha256": source_hashes(checkpoint_dir)},
                 "max_length": length,
-                "num_labels": int(getattr(config, "num_labels", 1)),
+                "num_labels": 1 if aware is not None else int(getattr(config, "num_labels", 1)),
                 "inputs": accepted,
                 "outputs": ["logits"],
+                **({"first_stage_features": feature_card} if feature_card else {}),
                 "variants": variants,
                 "parity": {"pairs": len(pairs), "tolerance_fp32": FP32_TOLERANCE},
                 "training": read_training_info(checkpoint_dir),

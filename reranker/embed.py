@@ -27,6 +27,7 @@ from reranker.models import (
     SHIPPED_MODEL_NAME,
     config_max_positions,
     load_tokenizer,
+    mean_pool,
     open_session,
     pad_encodings,
     read_card,
@@ -41,17 +42,6 @@ log = logging.getLogger(__name__)
 
 #: texts tokenised (and length-sorted) together; bounds memory on very long inputs
 _CHUNK = 2048
-
-
-def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean of token vectors over the attention mask, then L2-normalised (float32)."""
-    weights = mask[..., None].astype(np.float32)
-    summed = (hidden.astype(np.float32) * weights).sum(axis=1)
-    counts = np.clip(weights.sum(axis=1), 1e-9, None)
-    pooled = summed / counts
-    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    result: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
-    return result
 
 
 def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:

@@ -83,12 +83,22 @@ class CachedScorer:
         *,
         sigmoid: bool = False,
         deadline: float | None = None,
+        features: np.ndarray | None = None,
     ) -> np.ndarray:
+        columns = None
+        if self.scorer.feature_names and features is not None:
+            columns = np.asarray(features, dtype=np.float32)
         keys = [f"{query}\x1f{passage}" for query, passage in pairs]
+        if columns is not None:  # a first-stage-aware model's score depends on them too
+            keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
         known = self.cache.get_many(keys)
         missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
         if missing:
-            fresh = self.scorer.score([pairs[i] for i in missing], deadline=deadline)
+            fresh = self.scorer.score(
+                [pairs[i] for i in missing],
+                deadline=deadline,
+                features=None if columns is None else columns[missing],
+            )
             self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
             known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
         logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)

@@ -32,7 +32,7 @@ class Hit:
 
 @dataclass(frozen=True)
 class HybridOptions:
-    fusion: FusionMethod = "rrf"
+    fusion: FusionMethod = "linear"
     rank_constant: int = 60
     weights: tuple[float, float] = (1.0, 1.0)  # (lexical, dense)
     normalization: Normalization = "minmax"

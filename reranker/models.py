@@ -189,3 +189,14 @@ def pad_encodings(encodings: Sequence[Encoding], width: int | None = None) -> di
         mask[row, :n] = 1
         types[row, :n] = enc.type_ids
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token vectors over the attention mask, then L2-normalised (float32)."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden.astype(np.float32) * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    pooled = summed / counts
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    result: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return result

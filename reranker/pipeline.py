@@ -19,6 +19,7 @@ from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
+from reranker.first_stage_features import features_from_stage_scores, unavailable_features
 from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
 
@@ -48,6 +49,14 @@ class PipelineResult:
     degraded: str | None = None
     model: str | None = None
     blend: str | None = None  # "<kind>@<version>" of the blend that ordered the hits
+
+
+class FeatureUnavailable(SearchError):
+    """The cross-encoder reads first-stage features that this first stage cannot provide."""
+
+    def __init__(self, message: str, features: Sequence[str]) -> None:
+        super().__init__(message)
+        self.features = list(features)
 
 
 def check_scores(scores: np.ndarray, expected: int) -> None:
@@ -97,6 +106,17 @@ class Pipeline:
         self.explain = explain
         if blend is not None and scorer is None:
             raise SearchError("a blend needs the cross-encoder's scores; no scorer was given")
+        needed = tuple(getattr(scorer, "feature_names", ())) if scorer is not None else ()
+        missing = unavailable_features(needed, base)
+        if missing:
+            raise FeatureUnavailable(
+                f"the cross-encoder reads the first-stage feature(s) {', '.join(missing)}, "
+                f"which a {base!r} first stage cannot provide; rerank a hybrid first stage "
+                "(BM25 + kNN on an index with embeddings)",
+                missing,
+            )
+        self.needs_features = bool(needed)
+        self.missing_feature_values = 0  # candidates given MISSING_VALUE, over this object's life
 
     def search(
         self,
@@ -128,7 +148,9 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 logits = self.scorer.score(
-                    [(text, self.passage(h)) for h in candidates], deadline=deadline
+                    [(text, self.passage(h)) for h in candidates],
+                    deadline=deadline,
+                    features=self._features(candidates),
                 )
                 check_scores(logits, len(candidates))
             except ModelError as exc:
@@ -155,6 +177,16 @@ class Pipeline:
             model=self.scorer.model_id if self.scorer else None,
             blend=f"{self.blend.kind}@{blend_version(self.blend)}" if self.blend else None,
         )
+
+    def _features(self, candidates: Sequence[Hit]) -> np.ndarray | None:
+        if not self.needs_features:
+            return None
+        window = features_from_stage_scores(
+            [h.score for h in candidates], [h.stage_scores for h in candidates]
+        )
+        # a hit missing from one list gets the documented floor; count it, never hide it
+        self.missing_feature_values += sum(window.missing.values())
+        return window.values
 
     def _apply_blend(self, hits: list[RankedHit], logits: np.ndarray) -> None:
         assert self.blend is not None

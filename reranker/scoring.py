@@ -136,12 +136,16 @@ class PairScorer(Protocol):
     @property
     def model_id(self) -> str: ...
 
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+
     def score(
         self,
         pairs: Sequence[tuple[str, str]],
         *,
         sigmoid: bool = False,
         deadline: float | None = None,
+        features: np.ndarray | None = None,
     ) -> np.ndarray: ...
 
 
@@ -185,6 +189,8 @@ class Scorer:
         verify_files(self.model_dir, card, [onnx_name, "tokenizer.json", "config.json"])
         self.card: dict[str, Any] = card
         self._variant = variant
+        first_stage = card.get("first_stage_features") or {}
+        self._feature_names: tuple[str, ...] = tuple(str(n) for n in first_stage.get("names", ()))
         self.max_length = min(max_length, config_max_positions(self.model_dir))
         if max_batch_tokens < self.max_length:
             raise ModelError(
@@ -264,6 +270,12 @@ class Scorer:
         return self._variant
 
     @property
+    def feature_names(self) -> tuple[str, ...]:
+        """First-stage features the model reads beside the text (empty for a plain
+        cross-encoder), in the column order :meth:`score` expects them."""
+        return self._feature_names
+
+    @property
     def provider(self) -> str:
         """The execution provider that actually runs the model, e.g. ``CPUExecutionProvider``."""
         return self._provider
@@ -299,8 +311,13 @@ class Scorer:
         *,
         sigmoid: bool = False,
         deadline: float | None = None,
+        features: np.ndarray | None = None,
     ) -> np.ndarray:
         """One float32 score per pair, in the caller's order.
+
+        ``features`` (``len(pairs)`` × ``len(feature_names)``) are the first-stage features of
+        a first-stage-aware model (see :mod:`reranker.first_stage_features`); such a model
+        refuses to score without them, and a plain cross-encoder ignores them.
 
         Scores are the model's logit (one-label heads), or ``logit[1] - logit[0]`` for
         two-label heads, so that ``sigmoid=True`` gives the positive class's probability.
@@ -311,6 +328,7 @@ class Scorer:
         items = check_pairs(pairs)
         started = time.perf_counter()
         out = np.empty(len(items), dtype=np.float32)
+        columns = self._check_features(features, len(items))
         if not items:
             return out
         encodings, truncated = self._encode(items)
@@ -330,7 +348,9 @@ class Scorer:
                 end += 1
             rows = order[start:end]
             width = int(lengths[rows[-1]])
-            out[rows] = self._run([encodings[r] for r in rows], width)
+            out[rows] = self._run(
+                [encodings[r] for r in rows], width, None if columns is None else columns[rows]
+            )
             batches += 1
             padded += len(rows) * width
             start = end
@@ -361,17 +381,21 @@ class Scorer:
         *,
         sigmoid: bool = False,
         deadline: float | None = None,
+        features: np.ndarray | None = None,
     ) -> np.ndarray:
         """Scores of ``passages`` for one ``query`` (the reranking case), in their order."""
         if not isinstance(query, str):
             raise TypeError(f"query is {type(query).__name__}, expected str")
         if isinstance(passages, (str, bytes)):
             raise TypeError("passages must be a sequence of str, not a single string")
-        return self.score([(query, p) for p in passages], sigmoid=sigmoid, deadline=deadline)
+        return self.score(
+            [(query, p) for p in passages], sigmoid=sigmoid, deadline=deadline, features=features
+        )
 
     def warmup(self) -> None:
         """Run one small batch, so the first real request does not pay for lazy setup."""
-        self.score([("warm up", "a short passage to warm the model up")])
+        features = np.ones((1, len(self._feature_names)), dtype=np.float32)
+        self.score([("warm up", "a short passage to warm the model up")], features=features)
 
     # ------------------------------------------------------------------ internals
 
@@ -438,8 +462,30 @@ class Scorer:
             )
         return encodings, truncated
 
-    def _run(self, encodings: Sequence[Encoding], width: int) -> np.ndarray:
+    def _check_features(self, features: np.ndarray | None, count: int) -> np.ndarray | None:
+        if not self._feature_names:
+            return None
+        if features is None:
+            raise ModelError(
+                f"{self.model_id} is first-stage-aware: it needs the first-stage features "
+                f"{', '.join(self._feature_names)} for every pair, and none were given"
+            )
+        columns = np.asarray(features, dtype=np.float32)
+        if columns.shape != (count, len(self._feature_names)):
+            raise ModelError(
+                f"first-stage features have shape {columns.shape}, expected "
+                f"({count}, {len(self._feature_names)}) for {', '.join(self._feature_names)}"
+            )
+        if not np.isfinite(columns).all():
+            raise ModelError("first-stage features must be finite")
+        return columns
+
+    def _run(
+        self, encodings: Sequence[Encoding], width: int, features: np.ndarray | None = None
+    ) -> np.ndarray:
         arrays = pad_encodings(encodings, width)
+        if features is not None:
+            arrays["first_stage"] = np.ascontiguousarray(features, dtype=np.float32)
         try:
             feed = {name: arrays[name] for name in self._inputs}
         except KeyError as exc:

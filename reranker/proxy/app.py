@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from reranker.embed_cache import TextEncoder
 from reranker.errors import ConfigError, ModelError
 from reranker.es.client import client_options
 from reranker.es.queries import knn_clause
+from reranker.first_stage_features import unavailable_features
 from reranker.pipeline import Pipeline, PipelineResult, check_scores
 from reranker.proxy import errors
 from reranker.proxy.blends import BlendCatalog, NamedBlend
@@ -84,6 +86,9 @@ EncoderFactory = Callable[[], TextEncoder]
 #: replaces the one serving (a smoke test against a broken or wrong model).
 #: Admission assumes the first stage uses up to this fraction of a request's deadline.
 SCORER_MARGIN = 0.2
+#: the dense_vector field kNN searches; probed (field caps) for the hybrid default
+EMBEDDING_FIELD = "embedding"
+EMBEDDINGS_PROBE_TTL_S = 60.0
 
 SMOKE_QUERY = "what is a qubit in quantum computing"
 SMOKE_PASSAGES = (
@@ -153,6 +158,7 @@ class Proxy:
         self.metrics = ProxyMetrics()
         self.admission = Admission(settings.max_in_flight, settings.max_scorer_queue)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooloff_s)
+        self._embeddings_known: dict[str, tuple[float, bool]] = {}
         self._own_client = es_client is None
         self._es = es_client
         self.scorer: Scorer | None = None
@@ -607,6 +613,9 @@ class Proxy:
             )
         if spec.dense and not self.settings.enable_dense:
             raise errors.bad_request("dense retrieval is switched off on this proxy")
+        if spec.dense is None:
+            spec = replace(spec, dense=await self._hybrid_by_default(index))
+        self._check_model_features(bool(spec.dense))
         blend = self.catalog.resolve(index, spec.blend)
         scoring = self.scorer is not None
         try:
@@ -628,6 +637,42 @@ class Proxy:
         finally:
             ticket.release()
             self.metrics.in_flight.set(self.admission.in_flight)
+
+    async def _hybrid_by_default(self, index: str) -> bool:
+        """Hybrid candidates wherever the index has embeddings and this proxy an embedder
+        (README: hybrid recall@100 is above BM25's on every dataset measured)."""
+        if not self.settings.enable_dense or self.encoder is None:
+            return False
+        now = time.monotonic()
+        known = self._embeddings_known.get(index)
+        if known is not None and now - known[0] < EMBEDDINGS_PROBE_TTL_S:
+            return known[1]
+        try:
+            caps = await self.es.options(request_timeout=2.0).field_caps(
+                index=index, fields=EMBEDDING_FIELD, ignore_unavailable=True, allow_no_indices=True
+            )
+            types = caps.get("fields", {}).get(EMBEDDING_FIELD, {})
+            has = set(types) == {"dense_vector"}
+        except Exception as exc:  # no answer → BM25 only, never a failed search
+            log.warning("could not tell whether %s has embeddings: %s", index, exc)
+            return False
+        if len(self._embeddings_known) > 1024:
+            self._embeddings_known.clear()
+        self._embeddings_known[index] = (now, has)
+        return has
+
+    def _check_model_features(self, dense: bool) -> None:
+        """400 when the loaded model reads a first-stage feature this search cannot give."""
+        if self.scorer is None:
+            return
+        needed = getattr(self.scorer, "feature_names", ())
+        missing = unavailable_features(needed, "hybrid" if dense else "bm25")
+        if missing:
+            raise errors.bad_request(
+                f"the cross-encoder {self.scorer.model_id} reads the first-stage feature(s) "
+                f"[{', '.join(missing)}], which this search cannot provide: rerank with "
+                "[rerank.hybrid.dense] true on an index with embeddings"
+            )
 
     async def _rerank_admitted(
         self,

@@ -52,7 +52,9 @@ class RerankSpec:
     query_text: str | None
     window: int
     fields: tuple[str, ...]
-    dense: bool
+    dense: bool | None
+    """kNN beside the client's query; ``None`` (not given) = wherever the index has
+    embeddings and the proxy an embedder (the hybrid default)."""
     hybrid: HybridOptions
     explain: bool
     timeout_ms: int
@@ -137,16 +139,16 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
     )
 
 
-def _parse_hybrid(raw: Any, window: int) -> tuple[bool, HybridOptions]:
+def _parse_hybrid(raw: Any, window: int) -> tuple[bool | None, HybridOptions]:
     if raw is None:
-        return False, HybridOptions(depth=window)
+        return None, HybridOptions(depth=window)
     if isinstance(raw, bool):
         return raw, HybridOptions(depth=window)
     if not isinstance(raw, dict):
         raise bad_request(f"[rerank.hybrid] must be an object, got {_kind(raw)}")
     _no_unknown(raw, HYBRID_FIELDS, "rerank.hybrid")
     dense = _bool(raw, "dense", True, "rerank.hybrid")
-    fusion = raw.get("fusion", "rrf")
+    fusion = raw.get("fusion", "linear")
     normalization = raw.get("normalization", "minmax")
     if not isinstance(fusion, str) or not isinstance(normalization, str):
         raise bad_request("[rerank.hybrid.fusion] and [normalization] must be strings")

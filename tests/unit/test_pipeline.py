@@ -119,3 +119,49 @@ def test_invalid_scorer_output_fails_open(scorer: LengthScorer) -> None:
     result = make(scorer).search("q", k=3)
     assert [h.id for h in result.hits] == ["a", "b", "c"]
     assert result.degraded is not None and result.degraded.startswith("reranker error")
+
+
+class FeatureReadingScorer:
+    """A first-stage-aware stand-in: its score is the fused feature; it keeps what it got."""
+
+    model_id = "aware"
+    feature_names = ("fused", "bm25", "dense")
+
+    def __init__(self) -> None:
+        self.features: np.ndarray | None = None
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        self.features = kwargs["features"]
+        assert self.features is not None
+        return np.asarray(self.features[:, 0], dtype=np.float32)
+
+
+class StagedFirstStage:
+    """Hybrid-like hits: d2 was found by BM25 only."""
+
+    def search(self, text: str, mode: str, k: int, **_: Any) -> list[Hit]:
+        return [
+            Hit("d1", 2.0, {"text": "one"}, {"bm25": 9.0, "dense": 0.9}),
+            Hit("d2", 1.5, {"text": "two"}, {"bm25": 3.0}),
+            Hit("d3", 1.0, {"text": "three"}, {"bm25": 1.0, "dense": 0.7}),
+        ][:k]
+
+
+def test_a_first_stage_aware_model_is_refused_over_a_bm25_first_stage() -> None:
+    from reranker.pipeline import FeatureUnavailable
+
+    with pytest.raises(FeatureUnavailable, match="dense") as caught:
+        Pipeline(StagedFirstStage(), FeatureReadingScorer(), base="bm25")  # type: ignore[arg-type]
+    assert caught.value.features == ["dense"]
+
+
+def test_the_pipeline_gives_an_aware_model_its_window_features_and_counts_missing_ones() -> None:
+    scorer = FeatureReadingScorer()
+    pipeline = Pipeline(StagedFirstStage(), scorer, base="hybrid", window=3)  # type: ignore[arg-type]
+    result = pipeline.search("q", k=3)
+    assert scorer.features is not None
+    np.testing.assert_allclose(scorer.features[:, 0], [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(scorer.features[:, 1], [1.0, 0.25, 0.0])
+    np.testing.assert_allclose(scorer.features[:, 2], [1.0, 0.0, 0.0], atol=1e-6)
+    assert pipeline.missing_feature_values == 1
+    assert [h.id for h in result.hits] == ["d1", "d2", "d3"]  # fused order kept

@@ -84,7 +84,8 @@ def test_rerank_defaults_come_from_the_settings() -> None:
     assert spec.window == 100
     assert spec.fields == ("title", "text")
     assert spec.fail_open is True
-    assert spec.dense is False
+    assert spec.dense is None  # hybrid wherever the index has embeddings (decided per index)
+    assert spec.hybrid.fusion == "linear"
     assert spec.timeout_ms == SETTINGS.default_timeout_ms
 
 

@@ -277,6 +277,7 @@ def _bce(model: Any, tokenizer: Any, pairs: list[tr.Pair], max_length: int) -> f
     return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
 
 
+@pytest.mark.slow
 def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
     small_triples: Path, tmp_path: Path
 ) -> None:
@@ -355,6 +356,7 @@ def _listwise(model: Any, tokenizer: Any, pairs: list[tr.Pair], groups: list[lis
     return float(tr.listwise_loss(logits, [len(g) for g in groups]))
 
 
+@pytest.mark.slow
 def test_tiny_listwise_run_lowers_its_loss(small_triples: Path, tmp_path: Path) -> None:
     config = tr.TrainConfig(
         train_files=[small_triples],
@@ -386,6 +388,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step(small_triples: Path, tmp_path: Path) -> None:
     common: dict[str, Any] = {
         "train_files": [small_triples],

@@ -1,0 +1,668 @@
+"""The first-stage-aware cross-encoder: a score that starts where the first stage is.
+
+    score(q, d) = first_stage_features(q, d) · w  +  head(mean_pool(encoder([q; d])))
+
+``w`` starts at ``(scale, 0, 0)`` over (:data:`~reranker.first_stage_features.FEATURE_NAMES`)
+and the head's weights and bias start at zero, so an untrained model ranks every window exactly
+as the fused first stage did; training can only add corrections that the loss pays for. The
+first stage carries what the bi-encoder (all-MiniLM-L6-v2, trained on ~25M Stack Exchange and
+~42M S2ORC pairs) already knows through the ``dense`` feature, which a fresh classification
+head would throw away.
+
+Training (:func:`train_aware`) is listwise over hybrid candidates mined in process the way the
+product's first stage builds them (BM25 top-``depth`` and dense top-``depth``, linear min-max
+fusion, top ``window``): per positive, one group of the positive, hard negatives from the window
+that skip the ranks right around any positive (likely unjudged relevant documents), and
+negatives from deeper in the window. Negatives are drawn afresh each epoch. The checkpoint
+kept is the one with the best mean dev NDCG@10 (held-out queries only).
+
+A saved model is a folder with the encoder (``save_pretrained``), its tokenizer, and
+``first_stage_aware.json`` + ``head.safetensors`` for the head and ``w``. Importing this
+module imports torch and transformers (the ``train`` extra); import it lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from reranker import fusion
+from reranker.corpus import passage_text
+from reranker.errors import ConfigError, ModelError, SourceError
+from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION, window_features
+from reranker.train import (
+    BM25,
+    _autocast,
+    _collate,
+    _encode,
+    _quiet_transformers,
+    _read_jsonl,
+    _versions,
+    cpu_supports_bf16,
+    default_base_model,
+    linear_warmup_schedule,
+    listwise_loss,
+    ranking_metrics,
+    read_qrels,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+AWARE_CONFIG_FILE = "first_stage_aware.json"
+HEAD_FILE = "head.safetensors"
+TRAIN_INFO_FILE = "train_info.json"
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+
+
+class FirstStageAwareModel(torch.nn.Module):
+    """``first_stage · w + head(mean-pooled encoder output)``; see the module docstring."""
+
+    def __init__(self, encoder: Any, *, initial_scale: float = 5.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden = int(encoder.config.hidden_size)
+        self.head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        start = torch.zeros(len(FEATURE_NAMES))
+        start[FEATURE_NAMES.index("fused")] = initial_scale
+        self.feature_weights = torch.nn.Parameter(start)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        first_stage: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of shape ``(batch, 1)``."""
+        if first_stage is None:
+            raise ModelError("a first-stage-aware model needs the first_stage input")
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        correction = self.head(pooled.float()).squeeze(-1)
+        # a Mul + ReduceSum, not a MatMul: dynamic int8 quantisation leaves it exact
+        prior = (first_stage.float() * self.feature_weights).sum(dim=-1)
+        logits: torch.Tensor = (prior + correction).unsqueeze(-1)
+        return logits
+
+
+def is_aware_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / AWARE_CONFIG_FILE).is_file()
+
+
+def save_aware(model: FirstStageAwareModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with _quiet_transformers():
+        model.encoder.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    save_file(
+        {
+            "head.weight": model.head.weight.detach().cpu().contiguous(),
+            "head.bias": model.head.bias.detach().cpu().contiguous(),
+            "feature_weights": model.feature_weights.detach().cpu().contiguous(),
+        },
+        str(out / HEAD_FILE),
+    )
+    (out / AWARE_CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                "kind": "first-stage-aware-cross-encoder",
+                "features": list(FEATURE_NAMES),
+                "normalization": NORMALIZATION,
+                "pooling": "mean",
+                "feature_weights": [float(v) for v in model.feature_weights.detach().cpu()],
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+
+
+def load_aware(
+    folder: Path, *, attn_implementation: str | None = "eager"
+) -> tuple[FirstStageAwareModel, PreTrainedTokenizerBase]:
+    """A saved first-stage-aware model (encoder, tokenizer, head and feature weights)."""
+    folder = Path(folder)
+    if not is_aware_checkpoint(folder):
+        raise ModelError(f"{folder}: not a first-stage-aware checkpoint ({AWARE_CONFIG_FILE})")
+    config = json.loads((folder / AWARE_CONFIG_FILE).read_text(encoding="utf-8"))
+    if tuple(config.get("features", ())) != FEATURE_NAMES:
+        raise ModelError(
+            f"{folder}: features {config.get('features')} differ from {list(FEATURE_NAMES)}"
+        )
+    tokenizer, encoder = _load_encoder(folder, attn_implementation)
+    model = FirstStageAwareModel(encoder)
+    state = load_file(str(folder / HEAD_FILE))
+    with torch.no_grad():
+        model.head.weight.copy_(state["head.weight"])
+        model.head.bias.copy_(state["head.bias"])
+        model.feature_weights.copy_(state["feature_weights"])
+    return model, tokenizer
+
+
+def _load_encoder(folder: Path, attn: str | None) -> tuple[PreTrainedTokenizerBase, Any]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with _quiet_transformers():
+            encoder = AutoModel.from_pretrained(
+                str(folder),
+                local_files_only=True,
+                add_pooling_layer=False,
+                **({"attn_implementation": attn} if attn else {}),
+            )
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise ModelError(f"{folder}: cannot load the encoder: {exc}") from exc
+    return tokenizer, encoder
+
+
+# --------------------------------------------------------------------------------------------
+# hybrid candidates, mined in process
+
+
+@dataclass
+class QueryWindow:
+    """One query's candidate window in first-stage order, with its features and labels."""
+
+    query_id: str
+    query: str
+    doc_ids: list[str]
+    features: np.ndarray
+    grades: list[int]
+
+
+@dataclass
+class HybridData:
+    """A BEIR dataset's windows for some queries, plus the first stage's own metrics."""
+
+    name: str
+    passages: dict[str, str]
+    windows: list[QueryWindow]
+    qrels: dict[str, dict[str, int]]
+    recall: float
+    """Fraction of judged-relevant documents inside the window."""
+
+
+def _embed(texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
+    from reranker.embed import Embedder
+    from reranker.embed_cache import EmbeddingCache, encode_with_cache
+
+    embedder = Embedder.default()
+    cache = EmbeddingCache(cache_dir, embedder.model_id) if cache_dir is not None else None
+    try:
+        return encode_with_cache(embedder, list(texts), cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def mine_hybrid_windows(
+    dataset: Path,
+    qrels: dict[str, dict[str, int]],
+    *,
+    window: int = 100,
+    depth: int = 100,
+    cache_dir: Path | None = None,
+) -> HybridData:
+    """Hybrid (BM25 + dense, linear min-max fusion) top-``window`` for each query of ``qrels``."""
+    corpus_rows = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
+    queries = {
+        str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(dataset / "queries.jsonl")
+    }
+    doc_ids = list(corpus_rows)
+    passages = {d: passage_text(corpus_rows[d]) for d in doc_ids}
+    texts = [passages[d] for d in doc_ids]
+    bm25 = BM25(texts)
+    doc_vectors = _embed(texts, cache_dir)
+    qids = [q for q in qrels if q in queries]
+    query_vectors = _embed([queries[q] for q in qids], cache_dir)
+    windows = []
+    found = total = 0
+    for qid, qvec in zip(qids, query_vectors, strict=True):
+        lexical = {doc_ids[i]: s for i, s in bm25.top_k(queries[qid], depth)}
+        cosine = doc_vectors @ qvec
+        top = np.argsort(-cosine, kind="stable")[:depth]
+        dense = {doc_ids[i]: float(cosine[i]) for i in top}
+        fused = fusion.linear([lexical, dense])
+        chosen = fusion.ranked(fused)[:window]
+        feats = window_features(
+            [fused[d] for d in chosen],
+            [lexical.get(d) for d in chosen],
+            [dense.get(d) for d in chosen],
+        )
+        judged = qrels[qid]
+        relevant = {d for d, g in judged.items() if g > 0}
+        found += len(relevant & set(chosen))
+        total += len(relevant)
+        windows.append(
+            QueryWindow(
+                query_id=qid,
+                query=queries[qid],
+                doc_ids=chosen,
+                features=feats.values,
+                grades=[judged.get(d, 0) for d in chosen],
+            )
+        )
+    return HybridData(
+        name=dataset.name,
+        passages=passages,
+        windows=windows,
+        qrels={q: qrels[q] for q in qids},
+        recall=found / total if total else 0.0,
+    )
+
+
+def split_queries(
+    qrels: dict[str, dict[str, int]], fraction: float, seed: int
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(train, held-out): a seeded hash of the query id puts ``fraction`` of queries aside."""
+
+    def held(qid: str) -> bool:
+        digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+    train = {q: j for q, j in qrels.items() if not held(q)}
+    dev = {q: j for q, j in qrels.items() if held(q)}
+    return train, dev
+
+
+@dataclass
+class Group:
+    query: str
+    doc_ids: list[str]
+    features: np.ndarray
+    """rows in group order; the first member is the positive"""
+
+
+def listwise_hybrid_groups(
+    windows: Sequence[QueryWindow],
+    *,
+    group_size: int,
+    hard: int,
+    skip_around: int,
+    hard_depth: int,
+    seed: int,
+) -> list[Group]:
+    """Per positive inside its window: the positive, ``hard`` negatives from ranks
+    1..``hard_depth`` that are at least ``skip_around + 1`` ranks away from every positive,
+    and the rest from deeper in the window."""
+    rng = random.Random(seed)
+    groups = []
+    for w in windows:
+        positive_ranks = [r for r, g in enumerate(w.grades) if g > 0]
+        if not positive_ranks:
+            continue
+        negatives = [r for r, g in enumerate(w.grades) if g <= 0]
+        near = {
+            r
+            for p in positive_ranks
+            for r in range(p - skip_around, p + skip_around + 1)
+            if r not in positive_ranks
+        }
+        top = [r for r in negatives if r < hard_depth and r not in near]
+        deep = [r for r in negatives if r >= hard_depth]
+        for p in positive_ranks:
+            picked = rng.sample(top, min(hard, len(top)))
+            rest = group_size - 1 - len(picked)
+            picked += rng.sample(deep, min(rest, len(deep)))
+            if len(picked) < group_size - 1:
+                spare = [r for r in negatives if r not in picked]
+                picked += rng.sample(spare, min(group_size - 1 - len(picked), len(spare)))
+            if not picked:
+                continue
+            rows = [p, *picked]
+            groups.append(Group(w.query, [w.doc_ids[r] for r in rows], w.features[rows]))
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass(kw_only=True)
+class AwareTrainConfig:
+    datasets: list[Path]
+    """BEIR folders; their ``train`` qrels are the training queries (test is never read)."""
+    output_dir: Path
+    base_model: Path | None = None
+    dev_fraction: float = 0.2
+    """Train queries held out for checkpoint selection, per dataset without a dev split."""
+    dev_window: int = 30
+    dev_max_queries: int = 150
+    window: int = 100
+    max_length: int = 256
+    groups_per_step: int = 4
+    group_size: int = 8
+    hard_negatives: int = 4
+    skip_around: int = 2
+    hard_depth: int = 30
+    lr: float = 2e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    epochs: int = 4
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    initial_scale: float = 5.0
+    seed: int = 13
+    threads: int | None = None
+    bf16: bool | None = None
+    cache_dir: Path | None = None
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        self.datasets = [Path(p) for p in self.datasets]
+        self.output_dir = Path(self.output_dir)
+        if not self.datasets:
+            raise ConfigError("no training datasets given")
+        if not 0 <= self.dev_fraction < 1:
+            raise ConfigError("dev_fraction must be in [0, 1)")
+        if self.group_size < 2 or self.groups_per_step < 1 or self.epochs < 1:
+            raise ConfigError("group_size ≥ 2, groups_per_step ≥ 1 and epochs ≥ 1 are required")
+        if not 0 <= self.hard_negatives < self.group_size:
+            raise ConfigError("hard_negatives must be below group_size")
+
+
+@dataclass
+class _DevData:
+    name: str
+    data: HybridData
+    hybrid_ndcg: float
+
+
+def _dev_ndcg(
+    model: FirstStageAwareModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dev: _DevData,
+    config: AwareTrainConfig,
+    bf16: bool,
+) -> float:
+    run: dict[str, dict[str, float]] = {}
+    pairs, feats, keys = [], [], []
+    for w in dev.data.windows:
+        for r, doc_id in enumerate(w.doc_ids[: config.dev_window]):
+            pairs.append((w.query, dev.data.passages[doc_id]))
+            feats.append(w.features[r])
+            keys.append((w.query_id, doc_id))
+    scores = score_aware(model, tokenizer, pairs, np.stack(feats), config.max_length, bf16=bf16)
+    for (qid, doc_id), s in zip(keys, scores.tolist(), strict=True):
+        run.setdefault(qid, {})[doc_id] = s
+    return ranking_metrics(dev.data.qrels, run)["nDCG@10"]
+
+
+def score_aware(
+    model: FirstStageAwareModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    features: np.ndarray,
+    max_length: int,
+    *,
+    batch_size: int = 32,
+    bf16: bool = False,
+) -> np.ndarray:
+    """Logits of pairs with their first-stage features (length-sorted batches)."""
+    device = next(model.parameters()).device
+    encoded = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out = np.zeros(len(encoded), dtype=np.float32)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model.train(False)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = _collate([encoded[i] for i in chunk], pad, device)
+            batch["first_stage"] = torch.from_numpy(features[chunk]).to(device)
+            with _autocast(device, bf16):
+                logits = model(**batch)
+            out[chunk] = logits.float().reshape(-1).cpu().numpy()
+    return out
+
+
+def _dev_split(dataset: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]] | None]:
+    train_qrels = read_qrels(dataset / "qrels" / "train.tsv")
+    dev_path = dataset / "qrels" / "dev.tsv"
+    return train_qrels, (read_qrels(dev_path) if dev_path.is_file() else None)
+
+
+def _refuse_test_overlap(dataset: Path, qrels: dict[str, dict[str, int]]) -> None:
+    test = dataset / "qrels" / "test.tsv"
+    if test.is_file():
+        leaked = set(qrels) & set(read_qrels(test))
+        if leaked:
+            raise SourceError(f"{dataset}: {len(leaked)} train queries are test queries")
+
+
+def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train a first-stage-aware cross-encoder; returns the ``train_info.json`` content."""
+    started = time.monotonic()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = (
+        config.bf16
+        if config.bf16 is not None
+        else (
+            bool(torch.cuda.is_bf16_supported()) if device.type == "cuda" else cpu_supports_bf16()
+        )
+    )
+    base = config.base_model or default_base_model()
+
+    train_windows: list[HybridData] = []
+    devs: list[_DevData] = []
+    for dataset in config.datasets:
+        train_qrels, dev_qrels = _dev_split(dataset)
+        _refuse_test_overlap(dataset, train_qrels)
+        if dev_qrels is None:
+            train_qrels, dev_qrels = split_queries(train_qrels, config.dev_fraction, config.seed)
+        dev_ids = sorted(dev_qrels)
+        if len(dev_ids) > config.dev_max_queries:
+            dev_ids = sorted(random.Random(config.seed).sample(dev_ids, config.dev_max_queries))
+        log.info("%s: mining hybrid windows for %d train queries", dataset.name, len(train_qrels))
+        data = mine_hybrid_windows(
+            dataset, train_qrels, window=config.window, cache_dir=config.cache_dir
+        )
+        train_windows.append(data)
+        dev_data = mine_hybrid_windows(
+            dataset,
+            {q: dev_qrels[q] for q in dev_ids},
+            window=config.window,
+            cache_dir=config.cache_dir,
+        )
+        hybrid_run = {
+            w.query_id: {d: float(w.features[r, 0]) for r, d in enumerate(w.doc_ids)}
+            for w in dev_data.windows
+        }
+        hybrid = ranking_metrics(dev_data.qrels, hybrid_run)["nDCG@10"]
+        devs.append(_DevData(dataset.name, dev_data, hybrid))
+        log.info(
+            "%s: train recall@%d %.4f; dev %d queries, hybrid NDCG@10 %.4f",
+            dataset.name,
+            config.window,
+            data.recall,
+            len(dev_data.windows),
+            hybrid,
+        )
+
+    tokenizer, encoder = _load_encoder(base, "eager" if device.type == "cpu" else None)
+    model = FirstStageAwareModel(encoder, initial_scale=config.initial_scale).to(device)
+    passages = {f"{d.name}/{k}": v for d in train_windows for k, v in d.passages.items()}
+
+    def epoch_groups(epoch: int) -> list[tuple[Group, str]]:
+        out = []
+        for data in train_windows:
+            for g in listwise_hybrid_groups(
+                data.windows,
+                group_size=config.group_size,
+                hard=config.hard_negatives,
+                skip_around=config.skip_around,
+                hard_depth=config.hard_depth,
+                seed=config.seed * 1000 + epoch,
+            ):
+                out.append((g, data.name))
+        random.Random(config.seed + epoch).shuffle(out)
+        return out
+
+    first = epoch_groups(0)
+    steps_per_epoch = math.ceil(len(first) / config.groups_per_step)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoder_params, "lr": config.lr, "weight_decay": config.weight_decay},
+            {"params": head_params, "lr": config.head_lr, "weight_decay": 0.0},
+        ]
+    )
+    scheduler = linear_warmup_schedule(optimizer, int(config.warmup_ratio * total), total)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def evaluate(step: int) -> dict[str, float]:
+        values = {d.name: _dev_ndcg(model, tokenizer, d, config, bf16) for d in devs}
+        model.train()
+        values["mean"] = float(np.mean(list(values.values())))
+        values["step"] = float(step)
+        log.info("dev NDCG@10 after step %d: %s", step, values)
+        return values
+
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    best_dir = out / "best"
+    dev_curve = [evaluate(0)]
+    best = dev_curve[0]["mean"]
+    save_aware(model, tokenizer, best_dir)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    bar = tqdm(total=total, disable=not progress, desc="train", unit="step", mininterval=30)
+    window_started = time.monotonic()
+    for epoch in range(config.epochs):
+        groups = first if epoch == 0 else epoch_groups(epoch)
+        for start in range(0, len(groups), config.groups_per_step):
+            if step >= total:
+                break
+            chosen = groups[start : start + config.groups_per_step]
+            queries = [g.query for g, _ in chosen for _ in g.doc_ids]
+            texts = [passages[f"{name}/{d}"] for g, name in chosen for d in g.doc_ids]
+            encoded = _encode(tokenizer, queries, texts, config.max_length)
+            batch = _collate(encoded, pad, device)
+            batch["first_stage"] = torch.from_numpy(
+                np.concatenate([g.features for g, _ in chosen])
+            ).to(device)
+            with _autocast(device, bf16):
+                logits = model(**batch).float().reshape(-1)
+            loss: Any = listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            if step % 50 == 0:
+                rate = 50 * config.groups_per_step * config.group_size
+                rate_s = rate / (time.monotonic() - window_started)
+                window_started = time.monotonic()
+                log.info(
+                    "step %d/%d epoch %d loss %.4f w %s %.1f pairs/s",
+                    step,
+                    total,
+                    epoch,
+                    float(np.mean(losses[-50:])),
+                    [round(float(v), 3) for v in model.feature_weights.detach()],
+                    rate_s,
+                )
+        metrics = evaluate(step)
+        metrics["epoch"] = float(epoch + 1)
+        dev_curve.append(metrics)
+        if metrics["mean"] > best:
+            best = metrics["mean"]
+            save_aware(model, tokenizer, best_dir)
+        save_aware(model, tokenizer, out / "last")
+        if step >= total:
+            break
+    bar.close()
+    chosen_step = max(dev_curve, key=lambda m: m["mean"])
+    info: dict[str, Any] = {
+        "format": 1,
+        "kind": "first-stage-aware-cross-encoder",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": str(base),
+        "max_length": config.max_length,
+        "features": list(FEATURE_NAMES),
+        "feature_normalization": NORMALIZATION,
+        "first_stage": "in-process BM25 (k1 0.9, b 0.4) top-100 + all-MiniLM-L6-v2 cosine "
+        "top-100, linear min-max fusion (weights 1, 1)",
+        "data": {
+            d.name: {"train_queries": len(d.windows), "recall@window": round(d.recall, 4)}
+            for d in train_windows
+        },
+        "dev": {
+            d.name: {"queries": len(d.data.windows), "hybrid_nDCG@10": d.hybrid_ndcg} for d in devs
+        },
+        "dev_curve": dev_curve,
+        "chosen": chosen_step,
+        "steps": step,
+        "loss": "listwise softmax CE (1 positive + group_size-1 hybrid negatives)",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+        | {"datasets": [str(p) for p in config.datasets]},
+        "command": list(sys.argv),
+        "versions": _versions(),
+        "bf16": bf16,
+        "device": str(device),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    info["config"]["output_dir"] = str(config.output_dir)
+    for folder in (best_dir, out / "last"):
+        if folder.exists():
+            (folder / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    # the chosen checkpoint becomes the output folder's model
+    for item in best_dir.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        shutil.copy2(item, target) if item.is_file() else shutil.copytree(item, target)
+    return info
+
+
+__all__ = [
+    "AWARE_CONFIG_FILE",
+    "AwareTrainConfig",
+    "FirstStageAwareModel",
+    "is_aware_checkpoint",
+    "listwise_hybrid_groups",
+    "load_aware",
+    "mine_hybrid_windows",
+    "save_aware",
+    "score_aware",
+    "split_queries",
+    "train_aware",
+]

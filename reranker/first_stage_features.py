@@ -1,0 +1,103 @@
+"""The first-stage features a first-stage-aware cross-encoder reads beside the text.
+
+Pure functions over one query's candidate window, shared by training (which mines hybrid
+candidates in process) and serving (which reads Elasticsearch's scores), so both compute the
+same numbers:
+
+- ``fused``: the score that ordered the window (hybrid fusion, or the single first stage),
+  min-max normalised within the window → [0, 1]. A model whose head is still zero ranks
+  exactly by it, so an untrained first-stage-aware model reproduces the first stage.
+- ``bm25``: the lexical score, min-max normalised over the candidates that have one.
+- ``dense``: the kNN score (Elasticsearch's ``(1 + cosine) / 2``; min-max makes the affine
+  form irrelevant), min-max normalised over the candidates that have one.
+
+A candidate without a stage's score (retrieved by the other list only) gets
+:data:`MISSING_VALUE`, the bottom of the normalised range, and is counted: being absent from a
+list never looks better than being retrieved last by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURE_NAMES: tuple[str, ...] = ("fused", "bm25", "dense")
+MISSING_VALUE = 0.0
+NORMALIZATION = "minmax within the candidate window; missing → 0.0"
+
+
+@dataclass(frozen=True)
+class WindowFeatures:
+    """``values[i]`` are candidate ``i``'s features in :data:`FEATURE_NAMES` order."""
+
+    values: np.ndarray
+    missing: dict[str, int]
+    """Per feature, how many candidates had no score and got :data:`MISSING_VALUE`."""
+
+
+def _minmax(column: Sequence[float | None]) -> tuple[np.ndarray, int]:
+    present = [float(v) for v in column if v is not None and np.isfinite(v)]
+    out = np.full(len(column), MISSING_VALUE, dtype=np.float32)
+    if not present:
+        return out, len(column)
+    low, high = min(present), max(present)
+    missing = 0
+    for i, value in enumerate(column):
+        if value is None or not np.isfinite(value):
+            missing += 1
+        elif high == low:
+            out[i] = 1.0
+        else:
+            out[i] = (float(value) - low) / (high - low)
+    return out, missing
+
+
+def window_features(
+    fused: Sequence[float],
+    bm25: Sequence[float | None],
+    dense: Sequence[float | None],
+) -> WindowFeatures:
+    """Features of one query's candidates (all three sequences in candidate order)."""
+    if not len(fused) == len(bm25) == len(dense):
+        raise ValueError(
+            f"feature columns differ in length: fused {len(fused)}, bm25 {len(bm25)}, "
+            f"dense {len(dense)}"
+        )
+    columns: dict[str, list[float | None]] = {
+        "fused": list(fused),
+        "bm25": list(bm25),
+        "dense": list(dense),
+    }
+    values = np.zeros((len(fused), len(FEATURE_NAMES)), dtype=np.float32)
+    missing: dict[str, int] = {}
+    for j, name in enumerate(FEATURE_NAMES):
+        values[:, j], missing[name] = _minmax(columns[name])
+    return WindowFeatures(values=values, missing=missing)
+
+
+def features_from_stage_scores(
+    scores: Sequence[float], stage_scores: Sequence[dict[str, float]]
+) -> WindowFeatures:
+    """Features from the pipeline's view of a window: each hit's first-stage score and its
+    per-stage scores (``{"bm25": ..., "dense": ...}``, either may be absent)."""
+    return window_features(
+        list(scores),
+        [s.get("bm25") for s in stage_scores],
+        [s.get("dense") for s in stage_scores],
+    )
+
+
+#: the features each first-stage mode can provide
+PROVIDED_BY_BASE: dict[str, frozenset[str]] = {
+    "bm25": frozenset({"fused", "bm25"}),
+    "dense": frozenset({"fused", "dense"}),
+    "hybrid": frozenset({"fused", "bm25", "dense"}),
+}
+
+
+def unavailable_features(needed: Sequence[str], base: str) -> list[str]:
+    """The features in ``needed`` that a ``base`` first stage cannot provide."""
+    provided = PROVIDED_BY_BASE.get(base, frozenset())
+    return [name for name in needed if name not in provided]

@@ -1,0 +1,155 @@
+"""The first-stage-aware cross-encoder: an untrained model ranks as the first stage did, its
+export reads the features as a graph input, and the Scorer refuses to score without them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reranker.errors import ModelError
+from reranker.first_stage_features import FEATURE_NAMES
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from reranker.first_stage_aware import (  # noqa: E402
+    FirstStageAwareModel,
+    QueryWindow,
+    _load_encoder,
+    listwise_hybrid_groups,
+    load_aware,
+    save_aware,
+    score_aware,
+    split_queries,
+)
+
+
+@pytest.fixture(scope="module")
+def aware_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained first-stage-aware model over the shipped MiniLM, saved."""
+    tokenizer, encoder = _load_encoder(minilm_weights_dir, "eager")
+    model = FirstStageAwareModel(encoder, initial_scale=5.0)
+    out = tmp_path_factory.mktemp("aware")
+    save_aware(model, tokenizer, out)
+    return out
+
+
+PAIRS = [
+    ("what causes rain", "Rain forms when water vapour condenses into droplets."),
+    ("what causes rain", "Bananas are rich in potassium."),
+    ("what causes rain", "Clouds hold water that falls as precipitation when heavy enough."),
+    ("what causes rain", "The stock market fell on Tuesday."),
+]
+
+
+def _features(rows: int) -> np.ndarray:
+    return np.random.default_rng(7).random((rows, len(FEATURE_NAMES)), dtype=np.float32)
+
+
+def test_an_untrained_model_ranks_exactly_by_the_fused_first_stage_score(
+    aware_dir: Path,
+) -> None:
+    model, tokenizer = load_aware(aware_dir)
+    features = _features(len(PAIRS))
+    logits = score_aware(model, tokenizer, PAIRS, features, max_length=64)
+    np.testing.assert_allclose(logits, 5.0 * features[:, 0], rtol=1e-6)
+
+
+def test_saved_model_records_its_features_and_normalisation(aware_dir: Path) -> None:
+    config = json.loads((aware_dir / "first_stage_aware.json").read_text(encoding="utf-8"))
+    assert config["features"] == list(FEATURE_NAMES)
+    assert "minmax" in config["normalization"]
+    assert config["feature_weights"] == [5.0, 0.0, 0.0]
+
+
+def test_groups_put_the_positive_first_and_skip_ranks_around_positives() -> None:
+    grades = [0] * 40
+    grades[5] = 1
+    window = QueryWindow(
+        query_id="q",
+        query="q text",
+        doc_ids=[f"d{i}" for i in range(40)],
+        features=np.zeros((40, 3), dtype=np.float32),
+        grades=grades,
+    )
+    for seed in range(20):
+        (group,) = listwise_hybrid_groups(
+            [window], group_size=8, hard=4, skip_around=2, hard_depth=30, seed=seed
+        )
+        assert group.doc_ids[0] == "d5"
+        ranks = [int(d[1:]) for d in group.doc_ids[1:]]
+        assert len(ranks) == 7 and len(set(ranks)) == 7
+        assert not {3, 4, 6, 7} & set(ranks)
+        assert sum(r >= 30 for r in ranks) == 3  # the rest from deeper in the window
+
+
+def test_held_out_queries_are_a_stable_fraction() -> None:
+    qrels = {f"q{i}": {"d": 1} for i in range(1000)}
+    train, dev = split_queries(qrels, 0.2, seed=13)
+    assert set(train).isdisjoint(dev) and len(train) + len(dev) == 1000
+    assert 150 < len(dev) < 250
+    assert split_queries(qrels, 0.2, seed=13)[1] == dev
+
+
+@pytest.fixture(scope="module")
+def aware_export_dir(aware_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained model with a non-zero head, exported with int8."""
+    from export.onnx_export import export_cross_encoder
+
+    model, tokenizer = load_aware(aware_dir)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.linspace(-0.05, 0.05, model.head.weight.numel()))
+    trained = tmp_path_factory.mktemp("aware-trained")
+    save_aware(model, tokenizer, trained)
+    out = tmp_path_factory.mktemp("aware-export") / "reranker"
+    return export_cross_encoder(trained, out, int8=True, name="test-aware")
+
+
+@pytest.mark.slow
+def test_export_takes_the_features_as_a_graph_input_and_records_them(
+    aware_export_dir: Path,
+) -> None:
+    card = json.loads((aware_export_dir / "reranker.json").read_text(encoding="utf-8"))
+    assert card["inputs"][-1] == "first_stage"
+    assert card["first_stage_features"]["names"] == list(FEATURE_NAMES)
+    assert card["variants"]["fp32"]["parity_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.slow
+def test_scorer_passes_the_features_and_matches_torch(
+    aware_export_dir: Path, aware_dir: Path
+) -> None:
+    from reranker.scoring import Scorer
+
+    scorer = Scorer(aware_export_dir)
+    assert scorer.feature_names == FEATURE_NAMES
+    features = _features(len(PAIRS))
+    got = scorer.score(PAIRS, features=features)
+    shifted = scorer.score(PAIRS, features=features + np.array([0.5, 0, 0], dtype=np.float32))
+    np.testing.assert_allclose(shifted - got, 2.5, atol=1e-4)  # the fused weight, 5.0 × 0.5
+
+
+@pytest.mark.slow
+def test_scorer_refuses_an_aware_model_without_features(aware_export_dir: Path) -> None:
+    from reranker.scoring import Scorer
+
+    scorer = Scorer(aware_export_dir, variant="int8")
+    with pytest.raises(ModelError, match="first-stage-aware"):
+        scorer.score(PAIRS)
+    with pytest.raises(ModelError, match="shape"):
+        scorer.score(PAIRS, features=np.zeros((len(PAIRS), 2), dtype=np.float32))
+
+
+@pytest.mark.slow
+def test_int8_keeps_the_first_stage_prior_exact(aware_export_dir: Path) -> None:
+    """The prior is a Mul + ReduceSum, which dynamic quantisation leaves in fp32."""
+    from reranker.scoring import Scorer
+
+    scorer = Scorer(aware_export_dir, variant="int8")
+    features = _features(len(PAIRS))
+    base = scorer.score(PAIRS, features=features)
+    moved = scorer.score(PAIRS, features=features + np.array([0.1, 0, 0], dtype=np.float32))
+    np.testing.assert_allclose(moved - base, 0.5, atol=1e-5)
