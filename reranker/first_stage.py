@@ -49,6 +49,30 @@ class HybridOptions:
             raise SearchError("depth must be at least 1")
 
 
+def fuse(lexical: Sequence[Hit], dense: Sequence[Hit], options: HybridOptions, k: int) -> list[Hit]:
+    """The top ``k`` of a lexical and a dense list fused as ``options`` say (a pure function:
+    the CLI's first stage and the proxy, which fetch differently, fuse the same way). Each hit
+    keeps both lists' scores in ``stage_scores`` (``bm25``, ``dense``) where it was found."""
+    runs = [{h.id: h.score for h in lexical}, {h.id: h.score for h in dense}]
+    if options.fusion == "rrf":
+        fused = fusion.rrf(runs, rank_constant=options.rank_constant, weights=options.weights)
+    else:
+        fused = fusion.linear(runs, weights=options.weights, normalization=options.normalization)
+    by_id = {h.id: h for h in dense} | {h.id: h for h in lexical}
+    hits = []
+    for doc_id in fusion.ranked(fused)[:k]:
+        stages = {"bm25": runs[0].get(doc_id), "dense": runs[1].get(doc_id)}
+        hits.append(
+            Hit(
+                id=doc_id,
+                score=fused[doc_id],
+                source=by_id[doc_id].source,
+                stage_scores={name: s for name, s in stages.items() if s is not None},
+            )
+        )
+    return hits
+
+
 class FirstStage:
     """Runs first-stage queries against one index or alias."""
 
@@ -107,27 +131,7 @@ class FirstStage:
         depth = max(k, options.depth)
         lexical = self.bm25(text, depth)
         dense = self.dense(text, depth, vector=vector)
-        runs = [{h.id: h.score for h in lexical}, {h.id: h.score for h in dense}]
-        if options.fusion == "rrf":
-            fused = fusion.rrf(runs, rank_constant=options.rank_constant, weights=options.weights)
-        else:
-            fused = fusion.linear(
-                runs, weights=options.weights, normalization=options.normalization
-            )
-        by_id = {h.id: h for h in dense} | {h.id: h for h in lexical}
-        hits = []
-        for doc_id in fusion.ranked(fused)[:k]:
-            base = by_id[doc_id]
-            stages = {"bm25": runs[0].get(doc_id), "dense": runs[1].get(doc_id)}
-            hits.append(
-                Hit(
-                    id=doc_id,
-                    score=fused[doc_id],
-                    source=base.source,
-                    stage_scores={name: s for name, s in stages.items() if s is not None},
-                )
-            )
-        return hits
+        return fuse(lexical, dense, options, k)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self.encoder is None:

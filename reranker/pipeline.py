@@ -126,12 +126,26 @@ class Pipeline:
         vector: Sequence[float] | None = None,
         deadline: float | None = None,
     ) -> PipelineResult:
-        timings: dict[str, float] = {}
         started = time.perf_counter()
         candidates = self.first_stage.search(
             text, self.base, max(self.window, k), hybrid=self.hybrid, vector=vector
         )
-        timings["first_stage"] = (time.perf_counter() - started) * 1000
+        first_stage_ms = (time.perf_counter() - started) * 1000
+        result = self.rerank(text, candidates, k=k, deadline=deadline)
+        result.timings_ms = {"first_stage": first_stage_ms, **result.timings_ms}
+        return result
+
+    def rerank(
+        self,
+        text: str,
+        candidates: Sequence[Hit],
+        *,
+        k: int = 10,
+        deadline: float | None = None,
+    ) -> PipelineResult:
+        """Rerank candidates a first stage already fetched (in its order): cross-encoder,
+        then the blend; fail open as :meth:`search` does."""
+        timings: dict[str, float] = {}
         hits = [
             RankedHit(
                 id=h.id,

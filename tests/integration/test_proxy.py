@@ -198,7 +198,8 @@ async def test_missing_index_inside_the_allow_list_is_elasticsearchs_404(
 async def test_reranked_answer_is_the_window_reordered_by_the_cross_encoder(
     proxy: httpx.AsyncClient, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer
 ) -> None:
-    response = await proxy.post(f"/{proxy_alias}/_search", json=rerank_body(explain=True))
+    body = rerank_body(explain=True, hybrid=False)
+    response = await proxy.post(f"/{proxy_alias}/_search", json=body)
     assert response.status_code == 200
     body = response.json()
     assert set(body) >= {"took", "timed_out", "_shards", "hits", "rerank"}
@@ -278,6 +279,66 @@ async def test_hybrid_fuses_bm25_and_knn_before_reranking(
     assert "embed" in answer["rerank"]["took_ms"]
     stages = [set(h["_rerank"]["stage_scores"]) for h in answer["hits"]["hits"]]
     assert any("dense" in s for s in stages)
+
+
+async def test_an_index_with_embeddings_is_reranked_over_the_hybrid_list_by_default(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    response = await proxy.post(f"/{proxy_alias}/_search", json=rerank_body(explain=True))
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["rerank"]["first_stage"] == "hybrid"
+    assert answer["rerank"]["fusion"] == "linear"
+    assert "embed" in answer["rerank"]["took_ms"]
+
+
+async def test_an_index_without_embeddings_is_reranked_over_bm25_by_default(
+    proxy: httpx.AsyncClient, proxy_alias: str, es_client: Elasticsearch
+) -> None:
+    plain = f"{proxy_alias}-plain"
+    for i, text in enumerate(["human cells and protein expression", "disease in cells"]):
+        es_client.index(index=plain, id=str(i), document={"title": "", "text": text})
+    es_client.indices.refresh(index=plain)
+    try:
+        response = await proxy.post(f"/{plain}/_search", json=rerank_body())
+        assert response.status_code == 200
+        assert response.json()["rerank"]["first_stage"] == "bm25"
+        assert response.json()["rerank"]["degraded"] is None
+    finally:
+        es_client.indices.delete(index=plain)
+
+
+class FeatureSpyScorer(Scorer):
+    """The real scorer posing as a first-stage-aware model: it records the features it gets
+    and adds the fused one to its logits."""
+
+    def __init__(self, inner: Scorer) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.inner = inner
+        self._feature_names = ("fused", "bm25", "dense")
+        self.seen: list[np.ndarray] = []
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        features = kwargs.pop("features")
+        self.seen.append(features)
+        logits: np.ndarray = self.inner.score(pairs, **kwargs) + features[:, 0]
+        return logits
+
+
+async def test_a_first_stage_aware_model_reads_hybrid_features_and_refuses_bm25_only(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> None:
+    scorer = FeatureSpyScorer(proxy_scorer)
+    async with running(proxy_settings(es_node, proxy_alias), scorer, embedder) as http:
+        refused = await http.post(f"/{proxy_alias}/_search", json=rerank_body(hybrid=False))
+        served = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+    assert refused.status_code == 400
+    assert "dense" in refused.json()["error"]["reason"]
+    assert served.status_code == 200
+    assert served.json()["rerank"]["first_stage"] == "hybrid"
+    features = scorer.seen[-1]
+    assert features.shape == (10, 3)
+    assert features[:, 0].max() == 1.0 and features[:, 0].min() == 0.0
 
 
 async def test_query_text_can_be_given_explicitly(
