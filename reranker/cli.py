@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 from elasticsearch import ConnectionError as ESConnectionError
 
-from reranker.config import Settings
+from reranker.config import MODEL_VARIANTS, Settings
 from reranker.errors import RerankerError
 
 if TYPE_CHECKING:
@@ -325,9 +325,7 @@ def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: 
 )
 @click.option("--window", default=100, show_default=True, help="Candidates to rerank.")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
-@click.option(
-    "--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None, help="Precision."
-)
+@click.option("--variant", type=click.Choice(MODEL_VARIANTS), default=None, help="Precision.")
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -406,7 +404,7 @@ def search_cmd(
 )
 @click.option(
     "--variant",
-    type=click.Choice(["fp32", "int8", "fp16"]),
+    type=click.Choice(MODEL_VARIANTS),
     default=None,
     help="Exported precision of the cross-encoder [default: fp32 if present].",
 )
@@ -802,7 +800,7 @@ def export_cmd(
     help="Index pattern clients may search (fnmatch); repeatable [default: all].",
 )
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
-@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None)
+@click.option("--variant", type=click.Choice(MODEL_VARIANTS), default=None)
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Allow hybrid kNN.")
 @click.option("--request-log/--no-request-log", default=None, help="Log reranked requests.")
 @click.option(
@@ -895,7 +893,7 @@ def ltr() -> None:
 )
 @click.option("--signals", default=None, help="Preset or JSON file [default: the dataset's].")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
-@click.option("--variant", type=click.Choice(["fp32", "int8", "fp16"]), default=None)
+@click.option("--variant", type=click.Choice(MODEL_VARIANTS), default=None)
 @click.option("--max-queries", type=int, default=None, help="Only the first N judged queries.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context

@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 from reranker.errors import ConfigError
 
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
+#: the exported precisions of a cross-encoder, as every command and the proxy name them
+MODEL_VARIANTS: tuple[str, ...] = ("fp32", "int8", "fp16")
 
 
 def reranker_home() -> Path:

@@ -39,6 +39,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from reranker.blend import sigmoid as logistic
+from reranker.config import MODEL_VARIANTS
 from reranker.errors import ModelError
 from reranker.models import (
     CROSS_ENCODER_CARD,
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-VARIANTS = ("fp32", "int8", "fp16")
+VARIANTS = MODEL_VARIANTS
 #: characters kept per token of ``max_length`` before tokenising (BERT tokens span < 100 chars)
 CHARS_PER_TOKEN_CAP = 100
 
@@ -123,11 +125,6 @@ def _cap_chars(text: str, limit: int) -> tuple[str, bool]:
         return text, False
     cut = text.rfind(" ", limit // 2, limit)
     return text[: cut if cut > 0 else limit], True
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
-    return out
 
 
 class PairScorer(Protocol):
@@ -372,7 +369,7 @@ class Scorer:
         with self._lock:
             self._last = call
             self._stats = self._stats + call
-        return _sigmoid(out) if sigmoid else out
+        return logistic(out).astype(np.float32) if sigmoid else out
 
     def score_query(
         self,
