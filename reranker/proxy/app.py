@@ -523,7 +523,7 @@ class Proxy:
                 max_digits=self.settings.max_number_digits,
             )
             limit = msearch_concurrency(url_params)
-            plain = not any(item.wants_rerank for item in items)
+            plain = not any(item.wants_rerank or item.error for item in items)
             allowed = all(self._index_refusal(item.index) is None for item in items)
             if plain and allowed and not any(_scrolls(item) for item in items):
                 return await self._passthrough(
@@ -553,6 +553,8 @@ class Proxy:
         started = time.perf_counter()
         try:
             self._check_index(item.index)
+            if item.error is not None:
+                raise item.error
             rest, spec_raw = split_rerank(item.body)
             check_no_scroll(item.body, item.params)
             if spec_raw is None:

@@ -33,8 +33,12 @@ JSON_WHITESPACE = " \t\r\n"
 class BodyError(ProxyError):
     """A request body that is not acceptable JSON: always a 400."""
 
-    def __init__(self, reason: str, error_type: str = "parsing_exception") -> None:
+    def __init__(
+        self, reason: str, error_type: str = "parsing_exception", *, syntax: bool = False
+    ) -> None:
         super().__init__(400, error_type, reason)
+        #: the text is not JSON at all (else: JSON whose content is refused)
+        self.syntax = syntax
 
 
 def _reject_constant(name: str) -> Any:
@@ -105,7 +109,7 @@ def loads_strict(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise BodyError(f"the {what} is not UTF-8") from None
+            raise BodyError(f"the {what} is not UTF-8", syntax=True) from None
     else:
         text = raw
     depth = nesting_depth(text)
@@ -144,7 +148,8 @@ def loads_strict(
         )
     except json.JSONDecodeError as exc:
         raise BodyError(
-            f"the {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"the {what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            syntax=True,
         ) from None
     except RecursionError:  # pragma: no cover - the depth check comes first
         raise BodyError(f"the {what} nests too deeply") from None

@@ -55,6 +55,9 @@ class SearchItem:
     params: dict[str, str]
     body: dict[str, Any]
     raw_body: bytes
+    error: ProxyError | None = None
+    """A body line that is JSON but refused (an unpaired surrogate, nesting or a number
+    beyond the limits): that search's own 400 entry, the others still run."""
 
     @property
     def wants_rerank(self) -> bool:
@@ -114,7 +117,13 @@ def parse_msearch(
                 f"line {body_no}: the search body is empty (Elasticsearch: Expected "
                 "[START_OBJECT] but found [null]); send {} for a search without a body"
             )
-        body = _json_value(body_line, body_no, "search body", max_depth, max_digits)
+        error: ProxyError | None = None
+        try:
+            body = _json_value(body_line, body_no, "search body", max_depth, max_digits)
+        except BodyError as exc:
+            if exc.syntax:
+                raise
+            body, error = {}, exc
         if not isinstance(body, dict):
             raise parse_error(f"line {body_no}: the search body must be a JSON object")
         index = _header_index(header, header_no) or default_index or "_all"
@@ -128,7 +137,7 @@ def parse_msearch(
                     f"line {header_no}: key [{key}] is not supported in the metadata section"
                 )
             params[name] = _param_value(value, key, header_no)
-        items.append(SearchItem(index, params, body, body_line))
+        items.append(SearchItem(index, params, body, body_line, error))
     return items
 
 
@@ -150,7 +159,7 @@ def _json_value(line: bytes, number: int, what: str, max_depth: int, max_digits:
     try:
         return loads_strict(line, max_depth=max_depth, max_digits=max_digits, what=what)
     except BodyError as exc:
-        raise ProxyError(400, exc.error_type, f"line {number}: {exc.reason}") from None
+        raise BodyError(f"line {number}: {exc.reason}", exc.error_type, syntax=exc.syntax) from None
 
 
 def _header_index(header: Mapping[str, Any], number: int) -> str | None:
