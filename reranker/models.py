@@ -91,7 +91,7 @@ def verify_files(model_dir: Path, card: dict[str, Any], names: Iterable[str]) ->
         actual = sha256_file(path)
         if actual != expected:
             raise ModelError(
-                f"{path}: its sha256 does not match the card's "
+                f"{path}: sha256 does not match the card's "
                 "(the file was changed or copied incompletely; export the model again)"
             )
 
@@ -99,14 +99,15 @@ def verify_files(model_dir: Path, card: dict[str, Any], names: Iterable[str]) ->
 def model_file(model_dir: Path, name: object) -> Path:
     """``model_dir / name`` for a file name a card gives; :class:`ModelError` unless it is a
     plain relative name that stays inside ``model_dir`` (no absolute path, no ``..``, no
-    symbolic link leading out)."""
+    folder on the way that is a link leading out). The file itself may be a link (a copy of
+    a model made of links is still that model); its sha256 is checked all the same."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ModelError(f"{model_dir}: the card names a file that is not a file name")
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
         raise ModelError(f"{model_dir}: the card names a file outside the model folder")
     path = model_dir / relative
-    if not path.resolve().is_relative_to(model_dir.resolve()):
+    if not path.parent.resolve().is_relative_to(model_dir.resolve()):
         raise ModelError(f"{model_dir}: the card names a file outside the model folder")
     return path
 

@@ -106,8 +106,10 @@ def test_card_file_names_must_stay_inside_the_model_folder(tmp_path: Path) -> No
     folder.mkdir()
     (tmp_path / "outside").write_text("x")
     (folder / "link").symlink_to(tmp_path / "outside")
+    (folder / "escape").symlink_to(tmp_path, target_is_directory=True)
     assert model_file(folder, "model.onnx") == folder / "model.onnx"
-    for name in ("../outside", "/etc/passwd", "link", "", 3):
+    assert model_file(folder, "link") == folder / "link"  # a linked file: its hash decides
+    for name in ("../outside", "/etc/passwd", "escape/outside", "sub/../../outside", "", 3):
         with pytest.raises(ModelError, match=r"not a file name|outside the model folder"):
             model_file(folder, name)
 
