@@ -7,7 +7,7 @@ in front of the real secured node: search-shaped bodies with random values in ev
 Every answer, and every ``_msearch`` entry, must be below 500. The scorer is a fast
 stand-in (the cross-encoder's speed is not what is tested); Elasticsearch is real.
 
-Bounded: ``RERANKER_FUZZ_EXAMPLES`` examples per endpoint (default 300; each ``_msearch``
+Bounded: ``RERANKER_FUZZ_EXAMPLES`` examples per endpoint (default 500; each ``_msearch``
 example carries up to six bodies), no per-example deadline.
 """
 
@@ -34,7 +34,7 @@ from tests.integration.test_proxy import proxy_settings
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("RERANKER_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("RERANKER_FUZZ_EXAMPLES", "500"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -265,7 +265,9 @@ def test_no_search_body_gets_a_5xx(
 
 @FUZZ
 @given(
-    lines=st.lists(st.tuples(headers, bodies | st.just(b"")), min_size=1, max_size=3),
+    lines=st.lists(
+        st.tuples(headers, st.one_of(poisoned(), bodies, st.just(b""))), min_size=1, max_size=3
+    ),
     extra=st.lists(headers | bodies, max_size=1),
     newline=st.booleans(),
     query=params,
