@@ -351,10 +351,13 @@ class Proxy:
                 "this proxy has no model roots (RERANKER_PROXY_MODEL_ROOTS, --model-root): "
                 "only the configured model can be reloaded",
             )
-        given = Path(model.strip())
-        candidate = (given if given.is_absolute() else roots[0] / given).resolve()
+        try:
+            given = Path(model.strip())
+            candidate = (given if given.is_absolute() else roots[0] / given).resolve()
+        except (OSError, ValueError):  # a NUL byte, a link loop: not a folder in a root
+            candidate = None
         for root in roots:
-            if candidate != root and candidate.is_relative_to(root):
+            if candidate is not None and candidate != root and candidate.is_relative_to(root):
                 return candidate
         raise ProxyError(
             403,

@@ -398,7 +398,14 @@ async def test_reload_loads_only_from_the_model_roots_and_names_no_outside_path(
     async with serving(settings, model_loader=loader) as (_, http):
         answers = {
             path: await http.post("/_reranker/reload", json={"model": path})
-            for path in ("/etc", "/no/such/folder", str(proxy_xenc_dir), "../../etc", "..")
+            for path in (
+                "/etc",
+                "/no/such/folder",
+                str(proxy_xenc_dir),
+                "../../etc",
+                "..",
+                "a\u0000b",
+            )
         }
     reasons = {answer.text for answer in answers.values()}
     assert len(reasons) == 1  # the same refusal whether the folder exists or not
