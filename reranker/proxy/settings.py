@@ -55,8 +55,10 @@ class ProxySettings:
     """Everything ``reranker serve`` needs besides the models themselves.
 
     ``es`` holds the connection to Elasticsearch (URL, credentials, TLS). When it carries
-    credentials they are used for every request; otherwise a client's ``Authorization``
-    header is passed through to Elasticsearch (unless it was the proxy's own API key).
+    credentials, searches run with credentials derived from them and restricted to
+    ``allowed_indices`` (:mod:`reranker.proxy.scoped`); the request log and health checks use
+    them as they are. Without any, a client's ``Authorization`` header is passed through to
+    Elasticsearch (unless it was the proxy's own API key).
     """
 
     es: Settings = field(default_factory=Settings.from_env)
