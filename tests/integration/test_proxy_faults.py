@@ -22,6 +22,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.embed import Embedder
+from reranker.es.credentials import remove_credentials
 from reranker.es.node import LocalNode, NodeStatus
 from reranker.scoring import Scorer
 from tests.conftest import es_client_for, es_settings
@@ -60,6 +61,8 @@ def second_node(
     finally:
         node.down()
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(node.node_dir, ignore_errors=True)  # a throw-away node on a free port
+        remove_credentials(node.port)
 
 
 async def test_elasticsearch_stopped_and_restarted_mid_run(
