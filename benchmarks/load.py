@@ -305,11 +305,10 @@ def metric(url: str, name: str) -> float:
 
 def log_check(url: str, prefix: str, reranked: int) -> dict[str, Any]:
     """Wait for the proxy's log queue to drain, then compare Elasticsearch's count."""
-    from elasticsearch import Elasticsearch
-
     from reranker.config import Settings
+    from reranker.es.client import make_client
 
-    es_url = Settings.from_env().es_url
+    settings = Settings.from_env()  # with the local node's generated credentials, if any
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         written = metric(url, "reranker_proxy_log_documents_written_total")
@@ -317,7 +316,7 @@ def log_check(url: str, prefix: str, reranked: int) -> dict[str, Any]:
         if written + dropped >= reranked:
             break
         time.sleep(1)
-    with Elasticsearch(es_url, request_timeout=60) as es:
+    with make_client(settings) as es:
         es.indices.refresh(index=f"{prefix}-*")
         count = int(es.count(index=f"{prefix}-*")["count"])
     return {

@@ -7,6 +7,7 @@ node could not be started or reached; 4 unreadable or malformed input; 5 indexin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -119,9 +120,11 @@ def _scorer(model: Path | None, variant: str | None) -> Any:
 def es() -> None:
     """Manage the local single-node Elasticsearch (the embedded default).
 
-    The node runs on 127.0.0.1 with security off, from the integ-test-zip distribution
-    fetched from Maven Central with `mvn`; distribution, JDK and data are cached under
-    RERANKER_HOME (default ~/.cache/reranker).
+    The node runs on 127.0.0.1 with Elasticsearch's security on: the `elastic` user's
+    generated password is kept (mode 0600) in RERANKER_HOME/credentials/, where every
+    reranker command and the proxy find it. It runs the integ-test-zip distribution fetched
+    from Maven Central with `mvn`; distribution, JDK and data are cached under RERANKER_HOME
+    (default ~/.cache/reranker).
     """
 
 
@@ -133,10 +136,14 @@ def _node_options(func: F) -> F:
     return func
 
 
-def _node(port: int, version: str | None, heap: str | None = None) -> Any:
+def _node(port: int, version: str | None, heap: str | None = None, *, security: bool = True) -> Any:
     from reranker.es.node import DEFAULT_ES_VERSION, LocalNode
 
-    kwargs: dict[str, Any] = {"port": port, "version": version or DEFAULT_ES_VERSION}
+    kwargs: dict[str, Any] = {
+        "port": port,
+        "version": version or DEFAULT_ES_VERSION,
+        "security": security,
+    }
     if heap:
         kwargs["heap"] = heap
     return LocalNode(**kwargs)
@@ -145,10 +152,31 @@ def _node(port: int, version: str | None, heap: str | None = None) -> Any:
 @es.command("up")
 @_node_options
 @click.option("--heap", default="1g", show_default=True, help="JVM heap (-Xms and -Xmx).")
-def es_up(port: int, version: str | None, heap: str) -> None:
-    """Fetch (once), start and wait for the local node. Does nothing if it already runs."""
-    status = _node(port, version, heap).up(progress=lambda msg: click.echo(msg, err=True))
+@click.option(
+    "--no-security",
+    is_flag=True,
+    help="Opt out: start the node with security off (anyone on this machine can read and "
+    "change every index; the proxy's allow-list is then the only guard).",
+)
+def es_up(port: int, version: str | None, heap: str, no_security: bool) -> None:
+    """Fetch (once), start and wait for the local node. Does nothing if it already runs.
+
+    Security is on: the `elastic` user's password is generated on the first start and kept
+    in RERANKER_HOME/credentials/elasticsearch-<port>.json (mode 0600)."""
+    if no_security:
+        click.echo(
+            "warning: starting Elasticsearch with security OFF (--no-security): no "
+            "authentication, no authorization; every local process can read and change "
+            "every index",
+            err=True,
+        )
+    node = _node(port, version, heap, security=not no_security)
+    status = node.up(progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"Elasticsearch {status.version} is up at {status.url} (pid {status.pid})")
+    if not no_security:
+        from reranker.es.credentials import credentials_file
+
+        click.echo(f"security on: user elastic, password in {credentials_file(port)}")
 
 
 @es.command("down")
@@ -823,6 +851,14 @@ def export_cmd(
     multiple=True,
     help="NAME=FILE: a learned blend (`reranker ltr fit`) requests may name; repeatable.",
 )
+@click.option(
+    "--model-root",
+    "model_roots",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder `POST /_reranker/reload` may load models from; repeatable "
+    "[env RERANKER_PROXY_MODEL_ROOTS; default: the served model's parent folder].",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -836,6 +872,7 @@ def serve_cmd(
     log_format: str,
     signal_sources: tuple[str, ...],
     blend_files: tuple[str, ...],
+    model_roots: tuple[Path, ...],
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
@@ -857,7 +894,12 @@ def serve_cmd(
         overrides["signals"] = parse_pairs(signal_sources, "signals")
     if blend_files:
         overrides["blends"] = parse_pairs(blend_files, "blend")
+    if model_roots:
+        overrides["model_roots"] = tuple(model_roots)
     settings = ProxySettings.from_env(**overrides)
+    if not settings.model_roots:
+        served = (model or default_model_dir()).resolve()
+        settings = dataclasses.replace(settings, model_roots=(served.parent,))
     serve(
         settings,
         model_loader=lambda folder, chosen: _scorer(folder or model, chosen or variant),

@@ -6,6 +6,8 @@ Environment variables (all optional):
   (default ``~/.cache/reranker``).
 - ``RERANKER_ES_URL``: the cluster (default: the local node, ``http://127.0.0.1:9200``).
 - ``RERANKER_ES_API_KEY`` or ``RERANKER_ES_USERNAME`` + ``RERANKER_ES_PASSWORD``: credentials.
+  Without either, a loopback URL whose local node ``reranker es up`` secured uses the
+  credentials it generated (``RERANKER_HOME/credentials/elasticsearch-<port>.json``).
 - ``RERANKER_ES_CA_CERTS``: CA bundle for TLS;
   ``RERANKER_ES_VERIFY_CERTS=false`` turns certificate checks off.
 """
@@ -48,9 +50,9 @@ class Settings:
     """Connection and cache settings shared by the CLI, the pipeline and the proxy."""
 
     es_url: str = DEFAULT_ES_URL
-    es_api_key: str | None = None
+    es_api_key: str | None = field(default=None, repr=False)
     es_username: str | None = None
-    es_password: str | None = None
+    es_password: str | None = field(default=None, repr=False)
     es_ca_certs: str | None = None
     es_ca_fingerprint: str | None = None
     """SHA-256 fingerprint of the cluster's CA (or leaf) certificate: pins TLS without a CA
@@ -90,6 +92,12 @@ class Settings:
             "es_verify_certs": _env_bool("RERANKER_ES_VERIFY_CERTS", True),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if not values["es_api_key"] and not values["es_username"]:
+            from reranker.es.credentials import credentials_for_url
+
+            local = credentials_for_url(str(values["es_url"]))
+            if local is not None:
+                values["es_username"], values["es_password"] = local.username, local.password
         return cls(**values)  # type: ignore[arg-type]
 
     @property

@@ -82,18 +82,34 @@ def verify_files(model_dir: Path, card: dict[str, Any], names: Iterable[str]) ->
     """Check that each named file exists and matches the sha256 recorded in the card."""
     files: dict[str, str] = card["files"]
     for name in names:
+        path = model_file(model_dir, name)
         expected = files.get(name)
         if expected is None:
             raise ModelError(f"{model_dir}: the card lists no sha256 for {name}")
-        path = model_dir / name
         if not path.is_file():
             raise ModelError(f"{model_dir}: {name} is missing")
         actual = sha256_file(path)
         if actual != expected:
             raise ModelError(
-                f"{path}: sha256 {actual[:12]}… does not match the card's {expected[:12]}… "
+                f"{path}: sha256 does not match the card's "
                 "(the file was changed or copied incompletely; export the model again)"
             )
+
+
+def model_file(model_dir: Path, name: object) -> Path:
+    """``model_dir / name`` for a file name a card gives; :class:`ModelError` unless it is a
+    plain relative name that stays inside ``model_dir`` (no absolute path, no ``..``, no
+    folder on the way that is a link leading out). The file itself may be a link (a copy of
+    a model made of links is still that model); its sha256 is checked all the same."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ModelError(f"{model_dir}: the card names a file that is not a file name")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ModelError(f"{model_dir}: the card names a file outside the model folder")
+    path = model_dir / relative
+    if not path.parent.resolve().is_relative_to(model_dir.resolve()):
+        raise ModelError(f"{model_dir}: the card names a file outside the model folder")
+    return path
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

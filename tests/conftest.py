@@ -1,23 +1,33 @@
 """Session fixtures for the integration tests: one real Elasticsearch node per test session.
 
 ``es_node`` starts a :class:`~reranker.es.node.LocalNode` on port 9250 (``RERANKER_TEST_ES_PORT``
-overrides) with a fresh data folder, so it never touches the node a user runs on 9200, and
-stops it when the session ends. With ``RERANKER_TEST_ES_URL`` set, that cluster is used
-instead and nothing is started or stopped.
+overrides) with a fresh data folder and security on, so it never touches the node a user runs
+on 9200, and stops it when the session ends. With ``RERANKER_TEST_ES_URL`` set, that cluster
+is used instead and nothing is started or stopped.
+
+Credentials: the node's generated ``elastic`` password is kept in
+``RERANKER_HOME/credentials/elasticsearch-<port>.json``, which ``Settings.from_env`` (and so
+the CLI run in-process or as a subprocess) reads for a loopback URL on that port;
+:func:`es_settings` gives tests the same settings object. For an external cluster,
+``RERANKER_ES_API_KEY`` or ``RERANKER_ES_USERNAME``/``RERANKER_ES_PASSWORD`` apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch
 
+from reranker.config import Settings
+from reranker.es.client import client_options
 from reranker.es.node import LocalNode, NodeStatus
 
 # Tests that stop the session node run after every other test (they are in test_node.py).
@@ -30,6 +40,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def es_test_port() -> int:
     return int(os.environ.get("RERANKER_TEST_ES_PORT", "9250"))
+
+
+def es_settings(url: str, *, credentials_of: str | None = None, **overrides: Any) -> Settings:
+    """Settings for ``url`` with the credentials the package itself would use for the cluster
+    at ``credentials_of`` (default ``url``; a relay in front of a node passes the node's)."""
+    base = Settings.from_env(es_url=credentials_of or url)
+    return dataclasses.replace(base, es_url=url, **overrides)
+
+
+def es_client_for(url: str, **options: Any) -> Elasticsearch:
+    """A sync client with the cluster's credentials."""
+    settings = es_settings(url)
+    return Elasticsearch(url, **{**client_options(settings), "request_timeout": 60, **options})
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +80,7 @@ def es_node() -> Iterator[NodeStatus]:
 
 @pytest.fixture(scope="session")
 def es_client(es_node: NodeStatus) -> Iterator[Elasticsearch]:
-    client = Elasticsearch(es_node.url, request_timeout=60)
+    client = es_client_for(es_node.url)
     yield client
     client.close()
 

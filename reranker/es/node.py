@@ -14,7 +14,10 @@ What it runs
 Configuration (written on every start into the node's own config folder, ``ES_PATH_CONF``)
     ``cluster.name: reranker-local``, ``discovery.type: single-node``, ``network.host:
     127.0.0.1``, the HTTP port, a transport port (HTTP port + 100 when free, else any free
-    one), ``xpack.security.enabled: false`` (this loopback-only node only),
+    one), ``xpack.security.enabled: true`` with API keys on and TLS off (HTTP and transport
+    are bound to loopback only; a single node on loopback starts in development mode, so the
+    TLS bootstrap checks do not apply), or ``xpack.security.enabled: false`` with
+    ``security=False`` (``reranker es up --no-security``, an explicit opt-out),
     ``xpack.ml.enabled: false`` (dropped, with one retry, if a version rejects it),
     ``cluster.routing.allocation.disk.threshold_enabled: false``, ``path.data`` and
     ``path.logs``. ``jvm.options`` is copied from the distribution with the GC log, error
@@ -22,6 +25,15 @@ Configuration (written on every start into the node's own config folder, ``ES_PA
     The node is started with ``-d -p <node>/elasticsearch.pid``: the launcher returns once the
     server runs, the server keeps running detached (own session) and Elasticsearch itself
     writes, and on a clean stop removes, the pid file that :meth:`LocalNode.down` reads.
+
+Credentials (security on, the default)
+    The built-in ``elastic`` superuser gets a generated password (192 random bits), set as
+    ``bootstrap.password`` in the node's keystore (``elasticsearch-keystore add``) before the
+    start: Elasticsearch uses it for ``elastic`` until a password is stored in its security
+    index, which this module never does. The password is kept, mode 0600, in
+    ``RERANKER_HOME/credentials/elasticsearch-<port>.json`` (see
+    :mod:`reranker.es.credentials`), from where the CLI, the proxy and the tests read it; the
+    node's health is probed with it. ``security=False`` removes that file.
 
 Where things live
     Not root: everything under ``home`` (default ``reranker_home()/"elasticsearch"``, i.e.
@@ -43,9 +55,11 @@ Where things live
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import pwd
@@ -67,6 +81,15 @@ from typing import Any
 
 from reranker.config import reranker_home
 from reranker.errors import NodeError
+from reranker.es.credentials import (
+    USERNAME,
+    LocalCredentials,
+    generate_password,
+    read_credentials,
+    remove_credentials,
+    write_credentials,
+)
+from reranker.es.file_realm import FileRealm
 
 DEFAULT_ES_VERSION = "9.5.3"
 CLUSTER_NAME = "reranker-local"
@@ -516,9 +539,18 @@ class _NoAnswer(Exception):
     """Nothing answered HTTP on the port (refused, reset, timed out)."""
 
 
-def _get_json(url: str, timeout: float) -> tuple[int, Any]:
+def _basic_auth(creds: LocalCredentials | None) -> dict[str, str]:
+    if creds is None:
+        return {}
+    token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+def _get_json(url: str, timeout: float, creds: LocalCredentials | None = None) -> tuple[int, Any]:
     """``(status, parsed JSON or None)``; :class:`_NoAnswer` when nothing speaks HTTP there."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    request = urllib.request.Request(
+        url, headers={"Accept": "application/json", **_basic_auth(creds)}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, body = int(response.status), response.read()
@@ -543,12 +575,13 @@ class _Answer:
     health: str | None
 
 
-def _ask(url: str, timeout: float = 3.0) -> _Answer | None:
+def _ask(url: str, timeout: float = 3.0, creds: LocalCredentials | None = None) -> _Answer | None:
     """Ask the port who it is; None when nothing answers HTTP."""
     try:
         status, nodes = _get_json(
             f"{url}/_nodes/_local?filter_path=cluster_name,nodes.*.version,nodes.*.process.id",
             timeout,
+            creds,
         )
     except _NoAnswer:
         return None
@@ -558,7 +591,7 @@ def _ask(url: str, timeout: float = 3.0) -> _Answer | None:
     pid = (node.get("process") or {}).get("id")
     health: str | None = None
     with contextlib.suppress(_NoAnswer):
-        h_status, body = _get_json(f"{url}/_cluster/health", timeout)
+        h_status, body = _get_json(f"{url}/_cluster/health", timeout, creds)
         if h_status in (200, 408) and isinstance(body, dict):
             health = body.get("status")
     return _Answer(
@@ -573,6 +606,11 @@ def _ask(url: str, timeout: float = 3.0) -> _Answer | None:
 def _describe_other(port: int, answer: _Answer | None) -> str:
     if answer is None:
         return f"port {port} on 127.0.0.1 is already in use by another process"
+    if answer.http_status == 401:
+        return (
+            f"port {port} on 127.0.0.1 is served by a secured Elasticsearch that refuses the "
+            f"credentials in {_credentials_hint(port)} (started by another RERANKER_HOME?)"
+        )
     if answer.cluster_name is None:
         return (
             f"port {port} on 127.0.0.1 is already in use by another HTTP server "
@@ -583,6 +621,12 @@ def _describe_other(port: int, answer: _Answer | None) -> str:
         f"port {port} is already served by Elasticsearch {answer.version or '?'} "
         f"(cluster {answer.cluster_name!r}{pid}) that this node folder did not start"
     )
+
+
+def _credentials_hint(port: int) -> str:
+    from reranker.es.credentials import credentials_file
+
+    return str(credentials_file(port))
 
 
 # ------------------------------------------------------------------------------ config
@@ -660,6 +704,7 @@ class LocalNode:
         heap: str = "512m",
         data_dir: Path | None = None,
         startup_timeout_s: float = 180.0,
+        security: bool = True,
     ) -> None:
         if not 1 <= port <= 65535:
             raise NodeError(f"port {port} is not a TCP port")
@@ -679,6 +724,7 @@ class LocalNode:
         self.node_dir = self.home / "nodes" / str(port)
         self.data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
         self.url = f"http://127.0.0.1:{port}"
+        self.security = security
         self._log_offsets: dict[Path, int] = {}
 
     # -- paths
@@ -694,6 +740,28 @@ class LocalNode:
     def console_log(self) -> Path:
         return self.logs_dir / "console.log"
 
+    @property
+    def credentials(self) -> LocalCredentials | None:
+        """The ``elastic`` user's generated credentials (``None`` until the first secured
+        start, and for a node started without security)."""
+        return read_credentials(self.port)
+
+    def file_realm(self) -> FileRealm:
+        """The node's file-realm users and roles (the proxy's restricted user lives there:
+        this distribution cannot hold API keys, see :mod:`reranker.es.file_realm`)."""
+        config = self.node_dir / "config"
+        if not (config / "elasticsearch.yml").is_file():
+            raise NodeError(f"no local node was set up on port {self.port} ({config})")
+        owner: tuple[int, int] | None = None
+        if self.as_root:
+            try:
+                entry = pwd.getpwnam(SERVICE_USER)
+            except KeyError:
+                entry = None
+            if entry is not None:
+                owner = (entry.pw_uid, entry.pw_gid)
+        return FileRealm(config, owner)
+
     # -- public API
     def status(self) -> NodeStatus:
         """Whether our node runs and answers; a stale pid file is removed on the way."""
@@ -701,9 +769,9 @@ class LocalNode:
         if pid is None:
             if _port_bindable(self.port):
                 return self._status(False, None, None, f"no node running on port {self.port}")
-            answer = _ask(self.url, timeout=2.0)
+            answer = _ask(self.url, timeout=2.0, creds=self.credentials)
             return self._status(False, None, None, _describe_other(self.port, answer))
-        answer = _ask(self.url)
+        answer = _ask(self.url, creds=self.credentials)
         if answer is not None and self._is_ours(answer, pid):
             if answer.health in {"green", "yellow"}:
                 return self._status(
@@ -897,7 +965,18 @@ class LocalNode:
             "network.host": "127.0.0.1",
             "http.port": self.port,
             "transport.port": self._transport_port(),
-            "xpack.security.enabled": False,
+            "xpack.security.enabled": self.security,
+            **(
+                {
+                    "xpack.security.authc.api_key.enabled": True,
+                    "xpack.security.http.ssl.enabled": False,
+                    "xpack.security.transport.ssl.enabled": False,
+                    # file realm users and roles (reranker.es.file_realm) apply within 1 s
+                    "resource.reload.interval.high": "1s",
+                }
+                if self.security
+                else {}
+            ),
             "xpack.ml.enabled": False,
             "cluster.routing.allocation.disk.threshold_enabled": False,
             "path.data": str(data),
@@ -906,6 +985,10 @@ class LocalNode:
         for key in skip:
             settings.pop(key, None)
         (config / "elasticsearch.yml").write_text(render_settings(settings))
+        if self.security:
+            self._set_bootstrap_password(es_home, java_home, config)
+        else:
+            remove_credentials(self.port)
         if run_as is not None:
             self.node_dir.chmod(0o750)
             for folder in (self.node_dir.parent, self.home):
@@ -921,6 +1004,48 @@ class LocalNode:
                         f"{path} is not reachable by user {run_as.name} (a parent folder is "
                         f"not searchable); choose a folder under /var/lib, /srv or /tmp"
                     )
+
+    def _set_bootstrap_password(self, es_home: Path, java_home: Path, config: Path) -> None:
+        """The ``elastic`` password in the keystore (``bootstrap.password``) and in the
+        credentials file; the keystore tool runs only when the password changed."""
+        creds = read_credentials(self.port)
+        if creds is None or creds.username != USERNAME:
+            creds = LocalCredentials(USERNAME, generate_password())
+        marker = config / ".bootstrap-password.sha256"
+        digest = hashlib.sha256(creds.password.encode()).hexdigest()
+        keystore = config / "elasticsearch.keystore"
+        current = marker.read_text().strip() if marker.is_file() else None
+        if current != digest or not keystore.is_file():
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                "LANG": "C.UTF-8",
+                "HOME": str(self.node_dir),
+                "ES_JAVA_HOME": str(java_home),
+                "ES_PATH_CONF": str(config),
+                "ES_TMPDIR": str(self.node_dir / "tmp"),
+            }
+            tool = es_home / "bin" / "elasticsearch-keystore"
+            try:
+                done = subprocess.run(
+                    [str(tool), "add", "--force", "--stdin", "bootstrap.password"],
+                    input=creds.password,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=300,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise NodeError(f"cannot run {tool}: {exc}") from exc
+            if done.returncode != 0:
+                raise NodeError(
+                    f"elasticsearch-keystore could not set the bootstrap password (exit "
+                    f"{done.returncode}): {_tail(done.stdout + done.stderr, 10)}"
+                )
+            marker.write_text(digest + "\n")
+            marker.chmod(0o600)
+            keystore.chmod(0o600)
+        write_credentials(self.port, creds)
 
     def _launch(self, es_home: Path, java_home: Path, run_as: _RunAs | None) -> NodeStatus:
         env = {
@@ -984,7 +1109,7 @@ class LocalNode:
         while True:
             if not _alive(pid):
                 raise NodeError(self._failure(f"Elasticsearch pid {pid} exited while starting"))
-            answer = _ask(self.url)
+            answer = _ask(self.url, creds=self.credentials)
             if (
                 answer is not None
                 and self._is_ours(answer, pid)

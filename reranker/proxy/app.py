@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +49,7 @@ from reranker.proxy.first_stage import (
     search_es,
     split_key,
 )
+from reranker.proxy.jsonbody import loads_strict
 from reranker.proxy.limits import Admission, CircuitBreaker, Saturated, Ticket
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
@@ -59,6 +61,7 @@ from reranker.proxy.request import (
     RerankSpec,
     SourceFilter,
     check_compatible,
+    check_no_scroll,
     extract_query_text,
     filter_source,
     first_stage_source,
@@ -70,6 +73,7 @@ from reranker.proxy.request import (
     split_rerank,
 )
 from reranker.proxy.request_log import RequestLog
+from reranker.proxy.scoped import ScopedAccess
 from reranker.proxy.settings import ProxySettings
 from reranker.scoring import Scorer, ScoreTimeout
 
@@ -89,6 +93,9 @@ SCORER_MARGIN = 0.2
 #: the dense_vector field kNN searches; probed (field caps) for the hybrid default
 EMBEDDING_FIELD = "embedding"
 EMBEDDINGS_PROBE_TTL_S = 60.0
+#: a timeout counts as the scorer's fault only when, at the measured rate, the window needed
+#: at most this share of the time it had (the scorer then ran over twice as slow as measured)
+FAIR_TIMEOUT_SHARE = 0.5
 
 SMOKE_QUERY = "what is a qubit in quantum computing"
 SMOKE_PASSAGES = (
@@ -161,6 +168,7 @@ class Proxy:
         self._embeddings_known: dict[str, tuple[float, bool]] = {}
         self._own_client = es_client is None
         self._es = es_client
+        self.scoped: ScopedAccess | None = None
         self.scorer: Scorer | None = None
         self.encoder: TextEncoder | None = None
         self.model_error: str | None = None
@@ -184,6 +192,8 @@ class Proxy:
         self.loaded = asyncio.Event()
         if self._es is None:
             self._es = make_async_client(self.settings)
+        self.scoped = ScopedAccess(self.settings, self.es)
+        await self.scoped.start()
         if self.load_in_background:
             self._loader = asyncio.create_task(self._load_models(), name="reranker-load-models")
         else:
@@ -211,6 +221,8 @@ class Proxy:
                     await self._loader
             if self.request_log is not None:
                 await self.request_log.close()
+            if self.scoped is not None:
+                await self.scoped.close()
             if self._own_client and self._es is not None:
                 await self._es.close()
                 self._es = None
@@ -298,8 +310,10 @@ class Proxy:
             except Exception as exc:
                 self.metrics.reloads.labels("refused").inc()
                 reason = str(exc) or type(exc).__name__
+                log.error("model reload refused: %s", reason)
                 raise errors.bad_request(
-                    f"model reload refused, the current model keeps serving: {reason}"
+                    "model reload refused, the current model keeps serving: "
+                    + redact_paths(reason, self.settings.model_roots)
                 ) from None
             previous = self.scorer
             self._install_scorer(scorer)
@@ -326,16 +340,49 @@ class Proxy:
                 raise errors.bad_request("[model] must be a model folder path")
             if variant is not None and variant not in ("fp32", "int8", "fp16"):
                 raise errors.bad_request("[variant] must be one of fp32, int8, fp16")
-            outcome = await self.reload(Path(model) if model else None, variant)
+            folder = self._model_folder(model) if model else None
+            outcome = await self.reload(folder, variant)
             return self.respond(request, outcome)
 
         return await self.guarded(request, handle, lambda: "admin")
+
+    def _model_folder(self, model: str) -> Path:
+        """The folder a reload names, which must lie inside a configured model root (a name
+        relative to the first root, or a path). The refusal says nothing about what exists."""
+        roots = [root.resolve() for root in self.settings.model_roots]
+        if not roots:
+            raise ProxyError(
+                403,
+                "security_exception",
+                "this proxy has no model roots (RERANKER_PROXY_MODEL_ROOTS, --model-root): "
+                "only the configured model can be reloaded",
+            )
+        try:
+            given = Path(model.strip())
+            candidate = (given if given.is_absolute() else roots[0] / given).resolve()
+        except (OSError, ValueError):  # a NUL byte, a link loop: not a folder in a root
+            candidate = None
+        for root in roots:
+            if candidate is not None and candidate != root and candidate.is_relative_to(root):
+                return candidate
+        raise ProxyError(
+            403,
+            "security_exception",
+            "[model] must name a folder inside one of this proxy's model roots",
+        )
 
     def _check_admin(self, request: Request) -> None:
         keys = self.settings.admin_api_keys
         if keys:
             require_api_key(request, keys)
             return
+        if self.settings.api_keys:
+            raise ProxyError(
+                403,
+                "security_exception",
+                "model reload needs an admin API key (RERANKER_PROXY_ADMIN_API_KEYS) when "
+                "client API keys are set",
+            )
         client = request.client.host if request.client else ""
         if client not in ("127.0.0.1", "::1"):
             raise ProxyError(
@@ -408,6 +455,11 @@ class Proxy:
             elif self.model_error:
                 model["reason"] = self.model_error
             ok = bool(es_state["reachable"]) and self.scorer is not None
+            if not self._may_see_details(request, self.settings.public_health_details):
+                # liveness only: no model, cluster or load details without a key
+                return self.respond(
+                    request, {"status": "ok" if ok else "unavailable"}, 200 if ok else 503
+                )
             body = {
                 "status": "ok" if ok else "unavailable",
                 "model": model,
@@ -426,6 +478,8 @@ class Proxy:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
+            if not self._may_see_details(request, self.settings.public_metrics):
+                raise errors.unauthorized()
             self.metrics.in_flight.set(self.admission.in_flight)
             self.metrics.scorer_queue.set(self.admission.scorer_backlog)
             self.metrics.circuit_open.set(0 if self.breaker.state == "closed" else 1)
@@ -441,19 +495,20 @@ class Proxy:
             nonlocal kind
             self._check_api_key(request)
             index = request.path_params["index"]
-            refused = index_allowed(index, self.settings.allowed_indices)
-            if refused is not None:
-                raise errors.forbidden_index(refused)
+            self._check_index(index)
             raw = await self._read_body(request)
-            body = parse_body(raw)
+            body = self._parse_body(raw)
             rest, spec_raw = split_rerank(body)
             params = dict(request.query_params)
+            check_no_scroll(body, params)
             if spec_raw is None:
                 kind = "passthrough"
                 return await self._passthrough(request, index, raw, params)
             kind = "rerank"
-            answer = await self._rerank(request, index, rest, spec_raw, params, started)
-            return self.respond(request, answer)
+            answer, logged = await self._rerank(request, index, rest, spec_raw, params, started)
+            response = self.respond(request, answer)
+            self._submit_log(logged, response.status_code)
+            return response
 
         return await self.guarded(request, handle, lambda: kind)
 
@@ -465,60 +520,116 @@ class Proxy:
             self._check_api_key(request)
             started = time.perf_counter()
             path_index = request.path_params.get("index")
-            if path_index is not None and (
-                refused := index_allowed(path_index, self.settings.allowed_indices)
-            ):
-                raise errors.forbidden_index(refused)
+            if path_index is not None:
+                self._check_index(path_index)
             raw = await self._read_body(request)
             url_params = dict(request.query_params)
-            items = parse_msearch(raw, path_index, url_params)
-            limit = msearch_concurrency(url_params)
-            plain = not any(item.wants_rerank for item in items)
-            allowed = all(
-                index_allowed(item.index, self.settings.allowed_indices) is None for item in items
+            items = parse_msearch(
+                raw,
+                path_index,
+                url_params,
+                max_depth=self.settings.max_json_depth,
+                max_digits=self.settings.max_number_digits,
             )
-            if plain and allowed:
+            limit = msearch_concurrency(url_params)
+            plain = not any(item.wants_rerank or item.error for item in items)
+            allowed = all(self._index_refusal(item.index) is None for item in items)
+            if plain and allowed and not any(_scrolls(item) for item in items):
                 return await self._passthrough(
                     request, path_index or "", raw, url_params, endpoint="_msearch"
                 )
             gate = asyncio.Semaphore(limit)
 
-            async def answer(item: SearchItem) -> dict[str, Any]:
+            async def answer(item: SearchItem) -> tuple[dict[str, Any], dict[str, Any] | None]:
                 async with gate:
                     return await self._msearch_item(request, item)
 
-            responses = await asyncio.gather(*(answer(item) for item in items))
+            answered = await asyncio.gather(*(answer(item) for item in items))
             took = round((time.perf_counter() - started) * 1000)
-            return self.respond(request, {"took": took, "responses": list(responses)})
+            responses = [entry for entry, _ in answered]
+            response = self.respond(request, {"took": took, "responses": responses})
+            for entry, logged in answered:
+                self._submit_log(logged, int(entry.get("status", 200)))
+            return response
 
         return await self.guarded(request, handle, lambda: "msearch")
 
-    async def _msearch_item(self, request: Request, item: SearchItem) -> dict[str, Any]:
-        """One search of a multi-search as its ``responses`` entry; errors stay in the entry."""
+    async def _msearch_item(
+        self, request: Request, item: SearchItem
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """One search of a multi-search as its ``responses`` entry (errors stay in the entry)
+        and its request-log document, if it was reranked."""
         started = time.perf_counter()
         try:
-            refused = index_allowed(item.index, self.settings.allowed_indices)
-            if refused is not None:
-                raise errors.forbidden_index(refused)
+            self._check_index(item.index)
+            if item.error is not None:
+                raise item.error
             rest, spec_raw = split_rerank(item.body)
+            check_no_scroll(item.body, item.params)
             if spec_raw is None:
                 status, body = await self._search_upstream(
                     request, item.index, item.raw_body, item.params
                 )
-                return {**body, "status": status}
-            answer = await self._rerank(request, item.index, rest, spec_raw, item.params, started)
-            return {**answer, "status": 200}
+                if not isinstance(body, dict):
+                    raise errors.bad_gateway("Elasticsearch answered a search with a non-object")
+                return {**body, "status": status}, None
+            answer, logged = await self._rerank(
+                request, item.index, rest, spec_raw, item.params, started
+            )
+            return {**answer, "status": 200}, logged
         except ProxyError as exc:
-            return msearch_error(exc)
+            return msearch_error(exc), None
         except Exception:
             log.exception("unexpected failure in a multi-search item on %s", item.index)
-            return msearch_error(errors.internal_error())
+            return msearch_error(errors.internal_error()), None
 
     # ------------------------------------------------------------------ input
 
     def _check_api_key(self, request: Request) -> None:
         if self.settings.api_keys:
             require_api_key(request, self.settings.api_keys)
+
+    def _may_see_details(self, request: Request, public: bool) -> bool:
+        """Whether health details and metrics may be shown: always without keys configured,
+        else to a client or admin key (or to anyone when configured public)."""
+        keys = (*self.settings.api_keys, *self.settings.admin_api_keys)
+        if not keys or public:
+            return True
+        try:
+            require_api_key(request, keys)
+        except ProxyError:
+            return False
+        return True
+
+    def _index_refusal(self, index: str) -> str | None:
+        return index_allowed(
+            index, self.settings.allowed_indices, remote_clusters=self.settings.remote_clusters
+        )
+
+    def _check_index(self, index: str) -> None:
+        """403 unless the allow-list (the proxy's second line) admits ``index``."""
+        refused = self._index_refusal(index)
+        if refused is not None:
+            raise errors.forbidden_index(refused)
+
+    def _parse_body(self, raw: bytes) -> dict[str, Any]:
+        return parse_body(
+            raw,
+            max_depth=self.settings.max_json_depth,
+            max_digits=self.settings.max_number_digits,
+        )
+
+    def _submit_log(self, document: dict[str, Any] | None, status: int) -> None:
+        """Queue a reranked request's log document with the status actually sent."""
+        if document is not None and self.request_log is not None:
+            document["status"] = status
+            self.request_log.submit(document)
+
+    async def _searcher(self) -> AsyncElasticsearch:
+        """The client searches run with: credentials restricted to the allow-list."""
+        if self.scoped is None:
+            return self.es
+        return await self.scoped.client()
 
     def _upstream_headers(self, request: Request) -> dict[str, str]:
         """The client's ``Authorization`` goes on to Elasticsearch unless the proxy has its own
@@ -575,7 +686,7 @@ class Proxy:
         started = time.perf_counter()
         try:
             status, body = await search_es(
-                self.es,
+                await self._searcher(),
                 index,
                 raw if raw.strip() else None,
                 params=params,
@@ -599,11 +710,14 @@ class Proxy:
         spec_raw: Any,
         params: dict[str, str],
         started: float,
-    ) -> dict[str, Any]:
-        """The reranked search answer (the caller sends it); refusals are :class:`ProxyError`."""
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The reranked search answer (the caller sends it) and its request-log document (the
+        caller queues it with the status it sent); refusals are :class:`ProxyError`."""
         spec = parse_rerank(spec_raw, self.settings)
         check_compatible(body, params)
         pages = page(body, params, spec.window)
+        if pages.size == 0:  # aggregations only: no hit is shown, so nothing is scored
+            return await self._without_hits(request, index, body, params, spec), None
         sources = source_filter(body, params)
         text = spec.query_text or extract_query_text(body.get("query")) or params.get("q")
         if not text or not text.strip():
@@ -618,12 +732,23 @@ class Proxy:
         self._check_model_features(bool(spec.dense))
         blend = self.catalog.resolve(index, spec.blend)
         scoring = self.scorer is not None
+        scorer_budget_s = spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
+        if scoring and self.admission.pairs_per_s is not None:
+            needed_s = spec.window / self.admission.pairs_per_s
+            if needed_s > scorer_budget_s:
+                raise errors.bad_request(
+                    f"[rerank.window] {spec.window} cannot be scored within [rerank.timeout_ms] "
+                    f"{spec.timeout_ms}: the cross-encoder scores about "
+                    f"{self.admission.pairs_per_s:.0f} pairs/s here, so it needs about "
+                    f"{needed_s * 1000:.0f} ms of the {scorer_budget_s * 1000:.0f} ms left for "
+                    "scoring; lower the window or raise the timeout"
+                )
         try:
             ticket = self.admission.admit(
                 scoring=scoring,
                 pairs=spec.window,
                 # what the scorer can expect: the deadline less Elasticsearch's usual share
-                budget_s=spec.timeout_ms / 1000 * (1 - SCORER_MARGIN),
+                budget_s=scorer_budget_s,
             )
         except Saturated as exc:
             self.metrics.rejected.inc()
@@ -648,7 +773,8 @@ class Proxy:
         if known is not None and now - known[0] < EMBEDDINGS_PROBE_TTL_S:
             return known[1]
         try:
-            caps = await self.es.options(request_timeout=2.0).field_caps(
+            searcher = await self._searcher()  # the client's own view of the index
+            caps = await searcher.options(request_timeout=2.0).field_caps(
                 index=index, fields=EMBEDDING_FIELD, ignore_unavailable=True, allow_no_indices=True
             )
             types = caps.get("fields", {}).get(EMBEDDING_FIELD, {})
@@ -687,7 +813,7 @@ class Proxy:
         started: float,
         ticket: Ticket,
         blend: NamedBlend | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         deadline = time.monotonic() + spec.timeout_ms / 1000
         try:
             first = await self._first_stage(
@@ -734,20 +860,52 @@ class Proxy:
                 "blend": result.blend,
             },
         )
+        logged = None
         if self.request_log is not None:
-            self.request_log.submit(
-                log_document(
-                    index,
-                    text,
-                    spec,
-                    pages,
-                    result,
-                    timings,
-                    reason,
-                    answer,
-                    top=self.settings.log_top_hits,
-                )
+            logged = log_document(
+                index,
+                text,
+                spec,
+                pages,
+                result,
+                timings,
+                reason,
+                answer,
+                top=self.settings.log_top_hits,
             )
+        return answer, logged
+
+    async def _without_hits(
+        self,
+        request: Request,
+        index: str,
+        body: dict[str, Any],
+        params: dict[str, str],
+        spec: RerankSpec,
+    ) -> dict[str, Any]:
+        """``size: 0`` with ``rerank``: Elasticsearch's own answer (aggregations, totals), no
+        first-stage window and no scoring; ``rerank.skipped`` says why."""
+        forwarded = {k: v for k, v in params.items() if k not in ("from", "size")}
+        upstream = {k: v for k, v in body.items() if k != "from"}
+        upstream["size"] = 0
+        _, answer = await search_es(
+            await self._searcher(), index, upstream, params=forwarded,
+            headers=self._upstream_headers(request), timeout_s=spec.timeout_ms / 1000,
+        )  # fmt: skip
+        if not isinstance(answer, dict):
+            raise errors.bad_gateway("Elasticsearch answered a search with a non-object")
+        scorer = self.scorer
+        answer["rerank"] = {
+            "model": (
+                {"id": scorer.model_id, "version": scorer.version, "variant": scorer.variant}
+                if scorer is not None
+                else None
+            ),
+            "window": spec.window,
+            "candidates": 0,
+            "skipped": "size is 0: no hits to rerank",
+            "degraded": None,
+        }
         return answer
 
     async def _first_stage(
@@ -765,6 +923,7 @@ class Proxy:
         source = first_stage_source(sources, spec.fields)
         forwarded = {k: v for k, v in params.items() if k not in CONSUMED_PARAMS}
         headers = self._upstream_headers(request)
+        searcher = await self._searcher()
         lexical_body = {k: v for k, v in body.items() if k not in ("from", "size", "_source")}
         lexical_body.update(size=spec.window, _source=source, timeout=f"{budget_ms}ms")
         timings: dict[str, float] = {}
@@ -776,7 +935,7 @@ class Proxy:
             if remaining() <= 0:
                 raise errors.upstream_timeout("no time left for the first stage")
             _, answer = await search_es(
-                self.es, index, lexical_body, params=forwarded, headers=headers,
+                searcher, index, lexical_body, params=forwarded, headers=headers,
                 timeout_s=remaining(),
             )  # fmt: skip
             return answer
@@ -801,7 +960,7 @@ class Proxy:
             if remaining() <= 0:
                 raise errors.upstream_timeout("no time left for the kNN search")
             _, answer = await search_es(
-                self.es, index, dense_body,
+                searcher, index, dense_body,
                 params={k: v for k, v in forwarded.items() if k != "q"},
                 headers=headers, timeout_s=remaining(),
             )  # fmt: skip
@@ -886,6 +1045,7 @@ class Proxy:
             return scoring.search(text, k=spec.window, deadline=deadline)
 
         submitted_at = time.perf_counter()
+        budget_at_submit = deadline - time.monotonic()
         future = loop.run_in_executor(self.executor, call)
         ticket.submitted = True
 
@@ -902,9 +1062,13 @@ class Proxy:
             result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
         except TimeoutError:
             reason = f"reranker timeout: no scores within {spec.timeout_ms} ms"
+            scorer_at_fault = self._timeout_is_scorers_fault(spec, budget_at_submit)
         except ModelError as exc:  # fail_open is false, or the call expired in the queue
             timed_out = isinstance(exc, ScoreTimeout)
-            scorer_at_fault = not isinstance(exc, QueueExpired)  # overload, not a broken model
+            if isinstance(exc, QueueExpired):  # overload, not a broken model
+                scorer_at_fault = False
+            elif timed_out:
+                scorer_at_fault = self._timeout_is_scorers_fault(spec, budget_at_submit)
             reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
         except Exception as exc:  # a scorer bug (e.g. a wrong number of scores): fail open too
             log.error("the scoring call failed unexpectedly", exc_info=exc)
@@ -921,10 +1085,14 @@ class Proxy:
             timed_out = False
             reason = "reranker error: invalid output (non-finite scores)"
             if all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
-                if result.degraded:
-                    self.breaker.failure()
-                else:
+                if not result.degraded:
                     self.breaker.success()
+                elif degraded_kind(result.degraded) != "timeout" or (
+                    self._timeout_is_scorers_fault(spec, budget_at_submit)
+                ):
+                    self.breaker.failure()
+                else:  # its deadline passed mid-window: the request's own budget, not a fault
+                    self.breaker.release()
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
         if scorer_at_fault:
             self.breaker.failure()
@@ -936,6 +1104,20 @@ class Proxy:
         result = pipeline(None).search(text, k=spec.window)
         result.degraded = reason
         return result, {"scorer_queue": (time.perf_counter() - submitted_at) * 1000}
+
+    def _timeout_is_scorers_fault(self, spec: RerankSpec, budget_s: float) -> bool:
+        """Whether a scoring call that missed its deadline counts against the scorer (the
+        circuit breaker): only when its window should have fitted its budget with room to
+        spare. A request whose own window or ``timeout_ms`` made the timeout inevitable never
+        counts, so no client can open the circuit for the others. Before any call was
+        measured, only requests at the proxy's defaults (or smaller) count."""
+        rate = self.admission.pairs_per_s
+        if rate is None:
+            return (
+                spec.window <= self.settings.default_window
+                and spec.timeout_ms >= self.settings.default_timeout_ms
+            )
+        return spec.window / rate <= FAIR_TIMEOUT_SHARE * budget_s
 
     def _answer(
         self,
@@ -1021,25 +1203,47 @@ def msearch_error(exc: ProxyError) -> dict[str, Any]:
     return {**exc.body(), "status": exc.status}
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object (empty → ``{}``); 400 otherwise."""
-    if not raw.strip():
+def parse_body(raw: bytes, *, max_depth: int = 64, max_digits: int = 40) -> dict[str, Any]:
+    """The request body as a JSON object (empty → ``{}``); 400 otherwise (see
+    :func:`~reranker.proxy.jsonbody.loads_strict` for what is refused)."""
+    if not raw.strip(b" \t\r\n"):
         return {}
-    try:
-        body = json.loads(raw)
-    except UnicodeDecodeError:
-        raise errors.parse_error("request body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise errors.parse_error(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+    body = loads_strict(raw, max_depth=max_depth, max_digits=max_digits)
     if not isinstance(body, dict):
         raise errors.parse_error("request body must be a JSON object")
     return body
 
 
+def _scrolls(item: SearchItem) -> bool:
+    try:
+        check_no_scroll(item.body, item.params)
+    except ProxyError:
+        return True
+    return False
+
+
 class QueueExpired(ScoreTimeout):
     """A scoring call whose request's deadline passed before the scorer got to it."""
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"(),;:<>]*")
+_HEX_RUN = re.compile(r"\b[0-9a-fA-F]{16,}\b")
+
+
+def redact_paths(reason: str, roots: tuple[Path, ...]) -> str:
+    """``reason`` with every absolute path outside ``roots`` replaced by ``<path>``, paths
+    inside a root shown relative to it, and long hex runs (hashes) replaced by ``<hash>``: a
+    reload error must not tell a client which files exist or what they hash to."""
+    resolved = [root.resolve() for root in roots]
+
+    def replace(match: re.Match[str]) -> str:
+        path = Path(match.group(0))
+        for root in resolved:
+            if path == root or path.is_relative_to(root):
+                return str(path.relative_to(root)) or "."
+        return "<path>"
+
+    return _HEX_RUN.sub("<hash>", _ABSOLUTE_PATH.sub(replace, reason))
 
 
 def describe_scorer(scorer: Scorer | None) -> dict[str, Any] | None:
@@ -1115,7 +1319,7 @@ def log_document(
         "first_stage": answer["rerank"]["first_stage"],
         "fusion": answer["rerank"].get("fusion"),
         "blend": answer["rerank"].get("blend"),
-        "status": 200,
+        "status": 200,  # replaced by the status actually sent (Proxy._submit_log)
         "model": {"id": model["id"], "version": model["version"]} if model else None,
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
         "degraded": degraded,

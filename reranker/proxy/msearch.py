@@ -9,12 +9,12 @@ search's ``{"error": ..., "status": ...}`` entry, not the request's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reranker.proxy.errors import bad_request, parse_error
+from reranker.proxy.errors import ProxyError, bad_request, parse_error
+from reranker.proxy.jsonbody import JSON_WHITESPACE, BodyError, loads_strict
 
 #: header keys Elasticsearch accepts in a multi-search metadata line (besides ``index``)
 HEADER_PARAMS = (
@@ -29,6 +29,18 @@ HEADER_PARAMS = (
     "ccs_minimize_roundtrips",
     "ignore_throttled",
 )
+#: the camelCase spellings Elasticsearch also accepts in a header, and what they mean
+HEADER_ALIASES = {
+    "searchType": "search_type",
+    "ccsMinimizeRoundtrips": "ccs_minimize_roundtrips",
+    "requestCache": "request_cache",
+    "expandWildcards": "expand_wildcards",
+    "ignoreUnavailable": "ignore_unavailable",
+    "allowNoIndices": "allow_no_indices",
+    "ignoreThrottled": "ignore_throttled",
+}
+#: header keys that name the indices
+INDEX_KEYS = ("index", "indices")
 #: URL parameters of ``_msearch`` itself, not forwarded to each search
 MSEARCH_PARAMS = ("max_concurrent_searches", "max_concurrent_shard_requests")
 DEFAULT_CONCURRENT_SEARCHES = 4
@@ -43,6 +55,9 @@ class SearchItem:
     params: dict[str, str]
     body: dict[str, Any]
     raw_body: bytes
+    error: ProxyError | None = None
+    """A body line that is JSON but refused (an unpaired surrogate, nesting or a number
+    beyond the limits): that search's own 400 entry, the others still run."""
 
     @property
     def wants_rerank(self) -> bool:
@@ -53,41 +68,76 @@ class SearchItem:
 
 
 def parse_msearch(
-    raw: bytes, default_index: str | None, url_params: Mapping[str, str]
+    raw: bytes,
+    default_index: str | None,
+    url_params: Mapping[str, str],
+    *,
+    max_depth: int = 64,
+    max_digits: int = 40,
 ) -> list[SearchItem]:
-    """The searches of an NDJSON multi-search body; 400 on any malformed line.
+    """The searches of an NDJSON multi-search body, split exactly as Elasticsearch splits it;
+    400 on any malformed line.
 
-    A header without ``index`` searches ``default_index`` (the path's), else ``_all``. Each
+    Elasticsearch's rules (``MultiSearchRequest.readMultiLineFormat``, checked against the
+    9.5 node): the body is cut at every ``\\n`` and must end with one; lines alternate header,
+    body, header, body, with *no* line skipped; a header that is empty, JSON whitespace only
+    or ``null`` means "no parameters"; an empty body line is an error. A header without its
+    body line at the end is ignored by Elasticsearch and refused here. ``index`` and
+    ``indices`` name the indices (both in one header is refused here); a header key
+    Elasticsearch does not know is refused, as it does.
+
+    A header without an index searches ``default_index`` (the path's), else ``_all``. Each
     search's parameters are the URL's (less ``_msearch``'s own) overlaid by its header's.
     """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise parse_error("request body is not UTF-8") from None
-    lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
-    if not lines:
+    if not raw.strip(JSON_WHITESPACE.encode()):
         raise bad_request("request body is required: header and body lines, one search per pair")
+    if not raw.endswith(b"\n"):
+        raise bad_request("The msearch request must be terminated by a newline [\\n]")
+    lines = raw.split(b"\n")[:-1]  # every line was terminated by a newline
     if len(lines) % 2:
         raise parse_error(
-            f"line {lines[-1][0]}: a search header without its body line "
+            f"line {len(lines)}: a search header without its body line "
             "(each search is a header line and a body line)"
         )
     shared = {k: v for k, v in url_params.items() if k not in MSEARCH_PARAMS}
     items: list[SearchItem] = []
-    for (header_no, header_line), (body_no, body_line) in zip(lines[::2], lines[1::2], strict=True):
-        header = _json_object(header_line, header_no, "header")
-        body = _json_object(body_line, body_no, "search body")
+    for pair in range(0, len(lines), 2):
+        header_no, body_no = pair + 1, pair + 2
+        header_line, body_line = lines[pair], lines[pair + 1]
+        if header_line.strip(JSON_WHITESPACE.encode()):
+            header = _json_value(header_line, header_no, "header", max_depth, max_digits)
+            if header is None:
+                header = {}
+            if not isinstance(header, dict):
+                raise parse_error(f"line {header_no}: the header must be a JSON object")
+        else:
+            header = {}
+        if not body_line.strip(JSON_WHITESPACE.encode()):
+            raise parse_error(
+                f"line {body_no}: the search body is empty (Elasticsearch: Expected "
+                "[START_OBJECT] but found [null]); send {} for a search without a body"
+            )
+        error: ProxyError | None = None
+        try:
+            body = _json_value(body_line, body_no, "search body", max_depth, max_digits)
+        except BodyError as exc:
+            if exc.syntax:
+                raise
+            body, error = {}, exc
+        if not isinstance(body, dict):
+            raise parse_error(f"line {body_no}: the search body must be a JSON object")
         index = _header_index(header, header_no) or default_index or "_all"
         params = dict(shared)
         for key, value in header.items():
-            if key == "index":
+            if key in INDEX_KEYS:
                 continue
-            if key not in HEADER_PARAMS:
+            name = HEADER_ALIASES.get(key, key)
+            if name not in HEADER_PARAMS:
                 raise bad_request(
                     f"line {header_no}: key [{key}] is not supported in the metadata section"
                 )
-            params[key] = _param_value(value, key, header_no)
-        items.append(SearchItem(index, params, body, body_line.encode("utf-8")))
+            params[name] = _param_value(value, key, header_no)
+        items.append(SearchItem(index, params, body, body_line, error))
     return items
 
 
@@ -105,18 +155,20 @@ def concurrency(url_params: Mapping[str, str]) -> int:
     return min(value, MAX_CONCURRENT_SEARCHES)
 
 
-def _json_object(line: str, number: int, what: str) -> dict[str, Any]:
+def _json_value(line: bytes, number: int, what: str, max_depth: int, max_digits: int) -> Any:
     try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise parse_error(f"line {number}: the {what} is not valid JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise parse_error(f"line {number}: the {what} must be a JSON object")
-    return value
+        return loads_strict(line, max_depth=max_depth, max_digits=max_digits, what=what)
+    except BodyError as exc:
+        raise BodyError(f"line {number}: {exc.reason}", exc.error_type, syntax=exc.syntax) from None
 
 
 def _header_index(header: Mapping[str, Any], number: int) -> str | None:
-    index = header.get("index")
+    named = [key for key in INDEX_KEYS if key in header]
+    if len(named) > 1:
+        raise bad_request(f"line {number}: give [index] or [indices], not both")
+    if not named:
+        return None
+    index = header[named[0]]
     if index is None:
         return None
     if isinstance(index, str) and index.strip():

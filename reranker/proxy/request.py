@@ -293,6 +293,30 @@ def check_compatible(body: Mapping[str, Any], params: Mapping[str, str]) -> None
             raise bad_request(f"the [{key}] parameter cannot be combined with [rerank]")
 
 
+#: parameters and body keys that open or use a scroll or point-in-time context
+SCROLL_PARAMS = ("scroll",)
+SCROLL_BODY_KEYS = ("pit",)
+
+
+def check_no_scroll(body: Mapping[str, Any], params: Mapping[str, str]) -> None:
+    """Refuse scrolls and point-in-time searches, with or without ``rerank``: the proxy
+    serves neither ``_search/scroll`` nor ``_pit``, so no client could use or close the
+    context such a search would open or need."""
+    for key in SCROLL_PARAMS:
+        if key in params:
+            raise bad_request(
+                f"the [{key}] parameter is not supported through the reranking proxy: it "
+                "serves no _search/scroll endpoint, so the scroll context could never be read "
+                "or cleared; page with from/size (or search_after without rerank)"
+            )
+    for key in SCROLL_BODY_KEYS:
+        if key in body:
+            raise bad_request(
+                f"[{key}] (point in time) is not supported through the reranking proxy: it "
+                "serves no _pit endpoint to open or close one"
+            )
+
+
 def page(body: Mapping[str, Any], params: Mapping[str, str], window: int) -> Page:
     """``from``/``size`` (body first, then query parameters), checked against the window."""
     start = _page_value(body, params, "from", 0)
@@ -430,14 +454,34 @@ def _filter(
 # --------------------------------------------------------------------------- allow-list
 
 
-def index_allowed(index: str, patterns: tuple[str, ...]) -> str | None:
+def index_allowed(
+    index: str, patterns: tuple[str, ...], *, remote_clusters: tuple[str, ...] = ()
+) -> str | None:
     """``None`` if every part of ``index`` (comma-separated) is allowed, else the first that
     is not. A part with wildcards is allowed only if all its expansions must be: the pattern
-    is ``*`` or ``prefix*`` and the part starts with ``prefix``."""
+    is ``*`` or ``prefix*`` and the part starts with ``prefix``.
+
+    This is the proxy's second line (Elasticsearch's authorization is the first), and it
+    reads index expressions as Elasticsearch does where that matters: ``cluster:index`` (any
+    part with a ``:``, which also covers ``::`` selectors) is a remote-cluster expression,
+    refused unless its cluster is one of ``remote_clusters`` (named exactly) and its index
+    part is allowed; date math (``<...>``), exclusions (``-name``) and empty parts are
+    refused.
+    """
     for raw in index.split(","):
         part = raw.strip()
-        if not part or part.startswith("-"):
+        if not part or part.startswith(("-", "<", "+")):
             return part or index
+        if ":" in part:
+            cluster, _, remote_index = part.partition(":")
+            if (
+                cluster not in remote_clusters
+                or not remote_index
+                or ":" in remote_index
+                or not _part_allowed(remote_index, patterns)
+            ):
+                return part
+            continue
         if not _part_allowed(part, patterns):
             return part
     return None

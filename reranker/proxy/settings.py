@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reranker.config import Settings
 from reranker.errors import ConfigError
@@ -37,13 +38,27 @@ def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """Everything ``reranker serve`` needs besides the models themselves.
 
     ``es`` holds the connection to Elasticsearch (URL, credentials, TLS). When it carries
-    credentials they are used for every request; otherwise a client's ``Authorization``
-    header is passed through to Elasticsearch (unless it was the proxy's own API key).
+    credentials, searches run with credentials derived from them and restricted to
+    ``allowed_indices`` (:mod:`reranker.proxy.scoped`); the request log and health checks use
+    them as they are. Without any, a client's ``Authorization`` header is passed through to
+    Elasticsearch (unless it was the proxy's own API key).
     """
 
     es: Settings = field(default_factory=Settings.from_env)
@@ -88,7 +103,27 @@ class ProxySettings:
     blends: tuple[tuple[str, str], ...] = ()
     """``(name, blend file)``: learned blends a request may name in ``rerank.blend``."""
     admin_api_keys: tuple[str, ...] = ()
-    """Keys for ``POST /_reranker/reload``; without any, only loopback clients may reload."""
+    """Keys for ``POST /_reranker/reload``. Without any, only loopback clients may reload, and
+    only while no client key is set either (a client key never reloads)."""
+    scoped_credentials: bool = True
+    """Search with credentials restricted to ``allowed_indices`` (a restricted API key, or on
+    the local node a file-realm user) rather than the proxy's own: see
+    :mod:`reranker.proxy.scoped`."""
+    remote_clusters: tuple[str, ...] = ()
+    """Cluster aliases a ``cluster:index`` expression may name; none by default (such an
+    expression is then a 403 from the allow-list)."""
+    model_roots: tuple[Path, ...] = ()
+    """Folders a reload may load models from (each model is a folder inside one of them);
+    empty: the configured model's parent folder."""
+    max_json_depth: int = 64
+    """Deepest nesting of objects and arrays accepted in a request body (400 beyond)."""
+    max_number_digits: int = 40
+    """Longest number literal accepted in a request body, in characters (400 beyond)."""
+    public_health_details: bool = False
+    """When API keys are set: whether ``/_health`` shows details without a key (it always
+    answers liveness)."""
+    public_metrics: bool = False
+    """When API keys are set: whether ``/metrics`` answers without a key."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -104,6 +139,8 @@ class ProxySettings:
             "breaker_failures": self.breaker_failures,
             "log_queue_size": self.log_queue_size,
             "log_batch_size": self.log_batch_size,
+            "max_json_depth": self.max_json_depth,
+            "max_number_digits": self.max_number_digits,
         }
         for name, value in positive.items():
             if value < 1:
@@ -147,6 +184,11 @@ class ProxySettings:
             "signals": parse_pairs(_env_list("RERANKER_PROXY_SIGNALS", ()), "signals"),
             "blends": parse_pairs(_env_list("RERANKER_PROXY_BLENDS", ()), "blend"),
             "admin_api_keys": _env_list("RERANKER_PROXY_ADMIN_API_KEYS", ()),
+            "scoped_credentials": _env_flag("RERANKER_PROXY_SCOPED_CREDENTIALS", True),
+            "remote_clusters": _env_list("RERANKER_PROXY_REMOTE_CLUSTERS", ()),
+            "model_roots": tuple(Path(p) for p in _env_list("RERANKER_PROXY_MODEL_ROOTS", ())),
+            "public_health_details": _env_flag("RERANKER_PROXY_PUBLIC_HEALTH", False),
+            "public_metrics": _env_flag("RERANKER_PROXY_PUBLIC_METRICS", False),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

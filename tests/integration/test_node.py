@@ -13,6 +13,7 @@ from elasticsearch import Elasticsearch
 
 from reranker.errors import NodeError
 from reranker.es.node import CLUSTER_NAME, DEFAULT_ES_VERSION, LocalNode, NodeStatus
+from tests.conftest import es_client_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,27 @@ def test_up_answers_with_version_and_cluster_name(
     health = es_client.cluster.health()
     assert health["cluster_name"] == CLUSTER_NAME
     assert health["status"] in {"green", "yellow"}
+
+
+def test_up_secures_the_node_with_a_password_kept_0600(local_node: NodeStatus) -> None:
+    import stat
+    import urllib.error
+    import urllib.request
+
+    from reranker.es.credentials import credentials_file, read_credentials
+
+    port = urlparse(local_node.url).port
+    assert port is not None
+    path = credentials_file(port)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    creds = read_credentials(port)
+    assert creds is not None and creds.username == "elastic" and len(creds.password) >= 32
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{local_node.url}/_cluster/health", timeout=10)
+    assert anonymous.value.code == 401
+    with es_client_for(local_node.url) as client:
+        assert client.security.authenticate()["username"] == "elastic"
 
 
 def test_up_twice_is_idempotent(local_node: NodeStatus) -> None:

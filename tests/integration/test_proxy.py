@@ -22,12 +22,12 @@ import pytest
 from elastic_transport import ObjectApiResponse
 from elasticsearch import BadRequestError, Elasticsearch
 
-from reranker.config import Settings
 from reranker.embed import Embedder
 from reranker.errors import ModelError
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
 from reranker.scoring import Scorer
+from tests.conftest import es_settings
 from tests.integration.conftest import delete_indices_named_after, index_docs
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -107,7 +107,7 @@ class SlowScorer(Scorer):
 
 def proxy_settings(es_node: NodeStatus, alias: str, **overrides: Any) -> ProxySettings:
     values: dict[str, Any] = {
-        "es": Settings(es_url=es_node.url),
+        "es": es_settings(es_node.url),
         "allowed_indices": (f"{alias}*",),
         "max_window": 50,
         "default_window": 20,

@@ -21,10 +21,11 @@ import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
-from reranker.config import Settings
 from reranker.embed import Embedder
+from reranker.es.credentials import remove_credentials
 from reranker.es.node import LocalNode, NodeStatus
 from reranker.scoring import Scorer
+from tests.conftest import es_client_for, es_settings
 from tests.integration.conftest import delete_indices_named_after, index_docs
 from tests.integration.test_proxy import QUERY, free_port, proxy_settings, running
 from tests.unit.test_proxy_app import assert_es_error
@@ -54,12 +55,14 @@ def second_node(
     try:
         node.up()
         alias = f"faults-{uuid.uuid4().hex[:8]}"
-        with Elasticsearch(node.url, request_timeout=60) as client:
+        with es_client_for(node.url) as client:
             index_docs(client, embedder, scifact_docs[:30], alias, Path(tempfile.mkdtemp()))
         yield node, alias
     finally:
         node.down()
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(node.node_dir, ignore_errors=True)  # a throw-away node on a free port
+        remove_credentials(node.port)
 
 
 async def test_elasticsearch_stopped_and_restarted_mid_run(
@@ -67,7 +70,7 @@ async def test_elasticsearch_stopped_and_restarted_mid_run(
 ) -> None:
     node, alias = second_node
     status = NodeStatus(True, node.url, None, None, node.home, "fault-test node")
-    settings = proxy_settings(status, alias, es=Settings(es_url=node.url, request_timeout_s=5))
+    settings = proxy_settings(status, alias, es=es_settings(node.url, request_timeout_s=5))
     answers: list[tuple[float, httpx.Response]] = []
     async with running(settings, proxy_scorer) as http:
 
@@ -180,7 +183,9 @@ async def test_a_slow_cluster_gets_504s_within_the_deadline_then_recovers(
     es_node: NodeStatus, relay: SlowRelay, slow_alias: str, proxy_scorer: Scorer
 ) -> None:
     settings = proxy_settings(
-        es_node, slow_alias, es=Settings(es_url=relay.url, request_timeout_s=1.0)
+        es_node,
+        slow_alias,
+        es=es_settings(relay.url, credentials_of=es_node.url, request_timeout_s=1.0),
     )
     async with running(settings, proxy_scorer) as http:
         assert (await http.post(f"/{slow_alias}/_search", json=rerank())).status_code == 200

@@ -147,7 +147,8 @@ async def test_reload_swaps_the_model_while_searches_keep_answering(
     es_node: NodeStatus, papers: str, proxy_xenc_dir: Path
 ) -> None:
     shipped_version = Scorer(SHIPPED, variant="int8").version
-    async with Running(settings_for(es_node, papers), loader_from(proxy_xenc_dir)) as http:
+    settings = settings_for(es_node, papers, model_roots=(SHIPPED.parent,))
+    async with Running(settings, loader_from(proxy_xenc_dir)) as http:
         before = (await http.post(f"/{papers}/_search", json=body(10))).json()["rerank"]
         stop = asyncio.Event()
         answers: list[httpx.Response] = []
@@ -176,7 +177,8 @@ async def test_reload_refuses_a_model_whose_card_does_not_match(
     es_node: NodeStatus, papers: str, proxy_xenc_dir: Path, tmp_path: Path
 ) -> None:
     broken = broken_copy(tmp_path)
-    async with Running(settings_for(es_node, papers), loader_from(proxy_xenc_dir)) as http:
+    settings = settings_for(es_node, papers, model_roots=(tmp_path,))
+    async with Running(settings, loader_from(proxy_xenc_dir)) as http:
         before = (await http.post(f"/{papers}/_search", json=body(10))).json()["rerank"]
         refused = await http.post("/_reranker/reload", json={"model": str(broken)})
         after = await http.post(f"/{papers}/_search", json=body(10))

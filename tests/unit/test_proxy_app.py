@@ -259,3 +259,34 @@ def test_client_authorization_passes_through_unless_the_proxy_has_credentials() 
     assert configured._upstream_headers(_request(auth)) == {}
     keyed = create_app(settings(api_keys=("s3cret",))).state.proxy
     assert keyed._upstream_headers(_request({"authorization": "ApiKey s3cret"})) == {}
+
+
+async def test_with_credentials_searches_wait_for_restricted_ones_and_say_why_not() -> None:
+    with_key = Settings(es_url=f"http://127.0.0.1:{closed_port()}", es_api_key="k")
+    async with proxy_client(settings(es=with_key)) as http:
+        answer = await http.post("/docs-1/_search", json={})
+    assert_es_error(answer, 503)  # unreachable: no restricted credentials, so no search
+
+
+async def test_scoped_credentials_follow_the_settings() -> None:
+    from reranker.proxy.scoped import ScopedAccess, role_descriptor
+
+    with_key = Settings(es_url="http://127.0.0.1:9", es_api_key="k")
+    open_proxy = ScopedAccess(settings(), None)  # type: ignore[arg-type]
+    unscoped = ScopedAccess(settings(es=with_key, scoped_credentials=False), None)  # type: ignore[arg-type]
+    scoped = ScopedAccess(settings(es=with_key), None)  # type: ignore[arg-type]
+    assert (open_proxy.mode, unscoped.mode, scoped.mode) == ("client", "proxy", "pending")
+    assert role_descriptor(("b-*", "a-*", "a-*")) == {
+        "cluster": [],
+        "indices": [{"names": ["a-*", "b-*"], "privileges": ["read"]}],
+    }
+
+
+async def test_without_a_key_health_is_liveness_only_and_metrics_401() -> None:
+    async with proxy_client(settings(api_keys=("s3cret",))) as http:
+        live = await http.get("/_health")
+        metrics = await http.get("/metrics")
+        keyed = await http.get("/metrics", headers={"authorization": "ApiKey s3cret"})
+    assert live.status_code == 503 and live.json() == {"status": "unavailable"}
+    assert_es_error(metrics, 401)
+    assert keyed.status_code == 200

@@ -61,14 +61,48 @@ def test_msearch_own_url_parameters_are_not_forwarded_to_each_search() -> None:
     assert params == {}
 
 
-def test_blank_lines_and_a_missing_final_newline_are_accepted() -> None:
-    raw = b'{"index": "a"}\n\n{"size": 1}\n{}\n{"size": 2}'
-    assert [item.body["size"] for item in parse_msearch(raw, None, {})] == [1, 2]
+def test_a_blank_header_line_is_a_header_without_parameters_as_in_elasticsearch() -> None:
+    # Elasticsearch reads these five lines as (blank header, {}), ({"index": "b"}, {}) and a
+    # trailing header; skipping the blank line would pair them differently.
+    raw = b'\n{}\n{"index": "b"}\n{}\n'
+    items = parse_msearch(raw, "a", {})
+    assert [item.index for item in items] == ["a", "b"]
+    assert [item.body for item in items] == [{}, {}]
+
+
+def test_a_blank_body_line_is_refused_as_elasticsearch_does() -> None:
+    error = refused(b'{"index": "a"}\n\n{"index": "b"}\n{}\n', "parsing_exception")
+    assert "line 2" in error.reason
+
+
+def test_a_body_without_a_final_newline_is_refused_as_elasticsearch_does() -> None:
+    error = refused(b'{"index": "a"}\n{"size": 1}')
+    assert "terminated by a newline" in error.reason
+
+
+def test_whitespace_only_and_null_headers_mean_no_parameters() -> None:
+    raw = b' \t\r\n{}\nnull\n{"size": 2}\r\n'
+    items = parse_msearch(raw, "docs", {})
+    assert [item.index for item in items] == ["docs", "docs"]
+    assert items[1].body == {"size": 2}
+
+
+def test_indices_and_camel_case_header_keys_are_read_as_elasticsearch_reads_them() -> None:
+    raw = ndjson({"indices": ["x", "y"], "ignoreUnavailable": True}, {})
+    item = parse_msearch(raw, "docs", {})[0]
+    assert item.index == "x,y"
+    assert item.params == {"ignore_unavailable": "true"}
+    refused(ndjson({"index": "a", "indices": "b"}, {}))
+
+
+def test_a_duplicated_header_key_is_refused_as_elasticsearch_does() -> None:
+    refused(b'{"index": "a", "index": "b"}\n{}\n', "x_content_parse_exception")
 
 
 def test_a_header_without_its_body_line_is_refused_with_its_line_number() -> None:
     error = refused(ndjson({"index": "a"}, {}, {"index": "b"}), "parsing_exception")
     assert "line 3" in error.reason
+    refused(b'{"index": "a"}\n{}\n{"index": "b"}\n')
 
 
 def test_a_line_that_is_not_json_is_refused_with_its_line_number() -> None:
