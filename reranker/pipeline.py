@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,12 +41,27 @@ class RankedHit:
     explanation: dict[str, Any] | None = None  # each feature's value and contribution
 
 
+DegradedKind = Literal["timeout", "error", "unavailable", "circuit_open", "es_partial"]
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """Why an answer is not what was asked for (first-stage order, partial results): a kind
+    to count and map to statuses by, and a reason to show."""
+
+    kind: DegradedKind
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 @dataclass
 class PipelineResult:
     hits: list[RankedHit]
     window: int
     timings_ms: dict[str, float]
-    degraded: str | None = None
+    degraded: Degraded | None = None
     model: str | None = None
     blend: str | None = None  # "<kind>@<version>" of the blend that ordered the hits
 
@@ -78,7 +93,7 @@ class Pipeline:
 
     def __init__(
         self,
-        first_stage: FirstStage,
+        first_stage: FirstStage | None,
         scorer: PairScorer | None = None,
         *,
         base: str = "bm25",
@@ -126,6 +141,8 @@ class Pipeline:
         vector: Sequence[float] | None = None,
         deadline: float | None = None,
     ) -> PipelineResult:
+        if self.first_stage is None:
+            raise SearchError("this pipeline has no first stage: give it candidates (rerank)")
         started = time.perf_counter()
         candidates = self.first_stage.search(
             text, self.base, max(self.window, k), hybrid=self.hybrid, vector=vector
@@ -170,8 +187,8 @@ class Pipeline:
             except ModelError as exc:
                 if not self.fail_open:
                     raise
-                cause = "timeout" if isinstance(exc, ScoreTimeout) else "error"
-                degraded = f"reranker {cause}: {exc}"
+                cause: DegradedKind = "timeout" if isinstance(exc, ScoreTimeout) else "error"
+                degraded = Degraded(cause, f"reranker {cause}: {exc}")
                 log.warning("scorer failed, first-stage order returned: %s", exc)
             else:
                 for hit, logit in zip(hits, logits.tolist(), strict=True):

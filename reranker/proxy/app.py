@@ -37,14 +37,14 @@ from reranker.embed_cache import TextEncoder
 from reranker.errors import ConfigError, ModelError
 from reranker.es.client import client_options
 from reranker.es.queries import knn_clause
+from reranker.first_stage import fuse
 from reranker.first_stage_features import unavailable_features
-from reranker.pipeline import Pipeline, PipelineResult, check_scores
+from reranker.pipeline import Degraded, Pipeline, PipelineResult, check_scores
 from reranker.proxy import errors
 from reranker.proxy.blends import BlendCatalog, NamedBlend
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.first_stage import (
     FirstStageResult,
-    PrefetchedFirstStage,
     read_hits,
     search_es,
     split_key,
@@ -97,6 +97,16 @@ EMBEDDINGS_PROBE_TTL_S = 60.0
 #: at most this share of the time it had (the scorer then ran over twice as slow as measured)
 FAIR_TIMEOUT_SHARE = 0.5
 
+#: with ``fail_open: false``, the error each kind of degradation becomes (the metrics label
+#: is the kind itself)
+FAIL_CLOSED: dict[str, Callable[[str], ProxyError]] = {
+    "timeout": errors.reranker_timeout,
+    "error": errors.reranker_unavailable,
+    "unavailable": errors.reranker_unavailable,
+    "circuit_open": errors.reranker_unavailable,
+    "es_partial": errors.reranker_unavailable,
+}
+
 SMOKE_QUERY = "what is a qubit in quantum computing"
 SMOKE_PASSAGES = (
     "A qubit is the basic unit of quantum information: a two-level quantum system that can be "
@@ -122,20 +132,6 @@ def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
                 f"installed (pip install aiohttp), or give RERANKER_ES_CA_CERTS instead ({exc})"
             ) from None
     return AsyncElasticsearch(settings.es.es_url, node_class=HttpxAsyncHttpNode, **options)
-
-
-def degraded_kind(reason: str) -> str:
-    """A short label for metrics and the log: timeout, error, circuit_open, es_partial, ..."""
-    lowered = reason.lower()
-    if lowered.startswith("es partial"):
-        return "es_partial"
-    if "circuit open" in lowered:
-        return "circuit_open"
-    if "not loaded" in lowered or "unavailable" in lowered:
-        return "unavailable"
-    if "deadline" in lowered or "timeout" in lowered:
-        return "timeout"
-    return "error"
 
 
 class Proxy:
@@ -821,7 +817,8 @@ class Proxy:
             )
             degraded = first.degraded()
             if spec.dense and first.dense is None:
-                degraded.append("dense retrieval unavailable: the embedder is not loaded")
+                message = "dense retrieval unavailable: the embedder is not loaded"
+                degraded.append(Degraded("unavailable", message))
             result, rerank_ms = await self._score(first, spec, text, deadline, ticket, blend)
         finally:
             if not ticket.submitted:  # else the scoring call frees its slot when it ends
@@ -841,13 +838,13 @@ class Proxy:
             - timings.get("blend", 0.0)
             - timings.get("scorer_queue", 0.0),
         )
-        reason = "; ".join(degraded) if degraded else None
+        reason = "; ".join(map(str, degraded)) if degraded else None
         for stage in ("embed", "es", "rerank", "blend", "scorer_queue", "total"):
             if stage in timings:
                 self.metrics.stage_seconds.labels(stage).observe(timings[stage] / 1000)
         if reason:
             for item in degraded:
-                self.metrics.degraded.labels(degraded_kind(item)).inc()
+                self.metrics.degraded.labels(item.kind).inc()
         answer = self._answer(first, result, spec, pages, sources, text, timings, reason)
         log.info(
             "reranked",
@@ -872,6 +869,7 @@ class Proxy:
                 reason,
                 answer,
                 top=self.settings.log_top_hits,
+                degraded_kind=degraded[0].kind if degraded else None,
             )
         return answer, logged
 
@@ -995,14 +993,15 @@ class Proxy:
     ) -> tuple[PipelineResult, dict[str, float]]:
         """Fuse and rerank through :class:`Pipeline` in the scorer's pool; fail open here when
         the scorer is bypassed, fails or overruns. Returns the result and stage timings."""
-        stage = PrefetchedFirstStage(
-            first.lexical.hits, first.dense.hits if first.dense is not None else None
-        )
-        base = "hybrid" if first.dense is not None else "bm25"
+        if first.dense is not None:
+            base = "hybrid"
+            candidates = fuse(first.lexical.hits, first.dense.hits, spec.hybrid, spec.window)
+        else:
+            base, candidates = "bm25", first.lexical.hits[: spec.window]
 
         def pipeline(scorer: Scorer | None) -> Pipeline:
             return Pipeline(
-                stage,
+                None,
                 scorer,
                 base=base,
                 window=spec.window,
@@ -1014,27 +1013,26 @@ class Proxy:
                 explain=spec.explain or self.request_log is not None,
             )
 
-        def unscored(reason: str) -> PipelineResult:
+        def unscored(why: Degraded) -> PipelineResult:
             if not spec.fail_open:
-                raise errors.reranker_unavailable(f"reranking was required but: {reason}")
-            result = pipeline(None).search(text, k=spec.window)
-            result.degraded = reason
+                raise FAIL_CLOSED[why.kind](f"reranking was required but: {why}")
+            result = pipeline(None).rerank(text, candidates, k=spec.window)
+            result.degraded = why
             return result
 
         if not first.lexical.hits and (first.dense is None or not first.dense.hits):
-            return pipeline(None).search(text, k=spec.window), {}
+            return pipeline(None).rerank(text, candidates, k=spec.window), {}
         if self.scorer is None:
             reason = "loading" if not self.loaded.is_set() else (self.model_error or "unknown")
-            return unscored(f"reranker unavailable: model not loaded ({reason})"), {}
+            message = f"reranker unavailable: model not loaded ({reason})"
+            return unscored(Degraded("unavailable", message)), {}
         if not self.breaker.allow():
-            return unscored("circuit open: the cross-encoder failed repeatedly"), {}
+            message = "circuit open: the cross-encoder failed repeatedly"
+            return unscored(Degraded("circuit_open", message)), {}
         if time.monotonic() >= deadline:
             self.breaker.release()
-            if not spec.fail_open:
-                raise errors.reranker_timeout("no time left for the cross-encoder")
-            result = pipeline(None).search(text, k=spec.window)
-            result.degraded = "reranker timeout: no time left after the first stage"
-            return result, {}
+            message = "reranker timeout: no time left after the first stage"
+            return unscored(Degraded("timeout", message)), {}
 
         loop = asyncio.get_running_loop()
         scoring = pipeline(self.scorer)
@@ -1042,7 +1040,7 @@ class Proxy:
         def call() -> PipelineResult:
             if time.monotonic() >= deadline:  # abandoned while queued: do not score at all
                 raise QueueExpired("the deadline passed while waiting for the scorer")
-            return scoring.search(text, k=spec.window, deadline=deadline)
+            return scoring.rerank(text, candidates, k=spec.window, deadline=deadline)
 
         submitted_at = time.perf_counter()
         budget_at_submit = deadline - time.monotonic()
@@ -1087,7 +1085,7 @@ class Proxy:
             if all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
                 if not result.degraded:
                     self.breaker.success()
-                elif degraded_kind(result.degraded) != "timeout" or (
+                elif result.degraded.kind != "timeout" or (
                     self._timeout_is_scorers_fault(spec, budget_at_submit)
                 ):
                     self.breaker.failure()
@@ -1098,11 +1096,11 @@ class Proxy:
             self.breaker.failure()
         else:
             self.breaker.release()
+        why = Degraded("timeout" if timed_out else "error", reason)
         if not spec.fail_open:
-            fail = errors.reranker_timeout if timed_out else errors.reranker_unavailable
-            raise fail(reason)
-        result = pipeline(None).search(text, k=spec.window)
-        result.degraded = reason
+            raise FAIL_CLOSED[why.kind](reason)
+        result = pipeline(None).rerank(text, candidates, k=spec.window)
+        result.degraded = why
         return result, {"scorer_queue": (time.perf_counter() - submitted_at) * 1000}
 
     def _timeout_is_scorers_fault(self, spec: RerankSpec, budget_s: float) -> bool:
@@ -1280,6 +1278,7 @@ def log_document(
     answer: dict[str, Any],
     *,
     top: int = 10,
+    degraded_kind: str | None = None,
 ) -> dict[str, Any]:
     """The request-log document (see ``es_mappings/logs-template.json``)."""
     model = answer["rerank"]["model"]
@@ -1323,7 +1322,7 @@ def log_document(
         "model": {"id": model["id"], "version": model["version"]} if model else None,
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
         "degraded": degraded,
-        "degraded_kind": degraded_kind(degraded) if degraded else None,
+        "degraded_kind": degraded_kind,
         "hits": logged,
     }
 

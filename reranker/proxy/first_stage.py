@@ -1,13 +1,14 @@
 """The first stage, asynchronously: the client's own query (BM25) and kNN on ``embedding``.
 
-The lists come back as :class:`~reranker.first_stage.Hit` lists keyed by index and id, and
-:class:`PrefetchedFirstStage` hands them to :class:`~reranker.pipeline.Pipeline`, so fusion
-(``FirstStage.hybrid``), passage text and fail-open stay the pipeline's own code.
+The lists come back as :class:`~reranker.first_stage.Hit` lists keyed by index and id; the
+proxy fuses them with :func:`~reranker.first_stage.fuse` (the same function the CLI's first
+stage uses) and hands the candidates to :meth:`~reranker.pipeline.Pipeline.rerank`, so
+fusion, passage text and fail-open stay the pipeline's own code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -16,8 +17,8 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
-from reranker.errors import SearchError
-from reranker.first_stage import FirstStage, Hit
+from reranker.first_stage import Hit
+from reranker.pipeline import Degraded
 from reranker.proxy.errors import (
     bad_gateway,
     from_elasticsearch,
@@ -35,31 +36,6 @@ def hit_key(index: str, doc_id: str) -> str:
 def split_key(key: str) -> tuple[str, str]:
     index, _, doc_id = key.partition(KEY_SEPARATOR)
     return index, doc_id
-
-
-class PrefetchedFirstStage(FirstStage):
-    """A :class:`FirstStage` answering from lists already fetched (by :func:`search_es`).
-
-    ``bm25``/``dense`` return those lists, so the inherited ``search``/``hybrid`` (fusion)
-    run unchanged. It holds no client and never calls Elasticsearch.
-    """
-
-    def __init__(self, lexical: list[Hit], dense: list[Hit] | None = None) -> None:
-        # deliberately not calling FirstStage.__init__: there is no client to hold
-        self.index = "(prefetched)"
-        self.encoder = None
-        self.fields = ()
-        self.with_source = False
-        self._lexical = lexical
-        self._dense = dense
-
-    def bm25(self, text: str, k: int) -> list[Hit]:
-        return self._lexical[:k]
-
-    def dense(self, text: str, k: int, *, vector: Sequence[float] | None = None) -> list[Hit]:
-        if self._dense is None:
-            raise SearchError("no dense list was fetched for this request")
-        return self._dense[:k]
 
 
 @dataclass
@@ -108,11 +84,11 @@ class FirstStageResult:
         index, doc_id = split_key(key)
         return {"_index": index, "_id": doc_id}
 
-    def degraded(self) -> list[str]:
+    def degraded(self) -> list[Degraded]:
         reasons = [self.lexical.partial_reason()]
         if self.dense is not None:
             reasons.append(self.dense.partial_reason())
-        return list(dict.fromkeys(r for r in reasons if r))
+        return [Degraded("es_partial", r) for r in dict.fromkeys(r for r in reasons if r)]
 
 
 async def search_es(
