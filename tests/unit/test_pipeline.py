@@ -60,7 +60,8 @@ def test_reranking_orders_by_cross_encoder_score_and_keeps_first_stage_ranks() -
 def test_scorer_failure_fails_open_to_the_first_stage_order() -> None:
     result = make(LengthScorer(fail=True)).search("q", k=3)
     assert [h.id for h in result.hits] == ["a", "b", "c"]
-    assert result.degraded is not None and "model exploded" in result.degraded
+    assert result.degraded is not None and result.degraded.kind == "error"
+    assert "model exploded" in result.degraded.reason
 
 
 def test_scorer_failure_is_an_error_when_fail_open_is_off() -> None:
@@ -118,7 +119,8 @@ class NanScorer(LengthScorer):
 def test_invalid_scorer_output_fails_open(scorer: LengthScorer) -> None:
     result = make(scorer).search("q", k=3)
     assert [h.id for h in result.hits] == ["a", "b", "c"]
-    assert result.degraded is not None and result.degraded.startswith("reranker error")
+    assert result.degraded is not None and result.degraded.kind == "error"
+    assert result.degraded.reason.startswith("reranker error")
 
 
 class FeatureReadingScorer:

@@ -202,9 +202,11 @@ def test_partial_results_from_elasticsearch_are_reported() -> None:
         "hits": {"hits": []},
     }
     result = FirstStageResult(lexical=read_hits(body, "bm25"))
-    assert result.degraded() == ["es partial results: 1 of 3 shards failed"]
+    assert [(d.kind, d.reason) for d in result.degraded()] == [
+        ("es_partial", "es partial results: 1 of 3 shards failed")
+    ]
     body["timed_out"] = True
-    assert "timed out" in FirstStageResult(lexical=read_hits(body, "bm25")).degraded()[0]
+    assert "timed out" in FirstStageResult(lexical=read_hits(body, "bm25")).degraded()[0].reason
 
 
 def test_a_search_response_without_hits_is_a_502() -> None:
