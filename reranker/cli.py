@@ -93,24 +93,15 @@ def _embedder(ctx: click.Context) -> Embedder:
 
 def default_model_dir() -> Path:
     """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
-    import os
+    from reranker.scoring import default_model_dir as scoring_default
 
-    configured = os.environ.get("RERANKER_MODEL")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6"
+    return scoring_default()
 
 
 def _scorer(model: Path | None, variant: str | None) -> Any:
-    """The cross-encoder; without a variant, fp32 if the folder has it, else what it has."""
-    from reranker.models import CROSS_ENCODER_CARD, read_card
-    from reranker.scoring import Scorer
+    from reranker.scoring import load_scorer
 
-    folder = model or default_model_dir()
-    if variant is None:
-        variants = read_card(folder, CROSS_ENCODER_CARD).get("variants") or {}
-        variant = "fp32" if "fp32" in variants or not variants else next(iter(variants))
-    return Scorer(folder, variant=variant)
+    return load_scorer(model, variant)
 
 
 # --------------------------------------------------------------------------- es
@@ -373,14 +364,19 @@ def search_cmd(
 ) -> None:
     """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
     --rerank, the top --window of that first stage reordered by the cross-encoder."""
-    from reranker.first_stage import FirstStage
-    from reranker.pipeline import Pipeline
+    from reranker.pipeline import QueryPath, build_pipeline
 
-    hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
+    path = QueryPath(
+        index=alias,
+        base=mode,
+        window=window if rerank else k,
+        hybrid=_parse_hybrid(fusion, rank_constant, normalization, weights),
+        rerank=rerank,
+        model=model,
+        variant=variant,
+    )
     encoder = _embedder(ctx) if mode != "bm25" else None
-    stage = FirstStage(_client(ctx), alias, encoder, with_source=["title", "text"])
-    scorer = _scorer(model, variant) if rerank else None
-    pipeline = Pipeline(stage, scorer, base=mode, window=window if rerank else k, hybrid=hybrid)
+    pipeline = build_pipeline(path, _client(ctx), encoder)
     result = pipeline.search(text, k=k)
     if result.degraded:
         click.echo(f"warning: {result.degraded}", err=True)
@@ -493,7 +489,6 @@ def eval_cmd(
     """
     from reranker.errors import ConfigError
     from reranker.evaluation import (
-        CachedScorer,
         EvalReport,
         collect_run,
         ensure_dataset_index,
@@ -505,7 +500,7 @@ def eval_cmd(
     )
     from reranker.first_stage import FirstStage
     from reranker.indexing import default_cache
-    from reranker.pipeline import Pipeline
+    from reranker.pipeline import QueryPath, build_pipeline, scorer_for
 
     wanted = [m.strip() for m in modes.split(",") if m.strip()]
     known = ("bm25", "dense", "hybrid", "rerank", "blend")
@@ -518,10 +513,7 @@ def eval_cmd(
         raise ConfigError("--depth must be at least 10 (NDCG@10 needs ten hits)")
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
-    queries, qrels = judged_queries(dataset, split)
-    if max_queries:
-        queries = dict(list(queries.items())[:max_queries])
-        qrels = {qid: qrels[qid] for qid in queries}
+    queries, qrels = judged_queries(dataset, split, limit=max_queries)
     alias = alias or f"beir-{dataset.name.lower()}"
 
     client = _client(ctx)
@@ -542,24 +534,30 @@ def eval_cmd(
     vectors = query_vectors(stage, queries)
     runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid, vectors=vectors)
     if {"rerank", "blend"} & set(wanted):
-        scorer = CachedScorer(_scorer(model, variant), ctx.obj.home / "scores")
-        click.echo(f"reranking {rerank_base} top-{window} with {scorer.scorer!r}", err=True)
+        path = QueryPath(
+            index=alias,
+            base=rerank_base,
+            window=window,
+            hybrid=hybrid,
+            model=model,
+            variant=variant,
+            score_cache=ctx.obj.home / "scores",
+        )
+        scorer: Any = scorer_for(path)  # a CachedScorer: a Scorer's attributes, cached logits
+        click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
         signal_config, blend_model = None, None
         if "blend" in wanted:
             signal_config, blend_model = _blend_and_signals(blend, signals, dataset.name)
             click.echo(f"blend {blend_model.kind} over {', '.join(blend_model.feature_names)}")
-        fields = ["title", "text", *(signal_config.source_fields if signal_config else ())]
-        reading = FirstStage(client, alias, embedder, with_source=fields)
         for mode, mode_blend in (("rerank", None), ("blend", blend_model)):
             if mode in wanted:
-                pipeline = Pipeline(
-                    reading,
-                    scorer,
-                    base=rerank_base,
-                    window=window,
-                    hybrid=hybrid,
+                pipeline = build_pipeline(
+                    path,
+                    client,
+                    embedder,
+                    scorer=scorer,
                     blend=mode_blend,
-                    signals=signal_config if mode_blend else None,
+                    signals=signal_config,
                 )
                 runners[mode] = pipeline_runner(pipeline, vectors)
     report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
@@ -967,15 +965,12 @@ def ltr_log_features(
         judged_queries,
         query_vectors,
     )
-    from reranker.first_stage import FirstStage
     from reranker.indexing import default_cache
     from reranker.ltr import log_features
-    from reranker.pipeline import Pipeline
+    from reranker.pipeline import QueryPath, build_pipeline
     from reranker.signals import PRESETS, load_signal_config
 
-    queries, qrels = judged_queries(dataset, split)
-    if max_queries:
-        queries = dict(list(queries.items())[:max_queries])
+    queries, qrels = judged_queries(dataset, split, limit=max_queries)
     config = (
         load_signal_config(signals)
         if signals
@@ -993,12 +988,20 @@ def ltr_log_features(
         cache=default_cache(ctx.obj.home, embedder),
         progress=progress,
     )
-    scorer = CachedScorer(_scorer(model, variant), ctx.obj.home / "scores")
-    reading = FirstStage(
-        client, alias, embedder, with_source=["title", "text", *config.source_fields]
+    path = QueryPath(
+        index=alias,
+        base=rerank_base,
+        window=window,
+        model=model,
+        variant=variant,
+        score_cache=ctx.obj.home / "scores",
+        source_fields=("title", "text", *config.source_fields),
     )
-    pipeline = Pipeline(reading, scorer, base=rerank_base, window=window)
-    vectors = query_vectors(reading, queries) if rerank_base != "bm25" else {}
+    pipeline = build_pipeline(path, client, embedder)
+    scorer = pipeline.scorer
+    assert isinstance(scorer, CachedScorer)
+    assert pipeline.first_stage is not None
+    vectors = query_vectors(pipeline.first_stage, queries) if rerank_base != "bm25" else {}
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with output.open("w", encoding="utf-8") as handle:

@@ -106,13 +106,18 @@ class CachedScorer:
         return sigmoid_of(logits).astype(np.float32) if sigmoid else logits
 
 
-def judged_queries(dataset: Path, split: str) -> tuple[dict[str, str], Qrels]:
-    """The split's judged queries that have text, and their judgements."""
+def judged_queries(
+    dataset: Path, split: str, *, limit: int | None = None
+) -> tuple[dict[str, str], Qrels]:
+    """The split's judged queries that have text, and their judgements; with ``limit``, the
+    first ``limit`` of them (in qrels order) and only their judgements."""
     qrels = load_qrels(dataset, split)
     texts = load_queries(dataset)
     queries = {qid: texts[qid] for qid in qrels if qid in texts}
     if not queries:
         raise SourceError(f"no query in {dataset}/queries.jsonl is judged in split {split!r}")
+    if limit:
+        queries = dict(list(queries.items())[:limit])
     return queries, {qid: qrels[qid] for qid in queries}
 
 

@@ -11,7 +11,8 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -22,6 +23,11 @@ from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
 from reranker.first_stage_features import features_from_stage_scores, unavailable_features
 from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
+    from reranker.embed_cache import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +250,63 @@ class Pipeline:
         if self.fields == ("title", "text"):
             return passage_text(source)
         return " ".join(str(source.get(f) or "").strip() for f in self.fields).strip()
+
+
+@dataclass(frozen=True)
+class QueryPath:
+    """Everything the CLI's query path is assembled from (search, eval, ltr logging): one
+    settings object, so every command builds the same pipeline."""
+
+    index: str
+    base: str = "hybrid"
+    window: int = 100
+    hybrid: HybridOptions = field(default_factory=HybridOptions)
+    rerank: bool = True
+    model: Path | None = None
+    """The cross-encoder folder; ``None`` = ``RERANKER_MODEL`` or the shipped model."""
+    variant: str | None = None
+    score_cache: Path | None = None
+    """Where logits are cached (evaluation and feature logging); ``None`` = no cache."""
+    source_fields: tuple[str, ...] = ("title", "text")
+
+
+def scorer_for(path: QueryPath) -> PairScorer:
+    """The cross-encoder ``path`` names, behind the logit cache when it has one."""
+    from reranker.scoring import load_scorer
+
+    scorer = load_scorer(path.model, path.variant)
+    if path.score_cache is None:
+        return scorer
+    from reranker.evaluation import CachedScorer
+
+    return CachedScorer(scorer, path.score_cache)
+
+
+def build_pipeline(
+    path: QueryPath,
+    client: Elasticsearch,
+    encoder: TextEncoder | None,
+    *,
+    scorer: PairScorer | None = None,
+    blend: Blend | None = None,
+    signals: SignalConfig | None = None,
+    explain: bool = False,
+) -> Pipeline:
+    """The query path as ``path`` says: the first stage on ``path.index`` (reading the text
+    fields and the signals' source fields), the cross-encoder (``scorer`` if given, to share
+    one between pipelines, else loaded from ``path.model``/``path.variant``, behind the logit
+    cache when ``path.score_cache`` is set), then the blend."""
+    fields = [*path.source_fields, *(signals.source_fields if signals is not None else ())]
+    stage = FirstStage(client, path.index, encoder, with_source=list(dict.fromkeys(fields)))
+    if scorer is None and path.rerank:
+        scorer = scorer_for(path)
+    return Pipeline(
+        stage,
+        scorer if path.rerank else None,
+        base=path.base,
+        window=path.window,
+        hybrid=path.hybrid,
+        blend=blend,
+        signals=signals if blend is not None else None,
+        explain=explain,
+    )

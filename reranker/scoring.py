@@ -509,3 +509,23 @@ def _truncated_copy(tokenizer: Tokenizer, text: str, keep: int) -> Encoding:
     encoding = tokenizer.encode(text, add_special_tokens=False)
     encoding.truncate(keep)
     return encoding
+
+
+def default_model_dir() -> Path:
+    """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
+    import os
+
+    configured = os.environ.get("RERANKER_MODEL")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6"
+
+
+def load_scorer(model: Path | None = None, variant: str | None = None) -> Scorer:
+    """The cross-encoder in ``model`` (default: :func:`default_model_dir`); without a variant,
+    fp32 if the folder has it, else the first it has."""
+    folder = model or default_model_dir()
+    if variant is None:
+        variants = read_card(folder, CROSS_ENCODER_CARD).get("variants") or {}
+        variant = "fp32" if "fp32" in variants or not variants else next(iter(variants))
+    return Scorer(folder, variant=variant)
