@@ -651,6 +651,12 @@ def eval_cmd(
     help="First-stage-aware: train queries held out for checkpoint selection where a dataset "
     "has no dev split.",
 )
+@click.option(
+    "--eval-every",
+    type=int,
+    default=None,
+    help="First-stage-aware: also evaluate and keep the best checkpoint every N steps.",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--seed", default=13, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint-last.")
@@ -673,6 +679,7 @@ def train_cmd(
     first_stage_aware: bool,
     head_lr: float,
     dev_fraction: float,
+    eval_every: int | None,
     threads: int | None,
     seed: int,
     resume: bool,
@@ -700,7 +707,7 @@ def train_cmd(
     if first_stage_aware:
         _train_aware(
             data, output_dir, base_model, max_length, lr, head_lr, epochs, max_steps,
-            group_size, dev_fraction, threads, seed,
+            group_size, dev_fraction, eval_every, threads, seed,
         )  # fmt: skip
         return
     from reranker.train import TrainConfig, train
@@ -746,6 +753,7 @@ def _train_aware(
     max_steps: int | None,
     group_size: int,
     dev_fraction: float,
+    eval_every: int | None,
     threads: int | None,
     seed: int,
 ) -> None:
@@ -763,6 +771,7 @@ def _train_aware(
         max_steps=max_steps,
         group_size=group_size,
         dev_fraction=dev_fraction,
+        eval_every=eval_every,
         threads=threads,
         seed=seed,
         cache_dir=Settings.from_env().home / "embeddings",

@@ -374,6 +374,9 @@ class AwareTrainConfig:
     bf16: bool | None = None
     cache_dir: Path | None = None
     max_steps: int | None = None
+    eval_every: int | None = None
+    """Also evaluate (and keep the best checkpoint) every this many steps, not only per
+    epoch: on a CPU an epoch is an hour."""
 
     def __post_init__(self) -> None:
         self.datasets = [Path(p) for p in self.datasets]
@@ -457,22 +460,17 @@ def _refuse_test_overlap(dataset: Path, qrels: dict[str, dict[str, int]]) -> Non
             raise SourceError(f"{dataset}: {len(leaked)} train queries are test queries")
 
 
-def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train a first-stage-aware cross-encoder; returns the ``train_info.json`` content."""
-    started = time.monotonic()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
+def _resolve_device(config: AwareTrainConfig) -> tuple[torch.device, bool]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = (
-        config.bf16
-        if config.bf16 is not None
-        else (
-            bool(torch.cuda.is_bf16_supported()) if device.type == "cuda" else cpu_supports_bf16()
-        )
-    )
-    base = config.base_model or default_base_model()
+    if config.bf16 is not None:
+        return device, config.bf16
+    if device.type == "cuda":
+        return device, bool(torch.cuda.is_bf16_supported())
+    return device, cpu_supports_bf16()
 
+
+def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevData]]:
+    """Training windows and held-out dev windows of every dataset (see the module docstring)."""
     train_windows: list[HybridData] = []
     devs: list[_DevData] = []
     for dataset in config.datasets:
@@ -508,31 +506,32 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             len(dev_data.windows),
             hybrid,
         )
+    return train_windows, devs
 
-    tokenizer, encoder = _load_encoder(base, "eager" if device.type == "cpu" else None)
-    model = FirstStageAwareModel(encoder, initial_scale=config.initial_scale).to(device)
-    passages = {f"{d.name}/{k}": v for d in train_windows for k, v in d.passages.items()}
 
-    def epoch_groups(epoch: int) -> list[tuple[Group, str]]:
-        out = []
-        for data in train_windows:
-            for g in listwise_hybrid_groups(
-                data.windows,
-                group_size=config.group_size,
-                hard=config.hard_negatives,
-                skip_around=config.skip_around,
-                hard_depth=config.hard_depth,
-                seed=config.seed * 1000 + epoch,
-            ):
-                out.append((g, data.name))
-        random.Random(config.seed + epoch).shuffle(out)
-        return out
+def _epoch_groups(
+    data: Sequence[HybridData], config: AwareTrainConfig, epoch: int
+) -> list[tuple[Group, str]]:
+    """One epoch's groups of every dataset (negatives drawn afresh per epoch), shuffled."""
+    out = []
+    for item in data:
+        for group in listwise_hybrid_groups(
+            item.windows,
+            group_size=config.group_size,
+            hard=config.hard_negatives,
+            skip_around=config.skip_around,
+            hard_depth=config.hard_depth,
+            seed=config.seed * 1000 + epoch,
+        ):
+            out.append((group, item.name))
+    random.Random(config.seed + epoch).shuffle(out)
+    return out
 
-    first = epoch_groups(0)
-    steps_per_epoch = math.ceil(len(first) / config.groups_per_step)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+
+def _optimizer(
+    model: FirstStageAwareModel, config: AwareTrainConfig, total: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with the encoder at ``lr`` and the head and feature weights at ``head_lr``."""
     encoder_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     optimizer = torch.optim.AdamW(
@@ -541,77 +540,144 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             {"params": head_params, "lr": config.head_lr, "weight_decay": 0.0},
         ]
     )
-    scheduler = linear_warmup_schedule(optimizer, int(config.warmup_ratio * total), total)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return optimizer, linear_warmup_schedule(optimizer, int(config.warmup_ratio * total), total)
 
-    def evaluate(step: int) -> dict[str, float]:
-        values = {d.name: _dev_ndcg(model, tokenizer, d, config, bf16) for d in devs}
-        model.train()
+
+@dataclass
+class _Trainer:
+    """The state one training run carries from step to step."""
+
+    model: FirstStageAwareModel
+    tokenizer: PreTrainedTokenizerBase
+    config: AwareTrainConfig
+    passages: dict[str, str]
+    device: torch.device
+    bf16: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def step(self, chosen: Sequence[tuple[Group, str]]) -> float:
+        """One optimizer step over ``chosen`` groups; returns the listwise loss."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        queries = [g.query for g, _ in chosen for _ in g.doc_ids]
+        texts = [self.passages[f"{name}/{d}"] for g, name in chosen for d in g.doc_ids]
+        encoded = _encode(self.tokenizer, queries, texts, self.config.max_length)
+        batch = _collate(encoded, pad, self.device)
+        features = np.concatenate([g.features for g, _ in chosen])
+        batch["first_stage"] = torch.from_numpy(features).to(self.device)
+        with _autocast(self.device, self.bf16):
+            logits = self.model(**batch).float().reshape(-1)
+        loss: Any = listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def evaluate(self, devs: Sequence[_DevData], step: int) -> dict[str, float]:
+        values = {
+            d.name: _dev_ndcg(self.model, self.tokenizer, d, self.config, self.bf16) for d in devs
+        }
+        self.model.train()
         values["mean"] = float(np.mean(list(values.values())))
         values["step"] = float(step)
         log.info("dev NDCG@10 after step %d: %s", step, values)
         return values
 
+
+def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train a first-stage-aware cross-encoder; returns the ``train_info.json`` content.
+
+    ``output_dir/best`` always holds the checkpoint with the best mean held-out NDCG@10 so far
+    (step 0 included), ``output_dir/last`` the latest evaluated one; both are written after
+    every epoch and every ``eval_every`` steps. When training ends, the best is copied into
+    ``output_dir`` itself with ``train_info.json``.
+    """
+    started = time.monotonic()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device, bf16 = _resolve_device(config)
+    base = config.base_model or default_base_model()
+    train_windows, devs = _load_data(config)
+    tokenizer, encoder = _load_encoder(base, "eager" if device.type == "cpu" else None)
+    model = FirstStageAwareModel(encoder, initial_scale=config.initial_scale).to(device)
+    first = _epoch_groups(train_windows, config, 0)
+    total = math.ceil(len(first) / config.groups_per_step) * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    optimizer, scheduler = _optimizer(model, config, total)
+    trainer = _Trainer(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        passages={f"{d.name}/{k}": v for d in train_windows for k, v in d.passages.items()},
+        device=device,
+        bf16=bf16,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    best_dir = out / "best"
-    dev_curve = [evaluate(0)]
-    best = dev_curve[0]["mean"]
-    save_aware(model, tokenizer, best_dir)
+    dev_curve = [trainer.evaluate(devs, 0)]
+    save_aware(model, tokenizer, out / "best")
+
+    def checkpoint(step: int, epoch: float) -> None:
+        metrics = trainer.evaluate(devs, step) | {"epoch": round(epoch, 4)}
+        if metrics["mean"] > max(m["mean"] for m in dev_curve):
+            save_aware(model, tokenizer, out / "best")
+        dev_curve.append(metrics)
+        save_aware(model, tokenizer, out / "last")
+
     losses: list[float] = []
     step = 0
     model.train()
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step", mininterval=30)
     window_started = time.monotonic()
     for epoch in range(config.epochs):
-        groups = first if epoch == 0 else epoch_groups(epoch)
+        groups = first if epoch == 0 else _epoch_groups(train_windows, config, epoch)
         for start in range(0, len(groups), config.groups_per_step):
             if step >= total:
                 break
-            chosen = groups[start : start + config.groups_per_step]
-            queries = [g.query for g, _ in chosen for _ in g.doc_ids]
-            texts = [passages[f"{name}/{d}"] for g, name in chosen for d in g.doc_ids]
-            encoded = _encode(tokenizer, queries, texts, config.max_length)
-            batch = _collate(encoded, pad, device)
-            batch["first_stage"] = torch.from_numpy(
-                np.concatenate([g.features for g, _ in chosen])
-            ).to(device)
-            with _autocast(device, bf16):
-                logits = model(**batch).float().reshape(-1)
-            loss: Any = listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            losses.append(trainer.step(groups[start : start + config.groups_per_step]))
             step += 1
-            losses.append(float(loss.detach()))
             bar.update(1)
             if step % 50 == 0:
-                rate = 50 * config.groups_per_step * config.group_size
-                rate_s = rate / (time.monotonic() - window_started)
+                pairs = 50 * config.groups_per_step * config.group_size
+                rate = pairs / (time.monotonic() - window_started)
                 window_started = time.monotonic()
+                weights = [round(float(v), 3) for v in model.feature_weights.detach()]
                 log.info(
                     "step %d/%d epoch %d loss %.4f w %s %.1f pairs/s",
-                    step,
-                    total,
-                    epoch,
-                    float(np.mean(losses[-50:])),
-                    [round(float(v), 3) for v in model.feature_weights.detach()],
-                    rate_s,
-                )
-        metrics = evaluate(step)
-        metrics["epoch"] = float(epoch + 1)
-        dev_curve.append(metrics)
-        if metrics["mean"] > best:
-            best = metrics["mean"]
-            save_aware(model, tokenizer, best_dir)
-        save_aware(model, tokenizer, out / "last")
+                    step, total, epoch, float(np.mean(losses[-50:])), weights, rate,
+                )  # fmt: skip
+            if config.eval_every and step % config.eval_every == 0:
+                checkpoint(step, epoch + start / max(1, len(groups)))
+        if not dev_curve or dev_curve[-1]["step"] != float(step):
+            checkpoint(step, float(epoch + 1))
         if step >= total:
             break
     bar.close()
-    chosen_step = max(dev_curve, key=lambda m: m["mean"])
-    info: dict[str, Any] = {
+    info = _train_info(config, base, train_windows, devs, dev_curve, step, bf16, device)
+    info["seconds"] = round(time.monotonic() - started, 1)
+    _finish(out, info)
+    return info
+
+
+def _train_info(
+    config: AwareTrainConfig,
+    base: Path,
+    train_windows: Sequence[HybridData],
+    devs: Sequence[_DevData],
+    dev_curve: list[dict[str, float]],
+    step: int,
+    bf16: bool,
+    device: torch.device,
+) -> dict[str, Any]:
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    settings["datasets"] = [str(p) for p in config.datasets]
+    return {
         "format": 1,
         "kind": "first-stage-aware-cross-encoder",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -629,28 +695,31 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             d.name: {"queries": len(d.data.windows), "hybrid_nDCG@10": d.hybrid_ndcg} for d in devs
         },
         "dev_curve": dev_curve,
-        "chosen": chosen_step,
+        "chosen": max(dev_curve, key=lambda m: m["mean"]),
         "steps": step,
         "loss": "listwise softmax CE (1 positive + group_size-1 hybrid negatives)",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-        | {"datasets": [str(p) for p in config.datasets]},
+        "config": settings,
         "command": list(sys.argv),
         "versions": _versions(),
         "bf16": bf16,
         "device": str(device),
-        "seconds": round(time.monotonic() - started, 1),
     }
-    info["config"]["output_dir"] = str(config.output_dir)
-    for folder in (best_dir, out / "last"):
+
+
+def _finish(out: Path, info: dict[str, Any]) -> None:
+    """``train_info.json`` beside both checkpoints; the best one becomes ``out``'s model."""
+    best = out / "best"
+    for folder in (best, out / "last"):
         if folder.exists():
             (folder / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    # the chosen checkpoint becomes the output folder's model
-    for item in best_dir.iterdir():
+    for item in best.iterdir():
         target = out / item.name
         if target.is_dir():
             shutil.rmtree(target)
-        shutil.copy2(item, target) if item.is_file() else shutil.copytree(item, target)
-    return info
+        if item.is_file():
+            shutil.copy2(item, target)
+        else:
+            shutil.copytree(item, target)
 
 
 __all__ = [

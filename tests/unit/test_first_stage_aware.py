@@ -153,3 +153,65 @@ def test_int8_keeps_the_first_stage_prior_exact(aware_export_dir: Path) -> None:
     base = scorer.score(PAIRS, features=features)
     moved = scorer.score(PAIRS, features=features + np.array([0.1, 0, 0], dtype=np.float32))
     np.testing.assert_allclose(moved - base, 0.5, atol=1e-5)
+
+
+def _tiny_beir(folder: Path, scifact: Path, queries_wanted: int = 12) -> Path:
+    """A small real BEIR folder: SciFact train queries with their relevant abstracts and
+    the first 60 abstracts as distractors."""
+    import csv
+
+    rows = [json.loads(line) for line in (scifact / "corpus.jsonl").open(encoding="utf-8")]
+    by_id = {str(r["_id"]): r for r in rows}
+    with (scifact / "qrels" / "train.tsv").open(encoding="utf-8") as handle:
+        judged = [r for r in csv.DictReader(handle, delimiter="\t")][: queries_wanted * 2]
+    keep = {str(r["_id"]) for r in rows[:60]} | {r["corpus-id"] for r in judged}
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w", encoding="utf-8") as out:
+        for doc_id in sorted(keep):
+            out.write(json.dumps(by_id[doc_id]) + "\n")
+    qids = {r["query-id"] for r in judged}
+    with (folder / "queries.jsonl").open("w", encoding="utf-8") as out:
+        for line in (scifact / "queries.jsonl").open(encoding="utf-8"):
+            if json.loads(line)["_id"] in qids:
+                out.write(line)
+    with (folder / "qrels" / "train.tsv").open("w", encoding="utf-8") as out:
+        out.write("query-id\tcorpus-id\tscore\n")
+        for r in judged:
+            out.write(f"{r['query-id']}\t{r['corpus-id']}\t1\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_tiny_run_keeps_the_best_held_out_checkpoint_and_records_it(
+    tmp_path: Path, minilm_weights_dir: Path
+) -> None:
+    from reranker.first_stage_aware import AwareTrainConfig, train_aware
+
+    scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
+    if not scifact.is_dir():
+        pytest.skip("shared SciFact data not present")
+    data = _tiny_beir(tmp_path / "tiny", scifact)
+    config = AwareTrainConfig(
+        datasets=[data],
+        output_dir=tmp_path / "out",
+        base_model=minilm_weights_dir,
+        dev_fraction=0.3,
+        window=20,
+        dev_window=10,
+        max_length=64,
+        groups_per_step=2,
+        epochs=1,
+        max_steps=3,
+        eval_every=2,
+        threads=1,
+        cache_dir=tmp_path / "embeddings",
+    )
+    info = train_aware(config, progress=False)
+    assert info["steps"] == 3
+    assert [m["step"] for m in info["dev_curve"]] == [0.0, 2.0, 3.0]
+    assert info["chosen"]["mean"] == max(m["mean"] for m in info["dev_curve"])
+    assert info["dev_curve"][0]["mean"] == pytest.approx(info["dev"]["tiny"]["hybrid_nDCG@10"])
+    model, _ = load_aware(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "train_info.json").read_text(encoding="utf-8"))
+    assert saved["chosen"] == info["chosen"]
+    assert model.feature_weights.shape == (len(FEATURE_NAMES),)
