@@ -70,6 +70,9 @@ class PipelineResult:
     degraded: Degraded | None = None
     model: str | None = None
     blend: str | None = None  # "<kind>@<version>" of the blend that ordered the hits
+    missing_features: dict[str, int] = field(default_factory=dict)
+    """First-stage features given the documented default (a hit absent from one list), by
+    feature; empty unless the model reads first-stage features."""
 
 
 class FeatureUnavailable(SearchError):
@@ -137,7 +140,6 @@ class Pipeline:
                 missing,
             )
         self.needs_features = bool(needed)
-        self.missing_feature_values = 0  # candidates given MISSING_VALUE, over this object's life
 
     def search(
         self,
@@ -181,13 +183,14 @@ class Pipeline:
             for rank, h in enumerate(candidates, start=1)
         ]
         degraded = None
+        missing: dict[str, int] = {}
         if self.scorer is not None and hits:
             started = time.perf_counter()
             try:
                 logits = self.scorer.score(
                     [(text, self.passage(h)) for h in candidates],
                     deadline=deadline,
-                    features=self._features(candidates),
+                    features=self._features(candidates, missing),
                 )
                 check_scores(logits, len(candidates))
             except ModelError as exc:
@@ -213,16 +216,17 @@ class Pipeline:
             degraded=degraded,
             model=self.scorer.model_id if self.scorer else None,
             blend=f"{self.blend.kind}@{blend_version(self.blend)}" if self.blend else None,
+            missing_features=missing,
         )
 
-    def _features(self, candidates: Sequence[Hit]) -> np.ndarray | None:
+    def _features(self, candidates: Sequence[Hit], missing: dict[str, int]) -> np.ndarray | None:
         if not self.needs_features:
             return None
         window = features_from_stage_scores(
             [h.score for h in candidates], [h.stage_scores for h in candidates]
         )
         # a hit missing from one list gets the documented floor; count it, never hide it
-        self.missing_feature_values += sum(window.missing.values())
+        missing.update({name: n for name, n in window.missing.items() if n})
         return window.values
 
     def _apply_blend(self, hits: list[RankedHit], logits: np.ndarray) -> None:

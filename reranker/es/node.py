@@ -1016,6 +1016,10 @@ class LocalNode:
         keystore = config / "elasticsearch.keystore"
         current = marker.read_text().strip() if marker.is_file() else None
         if current != digest or not keystore.is_file():
+            if keystore.is_file() and keystore.stat().st_uid != os.getuid() and os.getuid() == 0:
+                # a node folder from an earlier run belongs to the node's user; the tool refuses
+                # to change a keystore's owner, so take it back first (chowned again after)
+                os.chown(keystore, 0, 0)
             env = {
                 "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
                 "LANG": "C.UTF-8",

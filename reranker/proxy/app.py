@@ -825,6 +825,8 @@ class Proxy:
                 ticket.scoring_done()
         if result.degraded:
             degraded.append(result.degraded)
+        for feature, count in result.missing_features.items():
+            self.metrics.missing_features.labels(feature).inc(count)
         total_ms = (time.perf_counter() - started) * 1000
         timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
         if "blend" in result.timings_ms:

@@ -55,6 +55,13 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.missing_features = Counter(
+            "reranker_proxy_first_stage_features_missing",
+            "First-stage features a first-stage-aware model got as the documented default "
+            "(0.0: the hit was absent from that list), by feature.",
+            ["feature"],
+            registry=r,
+        )
         self.rejected = Counter(
             "reranker_proxy_rejected",
             "Requests refused with 429 because the proxy was saturated.",

@@ -331,7 +331,8 @@ async def test_a_first_stage_aware_model_reads_hybrid_features_and_refuses_bm25_
     scorer = FeatureSpyScorer(proxy_scorer)
     async with running(proxy_settings(es_node, proxy_alias), scorer, embedder) as http:
         refused = await http.post(f"/{proxy_alias}/_search", json=rerank_body(hybrid=False))
-        served = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        served = await http.post(f"/{proxy_alias}/_search", json=rerank_body(explain=True))
+        metrics = (await http.get("/metrics")).text
     assert refused.status_code == 400
     assert "dense" in refused.json()["error"]["reason"]
     assert served.status_code == 200
@@ -339,6 +340,14 @@ async def test_a_first_stage_aware_model_reads_hybrid_features_and_refuses_bm25_
     features = scorer.seen[-1]
     assert features.shape == (10, 3)
     assert features[:, 0].max() == 1.0 and features[:, 0].min() == 0.0
+    stages = [h["_rerank"]["stage_scores"] for h in served.json()["hits"]["hits"]]
+    absent = sum(("bm25" not in s) + ("dense" not in s) for s in stages)
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("reranker_proxy_first_stage_features_missing_total{")
+    )
+    assert counted == absent  # a hit absent from one list got the default, and was counted
 
 
 async def test_query_text_can_be_given_explicitly(

@@ -165,5 +165,5 @@ def test_the_pipeline_gives_an_aware_model_its_window_features_and_counts_missin
     np.testing.assert_allclose(scorer.features[:, 0], [1.0, 0.5, 0.0])
     np.testing.assert_allclose(scorer.features[:, 1], [1.0, 0.25, 0.0])
     np.testing.assert_allclose(scorer.features[:, 2], [1.0, 0.0, 0.0], atol=1e-6)
-    assert pipeline.missing_feature_values == 1
+    assert result.missing_features == {"dense": 1}
     assert [h.id for h in result.hits] == ["d1", "d2", "d3"]  # fused order kept
