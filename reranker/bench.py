@@ -579,9 +579,16 @@ def _ort_backends(
         )
 
     def backend(name: str, s: Scorer) -> Backend:
+        def run(pairs: Sequence[Pair]) -> np.ndarray:
+            if not s.feature_names:
+                return s.score(pairs)
+            # a first-stage-aware model: the features cost nothing to score; any values do
+            features = np.full((len(pairs), len(s.feature_names)), 0.5, dtype=np.float32)
+            return s.score(pairs, features=features)
+
         return Backend(
             name=name,
-            run=s.score,
+            run=run,
             dims=dims,
             info={"provider": s.provider, "variant": s.variant, "scorer": s},
         )

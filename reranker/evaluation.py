@@ -78,6 +78,9 @@ class CachedScorer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scorer, name)
 
+    def __repr__(self) -> str:
+        return f"CachedScorer({self.scorer!r})"
+
     def score(
         self,
         pairs: Sequence[tuple[str, str]],
