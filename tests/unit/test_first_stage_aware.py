@@ -215,3 +215,28 @@ def test_a_tiny_run_keeps_the_best_held_out_checkpoint_and_records_it(
     saved = json.loads((tmp_path / "out" / "train_info.json").read_text(encoding="utf-8"))
     assert saved["chosen"] == info["chosen"]
     assert model.feature_weights.shape == (len(FEATURE_NAMES),)
+
+
+SHIPPED_AWARE = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6-aware"
+
+
+def test_the_shipped_aware_model_reads_first_stage_features_and_records_its_metrics() -> None:
+    from reranker.scoring import Scorer
+
+    scorer = Scorer(SHIPPED_AWARE, variant="int8")
+    assert scorer.feature_names == FEATURE_NAMES
+    card = scorer.card
+    assert card["training"]["train_info"]["features"] == list(FEATURE_NAMES)
+    for dataset in ("scifact", "stackexchange", "dbpedia-entity-subset"):
+        measured = card["metrics"][f"{dataset}/test/hybrid-top100/int8"]["ndcg@10"]
+        first_stage = card["metrics"][f"{dataset}/test/hybrid-top100/first-stage-alone"]
+        assert measured > first_stage["ndcg@10"]
+    relevant = (
+        "Vitamin D deficiency is associated with a higher risk of multiple sclerosis in "
+        "a prospective cohort."
+    )
+    off_topic = "The stock market fell on Tuesday after the central bank raised rates."
+    pairs = [("vitamin D and multiple sclerosis risk", p) for p in (relevant, off_topic)]
+    same_first_stage = np.full((2, len(FEATURE_NAMES)), 0.5, dtype=np.float32)
+    scores = scorer.score(pairs, features=same_first_stage)
+    assert scores[0] > scores[1]  # with the first stage tied, the text decides
