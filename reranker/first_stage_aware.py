@@ -61,6 +61,7 @@ from reranker.train import (
     listwise_loss,
     ranking_metrics,
     read_qrels,
+    score_pairs,
     seed_everything,
 )
 
@@ -429,21 +430,15 @@ def score_aware(
     bf16: bool = False,
 ) -> np.ndarray:
     """Logits of pairs with their first-stage features (length-sorted batches)."""
-    device = next(model.parameters()).device
-    encoded = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    out = np.zeros(len(encoded), dtype=np.float32)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    model.train(False)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = _collate([encoded[i] for i in chunk], pad, device)
-            batch["first_stage"] = torch.from_numpy(features[chunk]).to(device)
-            with _autocast(device, bf16):
-                logits = model(**batch)
-            out[chunk] = logits.float().reshape(-1).cpu().numpy()
-    return out
+    return score_pairs(
+        model,  # type: ignore[arg-type]  # a torch module that takes the same batches
+        tokenizer,
+        pairs,
+        max_length=max_length,
+        batch_size=batch_size,
+        bf16=bf16,
+        first_stage=np.asarray(features, dtype=np.float32),
+    )
 
 
 def _dev_split(dataset: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]] | None]:

@@ -873,9 +873,11 @@ def score_pairs(
     max_length: int,
     batch_size: int = 32,
     bf16: bool = False,
+    first_stage: np.ndarray | None = None,
 ) -> np.ndarray:
     """Relevance logits of ``(query, passage)`` pairs with a torch model (length-sorted
-    batches, dynamic padding). Leaves the model in eval mode."""
+    batches, dynamic padding). Leaves the model in eval mode. ``first_stage`` (one row per
+    pair) feeds a first-stage-aware model, which returns its logits as a tensor."""
     device = next(model.parameters()).device
     features = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
     order = sorted(range(len(features)), key=lambda i: len(features[i][0]))
@@ -886,8 +888,11 @@ def score_pairs(
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = _collate([features[i] for i in chunk], pad_id, device)
+            if first_stage is not None:
+                batch["first_stage"] = torch.from_numpy(first_stage[chunk]).to(device)
             with _autocast(device, bf16):
-                logits = model(**batch).logits
+                result = model(**batch)
+            logits = result if first_stage is not None else result.logits
             out[chunk] = logits.float().reshape(-1).cpu().numpy()
     return out
 
