@@ -47,23 +47,21 @@ from reranker import fusion
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SourceError
 from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION, window_features
+from reranker.losses import listwise_loss
 from reranker.train import (
-    BM25,
     _autocast,
     _collate,
     _encode,
     _quiet_transformers,
-    _read_jsonl,
     _versions,
     cpu_supports_bf16,
     default_base_model,
     linear_warmup_schedule,
-    listwise_loss,
     ranking_metrics,
-    read_qrels,
     score_pairs,
     seed_everything,
 )
+from reranker.training_data import BM25, _read_jsonl, read_qrels
 
 log = logging.getLogger(__name__)
 

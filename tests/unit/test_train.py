@@ -18,7 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from reranker import train as tr  # noqa: E402
+from reranker import training_data as td  # noqa: E402
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError  # noqa: E402
+from reranker.losses import listwise_loss  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCIFACT_TRIPLES = SHARED / "train" / "scifact_train_triples.jsonl"
@@ -77,7 +79,7 @@ def test_triples_become_deduplicated_labelled_pairs(tmp_path: Path) -> None:
             _triple("other", "N1", "P", qid="2"),  # same texts, other query: distinct pairs
         ],
     )
-    data = tr.load_training_pairs([path])
+    data = td.load_training_pairs([path])
     got = sorted((p.query, p.passage, p.label) for p in data.pairs)
     assert got == [
         ("other", "N1", 1.0),
@@ -93,7 +95,7 @@ def test_triples_become_deduplicated_labelled_pairs(tmp_path: Path) -> None:
 
 def test_conflicting_labels_keep_the_positive(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "t.jsonl", [_triple("q", "A", "B"), _triple("q", "B", "C")])
-    data = tr.load_training_pairs([path])
+    data = td.load_training_pairs([path])
     labels = {p.passage: p.label for p in data.pairs}
     assert labels == {"A": 1.0, "B": 1.0, "C": 0.0}
     assert data.stats["label_conflicts"] == 1
@@ -107,28 +109,28 @@ def test_exclude_sources(tmp_path: Path) -> None:
             _triple("r", "C", "D", source="wiki-train"),
         ],
     )
-    data = tr.load_training_pairs([path], exclude_sources=["scifact-train"])
+    data = td.load_training_pairs([path], exclude_sources=["scifact-train"])
     assert {p.query for p in data.pairs} == {"r"}
     assert data.stats["files"][0]["excluded_rows"] == 1
     with pytest.raises(SourceError, match="no training pairs"):
-        tr.load_training_pairs([path], exclude_sources=["scifact-train", "wiki-train"])
+        td.load_training_pairs([path], exclude_sources=["scifact-train", "wiki-train"])
 
 
 def test_malformed_triples_are_clear_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "positive": "p"}\n', encoding="utf-8")
     with pytest.raises(SourceError, match=r"bad.jsonl:1: missing or empty negative"):
-        tr.load_training_pairs([bad])
+        td.load_training_pairs([bad])
     bad.write_text("{not json\n", encoding="utf-8")
     with pytest.raises(SourceError, match=r"bad.jsonl:1: not valid JSON"):
-        tr.load_training_pairs([bad])
+        td.load_training_pairs([bad])
     with pytest.raises(SourceError, match="no such file"):
-        tr.load_training_pairs([tmp_path / "missing.jsonl"])
+        td.load_training_pairs([tmp_path / "missing.jsonl"])
 
 
 def test_beir_qrels_source_gives_positives_and_bm25_negatives(tmp_path: Path) -> None:
     qrels = _beir(tmp_path / "toy", split="train")
-    data = tr.load_training_pairs([qrels], negatives_per_positive=2, bm25_depth=5)
+    data = td.load_training_pairs([qrels], negatives_per_positive=2, bm25_depth=5)
     positives = {(p.query, p.passage) for p in data.pairs if p.label == 1.0}
     assert len(positives) == 3
     negatives = [p for p in data.pairs if p.label == 0.0]
@@ -144,9 +146,9 @@ def test_beir_qrels_source_gives_positives_and_bm25_negatives(tmp_path: Path) ->
 def test_test_split_is_refused(tmp_path: Path) -> None:
     qrels = _beir(tmp_path / "toy", split="test")
     with pytest.raises(SourceError, match="refusing to use a test split"):
-        tr.resolve_source(qrels, "train")
+        td.resolve_source(qrels, "train")
     with pytest.raises(SourceError, match="refusing to use a test split"):
-        tr.build_dev_set(qrels)
+        td.build_dev_set(qrels)
     config = tr.TrainConfig(train_files=[qrels], output_dir=tmp_path / "out")
     with pytest.raises(SourceError, match="test split"):
         tr.train(config, progress=False)
@@ -155,7 +157,7 @@ def test_test_split_is_refused(tmp_path: Path) -> None:
 def test_triples_of_a_test_source_are_refused(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "t.jsonl", [_triple("q", "A", "B", source="scifact-test")])
     with pytest.raises(SourceError, match="test split"):
-        tr.load_training_pairs([path])
+        td.load_training_pairs([path])
 
 
 def test_triples_with_test_query_ids_are_refused(tmp_path: Path) -> None:
@@ -166,19 +168,19 @@ def test_triples_with_test_query_ids_are_refused(tmp_path: Path) -> None:
         [_triple("q", "A", "B", qid="q2", source="toy-train")],
     )
     with pytest.raises(SourceError, match="appear in the test qrels"):
-        tr.load_training_pairs([path])
+        td.load_training_pairs([path])
     # the same check with explicitly given test qrels, for a file elsewhere
     elsewhere = _write_jsonl(tmp_path / "x.jsonl", [_triple("q", "A", "B", qid="q1")])
-    tr.load_training_pairs([elsewhere])  # no test qrels known: accepted
+    td.load_training_pairs([elsewhere])  # no test qrels known: accepted
     with pytest.raises(SourceError, match="appear in the test qrels"):
-        tr.load_training_pairs(
+        td.load_training_pairs(
             [elsewhere], test_qrels=[tmp_path / "data" / "toy" / "qrels" / "test.tsv"]
         )
 
 
 @pytest.mark.skipif(not SCIFACT_TRIPLES.is_file(), reason="shared data not present")
 def test_shared_triples_pass_the_test_query_check() -> None:
-    data = tr.load_training_pairs([SCIFACT_TRIPLES])
+    data = td.load_training_pairs([SCIFACT_TRIPLES])
     checked = data.stats["files"][0]["test_qrels_checked"]
     assert checked and checked[0].endswith("scifact/qrels/test.tsv")
     assert data.stats["positives"] == 916
@@ -189,7 +191,7 @@ def test_shared_triples_pass_the_test_query_check() -> None:
 
 def test_bm25_matches_the_formula_and_ranks() -> None:
     docs = ["the cat sat on the mat", "dogs and cats", "a cat and a cat", "nothing here"]
-    bm25 = tr.BM25(docs, k1=1.2, b=0.75)
+    bm25 = td.BM25(docs, k1=1.2, b=0.75)
     lengths = [3, 2, 2, 2]  # "cat sat mat" / "dogs cats" / "cat cat" / "nothing here"
     avgdl = sum(lengths) / 4
     idf = math.log(1 + (4 - 2 + 0.5) / (2 + 0.5))
@@ -200,12 +202,12 @@ def test_bm25_matches_the_formula_and_ranks() -> None:
     assert bm25.scores("the cat") == pytest.approx(expected)
     assert [i for i, _ in bm25.top_k("cat", 10)] == [2, 0]  # zero scores left out
     assert bm25.top_k("unknownword", 3) == []
-    assert tr.bm25_tokenize("The Cat's 2 hats!") == ["cat", "s", "2", "hats"]
+    assert td.bm25_tokenize("The Cat's 2 hats!") == ["cat", "s", "2", "hats"]
 
 
 def test_dev_set_candidates_are_judged_plus_bm25(tmp_path: Path) -> None:
     qrels = _beir(tmp_path / "toy", split="dev")
-    dev = tr.build_dev_set(qrels, negatives=2)
+    dev = td.build_dev_set(qrels, negatives=2)
     assert set(dev.queries) == {"q1", "q2"}
     q2 = [d for d, _ in dev.candidates["q2"]]
     assert q2[:2] == ["d4", "d6"] and len(q2) <= 4 and len(set(q2)) == len(q2)
@@ -270,7 +272,7 @@ def small_triples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_jsonl(tmp_path_factory.mktemp("data") / "small.jsonl", rows)
 
 
-def _bce(model: Any, tokenizer: Any, pairs: list[tr.Pair], max_length: int) -> float:
+def _bce(model: Any, tokenizer: Any, pairs: list[td.Pair], max_length: int) -> float:
     texts = [(p.query, p.passage) for p in pairs]
     logits = torch.tensor(tr.score_pairs(model, tokenizer, texts, max_length=max_length))
     labels = torch.tensor([p.label for p in pairs])
@@ -293,7 +295,7 @@ def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
         dev=dev_qrels,
         dev_negatives=3,
     )
-    data = tr.load_training_pairs([small_triples])
+    data = td.load_training_pairs([small_triples])
     fixed = data.pairs[:48]  # a fixed evaluation batch (it is also trained on)
     torch.manual_seed(0)
     before_model, tokenizer, fresh = tr.load_cross_encoder(tr.default_base_model())
@@ -326,34 +328,34 @@ def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
 
 def test_listwise_groups_hold_a_positive_first_then_its_querys_negatives() -> None:
     pairs = [
-        tr.Pair("q1", "p1", 1.0, "s"),
-        tr.Pair("q1", "n1", 0.0, "s"),
-        tr.Pair("q1", "n2", 0.0, "s"),
-        tr.Pair("q1", "n3", 0.0, "s"),
-        tr.Pair("q1", "p2", 1.0, "s"),
-        tr.Pair("q2", "p3", 1.0, "s"),  # no negative: left out
-        tr.Pair("q1", "other-source", 0.0, "t"),  # same text, another source: not mixed in
+        td.Pair("q1", "p1", 1.0, "s"),
+        td.Pair("q1", "n1", 0.0, "s"),
+        td.Pair("q1", "n2", 0.0, "s"),
+        td.Pair("q1", "n3", 0.0, "s"),
+        td.Pair("q1", "p2", 1.0, "s"),
+        td.Pair("q2", "p3", 1.0, "s"),  # no negative: left out
+        td.Pair("q1", "other-source", 0.0, "t"),  # same text, another source: not mixed in
     ]
-    groups = tr.listwise_groups(pairs, group_size=3, seed=1)
+    groups = td.listwise_groups(pairs, group_size=3, seed=1)
     assert [g[0] for g in groups] == [0, 4]
     for group in groups:
         assert len(group) == 3 and set(group[1:]) <= {1, 2, 3}
-    assert tr.listwise_groups(pairs, group_size=3, seed=1) == groups  # seeded
+    assert td.listwise_groups(pairs, group_size=3, seed=1) == groups  # seeded
 
 
 def test_listwise_loss_is_the_softmax_cross_entropy_of_each_group() -> None:
     logits = torch.tensor([2.0, 0.0, -1.0, 0.5, 0.5])
     expected_first = math.log(math.exp(2) + 1 + math.exp(-1)) - 2
     expected_second = math.log(2)
-    loss = tr.listwise_loss(logits, [3, 2])
+    loss = listwise_loss(logits, [3, 2])
     assert float(loss) == pytest.approx((expected_first + expected_second) / 2, rel=1e-6)
 
 
-def _listwise(model: Any, tokenizer: Any, pairs: list[tr.Pair], groups: list[list[int]]) -> float:
+def _listwise(model: Any, tokenizer: Any, pairs: list[td.Pair], groups: list[list[int]]) -> float:
     flat = [i for group in groups for i in group]
     texts = [(pairs[i].query, pairs[i].passage) for i in flat]
     logits = torch.tensor(tr.score_pairs(model, tokenizer, texts, max_length=48))
-    return float(tr.listwise_loss(logits, [len(g) for g in groups]))
+    return float(listwise_loss(logits, [len(g) for g in groups]))
 
 
 @pytest.mark.slow
@@ -369,8 +371,8 @@ def test_tiny_listwise_run_lowers_its_loss(small_triples: Path, tmp_path: Path) 
         epochs=4,
         max_steps=24,
     )
-    data = tr.load_training_pairs([small_triples])
-    groups = tr.listwise_groups(data.pairs, 4, config.seed)
+    data = td.load_training_pairs([small_triples])
+    groups = td.listwise_groups(data.pairs, 4, config.seed)
     torch.manual_seed(0)
     model, tokenizer, _ = tr.load_cross_encoder(tr.default_base_model())
     before = _listwise(model, tokenizer, data.pairs, groups)
