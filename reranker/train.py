@@ -67,7 +67,13 @@ from transformers import (
 
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
 from reranker.losses import listwise_loss
-from reranker.training_data import DevSet, build_dev_set, listwise_groups, load_training_pairs
+from reranker.training_data import (
+    DevSet,
+    Pair,
+    build_dev_set,
+    listwise_groups,
+    load_training_pairs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -642,6 +648,68 @@ def _prepare_output_dir(config: TrainConfig) -> Path:
     return checkpoint
 
 
+def loss_curve(losses: Sequence[float], every: int) -> list[dict[str, float]]:
+    """The mean loss of each run of ``every`` steps, keyed by the run's last step."""
+    return [
+        {"step": i + len(losses[i : i + every]), "loss": float(np.mean(losses[i : i + every]))}
+        for i in range(0, len(losses), every)
+    ]
+
+
+def _environment() -> dict[str, Any]:
+    """Command, package versions and platform, for ``train_info.json``."""
+    return {
+        "command": list(sys.argv),
+        "versions": _versions(),
+        "platform": {
+            "machine": platform.machine(),
+            "system": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+    }
+
+
+def _data_notes(pairs_by_source: dict[str, int]) -> list[str]:
+    if not any(str(s).startswith("scifact") for s in pairs_by_source):
+        return []
+    return [
+        "Trained on SciFact train: 181 of the 283 SciFact test-relevant abstracts are "
+        "positives in SciFact train (split by claim), so in-domain SciFact test numbers are "
+        "optimistic."
+    ]
+
+
+def _batching_units(config: TrainConfig, pairs: Sequence[Pair]) -> tuple[list[list[int]], int]:
+    """The unit of batching and how many make a step: a pair (BCE), or a group of one
+    query's pairs (listwise)."""
+    if config.loss == "listwise":
+        units = listwise_groups(pairs, config.group_size, config.seed)
+        if not units:
+            raise SourceError("the listwise loss needs queries with a positive and a negative")
+        return units, max(1, config.batch_size // config.group_size)
+    return [[i] for i in range(len(pairs))], config.batch_size
+
+
+def _optimizer(
+    model: PreTrainedModel, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases and norms) with linear warm-up and decay to ``total_steps``."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    grouped = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(grouped, lr=config.lr)
+    warmup = int(config.warmup_ratio * total_steps)
+    return optimizer, linear_warmup_schedule(optimizer, warmup, total_steps)
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -707,15 +775,7 @@ def train(
     lengths = [len(ids) for ids, _ in features]
     labels = torch.tensor([p.label for p in data.pairs], dtype=torch.float32)
     truncated = sum(1 for n in lengths if n >= config.max_length)
-    # The unit of batching: a pair (BCE) or a group of one query's pairs (listwise).
-    if config.loss == "listwise":
-        units = listwise_groups(data.pairs, config.group_size, config.seed)
-        if not units:
-            raise SourceError("the listwise loss needs queries with a positive and a negative")
-        units_per_step = max(1, config.batch_size // config.group_size)
-    else:
-        units = [[i] for i in range(len(features))]
-        units_per_step = config.batch_size
+    units, units_per_step = _batching_units(config, data.pairs)
     unit_lengths = [max(lengths[i] for i in unit) * len(unit) for unit in units]
     steps_per_epoch = math.ceil(len(units) / units_per_step)
     total_steps = steps_per_epoch * config.epochs
@@ -723,21 +783,7 @@ def train(
         total_steps = min(total_steps, config.max_steps)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    grouped = [
-        {
-            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": config.weight_decay,
-        },
-        {
-            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-            "weight_decay": 0.0,
-        },
-    ]
-    optimizer = torch.optim.AdamW(grouped, lr=config.lr)
-    scheduler = linear_warmup_schedule(
-        optimizer, int(config.warmup_ratio * total_steps), total_steps
-    )
+    optimizer, scheduler = _optimizer(model, config, total_steps)
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     step = 0
@@ -918,14 +964,7 @@ def train(
         "steps_planned": total_steps,
         "epochs_completed": round(step / steps_per_epoch, 4),
         "final_loss": sum(tail) / len(tail) if tail else None,
-        "loss_curve": [
-            {
-                "step": i + len(losses[i : i + config.log_every]),
-                "loss": sum(losses[i : i + config.log_every])
-                / len(losses[i : i + config.log_every]),
-            }
-            for i in range(0, len(losses), config.log_every)
-        ],
+        "loss_curve": loss_curve(losses, config.log_every),
         "dev_metrics": dev_metrics,
         "seed": config.seed,
         "loss": config.loss,
@@ -941,21 +980,9 @@ def train(
         "seconds_this_run": round(time.monotonic() - started, 1),
         "pairs_per_second": round(pairs_seen_this_call / loop_seconds, 2) if loop_seconds else None,
         "config": config.to_json(),
-        "command": list(sys.argv),
-        "versions": _versions(),
-        "platform": {
-            "machine": platform.machine(),
-            "system": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
-        "notes": [],
+        **_environment(),
+        "notes": _data_notes(data.stats["pairs_by_source"]),
     }
-    if any(str(s).startswith("scifact") for s in data.stats["pairs_by_source"]):
-        info["notes"].append(
-            "Trained on SciFact train: 181 of the 283 SciFact test-relevant abstracts are "
-            "positives in SciFact train (split by claim), so in-domain SciFact test numbers are "
-            "optimistic."
-        )
     (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if config.keep_checkpoint:
         _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
