@@ -33,9 +33,10 @@ def reranker_home() -> Path:
     return home
 
 
-def _env_bool(name: str, default: bool) -> bool:
+def env_bool(name: str, default: bool) -> bool:
+    """A boolean environment variable (true/false, 1/0, yes/no, on/off); unset → ``default``."""
     raw = os.environ.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -89,7 +90,7 @@ class Settings:
             "es_password": os.environ.get("RERANKER_ES_PASSWORD") or None,
             "es_ca_certs": os.environ.get("RERANKER_ES_CA_CERTS") or None,
             "es_ca_fingerprint": os.environ.get("RERANKER_ES_CA_FINGERPRINT") or None,
-            "es_verify_certs": _env_bool("RERANKER_ES_VERIFY_CERTS", True),
+            "es_verify_certs": env_bool("RERANKER_ES_VERIFY_CERTS", True),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["es_api_key"] and not values["es_username"]:

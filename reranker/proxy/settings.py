@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reranker.config import Settings
+from reranker.config import Settings, env_bool
 from reranker.errors import ConfigError
 from reranker.proxy.blends import parse_pairs
 
@@ -36,18 +36,6 @@ def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if raw is None or raw.strip() == "":
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
 
 
 @dataclass(frozen=True)
@@ -184,11 +172,11 @@ class ProxySettings:
             "signals": parse_pairs(_env_list("RERANKER_PROXY_SIGNALS", ()), "signals"),
             "blends": parse_pairs(_env_list("RERANKER_PROXY_BLENDS", ()), "blend"),
             "admin_api_keys": _env_list("RERANKER_PROXY_ADMIN_API_KEYS", ()),
-            "scoped_credentials": _env_flag("RERANKER_PROXY_SCOPED_CREDENTIALS", True),
+            "scoped_credentials": env_bool("RERANKER_PROXY_SCOPED_CREDENTIALS", True),
             "remote_clusters": _env_list("RERANKER_PROXY_REMOTE_CLUSTERS", ()),
             "model_roots": tuple(Path(p) for p in _env_list("RERANKER_PROXY_MODEL_ROOTS", ())),
-            "public_health_details": _env_flag("RERANKER_PROXY_PUBLIC_HEALTH", False),
-            "public_metrics": _env_flag("RERANKER_PROXY_PUBLIC_METRICS", False),
+            "public_health_details": env_bool("RERANKER_PROXY_PUBLIC_HEALTH", False),
+            "public_metrics": env_bool("RERANKER_PROXY_PUBLIC_METRICS", False),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:
