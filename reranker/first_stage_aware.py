@@ -31,7 +31,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,10 +43,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from reranker import fusion
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SourceError
-from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION, window_features
+from reranker.first_stage import Hit, HybridOptions, fuse
+from reranker.first_stage_features import (
+    FEATURE_NAMES,
+    NORMALIZATION,
+    features_from_stage_scores,
+)
 from reranker.losses import listwise_loss
 from reranker.train import (
     _autocast,
@@ -208,11 +212,9 @@ class HybridData:
     """Fraction of judged-relevant documents inside the window."""
 
 
-def _embed(texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
-    from reranker.embed import Embedder
+def _embed(texts: Sequence[str], embedder: Any, cache_dir: Path | None) -> np.ndarray:
     from reranker.embed_cache import EmbeddingCache, encode_with_cache
 
-    embedder = Embedder.default()
     cache = EmbeddingCache(cache_dir, embedder.model_id) if cache_dir is not None else None
     try:
         return encode_with_cache(embedder, list(texts), cache)
@@ -223,13 +225,18 @@ def _embed(texts: Sequence[str], cache_dir: Path | None) -> np.ndarray:
 
 def mine_hybrid_windows(
     dataset: Path,
-    qrels: dict[str, dict[str, int]],
+    splits: Mapping[str, dict[str, dict[str, int]]],
     *,
     window: int = 100,
     depth: int = 100,
     cache_dir: Path | None = None,
-) -> HybridData:
-    """Hybrid (BM25 + dense, linear min-max fusion) top-``window`` for each query of ``qrels``."""
+) -> dict[str, HybridData]:
+    """Hybrid top-``window`` for each query of each split's qrels (the corpus is read, indexed
+    and embedded once): BM25 top-``depth`` and dense top-``depth``, fused and turned into
+    features by the same functions serving uses (:func:`~reranker.first_stage.fuse`, linear
+    min-max fusion; :func:`~reranker.first_stage_features.features_from_stage_scores`)."""
+    from reranker.embed import Embedder
+
     corpus_rows = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
     queries = {
         str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(dataset / "queries.jsonl")
@@ -238,43 +245,47 @@ def mine_hybrid_windows(
     passages = {d: passage_text(corpus_rows[d]) for d in doc_ids}
     texts = [passages[d] for d in doc_ids]
     bm25 = BM25(texts)
-    doc_vectors = _embed(texts, cache_dir)
-    qids = [q for q in qrels if q in queries]
-    query_vectors = _embed([queries[q] for q in qids], cache_dir)
-    windows = []
-    found = total = 0
-    for qid, qvec in zip(qids, query_vectors, strict=True):
-        lexical = {doc_ids[i]: s for i, s in bm25.top_k(queries[qid], depth)}
-        cosine = doc_vectors @ qvec
-        top = np.argsort(-cosine, kind="stable")[:depth]
-        dense = {doc_ids[i]: float(cosine[i]) for i in top}
-        fused = fusion.linear([lexical, dense])
-        chosen = fusion.ranked(fused)[:window]
-        feats = window_features(
-            [fused[d] for d in chosen],
-            [lexical.get(d) for d in chosen],
-            [dense.get(d) for d in chosen],
-        )
-        judged = qrels[qid]
-        relevant = {d for d, g in judged.items() if g > 0}
-        found += len(relevant & set(chosen))
-        total += len(relevant)
-        windows.append(
-            QueryWindow(
-                query_id=qid,
-                query=queries[qid],
-                doc_ids=chosen,
-                features=feats.values,
-                grades=[judged.get(d, 0) for d in chosen],
+    embedder = Embedder.default()
+    doc_vectors = _embed(texts, embedder, cache_dir)
+    options = HybridOptions(fusion="linear", depth=depth)
+    out: dict[str, HybridData] = {}
+    for split, qrels in splits.items():
+        qids = [q for q in qrels if q in queries]
+        query_vectors = _embed([queries[q] for q in qids], embedder, cache_dir)
+        windows = []
+        found = total = 0
+        for qid, qvec in zip(qids, query_vectors, strict=True):
+            lexical = [Hit(doc_ids[i], s) for i, s in bm25.top_k(queries[qid], depth)]
+            cosine = doc_vectors @ qvec
+            dense = [
+                Hit(doc_ids[i], float(cosine[i]))
+                for i in np.argsort(-cosine, kind="stable")[:depth]
+            ]
+            hits = fuse(lexical, dense, options, window)
+            features = features_from_stage_scores(
+                [h.score for h in hits], [h.stage_scores for h in hits]
             )
+            judged = qrels[qid]
+            relevant = {d for d, g in judged.items() if g > 0}
+            found += len(relevant & {h.id for h in hits})
+            total += len(relevant)
+            windows.append(
+                QueryWindow(
+                    query_id=qid,
+                    query=queries[qid],
+                    doc_ids=[h.id for h in hits],
+                    features=features.values,
+                    grades=[judged.get(h.id, 0) for h in hits],
+                )
+            )
+        out[split] = HybridData(
+            name=dataset.name,
+            passages=passages,
+            windows=windows,
+            qrels={q: qrels[q] for q in qids},
+            recall=found / total if total else 0.0,
         )
-    return HybridData(
-        name=dataset.name,
-        passages=passages,
-        windows=windows,
-        qrels={q: qrels[q] for q in qids},
-        recall=found / total if total else 0.0,
-    )
+    return out
 
 
 def split_queries(
@@ -475,16 +486,14 @@ def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevDat
         if len(dev_ids) > config.dev_max_queries:
             dev_ids = sorted(random.Random(config.seed).sample(dev_ids, config.dev_max_queries))
         log.info("%s: mining hybrid windows for %d train queries", dataset.name, len(train_qrels))
-        data = mine_hybrid_windows(
-            dataset, train_qrels, window=config.window, cache_dir=config.cache_dir
-        )
-        train_windows.append(data)
-        dev_data = mine_hybrid_windows(
+        mined = mine_hybrid_windows(
             dataset,
-            {q: dev_qrels[q] for q in dev_ids},
+            {"train": train_qrels, "dev": {q: dev_qrels[q] for q in dev_ids}},
             window=config.window,
             cache_dir=config.cache_dir,
         )
+        data, dev_data = mined["train"], mined["dev"]
+        train_windows.append(data)
         hybrid_run = {
             w.query_id: {d: float(w.features[r, 0]) for r, d in enumerate(w.doc_ids)}
             for w in dev_data.windows

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reranker.errors import SearchError
+
 FEATURE_NAMES: tuple[str, ...] = ("fused", "bm25", "dense")
 MISSING_VALUE = 0.0
 NORMALIZATION = "minmax within the candidate window; missing → 0.0"
@@ -101,3 +103,23 @@ def unavailable_features(needed: Sequence[str], base: str) -> list[str]:
     """The features in ``needed`` that a ``base`` first stage cannot provide."""
     provided = PROVIDED_BY_BASE.get(base, frozenset())
     return [name for name in needed if name not in provided]
+
+
+class FeatureUnavailable(SearchError):
+    """The cross-encoder reads first-stage features that this first stage cannot provide."""
+
+    def __init__(self, message: str, features: Sequence[str]) -> None:
+        super().__init__(message)
+        self.features = list(features)
+
+
+def require_features(needed: Sequence[str], base: str) -> None:
+    """:class:`FeatureUnavailable` naming the features in ``needed`` that ``base`` lacks."""
+    missing = unavailable_features(needed, base)
+    if missing:
+        raise FeatureUnavailable(
+            f"the cross-encoder reads the first-stage feature(s) {', '.join(missing)}, which a "
+            f"{base!r} first stage cannot provide; rerank a hybrid first stage (BM25 + kNN on "
+            "an index with embeddings)",
+            missing,
+        )

@@ -20,7 +20,7 @@ from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
-from reranker.first_stage_features import features_from_stage_scores, unavailable_features
+from reranker.first_stage_features import features_from_stage_scores, require_features
 from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
 
@@ -75,14 +75,6 @@ class PipelineResult:
     feature; empty unless the model reads first-stage features."""
 
 
-class FeatureUnavailable(SearchError):
-    """The cross-encoder reads first-stage features that this first stage cannot provide."""
-
-    def __init__(self, message: str, features: Sequence[str]) -> None:
-        super().__init__(message)
-        self.features = list(features)
-
-
 def check_scores(scores: np.ndarray, expected: int) -> None:
     """A scorer's output must be one finite number per pair, else it counts as its failure."""
     if np.shape(scores) != (expected,):
@@ -131,14 +123,7 @@ class Pipeline:
         if blend is not None and scorer is None:
             raise SearchError("a blend needs the cross-encoder's scores; no scorer was given")
         needed = tuple(getattr(scorer, "feature_names", ())) if scorer is not None else ()
-        missing = unavailable_features(needed, base)
-        if missing:
-            raise FeatureUnavailable(
-                f"the cross-encoder reads the first-stage feature(s) {', '.join(missing)}, "
-                f"which a {base!r} first stage cannot provide; rerank a hybrid first stage "
-                "(BM25 + kNN on an index with embeddings)",
-                missing,
-            )
+        require_features(needed, base)
         self.needs_features = bool(needed)
 
     def search(

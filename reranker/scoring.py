@@ -40,7 +40,6 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from reranker.blend import sigmoid as logistic
-from reranker.config import MODEL_VARIANTS
 from reranker.errors import ModelError
 from reranker.models import (
     CROSS_ENCODER_CARD,
@@ -55,7 +54,6 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-VARIANTS = MODEL_VARIANTS
 #: characters kept per token of ``max_length`` before tokenising (BERT tokens span < 100 chars)
 CHARS_PER_TOKEN_CAP = 100
 

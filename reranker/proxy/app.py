@@ -33,12 +33,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from reranker.config import MODEL_VARIANTS
 from reranker.embed_cache import TextEncoder
 from reranker.errors import ConfigError, ModelError
 from reranker.es.client import client_options
 from reranker.es.queries import knn_clause
 from reranker.first_stage import fuse
-from reranker.first_stage_features import unavailable_features
+from reranker.first_stage_features import FeatureUnavailable, require_features
 from reranker.pipeline import Degraded, Pipeline, PipelineResult, check_scores
 from reranker.proxy import errors
 from reranker.proxy.blends import BlendCatalog, NamedBlend
@@ -334,7 +335,7 @@ class Proxy:
             model, variant = body.get("model"), body.get("variant")
             if model is not None and (not isinstance(model, str) or not model.strip()):
                 raise errors.bad_request("[model] must be a model folder path")
-            if variant is not None and variant not in ("fp32", "int8", "fp16"):
+            if variant is not None and variant not in MODEL_VARIANTS:
                 raise errors.bad_request("[variant] must be one of fp32, int8, fp16")
             folder = self._model_folder(model) if model else None
             outcome = await self.reload(folder, variant)
@@ -725,7 +726,8 @@ class Proxy:
             raise errors.bad_request("dense retrieval is switched off on this proxy")
         if spec.dense is None:
             spec = replace(spec, dense=await self._hybrid_by_default(index))
-        self._check_model_features(bool(spec.dense))
+        # what the first stage will really give: kNN needs the embedder too
+        self._check_model_features(bool(spec.dense) and self.encoder is not None)
         blend = self.catalog.resolve(index, spec.blend)
         scoring = self.scorer is not None
         scorer_budget_s = spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
@@ -787,14 +789,16 @@ class Proxy:
         """400 when the loaded model reads a first-stage feature this search cannot give."""
         if self.scorer is None:
             return
-        needed = getattr(self.scorer, "feature_names", ())
-        missing = unavailable_features(needed, "hybrid" if dense else "bm25")
-        if missing:
+        try:
+            require_features(
+                getattr(self.scorer, "feature_names", ()), "hybrid" if dense else "bm25"
+            )
+        except FeatureUnavailable as exc:
             raise errors.bad_request(
                 f"the cross-encoder {self.scorer.model_id} reads the first-stage feature(s) "
-                f"[{', '.join(missing)}], which this search cannot provide: rerank with "
+                f"[{', '.join(exc.features)}], which this search cannot provide: rerank with "
                 "[rerank.hybrid.dense] true on an index with embeddings"
-            )
+            ) from None
 
     async def _rerank_admitted(
         self,

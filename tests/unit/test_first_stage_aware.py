@@ -119,7 +119,7 @@ def test_export_takes_the_features_as_a_graph_input_and_records_them(
 
 
 @pytest.mark.slow
-def test_scorer_passes_the_features_and_matches_torch(
+def test_scorer_passes_the_features_into_the_graph(
     aware_export_dir: Path, aware_dir: Path
 ) -> None:
     from reranker.scoring import Scorer

@@ -150,7 +150,7 @@ class StagedFirstStage:
 
 
 def test_a_first_stage_aware_model_is_refused_over_a_bm25_first_stage() -> None:
-    from reranker.pipeline import FeatureUnavailable
+    from reranker.first_stage_features import FeatureUnavailable
 
     with pytest.raises(FeatureUnavailable, match="dense") as caught:
         Pipeline(StagedFirstStage(), FeatureReadingScorer(), base="bm25")  # type: ignore[arg-type]
