@@ -589,7 +589,8 @@ def eval_cmd(
     "--base-model",
     type=click.Path(path_type=Path),
     default=None,
-    help="Local Hugging Face checkpoint folder [default: the shipped all-MiniLM-L6-v2].",
+    help="Local Hugging Face checkpoint folder [default: the shipped all-MiniLM-L6-v2]; "
+    "with --first-stage-aware, a first-stage-aware checkpoint continues its training.",
 )
 @click.option("--max-length", default=256, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)

@@ -530,6 +530,19 @@ def _epoch_groups(
     return out
 
 
+def _initial_model(
+    base: Path, config: AwareTrainConfig, device: torch.device
+) -> tuple[FirstStageAwareModel, PreTrainedTokenizerBase]:
+    """A fresh head on ``base``'s encoder, or, when ``base`` is itself a first-stage-aware
+    checkpoint, that model with its head and feature weights (continued training)."""
+    attn = "eager" if device.type == "cpu" else None
+    if is_aware_checkpoint(base):
+        model, tokenizer = load_aware(base, attn_implementation=attn)
+        return model.to(device), tokenizer
+    tokenizer, encoder = _load_encoder(base, attn)
+    return FirstStageAwareModel(encoder, initial_scale=config.initial_scale).to(device), tokenizer
+
+
 def _optimizer(
     model: FirstStageAwareModel, config: AwareTrainConfig, total: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -603,8 +616,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     device, bf16 = _resolve_device(config)
     base = config.base_model or default_base_model()
     train_windows, devs = _load_data(config)
-    tokenizer, encoder = _load_encoder(base, "eager" if device.type == "cpu" else None)
-    model = FirstStageAwareModel(encoder, initial_scale=config.initial_scale).to(device)
+    model, tokenizer = _initial_model(base, config, device)
     first = _epoch_groups(train_windows, config, 0)
     total = math.ceil(len(first) / config.groups_per_step) * config.epochs
     if config.max_steps is not None:
