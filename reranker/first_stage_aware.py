@@ -380,6 +380,10 @@ class AwareTrainConfig:
     max_grad_norm: float = 1.0
     initial_scale: float = 5.0
     seed: int = 13
+    """Sampling and initialisation; a continued run takes another seed to see other negatives."""
+    split_seed: int = 13
+    """The held-out dev queries: fixed, so that a continued run never trains on the queries
+    that picked its starting checkpoint (and the blends fitted on them stay honest)."""
     threads: int | None = None
     bf16: bool | None = None
     cache_dir: Path | None = None
@@ -481,10 +485,14 @@ def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevDat
         train_qrels, dev_qrels = _dev_split(dataset)
         _refuse_test_overlap(dataset, train_qrels)
         if dev_qrels is None:
-            train_qrels, dev_qrels = split_queries(train_qrels, config.dev_fraction, config.seed)
+            train_qrels, dev_qrels = split_queries(
+                train_qrels, config.dev_fraction, config.split_seed
+            )
         dev_ids = sorted(dev_qrels)
         if len(dev_ids) > config.dev_max_queries:
-            dev_ids = sorted(random.Random(config.seed).sample(dev_ids, config.dev_max_queries))
+            dev_ids = sorted(
+                random.Random(config.split_seed).sample(dev_ids, config.dev_max_queries)
+            )
         log.info("%s: mining hybrid windows for %d train queries", dataset.name, len(train_qrels))
         mined = mine_hybrid_windows(
             dataset,
