@@ -8,6 +8,7 @@ keys are kept and land in ``_source`` (``signals`` is indexed, the rest is store
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -168,9 +169,35 @@ def available_splits(dataset: Path) -> list[str]:
     return sorted(p.stem for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
 
 
+DEV_HOLDOUT_FRACTION = 0.2
+DEV_HOLDOUT_SEED = 13
+
+
+def split_queries(qrels: Qrels, fraction: float, seed: int) -> tuple[Qrels, Qrels]:
+    """(rest, held-out): a seeded hash of the query id puts ``fraction`` of queries aside."""
+
+    def held(qid: str) -> bool:
+        digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+    rest = {q: j for q, j in qrels.items() if not held(q)}
+    held_out = {q: j for q, j in qrels.items() if held(q)}
+    return rest, held_out
+
+
 def load_qrels(dataset: Path, split: str) -> Qrels:
-    """``qrels/<split>.tsv`` (header ``query-id corpus-id score``) → {query: {doc: grade}}."""
+    """``qrels/<split>.tsv`` (header ``query-id corpus-id score``) → {query: {doc: grade}}.
+
+    A dataset without a dev split (SciFact) answers ``dev`` with the train queries that
+    first-stage-aware training holds out for checkpoint selection (``DEV_HOLDOUT_FRACTION`` by
+    a hash seeded with ``DEV_HOLDOUT_SEED``): queries no model was trained on, so blends can be
+    fitted on them without the cross-encoder's training fit leaking into its features.
+    """
     path = Path(dataset) / "qrels" / f"{split}.tsv"
+    if split == "dev" and not path.is_file() and (path.parent / "train.tsv").is_file():
+        return split_queries(load_qrels(dataset, "train"), DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED)[
+            1
+        ]
     if not path.is_file():
         splits = available_splits(dataset)
         have = ", ".join(splits) if splits else "none"

@@ -23,7 +23,6 @@ module imports torch and transformers (the ``train`` extra); import it lazily.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from reranker.corpus import passage_text
+from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, ModelError, SourceError
 from reranker.first_stage import Hit, HybridOptions, fuse
 from reranker.first_stage_features import (
@@ -288,20 +287,6 @@ def mine_hybrid_windows(
     return out
 
 
-def split_queries(
-    qrels: dict[str, dict[str, int]], fraction: float, seed: int
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
-    """(train, held-out): a seeded hash of the query id puts ``fraction`` of queries aside."""
-
-    def held(qid: str) -> bool:
-        digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-    train = {q: j for q, j in qrels.items() if not held(q)}
-    dev = {q: j for q, j in qrels.items() if held(q)}
-    return train, dev
-
-
 @dataclass
 class Group:
     query: str
@@ -361,7 +346,7 @@ class AwareTrainConfig:
     """BEIR folders; their ``train`` qrels are the training queries (test is never read)."""
     output_dir: Path
     base_model: Path | None = None
-    dev_fraction: float = 0.2
+    dev_fraction: float = DEV_HOLDOUT_FRACTION
     """Train queries held out for checkpoint selection, per dataset without a dev split."""
     dev_window: int = 30
     dev_max_queries: int = 150
@@ -381,7 +366,7 @@ class AwareTrainConfig:
     initial_scale: float = 5.0
     seed: int = 13
     """Sampling and initialisation; a continued run takes another seed to see other negatives."""
-    split_seed: int = 13
+    split_seed: int = DEV_HOLDOUT_SEED
     """The held-out dev queries: fixed, so that a continued run never trains on the queries
     that picked its starting checkpoint (and the blends fitted on them stay honest)."""
     threads: int | None = None
@@ -754,6 +739,5 @@ __all__ = [
     "mine_hybrid_windows",
     "save_aware",
     "score_aware",
-    "split_queries",
     "train_aware",
 ]

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from reranker.corpus import CorpusSource, load_qrels, parse_document, passage_text
+from reranker.corpus import (
+    DEV_HOLDOUT_FRACTION,
+    DEV_HOLDOUT_SEED,
+    CorpusSource,
+    load_qrels,
+    parse_document,
+    passage_text,
+    split_queries,
+)
 from reranker.errors import MalformedLineError, SourceError
 
 
@@ -88,6 +96,31 @@ def test_missing_split_names_the_available_ones(tmp_path: Path) -> None:
     write_lines(tmp_path / "qrels" / "train.tsv", ["query-id\tcorpus-id\tscore", "q\td\t1"])
     with pytest.raises(SourceError, match="splits available: train"):
         load_qrels(tmp_path, "test")
+
+
+def test_held_out_queries_are_a_stable_fraction() -> None:
+    qrels = {f"q{i}": {"d": 1} for i in range(1000)}
+    rest, held = split_queries(qrels, 0.2, seed=13)
+    assert set(rest).isdisjoint(held) and len(rest) + len(held) == 1000
+    assert 150 < len(held) < 250
+    assert split_queries(qrels, 0.2, seed=13)[1] == held
+
+
+def test_dev_of_a_dataset_without_one_is_the_held_out_part_of_train(tmp_path: Path) -> None:
+    (tmp_path / "qrels").mkdir()
+    rows = [f"q{i}\td{i}\t1" for i in range(200)]
+    write_lines(tmp_path / "qrels" / "train.tsv", ["query-id\tcorpus-id\tscore", *rows])
+    dev = load_qrels(tmp_path, "dev")
+    train = load_qrels(tmp_path, "train")
+    expected = split_queries(train, DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED)[1]
+    assert dev == expected and 0 < len(dev) < len(train)
+
+
+def test_a_dev_file_wins_over_the_held_out_part_of_train(tmp_path: Path) -> None:
+    (tmp_path / "qrels").mkdir()
+    write_lines(tmp_path / "qrels" / "train.tsv", ["query-id\tcorpus-id\tscore", "q\td\t1"])
+    write_lines(tmp_path / "qrels" / "dev.tsv", ["query-id\tcorpus-id\tscore", "v\td\t2"])
+    assert load_qrels(tmp_path, "dev") == {"v": {"d": 2}}
 
 
 def test_qrels_skip_header_and_parse_grades(tmp_path: Path) -> None:

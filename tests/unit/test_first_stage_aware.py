@@ -23,7 +23,6 @@ from reranker.first_stage_aware import (  # noqa: E402
     load_aware,
     save_aware,
     score_aware,
-    split_queries,
 )
 
 
@@ -86,14 +85,6 @@ def test_groups_put_the_positive_first_and_skip_ranks_around_positives() -> None
         assert sum(r >= 30 for r in ranks) == 3  # the rest from deeper in the window
 
 
-def test_held_out_queries_are_a_stable_fraction() -> None:
-    qrels = {f"q{i}": {"d": 1} for i in range(1000)}
-    train, dev = split_queries(qrels, 0.2, seed=13)
-    assert set(train).isdisjoint(dev) and len(train) + len(dev) == 1000
-    assert 150 < len(dev) < 250
-    assert split_queries(qrels, 0.2, seed=13)[1] == dev
-
-
 @pytest.fixture(scope="module")
 def aware_export_dir(aware_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The untrained model with a non-zero head, exported with int8."""
@@ -119,9 +110,7 @@ def test_export_takes_the_features_as_a_graph_input_and_records_them(
 
 
 @pytest.mark.slow
-def test_scorer_passes_the_features_into_the_graph(
-    aware_export_dir: Path, aware_dir: Path
-) -> None:
+def test_scorer_passes_the_features_into_the_graph(aware_export_dir: Path, aware_dir: Path) -> None:
     from reranker.scoring import Scorer
 
     scorer = Scorer(aware_export_dir)
