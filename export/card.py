@@ -99,6 +99,15 @@ def prune_variants(folder: Path, card_name: str, keep: Sequence[str]) -> dict[st
     return card
 
 
+def record_default_blend(folder: Path, card_name: str, blend: dict[str, Any]) -> dict[str, Any]:
+    """Set the card's ``default_blend``: relevance/first-stage weights (and where they were
+    fitted) that ``--blend model`` applies."""
+    card: dict[str, Any] = json.loads((folder / card_name).read_text(encoding="utf-8"))
+    card["default_blend"] = blend
+    write_json_atomic(folder / card_name, card)
+    return card
+
+
 def record_metrics(folder: Path, card_name: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """Merge evaluation results into the card's ``metrics`` (the card hashes other files only)."""
     card: dict[str, Any] = json.loads((folder / card_name).read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -23,6 +23,7 @@ from reranker.errors import RerankerError
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
+    from reranker.blend import LinearBlend
     from reranker.embed import Embedder
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -547,7 +548,9 @@ def eval_cmd(
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
         signal_config, blend_model = None, None
         if "blend" in wanted:
-            signal_config, blend_model = _blend_and_signals(blend, signals, dataset.name)
+            signal_config, blend_model = _blend_and_signals(
+                blend, signals, dataset.name, scorer.model_dir
+            )
             click.echo(f"blend {blend_model.kind} over {', '.join(blend_model.feature_names)}")
         for mode, mode_blend in (("rerank", None), ("blend", blend_model)):
             if mode in wanted:
@@ -1036,7 +1039,7 @@ def ltr_log_features(
 
 
 @ltr.command("fit")
-@click.argument("train_features", type=click.Path(path_type=Path))
+@click.argument("train_features", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--dev",
     "dev_features",
@@ -1062,46 +1065,66 @@ def ltr_log_features(
     show_default=True,
 )
 @click.option("--output", required=True, type=click.Path(path_type=Path), help="Blend file.")
+@click.option(
+    "--card",
+    "card_model",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also write the blend into this cross-encoder's model card as its default blend "
+    "(`--blend model`): linear, over relevance and first_stage only.",
+)
 def ltr_fit(
-    train_features: Path,
+    train_features: tuple[Path, ...],
     dev_features: Path | None,
     dev_fraction: float | None,
     only: str | None,
     kind: str,
     output: Path,
+    card_model: Path | None,
 ) -> None:
-    """Fit a blend on TRAIN_FEATURES (from `ltr log-features`), select on --dev, save it
-    with a card (signal config, window, data, dev NDCG@10 against relevance alone).
+    """Fit a blend on TRAIN_FEATURES (from `ltr log-features`; several files are pooled,
+    e.g. two datasets' held-out queries), select on --dev, save it with a card (signal config,
+    window, data, dev NDCG@10 against relevance alone).
 
     A dataset without a dev split (SciFact) holds out --dev-fraction of the train queries
     instead (a seeded hash of the query id), so the test split is still never looked at.
+
+    For a blend that does not flatter the cross-encoder, fit it on queries the cross-encoder
+    never trained on: `ltr log-features --split dev` (for SciFact, the part of train that
+    training holds out).
     """
-    from reranker.blend import RELEVANCE, save_blend
+    from reranker.blend import BASE_FEATURES, RELEVANCE, LinearBlend, save_blend
     from reranker.errors import ConfigError
-    from reranker.ltr import fit_blend, read_features
+    from reranker.ltr import fit_blend, pool_features, read_features
 
     if dev_features is not None and dev_fraction is not None:
         raise ConfigError("give --dev or --dev-fraction, not both")
-    train = read_features(train_features)
+    features = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    if card_model is not None and (
+        kind != "linear" or not set(features or ()) <= set(BASE_FEATURES)
+    ):
+        raise ConfigError(
+            "--card takes a linear blend over relevance and first_stage only "
+            "(--kind linear --only relevance,first_stage): a model's default must apply to "
+            "any corpus, with or without signals"
+        )
+    first = read_features(train_features[0])
+    train = pool_features(
+        [(path.stem, read_features(path, first.names)) for path in train_features]
+    )
     dev = read_features(dev_features, train.names) if dev_features else None
     if dev_fraction is not None:
         train, dev = train.split(dev_fraction)
-    features = [name.strip() for name in only.split(",") if name.strip()] if only else None
     model = fit_blend(kind, train, dev, features)
     card: dict[str, Any] = {
         "only": features,
-        "train": str(train_features),
+        "train": [str(path) for path in train_features],
         "dev": str(dev_features) if dev_features else None,
         "dev_fraction": dev_fraction,
         "train_queries": len(train.query_ids),
         "dev_queries": len(dev.query_ids) if dev is not None else 0,
     }
-    meta_path = train_features.with_name(train_features.name + ".meta.json")
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        card.update(
-            {k: meta[k] for k in ("signals", "window", "rerank_base", "model") if k in meta}
-        )
+    card.update(_features_meta(train_features))
     for name, data in (("train", train), ("dev", dev)):
         if data is None:
             continue
@@ -1116,6 +1139,45 @@ def ltr_fit(
         )
     path = save_blend(model, output, card=card)
     click.echo(f"saved {kind} blend to {path}")
+    if card_model is not None:
+        assert isinstance(model, LinearBlend)
+        _record_default_blend(card_model, model, card)
+
+
+def _features_meta(paths: Sequence[Path]) -> dict[str, Any]:
+    """What the feature files' .meta.json say about how they were logged (the first file's
+    signals, window and base; every file's model)."""
+    metas = []
+    for path in paths:
+        meta_path = path.with_name(path.name + ".meta.json")
+        if meta_path.is_file():
+            metas.append(json.loads(meta_path.read_text(encoding="utf-8")))
+    if not metas:
+        return {}
+    out = {k: metas[0][k] for k in ("signals", "window", "rerank_base") if k in metas[0]}
+    models = sorted({m["model"] for m in metas if "model" in m})
+    if models:
+        out["model"] = models[0] if len(models) == 1 else models
+    return out
+
+
+def _record_default_blend(model_dir: Path, blend: LinearBlend, fit_card: dict[str, Any]) -> None:
+    from export.card import record_default_blend
+    from reranker.blend import BASE_FEATURES
+    from reranker.models import CROSS_ENCODER_CARD
+
+    weights = {name: float(blend.weights.get(name, 0.0)) for name in BASE_FEATURES}
+    entry: dict[str, Any] = {
+        "kind": "linear",
+        "weights": weights,
+        "bias": float(blend.bias),
+        "fitted_on": fit_card["train"],
+        "model": fit_card.get("model"),
+        "queries": fit_card["train_queries"] + fit_card["dev_queries"],
+        **{k: fit_card[k] for k in ("train_ndcg@10", "dev_ndcg@10") if k in fit_card},
+    }
+    record_default_blend(model_dir, CROSS_ENCODER_CARD, entry)
+    click.echo(f"recorded the default blend {weights} in {model_dir / CROSS_ENCODER_CARD}")
 
 
 # --------------------------------------------------------------------------- doctor
@@ -1170,15 +1232,22 @@ def doctor_cmd(ctx: click.Context, model: Path | None) -> None:
 
 
 def _blend_and_signals(
-    blend: str | None, signals: str | None, dataset_name: str
+    blend: str | None, signals: str | None, dataset_name: str, model_dir: Path | None = None
 ) -> tuple[Any, Any]:
-    """The signal config and the blend for `blend` mode (see eval's --blend/--signals)."""
-    from reranker.blend import feature_names_for, load_blend, parse_weights, read_blend_card
+    """The signal config and the blend for `blend` mode (see eval's --blend/--signals);
+    ``--blend model`` is the cross-encoder's default blend, from its card."""
+    from reranker.blend import (
+        LinearBlend,
+        feature_names_for,
+        load_blend,
+        parse_weights,
+        read_blend_card,
+    )
     from reranker.errors import ConfigError
     from reranker.signals import PRESETS, load_signal_config
 
     if not blend:
-        raise ConfigError("mode blend needs --blend (a blend file or weights)")
+        raise ConfigError("mode blend needs --blend (a blend file, weights, or `model`)")
     blend_path = Path(blend)
     card = read_blend_card(blend_path) if blend_path.exists() else {}
     if signals:
@@ -1188,8 +1257,28 @@ def _blend_and_signals(
     else:
         config = PRESETS.get(dataset_name.lower(), PRESETS["none"])
     names = feature_names_for(config)
+    if blend == "model" and not blend_path.exists():
+        default = _default_blend(model_dir)
+        return config, LinearBlend(
+            weights=default["weights"], bias=default.get("bias", 0.0), feature_names=names
+        )
     model = load_blend(blend_path, names) if blend_path.exists() else parse_weights(blend, names)
     return config, model
+
+
+def _default_blend(model_dir: Path | None) -> dict[str, Any]:
+    from reranker.errors import ConfigError
+    from reranker.models import CROSS_ENCODER_CARD, read_card
+
+    if model_dir is None:
+        raise ConfigError("--blend model needs a cross-encoder")
+    default = read_card(model_dir, CROSS_ENCODER_CARD).get("default_blend")
+    if not isinstance(default, dict) or not isinstance(default.get("weights"), dict):
+        raise ConfigError(
+            f"the model card in {model_dir} has no default blend "
+            "(write one with `reranker ltr fit --card`)"
+        )
+    return default
 
 
 def _register_bench() -> None:

@@ -123,6 +123,26 @@ class FeatureSet:
         return self.subset(set(self.query_ids) - held), self.subset(held)
 
 
+def pool_features(sets: Sequence[tuple[str, FeatureSet]]) -> FeatureSet:
+    """Several feature files as one (e.g. the held-out queries of two datasets); query ids
+    get their file's label as a prefix (``label/qid``) so that two datasets' ids never merge."""
+    if not sets:
+        raise SourceError("no feature files to pool")
+    names = sets[0][1].names
+    for label, data in sets:
+        if data.names != names:
+            raise SourceError(f"{label}: features {list(data.names)} differ from {list(names)}")
+    if len(sets) == 1:
+        return sets[0][1]
+    return FeatureSet(
+        names=names,
+        values=np.concatenate([data.values for _, data in sets]),
+        labels=np.concatenate([data.labels for _, data in sets]),
+        groups=np.concatenate([data.groups for _, data in sets]),
+        query_ids=[f"{label}/{qid}" for label, data in sets for qid in data.query_ids],
+    )
+
+
 def read_features(path: Path, names: Sequence[str] | None = None) -> FeatureSet:
     """Load a feature file; every row must carry the same feature names (or ``names``)."""
     rows_qid: list[str] = []

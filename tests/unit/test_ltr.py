@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reranker.errors import SourceError
-from reranker.ltr import fit_blend, read_features
+from reranker.ltr import fit_blend, pool_features, read_features
 
 
 def write_features(path: Path, queries: int, per_query: int = 3) -> Path:
@@ -72,3 +72,74 @@ def test_restricting_to_an_unknown_feature_is_refused(tmp_path: Path) -> None:
     data = read_features(write_features(tmp_path / "f.jsonl", queries=4))
     with pytest.raises(SourceError, match="unknown feature"):
         fit_blend("linear", data, None, only=["authority"])
+
+
+def test_pooled_feature_files_keep_each_query_whole_and_apart(tmp_path: Path) -> None:
+    a = read_features(write_features(tmp_path / "a.jsonl", queries=2))
+    b = read_features(write_features(tmp_path / "b.jsonl", queries=3))
+    pooled = pool_features([("a", a), ("b", b)])
+    assert pooled.query_ids == ["a/q0", "a/q1", "b/q0", "b/q1", "b/q2"]
+    assert pooled.groups.tolist() == [3] * 5 and len(pooled.values) == 15
+
+
+def test_pooling_files_of_different_features_is_refused(tmp_path: Path) -> None:
+    a = read_features(write_features(tmp_path / "a.jsonl", queries=2))
+    other = tmp_path / "o.jsonl"
+    other.write_text(
+        json.dumps({"qid": "x", "doc_id": "d", "label": 1, "features": {"relevance": 1.0}}) + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(SourceError, match="differ"):
+        pool_features([("a", a), ("o", read_features(other))])
+
+
+def _model_card(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "reranker.json").write_text(json.dumps({"name": "m", "files": {}, "metrics": {}}), "utf-8")
+    return folder
+
+
+def test_fit_with_card_records_a_default_blend_that_blend_model_applies(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reranker.cli import _blend_and_signals, main
+
+    model = _model_card(tmp_path / "model")
+    features = write_features(tmp_path / "f.jsonl", queries=30)
+    result = CliRunner().invoke(
+        main,
+        ["ltr", "fit", str(features), "--kind", "linear", "--only", "relevance,first_stage",
+         "--dev-fraction", "0.3", "--output", str(tmp_path / "b.json"), "--card", str(model)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    default = json.loads((model / "reranker.json").read_text("utf-8"))["default_blend"]
+    assert set(default["weights"]) == {"relevance", "first_stage"}
+    assert default["fitted_on"] == [str(features)]
+    _, blend = _blend_and_signals("model", None, "beir-nosignals", model)
+    assert blend.weights["relevance"] == default["weights"]["relevance"]
+    assert blend.weights["first_stage"] == default["weights"]["first_stage"]
+
+
+def test_fit_with_card_refuses_a_blend_that_reads_signals(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reranker.cli import main
+
+    model = _model_card(tmp_path / "model")
+    features = write_features(tmp_path / "f.jsonl", queries=30)
+    result = CliRunner().invoke(
+        main,
+        ["ltr", "fit", str(features), "--kind", "lambdamart", "--dev-fraction", "0.3",
+         "--output", str(tmp_path / "b.json"), "--card", str(model)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "relevance and first_stage only" in result.output
+    assert "default_blend" not in json.loads((model / "reranker.json").read_text("utf-8"))
+
+
+def test_blend_model_without_a_default_in_the_card_is_a_clear_error(tmp_path: Path) -> None:
+    from reranker.cli import _blend_and_signals
+    from reranker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no default blend"):
+        _blend_and_signals("model", None, "beir-nosignals", _model_card(tmp_path / "model"))
