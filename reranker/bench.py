@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
+from reranker.batching import head_scores, pad_encodings, padded_tokens, plan_batches
 from reranker.corpus import CorpusSource, load_qrels, load_queries, passage_text
 from reranker.errors import ModelError, RerankerError, SourceError
 from reranker.models import (
@@ -195,32 +196,6 @@ def select_pairs(dataset: Path, n: int, split: str = "test") -> BenchPairs:
     )
 
 
-def plan_batches(
-    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int
-) -> list[list[int]]:
-    """The Scorer's batching: indices sorted by length (stable), cut into batches of at most
-    ``max_batch_size`` pairs and ``max_batch_tokens`` padded tokens (a single pair always fits)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while (
-            end < len(order)
-            and end - start < max_batch_size
-            and (end - start + 1) * lengths[order[end]] <= max_batch_tokens
-        ):
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
-
-
-def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
-    """Tokens fed including padding: rows × the batch's longest pair, summed over batches."""
-    return sum(len(rows) * max(lengths[r] for r in rows) for rows in batches if rows)
-
-
 def median_ms(seconds: Sequence[float]) -> float:
     """The median of wall times given in seconds, in milliseconds."""
     if not seconds:
@@ -332,23 +307,11 @@ class TorchRunner:
         )
         with torch.inference_mode(), autocast:
             for rows in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-                width = max(lengths[r] for r in rows)
-                ids = np.zeros((len(rows), width), dtype=np.int64)
-                mask = np.zeros_like(ids)
-                types = np.zeros_like(ids)
-                for i, r in enumerate(rows):
-                    enc = encodings[r]
-                    ids[i, : lengths[r]] = enc.ids
-                    mask[i, : lengths[r]] = 1
-                    types[i, : lengths[r]] = enc.type_ids
-                kwargs = {
-                    "input_ids": torch.from_numpy(ids),
-                    "attention_mask": torch.from_numpy(mask),
-                }
-                if self.types:
-                    kwargs["token_type_ids"] = torch.from_numpy(types)
-                logits = self.model(**kwargs).logits.float().numpy()
-                out[rows] = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+                arrays = pad_encodings([encodings[r] for r in rows])
+                if not self.types:
+                    del arrays["token_type_ids"]
+                inputs = {name: torch.from_numpy(array) for name, array in arrays.items()}
+                out[rows] = head_scores(self.model(**inputs).logits.float().numpy())
         return out
 
 

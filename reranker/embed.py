@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reranker.batching import pad_encodings
 from reranker.errors import ModelError
 from reranker.models import (
     EMBEDDER_CACHE_NAME,
@@ -29,7 +30,6 @@ from reranker.models import (
     load_tokenizer,
     mean_pool,
     open_session,
-    pad_encodings,
     read_card,
     shipped_weights_dir,
     verify_files,

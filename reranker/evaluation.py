@@ -15,7 +15,7 @@ from elasticsearch import Elasticsearch
 from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
-from reranker.blend import sigmoid as sigmoid_of
+from reranker.batching import logits_or_probabilities
 from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
 from reranker.embed_cache import EmbeddingCache, TextEncoder
 from reranker.errors import SearchError, SourceError
@@ -106,7 +106,7 @@ class CachedScorer:
             self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
             known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
         logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)
-        return sigmoid_of(logits).astype(np.float32) if sigmoid else logits
+        return logits_or_probabilities(logits, probabilities=sigmoid)
 
 
 def judged_queries(

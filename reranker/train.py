@@ -65,6 +65,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from reranker.batching import head_scores, pad_rows, plan_batches
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
 from reranker.losses import listwise_loss
 from reranker.training_data import (
@@ -319,23 +320,12 @@ def _encode(
 def _collate(
     features: Sequence[Feature], pad_id: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest pair."""
-    width = max(len(ids) for ids, _ in features)
-    ids = np.full((len(features), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(features), width), dtype=np.int64)
-    types = np.zeros((len(features), width), dtype=np.int64)
-    for row, (row_ids, row_types) in enumerate(features):
-        ids[row, : len(row_ids)] = row_ids
-        mask[row, : len(row_ids)] = 1
-        if row_types is not None:
-            types[row, : len(row_types)] = row_types
-    batch = {
-        "input_ids": torch.from_numpy(ids).to(device),
-        "attention_mask": torch.from_numpy(mask).to(device),
-    }
-    if features[0][1] is not None:
-        batch["token_type_ids"] = torch.from_numpy(types).to(device)
-    return batch
+    """A batch padded to its longest pair (:func:`~reranker.batching.pad_rows`) as tensors on
+    ``device``; token types only where the model has them."""
+    arrays = pad_rows(features, pad_id=pad_id)
+    if features[0][1] is None:
+        del arrays["token_type_ids"]
+    return {name: torch.from_numpy(array).to(device) for name, array in arrays.items()}
 
 
 def score_pairs(
@@ -353,20 +343,19 @@ def score_pairs(
     pair) feeds a first-stage-aware model, which returns its logits as a tensor."""
     device = next(model.parameters()).device
     features = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
-    order = sorted(range(len(features)), key=lambda i: len(features[i][0]))
+    lengths = [len(ids) for ids, _ in features]
     out = np.zeros(len(features), dtype=np.float32)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.train(False)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in plan_batches(lengths, batch_size, max_batch_tokens=None):
             batch = _collate([features[i] for i in chunk], pad_id, device)
             if first_stage is not None:
                 batch["first_stage"] = torch.from_numpy(first_stage[chunk]).to(device)
             with _autocast(device, bf16):
                 result = model(**batch)
             logits = result if first_stage is not None else result.logits
-            out[chunk] = logits.float().reshape(-1).cpu().numpy()
+            out[chunk] = head_scores(logits.float()).cpu().numpy()
     return out
 
 
@@ -884,7 +873,7 @@ def train(
                 indices = [i for unit in chosen for i in unit]
                 batch = _collate([features[i] for i in indices], pad_id, device)
                 with _autocast(device, bf16):
-                    logits = model(**batch).logits.float().reshape(-1)
+                    logits = head_scores(model(**batch).logits.float())
                 loss: Any  # torch.Tensor; its stubbed backward() is untyped
                 if config.loss == "listwise":
                     loss = listwise_loss(logits, [len(unit) for unit in chosen])
