@@ -1018,15 +1018,11 @@ def ltr_log_features(
     from tqdm import tqdm
 
     from reranker.blend import feature_names_for
-    from reranker.evaluation import (
-        CachedScorer,
-        ensure_dataset_index,
-        judged_queries,
-        query_vectors,
-    )
+    from reranker.evaluation import ensure_dataset_index, judged_queries, query_vectors
     from reranker.indexing import default_cache
     from reranker.ltr import log_features
     from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.scoring import CachedScorer
     from reranker.signals import PRESETS, load_signal_config
 
     queries, qrels = judged_queries(dataset, split, limit=max_queries)

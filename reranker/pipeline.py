@@ -268,13 +268,11 @@ class QueryPath:
 
 def scorer_for(path: QueryPath) -> PairScorer:
     """The cross-encoder ``path`` names, behind the logit cache when it has one."""
-    from reranker.scoring import load_scorer
+    from reranker.scoring import CachedScorer, load_scorer
 
     scorer = load_scorer(path.model, path.variant)
     if path.score_cache is None:
         return scorer
-    from reranker.evaluation import CachedScorer
-
     return CachedScorer(scorer, path.score_cache)
 
 

@@ -40,6 +40,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from reranker.batching import head_scores, logits_or_probabilities, pad_encodings, plan_batches
+from reranker.embed_cache import EmbeddingCache
 from reranker.errors import ModelError
 from reranker.models import (
     CROSS_ENCODER_CARD,
@@ -491,6 +492,54 @@ def _truncated_copy(tokenizer: Tokenizer, text: str, keep: int) -> Encoding:
     encoding = tokenizer.encode(text, add_special_tokens=False)
     encoding.truncate(keep)
     return encoding
+
+
+class CachedScorer:
+    """A :class:`~reranker.scoring.Scorer` with a persistent cache of its logits in front.
+
+    For evaluation and feature logging only: re-running a dataset (another blend, another
+    mode, the test split's features) then costs no cross-encoder time. Keyed by the model's
+    id, version and variant, and by the pair's text.
+    """
+
+    def __init__(self, scorer: Scorer, folder: Path) -> None:
+        self.scorer = scorer
+        self.cache = EmbeddingCache(
+            folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scorer, name)
+
+    def __repr__(self) -> str:
+        return f"CachedScorer({self.scorer!r})"
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        sigmoid: bool = False,
+        deadline: float | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        columns = None
+        if self.scorer.feature_names and features is not None:
+            columns = np.asarray(features, dtype=np.float32)
+        keys = [f"{query}\x1f{passage}" for query, passage in pairs]
+        if columns is not None:  # a first-stage-aware model's score depends on them too
+            keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
+        known = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
+        if missing:
+            fresh = self.scorer.score(
+                [pairs[i] for i in missing],
+                deadline=deadline,
+                features=None if columns is None else columns[missing],
+            )
+            self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
+            known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
+        logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)
+        return logits_or_probabilities(logits, probabilities=sigmoid)
 
 
 def default_model_dir() -> Path:
