@@ -10,7 +10,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from reranker.models import load_tokenizer, pad_encodings
+from reranker.batching import pad_encodings
+from reranker.models import load_tokenizer
 
 if TYPE_CHECKING:
     import torch

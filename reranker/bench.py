@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
+from reranker.batching import head_scores, pad_encodings, padded_tokens, plan_batches
 from reranker.corpus import CorpusSource, load_qrels, load_queries, passage_text
 from reranker.errors import ModelError, RerankerError, SourceError
 from reranker.models import (
@@ -195,32 +196,6 @@ def select_pairs(dataset: Path, n: int, split: str = "test") -> BenchPairs:
     )
 
 
-def plan_batches(
-    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int
-) -> list[list[int]]:
-    """The Scorer's batching: indices sorted by length (stable), cut into batches of at most
-    ``max_batch_size`` pairs and ``max_batch_tokens`` padded tokens (a single pair always fits)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while (
-            end < len(order)
-            and end - start < max_batch_size
-            and (end - start + 1) * lengths[order[end]] <= max_batch_tokens
-        ):
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
-
-
-def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
-    """Tokens fed including padding: rows × the batch's longest pair, summed over batches."""
-    return sum(len(rows) * max(lengths[r] for r in rows) for rows in batches if rows)
-
-
 def median_ms(seconds: Sequence[float]) -> float:
     """The median of wall times given in seconds, in milliseconds."""
     if not seconds:
@@ -332,23 +307,11 @@ class TorchRunner:
         )
         with torch.inference_mode(), autocast:
             for rows in plan_batches(lengths, self.max_batch_size, self.max_batch_tokens):
-                width = max(lengths[r] for r in rows)
-                ids = np.zeros((len(rows), width), dtype=np.int64)
-                mask = np.zeros_like(ids)
-                types = np.zeros_like(ids)
-                for i, r in enumerate(rows):
-                    enc = encodings[r]
-                    ids[i, : lengths[r]] = enc.ids
-                    mask[i, : lengths[r]] = 1
-                    types[i, : lengths[r]] = enc.type_ids
-                kwargs = {
-                    "input_ids": torch.from_numpy(ids),
-                    "attention_mask": torch.from_numpy(mask),
-                }
-                if self.types:
-                    kwargs["token_type_ids"] = torch.from_numpy(types)
-                logits = self.model(**kwargs).logits.float().numpy()
-                out[rows] = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+                arrays = pad_encodings([encodings[r] for r in rows])
+                if not self.types:
+                    del arrays["token_type_ids"]
+                inputs = {name: torch.from_numpy(array) for name, array in arrays.items()}
+                out[rows] = head_scores(self.model(**inputs).logits.float().numpy())
         return out
 
 
@@ -756,15 +719,8 @@ def scorer_cmd(
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    _check_dataset(dataset)
-    if model is not None:
-        read_card(model, CROSS_ENCODER_CARD)  # a clear error before any slow work
-    if checkpoint is not None and not (checkpoint / "config.json").is_file():
-        raise click.ClickException(
-            f"--checkpoint {checkpoint} is not a Hugging Face checkpoint folder (no config.json)"
-        )
+    _check_inputs(dataset, model, checkpoint)
     _require_torch()
-    import onnxruntime as ort
     import torch
 
     torch.set_num_threads(threads)
@@ -785,71 +741,18 @@ def scorer_cmd(
     ):
         tmp = Path(tmp_name)
         checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
-        if model is None:
-            from export.onnx_export import export_cross_encoder
-
-            cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-            _say(f"exporting {checkpoint} to a temporary folder (fp32 + int8) ...")
-            started = time.perf_counter()
-            model_dir = export_cross_encoder(
-                checkpoint,
-                tmp / "onnx",
-                int8=True,
-                fp16=cuda,
-                parity_pairs=pairs[:8],
-                name="bench",
-            )
-            onnx_note = (
-                f"exported from the same checkpoint to a temporary folder "
-                f"({time.perf_counter() - started:.0f} s), int8 = dynamic per-channel"
-            )
-        else:
-            model_dir = model
-            onnx_note = f"--model {model}"
+        model_dir, onnx_note = _onnx_model(model, checkpoint, tmp, pairs)
         _say(f"ONNX model: {onnx_note}")
-
-        backends = _torch_backends(
-            checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes
-        )
-        backends += _ort_backends(model_dir, threads=threads, batch_size=batch_size, notes=notes)
+        backends = _all_backends(checkpoint, model_dir, threads, batch_size, notes)
         ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
         max_length = int(ort_fp32.info["scorer"].max_length)
-        if max_length != MAX_LENGTH:
-            # a model with fewer positions: tokenise torch's pairs the same way
-            for b in backends:
-                if isinstance(b.run, TorchRunner):
-                    b.run.tokenizer = _checkpoint_tokenizer(checkpoint, max_length)
 
         _say("measuring matmul peaks ...")
         peaks, peak_notes = measure_peaks(threads)
         notes += peak_notes
         _say("  " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
-        peak_samples = [peaks]
-
-        # untimed first run of each backend (lazy setup), which also gives scores to compare
-        for b in list(backends):
-            try:
-                b.scores = np.asarray(b.run(pairs), dtype=np.float32)
-            except Exception as exc:  # bf16 autocast or CUDA failing at run time
-                if b.name in {"torch-fp32", "ort-fp32"}:
-                    raise
-                notes.append(f"{b.name} skipped: its first run failed: {exc}")
-                backends.remove(b)
-        load_per_repeat: list[float] = []
-        for r in range(repeats):
-            for b in backends:
-                time.sleep(GAP_S)
-                started = time.perf_counter()
-                b.run(pairs)
-                b.seconds.append(time.perf_counter() - started)
-            load_per_repeat.extend(_load()[:1])
-            _say(
-                f"repeat {r + 1}/{repeats}: "
-                + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
-            )
-            if r + 1 < repeats:
-                # sample the peaks again between rounds: the best sample is the least disturbed
-                peak_samples.append(measure_peaks(threads, repeats=2)[0])
+        _first_runs(backends, pairs, notes)
+        peak_samples, load_per_repeat = _timed_repeats(backends, pairs, repeats, threads, peaks)
         peaks = {kind: max(sample.get(kind, 0.0) for sample in peak_samples) for kind in peaks}
         load_after = _load()
 
@@ -889,16 +792,129 @@ def scorer_cmd(
         "model": {"torch": source_note, "onnx": onnx_note},
         "notes": notes,
     }
-    click.echo(
-        f"{len(pairs)} pairs, mean {payload['mean_tokens']} tokens (max {max(lengths)}, "
-        f"{payload['truncated_pairs']} cut at {max_length}), "
-        f"{threads} threads, batch ≤ {batch_size}, median of {repeats}; "
-        f"load average {load_before} → {load_after}"
+    _report(payload, results, lengths, output)
+
+
+def _check_inputs(dataset: Path, model: Path | None, checkpoint: Path | None) -> None:
+    """Clear errors for the command's inputs before any slow work."""
+    _check_dataset(dataset)
+    if model is not None:
+        read_card(model, CROSS_ENCODER_CARD)
+    if checkpoint is not None and not (checkpoint / "config.json").is_file():
+        raise click.ClickException(
+            f"--checkpoint {checkpoint} is not a Hugging Face checkpoint folder (no config.json)"
+        )
+
+
+def _onnx_model(
+    model: Path | None, checkpoint: Path, tmp: Path, pairs: Sequence[Pair]
+) -> tuple[Path, str]:
+    """The exported model the ONNX backends run, and a note: ``--model``, else ``checkpoint``
+    exported (fp32 + int8, fp16 with CUDA) into ``tmp``."""
+    if model is not None:
+        return model, f"--model {model}"
+    import onnxruntime as ort
+
+    from export.onnx_export import export_cross_encoder
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    _say(f"exporting {checkpoint} to a temporary folder (fp32 + int8) ...")
+    started = time.perf_counter()
+    model_dir = export_cross_encoder(
+        checkpoint,
+        tmp / "onnx",
+        int8=True,
+        fp16=cuda,
+        parity_pairs=pairs[:8],
+        name="bench",
     )
+    return model_dir, (
+        f"exported from the same checkpoint to a temporary folder "
+        f"({time.perf_counter() - started:.0f} s), int8 = dynamic per-channel"
+    )
+
+
+def _all_backends(
+    checkpoint: Path, model_dir: Path, threads: int, batch_size: int, notes: list[str]
+) -> list[Backend]:
+    """The torch backends on ``checkpoint`` and the ONNX ones on ``model_dir``; torch
+    tokenises at the ONNX model's ``max_length`` when that is below :data:`MAX_LENGTH`."""
+    backends = _torch_backends(
+        checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes
+    )
+    backends += _ort_backends(model_dir, threads=threads, batch_size=batch_size, notes=notes)
+    ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
+    max_length = int(ort_fp32.info["scorer"].max_length)
+    if max_length != MAX_LENGTH:
+        # a model with fewer positions: tokenise torch's pairs the same way
+        for b in backends:
+            if isinstance(b.run, TorchRunner):
+                b.run.tokenizer = _checkpoint_tokenizer(checkpoint, max_length)
+    return backends
+
+
+def _first_runs(backends: list[Backend], pairs: Sequence[Pair], notes: list[str]) -> None:
+    """One untimed run of each backend (lazy setup), which also gives the scores compared;
+    a backend other than torch-fp32 and ort-fp32 whose run fails is dropped with a note."""
+    for b in list(backends):
+        try:
+            b.scores = np.asarray(b.run(pairs), dtype=np.float32)
+        except Exception as exc:  # bf16 autocast or CUDA failing at run time
+            if b.name in {"torch-fp32", "ort-fp32"}:
+                raise
+            notes.append(f"{b.name} skipped: its first run failed: {exc}")
+            backends.remove(b)
+
+
+def _timed_repeats(
+    backends: Sequence[Backend],
+    pairs: Sequence[Pair],
+    repeats: int,
+    threads: int,
+    peaks: dict[str, float],
+) -> tuple[list[dict[str, float]], list[float]]:
+    """``repeats`` rounds, each timing every backend once in turn (into ``Backend.seconds``)
+    and sampling the matmul peaks again between rounds; returns the peak samples (``peaks``
+    first) and the 1-minute load average after each round."""
+    peak_samples = [peaks]
+    load_per_repeat: list[float] = []
+    for r in range(repeats):
+        for b in backends:
+            time.sleep(GAP_S)
+            started = time.perf_counter()
+            b.run(pairs)
+            b.seconds.append(time.perf_counter() - started)
+        load_per_repeat.extend(_load()[:1])
+        _say(
+            f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
+        )
+        if r + 1 < repeats:
+            # sample the peaks again between rounds: the best sample is the least disturbed
+            peak_samples.append(measure_peaks(threads, repeats=2)[0])
+    return peak_samples, load_per_repeat
+
+
+def _report(
+    payload: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    lengths: Sequence[int],
+    output: Path | None,
+) -> None:
+    """The summary and the table on stdout; the JSON into ``output`` when given."""
+    max_length, threads = payload["max_length"], payload["threads"]
+    load = payload["machine"]
+    click.echo(
+        f"{payload['pairs']} pairs, mean {payload['mean_tokens']} tokens (max {max(lengths)}, "
+        f"{payload['truncated_pairs']} cut at {max_length}), "
+        f"{threads} threads, batch ≤ {payload['batch_size']}, median of {payload['repeats']}; "
+        f"load average {load['load_average_before']} → {load['load_average_after']}"
+    )
+    peaks = payload["peak_gflops"]
     click.echo("matmul peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
-    click.echo(f"torch: {source_note}\nonnx: {onnx_note}")
+    click.echo(f"torch: {payload['model']['torch']}\nonnx: {payload['model']['onnx']}")
     click.echo(_table(results))
-    for note in notes:
+    for note in payload["notes"]:
         click.echo(f"note: {note}")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkab
 import numpy as np
 import numpy.typing as npt
 
+from reranker.batching import sigmoid
 from reranker.errors import ConfigError, ModelError
 from reranker.signals import FeatureBatch, SignalConfig
 
@@ -71,17 +72,6 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 def feature_names_for(config: SignalConfig | None) -> tuple[str, ...]:
     """``("relevance", "first_stage", *signal names)``: the column order to log and fit with."""
     return BASE_FEATURES + (config.names if config is not None else ())
-
-
-def sigmoid(x: npt.ArrayLike) -> FloatArray:
-    """Numerically stable logistic function (no overflow warnings for large |x|)."""
-    v = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(v)
-    pos = v >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-v[pos]))
-    e = np.exp(v[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
 
 
 def minmax(x: npt.ArrayLike) -> FloatArray:

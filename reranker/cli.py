@@ -23,8 +23,12 @@ from reranker.errors import RerankerError
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
-    from reranker.blend import LinearBlend
+    from reranker.blend import Blend, LinearBlend
     from reranker.embed import Embedder
+    from reranker.evaluation import RunFunction
+    from reranker.pipeline import QueryPath
+    from reranker.scoring import PairScorer
+    from reranker.signals import SignalConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -488,30 +492,20 @@ def eval_cmd(
     Indexes the corpus first if the alias does not already hold it (signals.jsonl beside the
     corpus is joined in), then runs every judged query of the split through every mode.
     """
-    from reranker.errors import ConfigError
     from reranker.evaluation import (
         EvalReport,
         collect_run,
         ensure_dataset_index,
         first_stage_runners,
         judged_queries,
-        pipeline_runner,
         query_vectors,
         score_run,
     )
     from reranker.first_stage import FirstStage
     from reranker.indexing import default_cache
-    from reranker.pipeline import QueryPath, build_pipeline, scorer_for
+    from reranker.pipeline import QueryPath, scorer_for
 
-    wanted = [m.strip() for m in modes.split(",") if m.strip()]
-    known = ("bm25", "dense", "hybrid", "rerank", "blend")
-    unknown = [m for m in wanted if m not in known]
-    if unknown or not wanted:
-        raise ConfigError(
-            f"unknown mode(s) {', '.join(unknown) or '(none)'}; use {', '.join(known)}"
-        )
-    if depth < 10:
-        raise ConfigError("--depth must be at least 10 (NDCG@10 needs ten hits)")
+    wanted = _eval_modes(modes, depth)
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
@@ -534,6 +528,7 @@ def eval_cmd(
     stage = FirstStage(client, alias, embedder)
     vectors = query_vectors(stage, queries)
     runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid, vectors=vectors)
+    scorer: Any = None
     if {"rerank", "blend"} & set(wanted):
         path = QueryPath(
             index=alias,
@@ -544,25 +539,12 @@ def eval_cmd(
             variant=variant,
             score_cache=ctx.obj.home / "scores",
         )
-        scorer: Any = scorer_for(path)  # a CachedScorer: a Scorer's attributes, cached logits
+        scorer = scorer_for(path)  # a CachedScorer: a Scorer's attributes, cached logits
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
-        signal_config, blend_model = None, None
-        if "blend" in wanted:
-            signal_config, blend_model = _blend_and_signals(
-                blend, signals, dataset.name, scorer.model_dir
-            )
-            click.echo(f"blend {blend_model.kind} over {', '.join(blend_model.feature_names)}")
-        for mode, mode_blend in (("rerank", None), ("blend", blend_model)):
-            if mode in wanted:
-                pipeline = build_pipeline(
-                    path,
-                    client,
-                    embedder,
-                    scorer=scorer,
-                    blend=mode_blend,
-                    signals=signal_config,
-                )
-                runners[mode] = pipeline_runner(pipeline, vectors)
+        blend_choice = _eval_blend(wanted, blend, signals, dataset.name, scorer.model_dir)
+        runners.update(
+            _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors)
+        )
     report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
     for mode in wanted:
         run, ms = collect_run(queries, runners[mode], progress=progress, label=mode)
@@ -574,12 +556,80 @@ def eval_cmd(
         output.write_text(json.dumps(report.as_json(), indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     if record and "rerank" in report.results:
-        from export.card import record_metrics
-        from reranker.models import CROSS_ENCODER_CARD
-
         key = f"{dataset.name}/{split}/{rerank_base}-top{window}/{scorer.variant}"
-        record_metrics(scorer.model_dir, CROSS_ENCODER_CARD, {key: report.results["rerank"]})
-        click.echo(f"recorded {key} in {scorer.model_dir / CROSS_ENCODER_CARD}", err=True)
+        _record_in_card(scorer, key, report.results["rerank"])
+
+
+EVAL_MODES = ("bm25", "dense", "hybrid", "rerank", "blend")
+
+
+def _eval_modes(modes: str, depth: int) -> list[str]:
+    """The modes ``--modes`` names, checked (and ``--depth``, which NDCG@10 needs ≥ 10)."""
+    from reranker.errors import ConfigError
+
+    wanted = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in EVAL_MODES]
+    if unknown or not wanted:
+        raise ConfigError(
+            f"unknown mode(s) {', '.join(unknown) or '(none)'}; use {', '.join(EVAL_MODES)}"
+        )
+    if depth < 10:
+        raise ConfigError("--depth must be at least 10 (NDCG@10 needs ten hits)")
+    return wanted
+
+
+def _eval_blend(
+    wanted: list[str],
+    blend: str | None,
+    signals: str | None,
+    dataset_name: str,
+    model_dir: Path | None,
+) -> tuple[SignalConfig | None, Blend | None]:
+    """The signals and the blend the ``blend`` mode orders by (none without that mode)."""
+    if "blend" not in wanted:
+        return None, None
+    signal_config, blend_model = _blend_and_signals(blend, signals, dataset_name, model_dir)
+    click.echo(f"blend {blend_model.kind} over {', '.join(blend_model.feature_names)}")
+    return signal_config, blend_model
+
+
+def _rerank_runners(
+    wanted: list[str],
+    path: QueryPath,
+    client: Elasticsearch,
+    embedder: Embedder,
+    scorer: PairScorer,
+    blend_choice: tuple[SignalConfig | None, Blend | None],
+    vectors: dict[str, list[float]],
+) -> dict[str, RunFunction]:
+    """The ``rerank`` and ``blend`` modes' runners (those wanted), one pipeline each from the
+    one builder, sharing ``scorer``."""
+    from reranker.evaluation import pipeline_runner
+    from reranker.pipeline import build_pipeline
+
+    signal_config, blend_model = blend_choice
+    runners: dict[str, RunFunction] = {}
+    for mode, mode_blend in (("rerank", None), ("blend", blend_model)):
+        if mode in wanted:
+            pipeline = build_pipeline(
+                path,
+                client,
+                embedder,
+                scorer=scorer,
+                blend=mode_blend,
+                signals=signal_config,
+            )
+            runners[mode] = pipeline_runner(pipeline, vectors)
+    return runners
+
+
+def _record_in_card(scorer: Any, key: str, metrics: dict[str, float]) -> None:
+    """``eval --record``: the rerank results into the cross-encoder's card, under ``key``."""
+    from export.card import record_metrics
+    from reranker.models import CROSS_ENCODER_CARD
+
+    record_metrics(scorer.model_dir, CROSS_ENCODER_CARD, {key: metrics})
+    click.echo(f"recorded {key} in {scorer.model_dir / CROSS_ENCODER_CARD}", err=True)
 
 
 # --------------------------------------------------------------------------- model path
@@ -972,15 +1022,11 @@ def ltr_log_features(
     from tqdm import tqdm
 
     from reranker.blend import feature_names_for
-    from reranker.evaluation import (
-        CachedScorer,
-        ensure_dataset_index,
-        judged_queries,
-        query_vectors,
-    )
+    from reranker.evaluation import ensure_dataset_index, judged_queries, query_vectors
     from reranker.indexing import default_cache
     from reranker.ltr import log_features
     from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.scoring import CachedScorer
     from reranker.signals import PRESETS, load_signal_config
 
     queries, qrels = judged_queries(dataset, split, limit=max_queries)

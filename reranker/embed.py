@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reranker.batching import pad_encodings, plan_batches
 from reranker.errors import ModelError
 from reranker.models import (
     EMBEDDER_CACHE_NAME,
@@ -29,7 +30,6 @@ from reranker.models import (
     load_tokenizer,
     mean_pool,
     open_session,
-    pad_encodings,
     read_card,
     shipped_weights_dir,
     verify_files,
@@ -117,9 +117,9 @@ class Embedder:
                 if cut:
                     with self._lock:
                         self.truncated += cut
-                order = np.argsort([len(e.ids) for e in encodings], kind="stable")
-                for b in range(0, len(order), batch_size):
-                    rows = order[b : b + batch_size]
+                lengths = [len(e.ids) for e in encodings]
+                for batch in plan_batches(lengths, batch_size, max_batch_tokens=None):
+                    rows = np.asarray(batch)
                     out[start + rows] = self._run([encodings[r] for r in rows])
                     bar.update(len(rows))
         return out

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import ir_measures
-import numpy as np
 from elasticsearch import Elasticsearch
 from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
-from reranker.blend import sigmoid as sigmoid_of
 from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
 from reranker.embed_cache import EmbeddingCache, TextEncoder
 from reranker.errors import SearchError, SourceError
@@ -23,7 +21,6 @@ from reranker.es import mappings
 from reranker.first_stage import FirstStage, HybridOptions
 from reranker.indexing import IndexResult, LoadOptions, index_corpus, source_digest
 from reranker.pipeline import Pipeline
-from reranker.scoring import Scorer
 
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 # A judged query with no hits still counts (as zero) only if it appears in the run.
@@ -59,54 +56,6 @@ class EvalReport:
             cells = "".join(f"{scores[name]:>12.4f}" for name in MEASURES)
             lines.append(f"{mode:<12}{cells}{self.timings_ms.get(mode, 0.0):>10.1f}")
         return "\n".join(lines)
-
-
-class CachedScorer:
-    """A :class:`~reranker.scoring.Scorer` with a persistent cache of its logits in front.
-
-    For evaluation and feature logging only: re-running a dataset (another blend, another
-    mode, the test split's features) then costs no cross-encoder time. Keyed by the model's
-    id, version and variant, and by the pair's text.
-    """
-
-    def __init__(self, scorer: Scorer, folder: Path) -> None:
-        self.scorer = scorer
-        self.cache = EmbeddingCache(
-            folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.scorer, name)
-
-    def __repr__(self) -> str:
-        return f"CachedScorer({self.scorer!r})"
-
-    def score(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        *,
-        sigmoid: bool = False,
-        deadline: float | None = None,
-        features: np.ndarray | None = None,
-    ) -> np.ndarray:
-        columns = None
-        if self.scorer.feature_names and features is not None:
-            columns = np.asarray(features, dtype=np.float32)
-        keys = [f"{query}\x1f{passage}" for query, passage in pairs]
-        if columns is not None:  # a first-stage-aware model's score depends on them too
-            keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
-        known = self.cache.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
-        if missing:
-            fresh = self.scorer.score(
-                [pairs[i] for i in missing],
-                deadline=deadline,
-                features=None if columns is None else columns[missing],
-            )
-            self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
-            known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
-        logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)
-        return sigmoid_of(logits).astype(np.float32) if sigmoid else logits
 
 
 def judged_queries(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from reranker.errors import ModelError
 
@@ -190,21 +190,6 @@ def open_session(
         return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
     except Exception as exc:  # ORT raises its own untyped errors (InvalidProtobuf, Fail, ...)
         raise ModelError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from exc
-
-
-def pad_encodings(encodings: Sequence[Encoding], width: int | None = None) -> dict[str, np.ndarray]:
-    """BERT inputs for a batch: ids, attention mask and token types, zero-padded to ``width``
-    (default: the longest encoding)."""
-    width = width if width is not None else max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), width), dtype=np.int64)
-    mask = np.zeros_like(ids)
-    types = np.zeros_like(ids)
-    for row, enc in enumerate(encodings):
-        n = len(enc.ids)
-        ids[row, :n] = enc.ids
-        mask[row, :n] = 1
-        types[row, :n] = enc.type_ids
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The query path as one object: first stage → cross-encoder → signals → blend, with
 per-stage timings.
 
-The CLI (`reranker search --rerank`, `reranker eval --modes ...,rerank`) and the proxy both call
-:meth:`Pipeline.search`; nothing else composes the stages.
+Every assembly goes through :func:`build_pipeline` from a :class:`QueryPath`: the CLI
+(`reranker search --rerank`, `reranker eval --modes ...,rerank`, `reranker ltr log-features`)
+calls :meth:`Pipeline.search`, the proxy (which runs its own async first stage)
+:meth:`Pipeline.rerank`; nothing else composes the stages.
 """
 
 from __future__ import annotations
@@ -243,8 +245,8 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class QueryPath:
-    """Everything the CLI's query path is assembled from (search, eval, ltr logging): one
-    settings object, so every command builds the same pipeline."""
+    """Everything a query path is assembled from (CLI search, eval, ltr logging, the proxy):
+    one settings object, so every caller builds the same pipeline."""
 
     index: str
     base: str = "hybrid"
@@ -257,23 +259,26 @@ class QueryPath:
     score_cache: Path | None = None
     """Where logits are cached (evaluation and feature logging); ``None`` = no cache."""
     source_fields: tuple[str, ...] = ("title", "text")
+    """The ``_source`` fields the first stage fetches."""
+    passage_fields: tuple[str, ...] = ("title", "text")
+    """The ``_source`` fields the cross-encoder reads, joined (see :meth:`Pipeline.passage`)."""
+    fail_open: bool = True
+    """A failing scorer gives the first-stage order (``degraded``) instead of an error."""
 
 
 def scorer_for(path: QueryPath) -> PairScorer:
     """The cross-encoder ``path`` names, behind the logit cache when it has one."""
-    from reranker.scoring import load_scorer
+    from reranker.scoring import CachedScorer, load_scorer
 
     scorer = load_scorer(path.model, path.variant)
     if path.score_cache is None:
         return scorer
-    from reranker.evaluation import CachedScorer
-
     return CachedScorer(scorer, path.score_cache)
 
 
 def build_pipeline(
     path: QueryPath,
-    client: Elasticsearch,
+    client: Elasticsearch | None,
     encoder: TextEncoder | None,
     *,
     scorer: PairScorer | None = None,
@@ -282,11 +287,14 @@ def build_pipeline(
     explain: bool = False,
 ) -> Pipeline:
     """The query path as ``path`` says: the first stage on ``path.index`` (reading the text
-    fields and the signals' source fields), the cross-encoder (``scorer`` if given, to share
-    one between pipelines, else loaded from ``path.model``/``path.variant``, behind the logit
-    cache when ``path.score_cache`` is set), then the blend."""
-    fields = [*path.source_fields, *(signals.source_fields if signals is not None else ())]
-    stage = FirstStage(client, path.index, encoder, with_source=list(dict.fromkeys(fields)))
+    fields and the signals' source fields; none without a ``client``: the caller fetches the
+    candidates and calls :meth:`Pipeline.rerank`), the cross-encoder (``scorer`` if given, to
+    share one between pipelines, else loaded from ``path.model``/``path.variant``, behind the
+    logit cache when ``path.score_cache`` is set), then the blend."""
+    stage = None
+    if client is not None:
+        fields = [*path.source_fields, *(signals.source_fields if signals is not None else ())]
+        stage = FirstStage(client, path.index, encoder, with_source=list(dict.fromkeys(fields)))
     if scorer is None and path.rerank:
         scorer = scorer_for(path)
     return Pipeline(
@@ -295,6 +303,8 @@ def build_pipeline(
         base=path.base,
         window=path.window,
         hybrid=path.hybrid,
+        fields=path.passage_fields,
+        fail_open=path.fail_open,
         blend=blend,
         signals=signals if blend is not None else None,
         explain=explain,

@@ -39,13 +39,13 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from reranker.blend import sigmoid as logistic
+from reranker.batching import head_scores, logits_or_probabilities, pad_encodings, plan_batches
+from reranker.embed_cache import EmbeddingCache
 from reranker.errors import ModelError
 from reranker.models import (
     CROSS_ENCODER_CARD,
     config_max_positions,
     open_session,
-    pad_encodings,
     read_card,
     verify_files,
 )
@@ -328,37 +328,26 @@ class Scorer:
             return out
         encodings, truncated = self._encode(items)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
-        order = np.argsort(lengths, kind="stable")
-        batches = 0
+        batches = plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
         padded = 0
-        start = 0
-        while start < len(order):
-            end = start + 1
-            # sorted ascending, so the batch's width is the length of its last pair
-            while (
-                end < len(order)
-                and end - start < self.max_batch_size
-                and (end - start + 1) * int(lengths[order[end]]) <= self.max_batch_tokens
-            ):
-                end += 1
-            rows = order[start:end]
-            width = int(lengths[rows[-1]])
+        done = 0
+        for rows in batches:
+            width = int(lengths[rows[-1]])  # sorted ascending: the last pair is the longest
             out[rows] = self._run(
                 [encodings[r] for r in rows], width, None if columns is None else columns[rows]
             )
-            batches += 1
             padded += len(rows) * width
-            start = end
-            if deadline is not None and start < len(order) and time.monotonic() > deadline:
+            done += len(rows)
+            if deadline is not None and done < len(items) and time.monotonic() > deadline:
                 raise ScoreTimeout(
-                    f"scoring passed its deadline after {start} of {len(items)} pairs"
+                    f"scoring passed its deadline after {done} of {len(items)} pairs"
                 )
         if not np.isfinite(out).all():
             bad = int((~np.isfinite(out)).sum())
             raise ModelError(f"the model returned {bad} non-finite scores of {len(items)}")
         call = ScoreStats(
             pairs=len(items),
-            batches=batches,
+            batches=len(batches),
             truncated=truncated,
             tokens=int(lengths.sum()),
             padded_tokens=padded,
@@ -367,7 +356,7 @@ class Scorer:
         with self._lock:
             self._last = call
             self._stats = self._stats + call
-        return logistic(out).astype(np.float32) if sigmoid else out
+        return logits_or_probabilities(out, probabilities=sigmoid)
 
     def score_query(
         self,
@@ -495,11 +484,7 @@ class Scorer:
             raise ModelError(
                 f"the model returned {logits.shape[0]} scores for a batch of {len(encodings)}"
             )
-        if logits.shape[1] == 1:
-            return logits[:, 0]
-        if logits.shape[1] == 2:
-            return logits[:, 1] - logits[:, 0]
-        raise ModelError(f"a {logits.shape[1]}-label head is not a relevance score")
+        return head_scores(logits)
 
 
 def _truncated_copy(tokenizer: Tokenizer, text: str, keep: int) -> Encoding:
@@ -507,6 +492,54 @@ def _truncated_copy(tokenizer: Tokenizer, text: str, keep: int) -> Encoding:
     encoding = tokenizer.encode(text, add_special_tokens=False)
     encoding.truncate(keep)
     return encoding
+
+
+class CachedScorer:
+    """A :class:`~reranker.scoring.Scorer` with a persistent cache of its logits in front.
+
+    For evaluation and feature logging only: re-running a dataset (another blend, another
+    mode, the test split's features) then costs no cross-encoder time. Keyed by the model's
+    id, version and variant, and by the pair's text.
+    """
+
+    def __init__(self, scorer: Scorer, folder: Path) -> None:
+        self.scorer = scorer
+        self.cache = EmbeddingCache(
+            folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scorer, name)
+
+    def __repr__(self) -> str:
+        return f"CachedScorer({self.scorer!r})"
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        sigmoid: bool = False,
+        deadline: float | None = None,
+        features: np.ndarray | None = None,
+    ) -> np.ndarray:
+        columns = None
+        if self.scorer.feature_names and features is not None:
+            columns = np.asarray(features, dtype=np.float32)
+        keys = [f"{query}\x1f{passage}" for query, passage in pairs]
+        if columns is not None:  # a first-stage-aware model's score depends on them too
+            keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
+        known = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
+        if missing:
+            fresh = self.scorer.score(
+                [pairs[i] for i in missing],
+                deadline=deadline,
+                features=None if columns is None else columns[missing],
+            )
+            self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
+            known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
+        logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)
+        return logits_or_probabilities(logits, probabilities=sigmoid)
 
 
 def default_model_dir() -> Path:

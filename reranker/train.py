@@ -65,11 +65,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from reranker.batching import head_scores, pad_rows, plan_batches
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
 from reranker.losses import listwise_loss
 from reranker.training_data import (
     DevSet,
     Pair,
+    PairSet,
     build_dev_set,
     listwise_groups,
     load_training_pairs,
@@ -319,23 +321,12 @@ def _encode(
 def _collate(
     features: Sequence[Feature], pad_id: int, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest pair."""
-    width = max(len(ids) for ids, _ in features)
-    ids = np.full((len(features), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(features), width), dtype=np.int64)
-    types = np.zeros((len(features), width), dtype=np.int64)
-    for row, (row_ids, row_types) in enumerate(features):
-        ids[row, : len(row_ids)] = row_ids
-        mask[row, : len(row_ids)] = 1
-        if row_types is not None:
-            types[row, : len(row_types)] = row_types
-    batch = {
-        "input_ids": torch.from_numpy(ids).to(device),
-        "attention_mask": torch.from_numpy(mask).to(device),
-    }
-    if features[0][1] is not None:
-        batch["token_type_ids"] = torch.from_numpy(types).to(device)
-    return batch
+    """A batch padded to its longest pair (:func:`~reranker.batching.pad_rows`) as tensors on
+    ``device``; token types only where the model has them."""
+    arrays = pad_rows(features, pad_id=pad_id)
+    if features[0][1] is None:
+        del arrays["token_type_ids"]
+    return {name: torch.from_numpy(array).to(device) for name, array in arrays.items()}
 
 
 def score_pairs(
@@ -353,20 +344,19 @@ def score_pairs(
     pair) feeds a first-stage-aware model, which returns its logits as a tensor."""
     device = next(model.parameters()).device
     features = _encode(tokenizer, [q for q, _ in pairs], [p for _, p in pairs], max_length)
-    order = sorted(range(len(features)), key=lambda i: len(features[i][0]))
+    lengths = [len(ids) for ids, _ in features]
     out = np.zeros(len(features), dtype=np.float32)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.train(False)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in plan_batches(lengths, batch_size, max_batch_tokens=None):
             batch = _collate([features[i] for i in chunk], pad_id, device)
             if first_stage is not None:
                 batch["first_stage"] = torch.from_numpy(first_stage[chunk]).to(device)
             with _autocast(device, bf16):
                 result = model(**batch)
             logits = result if first_stage is not None else result.logits
-            out[chunk] = logits.float().reshape(-1).cpu().numpy()
+            out[chunk] = head_scores(logits.float()).cpu().numpy()
     return out
 
 
@@ -710,6 +700,276 @@ def _optimizer(
     return optimizer, linear_warmup_schedule(optimizer, warmup, total_steps)
 
 
+@dataclass
+class _Progress:
+    """Where a run stands: saved in ``checkpoint-last``, restored by a resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    losses: list[float] = field(default_factory=list)
+    dev_metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    """The tokenised pairs, their labels, and how they are cut into optimizer steps."""
+
+    features: list[Feature]
+    labels: torch.Tensor
+    units: list[list[int]]
+    """The unit of batching: a pair (BCE), or a group of one query's pairs (listwise)."""
+    units_per_step: int
+    unit_lengths: list[int]
+    """Each unit's padded size (its longest pair × its pairs), for length grouping."""
+    steps_per_epoch: int
+    total_steps: int
+    truncated: int
+    """Pairs cut at ``max_length``."""
+    pad_id: int
+
+
+def _step_plan(config: TrainConfig, data: PairSet, tokenizer: PreTrainedTokenizerBase) -> _StepPlan:
+    features = _encode(
+        tokenizer, [p.query for p in data.pairs], [p.passage for p in data.pairs], config.max_length
+    )
+    lengths = [len(ids) for ids, _ in features]
+    units, units_per_step = _batching_units(config, data.pairs)
+    steps_per_epoch = math.ceil(len(units) / units_per_step)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    return _StepPlan(
+        features=features,
+        labels=torch.tensor([p.label for p in data.pairs], dtype=torch.float32),
+        units=units,
+        units_per_step=units_per_step,
+        unit_lengths=[max(lengths[i] for i in unit) * len(unit) for unit in units],
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        truncated=sum(1 for n in lengths if n >= config.max_length),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
+
+
+def _saved_state(
+    config: TrainConfig, checkpoint_dir: Path, fingerprint: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The trainer state a resume continues from (``None`` when not resuming); refused when
+    the data or the settings changed since it was saved."""
+    if not config.resume:
+        return None
+    state: dict[str, Any] | None = torch.load(
+        checkpoint_dir / TRAINER_STATE_FILE, weights_only=False
+    )
+    assert state is not None
+    if state["fingerprint"] != fingerprint:
+        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        raise RerankerError(
+            f"cannot resume {checkpoint_dir}: the data or settings changed "
+            f"({', '.join(changed)}); start again with overwrite=True"
+        )
+    return state
+
+
+def _dev_set(config: TrainConfig) -> DevSet | None:
+    if config.dev is None:
+        return None
+    return build_dev_set(
+        config.dev,
+        negatives=config.dev_negatives,
+        max_queries=config.dev_max_queries,
+        seed=config.seed,
+    )
+
+
+@dataclass
+class _Run:
+    """One call of :func:`train`: the model, its optimizer, the step plan and the progress,
+    from step to step."""
+
+    config: TrainConfig
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    plan: _StepPlan
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    bf16: bool
+    dev: DevSet | None
+    fingerprint: dict[str, Any]
+    head_fresh: bool
+    checkpoint_dir: Path
+    progress: _Progress = field(default_factory=_Progress)
+    loss_fn: torch.nn.BCEWithLogitsLoss = field(default_factory=torch.nn.BCEWithLogitsLoss)
+    pairs_seen: int = 0
+    """Pairs trained on in this call (not before a resume)."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue where ``state`` (from :meth:`state`) left off, random generators too."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = _Progress(
+            step=state["step"],
+            epoch=state["epoch"],
+            batch_in_epoch=state["batch_in_epoch"],
+            losses=list(state["losses"]),
+            dev_metrics=list(state["dev_metrics"]),
+        )
+        _set_rng_state(state["rng"])
+        logger.info(
+            "resuming %s at step %d (epoch %d, batch %d)",
+            self.checkpoint_dir,
+            self.progress.step,
+            self.progress.epoch,
+            self.progress.batch_in_epoch,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """What ``checkpoint-last`` saves beside the model (see :meth:`restore`)."""
+        done = self.progress
+        return {
+            "step": done.step,
+            "epoch": done.epoch,
+            "batch_in_epoch": done.batch_in_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "losses": done.losses,
+            "dev_metrics": done.dev_metrics,
+            "rng": _rng_state(),
+            "fingerprint": self.fingerprint,
+            "head_fresh": self.head_fresh,
+        }
+
+    def save_checkpoint(self) -> None:
+        _save_checkpoint(self.checkpoint_dir, self.model, self.tokenizer, self.state())
+
+    def run_dev(self, done_epoch: float) -> None:
+        """Evaluate on the dev set (if any) and record it; a failure is logged, never fatal."""
+        if self.dev is None:
+            return
+        step = self.progress.step
+        try:
+            metrics = evaluate_dev(
+                self.model,
+                self.tokenizer,
+                self.dev,
+                max_length=self.config.max_length,
+                batch_size=max(self.config.batch_size, 32),
+                bf16=self.bf16,
+            )
+        except (RuntimeError, ValueError, KeyError) as exc:  # never lose the training to it
+            logger.error("dev evaluation failed after step %d: %s", step, exc)
+            return
+        finally:
+            self.model.train()
+        metrics = {"epoch": round(done_epoch, 4), "step": float(step), **metrics}
+        self.progress.dev_metrics.append(metrics)
+        logger.info(
+            "dev %s after step %d: %s",
+            self.dev.name,
+            step,
+            {k: round(v, 4) for k, v in metrics.items()},
+        )
+
+    def optimizer_step(self, chosen: Sequence[Sequence[int]]) -> float:
+        """One step over the pairs of the ``chosen`` units; returns the loss."""
+        indices = [i for unit in chosen for i in unit]
+        batch = _collate([self.plan.features[i] for i in indices], self.plan.pad_id, self.device)
+        with _autocast(self.device, self.bf16):
+            logits = head_scores(self.model(**batch).logits.float())
+        loss: Any  # torch.Tensor; its stubbed backward() is untyped
+        if self.config.loss == "listwise":
+            loss = listwise_loss(logits, [len(unit) for unit in chosen])
+        else:
+            loss = self.loss_fn(logits, self.plan.labels[indices].to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def train_epochs(
+        self, show_progress: bool, on_step: Callable[[int, float], None] | None
+    ) -> None:
+        """Steps until the plan's last (or the last epoch's end); Ctrl-C saves
+        ``checkpoint-last`` before re-raising."""
+        config, plan, done = self.config, self.plan, self.progress
+        bar = tqdm(
+            total=plan.total_steps,
+            initial=done.step,
+            disable=not show_progress,
+            desc="train",
+            unit="step",
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+            dynamic_ncols=True,
+        )
+        rate = _Rate()
+        try:
+            while done.step < plan.total_steps and done.epoch < config.epochs:
+                batches = epoch_batches(
+                    plan.unit_lengths, plan.units_per_step, config.seed, done.epoch,
+                    config.length_group,
+                )  # fmt: skip
+                while done.batch_in_epoch < len(batches) and done.step < plan.total_steps:
+                    chosen = [plan.units[u] for u in batches[done.batch_in_epoch]]
+                    value = self.optimizer_step(chosen)
+                    done.step += 1
+                    done.batch_in_epoch += 1
+                    done.losses.append(value)
+                    pairs = sum(len(unit) for unit in chosen)
+                    rate.pairs += pairs
+                    self.pairs_seen += pairs
+                    recent = done.losses[-config.log_every :]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+                    if done.step % config.log_every == 0 or done.step == plan.total_steps:
+                        self._log_step(rate, pairs, sum(recent) / len(recent))
+                    if done.batch_in_epoch == len(batches):
+                        done.epoch += 1
+                        done.batch_in_epoch = 0
+                        self.run_dev(float(done.epoch))
+                    if done.step % config.save_every == 0 and done.step < plan.total_steps:
+                        self.save_checkpoint()
+                    if on_step is not None:
+                        on_step(done.step, value)
+                    if done.batch_in_epoch == 0:
+                        break
+        except KeyboardInterrupt:
+            logger.warning("interrupted at step %d; saving %s", done.step, self.checkpoint_dir)
+            self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+
+    def _log_step(self, rate: _Rate, per_step: int, loss: float) -> None:
+        """The running loss, the learning rate and the speed since the last such line."""
+        done, total = self.progress, self.plan.total_steps
+        elapsed = time.monotonic() - rate.since
+        pairs_per_s = rate.pairs / elapsed if elapsed > 0 else 0.0
+        left = (total - done.step) * per_step / pairs_per_s if pairs_per_s else 0.0
+        logger.info(
+            "step %d/%d epoch %d loss %.4f lr %.2e %.1f pairs/s eta %.0f min",
+            done.step,
+            total,
+            done.epoch,
+            loss,
+            self.scheduler.get_last_lr()[0],
+            pairs_per_s,
+            left / 60,
+        )
+        rate.since, rate.pairs = time.monotonic(), 0
+
+
+@dataclass
+class _Rate:
+    """Pairs trained since ``since`` (a :func:`time.monotonic` instant), for the speed."""
+
+    since: float = field(default_factory=time.monotonic)
+    pairs: int = 0
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -739,29 +999,9 @@ def train(
         seed=config.seed,
     )
     fingerprint = _fingerprint(config, data.stats["digest"], base)
-    dev = (
-        build_dev_set(
-            config.dev,
-            negatives=config.dev_negatives,
-            max_queries=config.dev_max_queries,
-            seed=config.seed,
-        )
-        if config.dev is not None
-        else None
-    )
-
-    state: dict[str, Any] | None = None
-    if config.resume:
-        state = torch.load(checkpoint_dir / TRAINER_STATE_FILE, weights_only=False)
-        assert state is not None
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(
-                k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k]
-            )
-            raise RerankerError(
-                f"cannot resume {checkpoint_dir}: the data or settings changed "
-                f"({', '.join(changed)}); start again with overwrite=True"
-            )
+    dev = _dev_set(config)
+    state = _saved_state(config, checkpoint_dir, fingerprint)
+    if state is not None:
         model, tokenizer, _ = load_cross_encoder(checkpoint_dir, attn)
         head_fresh = bool(state["head_fresh"])
     else:
@@ -769,232 +1009,127 @@ def train(
     model.to(device)  # type: ignore[arg-type]  # transformers' stub for .to is too narrow
     model.train()
 
-    features = _encode(
-        tokenizer, [p.query for p in data.pairs], [p.passage for p in data.pairs], config.max_length
+    plan = _step_plan(config, data, tokenizer)
+    optimizer, scheduler = _optimizer(model, config, plan.total_steps)
+    run = _Run(
+        config=config,
+        model=model,
+        tokenizer=tokenizer,
+        plan=plan,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        bf16=bf16,
+        dev=dev,
+        fingerprint=fingerprint,
+        head_fresh=head_fresh,
+        checkpoint_dir=checkpoint_dir,
     )
-    lengths = [len(ids) for ids, _ in features]
-    labels = torch.tensor([p.label for p in data.pairs], dtype=torch.float32)
-    truncated = sum(1 for n in lengths if n >= config.max_length)
-    units, units_per_step = _batching_units(config, data.pairs)
-    unit_lengths = [max(lengths[i] for i in unit) * len(unit) for unit in units]
-    steps_per_epoch = math.ceil(len(units) / units_per_step)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    optimizer, scheduler = _optimizer(model, config, total_steps)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    step = 0
-    epoch = 0
-    batch_in_epoch = 0
-    losses: list[float] = []
-    dev_metrics: list[dict[str, float]] = []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        losses = list(state["losses"])
-        dev_metrics = list(state["dev_metrics"])
-        _set_rng_state(state["rng"])
-        logger.info(
-            "resuming %s at step %d (epoch %d, batch %d)",
-            checkpoint_dir,
-            step,
-            epoch,
-            batch_in_epoch,
-        )
+        run.restore(state)
+    _log_start(run, base, data)
+    loop_started = time.monotonic()
+    run.train_epochs(progress, on_step)
+    loop_seconds = time.monotonic() - loop_started
 
+    done = run.progress
+    if dev is not None and (
+        not done.dev_metrics or done.dev_metrics[-1]["step"] != float(done.step)
+    ):
+        run.run_dev(done.epoch + done.batch_in_epoch / plan.steps_per_epoch)
+    return _finish(run, base, data, started, loop_seconds)
+
+
+def _log_start(run: _Run, base: Path, data: PairSet) -> None:
+    config, plan = run.config, run.plan
     logger.info(
         "training %s on %d pairs (%d positive; %s loss, %d units), %d steps of %d units, "
         "max_length %d (%d truncated), device %s, bf16 %s, threads %d",
         base,
-        len(features),
+        len(plan.features),
         data.stats["positives"],
         config.loss,
-        len(units),
-        total_steps,
-        units_per_step,
+        len(plan.units),
+        plan.total_steps,
+        plan.units_per_step,
         config.max_length,
-        truncated,
-        device,
-        bf16,
+        plan.truncated,
+        run.device,
+        run.bf16,
         torch.get_num_threads(),
     )
 
-    def make_state() -> dict[str, Any]:
-        return {
-            "step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "losses": losses,
-            "dev_metrics": dev_metrics,
-            "rng": _rng_state(),
-            "fingerprint": fingerprint,
-            "head_fresh": head_fresh,
-        }
 
-    def run_dev(done_epoch: float) -> None:
-        if dev is None:
-            return
-        try:
-            metrics = evaluate_dev(
-                model,
-                tokenizer,
-                dev,
-                max_length=config.max_length,
-                batch_size=max(config.batch_size, 32),
-                bf16=bf16,
-            )
-        except (RuntimeError, ValueError, KeyError) as exc:  # never lose the training to it
-            logger.error("dev evaluation failed after step %d: %s", step, exc)
-            return
-        finally:
-            model.train()
-        metrics = {"epoch": round(done_epoch, 4), "step": float(step), **metrics}
-        dev_metrics.append(metrics)
-        logger.info(
-            "dev %s after step %d: %s", dev.name, step, {k: round(v, 4) for k, v in metrics.items()}
-        )
-
-    interactive = sys.stderr.isatty()
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        disable=not progress,
-        desc="train",
-        unit="step",
-        mininterval=0.5 if interactive else 30.0,
-        dynamic_ncols=True,
-    )
-    window_start = time.monotonic()
-    window_pairs = 0
-    pairs_seen_this_call = 0
-    loop_started = time.monotonic()
-    try:
-        while step < total_steps and epoch < config.epochs:
-            batches = epoch_batches(
-                unit_lengths, units_per_step, config.seed, epoch, config.length_group
-            )
-            while batch_in_epoch < len(batches) and step < total_steps:
-                chosen = [units[u] for u in batches[batch_in_epoch]]
-                indices = [i for unit in chosen for i in unit]
-                batch = _collate([features[i] for i in indices], pad_id, device)
-                with _autocast(device, bf16):
-                    logits = model(**batch).logits.float().reshape(-1)
-                loss: Any  # torch.Tensor; its stubbed backward() is untyped
-                if config.loss == "listwise":
-                    loss = listwise_loss(logits, [len(unit) for unit in chosen])
-                else:
-                    loss = loss_fn(logits, labels[indices].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                batch_in_epoch += 1
-                value = float(loss.detach())
-                losses.append(value)
-                window_pairs += len(indices)
-                pairs_seen_this_call += len(indices)
-                recent = losses[-config.log_every :]
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
-                if step % config.log_every == 0 or step == total_steps:
-                    elapsed = time.monotonic() - window_start
-                    rate = window_pairs / elapsed if elapsed > 0 else 0.0
-                    per_step = len(indices)
-                    left = (total_steps - step) * per_step / rate if rate else 0.0
-                    logger.info(
-                        "step %d/%d epoch %d loss %.4f lr %.2e %.1f pairs/s eta %.0f min",
-                        step,
-                        total_steps,
-                        epoch,
-                        sum(recent) / len(recent),
-                        scheduler.get_last_lr()[0],
-                        rate,
-                        left / 60,
-                    )
-                    window_start, window_pairs = time.monotonic(), 0
-                if batch_in_epoch == len(batches):
-                    epoch += 1
-                    batch_in_epoch = 0
-                    run_dev(float(epoch))
-                if step % config.save_every == 0 and step < total_steps:
-                    _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
-                if on_step is not None:
-                    on_step(step, value)
-                if batch_in_epoch == 0:
-                    break
-    except KeyboardInterrupt:
-        logger.warning("interrupted at step %d; saving %s", step, checkpoint_dir)
-        _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
-        raise
-    finally:
-        bar.close()
-    loop_seconds = time.monotonic() - loop_started
-
-    if dev is not None and (not dev_metrics or dev_metrics[-1]["step"] != float(step)):
-        run_dev(epoch + batch_in_epoch / steps_per_epoch)
-
+def _finish(
+    run: _Run, base: Path, data: PairSet, started: float, loop_seconds: float
+) -> TrainResult:
+    """Save the model, its tokenizer and ``train_info.json`` to ``output_dir``; keep or drop
+    ``checkpoint-last``."""
+    config, done = run.config, run.progress
     out = config.output_dir
-    tokenizer.model_max_length = config.max_length
-    model.config.id2label = {0: "relevance"}
-    model.config.label2id = {"relevance": 0}
+    run.tokenizer.model_max_length = config.max_length
+    run.model.config.id2label = {0: "relevance"}
+    run.model.config.label2id = {"relevance": 0}
     with _quiet_transformers():
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    tail = losses[-config.log_every :]
-    info: dict[str, Any] = {
+        run.model.save_pretrained(out)
+        run.tokenizer.save_pretrained(out)
+    info = _train_info(run, base, data, started, loop_seconds)
+    (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if config.keep_checkpoint:
+        run.save_checkpoint()
+    elif run.checkpoint_dir.exists():
+        shutil.rmtree(run.checkpoint_dir)
+    logger.info(
+        "saved %s after %d steps (final loss %.4f)", out, done.step, info["final_loss"] or 0.0
+    )
+    return TrainResult(
+        checkpoint=out,
+        steps=done.step,
+        pairs=len(data.pairs),
+        losses=done.losses,
+        dev_metrics=done.dev_metrics,
+        info=info,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _train_info(
+    run: _Run, base: Path, data: PairSet, started: float, loop_seconds: float
+) -> dict[str, Any]:
+    """The content of ``train_info.json``."""
+    config, plan, done = run.config, run.plan, run.progress
+    tail = done.losses[-config.log_every :]
+    return {
         "format": 1,
         "kind": "cross-encoder",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "base_model": str(base),
         "base_model_sha256": _sha256(base),
-        "head": "fresh" if head_fresh else "from base checkpoint",
+        "head": "fresh" if run.head_fresh else "from base checkpoint",
         "max_length": config.max_length,
         "data": data.stats,
-        "pairs_truncated": truncated,
+        "pairs_truncated": plan.truncated,
         "excluded_sources": list(config.exclude_sources),
-        "steps": step,
-        "steps_planned": total_steps,
-        "epochs_completed": round(step / steps_per_epoch, 4),
+        "steps": done.step,
+        "steps_planned": plan.total_steps,
+        "epochs_completed": round(done.step / plan.steps_per_epoch, 4),
         "final_loss": sum(tail) / len(tail) if tail else None,
-        "loss_curve": loss_curve(losses, config.log_every),
-        "dev_metrics": dev_metrics,
+        "loss_curve": loss_curve(done.losses, config.log_every),
+        "dev_metrics": done.dev_metrics,
         "seed": config.seed,
         "loss": config.loss,
         **(
-            {"group_size": config.group_size, "groups": len(units)}
+            {"group_size": config.group_size, "groups": len(plan.units)}
             if config.loss == "listwise"
             else {}
         ),
-        "device": str(device),
-        "bf16": bf16,
+        "device": str(run.device),
+        "bf16": run.bf16,
         "threads": torch.get_num_threads(),
         "resumed": config.resume,
         "seconds_this_run": round(time.monotonic() - started, 1),
-        "pairs_per_second": round(pairs_seen_this_call / loop_seconds, 2) if loop_seconds else None,
+        "pairs_per_second": round(run.pairs_seen / loop_seconds, 2) if loop_seconds else None,
         "config": config.to_json(),
         **_environment(),
         "notes": _data_notes(data.stats["pairs_by_source"]),
     }
-    (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    if config.keep_checkpoint:
-        _save_checkpoint(checkpoint_dir, model, tokenizer, make_state())
-    elif checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
-    logger.info("saved %s after %d steps (final loss %.4f)", out, step, info["final_loss"] or 0.0)
-    return TrainResult(
-        checkpoint=out,
-        steps=step,
-        pairs=len(data.pairs),
-        losses=losses,
-        dev_metrics=dev_metrics,
-        info=info,
-        seconds=time.monotonic() - started,
-    )

@@ -65,6 +65,7 @@ def second_node(
         remove_credentials(node.port)
 
 
+@pytest.mark.slow  # a node of its own, started twice: about a minute, a fifth of `-m "not slow"`
 async def test_elasticsearch_stopped_and_restarted_mid_run(
     second_node: tuple[LocalNode, str], proxy_scorer: Scorer
 ) -> None:

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from reranker.batching import padded_tokens, plan_batches
 from reranker.bench import (
     ModelDims,
     flops_per_pair,
     median_ms,
-    padded_tokens,
-    plan_batches,
     select_pairs,
 )
 from reranker.cli import main

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 
 from reranker.errors import SourceError
 from reranker.ltr import fit_blend, pool_features, read_features
@@ -95,43 +96,41 @@ def test_pooling_files_of_different_features_is_refused(tmp_path: Path) -> None:
 
 def _model_card(folder: Path) -> Path:
     folder.mkdir()
-    (folder / "reranker.json").write_text(json.dumps({"name": "m", "files": {}, "metrics": {}}), "utf-8")
+    card = {"name": "m", "files": {}, "metrics": {}}
+    (folder / "reranker.json").write_text(json.dumps(card), "utf-8")
     return folder
 
 
-def test_fit_with_card_records_a_default_blend_that_blend_model_applies(tmp_path: Path) -> None:
+def _fit_into_card(tmp_path: Path, model: Path, *options: str) -> Result:
     from click.testing import CliRunner
 
-    from reranker.cli import _blend_and_signals, main
+    from reranker.cli import main
+
+    features = write_features(tmp_path / "f.jsonl", queries=30)
+    return CliRunner().invoke(
+        main,
+        ["ltr", "fit", str(features), *options, "--dev-fraction", "0.3",
+         "--output", str(tmp_path / "b.json"), "--card", str(model)],
+    )  # fmt: skip
+
+
+def test_fit_with_card_records_a_default_blend_that_blend_model_applies(tmp_path: Path) -> None:
+    from reranker.cli import _blend_and_signals
 
     model = _model_card(tmp_path / "model")
-    features = write_features(tmp_path / "f.jsonl", queries=30)
-    result = CliRunner().invoke(
-        main,
-        ["ltr", "fit", str(features), "--kind", "linear", "--only", "relevance,first_stage",
-         "--dev-fraction", "0.3", "--output", str(tmp_path / "b.json"), "--card", str(model)],
-    )  # fmt: skip
+    result = _fit_into_card(tmp_path, model, "--kind", "linear", "--only", "relevance,first_stage")
     assert result.exit_code == 0, result.output
     default = json.loads((model / "reranker.json").read_text("utf-8"))["default_blend"]
     assert set(default["weights"]) == {"relevance", "first_stage"}
-    assert default["fitted_on"] == [str(features)]
+    assert default["fitted_on"] == [str(tmp_path / "f.jsonl")]
     _, blend = _blend_and_signals("model", None, "beir-nosignals", model)
     assert blend.weights["relevance"] == default["weights"]["relevance"]
     assert blend.weights["first_stage"] == default["weights"]["first_stage"]
 
 
 def test_fit_with_card_refuses_a_blend_that_reads_signals(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from reranker.cli import main
-
     model = _model_card(tmp_path / "model")
-    features = write_features(tmp_path / "f.jsonl", queries=30)
-    result = CliRunner().invoke(
-        main,
-        ["ltr", "fit", str(features), "--kind", "lambdamart", "--dev-fraction", "0.3",
-         "--output", str(tmp_path / "b.json"), "--card", str(model)],
-    )  # fmt: skip
+    result = _fit_into_card(tmp_path, model, "--kind", "lambdamart")
     assert result.exit_code == 2
     assert "relevance and first_stage only" in result.output
     assert "default_blend" not in json.loads((model / "reranker.json").read_text("utf-8"))

@@ -167,3 +167,19 @@ def test_the_pipeline_gives_an_aware_model_its_window_features_and_counts_missin
     np.testing.assert_allclose(scorer.features[:, 2], [1.0, 0.0, 0.0], atol=1e-6)
     assert result.missing_features == {"dense": 1}
     assert [h.id for h in result.hits] == ["d1", "d2", "d3"]  # fused order kept
+
+
+def test_without_a_client_the_builder_gives_a_rerank_only_pipeline_as_the_path_says() -> None:
+    from reranker.pipeline import QueryPath, build_pipeline
+
+    path = QueryPath(index="docs", base="bm25", window=3, passage_fields=("text",), fail_open=False)
+    pipeline = build_pipeline(path, None, None, scorer=LengthScorer(fail=True))
+    assert pipeline.first_stage is None
+    assert pipeline.fields == ("text",)
+    with pytest.raises(SearchError, match="no first stage"):
+        pipeline.search("q")
+    hits = ListedFirstStage(DOCS).search("q", "bm25", 3)
+    with pytest.raises(ModelError):  # fail_open false: the scorer's error comes through
+        pipeline.rerank("q", hits, k=3)
+    ranked = build_pipeline(path, None, None, scorer=LengthScorer()).rerank("q", hits, k=3)
+    assert [h.id for h in ranked.hits] == ["b", "c", "a"]  # by the text field's length

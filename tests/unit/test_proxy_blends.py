@@ -13,9 +13,9 @@ import pytest
 from reranker.blend import LinearBlend, save_blend
 from reranker.errors import ConfigError, ModelError
 from reranker.proxy import ProxySettings, create_app
-from reranker.proxy.app import smoke_test
 from reranker.proxy.blends import BlendCatalog, load_named_blend, parse_pairs
 from reranker.proxy.errors import ProxyError
+from reranker.proxy.reload import smoke_test
 from reranker.signals import NO_SIGNALS, SCIFACT, STACKEXCHANGE
 from tests.unit.test_proxy_app import assert_es_error, settings
 

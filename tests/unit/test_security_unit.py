@@ -20,9 +20,9 @@ from reranker.es.credentials import (
 )
 from reranker.es.file_realm import FileRealm, pbkdf2_hash, verify_pbkdf2
 from reranker.models import model_file
-from reranker.proxy.app import redact_paths
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.jsonbody import BodyError, loads_strict, nesting_depth
+from reranker.proxy.reload import redact_paths
 from reranker.proxy.request import check_no_scroll, index_allowed
 
 

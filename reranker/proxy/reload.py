@@ -1,0 +1,251 @@
+"""The models a proxy serves: the cross-encoder and the query embedder, loaded at start-up
+(in a thread, in the background by default), and the cross-encoder's hot reload
+(``POST /_reranker/reload`` or SIGHUP): load, smoke-test, swap atomically; the model serving
+keeps serving until then, and stays if anything fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reranker.embed_cache import TextEncoder
+from reranker.errors import ModelError
+from reranker.pipeline import check_scores
+from reranker.proxy import errors
+from reranker.proxy.errors import ProxyError
+from reranker.proxy.limits import CircuitBreaker
+from reranker.proxy.metrics import ProxyMetrics
+from reranker.proxy.settings import ProxySettings
+from reranker.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+ScorerFactory = Callable[[], Scorer]
+ModelLoader = Callable[[Path | None, str | None], Scorer]
+"""``(model folder, variant)`` → a loaded scorer; ``None`` means the configured default."""
+EncoderFactory = Callable[[], TextEncoder]
+
+#: A reloaded model must score these finite, in this count and order of relevance, before it
+#: replaces the one serving (a smoke test against a broken or wrong model).
+SMOKE_QUERY = "what is a qubit in quantum computing"
+SMOKE_PASSAGES = (
+    "A qubit is the basic unit of quantum information: a two-level quantum system that can be "
+    "in a superposition of the states 0 and 1.",
+    "Malted barley provides the sugars that yeast ferments into alcohol when brewing beer.",
+)
+
+
+class LoadedModels:
+    """The scorer and the embedder new requests use, and how they got there.
+
+    ``scorer`` is ``None`` until loaded (``model_error`` then says why, once ``loaded`` is set);
+    a reload swaps it, requests already scoring keep the one they started with. A new model
+    starts with a closed ``breaker``.
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        metrics: ProxyMetrics,
+        breaker: CircuitBreaker,
+        *,
+        scorer_factory: ScorerFactory | None = None,
+        encoder_factory: EncoderFactory | None = None,
+        model_loader: ModelLoader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.breaker = breaker
+        if scorer_factory is None and model_loader is not None:
+            loader = model_loader
+            scorer_factory = lambda: loader(None, None)  # noqa: E731
+        self.scorer_factory = scorer_factory
+        self.encoder_factory = encoder_factory
+        self.model_loader = model_loader
+        self.scorer: Scorer | None = None
+        self.encoder: TextEncoder | None = None
+        self.model_error: str | None = None
+        self.encoder_error: str | None = None
+        self.loaded = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def unavailable_reason(self) -> str:
+        """Why there is no scorer: still loading, or the load's error."""
+        return "loading" if not self.loaded.is_set() else (self.model_error or "unknown")
+
+    # ------------------------------------------------------------------ start-up
+
+    async def load(self) -> None:
+        """Load the scorer (and warm it up) and the embedder, each in a thread; a model that
+        fails to load leaves the proxy up, with the error kept for ``/_health``."""
+        try:
+            if self.scorer_factory is not None:
+                try:
+                    scorer = await asyncio.to_thread(self.scorer_factory)
+                    await asyncio.to_thread(scorer.warmup)
+                except Exception as exc:  # a model that fails to load leaves the proxy up
+                    self.model_error = str(exc) or type(exc).__name__
+                    log.error("the cross-encoder could not be loaded: %s", self.model_error)
+                else:
+                    self.install(scorer)
+            else:
+                self.model_error = "no cross-encoder configured"
+            if self.encoder_factory is not None and self.settings.enable_dense:
+                try:
+                    self.encoder = await asyncio.to_thread(self.encoder_factory)
+                except Exception as exc:
+                    self.encoder_error = str(exc) or type(exc).__name__
+                    log.error("the query embedder could not be loaded: %s", self.encoder_error)
+        finally:
+            self.loaded.set()
+
+    def install(self, scorer: Scorer) -> None:
+        """Make ``scorer`` the one new requests use; requests already scoring keep theirs."""
+        self.scorer = scorer
+        self.model_error = None
+        self.metrics.model.info(
+            {
+                "model": scorer.model_id,
+                "version": scorer.version,
+                "variant": scorer.variant,
+                "provider": scorer.provider,
+            }
+        )
+
+    # ------------------------------------------------------------------ hot reload
+
+    def install_sighup(self) -> bool:
+        """SIGHUP reloads the configured model (where the loop can take signal handlers:
+        the main thread of a Unix process)."""
+        if self.model_loader is None or not hasattr(signal, "SIGHUP"):
+            return False
+        loop = asyncio.get_running_loop()
+
+        def hangup() -> None:
+            log.info("SIGHUP: reloading the cross-encoder")
+            task = loop.create_task(self._reload_logged(), name="reranker-sighup-reload")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, hangup)
+        except (NotImplementedError, RuntimeError, ValueError):
+            return False
+        return True
+
+    async def _reload_logged(self) -> None:
+        try:
+            outcome = await self.reload()
+        except ProxyError as exc:
+            log.error("model reload refused: %s", exc.reason)
+        else:
+            log.info("model reloaded: %s", json.dumps(outcome["model"]))
+
+    async def reload(self, model: Path | None = None, variant: str | None = None) -> dict[str, Any]:
+        """Load a model (default: the configured one, re-read from disk), smoke-test it, and
+        swap it in atomically; the old one keeps serving until then and stays if anything
+        fails (a :class:`ProxyError`: 400 for a model that fails its card check or smoke test,
+        409 while another reload runs)."""
+        if self.model_loader is None:
+            raise errors.bad_request("this proxy was started without a reloadable model")
+        if self._reload_lock.locked():
+            raise ProxyError(409, "status_exception", "a model reload is already running")
+        async with self._reload_lock:
+            started = time.perf_counter()
+            try:
+                scorer = await asyncio.to_thread(self.model_loader, model, variant)
+                await asyncio.to_thread(smoke_test, scorer)
+            except Exception as exc:
+                self.metrics.reloads.labels("refused").inc()
+                reason = str(exc) or type(exc).__name__
+                log.error("model reload refused: %s", reason)
+                raise errors.bad_request(
+                    "model reload refused, the current model keeps serving: "
+                    + redact_paths(reason, self.settings.model_roots)
+                ) from None
+            previous = self.scorer
+            self.install(scorer)
+            self.breaker.reset()
+            self.metrics.reloads.labels("loaded").inc()
+            return {
+                "acknowledged": True,
+                "previous": describe_scorer(previous),
+                "model": describe_scorer(scorer),
+                "took_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+
+    def model_folder(self, model: str) -> Path:
+        """The folder a reload names, which must lie inside a configured model root (a name
+        relative to the first root, or a path). The refusal says nothing about what exists."""
+        roots = [root.resolve() for root in self.settings.model_roots]
+        if not roots:
+            raise ProxyError(
+                403,
+                "security_exception",
+                "this proxy has no model roots (RERANKER_PROXY_MODEL_ROOTS, --model-root): "
+                "only the configured model can be reloaded",
+            )
+        try:
+            given = Path(model.strip())
+            candidate = (given if given.is_absolute() else roots[0] / given).resolve()
+        except (OSError, ValueError):  # a NUL byte, a link loop: not a folder in a root
+            candidate = None
+        for root in roots:
+            if candidate is not None and candidate != root and candidate.is_relative_to(root):
+                return candidate
+        raise ProxyError(
+            403,
+            "security_exception",
+            "[model] must name a folder inside one of this proxy's model roots",
+        )
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"(),;:<>]*")
+_HEX_RUN = re.compile(r"\b[0-9a-fA-F]{16,}\b")
+
+
+def redact_paths(reason: str, roots: tuple[Path, ...]) -> str:
+    """``reason`` with every absolute path outside ``roots`` replaced by ``<path>``, paths
+    inside a root shown relative to it, and long hex runs (hashes) replaced by ``<hash>``: a
+    reload error must not tell a client which files exist or what they hash to."""
+    resolved = [root.resolve() for root in roots]
+
+    def replace(match: re.Match[str]) -> str:
+        path = Path(match.group(0))
+        for root in resolved:
+            if path == root or path.is_relative_to(root):
+                return str(path.relative_to(root)) or "."
+        return "<path>"
+
+    return _HEX_RUN.sub("<hash>", _ABSOLUTE_PATH.sub(replace, reason))
+
+
+def describe_scorer(scorer: Scorer | None) -> dict[str, Any] | None:
+    if scorer is None:
+        return None
+    return {
+        "id": scorer.model_id,
+        "version": scorer.version,
+        "variant": scorer.variant,
+        "provider": scorer.provider,
+    }
+
+
+def smoke_test(scorer: Scorer) -> None:
+    """Raise unless ``scorer`` gives finite scores, one per pair, the relevant passage first."""
+    scorer.warmup()
+    scores = scorer.score([(SMOKE_QUERY, passage) for passage in SMOKE_PASSAGES])
+    check_scores(scores, len(SMOKE_PASSAGES))
+    if not scores[0] > scores[1]:
+        raise ModelError(
+            f"smoke test failed: the model scores an off-topic passage ({scores[1]:.3f}) above "
+            f"the answer ({scores[0]:.3f})"
+        )

@@ -1,0 +1,766 @@
+"""The rerank handler: a search with a ``rerank`` object, from its body to the
+Elasticsearch-shaped answer.
+
+The client's own query (and kNN on ``embedding`` where the search is hybrid) fetches
+``window`` candidates from Elasticsearch; they are fused (:func:`~reranker.first_stage.fuse`),
+then reranked by the :class:`~reranker.pipeline.Pipeline` that
+:func:`~reranker.pipeline.build_pipeline` assembles, in a bounded thread pool, under the
+request's deadline, the admission bound and the scorer's circuit breaker. When the scorer is
+unavailable, fails or overruns, the answer is the first-stage order with ``degraded`` saying
+why (or, with ``fail_open: false``, an error). The answer's ``_score`` is the final score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+from starlette.requests import Request
+
+from reranker.errors import ModelError
+from reranker.es.queries import knn_clause
+from reranker.first_stage import Hit, fuse
+from reranker.first_stage_features import FeatureUnavailable, require_features
+from reranker.pipeline import (
+    Degraded,
+    Pipeline,
+    PipelineResult,
+    QueryPath,
+    RankedHit,
+    build_pipeline,
+)
+from reranker.proxy import errors
+from reranker.proxy.blends import BlendCatalog, NamedBlend
+from reranker.proxy.errors import ProxyError
+from reranker.proxy.first_stage import FirstStageResult, read_hits, search_es, split_key
+from reranker.proxy.limits import Admission, CircuitBreaker, Saturated, Ticket
+from reranker.proxy.metrics import ProxyMetrics
+from reranker.proxy.reload import LoadedModels
+from reranker.proxy.request import (
+    CONSUMED_PARAMS,
+    Page,
+    RerankSpec,
+    SourceFilter,
+    check_compatible,
+    extract_query_text,
+    filter_source,
+    first_stage_source,
+    knn_filter,
+    page,
+    parse_rerank,
+    source_filter,
+)
+from reranker.proxy.settings import ProxySettings
+from reranker.scoring import Scorer, ScoreTimeout
+
+log = logging.getLogger(__name__)
+
+#: Admission assumes the first stage uses up to this fraction of a request's deadline.
+SCORER_MARGIN = 0.2
+#: the dense_vector field kNN searches; probed (field caps) for the hybrid default
+EMBEDDING_FIELD = "embedding"
+EMBEDDINGS_PROBE_TTL_S = 60.0
+#: a timeout counts as the scorer's fault only when, at the measured rate, the window needed
+#: at most this share of the time it had (the scorer then ran over twice as slow as measured)
+FAIR_TIMEOUT_SHARE = 0.5
+#: the stages whose time is measured (the rest of a request's time is its overhead)
+STAGES = ("embed", "es", "rerank", "blend", "scorer_queue")
+
+#: with ``fail_open: false``, the error each kind of degradation becomes (the metrics label
+#: is the kind itself)
+FAIL_CLOSED: dict[str, Callable[[str], ProxyError]] = {
+    "timeout": errors.reranker_timeout,
+    "error": errors.reranker_unavailable,
+    "unavailable": errors.reranker_unavailable,
+    "circuit_open": errors.reranker_unavailable,
+    "es_partial": errors.reranker_unavailable,
+}
+
+Searcher = Callable[[], Awaitable[AsyncElasticsearch]]
+"""The client searches run with (credentials restricted to the allow-list)."""
+UpstreamHeaders = Callable[[Request], dict[str, str]]
+"""The client's headers that go on to Elasticsearch."""
+Answer = tuple[dict[str, Any], dict[str, Any] | None]
+"""A reranked search's answer, and its request-log document (``None``: not logged)."""
+
+
+class QueueExpired(ScoreTimeout):
+    """A scoring call whose request's deadline passed before the scorer got to it."""
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search with ``rerank``, as the client sent it (``body`` without ``rerank``)."""
+
+    request: Request
+    index: str
+    body: dict[str, Any]
+    params: dict[str, str]
+    started: float  # time.perf_counter() when the search arrived
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an admitted search will do: its validated spec, the page shown, the source
+    filter, the query text the cross-encoder reads and the blend that orders the window."""
+
+    spec: RerankSpec
+    pages: Page
+    sources: SourceFilter
+    text: str
+    blend: NamedBlend | None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The fused candidates of one search and the pipelines that rerank them."""
+
+    index: str
+    text: str
+    spec: RerankSpec
+    base: str
+    candidates: Sequence[Hit]
+    blend: NamedBlend | None
+    explain: bool
+
+    def pipeline(self, scorer: Scorer | None) -> Pipeline:
+        """The search's pipeline, by the one builder; no scorer: the first-stage order."""
+        path = QueryPath(
+            index=self.index,
+            base=self.base,
+            window=self.spec.window,
+            hybrid=self.spec.hybrid,
+            rerank=scorer is not None,
+            passage_fields=self.spec.fields,
+            fail_open=self.spec.fail_open,
+        )
+        named = self.blend
+        return build_pipeline(
+            path,
+            None,  # the proxy fetched the candidates itself
+            None,
+            scorer=scorer,
+            blend=named.blend if named is not None and scorer is not None else None,
+            signals=named.signals if named is not None else None,
+            explain=self.explain,
+        )
+
+    def first_stage_order(self, why: Degraded | None = None) -> PipelineResult:
+        """The candidates in first-stage order, ``degraded`` by ``why``."""
+        result = self.pipeline(None).rerank(self.text, self.candidates, k=self.spec.window)
+        if why is not None:
+            result.degraded = why
+        return result
+
+    def unscored(self, why: Degraded) -> PipelineResult:
+        """The first-stage order when the scorer was never called; the :data:`FAIL_CLOSED`
+        error instead with ``fail_open: false``."""
+        if not self.spec.fail_open:
+            raise FAIL_CLOSED[why.kind](f"reranking was required but: {why}")
+        return self.first_stage_order(why)
+
+
+class RerankHandler:
+    """Runs searches with ``rerank``: validation, admission, the first stage, scoring under
+    the breaker, the answer and its request-log document. Owns the scorer's and the
+    embedder's thread pools (:meth:`close` stops them)."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        metrics: ProxyMetrics,
+        models: LoadedModels,
+        admission: Admission,
+        breaker: CircuitBreaker,
+        *,
+        searcher: Searcher,
+        upstream_headers: UpstreamHeaders,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.models = models
+        self.admission = admission
+        self.breaker = breaker
+        self.catalog = BlendCatalog(settings.signals, settings.blends)
+        self.executor = ThreadPoolExecutor(settings.scorer_workers, "reranker-scorer")
+        self.embed_executor = ThreadPoolExecutor(1, "reranker-embed")
+        self._searcher = searcher
+        self._upstream_headers = upstream_headers
+        self._embeddings_known: dict[str, tuple[float, bool]] = {}
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.embed_executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ admission
+
+    async def rerank(self, search: SearchRequest, spec_raw: Any, *, logged: bool) -> Answer:
+        """The reranked search answer (the caller sends it) and, when ``logged``, its
+        request-log document (the caller queues it with the status it sent); refusals are
+        :class:`ProxyError`."""
+        spec = parse_rerank(spec_raw, self.settings)
+        check_compatible(search.body, search.params)
+        pages = page(search.body, search.params, spec.window)
+        if pages.size == 0:  # aggregations only: no hit is shown, so nothing is scored
+            return await self._without_hits(search, spec), None
+        sources = source_filter(search.body, search.params)
+        text = self._query_text(search, spec)
+        if spec.dense and not self.settings.enable_dense:
+            raise errors.bad_request("dense retrieval is switched off on this proxy")
+        if spec.dense is None:
+            spec = replace(spec, dense=await self._hybrid_by_default(search.index))
+        # what the first stage will really give: kNN needs the embedder too
+        self._check_model_features(bool(spec.dense) and self.models.encoder is not None)
+        blend = self.catalog.resolve(search.index, spec.blend)
+        ticket = self._admit(spec)
+        self.metrics.in_flight.set(self.admission.in_flight)
+        plan = Plan(spec, pages, sources, text, blend)
+        try:
+            return await self._rerank_admitted(search, plan, ticket, logged=logged)
+        finally:
+            ticket.release()
+            self.metrics.in_flight.set(self.admission.in_flight)
+
+    @staticmethod
+    def _query_text(search: SearchRequest, spec: RerankSpec) -> str:
+        """The text the cross-encoder reads: ``rerank.query_text``, else the query's."""
+        text = (
+            spec.query_text
+            or extract_query_text(search.body.get("query"))
+            or search.params.get("q")
+        )
+        if not text or not text.strip():
+            raise errors.bad_request(
+                "no query text for the cross-encoder: give [rerank.query_text], or a "
+                "match / multi_match / combined_fields / query_string query"
+            )
+        return text.strip()
+
+    def _admit(self, spec: RerankSpec) -> Ticket:
+        """A slot for this search (429 when the proxy is saturated); 400 up front when, at
+        the measured rate, its window cannot be scored within its timeout."""
+        scoring = self.models.scorer is not None
+        scorer_budget_s = spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
+        if scoring and self.admission.pairs_per_s is not None:
+            needed_s = spec.window / self.admission.pairs_per_s
+            if needed_s > scorer_budget_s:
+                raise errors.bad_request(
+                    f"[rerank.window] {spec.window} cannot be scored within [rerank.timeout_ms] "
+                    f"{spec.timeout_ms}: the cross-encoder scores about "
+                    f"{self.admission.pairs_per_s:.0f} pairs/s here, so it needs about "
+                    f"{needed_s * 1000:.0f} ms of the {scorer_budget_s * 1000:.0f} ms left for "
+                    "scoring; lower the window or raise the timeout"
+                )
+        try:
+            return self.admission.admit(
+                scoring=scoring,
+                pairs=spec.window,
+                # what the scorer can expect: the deadline less Elasticsearch's usual share
+                budget_s=scorer_budget_s,
+            )
+        except Saturated as exc:
+            self.metrics.rejected.inc()
+            raise errors.saturated(str(exc), self.settings.retry_after_s) from None
+
+    async def _hybrid_by_default(self, index: str) -> bool:
+        """Hybrid candidates wherever the index has embeddings and this proxy an embedder
+        (README: hybrid recall@100 is above BM25's on every dataset measured)."""
+        if not self.settings.enable_dense or self.models.encoder is None:
+            return False
+        now = time.monotonic()
+        known = self._embeddings_known.get(index)
+        if known is not None and now - known[0] < EMBEDDINGS_PROBE_TTL_S:
+            return known[1]
+        try:
+            searcher = await self._searcher()  # the client's own view of the index
+            caps = await searcher.options(request_timeout=2.0).field_caps(
+                index=index, fields=EMBEDDING_FIELD, ignore_unavailable=True, allow_no_indices=True
+            )
+            types = caps.get("fields", {}).get(EMBEDDING_FIELD, {})
+            has = set(types) == {"dense_vector"}
+        except Exception as exc:  # no answer → BM25 only, never a failed search
+            log.warning("could not tell whether %s has embeddings: %s", index, exc)
+            return False
+        if len(self._embeddings_known) > 1024:
+            self._embeddings_known.clear()
+        self._embeddings_known[index] = (now, has)
+        return has
+
+    def _check_model_features(self, dense: bool) -> None:
+        """400 when the loaded model reads a first-stage feature this search cannot give."""
+        scorer = self.models.scorer
+        if scorer is None:
+            return
+        try:
+            require_features(getattr(scorer, "feature_names", ()), "hybrid" if dense else "bm25")
+        except FeatureUnavailable as exc:
+            raise errors.bad_request(
+                f"the cross-encoder {scorer.model_id} reads the first-stage feature(s) "
+                f"[{', '.join(exc.features)}], which this search cannot provide: rerank with "
+                "[rerank.hybrid.dense] true on an index with embeddings"
+            ) from None
+
+    # ------------------------------------------------------------------ one admitted search
+
+    async def _rerank_admitted(
+        self, search: SearchRequest, plan: Plan, ticket: Ticket, *, logged: bool
+    ) -> Answer:
+        spec = plan.spec
+        deadline = time.monotonic() + spec.timeout_ms / 1000
+        try:
+            first = await self._first_stage(search, spec, plan.sources, plan.text, deadline)
+            degraded = first.degraded()
+            if spec.dense and first.dense is None:
+                message = "dense retrieval unavailable: the embedder is not loaded"
+                degraded.append(Degraded("unavailable", message))
+            window = self._window(search.index, first, plan, explain=spec.explain or logged)
+            result, rerank_ms = await self._score(window, first, deadline, ticket)
+        finally:
+            if not ticket.submitted:  # else the scoring call frees its slot when it ends
+                ticket.scoring_done()
+        if result.degraded:
+            degraded.append(result.degraded)
+        for feature, count in result.missing_features.items():
+            self.metrics.missing_features.labels(feature).inc(count)
+        timings = stage_timings(first, result, rerank_ms, search.started)
+        reason = "; ".join(map(str, degraded)) if degraded else None
+        self._observe(timings)
+        if reason:
+            for item in degraded:
+                self.metrics.degraded.labels(item.kind).inc()
+        scorer = self.models.scorer
+        answer = search_answer(first, result, plan, timings, reason, scorer)
+        log.info(
+            "reranked",
+            extra={
+                "index": search.index,
+                "window": spec.window,
+                "candidates": len(result.hits),
+                "took_ms": {k: round(v, 2) for k, v in timings.items()},
+                "degraded": reason,
+                "blend": result.blend,
+            },
+        )
+        if not logged:
+            return answer, None
+        document = log_document(
+            search.index,
+            plan.text,
+            spec,
+            plan.pages,
+            result,
+            timings,
+            reason,
+            answer,
+            top=self.settings.log_top_hits,
+            degraded_kind=degraded[0].kind if degraded else None,
+        )
+        return answer, document
+
+    def _observe(self, timings: dict[str, float]) -> None:
+        """Stage times into the metrics."""
+        for stage in (*STAGES, "total"):
+            if stage in timings:
+                self.metrics.stage_seconds.labels(stage).observe(timings[stage] / 1000)
+
+    @staticmethod
+    def _window(index: str, first: FirstStageResult, plan: Plan, *, explain: bool) -> Window:
+        """The candidates: lexical and kNN hits fused (hybrid), or the lexical ones (BM25)."""
+        spec = plan.spec
+        if first.dense is not None:
+            base = "hybrid"
+            candidates = fuse(first.lexical.hits, first.dense.hits, spec.hybrid, spec.window)
+        else:
+            base, candidates = "bm25", first.lexical.hits[: spec.window]
+        return Window(index, plan.text, spec, base, candidates, plan.blend, explain)
+
+    async def _without_hits(self, search: SearchRequest, spec: RerankSpec) -> dict[str, Any]:
+        """``size: 0`` with ``rerank``: Elasticsearch's own answer (aggregations, totals), no
+        first-stage window and no scoring; ``rerank.skipped`` says why."""
+        forwarded = {k: v for k, v in search.params.items() if k not in ("from", "size")}
+        upstream = {k: v for k, v in search.body.items() if k != "from"}
+        upstream["size"] = 0
+        _, answer = await search_es(
+            await self._searcher(), search.index, upstream, params=forwarded,
+            headers=self._upstream_headers(search.request), timeout_s=spec.timeout_ms / 1000,
+        )  # fmt: skip
+        if not isinstance(answer, dict):
+            raise errors.bad_gateway("Elasticsearch answered a search with a non-object")
+        answer["rerank"] = {
+            "model": answer_model(self.models.scorer),
+            "window": spec.window,
+            "candidates": 0,
+            "skipped": "size is 0: no hits to rerank",
+            "degraded": None,
+        }
+        return answer
+
+    # ------------------------------------------------------------------ first stage
+
+    async def _first_stage(
+        self,
+        search: SearchRequest,
+        spec: RerankSpec,
+        sources: SourceFilter,
+        text: str,
+        deadline: float,
+    ) -> FirstStageResult:
+        budget_ms = max(1, int(spec.timeout_ms * self.settings.es_budget_fraction))
+        source = first_stage_source(sources, spec.fields)
+        forwarded = {k: v for k, v in search.params.items() if k not in CONSUMED_PARAMS}
+        headers = self._upstream_headers(search.request)
+        searcher = await self._searcher()
+        body = search.body
+        lexical_body = {k: v for k, v in body.items() if k not in ("from", "size", "_source")}
+        lexical_body.update(size=spec.window, _source=source, timeout=f"{budget_ms}ms")
+        timings: dict[str, float] = {}
+
+        def remaining() -> float:
+            return deadline - time.monotonic()
+
+        async def lexical() -> Any:
+            if remaining() <= 0:
+                raise errors.upstream_timeout("no time left for the first stage")
+            _, answer = await search_es(
+                searcher, search.index, lexical_body, params=forwarded, headers=headers,
+                timeout_s=remaining(),
+            )  # fmt: skip
+            return answer
+
+        async def dense() -> Any:
+            encoder = self.models.encoder
+            assert encoder is not None
+            loop = asyncio.get_running_loop()
+            began = time.perf_counter()
+            vectors = await loop.run_in_executor(self.embed_executor, encoder.encode, [text])
+            timings["embed"] = (time.perf_counter() - began) * 1000
+            clause = knn_clause([float(x) for x in vectors[0]], spec.window)
+            constraint = knn_filter(body.get("query"))
+            if constraint is not None:
+                clause["filter"] = constraint
+            dense_body = {
+                "knn": clause,
+                "size": spec.window,
+                "_source": source,
+                "timeout": f"{budget_ms}ms",
+            }
+            if remaining() <= 0:
+                raise errors.upstream_timeout("no time left for the kNN search")
+            _, answer = await search_es(
+                searcher, search.index, dense_body,
+                params={k: v for k, v in forwarded.items() if k != "q"},
+                headers=headers, timeout_s=remaining(),
+            )  # fmt: skip
+            return answer
+
+        began = time.perf_counter()
+        use_dense = spec.dense and self.models.encoder is not None
+        if use_dense:
+            lexical_answer, dense_answer = await asyncio.gather(lexical(), dense())
+        else:
+            lexical_answer, dense_answer = await lexical(), None
+        wall = (time.perf_counter() - began) * 1000
+        timings["es"] = max(0.0, wall - timings.get("embed", 0.0))
+        result = FirstStageResult(
+            lexical=read_hits(lexical_answer, "bm25"),
+            dense=read_hits(dense_answer, "dense") if dense_answer is not None else None,
+            timings_ms=timings,
+        )
+        timings["es_took"] = float(
+            max(result.lexical.took, result.dense.took if result.dense else 0)
+        )
+        return result
+
+    # ------------------------------------------------------------------ scoring
+
+    async def _score(
+        self, window: Window, first: FirstStageResult, deadline: float, ticket: Ticket
+    ) -> tuple[PipelineResult, dict[str, float]]:
+        """Rerank the window through its pipeline in the scorer's pool; fail open here when
+        the scorer is bypassed, fails or overruns. Returns the result and stage timings."""
+        if not first.lexical.hits and (first.dense is None or not first.dense.hits):
+            return window.first_stage_order(), {}
+        scorer = self.models.scorer
+        if scorer is None:
+            reason = self.models.unavailable_reason()
+            message = f"reranker unavailable: model not loaded ({reason})"
+            return window.unscored(Degraded("unavailable", message)), {}
+        if not self.breaker.allow():
+            message = "circuit open: the cross-encoder failed repeatedly"
+            return window.unscored(Degraded("circuit_open", message)), {}
+        if time.monotonic() >= deadline:
+            self.breaker.release()
+            message = "reranker timeout: no time left after the first stage"
+            return window.unscored(Degraded("timeout", message)), {}
+
+        spec = window.spec
+        scoring = window.pipeline(scorer)
+        submitted_at = time.perf_counter()
+        budget_at_submit = deadline - time.monotonic()
+        future = self._submit(scoring, window, deadline, ticket)
+        wait_s = max(0.0, deadline - time.monotonic()) + self.settings.scorer_grace_ms / 1000
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except Exception as exc:
+            failure = self._failure(exc, spec, budget_at_submit)
+        except BaseException:  # cancelled (the client went away): not the scorer's fault
+            self.breaker.release()
+            raise
+        else:
+            waited = (time.perf_counter() - submitted_at) * 1000
+            if self._accept(result, spec, budget_at_submit):
+                scored = result.timings_ms.get("rerank", 0.0)
+                return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
+            failure = ScoringFailure("reranker error: invalid output (non-finite scores)")
+        if failure.scorers_fault:
+            self.breaker.failure()
+        else:
+            self.breaker.release()
+        why = Degraded("timeout" if failure.timed_out else "error", failure.reason)
+        if not spec.fail_open:
+            raise FAIL_CLOSED[why.kind](failure.reason)
+        result = window.first_stage_order(why)
+        return result, {"scorer_queue": (time.perf_counter() - submitted_at) * 1000}
+
+    def _submit(
+        self, scoring: Pipeline, window: Window, deadline: float, ticket: Ticket
+    ) -> asyncio.Future[PipelineResult]:
+        """The scoring call, queued on the scorer's pool; its ticket's scoring slot is freed
+        when the call ends, even one the request stopped waiting for."""
+
+        def call() -> PipelineResult:
+            if time.monotonic() >= deadline:  # abandoned while queued: do not score at all
+                raise QueueExpired("the deadline passed while waiting for the scorer")
+            return scoring.rerank(
+                window.text, window.candidates, k=window.spec.window, deadline=deadline
+            )
+
+        future = asyncio.get_running_loop().run_in_executor(self.executor, call)
+        ticket.submitted = True
+
+        def finished(done: asyncio.Future[PipelineResult]) -> None:
+            ticket.scoring_done()
+            if not done.cancelled():
+                done.exception()  # retrieved, so an abandoned call logs no warning
+
+        future.add_done_callback(finished)
+        return future
+
+    def _failure(self, exc: Exception, spec: RerankSpec, budget_s: float) -> ScoringFailure:
+        """What a scoring call that raised (or that the request stopped waiting for) was."""
+        if isinstance(exc, TimeoutError):
+            reason = f"reranker timeout: no scores within {spec.timeout_ms} ms"
+            return ScoringFailure(reason, True, self._timeout_is_scorers_fault(spec, budget_s))
+        if isinstance(exc, ModelError):  # fail_open is false, or the call expired in the queue
+            timed_out = isinstance(exc, ScoreTimeout)
+            if isinstance(exc, QueueExpired):  # overload, not a broken model
+                at_fault = False
+            elif timed_out:
+                at_fault = self._timeout_is_scorers_fault(spec, budget_s)
+            else:
+                at_fault = True
+            reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
+            return ScoringFailure(reason, timed_out, at_fault)
+        # a scorer bug (e.g. a wrong number of scores): fail open too
+        log.error("the scoring call failed unexpectedly", exc_info=exc)
+        return ScoringFailure(f"reranker error: unexpected {type(exc).__name__}")
+
+    def _accept(self, result: PipelineResult, spec: RerankSpec, budget_s: float) -> bool:
+        """Whether a finished call's scores can be served (all finite); records its rate and
+        tells the breaker how it went."""
+        if "rerank" in result.timings_ms:
+            self.admission.record(len(result.hits), result.timings_ms["rerank"] / 1000)
+        if not all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
+            return False
+        if not result.degraded:
+            self.breaker.success()
+        elif result.degraded.kind != "timeout" or self._timeout_is_scorers_fault(spec, budget_s):
+            self.breaker.failure()
+        else:  # its deadline passed mid-window: the request's own budget, not a fault
+            self.breaker.release()
+        return True
+
+    def _timeout_is_scorers_fault(self, spec: RerankSpec, budget_s: float) -> bool:
+        """Whether a scoring call that missed its deadline counts against the scorer (the
+        circuit breaker): only when its window should have fitted its budget with room to
+        spare. A request whose own window or ``timeout_ms`` made the timeout inevitable never
+        counts, so no client can open the circuit for the others. Before any call was
+        measured, only requests at the proxy's defaults (or smaller) count."""
+        rate = self.admission.pairs_per_s
+        if rate is None:
+            return (
+                spec.window <= self.settings.default_window
+                and spec.timeout_ms >= self.settings.default_timeout_ms
+            )
+        return spec.window / rate <= FAIR_TIMEOUT_SHARE * budget_s
+
+
+@dataclass(frozen=True)
+class ScoringFailure:
+    """Why a scoring call gave no usable scores, and whether the breaker counts it."""
+
+    reason: str
+    timed_out: bool = False
+    scorers_fault: bool = True
+
+
+def stage_timings(
+    first: FirstStageResult, result: PipelineResult, rerank_ms: dict[str, float], started: float
+) -> dict[str, float]:
+    """Milliseconds per stage, the total since ``started`` and the overhead (the rest)."""
+    total_ms = (time.perf_counter() - started) * 1000
+    timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
+    if "blend" in result.timings_ms:
+        timings["blend"] = result.timings_ms["blend"]
+    overhead = total_ms
+    for stage in STAGES:
+        overhead -= timings.get(stage, 0.0)
+    timings["overhead"] = max(0.0, overhead)
+    return timings
+
+
+def answer_model(scorer: Scorer | None) -> dict[str, Any] | None:
+    """The model an answer names (``rerank.model``)."""
+    if scorer is None:
+        return None
+    return {"id": scorer.model_id, "version": scorer.version, "variant": scorer.variant}
+
+
+def search_answer(
+    first: FirstStageResult,
+    result: PipelineResult,
+    plan: Plan,
+    timings: dict[str, float],
+    degraded: str | None,
+    scorer: Scorer | None,
+) -> dict[str, Any]:
+    """The Elasticsearch search response: the requested page of the reranked window (with
+    ``_rerank`` per hit when explained), Elasticsearch's totals, aggregations and
+    suggestions, and the ``rerank`` summary."""
+    spec, pages = plan.spec, plan.pages
+    window_hits = result.hits
+    hits = [
+        answer_hit(first, hit, rank, plan)
+        for rank, hit in enumerate(
+            window_hits[pages.start : pages.start + pages.size], start=pages.start + 1
+        )
+    ]
+    lexical = first.lexical.body
+    timed_out = first.lexical.timed_out or bool(first.dense and first.dense.timed_out)
+    answer: dict[str, Any] = {
+        "took": round(timings["total"]),
+        "timed_out": timed_out,
+        "_shards": first.lexical.shards,
+        "hits": {
+            "total": lexical.get("hits", {}).get("total"),
+            "max_score": max((h.score for h in window_hits), default=None),
+            "hits": hits,
+        },
+    }
+    for key in ("aggregations", "suggest"):
+        if key in lexical:
+            answer[key] = lexical[key]
+    answer["rerank"] = {
+        "model": answer_model(scorer),
+        "query_text": plan.text,
+        "window": spec.window,
+        "candidates": len(window_hits),
+        "first_stage": "hybrid" if first.dense is not None else "bm25",
+        **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
+        "blend": result.blend,
+        "took_ms": {k: round(v, 3) for k, v in timings.items()},
+        "degraded": degraded,
+    }
+    return answer
+
+
+def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -> dict[str, Any]:
+    """One hit of the answer: Elasticsearch's own hit, the final ``_score``, the filtered
+    ``_source`` and, when explained, how the rank came about (``_rerank``)."""
+    out = dict(first.raw_hit(hit.id))
+    index, doc_id = split_key(hit.id)
+    out["_index"], out["_id"], out["_score"] = index, doc_id, hit.score
+    out.pop("_source", None)
+    filtered = filter_source(hit.source, plan.sources)
+    if filtered is not None:
+        out["_source"] = filtered
+    if plan.spec.explain:
+        out["_rerank"] = {
+            "rank": rank,
+            "first_stage_rank": hit.first_stage_rank,
+            "first_stage_score": hit.first_stage_score,
+            "stage_scores": dict(hit.stage_scores),
+            "cross_encoder_logit": hit.relevance,
+            "final_score": hit.score,
+        }
+        if hit.explanation is not None:
+            out["_rerank"]["blend"] = hit.explanation
+    return out
+
+
+def log_document(
+    index: str,
+    text: str,
+    spec: RerankSpec,
+    pages: Page,
+    result: PipelineResult,
+    timings: dict[str, float],
+    degraded: str | None,
+    answer: dict[str, Any],
+    *,
+    top: int = 10,
+    degraded_kind: str | None = None,
+) -> dict[str, Any]:
+    """The request-log document (see ``es_mappings/logs-template.json``)."""
+    model = answer["rerank"]["model"]
+    logged: list[dict[str, Any]] = []
+    for rank, hit in enumerate(result.hits[:top], start=1):
+        hit_index, doc_id = split_key(hit.id)
+        logged.append(
+            {
+                "_id": doc_id,
+                "_index": hit_index,
+                "rank": rank,
+                "first_stage_rank": hit.first_stage_rank,
+                "moved": hit.first_stage_rank - rank,
+                "score": hit.score,
+                "first_stage_score": hit.first_stage_score,
+                "logit": hit.relevance,
+                **(
+                    {
+                        "contributions": {
+                            name: item["contribution"]
+                            for name, item in hit.explanation["features"].items()
+                        }
+                    }
+                    if hit.explanation is not None
+                    else {}
+                ),
+            }
+        )
+    return {
+        "@timestamp": datetime.now(UTC).isoformat(),
+        "index": index,
+        "query_text": text,
+        "window": spec.window,
+        "candidates": len(result.hits),
+        "from": pages.start,
+        "size": pages.size,
+        "first_stage": answer["rerank"]["first_stage"],
+        "fusion": answer["rerank"].get("fusion"),
+        "blend": answer["rerank"].get("blend"),
+        "status": 200,  # replaced by the status actually sent (Proxy._submit_log)
+        "model": {"id": model["id"], "version": model["version"]} if model else None,
+        "took_ms": {k: round(v, 3) for k, v in timings.items()},
+        "degraded": degraded,
+        "degraded_kind": degraded_kind,
+        "hits": logged,
+    }
