@@ -427,8 +427,12 @@ def measure_peaks(
     threads: int, sizes: Sequence[int] = (1024, 2048), repeats: int = 3
 ) -> tuple[dict[str, float], list[str]]:
     """Best matmul rate (GFLOP/s, GOP/s for int8) of square matrices with ``threads`` threads:
-    fp32 and bf16 (when the CPU has it) by torch, int8 by ONNX Runtime. Returns notes too."""
-    import torch
+    fp32 and bf16 (when the CPU has it) by torch, int8 by ONNX Runtime. Returns notes too;
+    none measured without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}, ["torch is not installed: matmul peaks not measured"]
 
     torch.set_num_threads(threads)
     notes: list[str] = []
@@ -558,6 +562,7 @@ def _ort_backends(
     threads: int,
     batch_size: int,
     notes: list[str],
+    io_binding: bool = False,
 ) -> list[Backend]:
     import onnxruntime as ort
 
@@ -576,6 +581,7 @@ def _ort_backends(
             max_batch_size=batch_size,
             max_batch_tokens=MAX_BATCH_TOKENS,
             max_length=MAX_LENGTH,
+            io_binding=io_binding and CUDA in providers,
         )
 
     def backend(name: str, s: Scorer) -> Backend:
@@ -590,7 +596,12 @@ def _ort_backends(
             name=name,
             run=run,
             dims=dims,
-            info={"provider": s.provider, "variant": s.variant, "scorer": s},
+            info={
+                "provider": s.provider,
+                "variant": s.variant,
+                "io_binding": s.io_binding,
+                "scorer": s,
+            },
         )
 
     backends = [backend("ort-fp32", scorer("fp32", [CPU]))]
@@ -738,6 +749,18 @@ def _table(rows: dict[str, dict[str, Any]]) -> str:
     default=None,
     help="Write the results as JSON here.",
 )
+@click.option(
+    "--torch/--no-torch",
+    "use_torch",
+    default=True,
+    show_default=True,
+    help="--no-torch: ONNX Runtime backends only (no checkpoint needed; needs --model).",
+)
+@click.option(
+    "--io-binding",
+    is_flag=True,
+    help="Run the CUDA backends through IO binding (inputs put on the GPU once per batch).",
+)
 def scorer_cmd(
     model: Path | None,
     checkpoint: Path | None,
@@ -747,6 +770,8 @@ def scorer_cmd(
     threads: int,
     batch_size: int,
     output: Path | None,
+    use_torch: bool,
+    io_binding: bool,
 ) -> None:
     """Rerank real SciFact pairs with torch, ONNX Runtime fp32 and int8 side by side.
 
@@ -763,11 +788,15 @@ def scorer_cmd(
         raise click.ClickException(
             f"--checkpoint {checkpoint} is not a Hugging Face checkpoint folder (no config.json)"
         )
-    _require_torch()
-    import onnxruntime as ort
-    import torch
+    if use_torch:
+        _require_torch()
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
+    elif model is None:
+        raise click.ClickException("--no-torch needs --model (an exported model folder)")
+    import onnxruntime as ort
+
     load_before = _load()
     notes: list[str] = []
     selection = select_pairs(dataset, n_pairs)
@@ -780,12 +809,15 @@ def scorer_cmd(
     )
 
     with (
-        _quiet_transformers(),
+        _quiet_transformers() if use_torch else contextlib.nullcontext(),
         tempfile.TemporaryDirectory(prefix="reranker-bench-") as tmp_name,
     ):
         tmp = Path(tmp_name)
-        checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
+        source_note = "not run (--no-torch)"
+        if use_torch:
+            checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
         if model is None:
+            assert checkpoint is not None  # --no-torch needs --model
             from export.onnx_export import export_cross_encoder
 
             cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -808,16 +840,20 @@ def scorer_cmd(
             onnx_note = f"--model {model}"
         _say(f"ONNX model: {onnx_note}")
 
-        backends = _torch_backends(
-            checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes
+        backends = (
+            _torch_backends(checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes)
+            if checkpoint is not None and use_torch
+            else []
         )
-        backends += _ort_backends(model_dir, threads=threads, batch_size=batch_size, notes=notes)
+        backends += _ort_backends(
+            model_dir, threads=threads, batch_size=batch_size, notes=notes, io_binding=io_binding
+        )
         ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
         max_length = int(ort_fp32.info["scorer"].max_length)
         if max_length != MAX_LENGTH:
             # a model with fewer positions: tokenise torch's pairs the same way
             for b in backends:
-                if isinstance(b.run, TorchRunner):
+                if isinstance(b.run, TorchRunner) and checkpoint is not None:
                     b.run.tokenizer = _checkpoint_tokenizer(checkpoint, max_length)
 
         _say("measuring matmul peaks ...")
