@@ -180,7 +180,11 @@ def build_archive(wheel: Path, archive: Path, keep: Iterable[int]) -> dict[str, 
     arches = sorted(set(keep))
     info: dict[str, object] = {"wheel": wheel.name, "wheel_bytes": wheel.stat().st_size}
     dropped: list[str] = []
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 256 << 20}]
+    with zipfile.ZipFile(wheel) as source:
+        total = sum(m.file_size for m in source.infolist())
+    # a window as large as the biggest library (up to 384 MiB): the cubins repeat far apart
+    window = min(384 << 20, max(1 << 20, total))
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": window}]
     with (
         zipfile.ZipFile(wheel) as source,
         lzma.open(archive, "wb", format=lzma.FORMAT_XZ, filters=filters) as packed,
