@@ -8,7 +8,11 @@ machine's measured matrix-multiply peak:
 - ``torch-fp32``: transformers ``AutoModelForSequenceClassification`` in eager PyTorch;
 - ``torch-bf16``: the same under CPU bf16 autocast, when the CPU supports bf16;
 - ``ort-fp32`` / ``ort-int8``: :class:`reranker.scoring.Scorer` on the exported ONNX variants;
-- ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it.
+- ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it
+  (``--io-binding``: through IO binding).
+
+``--no-torch`` leaves the torch backends out (no checkpoint needed, ``--model`` required):
+how ``benchmarks/gpu.sh`` runs it on a GPU machine that has no checkpoint.
 
 Every backend follows the Scorer's batching policy: pairs sorted by length, batches of at most
 ``--batch-size`` pairs and 4096 padded tokens, each padded only to its own longest pair.
