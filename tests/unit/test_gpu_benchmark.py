@@ -114,6 +114,7 @@ def test_gpu_sh_allow_cpu_runs_everything_and_writes_one_json(tmp_path: Path) ->
     assert 0 < window["p50_ms"] <= window["p95_ms"] <= window["max_ms"]
     assert [row["batch_size"] for row in window["sweep"]] == [2, 4]
     assert window["without_io_binding"]["windows"] == 2
+    assert window["breakdown"]["tokenize_p50_ms"] > 0
     assert window["target_p50_ms"] == 10.0
     scorer_bench = report["bench_scorer"]
     assert scorer_bench["model"]["torch"] == "not run (--no-torch)"
