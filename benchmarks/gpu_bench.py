@@ -524,7 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds["fp16_variant"] = round(time.monotonic() - t, 1)
         report["model"] = {"source": str(args.model), "folder": str(model), "fp16": how}
         say(f"fp16 variant: {how} ({seconds['fp16_variant']} s)")
-        make_scorer(model, provider, io_binding=True, batch_size=16, max_length=args.max_length)
+        try:
+            make_scorer(model, provider, io_binding=True, batch_size=16, max_length=args.max_length)
+        except NoCuda as exc:
+            if not args.allow_cpu:
+                raise
+            say(f"{exc}; running on the CPU (--allow-cpu)")
+            report["notes"].append(f"measured on the CPU (--allow-cpu) because {exc}")
+            provider = report["provider"] = CPU
+            report["device"] = {"name": "CPU", "gpu": report.get("device")}
 
         if not args.skip_scorer_bench:
             t = time.monotonic()

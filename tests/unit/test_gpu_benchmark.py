@@ -157,6 +157,26 @@ def test_gpu_bench_without_cuda_provider_exits_3_with_a_json(tmp_path: Path) -> 
     assert "CUDAExecutionProvider" in report["error"] and "--allow-cpu" in report["error"]
 
 
+@pytest.mark.slow
+def test_gpu_bench_cuda_that_does_not_start_is_exit_3_or_the_cpu_when_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as on a GPU machine whose onnxruntime lists CUDA but cannot load it (libraries missing)
+    monkeypatch.setattr(gpu_bench, "check_cuda", lambda allow_cpu: gpu_bench.CUDA)
+    monkeypatch.setattr(gpu_bench, "gpu_info", lambda: {"name": "pretend GPU"})
+    data = _beir(tmp_path / "scifact")
+    work = tmp_path / "work"
+    tiny = ["--data", str(data), "--work", str(work), "--skip-scorer-bench", "--queries", "1"]
+    tiny += ["--window", "2", "--batch-sizes", "2", "--sweep-windows", "1"]
+    assert gpu_bench.main(["--out", str(tmp_path / "a"), *tiny]) == gpu_bench.EXIT_NO_CUDA
+    report = json.loads((tmp_path / "a" / "gpu.json").read_text())
+    assert "did not start" in report["error"]
+    assert gpu_bench.main(["--out", str(tmp_path / "b"), *tiny, "--allow-cpu"]) == 0
+    report = json.loads((tmp_path / "b" / "gpu.json").read_text())
+    assert report["ok"] and report["provider"] == "CPUExecutionProvider"
+    assert report["device"] == {"name": "CPU", "gpu": {"name": "pretend GPU"}}
+
+
 def test_gpu_bench_environment_flag_allows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RERANKER_GPU_ALLOW_CPU", "1")
     assert gpu_bench.parse_args(["--out", "x"]).allow_cpu is True
