@@ -8,7 +8,11 @@ machine's measured matrix-multiply peak:
 - ``torch-fp32``: transformers ``AutoModelForSequenceClassification`` in eager PyTorch;
 - ``torch-bf16``: the same under CPU bf16 autocast, when the CPU supports bf16;
 - ``ort-fp32`` / ``ort-int8``: :class:`reranker.scoring.Scorer` on the exported ONNX variants;
-- ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it.
+- ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it
+  (``--io-binding``: through IO binding).
+
+``--no-torch`` leaves the torch backends out (no checkpoint needed, ``--model`` required):
+how ``benchmarks/gpu.sh`` runs it on a GPU machine that has no checkpoint.
 
 Every backend follows the Scorer's batching policy: pairs sorted by length, batches of at most
 ``--batch-size`` pairs and 4096 padded tokens, each padded only to its own longest pair.
@@ -390,8 +394,12 @@ def measure_peaks(
     threads: int, sizes: Sequence[int] = (1024, 2048), repeats: int = 3
 ) -> tuple[dict[str, float], list[str]]:
     """Best matmul rate (GFLOP/s, GOP/s for int8) of square matrices with ``threads`` threads:
-    fp32 and bf16 (when the CPU has it) by torch, int8 by ONNX Runtime. Returns notes too."""
-    import torch
+    fp32 and bf16 (when the CPU has it) by torch, int8 by ONNX Runtime. Returns notes too;
+    none measured without torch."""
+    try:
+        import torch
+    except ImportError:
+        return {}, ["torch is not installed: matmul peaks not measured"]
 
     torch.set_num_threads(threads)
     notes: list[str] = []
@@ -521,6 +529,7 @@ def _ort_backends(
     threads: int,
     batch_size: int,
     notes: list[str],
+    io_binding: bool = False,
 ) -> list[Backend]:
     import onnxruntime as ort
 
@@ -539,6 +548,7 @@ def _ort_backends(
             max_batch_size=batch_size,
             max_batch_tokens=MAX_BATCH_TOKENS,
             max_length=MAX_LENGTH,
+            io_binding=io_binding and CUDA in providers,
         )
 
     def backend(name: str, s: Scorer) -> Backend:
@@ -553,7 +563,12 @@ def _ort_backends(
             name=name,
             run=run,
             dims=dims,
-            info={"provider": s.provider, "variant": s.variant, "scorer": s},
+            info={
+                "provider": s.provider,
+                "variant": s.variant,
+                "io_binding": s.io_binding,
+                "scorer": s,
+            },
         )
 
     backends = [backend("ort-fp32", scorer("fp32", [CPU]))]
@@ -701,6 +716,18 @@ def _table(rows: dict[str, dict[str, Any]]) -> str:
     default=None,
     help="Write the results as JSON here.",
 )
+@click.option(
+    "--torch/--no-torch",
+    "use_torch",
+    default=True,
+    show_default=True,
+    help="--no-torch: ONNX Runtime backends only (no checkpoint needed; needs --model).",
+)
+@click.option(
+    "--io-binding",
+    is_flag=True,
+    help="Run the CUDA backends through IO binding (inputs put on the GPU once per batch).",
+)
 def scorer_cmd(
     model: Path | None,
     checkpoint: Path | None,
@@ -710,6 +737,8 @@ def scorer_cmd(
     threads: int,
     batch_size: int,
     output: Path | None,
+    use_torch: bool,
+    io_binding: bool,
 ) -> None:
     """Rerank real SciFact pairs with torch, ONNX Runtime fp32 and int8 side by side.
 
@@ -720,10 +749,14 @@ def scorer_cmd(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     _check_inputs(dataset, model, checkpoint)
-    _require_torch()
-    import torch
+    if use_torch:
+        _require_torch()
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
+    elif model is None:
+        raise click.ClickException("--no-torch needs --model (an exported model folder)")
+
     load_before = _load()
     notes: list[str] = []
     selection = select_pairs(dataset, n_pairs)
@@ -736,14 +769,18 @@ def scorer_cmd(
     )
 
     with (
-        _quiet_transformers(),
+        _quiet_transformers() if use_torch else contextlib.nullcontext(),
         tempfile.TemporaryDirectory(prefix="reranker-bench-") as tmp_name,
     ):
         tmp = Path(tmp_name)
-        checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
+        source_note = "not run (--no-torch)"
+        if use_torch:
+            checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
         model_dir, onnx_note = _onnx_model(model, checkpoint, tmp, pairs)
         _say(f"ONNX model: {onnx_note}")
-        backends = _all_backends(checkpoint, model_dir, threads, batch_size, notes)
+        backends = _all_backends(
+            checkpoint if use_torch else None, model_dir, threads, batch_size, notes, io_binding
+        )
         ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
         max_length = int(ort_fp32.info["scorer"].max_length)
 
@@ -807,12 +844,13 @@ def _check_inputs(dataset: Path, model: Path | None, checkpoint: Path | None) ->
 
 
 def _onnx_model(
-    model: Path | None, checkpoint: Path, tmp: Path, pairs: Sequence[Pair]
+    model: Path | None, checkpoint: Path | None, tmp: Path, pairs: Sequence[Pair]
 ) -> tuple[Path, str]:
     """The exported model the ONNX backends run, and a note: ``--model``, else ``checkpoint``
     exported (fp32 + int8, fp16 with CUDA) into ``tmp``."""
     if model is not None:
         return model, f"--model {model}"
+    assert checkpoint is not None  # --no-torch needs --model
     import onnxruntime as ort
 
     from export.onnx_export import export_cross_encoder
@@ -835,17 +873,27 @@ def _onnx_model(
 
 
 def _all_backends(
-    checkpoint: Path, model_dir: Path, threads: int, batch_size: int, notes: list[str]
+    checkpoint: Path | None,
+    model_dir: Path,
+    threads: int,
+    batch_size: int,
+    notes: list[str],
+    io_binding: bool = False,
 ) -> list[Backend]:
-    """The torch backends on ``checkpoint`` and the ONNX ones on ``model_dir``; torch
-    tokenises at the ONNX model's ``max_length`` when that is below :data:`MAX_LENGTH`."""
-    backends = _torch_backends(
-        checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes
+    """The torch backends on ``checkpoint`` (none without one: ``--no-torch``) and the ONNX
+    ones on ``model_dir``; torch tokenises at the ONNX model's ``max_length`` when that is
+    below :data:`MAX_LENGTH`."""
+    backends = (
+        _torch_backends(checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes)
+        if checkpoint is not None
+        else []
     )
-    backends += _ort_backends(model_dir, threads=threads, batch_size=batch_size, notes=notes)
+    backends += _ort_backends(
+        model_dir, threads=threads, batch_size=batch_size, notes=notes, io_binding=io_binding
+    )
     ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
     max_length = int(ort_fp32.info["scorer"].max_length)
-    if max_length != MAX_LENGTH:
+    if max_length != MAX_LENGTH and checkpoint is not None:
         # a model with fewer positions: tokenise torch's pairs the same way
         for b in backends:
             if isinstance(b.run, TorchRunner):
