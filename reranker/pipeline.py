@@ -273,7 +273,7 @@ def scorer_for(path: QueryPath) -> PairScorer:
     scorer = load_scorer(path.model, path.variant)
     if path.score_cache is None:
         return scorer
-    return CachedScorer(scorer, path.score_cache)
+    return CachedScorer.on_disk(scorer, path.score_cache)
 
 
 def build_pipeline(

@@ -26,10 +26,12 @@ not two ``str`` raises :class:`TypeError`; non-finite model output raises
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -516,25 +518,114 @@ def _truncated_copy(tokenizer: Tokenizer, text: str, keep: int) -> Encoding:
     return encoding
 
 
-class CachedScorer:
-    """A :class:`~reranker.scoring.Scorer` with a persistent cache of its logits in front.
+class ScoreStore(Protocol):
+    """Where :class:`CachedScorer` keeps logits: ``key`` maps a pair's text to the stored key."""
 
-    For evaluation and feature logging only: re-running a dataset (another blend, another
-    mode, the test split's features) then costs no cross-encoder time. Keyed by the model's
-    id, version and variant, and by the pair's text.
+    def key(self, text: str) -> str: ...
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None: ...
+
+
+class LruScores:
+    """A bounded in-memory store of pair logits, least recently used first out, with hit and
+    miss counters (``/metrics``). ``capacity`` pairs; thread-safe (the proxy's scorer pool and
+    its event loop both read it)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("an LRU score cache needs a capacity of at least 1 (0 = no cache)")
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            for key in (self.key(t) for t in texts):
+                value = self._items.get(key)
+                if value is None:
+                    self.misses += 1
+                    continue
+                self.hits += 1
+                self._items.move_to_end(key)
+                found[key] = value
+        return found
+
+    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                key = self.key(text)
+                self._items[key] = np.array(vector, dtype=np.float32).reshape(-1)
+                self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+                self.evictions += 1
+
+    def covers(self, texts: Sequence[str]) -> bool:
+        """Whether every text is stored (counters untouched: a look, not a use)."""
+        with self._lock:
+            return all(self.key(t) in self._items for t in texts)
+
+
+class CachedScorer:
+    """A :class:`~reranker.scoring.Scorer` with a cache of its logits in front.
+
+    Two stores: :meth:`on_disk` (SQLite; evaluation and feature logging, so that re-running a
+    dataset costs no cross-encoder time) and :class:`LruScores` (the proxy: a repeated query
+    over the same documents skips the scorer). A key is the model's id, version and variant,
+    the query text, the passage text (so an edited document is scored again) and, for a
+    first-stage-aware model, the features: everything the score depends on.
     """
 
-    def __init__(self, scorer: Scorer, folder: Path) -> None:
+    def __init__(self, scorer: Scorer, store: ScoreStore) -> None:
         self.scorer = scorer
-        self.cache = EmbeddingCache(
+        self.cache = store
+        self._prefix = f"{scorer.model_id}\x1f{scorer.version}\x1f{scorer.variant}"
+
+    @classmethod
+    def on_disk(cls, scorer: Scorer, folder: Path) -> CachedScorer:
+        store = EmbeddingCache(
             folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
         )
+        return cls(scorer, store)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scorer, name)
 
     def __repr__(self) -> str:
         return f"CachedScorer({self.scorer!r})"
+
+    def _keys(self, pairs: Sequence[tuple[str, str]], columns: np.ndarray | None) -> list[str]:
+        if isinstance(self.cache, EmbeddingCache):  # its files predate the model prefix
+            keys = [f"{query}\x1f{passage}" for query, passage in pairs]
+        else:
+            keys = [f"{self._prefix}\x1f{query}\x1f{passage}" for query, passage in pairs]
+        if columns is not None:  # a first-stage-aware model's score depends on them too
+            keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
+        return keys
+
+    def _columns(self, features: np.ndarray | None) -> np.ndarray | None:
+        if self.scorer.feature_names and features is not None:
+            return np.asarray(features, dtype=np.float32)
+        return None
+
+    def covers(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None = None) -> bool:
+        """Whether every pair's logit is cached (an in-memory store only; else False)."""
+        if not isinstance(self.cache, LruScores):
+            return False
+        return self.cache.covers(self._keys(pairs, self._columns(features)))
 
     def score(
         self,
@@ -544,12 +635,8 @@ class CachedScorer:
         deadline: float | None = None,
         features: np.ndarray | None = None,
     ) -> np.ndarray:
-        columns = None
-        if self.scorer.feature_names and features is not None:
-            columns = np.asarray(features, dtype=np.float32)
-        keys = [f"{query}\x1f{passage}" for query, passage in pairs]
-        if columns is not None:  # a first-stage-aware model's score depends on them too
-            keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
+        columns = self._columns(features)
+        keys = self._keys(pairs, columns)
         known = self.cache.get_many(keys)
         missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
         if missing:
