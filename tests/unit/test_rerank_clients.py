@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,50 +25,25 @@ from langchain_core.documents import Document
 from reranker.config import Settings
 from reranker.proxy import ProxySettings, create_app
 from reranker.scoring import Scorer
+from tests.conftest import serving_over_http
+from tests.unit.test_rerank_api import QUERY, SHIPPED, TEXTS
 
-REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 KEY = "s3cret"
 
-QUERY = "what is a qubit in quantum computing"
-TEXTS = [
-    "Malted barley provides the sugars that yeast ferments into alcohol.",
-    "A qubit is the basic unit of quantum information, a two-level quantum system.",
-    "Paris is the capital of France.",
-    "Quantum computers use qubits, which can be in a superposition of 0 and 1.",
-]
 RELEVANT = {1, 3}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """``reranker serve --scorer-only`` as the CLI builds it, with a client key, on loopback."""
-    import uvicorn
-
-    scorer = Scorer(REPO / "models" / "reranker-minilm-l6", variant="int8", threads=1)
+    scorer = Scorer(SHIPPED, variant="int8", threads=1)
     settings = ProxySettings(
         es=Settings(es_url="http://127.0.0.1:9"), scorer_only=True, api_keys=(KEY,)
     )
     app = create_app(settings, scorer_factory=lambda: scorer, load_in_background=False)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the scorer did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_over_http(app) as url:
+        yield url
 
 
 # ------------------------------------------------------------------ Cohere's SDK, LangChain
