@@ -920,6 +920,13 @@ def export_cmd(
     help="Folder `POST /_reranker/reload` may load models from; repeatable "
     "[env RERANKER_PROXY_MODEL_ROOTS; default: the served model's parent folder].",
 )
+@click.option(
+    "--scorer-only",
+    is_flag=True,
+    default=None,
+    help="Serve only the rerank API (POST /rerank, /v1/rerank, /v2/rerank, GET /info) with "
+    "/_health, /metrics and reload: no Elasticsearch needed [env RERANKER_PROXY_SCORER_ONLY].",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -934,6 +941,7 @@ def serve_cmd(
     signal_sources: tuple[str, ...],
     blend_files: tuple[str, ...],
     model_roots: tuple[Path, ...],
+    scorer_only: bool | None,
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
@@ -942,11 +950,20 @@ def serve_cmd(
     `kill -HUP <pid>` or `POST /_reranker/reload` (optionally {"model": DIR, "variant": V})
     loads the model again, checks its card and a smoke test, and swaps it in without dropping
     requests; a model that fails keeps the old one serving.
+
+    It also answers the standard rerank API, for Elasticsearch's and OpenSearch's inference
+    services and for Cohere/TEI clients: POST /rerank (text-embeddings-inference), POST
+    /v1/rerank and /v2/rerank (Cohere), GET /info. `--scorer-only` serves just those.
     """
     from reranker.proxy import ProxySettings, serve
     from reranker.proxy.blends import parse_pairs
 
-    overrides: dict[str, Any] = {"es": ctx.obj, "host": host, "port": port}
+    overrides: dict[str, Any] = {
+        "es": ctx.obj,
+        "host": host,
+        "port": port,
+        "scorer_only": scorer_only,
+    }
     if allow:
         overrides["allowed_indices"] = tuple(allow)
     if request_log is not None:
@@ -964,7 +981,7 @@ def serve_cmd(
     serve(
         settings,
         model_loader=lambda folder, chosen: _scorer(folder or model, chosen or variant),
-        encoder_factory=(lambda: _embedder(ctx)) if dense else None,
+        encoder_factory=(lambda: _embedder(ctx)) if dense and not settings.scorer_only else None,
         json_logs=log_format == "json",
     )
 

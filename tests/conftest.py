@@ -14,11 +14,15 @@ the CLI run in-process or as a subprocess) reads for a loopback URL on that port
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,36 @@ def es_settings(url: str, *, credentials_of: str | None = None, **overrides: Any
     at ``credentials_of`` (default ``url``; a relay in front of a node passes the node's)."""
     base = Settings.from_env(es_url=credentials_of or url)
     return dataclasses.replace(base, es_url=url, **overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving_over_http(app: Any) -> Iterator[str]:
+    """``app`` (ASGI) served by uvicorn on a free loopback port in a thread, lifespan and all,
+    for clients that need real HTTP; yields its base URL and stops it afterwards."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def es_client_for(url: str, **options: Any) -> Elasticsearch:

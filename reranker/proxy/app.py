@@ -44,6 +44,7 @@ from reranker.proxy.reload import EncoderFactory, LoadedModels, ModelLoader, Sco
 from reranker.proxy.request import check_no_scroll, index_allowed, split_rerank
 from reranker.proxy.request_log import RequestLog
 from reranker.proxy.rerank import Answer, RerankHandler, SearchRequest
+from reranker.proxy.rerank_api import RerankApi
 from reranker.proxy.scoped import ScopedAccess
 from reranker.proxy.settings import ProxySettings
 
@@ -124,16 +125,18 @@ class Proxy:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.models.loaded = asyncio.Event()
-        if self._es is None:
+        cluster = not self.settings.scorer_only  # scorer-only: no Elasticsearch at all
+        if cluster and self._es is None:
             self._es = make_async_client(self.settings)
-        self.scoped = ScopedAccess(self.settings, self.es)
-        await self.scoped.start()
+        if cluster:
+            self.scoped = ScopedAccess(self.settings, self.es)
+            await self.scoped.start()
         if self.load_in_background:
             self._loader = asyncio.create_task(self.models.load(), name="reranker-load-models")
         else:
             await self.models.load()
         hangup = self.models.install_sighup()
-        if self.settings.request_log:
+        if self.settings.request_log and cluster:
             self.request_log = RequestLog(
                 self.es,
                 self.metrics,
@@ -248,11 +251,14 @@ class Proxy:
     async def health(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
             es_state: dict[str, Any] = {"reachable": False}
-            try:
-                health = await self.es.options(request_timeout=2.0).cluster.health()
-                es_state = {"reachable": True, "status": health.get("status")}
-            except Exception as exc:
-                es_state["reason"] = str(exc)[:300]
+            if self.settings.scorer_only:
+                es_state = {"reachable": None, "reason": "scorer-only: no Elasticsearch"}
+            else:
+                try:
+                    health = await self.es.options(request_timeout=2.0).cluster.health()
+                    es_state = {"reachable": True, "status": health.get("status")}
+                except Exception as exc:
+                    es_state["reason"] = str(exc)[:300]
             models = self.models
             scorer = models.scorer
             model: dict[str, Any] = {"loaded": scorer is not None}
@@ -267,7 +273,7 @@ class Proxy:
                 model["reason"] = "loading"
             elif models.model_error:
                 model["reason"] = models.model_error
-            ok = bool(es_state["reachable"]) and scorer is not None
+            ok = (self.settings.scorer_only or bool(es_state["reachable"])) and scorer is not None
             if not self._may_see_details(request, self.settings.public_health_details):
                 # liveness only: no model, cluster or load details without a key
                 return self.respond(
@@ -519,11 +525,14 @@ class Proxy:
         return status, body
 
 
-def require_api_key(request: Request, keys: tuple[str, ...]) -> None:
-    """401 unless ``Authorization: ApiKey <key>`` names one of ``keys`` (constant-time)."""
+def require_api_key(
+    request: Request, keys: tuple[str, ...], *, schemes: tuple[str, ...] = ("apikey",)
+) -> None:
+    """401 unless ``Authorization: <scheme> <key>`` names one of ``keys`` (constant-time),
+    with a scheme among ``schemes`` (lower case; ``ApiKey`` by default)."""
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     given = key.strip().encode()
-    if scheme.lower() != "apikey" or not given:
+    if scheme.lower() not in schemes or not given:
         raise errors.unauthorized()
     if not any(hmac.compare_digest(given, k.encode()) for k in keys):
         raise errors.unauthorized()
@@ -593,15 +602,21 @@ def create_app(
         proxy.metrics.requests.labels("other", str(error.status)).inc()
         return proxy.error(request, error)
 
-    app = Starlette(
-        routes=[
-            Route("/_health", proxy.health, methods=["GET"]),
-            Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
-            Route("/_reranker/reload", proxy.reload_endpoint, methods=["POST"]),
+    routes = [
+        Route("/_health", proxy.health, methods=["GET"]),
+        Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
+        Route("/_reranker/reload", proxy.reload_endpoint, methods=["POST"]),
+    ]
+    if not settings.scorer_only:
+        routes += [
             Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
             Route("/_msearch", proxy.msearch, methods=["GET", "POST"]),
             Route("/{index}/_msearch", proxy.msearch, methods=["GET", "POST"]),
-        ],
+        ]
+    # the standard rerank endpoints (TEI, Cohere): reranker/proxy/rerank_api.py
+    routes += RerankApi(proxy).routes()
+    app = Starlette(
+        routes=routes,
         exception_handlers={HTTPException: http_error, Exception: http_error},
         lifespan=proxy.lifespan,
     )

@@ -53,7 +53,7 @@ def not_found(path: str) -> ProxyError:
         404,
         "resource_not_found_exception",
         f"no handler for [{path}]: the proxy serves only /{{index}}/_search, _msearch, /_health, "
-        "/metrics and /_reranker/reload",
+        "/metrics, /_reranker/reload and the rerank API (/rerank, /v1/rerank, /v2/rerank, /info)",
     )
 
 

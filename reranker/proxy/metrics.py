@@ -24,7 +24,8 @@ class ProxyMetrics:
         r = self.registry
         self.requests = Counter(
             "reranker_proxy_requests",
-            "Requests answered, by kind (rerank, passthrough, other) and HTTP status.",
+            "Requests answered, by kind (search, rerank, passthrough, msearch, rerank_api, info, "
+            "health, metrics, admin, other) and HTTP status.",
             ["kind", "status"],
             registry=r,
         )

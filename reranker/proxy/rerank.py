@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
@@ -90,6 +90,7 @@ UpstreamHeaders = Callable[[Request], dict[str, str]]
 """The client's headers that go on to Elasticsearch."""
 Answer = tuple[dict[str, Any], dict[str, Any] | None]
 """A reranked search's answer, and its request-log document (``None``: not logged)."""
+T = TypeVar("T")
 
 
 class QueueExpired(ScoreTimeout):
@@ -221,7 +222,6 @@ class RerankHandler:
         self._check_model_features(bool(spec.dense) and self.models.encoder is not None)
         blend = self.catalog.resolve(search.index, spec.blend)
         ticket = self._admit(spec)
-        self.metrics.in_flight.set(self.admission.in_flight)
         plan = Plan(spec, pages, sources, text, blend)
         try:
             return await self._rerank_admitted(search, plan, ticket, logged=logged)
@@ -259,16 +259,18 @@ class RerankHandler:
                     f"{needed_s * 1000:.0f} ms of the {scorer_budget_s * 1000:.0f} ms left for "
                     "scoring; lower the window or raise the timeout"
                 )
+        # what the scorer can expect: the deadline less Elasticsearch's usual share
+        return self.admit_or_429(scoring=scoring, pairs=spec.window, budget_s=scorer_budget_s)
+
+    def admit_or_429(self, *, scoring: bool, pairs: int, budget_s: float) -> Ticket:
+        """An admission ticket, or the 429 (counted) when the proxy is saturated."""
         try:
-            return self.admission.admit(
-                scoring=scoring,
-                pairs=spec.window,
-                # what the scorer can expect: the deadline less Elasticsearch's usual share
-                budget_s=scorer_budget_s,
-            )
+            ticket = self.admission.admit(scoring=scoring, pairs=pairs, budget_s=budget_s)
         except Saturated as exc:
             self.metrics.rejected.inc()
             raise errors.saturated(str(exc), self.settings.retry_after_s) from None
+        self.metrics.in_flight.set(self.admission.in_flight)
+        return ticket
 
     async def _hybrid_by_default(self, index: str) -> bool:
         """Hybrid candidates wherever the index has embeddings and this proxy an embedder
@@ -505,48 +507,78 @@ class RerankHandler:
         scoring = window.pipeline(scorer)
         submitted_at = time.perf_counter()
         budget_at_submit = deadline - time.monotonic()
-        future = self._submit(scoring, window, deadline, ticket)
-        wait_s = max(0.0, deadline - time.monotonic()) + self.settings.scorer_grace_ms / 1000
-        try:
-            result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
-        except Exception as exc:
-            failure = self._failure(exc, spec, budget_at_submit)
-        except BaseException:  # cancelled (the client went away): not the scorer's fault
-            self.breaker.release()
-            raise
-        else:
+        candidates, text = window.candidates, window.text
+        called = await self.call_scorer(
+            lambda: scoring.rerank(text, candidates, k=spec.window, deadline=deadline),
+            pairs=spec.window,
+            timeout_ms=spec.timeout_ms,
+            deadline=deadline,
+            ticket=ticket,
+        )
+        failure = called.failure
+        if called.result is not None:
+            result = called.result
             waited = (time.perf_counter() - submitted_at) * 1000
             if self._accept(result, spec, budget_at_submit):
                 scored = result.timings_ms.get("rerank", 0.0)
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
             failure = ScoringFailure("reranker error: invalid output (non-finite scores)")
-        if failure.scorers_fault:
-            self.breaker.failure()
-        else:
-            self.breaker.release()
+        assert failure is not None
+        self.count_failure(failure)
         why = Degraded("timeout" if failure.timed_out else "error", failure.reason)
         if not spec.fail_open:
             raise FAIL_CLOSED[why.kind](failure.reason)
         result = window.first_stage_order(why)
         return result, {"scorer_queue": (time.perf_counter() - submitted_at) * 1000}
 
-    def _submit(
-        self, scoring: Pipeline, window: Window, deadline: float, ticket: Ticket
-    ) -> asyncio.Future[PipelineResult]:
-        """The scoring call, queued on the scorer's pool; its ticket's scoring slot is freed
-        when the call ends, even one the request stopped waiting for."""
+    async def call_scorer(
+        self,
+        work: Callable[[], T],
+        *,
+        pairs: int,
+        timeout_ms: int,
+        deadline: float,
+        ticket: Ticket,
+    ) -> Called[T]:
+        """Run ``work`` (a scoring call of ``pairs`` pairs, whose breaker slot the caller has
+        claimed) in the scorer's pool and wait for it until ``deadline`` plus the grace: its
+        result, or why it gave none (the caller tells the breaker, see :meth:`count_failure`,
+        since what counts as a failure is the caller's to say). A request cancelled meanwhile
+        releases its breaker slot. Shared by the ``_search`` handler and the rerank API."""
+        budget_s = deadline - time.monotonic()
+        future = self.submit(work, deadline, ticket)
+        wait_s = max(0.0, deadline - time.monotonic()) + self.settings.scorer_grace_ms / 1000
+        try:
+            result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except Exception as exc:
+            return Called(None, self._failure(exc, pairs, timeout_ms, budget_s))
+        except BaseException:  # cancelled (the client went away): not the scorer's fault
+            self.breaker.release()
+            raise
+        return Called(result, None)
 
-        def call() -> PipelineResult:
+    def count_failure(self, failure: ScoringFailure) -> None:
+        """Tell the breaker about a call that gave no usable scores: a failure only when it was
+        the scorer's fault."""
+        if failure.scorers_fault:
+            self.breaker.failure()
+        else:
+            self.breaker.release()
+
+    def submit(self, work: Callable[[], T], deadline: float, ticket: Ticket) -> asyncio.Future[T]:
+        """``work`` queued on the scorer's pool (refused there if the deadline passed while it
+        waited); the ticket's scoring slot is freed when the call ends, even one the request
+        stopped waiting for."""
+
+        def call() -> T:
             if time.monotonic() >= deadline:  # abandoned while queued: do not score at all
                 raise QueueExpired("the deadline passed while waiting for the scorer")
-            return scoring.rerank(
-                window.text, window.candidates, k=window.spec.window, deadline=deadline
-            )
+            return work()
 
         future = asyncio.get_running_loop().run_in_executor(self.executor, call)
         ticket.submitted = True
 
-        def finished(done: asyncio.Future[PipelineResult]) -> None:
+        def finished(done: asyncio.Future[T]) -> None:
             ticket.scoring_done()
             if not done.cancelled():
                 done.exception()  # retrieved, so an abandoned call logs no warning
@@ -554,17 +586,20 @@ class RerankHandler:
         future.add_done_callback(finished)
         return future
 
-    def _failure(self, exc: Exception, spec: RerankSpec, budget_s: float) -> ScoringFailure:
+    def _failure(
+        self, exc: Exception, pairs: int, timeout_ms: int, budget_s: float
+    ) -> ScoringFailure:
         """What a scoring call that raised (or that the request stopped waiting for) was."""
         if isinstance(exc, TimeoutError):
-            reason = f"reranker timeout: no scores within {spec.timeout_ms} ms"
-            return ScoringFailure(reason, True, self._timeout_is_scorers_fault(spec, budget_s))
+            reason = f"reranker timeout: no scores within {timeout_ms} ms"
+            fault = self.timeout_is_scorers_fault(pairs, timeout_ms, budget_s)
+            return ScoringFailure(reason, True, fault)
         if isinstance(exc, ModelError):  # fail_open is false, or the call expired in the queue
             timed_out = isinstance(exc, ScoreTimeout)
             if isinstance(exc, QueueExpired):  # overload, not a broken model
                 at_fault = False
             elif timed_out:
-                at_fault = self._timeout_is_scorers_fault(spec, budget_s)
+                at_fault = self.timeout_is_scorers_fault(pairs, timeout_ms, budget_s)
             else:
                 at_fault = True
             reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
@@ -582,25 +617,27 @@ class RerankHandler:
             return False
         if not result.degraded:
             self.breaker.success()
-        elif result.degraded.kind != "timeout" or self._timeout_is_scorers_fault(spec, budget_s):
+        elif result.degraded.kind != "timeout" or self.timeout_is_scorers_fault(
+            spec.window, spec.timeout_ms, budget_s
+        ):
             self.breaker.failure()
         else:  # its deadline passed mid-window: the request's own budget, not a fault
             self.breaker.release()
         return True
 
-    def _timeout_is_scorers_fault(self, spec: RerankSpec, budget_s: float) -> bool:
-        """Whether a scoring call that missed its deadline counts against the scorer (the
-        circuit breaker): only when its window should have fitted its budget with room to
-        spare. A request whose own window or ``timeout_ms`` made the timeout inevitable never
-        counts, so no client can open the circuit for the others. Before any call was
+    def timeout_is_scorers_fault(self, pairs: int, timeout_ms: int, budget_s: float) -> bool:
+        """Whether a scoring call of ``pairs`` pairs that missed its deadline counts against
+        the scorer (the circuit breaker): only when it should have fitted its budget with
+        room to spare. A request whose own size or ``timeout_ms`` made the timeout inevitable
+        never counts, so no client can open the circuit for the others. Before any call was
         measured, only requests at the proxy's defaults (or smaller) count."""
         rate = self.admission.pairs_per_s
         if rate is None:
             return (
-                spec.window <= self.settings.default_window
-                and spec.timeout_ms >= self.settings.default_timeout_ms
+                pairs <= self.settings.default_window
+                and timeout_ms >= self.settings.default_timeout_ms
             )
-        return spec.window / rate <= FAIR_TIMEOUT_SHARE * budget_s
+        return pairs / rate <= FAIR_TIMEOUT_SHARE * budget_s
 
 
 @dataclass(frozen=True)
@@ -610,6 +647,14 @@ class ScoringFailure:
     reason: str
     timed_out: bool = False
     scorers_fault: bool = True
+
+
+@dataclass(frozen=True)
+class Called(Generic[T]):
+    """A scoring call's outcome: its result, or why there is none."""
+
+    result: T | None
+    failure: ScoringFailure | None
 
 
 def stage_timings(

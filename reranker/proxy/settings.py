@@ -112,6 +112,10 @@ class ProxySettings:
     answers liveness)."""
     public_metrics: bool = False
     """When API keys are set: whether ``/metrics`` answers without a key."""
+    scorer_only: bool = False
+    """Serve only the rerank API (``/rerank``, ``/v1/rerank``, ``/v2/rerank``, ``/info``) with
+    health, metrics and reload: no Elasticsearch client, no ``_search`` (``reranker serve
+    --scorer-only``; see :mod:`reranker.proxy.rerank_api`)."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -177,6 +181,7 @@ class ProxySettings:
             "model_roots": tuple(Path(p) for p in _env_list("RERANKER_PROXY_MODEL_ROOTS", ())),
             "public_health_details": env_bool("RERANKER_PROXY_PUBLIC_HEALTH", False),
             "public_metrics": env_bool("RERANKER_PROXY_PUBLIC_METRICS", False),
+            "scorer_only": env_bool("RERANKER_PROXY_SCORER_ONLY", False),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

@@ -8,8 +8,6 @@ indexed once per module behind a fresh alias.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -27,7 +25,7 @@ from reranker.errors import ModelError
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
 from reranker.scoring import Scorer
-from tests.conftest import es_settings
+from tests.conftest import es_settings, serving_over_http
 from tests.integration.conftest import delete_indices_named_after, index_docs
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -599,35 +597,15 @@ async def test_each_reranked_request_is_logged_for_kibana(
 # ------------------------------------------------------------------ the official client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def proxy_server(es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer) -> Iterator[str]:
-    import uvicorn
-
-    port = free_port()
     app = create_app(
         proxy_settings(es_node, proxy_alias),
         scorer_factory=lambda: proxy_scorer,
         load_in_background=False,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the proxy did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_over_http(app) as url:
+        yield url
 
 
 def test_official_client_searches_through_the_proxy(proxy_server: str, proxy_alias: str) -> None:

@@ -25,9 +25,9 @@ from reranker.embed import Embedder
 from reranker.es.credentials import remove_credentials
 from reranker.es.node import LocalNode, NodeStatus
 from reranker.scoring import Scorer
-from tests.conftest import es_client_for, es_settings
+from tests.conftest import es_client_for, es_settings, free_port
 from tests.integration.conftest import delete_indices_named_after, index_docs
-from tests.integration.test_proxy import QUERY, free_port, proxy_settings, running
+from tests.integration.test_proxy import QUERY, proxy_settings, running
 from tests.unit.test_proxy_app import assert_es_error
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -28,8 +28,9 @@ from reranker.embed import Embedder
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
 from reranker.scoring import Scorer
+from tests.conftest import free_port
 from tests.integration.conftest import REPO, delete_indices_named_after, index_docs
-from tests.integration.test_proxy import QUERY, free_port, proxy_settings
+from tests.integration.test_proxy import QUERY, proxy_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
