@@ -174,11 +174,8 @@ class Pipeline:
         if self.scorer is not None and hits:
             started = time.perf_counter()
             try:
-                logits = self.scorer.score(
-                    [(text, self.passage(h)) for h in candidates],
-                    deadline=deadline,
-                    features=self._features(candidates, missing),
-                )
+                pairs, features = self.scorer_inputs(text, candidates, missing)
+                logits = self.scorer.score(pairs, deadline=deadline, features=features)
                 check_scores(logits, len(candidates))
             except ModelError as exc:
                 if not self.fail_open:
@@ -205,6 +202,24 @@ class Pipeline:
             blend=f"{self.blend.kind}@{blend_version(self.blend)}" if self.blend else None,
             missing_features=missing,
         )
+
+    def scorer_inputs(
+        self, text: str, candidates: Sequence[Hit], missing: dict[str, int] | None = None
+    ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+        """The (query, passage) pairs the scorer reads and, for a first-stage-aware model,
+        their first-stage features (defaults counted into ``missing``)."""
+        pairs = [(text, self.passage(h)) for h in candidates]
+        return pairs, self._features(candidates, {} if missing is None else missing)
+
+    def scores_cached(self, text: str, candidates: Sequence[Hit]) -> bool:
+        """Whether the scorer has every candidate's score in memory already (a
+        :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
+        call: the proxy then skips the scorer's queue."""
+        covers = getattr(self.scorer, "covers", None)
+        if covers is None or not candidates:
+            return False
+        pairs, features = self.scorer_inputs(text, candidates)
+        return bool(covers(pairs, features))
 
     def _features(self, candidates: Sequence[Hit], missing: dict[str, int]) -> np.ndarray | None:
         if not self.needs_features:

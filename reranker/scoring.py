@@ -592,6 +592,8 @@ class CachedScorer:
     def __init__(self, scorer: Scorer, store: ScoreStore) -> None:
         self.scorer = scorer
         self.cache = store
+        #: pairs the model itself scored in this wrapper's calls (the rest came from the cache)
+        self.pairs_scored = 0
         self._prefix = f"{scorer.model_id}\x1f{scorer.version}\x1f{scorer.variant}"
 
     @classmethod
@@ -639,6 +641,7 @@ class CachedScorer:
         keys = self._keys(pairs, columns)
         known = self.cache.get_many(keys)
         missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
+        self.pairs_scored += len(missing)
         if missing:
             fresh = self.scorer.score(
                 [pairs[i] for i in missing],

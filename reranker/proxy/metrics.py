@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,7 +13,12 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from reranker.scoring import LruScores
 
 STAGE_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -92,5 +100,35 @@ class ProxyMetrics:
             registry=r,
         )
 
+    def watch_score_cache(self, cache: LruScores) -> None:
+        """Export the pair-score cache's counters (read at scrape time)."""
+        self.registry.register(ScoreCacheCollector(cache))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ScoreCacheCollector(Collector):
+    """``reranker_proxy_score_cache_*``: the in-memory pair-score cache's lookups by result,
+    evictions and size."""
+
+    def __init__(self, cache: LruScores) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        lookups = CounterMetricFamily(
+            "reranker_proxy_score_cache_lookups",
+            "Pair scores looked up in the cache, by result (hit, miss).",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], self.cache.hits)
+        lookups.add_metric(["miss"], self.cache.misses)
+        yield lookups
+        yield CounterMetricFamily(
+            "reranker_proxy_score_cache_evictions",
+            "Pair scores evicted (least recently used first).",
+            value=self.cache.evictions,
+        )
+        yield GaugeMetricFamily(
+            "reranker_proxy_score_cache_pairs", "Pair scores held.", value=len(self.cache)
+        )

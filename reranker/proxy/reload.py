@@ -23,7 +23,7 @@ from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
-from reranker.scoring import Scorer
+from reranker.scoring import CachedScorer, LruScores, PairScorer, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,23 @@ class LoadedModels:
         self.encoder_factory = encoder_factory
         self.model_loader = model_loader
         self.scorer: Scorer | None = None
+        #: one cache for the proxy's life (its keys carry the model's version, so a reload
+        #: never serves the old model's scores and the counters stay monotonic)
+        self.score_cache = (
+            LruScores(settings.score_cache_size) if settings.score_cache_size else None
+        )
+        if self.score_cache is not None:
+            metrics.watch_score_cache(self.score_cache)
         self.encoder: TextEncoder | None = None
         self.model_error: str | None = None
         self.encoder_error: str | None = None
         self.loaded = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+
+    def cached(self, scorer: Scorer) -> PairScorer:
+        """``scorer`` behind the proxy's pair-score cache, when there is one."""
+        return scorer if self.score_cache is None else CachedScorer(scorer, self.score_cache)
 
     def unavailable_reason(self) -> str:
         """Why there is no scorer: still loading, or the load's error."""

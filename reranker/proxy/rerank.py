@@ -59,7 +59,7 @@ from reranker.proxy.request import (
     source_filter,
 )
 from reranker.proxy.settings import ProxySettings
-from reranker.scoring import Scorer, ScoreTimeout
+from reranker.scoring import PairScorer, Scorer, ScoreTimeout
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Window:
     blend: NamedBlend | None
     explain: bool
 
-    def pipeline(self, scorer: Scorer | None) -> Pipeline:
+    def pipeline(self, scorer: PairScorer | None) -> Pipeline:
         """The search's pipeline, by the one builder; no scorer: the first-stage order."""
         path = QueryPath(
             index=self.index,
@@ -504,7 +504,13 @@ class RerankHandler:
             return window.unscored(Degraded("timeout", message)), {}
 
         spec = window.spec
-        scoring = window.pipeline(scorer)
+        cached = self.models.cached(scorer)
+        scoring = window.pipeline(cached)
+        if scoring.scores_cached(window.text, window.candidates):
+            # every pair's score is in memory: no model call, so no queue and no breaker
+            self.breaker.release()
+            result = scoring.rerank(window.text, window.candidates, k=spec.window)
+            return result, {"rerank": result.timings_ms.get("rerank", 0.0), "scorer_queue": 0.0}
         submitted_at = time.perf_counter()
         budget_at_submit = deadline - time.monotonic()
         candidates, text = window.candidates, window.text
@@ -519,7 +525,8 @@ class RerankHandler:
         if called.result is not None:
             result = called.result
             waited = (time.perf_counter() - submitted_at) * 1000
-            if self._accept(result, spec, budget_at_submit):
+            scored = getattr(cached, "pairs_scored", len(result.hits))
+            if self._accept(result, spec, budget_at_submit, scored):
                 scored = result.timings_ms.get("rerank", 0.0)
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
             failure = ScoringFailure("reranker error: invalid output (non-finite scores)")
@@ -608,11 +615,14 @@ class RerankHandler:
         log.error("the scoring call failed unexpectedly", exc_info=exc)
         return ScoringFailure(f"reranker error: unexpected {type(exc).__name__}")
 
-    def _accept(self, result: PipelineResult, spec: RerankSpec, budget_s: float) -> bool:
-        """Whether a finished call's scores can be served (all finite); records its rate and
-        tells the breaker how it went."""
+    def _accept(
+        self, result: PipelineResult, spec: RerankSpec, budget_s: float, scored: int
+    ) -> bool:
+        """Whether a finished call's scores can be served (all finite); records its rate (of
+        the ``scored`` pairs the model ran: cached ones cost nothing) and tells the breaker how
+        it went."""
         if "rerank" in result.timings_ms:
-            self.admission.record(len(result.hits), result.timings_ms["rerank"] / 1000)
+            self.admission.record(scored, result.timings_ms["rerank"] / 1000)
         if not all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
             return False
         if not result.degraded:

@@ -400,9 +400,11 @@ class RerankApi:
             deadline = time.monotonic() + timeout_ms / 1000
             took: list[float] = []
 
+            cached = models.cached(scorer)
+
             def work() -> np.ndarray:
                 began = time.perf_counter()
-                scores = scorer.score(pairs, sigmoid=call.probabilities, deadline=deadline)
+                scores = cached.score(pairs, sigmoid=call.probabilities, deadline=deadline)
                 took.append(time.perf_counter() - began)
                 check_scores(scores, len(pairs))  # else the scorer's failure (424)
                 return scores
@@ -418,7 +420,7 @@ class RerankApi:
                     raise errors.reranker_timeout(called.failure.reason)
                 raise ProxyError(FAILED_DEPENDENCY, "backend", called.failure.reason)
             self.proxy.breaker.success()
-            self.proxy.admission.record(len(pairs), took[0])
+            self.proxy.admission.record(getattr(cached, "pairs_scored", len(pairs)), took[0])
             stages = self.proxy.metrics.stage_seconds
             stages.labels("rerank").observe(took[0])
             stages.labels("scorer_queue").observe(

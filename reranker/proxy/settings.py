@@ -72,6 +72,8 @@ class ProxySettings:
     #: reranked requests whose scoring is queued or running (abandoned calls included)
     max_scorer_queue: int = 16
     scorer_workers: int = 1
+    #: pair scores kept in memory (LRU; keyed by model, query, passage text, features); 0 = off
+    score_cache_size: int = 100_000
     #: consecutive scorer failures that open the circuit, and how long it stays open
     breaker_failures: int = 5
     breaker_cooloff_s: float = 30.0
@@ -143,6 +145,8 @@ class ProxySettings:
             raise ConfigError("default_timeout_ms must not exceed max_timeout_ms")
         if not 0.0 < self.es_budget_fraction < 1.0:
             raise ConfigError("es_budget_fraction must be between 0 and 1")
+        if self.score_cache_size < 0:
+            raise ConfigError("score_cache_size must be ≥ 0 (0 turns the cache off)")
         if self.breaker_cooloff_s < 0 or self.log_flush_s <= 0 or self.scorer_grace_ms < 0:
             raise ConfigError("breaker_cooloff_s, log_flush_s and scorer_grace_ms must be ≥ 0")
         if not self.allowed_indices:
@@ -169,6 +173,7 @@ class ProxySettings:
             "default_timeout_ms": _env_int("RERANKER_PROXY_TIMEOUT_MS", 5000),
             "max_in_flight": _env_int("RERANKER_PROXY_MAX_IN_FLIGHT", 32),
             "max_scorer_queue": _env_int("RERANKER_PROXY_MAX_SCORER_QUEUE", 16),
+            "score_cache_size": _env_int("RERANKER_PROXY_SCORE_CACHE_SIZE", 100_000),
             "breaker_failures": _env_int("RERANKER_PROXY_BREAKER_FAILURES", 5),
             "breaker_cooloff_s": _env_float("RERANKER_PROXY_BREAKER_COOLOFF_S", 30.0),
             "request_log": os.environ.get("RERANKER_PROXY_REQUEST_LOG", "").lower()

@@ -644,3 +644,33 @@ def test_official_client_multi_searches_through_the_proxy(
     assert len(plain["hits"]["hits"]) == len(reranked["hits"]["hits"]) == 5
     assert "rerank" not in plain
     assert reranked["rerank"]["window"] == 10
+
+
+async def test_a_repeated_search_is_scored_from_the_cache_without_queueing(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> None:
+    async with running(proxy_settings(es_node, proxy_alias), proxy_scorer, embedder) as http:
+        first = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        again = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        metrics = (await http.get("/metrics")).text
+    assert first.status_code == again.status_code == 200
+    assert ids(again) == ids(first)
+    scores = [h["_score"] for h in again.json()["hits"]["hits"]]
+    assert scores == [h["_score"] for h in first.json()["hits"]["hits"]]
+    lookups = {
+        line.split('result="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("reranker_proxy_score_cache_lookups_total{")
+    }
+    assert lookups == {"hit": 10.0, "miss": 10.0}
+    assert "reranker_proxy_score_cache_pairs 10.0" in metrics
+
+
+async def test_a_cache_size_of_zero_turns_the_cache_off(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> None:
+    settings = proxy_settings(es_node, proxy_alias, score_cache_size=0)
+    async with running(settings, proxy_scorer, embedder) as http:
+        await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+        metrics = (await http.get("/metrics")).text
+    assert "reranker_proxy_score_cache" not in metrics
