@@ -103,6 +103,18 @@ def default_model_dir() -> Path:
     return scoring_default()
 
 
+def _scorer_url_option(command: Any) -> Any:
+    return click.option(
+        "--scorer-url",
+        "scorer_urls",
+        multiple=True,
+        help="Score through this rerank endpoint (`reranker serve --scorer-only` or a "
+        "text-embeddings-inference server) instead of loading a model; repeatable: requests "
+        "are spread across them, with fail-over [serve: env RERANKER_PROXY_SCORER_URLS, "
+        "comma-separated].",
+    )(command)
+
+
 def _scorer(model: Path | None, variant: str | None) -> Any:
     from reranker.scoring import load_scorer
 
@@ -437,6 +449,7 @@ def search_cmd(
     default=None,
     help="Exported precision of the cross-encoder [default: fp32 if present].",
 )
+@_scorer_url_option
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option(
@@ -479,6 +492,7 @@ def eval_cmd(
     rerank_base: str,
     model: Path | None,
     variant: str | None,
+    scorer_urls: tuple[str, ...],
     reindex: bool,
     output: Path | None,
     blend: str | None,
@@ -506,6 +520,12 @@ def eval_cmd(
     from reranker.pipeline import QueryPath, scorer_for
 
     wanted = _eval_modes(modes, depth)
+    if scorer_urls and record:
+        from reranker.errors import ConfigError
+
+        raise ConfigError(
+            "--record writes into a local model's card: use --model, not --scorer-url"
+        )
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
@@ -538,10 +558,12 @@ def eval_cmd(
             model=model,
             variant=variant,
             score_cache=ctx.obj.home / "scores",
+            scorer_urls=scorer_urls,
         )
         scorer = scorer_for(path)  # a CachedScorer: a Scorer's attributes, cached logits
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
-        blend_choice = _eval_blend(wanted, blend, signals, dataset.name, scorer.model_dir)
+        model_dir = getattr(scorer, "model_dir", None)  # none for a remote scorer
+        blend_choice = _eval_blend(wanted, blend, signals, dataset.name, model_dir)
         runners.update(
             _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors)
         )
@@ -927,6 +949,7 @@ def export_cmd(
     help="Serve only the rerank API (POST /rerank, /v1/rerank, /v2/rerank, GET /info) with "
     "/_health, /metrics and reload: no Elasticsearch needed [env RERANKER_PROXY_SCORER_ONLY].",
 )
+@_scorer_url_option
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -942,6 +965,7 @@ def serve_cmd(
     blend_files: tuple[str, ...],
     model_roots: tuple[Path, ...],
     scorer_only: bool | None,
+    scorer_urls: tuple[str, ...],
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
@@ -974,13 +998,18 @@ def serve_cmd(
         overrides["blends"] = parse_pairs(blend_files, "blend")
     if model_roots:
         overrides["model_roots"] = tuple(model_roots)
+    if scorer_urls:
+        overrides["scorer_urls"] = scorer_urls
     settings = ProxySettings.from_env(**overrides)
     if not settings.model_roots:
         served = (model or default_model_dir()).resolve()
         settings = dataclasses.replace(settings, model_roots=(served.parent,))
     serve(
         settings,
-        model_loader=lambda folder, chosen: _scorer(folder or model, chosen or variant),
+        # remote scorers: the endpoints load (and reload) the model, not this process
+        model_loader=None
+        if settings.scorer_urls
+        else lambda folder, chosen: _scorer(folder or model, chosen or variant),
         encoder_factory=(lambda: _embedder(ctx)) if dense and not settings.scorer_only else None,
         json_logs=log_format == "json",
     )

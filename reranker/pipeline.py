@@ -10,6 +10,7 @@ calls :meth:`Pipeline.search`, the proxy (which runs its own async first stage)
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -279,13 +280,23 @@ class QueryPath:
     """The ``_source`` fields the cross-encoder reads, joined (see :meth:`Pipeline.passage`)."""
     fail_open: bool = True
     """A failing scorer gives the first-stage order (``degraded``) instead of an error."""
+    scorer_urls: tuple[str, ...] = ()
+    """Rerank endpoints to score through instead of loading ``model`` (see
+    :mod:`reranker.remote_scorer`)."""
 
 
 def scorer_for(path: QueryPath) -> PairScorer:
     """The cross-encoder ``path`` names, behind the logit cache when it has one."""
-    from reranker.scoring import CachedScorer, load_scorer
+    from reranker.remote_scorer import RemoteScorer
+    from reranker.scoring import CachedScorer, ServedScorer, load_scorer
 
-    scorer = load_scorer(path.model, path.variant)
+    scorer: ServedScorer
+    if path.scorer_urls:
+        scorer = RemoteScorer(
+            path.scorer_urls, api_key=os.environ.get("RERANKER_PROXY_SCORER_API_KEY")
+        )
+    else:
+        scorer = load_scorer(path.model, path.variant)
     if path.score_cache is None:
         return scorer
     return CachedScorer.on_disk(scorer, path.score_cache)

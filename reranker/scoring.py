@@ -146,6 +146,22 @@ class PairScorer(Protocol):
     ) -> np.ndarray: ...
 
 
+class ServedScorer(PairScorer, Protocol):
+    """A scorer the proxy can serve and cache: :class:`Scorer`, or
+    :class:`~reranker.remote_scorer.RemoteScorer` (the same model behind rerank endpoints)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def variant(self) -> str: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    def warmup(self) -> None: ...
+
+
 class Scorer:
     """Cross-encoder scores for (query, passage) pairs, from an exported model folder.
 
@@ -589,7 +605,7 @@ class CachedScorer:
     first-stage-aware model, the features: everything the score depends on.
     """
 
-    def __init__(self, scorer: Scorer, store: ScoreStore) -> None:
+    def __init__(self, scorer: ServedScorer, store: ScoreStore) -> None:
         self.scorer = scorer
         self.cache = store
         #: pairs the model itself scored in this wrapper's calls (the rest came from the cache)
@@ -597,7 +613,7 @@ class CachedScorer:
         self._prefix = f"{scorer.model_id}\x1f{scorer.version}\x1f{scorer.variant}"
 
     @classmethod
-    def on_disk(cls, scorer: Scorer, folder: Path) -> CachedScorer:
+    def on_disk(cls, scorer: ServedScorer, folder: Path) -> CachedScorer:
         store = EmbeddingCache(
             folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -86,6 +87,12 @@ class Proxy:
         load_in_background: bool = True,
         model_loader: ModelLoader | None = None,
     ) -> None:
+        if settings.scorer_urls and scorer_factory is None:
+            scorer_factory = remote_scorer_factory(settings)
+            if settings.scorer_workers == 1:  # remote calls wait on the network: overlap them
+                settings = dataclasses.replace(
+                    settings, scorer_workers=4 * len(settings.scorer_urls)
+                )
         self.settings = settings
         self.load_in_background = load_in_background
         self.metrics = ProxyMetrics()
@@ -99,6 +106,7 @@ class Proxy:
             encoder_factory=encoder_factory,
             model_loader=model_loader,
         )
+        self.metrics.watch_remote_endpoints(self._remote_endpoints)
         self.reranking = RerankHandler(
             settings,
             self.metrics,
@@ -164,6 +172,9 @@ class Proxy:
                 await self._es.close()
                 self._es = None
             self.reranking.close()
+            closing = getattr(self.models.scorer, "close", None)
+            if callable(closing):  # a remote scorer's HTTP client and health thread
+                await asyncio.to_thread(closing)
 
     async def reload_endpoint(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
@@ -288,6 +299,11 @@ class Proxy:
                 },
                 "elasticsearch": es_state,
                 "circuit": self.breaker.state,
+                **(
+                    {"scorer_endpoints": self._remote_endpoints()}
+                    if self.settings.scorer_urls
+                    else {}
+                ),
                 "in_flight": self.admission.in_flight,
                 "scorer_queue": self.admission.scorer_backlog,
             }
@@ -409,6 +425,11 @@ class Proxy:
 
     # ------------------------------------------------------------------ input
 
+    def _remote_endpoints(self) -> list[dict[str, Any]]:
+        """Each remote scorer endpoint's breaker state and counters (none for a local model)."""
+        describe = getattr(self.models.scorer, "describe", None)
+        return list(describe()) if callable(describe) else []
+
     def _check_api_key(self, request: Request) -> None:
         if self.settings.api_keys:
             require_api_key(request, self.settings.api_keys)
@@ -523,6 +544,25 @@ class Proxy:
         if isinstance(body, (bytes, str)):
             raise errors.bad_gateway("Elasticsearch answered a search with a non-JSON body")
         return status, body
+
+
+def remote_scorer_factory(settings: ProxySettings) -> ScorerFactory:
+    """Builds the :class:`~reranker.remote_scorer.RemoteScorer` over ``settings.scorer_urls``:
+    waits up to 30 s for a first endpoint to answer ``/info``, then health-checks every 5 s."""
+    from reranker.remote_scorer import RemoteScorer
+
+    def build() -> RemoteScorer:
+        return RemoteScorer(
+            settings.scorer_urls,
+            api_key=settings.scorer_api_key,
+            timeout_s=settings.default_timeout_ms / 1000,
+            failures=min(3, settings.breaker_failures),
+            cooloff_s=min(5.0, settings.breaker_cooloff_s),
+            wait_s=30.0,
+            health_interval_s=5.0,
+        )
+
+    return build
 
 
 def require_api_key(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -104,6 +104,10 @@ class ProxyMetrics:
         """Export the pair-score cache's counters (read at scrape time)."""
         self.registry.register(ScoreCacheCollector(cache))
 
+    def watch_remote_endpoints(self, endpoints: Callable[[], list[dict[str, Any]]]) -> None:
+        """Export each remote scorer endpoint's counters (``endpoints()`` read at scrape time)."""
+        self.registry.register(RemoteEndpointCollector(endpoints))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -132,3 +136,36 @@ class ScoreCacheCollector(Collector):
         yield GaugeMetricFamily(
             "reranker_proxy_score_cache_pairs", "Pair scores held.", value=len(self.cache)
         )
+
+
+class RemoteEndpointCollector(Collector):
+    """``reranker_proxy_remote_scorer_*``: each remote scorer endpoint's requests, failures and
+    whether its breaker lets requests through (nothing when the model is in-process)."""
+
+    def __init__(self, endpoints: Callable[[], list[dict[str, Any]]]) -> None:
+        self.endpoints = endpoints
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        requests = CounterMetricFamily(
+            "reranker_proxy_remote_scorer_requests",
+            "Requests sent to a remote scorer endpoint.",
+            labels=["endpoint"],
+        )
+        failures = CounterMetricFamily(
+            "reranker_proxy_remote_scorer_failures",
+            "Requests a remote scorer endpoint failed (its breaker counted them).",
+            labels=["endpoint"],
+        )
+        up = GaugeMetricFamily(
+            "reranker_proxy_remote_scorer_up",
+            "1 while a remote scorer endpoint's breaker is closed, else 0.",
+            labels=["endpoint"],
+        )
+        for endpoint in self.endpoints():
+            url = str(endpoint["url"])
+            requests.add_metric([url], endpoint["requests"])
+            failures.add_metric([url], endpoint["failures"])
+            up.add_metric([url], 1 if endpoint["state"] == "closed" else 0)
+        yield requests
+        yield failures
+        yield up

@@ -23,12 +23,12 @@ from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
-from reranker.scoring import CachedScorer, LruScores, PairScorer, Scorer
+from reranker.scoring import CachedScorer, LruScores, PairScorer, ServedScorer
 
 log = logging.getLogger(__name__)
 
-ScorerFactory = Callable[[], Scorer]
-ModelLoader = Callable[[Path | None, str | None], Scorer]
+ScorerFactory = Callable[[], ServedScorer]
+ModelLoader = Callable[[Path | None, str | None], ServedScorer]
 """``(model folder, variant)`` → a loaded scorer; ``None`` means the configured default."""
 EncoderFactory = Callable[[], TextEncoder]
 
@@ -69,7 +69,7 @@ class LoadedModels:
         self.scorer_factory = scorer_factory
         self.encoder_factory = encoder_factory
         self.model_loader = model_loader
-        self.scorer: Scorer | None = None
+        self.scorer: ServedScorer | None = None
         #: one cache for the proxy's life (its keys carry the model's version, so a reload
         #: never serves the old model's scores and the counters stay monotonic)
         self.score_cache = (
@@ -84,7 +84,7 @@ class LoadedModels:
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
-    def cached(self, scorer: Scorer) -> PairScorer:
+    def cached(self, scorer: ServedScorer) -> PairScorer:
         """``scorer`` behind the proxy's pair-score cache, when there is one."""
         return scorer if self.score_cache is None else CachedScorer(scorer, self.score_cache)
 
@@ -118,7 +118,7 @@ class LoadedModels:
         finally:
             self.loaded.set()
 
-    def install(self, scorer: Scorer) -> None:
+    def install(self, scorer: ServedScorer) -> None:
         """Make ``scorer`` the one new requests use; requests already scoring keep theirs."""
         self.scorer = scorer
         self.model_error = None
@@ -239,7 +239,7 @@ def redact_paths(reason: str, roots: tuple[Path, ...]) -> str:
     return _HEX_RUN.sub("<hash>", _ABSOLUTE_PATH.sub(replace, reason))
 
 
-def describe_scorer(scorer: Scorer | None) -> dict[str, Any] | None:
+def describe_scorer(scorer: ServedScorer | None) -> dict[str, Any] | None:
     if scorer is None:
         return None
     return {
@@ -250,7 +250,7 @@ def describe_scorer(scorer: Scorer | None) -> dict[str, Any] | None:
     }
 
 
-def smoke_test(scorer: Scorer) -> None:
+def smoke_test(scorer: ServedScorer) -> None:
     """Raise unless ``scorer`` gives finite scores, one per pair, the relevant passage first."""
     scorer.warmup()
     scores = scorer.score([(SMOKE_QUERY, passage) for passage in SMOKE_PASSAGES])

@@ -59,7 +59,7 @@ from reranker.proxy.request import (
     source_filter,
 )
 from reranker.proxy.settings import ProxySettings
-from reranker.scoring import PairScorer, Scorer, ScoreTimeout
+from reranker.scoring import PairScorer, ScoreTimeout, ServedScorer
 
 log = logging.getLogger(__name__)
 
@@ -682,7 +682,7 @@ def stage_timings(
     return timings
 
 
-def answer_model(scorer: Scorer | None) -> dict[str, Any] | None:
+def answer_model(scorer: ServedScorer | None) -> dict[str, Any] | None:
     """The model an answer names (``rerank.model``)."""
     if scorer is None:
         return None
@@ -695,7 +695,7 @@ def search_answer(
     plan: Plan,
     timings: dict[str, float],
     degraded: str | None,
-    scorer: Scorer | None,
+    scorer: ServedScorer | None,
 ) -> dict[str, Any]:
     """The Elasticsearch search response: the requested page of the reranked window (with
     ``_rerank`` per hit when explained), Elasticsearch's totals, aggregations and

@@ -118,6 +118,11 @@ class ProxySettings:
     """Serve only the rerank API (``/rerank``, ``/v1/rerank``, ``/v2/rerank``, ``/info``) with
     health, metrics and reload: no Elasticsearch client, no ``_search`` (``reranker serve
     --scorer-only``; see :mod:`reranker.proxy.rerank_api`)."""
+    scorer_urls: tuple[str, ...] = ()
+    """Rerank endpoints (``reranker serve --scorer-only`` or text-embeddings-inference) to score
+    through instead of loading a model (``--scorer-url``; see :mod:`reranker.remote_scorer`)."""
+    scorer_api_key: str | None = None
+    """Sent to those endpoints as ``Authorization: Bearer <key>``."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -187,6 +192,8 @@ class ProxySettings:
             "public_health_details": env_bool("RERANKER_PROXY_PUBLIC_HEALTH", False),
             "public_metrics": env_bool("RERANKER_PROXY_PUBLIC_METRICS", False),
             "scorer_only": env_bool("RERANKER_PROXY_SCORER_ONLY", False),
+            "scorer_urls": _env_list("RERANKER_PROXY_SCORER_URLS", ()),
+            "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:
