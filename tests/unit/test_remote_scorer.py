@@ -272,3 +272,16 @@ def test_a_health_check_brings_back_a_recovered_endpoint_and_keeps_out_another_m
 def test_malformed_answers_are_refused(body: Any, reason: str) -> None:
     with pytest.raises(ModelError, match=reason):
         scores_by_index(body, 2)
+
+
+def test_the_proxy_reads_scorer_urls_and_key_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reranker.config import Settings
+    from reranker.proxy.settings import ProxySettings
+
+    monkeypatch.setenv("RERANKER_PROXY_SCORER_URLS", "http://a:9281, http://b:9281")
+    monkeypatch.setenv("RERANKER_PROXY_SCORER_API_KEY", "k")
+    settings = ProxySettings.from_env(es=Settings(es_url="http://127.0.0.1:9"))
+    assert settings.scorer_urls == ("http://a:9281", "http://b:9281")
+    assert settings.scorer_api_key == "k"
