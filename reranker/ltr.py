@@ -108,13 +108,18 @@ class FeatureSet:
 
     def split(self, fraction: float, seed: int = 13) -> tuple[FeatureSet, FeatureSet]:
         """``(rest, held_out)``: about ``fraction`` of the queries held out, chosen by a seeded
-        hash of the query id (stable across runs and files), for a dataset without a dev split."""
+        hash of the query id (stable across runs and files), for a dataset without a dev split.
+
+        The hash is salted apart from :func:`reranker.corpus.split_queries`: features of the
+        queries that split held out (``--split dev`` of SciFact) must split again, not all
+        fall on one side."""
         if not 0.0 < fraction < 1.0:
             raise SourceError(f"the held-out fraction must be between 0 and 1, got {fraction}")
         held = {
             qid
             for qid in self.query_ids
-            if int(hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
+            if int(hashlib.sha256(f"{seed}:blend:{qid}".encode()).hexdigest()[:8], 16) / 2**32
+            < fraction
         }
         if not held or len(held) == len(self.query_ids):
             raise SourceError(

@@ -142,3 +142,13 @@ def test_blend_model_without_a_default_in_the_card_is_a_clear_error(tmp_path: Pa
 
     with pytest.raises(ConfigError, match="no default blend"):
         _blend_and_signals("model", None, "beir-nosignals", _model_card(tmp_path / "model"))
+
+
+def test_features_of_held_out_queries_split_again_for_selection(tmp_path: Path) -> None:
+    from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, split_queries
+
+    data = read_features(write_features(tmp_path / "f.jsonl", queries=400, per_query=1))
+    qrels = {qid: {"d": 1} for qid in data.query_ids}
+    held = set(split_queries(qrels, DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED)[1])
+    rest, selection = data.subset(held).split(0.3)
+    assert rest.query_ids and selection.query_ids
