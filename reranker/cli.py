@@ -893,6 +893,12 @@ def export_cmd(
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Allow hybrid kNN.")
 @click.option("--request-log/--no-request-log", default=None, help="Log reranked requests.")
 @click.option(
+    "--ubi/--no-ubi",
+    default=None,
+    help="User Behavior Insights: a query_id per search, query documents in ubi_queries, "
+    "POST /_reranker/events into ubi_events [env RERANKER_PROXY_UBI; default off].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["json", "text"]),
     default="json",
@@ -930,6 +936,7 @@ def serve_cmd(
     variant: str | None,
     dense: bool,
     request_log: bool | None,
+    ubi: bool | None,
     log_format: str,
     signal_sources: tuple[str, ...],
     blend_files: tuple[str, ...],
@@ -951,6 +958,8 @@ def serve_cmd(
         overrides["allowed_indices"] = tuple(allow)
     if request_log is not None:
         overrides["request_log"] = request_log
+    if ubi is not None:
+        overrides["ubi"] = ubi
     if signal_sources:
         overrides["signals"] = parse_pairs(signal_sources, "signals")
     if blend_files:
