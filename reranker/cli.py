@@ -1345,5 +1345,16 @@ def _register_bench() -> None:
 
 _register_bench()
 
+
+def _register_clicks() -> None:
+    # judgments from UBI clicks and the click simulator (reranker/cli_clicks.py)
+    from reranker.cli_clicks import judgments_cmd, simulate_clicks_cmd
+
+    main.add_command(judgments_cmd)
+    main.add_command(simulate_clicks_cmd)
+
+
+_register_clicks()
+
 if __name__ == "__main__":
     main()
