@@ -25,9 +25,10 @@ from reranker.cli import main
 from reranker.click_sim import UserModel, simulate
 from reranker.corpus import load_qrels, load_queries
 from reranker.es.node import NodeStatus
-from reranker.proxy import ProxySettings, create_app
+from reranker.proxy import ProxySettings
 from tests.conftest import es_settings
 from tests.integration.conftest import SCIFACT
+from tests.integration.test_proxy import running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -75,13 +76,8 @@ def settings_for(es_node: NodeStatus, names: dict[str, str], **overrides: Any) -
 @asynccontextmanager
 async def serving(settings: ProxySettings) -> AsyncIterator[httpx.AsyncClient]:
     """The proxy (no models); leaving it writes what its queue holds."""
-    app = create_app(settings, load_in_background=False)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://proxy", timeout=60
-        ) as http:
-            yield http
+    async with running(settings, None) as http:
+        yield http
 
 
 def stored(es_client: Elasticsearch, index: str, size: int = 500) -> list[dict[str, Any]]:
