@@ -80,7 +80,22 @@ def _echo_json(value: Any) -> None:
     default=None,
     help="Ignore events at positions beyond this.",
 )
-@click.option("--iterations", type=int, default=200, show_default=True, help="EM iterations.")
+@click.option(
+    "--min-examinations",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="pbm: judge only pairs the model thinks were looked at this often (Σ θ_k over "
+    "their impressions).",
+)
+@click.option(
+    "--prior-strength",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="pbm: pseudo-impressions shrinking each pair towards the mean attractiveness.",
+)
+@click.option("--iterations", type=int, default=1000, show_default=True, help="EM iterations.")
 @click.option(
     "--compare",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -107,6 +122,8 @@ def judgments_cmd(
     min_impressions: int,
     thresholds: str | None,
     max_position: int | None,
+    min_examinations: float,
+    prior_strength: float,
     iterations: int,
     compare: Path | None,
     report: Path | None,
@@ -137,10 +154,17 @@ def judgments_cmd(
         events = j.read_events_es(make_client(settings), events_index, application=application)
     counts, seen = j.count_clicks(events, max_position=max_position)
     j.require_impressions(counts, seen)
-    options = {"iterations": iterations} if model_name == "pbm" else {}
+    options: dict[str, Any] = {}
+    if model_name == "pbm":
+        options = {"iterations": iterations, "prior_strength": prior_strength}
     fitted = j.fit(model_name, counts, **options)
     judged = j.judge(
-        counts, fitted, min_impressions=min_impressions, thresholds=cuts, dataset_queries=queries
+        counts,
+        fitted,
+        min_impressions=min_impressions,
+        thresholds=cuts,
+        dataset_queries=queries,
+        min_examinations=min_examinations,
     )
     if queries_output is not None:
         ids, _ = j.query_ids_for(sorted({t for t, _ in counts.impressions()}), queries)
@@ -156,6 +180,7 @@ def judgments_cmd(
         "model": model_name,
         "thresholds": list(cuts),
         "min_impressions": min_impressions,
+        "min_examinations": min_examinations,
         "events": seen.events,
         "searches": seen.searches,
         "impressions": seen.impressions,

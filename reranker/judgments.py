@@ -16,16 +16,20 @@ Click models (Chuklin, Markov and de Rijke, *Click Models for Web Search*, 2015,
 - ``pbm`` — the position-based model ``P(click) = θ_k · α_qd`` (examination of position
   ``k`` times the pair's attractiveness), fitted by expectation–maximisation: for a shown
   result that was not clicked, the E-step splits it between "not examined" and "examined but
-  not attractive" in proportion ``(1-θ)α : θ(1-α)``; the M-step sets ``α`` to the expected
-  attractive share of a pair's impressions (with ``prior`` pseudo-counts, Beta(1, 1) by
-  default) and ``θ_k`` to the expected examined share at position ``k``. The fit stops when
-  the log-likelihood gains less than ``tol`` of itself in an iteration (or after
-  ``iterations``); ``θ`` is then scaled so
-  that ``θ_1 = 1`` (the top result is always looked at) and ``α`` accordingly, so ``α`` reads
-  as the click probability of the pair at the top.
+  not attractive" in proportion ``(1-θ)α : θ(1-α)``; the M-step sets ``θ_k`` to the expected
+  examined share at position ``k`` and ``α`` to the expected attractive share of a pair's
+  impressions, shrunk towards the mean attractiveness of all impressions by
+  ``prior_strength`` pseudo-impressions (2 by default; an empirical-Bayes Beta prior,
+  re-estimated every iteration): a pair seen only where nobody looks stays near the average
+  instead of the 0.5 a flat prior would give it. The fit stops when the log-likelihood gains
+  less than ``tol`` of itself in an iteration (or after ``iterations``); ``θ`` is then scaled
+  so that ``θ_1 = 1`` (the top result is always looked at) and ``α`` accordingly, so ``α``
+  reads as the click probability of the pair at the top.
 - ``ctr`` — the plain click rate, with no position correction (a baseline).
 
-A pair is judged only with at least ``min_impressions`` impressions. Its grade is the number
+A pair is judged only with at least ``min_impressions`` impressions and, optionally for
+``pbm``, at least ``min_examinations`` expected examinations (``Σ θ_k`` over its
+impressions: ten impressions at position 10 are about one look). Its grade is the number
 of ``thresholds`` its score reaches (two thresholds → grades 0, 1, 2, like BEIR's graded
 qrels). The qrels file has BEIR's layout (header ``query-id corpus-id score``), the form
 ``reranker train``, ``reranker ltr`` and ``reranker eval`` read from ``<dataset>/qrels/``;
@@ -261,6 +265,8 @@ class ModelFit:
     """``ctr_k`` (coec, ctr) or ``θ_k`` (pbm), by position."""
     iterations: int = 0
     converged: bool = True
+    examinations: dict[Pair, float] | None = None
+    """pbm: a pair's expected examinations, ``Σ θ_k`` over its impressions."""
 
 
 def _arrays(
@@ -306,12 +312,16 @@ def fit_coec(counts: ClickCounts) -> ModelFit:
 def fit_pbm(
     counts: ClickCounts,
     *,
-    iterations: int = 200,
+    iterations: int = 1000,
     tol: float = 1e-9,
-    prior: tuple[float, float] = (1.0, 1.0),
+    prior_strength: float = 2.0,
+    prior_mean: float | None = None,
 ) -> ModelFit:
     """The position-based model by EM (see the module's docstring)."""
+    if prior_strength < 0 or (prior_mean is not None and not 0 <= prior_mean <= 1):
+        raise ConfigError("the prior's strength must be ≥ 0 and its mean within [0, 1]")
     pairs, positions, p, k, n, c = _arrays(counts)
+    mean = 0.5 if prior_mean is None else prior_mean
     alpha = np.full(len(pairs), 0.5)
     theta = np.full(len(positions), 0.5)
     shown_pair = np.bincount(p, n, len(pairs))
@@ -325,8 +335,10 @@ def fit_pbm(
         unclicked = np.maximum(1.0 - t * a, 1e-12)
         attractive = c + misses * (1.0 - t) * a / unclicked
         examined = c + misses * t * (1.0 - a) / unclicked
-        alpha = (np.bincount(p, attractive, len(pairs)) + prior[0]) / (
-            shown_pair + prior[0] + prior[1]
+        if prior_mean is None:  # empirical Bayes: the mean attractiveness of an impression
+            mean = float(np.sum(attractive) / np.sum(n))
+        alpha = (np.bincount(p, attractive, len(pairs)) + prior_strength * mean) / (
+            shown_pair + prior_strength
         )
         theta = np.bincount(k, examined, len(positions)) / shown_position
         likelihood = _pbm_log_likelihood(alpha[p] * theta[k], n, c)
@@ -336,14 +348,16 @@ def fit_pbm(
             break
         before = likelihood
     top = theta[0] if theta[0] > 0 else 1.0
-    theta = theta / top
+    theta = np.minimum(theta / top, 1.0)
     alpha = np.minimum(alpha * top, 1.0)
+    examined_pair = np.bincount(p, n * theta[k], len(pairs))
     return ModelFit(
         "pbm",
         {pair: float(alpha[i]) for i, pair in enumerate(pairs)},
         {pos: float(theta[i]) for i, pos in enumerate(positions)},
         iterations=done,
         converged=converged,
+        examinations={pair: float(examined_pair[i]) for i, pair in enumerate(pairs)},
     )
 
 
@@ -418,10 +432,14 @@ def judge(
     min_impressions: int,
     thresholds: Sequence[float],
     dataset_queries: Mapping[str, str] | None = None,
+    min_examinations: float = 0.0,
 ) -> Judgments:
-    """Grade the pairs with enough impressions; a :class:`SourceError` when none has."""
+    """Grade the pairs with at least ``min_impressions`` impressions (and, for pbm, at least
+    ``min_examinations`` expected examinations); a :class:`SourceError` when none has."""
     if min_impressions < 1:
         raise ConfigError("--min-impressions must be at least 1")
+    if min_examinations > 0 and model_fit.examinations is None:
+        raise ConfigError("--min-examinations needs the pbm model (it knows examination)")
     impressions = counts.impressions()
     if not impressions:
         raise SourceError("no impressions in the events: nothing to judge")
@@ -433,6 +451,15 @@ def judge(
             f"{most}, over {len(impressions)} pairs): nothing written; lower --min-impressions "
             "or collect more events"
         )
+    examined = model_fit.examinations
+    if min_examinations > 0 and examined is not None:
+        kept = {pair: shown for pair, shown in kept.items() if examined[pair] >= min_examinations}
+        if not kept:
+            raise SourceError(
+                f"no (query, document) pair with {min_impressions} impressions was examined "
+                f"{min_examinations:g} times by the model's estimate (the most is "
+                f"{max(examined.values()):.1f}): nothing written; lower --min-examinations"
+            )
     ids, unmatched = query_ids_for(sorted({text for text, _ in kept}), dataset_queries)
     qrels: Qrels = {}
     scores: dict[str, dict[str, float]] = {}

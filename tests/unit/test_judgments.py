@@ -74,6 +74,29 @@ def test_pbm_by_em_recovers_the_examination_and_attractiveness_it_was_given() ->
     assert fitted.positions[1] == 1.0  # scaled so that the top is always examined
 
 
+def test_pbm_keeps_a_pair_nobody_looked_at_near_the_average_and_can_leave_it_unjudged() -> None:
+    counts = synthetic_counts(ALPHAS, THETA, 3000)
+    for _ in range(20):  # shown only at position 30, never clicked: no evidence either way
+        counts.add(("q", "deep"), 30, False)
+    for k in range(1, 6):  # what position 30 looks like, from other queries
+        for _ in range(400):
+            counts.add(("other", f"o{k}"), 30, False)
+    fitted = fit_pbm(counts)
+    assert fitted.examinations is not None
+    assert fitted.examinations[("q", "deep")] < 1.0
+    shown = counts.impressions()
+    mean = sum(fitted.scores[pair] * n for pair, n in shown.items()) / sum(shown.values())
+    # no evidence: it stays at the mean attractiveness, neither a flat prior's 0.5 nor 0
+    assert fitted.scores[("q", "deep")] == pytest.approx(mean, abs=0.05)
+    judged = judge(counts, fitted, min_impressions=10, thresholds=(0.2, 0.5), min_examinations=4)
+    graded = {doc for docs in judged.qrels.values() for doc in docs}
+    assert "deep" not in graded and {"a", "e"} <= graded
+    with pytest.raises(ConfigError, match="needs the pbm model"):
+        judge(counts, fit_ctr(counts), min_impressions=1, thresholds=(0.5,), min_examinations=1)
+    with pytest.raises(SourceError, match="lower --min-examinations"):
+        judge(counts, fitted, min_impressions=1, thresholds=(0.5,), min_examinations=1e9)
+
+
 def test_coec_and_pbm_see_through_position_where_plain_click_rate_does_not() -> None:
     # "top" is mediocre but mostly shown first; "deep" is better but mostly shown fifth;
     # otherwise everything moves around, so position effects can be learnt
