@@ -285,3 +285,27 @@ def test_a_malformed_event_line_is_an_error_naming_it_and_an_old_file_stays(
     assert result.exit_code == 4
     assert f"{events}:2: invalid JSON" in result.output
     assert "old\tdoc\t1" in output.read_text()
+
+
+def test_click_qrels_in_a_beir_folder_are_read_by_train_eval_and_ltr(tmp_path: Path) -> None:
+    from reranker.evaluation import judged_queries
+    from reranker.training_data import load_training_pairs
+
+    dataset = tmp_path / "clicks-ds"
+    (dataset / "qrels").mkdir(parents=True)
+    docs = [{"_id": d, "title": "", "text": f"vitamin D text {d}"} for d in ("d1", "d2")]
+    (dataset / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (dataset / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "vitamin D bones"}))
+    events = write_events(tmp_path / "events.jsonl", many_events())
+    output = dataset / "qrels" / "clicks.tsv"
+    result = CliRunner().invoke(
+        main,
+        ["judgments", "--events", str(events), "--dataset", str(dataset), "--output",
+         str(output), "--model", "ctr", "--thresholds", "0.2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    queries, qrels = judged_queries(dataset, "clicks")  # what eval and ltr log-features read
+    assert queries == {"q1": "vitamin D bones"}
+    assert qrels == {"q1": {"d1": 1, "d2": 0}}
+    pairs = load_training_pairs([output], negatives_per_positive=0)  # what train reads
+    assert sorted(p.label for p in pairs.pairs) == [0.0, 1.0]
