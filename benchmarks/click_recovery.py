@@ -130,6 +130,22 @@ def judge_all(
         }
         if model == "pbm":
             out[key]["em"] = {"iterations": fitted.iterations, "converged": fitted.converged}
+    # the baseline on exactly the pairs the pbm variant kept, for a like-for-like comparison
+    looked = fits["pbm"].examinations or {}
+    kept = j.ClickCounts(
+        {key: n for key, n in counts.rows.items() if looked.get(key[0], 0.0) >= min_examinations}
+    )
+    same = j.judge(
+        kept,
+        fits["ctr"],
+        min_impressions=min_impressions,
+        thresholds=j.DEFAULT_THRESHOLDS["ctr"],
+        dataset_queries=queries,
+    )
+    out[f"ctr_same_pairs_as_pbm_min_examinations_{min_examinations:g}"] = {
+        "pairs_judged": same.pairs_kept,
+        "agreement": j.agreement(same, truth),
+    }
     return out
 
 
