@@ -68,6 +68,10 @@ EVENT_FIELDS = (
 )
 MAX_MESSAGE_CHARS = 1024
 MAX_OBJECT_ID_CHARS = 256
+#: fields the ``ubi_events`` mapping gives a type: a value Elasticsearch would refuse (an
+#: object or a list where a number or a keyword is mapped) is refused here, not dropped later
+MAPPED_POSITION = ("x", "y", "page_depth", "scroll_depth", "trail")
+MAPPED_OBJECT = ("internal_id", "object_id_field", "name", "description")
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,9 @@ def _object_and_position(attributes: Any) -> tuple[str | None, int | None]:
     if obj is not None:
         if not isinstance(obj, dict):
             raise ValueError("[event_attributes.object] must be an object")
+        _scalars(obj, MAPPED_OBJECT, "event_attributes.object")
+        if obj.get("object_detail") is not None and not isinstance(obj["object_detail"], dict):
+            raise ValueError("[event_attributes.object.object_detail] must be an object")
         value = obj.get("object_id")
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
@@ -253,6 +260,7 @@ def _object_and_position(attributes: Any) -> tuple[str | None, int | None]:
     if position is not None:
         if not isinstance(position, dict):
             raise ValueError("[event_attributes.position] must be an object")
+        _scalars(position, MAPPED_POSITION, "event_attributes.position")
         value = position.get("ordinal")
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int):
@@ -263,6 +271,13 @@ def _object_and_position(attributes: Any) -> tuple[str | None, int | None]:
                 )
             ordinal = value
     return object_id, ordinal
+
+
+def _scalars(raw: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        value = raw.get(key)
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"[{where}.{key}] must be a single value, not {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- against the search

@@ -123,8 +123,9 @@ class ProxySettings:
     ubi_cache_size: int = 100_000
     """Searches remembered for validating events (their hits and positions); older ones are
     looked up in ``ubi_queries_index``."""
-    ubi_max_events: int = 1000
-    """Most events in one ``POST /_reranker/events`` (400 beyond, nothing accepted)."""
+    ubi_max_events: int = 500
+    """Most events in one ``POST /_reranker/events`` (400 beyond, nothing accepted); half the
+    default write queue, so one full batch fits beside the searches' documents."""
     ubi_clock_skew_s: float = 60.0
     """How far an event's timestamp may lie in the future, or before its search."""
 

@@ -179,6 +179,26 @@ def test_a_good_event_is_normalised_to_ubis_timestamp_and_keeps_its_attributes()
         ({"colour": "red"}, "invalid_event", "unknown field"),
         ({"event_attributes": []}, "invalid_event", "must be an object"),
         (
+            {
+                "event_attributes": {
+                    "object": {"object_id": "d", "name": {"nested": 1}},
+                    "position": {"ordinal": 1},
+                }
+            },
+            "invalid_event",
+            "single value",
+        ),
+        (
+            {
+                "event_attributes": {
+                    "object": {"object_id": "d"},
+                    "position": {"ordinal": 1, "x": []},
+                }
+            },
+            "invalid_event",
+            "single value",
+        ),
+        (
             {"event_attributes": {"object": {"object_id": "d"}, "position": {"ordinal": 0}}},
             "invalid_event",
             "at least 1",
