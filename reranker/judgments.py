@@ -582,6 +582,9 @@ def agreement(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
         row = confusion.setdefault(str(true_grade), {})
         row[str(judged_grade)] = row.get(str(judged_grade), 0) + 1
     global_tau = kendall_tau_b(scores, grades)
+    by_grade: dict[int, list[float]] = {}
+    for score, true_grade in zip(scores, grades, strict=True):
+        by_grade.setdefault(true_grade, []).append(score)
     return {
         "queries": queries,
         "pairs": len(scores),
@@ -603,5 +606,8 @@ def agreement(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
             round(float(positive[truly].mean()), 4) if truly.any() else None
         ),
         "exact_grade_agreement": round(float(np.mean(np.asarray(given) == np.asarray(grades))), 4),
+        "mean_score_by_true_grade": {
+            str(g): round(float(np.mean(v)), 4) for g, v in sorted(by_grade.items())
+        },
         "confusion_true_by_judged": confusion,
     }
