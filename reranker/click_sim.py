@@ -170,7 +170,7 @@ async def simulate(
     rankers: Sequence[str] = RANKERS,
     model: UserModel | None = None,
     seed: int = 13,
-    batch_size: int = 500,
+    batch_size: int = 200,
     concurrency: int = 4,
     headers: Mapping[str, str] | None = None,
     application: str = "click-simulator",
@@ -190,9 +190,11 @@ async def simulate(
     lock = asyncio.Lock()
 
     async def flush() -> None:
-        batch, pending[:] = list(pending), []
-        if not batch:
-            return
+        while pending:  # batches of at most batch_size events (the proxy has a limit)
+            batch, pending[:] = pending[:batch_size], pending[batch_size:]
+            await post(batch)
+
+    async def post(batch: list[dict[str, Any]]) -> None:
         body = "".join(_json_line(event) for event in batch)
         response = await http.post(
             "/_reranker/events",

@@ -78,6 +78,7 @@ class FakeProxy:
         assert request.url.path == "/_reranker/events"
         lines = [json.loads(line) for line in request.content.decode().splitlines()]
         self.events.extend(lines)
+        assert len(lines) <= 7  # the batch size given
         items = [{"status": 202, "result": "queued"} for _ in lines]
         return httpx.Response(200, json={"accepted": len(lines), "items": items})
 
