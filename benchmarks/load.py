@@ -223,10 +223,20 @@ def served_proxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
         )
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+    with healthy_proxy([sys.executable, "-c", code], port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def healthy_proxy(
+    command: list[str], port: int, env: dict[str, str] | None = None, wait_s: float = 120
+) -> Iterator[str]:
+    """Run ``command`` (a proxy on ``port``) until the block ends; its URL once
+    ``/_health`` answers 200."""
+    child = subprocess.Popen(command, env=env if env is not None else dict(os.environ))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + wait_s
         while True:
             if child.poll() is not None:
                 raise SystemExit(f"the proxy exited with status {child.returncode}")
@@ -234,7 +244,7 @@ def served_proxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
                 if httpx.get(f"{url}/_health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise SystemExit("the proxy did not become healthy within 120 s")
+                raise SystemExit(f"the proxy did not become healthy within {wait_s:.0f} s")
             time.sleep(0.5)
         yield url
     finally:

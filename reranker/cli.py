@@ -915,6 +915,12 @@ def export_cmd(
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Allow hybrid kNN.")
 @click.option("--request-log/--no-request-log", default=None, help="Log reranked requests.")
 @click.option(
+    "--ubi/--no-ubi",
+    default=None,
+    help="User Behavior Insights: a query_id per search, query documents in ubi_queries, "
+    "POST /_reranker/events into ubi_events [env RERANKER_PROXY_UBI; default off].",
+)
+@click.option(
     "--log-format",
     type=click.Choice(["json", "text"]),
     default="json",
@@ -960,6 +966,7 @@ def serve_cmd(
     variant: str | None,
     dense: bool,
     request_log: bool | None,
+    ubi: bool | None,
     log_format: str,
     signal_sources: tuple[str, ...],
     blend_files: tuple[str, ...],
@@ -992,6 +999,8 @@ def serve_cmd(
         overrides["allowed_indices"] = tuple(allow)
     if request_log is not None:
         overrides["request_log"] = request_log
+    if ubi is not None:
+        overrides["ubi"] = ubi
     if signal_sources:
         overrides["signals"] = parse_pairs(signal_sources, "signals")
     if blend_files:
@@ -1381,6 +1390,17 @@ def _register_bench() -> None:
 
 
 _register_bench()
+
+
+def _register_clicks() -> None:
+    # judgments from UBI clicks and the click simulator (reranker/cli_clicks.py)
+    from reranker.cli_clicks import judgments_cmd, simulate_clicks_cmd
+
+    main.add_command(judgments_cmd)
+    main.add_command(simulate_clicks_cmd)
+
+
+_register_clicks()
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,9 @@ Without a ``rerank`` object a search passes through to Elasticsearch unchanged; 
 :class:`~reranker.proxy.rerank.RerankHandler` answers it. Here are the app's lifecycle, its
 endpoints (search, multi-search, health, metrics, model reload), API keys and the index
 allow-list, body limits and the Elasticsearch-shaped responses; the loaded models and their
-hot reload are in :mod:`reranker.proxy.reload`. See :func:`create_app`.
+hot reload are in :mod:`reranker.proxy.reload`. With UBI on, searches get a ``query_id`` and
+``POST /_reranker/events`` takes impressions and clicks (:mod:`reranker.proxy.ubi`,
+:mod:`reranker.proxy.events`). See :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from reranker.errors import ConfigError
 from reranker.es.client import client_options
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
+from reranker.proxy.events import accept_events
 from reranker.proxy.first_stage import search_es
 from reranker.proxy.jsonbody import loads_strict
 from reranker.proxy.limits import Admission, CircuitBreaker
@@ -48,6 +51,7 @@ from reranker.proxy.rerank import Answer, RerankHandler, SearchRequest
 from reranker.proxy.rerank_api import RerankApi
 from reranker.proxy.scoped import ScopedAccess
 from reranker.proxy.settings import ProxySettings
+from reranker.proxy.ubi import UbiLog, UbiParams
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,7 @@ class Proxy:
         self._es = es_client
         self.scoped: ScopedAccess | None = None
         self.request_log: RequestLog | None = None
+        self.ubi: UbiLog | None = None
         self._loader: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,7 +149,8 @@ class Proxy:
         else:
             await self.models.load()
         hangup = self.models.install_sighup()
-        if self.settings.request_log and cluster:
+        if (self.settings.request_log or self.settings.ubi) and cluster:
+            # one bounded queue for the request log and the UBI documents
             self.request_log = RequestLog(
                 self.es,
                 self.metrics,
@@ -152,8 +158,12 @@ class Proxy:
                 queue_size=self.settings.log_queue_size,
                 batch_size=self.settings.log_batch_size,
                 flush_s=self.settings.log_flush_s,
+                install_template=self.settings.request_log,
             )
             await self.request_log.start()
+        if self.settings.ubi and self.request_log is not None:
+            self.ubi = UbiLog(self.settings, self.metrics, self.es, self.request_log)
+            await self.ubi.start()
         try:
             yield
         finally:
@@ -333,15 +343,22 @@ class Proxy:
             self._check_index(index)
             raw = await self._read_body(request)
             body = self._parse_body(raw)
+            body, ubi = self._ubi_begin(body)
             rest, spec_raw = split_rerank(body)
             params = dict(request.query_params)
             check_no_scroll(body, params)
             if spec_raw is None:
                 kind = "passthrough"
-                return await self._passthrough(request, index, raw, params)
+                if ubi is None:
+                    return await self._passthrough(request, index, raw, params)
+                upstream = raw if ubi[1] else json.dumps(body).encode()
+                status, plain = await self._search_upstream(request, index, upstream, params)
+                self._ubi_finish(ubi[0], index, body, params, status, plain)
+                return self.respond(request, plain, status)
             kind = "rerank"
             search = SearchRequest(request, index, rest, params, started)
             answer, logged = await self._rerank(search, spec_raw)
+            self._ubi_finish(ubi and ubi[0], index, body, params, 200, answer)
             response = self.respond(request, answer)
             self._submit_log(logged, response.status_code)
             return response
@@ -368,7 +385,8 @@ class Proxy:
                 max_digits=self.settings.max_number_digits,
             )
             limit = msearch_concurrency(url_params)
-            plain = not any(item.wants_rerank or item.error for item in items)
+            # with UBI on, every search is answered (and given its query_id) on its own
+            plain = self.ubi is None and not any(item.wants_rerank or item.error for item in items)
             allowed = all(self._index_refusal(item.index) is None for item in items)
             if plain and allowed and not any(_scrolls(item) for item in items):
                 return await self._passthrough(
@@ -400,17 +418,21 @@ class Proxy:
             self._check_index(item.index)
             if item.error is not None:
                 raise item.error
-            rest, spec_raw = split_rerank(item.body)
-            check_no_scroll(item.body, item.params)
+            body, ubi = self._ubi_begin(item.body)
+            rest, spec_raw = split_rerank(body)
+            check_no_scroll(body, item.params)
             if spec_raw is None:
-                status, body = await self._search_upstream(
-                    request, item.index, item.raw_body, item.params
+                upstream = item.raw_body if ubi is None or ubi[1] else json.dumps(body).encode()
+                status, plain = await self._search_upstream(
+                    request, item.index, upstream, item.params
                 )
-                if not isinstance(body, dict):
+                if not isinstance(plain, dict):
                     raise errors.bad_gateway("Elasticsearch answered a search with a non-object")
-                return {**body, "status": status}, None
+                self._ubi_finish(ubi and ubi[0], item.index, body, item.params, status, plain)
+                return {**plain, "status": status}, None
             search = SearchRequest(request, item.index, rest, item.params, started)
             answer, logged = await self._rerank(search, spec_raw)
+            self._ubi_finish(ubi and ubi[0], item.index, body, item.params, 200, answer)
             return {**answer, "status": 200}, logged
         except ProxyError as exc:
             return msearch_error(exc), None
@@ -421,7 +443,51 @@ class Proxy:
     async def _rerank(self, search: SearchRequest, spec_raw: Any) -> Answer:
         """A search with ``rerank``: its answer, and its log document when requests are
         logged (the caller queues it with the status it sent)."""
-        return await self.reranking.rerank(search, spec_raw, logged=self.request_log is not None)
+        logged = self.settings.request_log and self.request_log is not None
+        return await self.reranking.rerank(search, spec_raw, logged=logged)
+
+    # ------------------------------------------------------------------ UBI events
+
+    async def events_endpoint(self, request: Request) -> Response:
+        """``POST /_reranker/events``: a batch of UBI events (see :mod:`reranker.proxy.events`)."""
+
+        async def handle(request: Request) -> Response:
+            self._check_api_key(request)
+            if self.ubi is None:
+                raise ProxyError(
+                    404,
+                    "resource_not_found_exception",
+                    "UBI event logging is off on this proxy (start it with --ubi, or "
+                    "RERANKER_PROXY_UBI=true)",
+                )
+            return self.respond(
+                request, await accept_events(self.ubi, await self._read_body(request))
+            )
+
+        return await self.guarded(request, handle, lambda: "events")
+
+    def _ubi_begin(
+        self, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[UbiParams, bool] | None]:
+        """With UBI on: the body without ``ext.ubi``, and the search's UBI parameters with
+        whether the body is unchanged (so its raw bytes may go on as they are)."""
+        if self.ubi is None:
+            return body, None
+        rest, params = self.ubi.begin(body)
+        return rest, (params, rest is body)
+
+    def _ubi_finish(
+        self,
+        ubi: UbiParams | None,
+        index: str,
+        body: dict[str, Any],
+        params: dict[str, str],
+        status: int,
+        answer: Any,
+    ) -> None:
+        """A search answered with 200 gets its ``query_id`` and query document."""
+        if ubi is not None and self.ubi is not None and status == 200 and isinstance(answer, dict):
+            self.ubi.finish(ubi, index, body, params, answer)
 
     # ------------------------------------------------------------------ input
 
@@ -649,6 +715,8 @@ def create_app(
     ]
     if not settings.scorer_only:
         routes += [
+            # User Behavior Insights events (reranker.proxy.events)
+            Route("/_reranker/events", proxy.events_endpoint, methods=["POST"]),
             Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
             Route("/_msearch", proxy.msearch, methods=["GET", "POST"]),
             Route("/{index}/_msearch", proxy.msearch, methods=["GET", "POST"]),

@@ -99,6 +99,31 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.ubi_queries = Counter(
+            "reranker_proxy_ubi_queries",
+            "Searches given a User Behavior Insights query_id (their query documents queued "
+            "for ubi_queries).",
+            registry=r,
+        )
+        self.ubi_events = Counter(
+            "reranker_proxy_ubi_events",
+            "Events posted to /_reranker/events, by outcome: accepted, or the reason one "
+            "was rejected (unknown_query_id, position_out_of_range, duplicate, ...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.ubi_written = Counter(
+            "reranker_proxy_ubi_documents_written",
+            "UBI query and event documents indexed.",
+            registry=r,
+        )
+        self.ubi_dropped = Counter(
+            "reranker_proxy_ubi_documents_dropped",
+            "UBI query and event documents dropped (queue full, indexing failed, duplicate "
+            "id), by reason.",
+            ["reason"],
+            registry=r,
+        )
 
     def watch_score_cache(self, cache: LruScores) -> None:
         """Export the pair-score cache's counters (read at scrape time)."""

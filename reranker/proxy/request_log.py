@@ -4,6 +4,12 @@
 :meth:`RequestLog.submit` never blocks and never raises: when the bounded queue is full the
 document is dropped and counted; a failed bulk request is counted as dropped too. Searching
 never waits for the log.
+
+The same queue carries the User Behavior Insights documents (:mod:`reranker.proxy.ubi`):
+:meth:`RequestLog.submit_to` queues a document for a named index under a fixed ``_id`` (a
+``create``, so Elasticsearch refuses a second document with that id: counted as a
+``duplicate`` drop). Those documents are counted under their own metrics
+(``reranker_proxy_ubi_documents_*``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import copy
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +41,20 @@ def daily_index(prefix: str, when: datetime) -> str:
     return f"{prefix}-{when.astimezone(UTC):%Y.%m.%d}"
 
 
+@dataclass(frozen=True)
+class Queued:
+    """One document waiting to be written: a request-log document (``index`` ``None``: the
+    day's log index) or a UBI document created under ``doc_id`` in ``index``."""
+
+    doc: dict[str, Any]
+    index: str | None = None
+    doc_id: str | None = None
+
+    @property
+    def stream(self) -> str:
+        return "request" if self.index is None else "ubi"
+
+
 class RequestLog:
     def __init__(
         self,
@@ -44,34 +65,48 @@ class RequestLog:
         queue_size: int = 1000,
         batch_size: int = 200,
         flush_s: float = 1.0,
+        install_template: bool = True,
     ) -> None:
         self.client = client
         self.metrics = metrics
         self.prefix = prefix
         self.batch_size = batch_size
         self.flush_s = flush_s
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        self.install_template = install_template
+        self.queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.dropped = 0
 
     async def start(self) -> None:
         """Install the index template (best effort) and start the writer."""
-        try:
-            template = load_template(self.prefix)
-            await self.client.options(request_timeout=10).indices.put_index_template(
-                name=self.prefix, **template
-            )
-        except Exception as exc:  # the log must never stop the proxy
-            log.warning("could not install the %s index template: %s", self.prefix, exc)
+        if self.install_template:
+            try:
+                template = load_template(self.prefix)
+                await self.client.options(request_timeout=10).indices.put_index_template(
+                    name=self.prefix, **template
+                )
+            except Exception as exc:  # the log must never stop the proxy
+                log.warning("could not install the %s index template: %s", self.prefix, exc)
         self._task = asyncio.create_task(self._run(), name="reranker-request-log")
 
-    def submit(self, doc: dict[str, Any]) -> None:
-        """Queue ``doc`` (it must carry ``@timestamp``) or drop it if the queue is full."""
+    def submit(self, doc: dict[str, Any]) -> bool:
+        """Queue ``doc`` (it must carry ``@timestamp``) or drop it if the queue is full;
+        whether it was queued."""
+        return self._put(Queued(doc))
+
+    def submit_to(self, index: str, doc_id: str, doc: dict[str, Any]) -> bool:
+        """Queue ``doc`` to be created as ``index/_doc/doc_id`` (a UBI document), or drop it
+        if the queue is full; whether it was queued."""
+        return self._put(Queued(doc, index, doc_id))
+
+    def _put(self, item: Queued) -> bool:
         try:
-            self.queue.put_nowait(doc)
+            self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._drop(1, "queue full")
+            self._drop(1, "queue full", item.stream)
+            return False
+        return True
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (for at most ``timeout_s``), then stop the writer."""
@@ -83,9 +118,8 @@ class RequestLog:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        left = self.queue.qsize()
-        if left:
-            self._drop(left, "shutdown")
+        while not self.queue.empty():
+            self._drop(1, "shutdown", self.queue.get_nowait().stream)
 
     async def _run(self) -> None:
         while True:
@@ -106,30 +140,49 @@ class RequestLog:
                 for _ in batch:
                     self.queue.task_done()
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, batch: list[Queued]) -> None:
         operations: list[dict[str, Any]] = []
-        for doc in batch:
-            stamp = doc.get("@timestamp")
-            when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else datetime.now(UTC)
-            operations.append({"index": {"_index": daily_index(self.prefix, when)}})
-            operations.append(doc)
+        for item in batch:
+            if item.index is None:
+                stamp = item.doc.get("@timestamp")
+                when = (
+                    datetime.fromisoformat(stamp) if isinstance(stamp, str) else datetime.now(UTC)
+                )
+                operations.append({"index": {"_index": daily_index(self.prefix, when)}})
+            else:
+                operations.append({"create": {"_index": item.index, "_id": item.doc_id}})
+            operations.append(item.doc)
         try:
             response = await self.client.options(request_timeout=10).bulk(operations=operations)
         except Exception as exc:
             log.warning("request log: a bulk of %d documents failed: %s", len(batch), exc)
-            self._drop(len(batch), "bulk failed")
+            for item in batch:
+                self._drop(1, "bulk failed", item.stream)
             return
-        failed = 0
-        if response.get("errors"):
-            for item in response.get("items", []):
-                result: dict[str, Any] = next(iter(item.values()), {})
-                if int(result.get("status", 500)) >= 300:
-                    failed += 1
-        if failed:
-            self._drop(failed, "document rejected")
-        self.written += len(batch) - failed
-        self.metrics.log_written.inc(len(batch) - failed)
+        results: list[dict[str, Any]] = [
+            next(iter(entry.values()), {}) for entry in response.get("items", [])
+        ]
+        for item, result in zip(batch, results, strict=False):
+            status = int(result.get("status", 500))
+            if status < 300:
+                self._written(item.stream)
+            elif status == 409 and item.index is not None:
+                self._drop(1, "duplicate", item.stream)
+            else:
+                self._drop(1, "document rejected", item.stream)
+        for item in batch[len(results) :]:  # an answer with fewer items than sent
+            self._drop(1, "document rejected", item.stream)
 
-    def _drop(self, count: int, reason: str) -> None:
+    def _written(self, stream: str) -> None:
+        self.written += 1
+        if stream == "request":
+            self.metrics.log_written.inc()
+        else:
+            self.metrics.ubi_written.inc()
+
+    def _drop(self, count: int, reason: str, stream: str = "request") -> None:
         self.dropped += count
-        self.metrics.log_dropped.labels(reason).inc(count)
+        if stream == "request":
+            self.metrics.log_dropped.labels(reason).inc(count)
+        else:
+            self.metrics.ubi_dropped.labels(reason).inc(count)

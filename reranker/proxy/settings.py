@@ -123,6 +123,22 @@ class ProxySettings:
     through instead of loading a model (``--scorer-url``; see :mod:`reranker.remote_scorer`)."""
     scorer_api_key: str | None = None
     """Sent to those endpoints as ``Authorization: Bearer <key>``."""
+    ubi: bool = False
+    """User Behavior Insights: every search answered gets a ``query_id`` (``ext.ubi``) and a
+    query document in ``ubi_queries_index``; ``POST /_reranker/events`` takes impressions and
+    clicks into ``ubi_events_index`` (:mod:`reranker.proxy.ubi`, :mod:`reranker.proxy.events`).
+    Both go through the request log's bounded queue, written with the proxy's own
+    credentials."""
+    ubi_queries_index: str = "ubi_queries"
+    ubi_events_index: str = "ubi_events"
+    ubi_cache_size: int = 100_000
+    """Searches remembered for validating events (their hits and positions); older ones are
+    looked up in ``ubi_queries_index``."""
+    ubi_max_events: int = 500
+    """Most events in one ``POST /_reranker/events`` (400 beyond, nothing accepted); half the
+    default write queue, so one full batch fits beside the searches' documents."""
+    ubi_clock_skew_s: float = 60.0
+    """How far an event's timestamp may lie in the future, or before its search."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -140,6 +156,8 @@ class ProxySettings:
             "log_batch_size": self.log_batch_size,
             "max_json_depth": self.max_json_depth,
             "max_number_digits": self.max_number_digits,
+            "ubi_cache_size": self.ubi_cache_size,
+            "ubi_max_events": self.ubi_max_events,
         }
         for name, value in positive.items():
             if value < 1:
@@ -160,6 +178,13 @@ class ProxySettings:
             raise ConfigError("default_fields is empty: the cross-encoder would read nothing")
         if any(not key for key in (*self.api_keys, *self.admin_api_keys)):
             raise ConfigError("an empty API key is not a key")
+        if self.ubi_clock_skew_s < 0:
+            raise ConfigError("ubi_clock_skew_s must be ≥ 0")
+        for name in (self.ubi_queries_index, self.ubi_events_index):
+            if not name or name != name.lower() or any(c in name for c in ' "*\\<|,>/?#:'):
+                raise ConfigError(f"{name!r} is not a valid Elasticsearch index name")
+        if self.ubi_queries_index == self.ubi_events_index:
+            raise ConfigError("the UBI queries and events indices must differ")
 
     @property
     def es_has_credentials(self) -> bool:
@@ -194,6 +219,10 @@ class ProxySettings:
             "scorer_only": env_bool("RERANKER_PROXY_SCORER_ONLY", False),
             "scorer_urls": _env_list("RERANKER_PROXY_SCORER_URLS", ()),
             "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
+            "ubi": env_bool("RERANKER_PROXY_UBI", False),
+            "ubi_queries_index": os.environ.get("RERANKER_PROXY_UBI_QUERIES_INDEX")
+            or "ubi_queries",
+            "ubi_events_index": os.environ.get("RERANKER_PROXY_UBI_EVENTS_INDEX") or "ubi_events",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

@@ -18,6 +18,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 
 from reranker.es.node import NodeStatus
 from reranker.proxy import create_app
+from reranker.proxy.ubi import ubi_timestamp
 from reranker.scoring import Scorer
 from tests.integration.test_proxy import proxy_settings
 
@@ -81,15 +83,10 @@ def fuzz_index(es_client: Elasticsearch) -> Iterator[str]:
     es_client.options(ignore_status=404).indices.delete(index=index)
 
 
-@pytest.fixture
-def proxy_http(
-    es_node: NodeStatus, fuzz_index: str, proxy_scorer: Scorer
+def serve_in_loop(
+    settings: Any, scorer: Scorer
 ) -> Iterator[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]]:
-    app = create_app(
-        proxy_settings(es_node, fuzz_index, request_log=True, log_flush_s=0.2),
-        scorer_factory=lambda: QuickScorer(proxy_scorer),
-        load_in_background=False,
-    )
+    app = create_app(settings, scorer_factory=lambda: QuickScorer(scorer), load_in_background=False)
     loop = asyncio.new_event_loop()
     lifespan = app.router.lifespan_context(app)
     loop.run_until_complete(lifespan.__aenter__())
@@ -102,6 +99,33 @@ def proxy_http(
         loop.run_until_complete(http.aclose())
         loop.run_until_complete(lifespan.__aexit__(None, None, None))
         loop.close()
+
+
+@pytest.fixture
+def proxy_http(
+    es_node: NodeStatus, fuzz_index: str, proxy_scorer: Scorer
+) -> Iterator[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]]:
+    settings = proxy_settings(es_node, fuzz_index, request_log=True, log_flush_s=0.2)
+    yield from serve_in_loop(settings, proxy_scorer)
+
+
+@pytest.fixture
+def ubi_proxy_http(
+    es_node: NodeStatus, es_client: Elasticsearch, fuzz_index: str, proxy_scorer: Scorer
+) -> Iterator[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]]:
+    """The proxy with UBI on (its query and event indices named after the fuzz index)."""
+    settings = proxy_settings(
+        es_node,
+        fuzz_index,
+        ubi=True,
+        ubi_queries_index=f"{fuzz_index}-ubi-queries",
+        ubi_events_index=f"{fuzz_index}-ubi-events",
+        log_flush_s=0.2,
+    )
+    yield from serve_in_loop(settings, proxy_scorer)
+    for index in (settings.ubi_queries_index, settings.ubi_events_index):
+        es_client.options(ignore_status=404).indices.delete(index=index)
+        es_client.options(ignore_status=404).indices.delete_index_template(name=index)
 
 
 # ------------------------------------------------------------------ strategies
@@ -153,7 +177,9 @@ search_bodies = st.fixed_dictionaries(
         "from": st.integers(min_value=-3, max_value=60) | json_values,
         "_source": st.booleans() | st.just(["title"]) | json_values,
         "rerank": rerank_objects,
-        "ext": st.builds(lambda r: {"rerank": r}, rerank_objects) | json_values,
+        "ext": st.builds(lambda r: {"rerank": r}, rerank_objects)
+        | st.builds(lambda u, r: {"ubi": u, "rerank": r}, json_values, rerank_objects)
+        | json_values,
         "aggs": st.just({"n": {"max": {"field": "n"}}}) | json_values,
         "sort": json_values,
         "pit": json_values,
@@ -283,4 +309,69 @@ def test_no_msearch_body_gets_a_5xx(
     parts = [part.replace(b"\n", b" ") for pair in lines for part in pair] + extra
     body = b"\n".join(parts) + (b"\n" if newline else b"")
     response = post(proxy_http, f"/{fuzz_index}-docs/_msearch", body, query, "application/x-ndjson")
+    assert_no_5xx(response, body)
+
+
+# ------------------------------------------------------------------ UBI
+
+#: stand-ins replaced when sent: the query_id of a real search, and the time now
+KNOWN_QUERY = "__QUERY_ID__"
+NOW = "__NOW__"
+event_attributes = st.fixed_dictionaries(
+    {},
+    optional={
+        "object": st.fixed_dictionaries(
+            {}, optional={"object_id": st.sampled_from(["0", "1", "11", "x"]) | json_values}
+        )
+        | json_values,
+        "position": st.fixed_dictionaries(
+            {}, optional={"ordinal": st.integers(min_value=-2, max_value=12) | json_values}
+        )
+        | json_values,
+    },
+)
+events = st.fixed_dictionaries(
+    {},
+    optional={
+        "action_name": st.sampled_from(["click", "impression", "view", "hover"]) | json_values,
+        "query_id": st.just(KNOWN_QUERY) | st.text(max_size=8) | json_values,
+        "timestamp": st.sampled_from([NOW, "2999-01-01T00:00:00Z", "2025-01-01T00:00:00"])
+        | json_values,
+        "session_id": st.text(max_size=6) | json_values,
+        "client_id": st.text(max_size=6) | json_values,
+        "event_attributes": event_attributes | json_values,
+        "message": json_values,
+    },
+)
+event_lines = st.one_of(events.map(encode), json_values.map(encode), poison, st.binary(max_size=24))
+
+
+@FUZZ
+@given(
+    lines=st.lists(event_lines, min_size=0, max_size=6),
+    as_array=st.booleans(),
+    search=search_bodies,
+)
+def test_no_events_body_and_no_search_with_ubi_gets_a_5xx(
+    ubi_proxy_http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient],
+    fuzz_index: str,
+    lines: list[bytes],
+    as_array: bool,
+    search: dict[str, Any],
+) -> None:
+    found = post(
+        ubi_proxy_http, f"/{fuzz_index}-docs/_search", encode(search), {}, "application/json"
+    )
+    assert_no_5xx(found, encode(search))
+    answer = found.json()
+    query_id = (
+        answer.get("ext", {}).get("ubi", {}).get("query_id", "none")
+        if found.status_code == 200
+        else "none"
+    )
+    parts = [line.replace(b"\n", b" ") for line in lines]
+    body = b"[" + b",".join(parts) + b"]" if as_array else b"\n".join(parts) + b"\n"
+    body = body.replace(KNOWN_QUERY.encode(), query_id.encode())
+    body = body.replace(NOW.encode(), ubi_timestamp(datetime.now(UTC)).encode())
+    response = post(ubi_proxy_http, "/_reranker/events", body, {}, "application/x-ndjson")
     assert_no_5xx(response, body)

@@ -38,18 +38,40 @@ def test_every_reference_points_at_an_object_in_the_file() -> None:
             assert (ref["type"], ref["id"]) in known, (obj["id"], ref)
 
 
-def test_the_data_view_matches_the_log_template_and_its_time_field() -> None:
-    template = json.loads((ES_MAPPINGS / "logs-template.json").read_text(encoding="utf-8"))
-    view = next(obj for obj in saved_objects() if obj["type"] == "index-pattern")
-    assert view["attributes"]["title"] in template["index_patterns"]
-    fields = mapped_fields(template["template"]["mappings"]["properties"])
-    assert view["attributes"]["timeFieldName"] in fields
+#: each data view's template (the file that maps what it shows)
+TEMPLATES = {
+    "reranker-logs": "logs-template.json",
+    "reranker-ubi-events": "ubi-events-template.json",
+    "reranker-ubi-queries": "ubi-queries-template.json",
+}
+
+
+def template_fields(view_id: str) -> tuple[list[str], set[str]]:
+    name = TEMPLATES[view_id]
+    template = json.loads((ES_MAPPINGS / name).read_text(encoding="utf-8"))
+    return template["index_patterns"], mapped_fields(template["template"]["mappings"]["properties"])
+
+
+def test_every_data_view_matches_its_template_and_its_time_field() -> None:
+    views = [obj for obj in saved_objects() if obj["type"] == "index-pattern"]
+    assert {view["id"] for view in views} == set(TEMPLATES)
+    for view in views:
+        patterns, fields = template_fields(view["id"])
+        assert view["attributes"]["title"] in patterns, view["id"]
+        assert view["attributes"]["timeFieldName"] in fields, view["id"]
+
+
+def test_there_is_a_data_view_and_a_saved_search_for_ubi_events() -> None:
+    objects = {obj["id"]: obj for obj in saved_objects()}
+    assert objects["reranker-ubi-events"]["attributes"]["title"] == "ubi_events"
+    refs = objects["reranker-ubi-clicks"]["references"]
+    assert [ref["id"] for ref in refs] == ["reranker-ubi-events"]
 
 
 def test_saved_search_columns_are_mapped_fields() -> None:
-    template = json.loads((ES_MAPPINGS / "logs-template.json").read_text(encoding="utf-8"))
-    fields = mapped_fields(template["template"]["mappings"]["properties"])
     for obj in saved_objects():
         if obj["type"] == "search":
+            (view,) = [ref["id"] for ref in obj["references"] if ref["type"] == "index-pattern"]
+            _, fields = template_fields(view)
             missing = [c for c in obj["attributes"]["columns"] if c not in fields]
             assert not missing, (obj["id"], missing)

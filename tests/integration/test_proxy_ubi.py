@@ -1,0 +1,300 @@
+"""User Behavior Insights through the proxy, against a real Elasticsearch node: query ids and
+query documents, the events endpoint, and simulated clicks (synthetic users, not real ones)
+turned into judgments.
+
+The first 120 SciFact documents are indexed as they are (no embeddings, no cross-encoder:
+reranked searches answer in first-stage order, marked degraded, which is all UBI needs).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from elasticsearch import Elasticsearch
+
+from reranker.cli import main
+from reranker.click_sim import UserModel, simulate
+from reranker.corpus import load_qrels, load_queries
+from reranker.es.node import NodeStatus
+from reranker.proxy import ProxySettings
+from tests.conftest import es_settings
+from tests.integration.conftest import SCIFACT
+from tests.integration.test_proxy import running
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+TEXT = "human cells protein expression disease"
+QUERY = {"match": {"text": TEXT}}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def names(es_client: Elasticsearch, scifact_docs: list[dict[str, Any]]) -> Iterator[dict[str, str]]:
+    """A fresh documents index and UBI index names; all deleted afterwards."""
+    prefix = f"ubitest-{uuid.uuid4().hex[:8]}"
+    found = {"docs": f"{prefix}-docs", "queries": f"{prefix}-queries", "events": f"{prefix}-events"}
+    operations: list[dict[str, Any]] = []
+    for doc in scifact_docs:
+        operations.append({"index": {"_index": found["docs"], "_id": doc["_id"]}})
+        operations.append({"title": doc["title"], "text": doc["text"]})
+    es_client.bulk(operations=operations, refresh=True)
+    yield found
+    es_client.options(ignore_status=404).indices.delete(index=",".join(found.values()))
+    for template in (found["queries"], found["events"]):
+        es_client.options(ignore_status=404).indices.delete_index_template(name=template)
+
+
+def settings_for(es_node: NodeStatus, names: dict[str, str], **overrides: Any) -> ProxySettings:
+    values: dict[str, Any] = {
+        "es": es_settings(es_node.url),
+        "allowed_indices": (names["docs"],),
+        "max_window": 50,
+        "default_window": 20,
+        "default_timeout_ms": 30_000,
+        "ubi": True,
+        "ubi_queries_index": names["queries"],
+        "ubi_events_index": names["events"],
+        "log_flush_s": 0.1,
+    }
+    values.update(overrides)
+    return ProxySettings(**values)
+
+
+@asynccontextmanager
+async def serving(settings: ProxySettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The proxy (no models); leaving it writes what its queue holds."""
+    async with running(settings, None) as http:
+        yield http
+
+
+def stored(es_client: Elasticsearch, index: str, size: int = 500) -> list[dict[str, Any]]:
+    es_client.indices.refresh(index=index)
+    hits = es_client.search(index=index, size=size)["hits"]["hits"]
+    return [{"_id": h["_id"], **h["_source"]} for h in hits]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def ubi_event(query_id: str, action: str, doc: str, position: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "action_name": action,
+        "query_id": query_id,
+        "timestamp": now(),
+        "session_id": "session-1",
+        "event_attributes": {"object": {"object_id": doc}, "position": {"ordinal": position}},
+        **extra,
+    }
+
+
+def ndjson(*events: dict[str, Any]) -> bytes:
+    return "".join(json.dumps(e) + "\n" for e in events).encode()
+
+
+# ------------------------------------------------------------------ query ids
+
+
+async def test_every_search_answered_gets_a_query_id_and_a_query_document(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    docs = names["docs"]
+    async with serving(settings_for(es_node, names)) as http:
+        plain = await http.post(
+            f"/{docs}/_search",
+            json={"query": QUERY, "size": 5, "ext": {"ubi": {"client_id": "browser-1"}}},
+        )
+        mine = await http.post(
+            f"/{docs}/_search",
+            json={
+                "query": QUERY,
+                "size": 3,
+                "from": 2,
+                "ext": {"ubi": {"query_id": "client-chosen-1", "user_query": "cells"}},
+                "rerank": {"window": 10},
+            },
+        )
+        reused = await http.post(
+            f"/{docs}/_search",
+            json={"query": QUERY, "ext": {"ubi": {"query_id": "client-chosen-1"}}},
+        )
+        header = json.dumps({"index": docs})
+        multi = await http.post(
+            "/_msearch",
+            content=f"{header}\n{json.dumps({'query': QUERY, 'size': 2})}\n"
+            f"{header}\n{json.dumps({'query': QUERY, 'size': 2, 'rerank': {}})}\n",
+            headers={"content-type": "application/x-ndjson"},
+        )
+    assert plain.status_code == mine.status_code == multi.status_code == 200
+    plain_id = plain.json()["ext"]["ubi"]["query_id"]
+    assert uuid.UUID(plain_id)
+    assert mine.json()["ext"]["ubi"] == {"query_id": "client-chosen-1"}
+    assert mine.json()["rerank"]["degraded"]  # no model here: first-stage order
+    assert reused.status_code == 400
+    assert "already used" in reused.json()["error"]["reason"]
+    multi_ids = [r["ext"]["ubi"]["query_id"] for r in multi.json()["responses"]]
+    assert len(set(multi_ids)) == 2
+
+    by_id = {d["query_id"]: d for d in stored(es_client, names["queries"])}
+    assert set(by_id) == {plain_id, "client-chosen-1", *multi_ids}
+    first = by_id[plain_id]
+    assert first["_id"] == plain_id
+    assert first["query_response_hit_ids"] == [h["_id"] for h in plain.json()["hits"]["hits"]]
+    assert first["client_id"] == "browser-1"
+    assert first["user_query"] == TEXT  # the query's own text when none is given
+    assert first["reranker"]["ranker"] == "passthrough"
+    assert "ubi" not in first["query"]  # Elasticsearch never saw ext.ubi either
+    chosen = by_id["client-chosen-1"]
+    assert chosen["user_query"] == "cells"
+    assert chosen["reranker"]["from"] == 2 and chosen["reranker"]["ranker"] == "rerank"
+    mapping = es_client.indices.get_mapping(index=names["queries"])[names["queries"]]
+    assert mapping["mappings"]["properties"]["query_attributes"]["type"] == "flattened"
+
+
+# ------------------------------------------------------------------ events
+
+
+async def test_events_are_checked_one_by_one_and_the_accepted_ones_are_stored_once(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    async with serving(settings_for(es_node, names)) as http:
+        search = await http.post(
+            f"/{names['docs']}/_search", json={"query": QUERY, "size": 4, "from": 1}
+        )
+        query_id = search.json()["ext"]["ubi"]["query_id"]
+        hits = [h["_id"] for h in search.json()["hits"]["hits"]]  # positions 2..5
+        future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        batch = (
+            ndjson(
+                ubi_event(query_id, "impression", hits[0], 2),
+                ubi_event(query_id, "click", hits[0], 2, client_id="c1", application="shop"),
+                ubi_event(query_id, "impression", hits[3], 6),
+                ubi_event(query_id, "impression", hits[1], 2),
+                ubi_event(query_id, "impression", "not-a-hit", 3),
+                ubi_event("no-such-query", "click", hits[0], 2),
+                ubi_event(query_id, "impression", hits[2], 4, timestamp=future),
+                ubi_event(query_id, "hover", hits[2], 4),
+            )
+            + b"{this is not json\n"
+        )
+        first = await http.post("/_reranker/events", content=batch)
+        again = await http.post("/_reranker/events", content=batch)
+        metrics = (await http.get("/metrics")).text
+    assert first.status_code == 200
+    body = first.json()
+    kinds = [item.get("error", {}).get("type", item.get("result")) for item in body["items"]]
+    assert kinds == [
+        "queued",
+        "queued",
+        "position_out_of_range",
+        "position_mismatch",
+        "object_not_shown",
+        "unknown_query_id",
+        "future_timestamp",
+        "unknown_action",
+        "malformed_json",
+    ]
+    assert [item["status"] for item in body["items"]][:6] == [202, 202, 400, 400, 400, 404]
+    assert (body["accepted"], body["rejected"], body["errors"]) == (2, 7, True)
+    assert [item.get("error", {}).get("type") for item in again.json()["items"][:2]] == [
+        "duplicate",
+        "duplicate",
+    ]
+    assert 'reranker_proxy_ubi_events_total{outcome="duplicate"} 2.0' in metrics
+
+    events = stored(es_client, names["events"])
+    assert len(events) == 2
+    click = next(e for e in events if e["action_name"] == "click")
+    assert click["query_id"] == query_id
+    assert click["user_query"] == TEXT  # from the search it belongs to
+    assert click["event_attributes"] == {
+        "object": {"object_id": hits[0]},
+        "position": {"ordinal": 2},
+    }
+    assert (click["client_id"], click["application"]) == ("c1", "shop")
+    assert click["timestamp"].endswith("Z")
+
+
+async def test_a_restarted_proxy_checks_events_against_the_stored_query_documents(
+    es_node: NodeStatus, names: dict[str, str]
+) -> None:
+    settings = settings_for(es_node, names)
+    async with serving(settings) as http:
+        search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 3})
+    query_id = search.json()["ext"]["ubi"]["query_id"]
+    last = search.json()["hits"]["hits"][2]["_id"]
+    async with serving(settings) as http:  # a new process: it remembers no search
+        answer = await http.post(
+            "/_reranker/events",
+            json=[
+                ubi_event(query_id, "click", last, 3),
+                ubi_event(query_id, "click", last, 4),
+            ],
+        )
+    items = answer.json()["items"]
+    assert items[0]["status"] == 202
+    assert items[1]["error"]["type"] == "position_out_of_range"
+
+
+# ------------------------------------------------------------------ simulated clicks
+
+
+async def test_simulated_clicks_through_the_proxy_become_judgments_that_favour_the_relevant(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str], tmp_path: Path
+) -> None:
+    """Simulated users (synthetic, seeded) on four SciFact train queries whose relevant
+    document is among the 120 indexed."""
+    qrels = load_qrels(SCIFACT, "train")
+    texts = load_queries(SCIFACT)
+    listed = es_client.search(index=names["docs"], size=200, source=False)["hits"]["hits"]
+    indexed = {hit["_id"] for hit in listed}
+    chosen = [q for q in qrels if set(qrels[q]) & indexed][:4]
+    async with serving(settings_for(es_node, names)) as http:
+        report = await simulate(
+            http,
+            names["docs"],
+            [(q, texts[q]) for q in chosen],
+            qrels,
+            sessions=12,
+            size=5,
+            window=10,
+            model=UserModel(noise=0.05),
+            seed=3,
+            batch_size=40,
+        )
+    assert report.searches == 48 and report.failed_searches == 0
+    assert report.accepted == report.events_posted and not report.rejected
+    es_client.indices.refresh(index=names["events"])
+
+    output = tmp_path / "scifact-clicks" / "qrels" / "clicks.tsv"
+    result = CliRunner().invoke(
+        main,
+        [
+            "--es-url", es_node.url, "judgments", "--events-index", names["events"],
+            "--dataset", str(SCIFACT), "--output", str(output), "--min-impressions", "3",
+            "--compare", str(SCIFACT / "qrels" / "train.tsv"),
+            "--application", "click-simulator",  # the other tests' events are not its
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["events"] == report.events_posted
+    assert summary["searches"] == 48
+    judged = load_qrels(output.parent.parent, "clicks")
+    assert set(judged) <= set(chosen)
+    agreement = summary["agreement"]
+    assert agreement["relevant_pairs"] >= 1
+    assert agreement["kendall_tau_b"] > 0  # relevant documents score above the others
