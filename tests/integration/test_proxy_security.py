@@ -274,7 +274,10 @@ async def test_a_clients_own_short_timeout_does_not_open_the_circuit_for_others(
     es_node: NodeStatus, indices: tuple[str, str], proxy_scorer: Scorer
 ) -> None:
     prefix, _ = indices
-    settings = settings_for(es_node, prefix, breaker_failures=2, breaker_cooloff_s=60)
+    # no pair-score cache: a timed-out call that finishes late would serve the repeats
+    settings = settings_for(
+        es_node, prefix, breaker_failures=2, breaker_cooloff_s=60, score_cache_size=0
+    )
     # 5 candidates at 0.2 s a pair cannot be scored in the 240 ms this budget leaves
     body = {"query": QUERY, "size": 5, "rerank": {"window": 5, "timeout_ms": 300}}
     slow = SlowPairs(proxy_scorer, per_pair_s=0.2)
