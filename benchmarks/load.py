@@ -146,6 +146,8 @@ def summarise(samples: list[Sample], seconds: float, args: argparse.Namespace) -
     )  # the reason's head: "reranker timeout", "circuit open", ...
     return {
         "clients": args.clients,
+        "distinct_queries": args.queries,
+        "score_cache_size": os.environ.get("RERANKER_PROXY_SCORE_CACHE_SIZE", "default"),
         "duration_s": round(seconds, 2),
         "window": None if args.no_rerank else args.window,
         "reranked_answers": sum(1 for s in ok if s.took_ms),
@@ -161,7 +163,7 @@ def summarise(samples: list[Sample], seconds: float, args: argparse.Namespace) -
 
 
 async def run_load(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    queries = load_queries(Path(args.data), args.split)
+    queries = load_queries(Path(args.data), args.split)[: args.queries]
     if not queries:
         raise SystemExit(f"no queries in {args.data}")
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
@@ -278,6 +280,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", default="fp32", help="with --serve")
     parser.add_argument("--threads", type=int, default=None, help="with --serve: ORT threads")
     parser.add_argument("--max-in-flight", type=int, default=32, help="with --serve")
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help="only the first N queries, drawn again and again (a repeated-query run: with "
+        "--serve, RERANKER_PROXY_SCORE_CACHE_SIZE=0 in the environment turns the cache off)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     try:

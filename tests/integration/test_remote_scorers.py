@@ -99,11 +99,15 @@ async def test_a_scorer_killed_mid_load_loses_no_request_and_the_other_serves_th
 
         async def killer() -> None:
             nonlocal in_flight_on_a
-            # mid-load, and while a scoring call is on the scorer: that call must fail over
-            while len(answers) < CLIENTS // 2 or not in_flight_on_a:
+            # mid-load, after A has served, and while a scoring call is on it: that call must
+            # fail over (A may start late on a busy machine: then B serves the first ones)
+            served_by_a = 0
+            while len(answers) < CLIENTS // 2 or not in_flight_on_a or served_by_a < 1:
                 assert len(answers) < CLIENTS * ROUNDS, "no call was ever in flight on A"
                 await asyncio.sleep(0.001)
-                in_flight_on_a = {e["url"]: e for e in remote.describe()}[url_a]["in_flight"]
+                a = {e["url"]: e for e in remote.describe()}[url_a]
+                in_flight_on_a = a["in_flight"]
+                served_by_a = a["requests"] - a["failures"] - a["in_flight"]
             process_a.kill()
             killed.set()
 
