@@ -53,7 +53,8 @@ def not_found(path: str) -> ProxyError:
         404,
         "resource_not_found_exception",
         f"no handler for [{path}]: the proxy serves only /{{index}}/_search, _msearch, /_health, "
-        "/metrics, /_reranker/reload and the rerank API (/rerank, /v1/rerank, /v2/rerank, /info)",
+        "/metrics, /_reranker/reload, /_reranker/events and the rerank API (/rerank, /v1/rerank, "
+        "/v2/rerank, /info)",
     )
 
 
