@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,16 +173,23 @@ DEV_HOLDOUT_FRACTION = 0.2
 DEV_HOLDOUT_SEED = 13
 
 
-def split_queries(qrels: Qrels, fraction: float, seed: int) -> tuple[Qrels, Qrels]:
-    """(rest, held-out): a seeded hash of the query id puts ``fraction`` of queries aside."""
+def held_out_ids(ids: Iterable[str], fraction: float, seed: int, salt: str = "") -> set[str]:
+    """The ids a seeded hash puts aside, about ``fraction`` of them, stably across runs and
+    files. ``salt`` keeps a second split (e.g. a blend's selection split) independent of a
+    first one with the same seed."""
 
     def held(qid: str) -> bool:
-        digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
+        digest = hashlib.sha256(f"{seed}:{salt}{qid}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
-    rest = {q: j for q, j in qrels.items() if not held(q)}
-    held_out = {q: j for q, j in qrels.items() if held(q)}
-    return rest, held_out
+    return {qid for qid in ids if held(qid)}
+
+
+def split_queries(qrels: Qrels, fraction: float, seed: int) -> tuple[Qrels, Qrels]:
+    """(rest, held-out): a seeded hash of the query id puts ``fraction`` of queries aside."""
+    held = held_out_ids(qrels, fraction, seed)
+    rest = {q: j for q, j in qrels.items() if q not in held}
+    return rest, {q: j for q, j in qrels.items() if q in held}
 
 
 def load_qrels(dataset: Path, split: str) -> Qrels:

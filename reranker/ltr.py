@@ -14,7 +14,6 @@ that fell back to their configured default for this document.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from reranker.blend import (
     group_sizes,
     ndcg_at_k,
 )
-from reranker.corpus import Qrels
+from reranker.corpus import Qrels, held_out_ids
 from reranker.errors import SourceError
 from reranker.pipeline import Pipeline
 from reranker.signals import SignalConfig, extract
@@ -115,12 +114,7 @@ class FeatureSet:
         fall on one side."""
         if not 0.0 < fraction < 1.0:
             raise SourceError(f"the held-out fraction must be between 0 and 1, got {fraction}")
-        held = {
-            qid
-            for qid in self.query_ids
-            if int(hashlib.sha256(f"{seed}:blend:{qid}".encode()).hexdigest()[:8], 16) / 2**32
-            < fraction
-        }
+        held = held_out_ids(self.query_ids, fraction, seed, salt="blend:")
         if not held or len(held) == len(self.query_ids):
             raise SourceError(
                 f"holding out {fraction} of {len(self.query_ids)} queries leaves none"

@@ -605,19 +605,24 @@ class CachedScorer:
     first-stage-aware model, the features: everything the score depends on.
     """
 
-    def __init__(self, scorer: ServedScorer, store: ScoreStore) -> None:
+    def __init__(
+        self, scorer: ServedScorer, store: ScoreStore, *, model_in_key: bool = True
+    ) -> None:
         self.scorer = scorer
         self.cache = store
         #: pairs the model itself scored in this wrapper's calls (the rest came from the cache)
         self.pairs_scored = 0
-        self._prefix = f"{scorer.model_id}\x1f{scorer.version}\x1f{scorer.variant}"
+        # a store shared by models keys by model; one of the model's own (a file named after
+        # it) does not need to, and its existing files were written without
+        model = f"{scorer.model_id}\x1f{scorer.version}\x1f{scorer.variant}\x1f"
+        self._prefix = model if model_in_key else ""
 
     @classmethod
     def on_disk(cls, scorer: ServedScorer, folder: Path) -> CachedScorer:
         store = EmbeddingCache(
             folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
         )
-        return cls(scorer, store)
+        return cls(scorer, store, model_in_key=False)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scorer, name)
@@ -626,10 +631,7 @@ class CachedScorer:
         return f"CachedScorer({self.scorer!r})"
 
     def _keys(self, pairs: Sequence[tuple[str, str]], columns: np.ndarray | None) -> list[str]:
-        if isinstance(self.cache, EmbeddingCache):  # its files predate the model prefix
-            keys = [f"{query}\x1f{passage}" for query, passage in pairs]
-        else:
-            keys = [f"{self._prefix}\x1f{query}\x1f{passage}" for query, passage in pairs]
+        keys = [f"{self._prefix}{query}\x1f{passage}" for query, passage in pairs]
         if columns is not None:  # a first-stage-aware model's score depends on them too
             keys = [f"{k}\x1f{row.tobytes().hex()}" for k, row in zip(keys, columns, strict=True)]
         return keys
