@@ -490,6 +490,13 @@ def search_cmd(
     is_flag=True,
     help="Also write the rerank results into the cross-encoder's model card (metrics).",
 )
+@click.option(
+    "--score-cache/--no-score-cache",
+    default=True,
+    show_default=True,
+    help="Keep the cross-encoder's logits in RERANKER_HOME/scores, so a re-run scores nothing; "
+    "--no-score-cache scores every pair again (e.g. to time or check a scorer).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def eval_cmd(
@@ -514,6 +521,7 @@ def eval_cmd(
     signals: str | None,
     max_queries: int | None,
     record: bool,
+    score_cache: bool,
     progress: bool,
 ) -> None:
     """Evaluate retrieval on a BEIR-layout DATASET: NDCG@10, MRR@10 and Recall@100 per mode.
@@ -572,10 +580,10 @@ def eval_cmd(
             hybrid=hybrid,
             model=model,
             variant=variant,
-            score_cache=ctx.obj.home / "scores",
+            score_cache=ctx.obj.home / "scores" if score_cache else None,
             scorer_urls=scorer_urls,
         )
-        scorer = scorer_for(path)  # a CachedScorer: a Scorer's attributes, cached logits
+        scorer = scorer_for(path)  # a CachedScorer unless --no-score-cache
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
         model_dir = getattr(scorer, "model_dir", None)  # none for a remote scorer
         blend_choice = _eval_blend(wanted, blend, signals, dataset.name, model_dir)

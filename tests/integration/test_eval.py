@@ -135,3 +135,46 @@ def test_unreachable_cluster_exits_3_with_a_hint(tmp_path: Path) -> None:
     )
     assert result.exit_code == 3
     assert "reranker es up" in result.output
+
+
+def test_eval_through_a_remote_scorer_ranks_exactly_as_the_model_in_process(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.conftest import free_port
+    from tests.integration.test_remote_scorers import start_scorer, wait_healthy
+
+    alias = "test-eval-remote-scorer"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_scorer(port)
+    common = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias]
+    common += ["--modes", "rerank", "--window", "10", "--max-queries", "12", "--no-score-cache"]
+    common += ["--no-progress", "--output"]
+    try:
+        wait_healthy(url, process)
+        remote = CliRunner().invoke(
+            main, [*common, str(tmp_path / "remote.json"), "--scorer-url", url]
+        )
+        assert remote.exit_code == 0, remote.output
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        local = CliRunner().invoke(
+            main, [*common, str(tmp_path / "local.json"), "--variant", "int8"]
+        )
+        assert local.exit_code == 0, local.output
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        delete_indices_named_after(es_client, alias)
+    served = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("reranker_proxy_requests_total{")
+        and 'kind="rerank_api"' in line
+        and 'status="200"' in line
+    ]
+    assert served and served[0] >= 12  # every query's window went through the endpoint
+    by_remote = json.loads((tmp_path / "remote.json").read_text())["results"]["rerank"]
+    by_local = json.loads((tmp_path / "local.json").read_text())["results"]["rerank"]
+    assert by_remote == pytest.approx(by_local, abs=1e-9)
