@@ -860,6 +860,151 @@ def _train_aware(
     )
 
 
+@main.command("distill")
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output", "output_dir", required=True, type=click.Path(path_type=Path),
+    help="Folder for the student checkpoint (export it with `reranker export`).",
+)  # fmt: skip
+@click.option("--layers", default=2, show_default=True, help="Transformer layers of the student.")
+@click.option(
+    "--base-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint whose first layers start the student [default: the shipped all-MiniLM-L6-v2].",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["listwise-kl", "margin-mse"]),
+    default="listwise-kl",
+    show_default=True,
+    help="KL between the teacher's and the student's softmax over a query's candidates, or "
+    "the MSE of every score difference within a query.",
+)
+@click.option("--temperature", default=1.0, show_default=True, help="listwise-kl temperature.")
+@click.option("--window", default=100, show_default=True, help="First-stage candidates per query.")
+@click.option("--top", default=10, show_default=True, help="Candidates kept from the top.")
+@click.option(
+    "--sampled", default=20, show_default=True, help="Random candidates kept from the rest."
+)
+@click.option("--queries-per-step", default=2, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
+@click.option(
+    "--eval-every",
+    default=200,
+    show_default=True,
+    help="Score the held-out queries every N steps; the best step is kept.",
+)
+@click.option(
+    "--cascade-k", default=10, show_default=True, help="k of the held-out cascade metric."
+)
+@click.option(
+    "--dev-max-queries", default=150, show_default=True, help="Held-out queries per dataset."
+)
+@click.option(
+    "--max-queries", type=int, default=None, help="Train queries per dataset (a seeded sample)."
+)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--seed", default=13, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def distill_cmd(
+    ctx: click.Context,
+    teacher: Path,
+    datasets: tuple[Path, ...],
+    output_dir: Path,
+    layers: int,
+    base_model: Path | None,
+    loss: str,
+    temperature: float,
+    window: int,
+    top: int,
+    sampled: int,
+    queries_per_step: int,
+    lr: float,
+    epochs: int,
+    max_steps: int | None,
+    eval_every: int,
+    cascade_k: int,
+    dev_max_queries: int,
+    max_queries: int | None,
+    threads: int | None,
+    seed: int,
+    overwrite: bool,
+    progress: bool,
+) -> None:
+    """Distil a small cross-encoder (a cascade's student) from TEACHER, an exported model
+    folder, on the train queries of the BEIR DATASETS.
+
+    Each train query's hybrid top-WINDOW comes from the local Elasticsearch (alias
+    beir-<dataset>, as `reranker eval` indexes it); the top --top and --sampled random others
+    are scored by the teacher (logits cached under RERANKER_HOME/scores, so a re-run costs no
+    teacher time). The student is the first --layers layers of --base-model with a fresh
+    head, trained on the teacher's logits with --loss, reading the teacher's tokenizer at its
+    max_length. Held-out train queries (the dataset's dev qrels, else the seeded 20% hold-out
+    of its train qrels) pick the checkpoint: the best NDCG@10 of the cascade at --cascade-k.
+    Test queries are never used.
+
+    OUTPUT gets the student checkpoint and train_info.json (teacher id and version, layers,
+    data, loss, held-out curve); `reranker export OUTPUT MODEL_DIR --int8` makes it servable,
+    and `reranker eval --cascade-model MODEL_DIR --cascade-k K` measures the cascade.
+    """
+    import logging
+
+    from reranker.distill import DistillConfig, check_output_dir, distill, load_teacher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
+    config = DistillConfig(
+        teacher=teacher,
+        datasets=list(datasets),
+        output_dir=output_dir,
+        layers=layers,
+        base_model=base_model,
+        loss=cast(Any, loss),
+        temperature=temperature,
+        window=window,
+        top=top,
+        sampled=sampled,
+        queries_per_step=queries_per_step,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        cascade_k=cascade_k,
+        dev_max_queries=dev_max_queries,
+        max_queries=max_queries,
+        threads=threads,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    # everything that needs no Elasticsearch is checked before connecting
+    for dataset in config.datasets:
+        if not (dataset / "qrels" / "train.tsv").is_file():
+            from reranker.errors import SourceError
+
+            raise SourceError(f"{dataset}: no qrels/train.tsv (distillation uses train queries)")
+    load_teacher(config.teacher)
+    check_output_dir(config.output_dir, config.overwrite)
+    info = distill(
+        config,
+        _client(ctx),
+        _embedder(ctx),
+        score_cache=ctx.obj.home / "scores",
+        progress=progress,
+    )
+    chosen = info["distillation"]["chosen"] or {}
+    click.echo(
+        f"distilled a {layers}-layer student in {info['seconds'] / 60:.1f} min "
+        f"({info['steps']} steps); kept step {chosen.get('step')} "
+        f"(held-out {json.dumps(chosen.get('datasets', {}))}) in {output_dir}"
+    )
+
+
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))

@@ -86,6 +86,25 @@ def check_scores(scores: np.ndarray, expected: int) -> None:
         raise ModelError("the scorer returned non-finite scores")
 
 
+def cascade_split(student: Sequence[float], k: int) -> tuple[list[int], list[int]]:
+    """(head, tail) of a window scored by a cascade's student: the positions of its top ``k``
+    and of the rest, each in the student's order (equal scores keep the window's order)."""
+    by_student = sorted(range(len(student)), key=lambda i: (-float(student[i]), i))
+    return by_student[:k], by_student[k:]
+
+
+def cascade_order(student: Sequence[float], full_head: Sequence[float], k: int) -> list[int]:
+    """Positions of a window in cascade order: the student's top ``k`` (see
+    :func:`cascade_split`) ordered by the full model's scores ``full_head`` (one per head
+    position, in the head's order; ties keep the student's order), then the rest in the
+    student's order, never above them."""
+    head, tail = cascade_split(student, k)
+    if len(full_head) != len(head):
+        raise ValueError(f"{len(full_head)} full-model scores for a head of {len(head)}")
+    ranked = sorted(range(len(head)), key=lambda j: (-float(full_head[j]), j))
+    return [head[j] for j in ranked] + tail
+
+
 class Pipeline:
     """First-stage recall of ``window`` candidates, reranked by ``scorer`` when there is one,
     then ordered by ``blend`` over the cross-encoder's score, the first-stage score and the
