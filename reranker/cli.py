@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from reranker.blend import Blend, LinearBlend
     from reranker.embed import Embedder
     from reranker.evaluation import RunFunction
-    from reranker.pipeline import QueryPath
+    from reranker.pipeline import Cascade, QueryPath
     from reranker.scoring import PairScorer
     from reranker.signals import SignalConfig
 
@@ -450,6 +450,20 @@ def search_cmd(
     help="Exported precision of the cross-encoder [default: fp32 if present].",
 )
 @_scorer_url_option
+@click.option(
+    "--cascade-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="For `rerank`: a small student (`reranker distill`, exported) scores the whole "
+    "window and the cross-encoder only its top --cascade-k.",
+)
+@click.option(
+    "--cascade-k",
+    type=int,
+    default=None,
+    help="With --cascade-model: hits of the student's top the cross-encoder rescores "
+    "(1..WINDOW) [default: 20].",
+)
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option(
@@ -493,6 +507,8 @@ def eval_cmd(
     model: Path | None,
     variant: str | None,
     scorer_urls: tuple[str, ...],
+    cascade_model: Path | None,
+    cascade_k: int | None,
     reindex: bool,
     output: Path | None,
     blend: str | None,
@@ -517,7 +533,7 @@ def eval_cmd(
     )
     from reranker.first_stage import FirstStage
     from reranker.indexing import default_cache
-    from reranker.pipeline import QueryPath, scorer_for
+    from reranker.pipeline import QueryPath, cascade_for, scorer_for
 
     wanted = _eval_modes(modes, depth)
     if scorer_urls and record:
@@ -526,6 +542,7 @@ def eval_cmd(
         raise ConfigError(
             "--record writes into a local model's card: use --model, not --scorer-url"
         )
+    _check_cascade_options(cascade_model, cascade_k, window, wanted, record)
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
@@ -559,13 +576,22 @@ def eval_cmd(
             variant=variant,
             score_cache=ctx.obj.home / "scores",
             scorer_urls=scorer_urls,
+            cascade_model=cascade_model,
+            cascade_k=cascade_k,
         )
         scorer = scorer_for(path)  # a CachedScorer: a Scorer's attributes, cached logits
+        cascade = cascade_for(path, scorer)
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
+        if cascade is not None:
+            click.echo(
+                f"cascade: {cascade.scorer!r} scores the window, the cross-encoder its top "
+                f"{cascade.k}",
+                err=True,
+            )
         model_dir = getattr(scorer, "model_dir", None)  # none for a remote scorer
         blend_choice = _eval_blend(wanted, blend, signals, dataset.name, model_dir)
         runners.update(
-            _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors)
+            _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors, cascade)
         )
     report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
     for mode in wanted:
@@ -600,6 +626,28 @@ def _eval_modes(modes: str, depth: int) -> list[str]:
     return wanted
 
 
+def _check_cascade_options(
+    model: Path | None, k: int | None, window: int, wanted: list[str], record: bool
+) -> None:
+    """``--cascade-model``/``--cascade-k`` checked before anything is loaded or searched."""
+    from reranker.errors import ConfigError
+
+    if model is None:
+        if k is not None:
+            raise ConfigError("--cascade-k needs --cascade-model")
+        return
+    if "rerank" not in wanted:
+        raise ConfigError("--cascade-model applies to the rerank mode: add rerank to --modes")
+    if "blend" in wanted:
+        raise ConfigError("a cascade cannot be combined with a blend yet: drop blend from --modes")
+    if record:
+        raise ConfigError("--record writes one model's card; it cannot record a cascade")
+    if k is not None and not 1 <= k <= window:
+        raise ConfigError(f"--cascade-k must be between 1 and --window ({window}), got {k}")
+    if not Path(model).is_dir():
+        raise ConfigError(f"--cascade-model {model}: no such model folder")
+
+
 def _eval_blend(
     wanted: list[str],
     blend: str | None,
@@ -623,6 +671,7 @@ def _rerank_runners(
     scorer: PairScorer,
     blend_choice: tuple[SignalConfig | None, Blend | None],
     vectors: dict[str, list[float]],
+    cascade: Cascade | None = None,
 ) -> dict[str, RunFunction]:
     """The ``rerank`` and ``blend`` modes' runners (those wanted), one pipeline each from the
     one builder, sharing ``scorer``."""
@@ -640,6 +689,7 @@ def _rerank_runners(
                 scorer=scorer,
                 blend=mode_blend,
                 signals=signal_config,
+                cascade=cascade,
             )
             runners[mode] = pipeline_runner(pipeline, vectors)
     return runners
@@ -1101,6 +1151,14 @@ def export_cmd(
     "/_health, /metrics and reload: no Elasticsearch needed [env RERANKER_PROXY_SCORER_ONLY].",
 )
 @_scorer_url_option
+@click.option(
+    "--cascade-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A cascade's student (`reranker distill`, exported): searches with "
+    '"rerank": {"cascade": K} have it score the window and the cross-encoder only its top K '
+    "[env RERANKER_PROXY_CASCADE_MODEL].",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -1118,6 +1176,7 @@ def serve_cmd(
     model_roots: tuple[Path, ...],
     scorer_only: bool | None,
     scorer_urls: tuple[str, ...],
+    cascade_model: Path | None,
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
@@ -1154,6 +1213,8 @@ def serve_cmd(
         overrides["model_roots"] = tuple(model_roots)
     if scorer_urls:
         overrides["scorer_urls"] = scorer_urls
+    if cascade_model is not None:
+        overrides["cascade_model"] = cascade_model
     settings = ProxySettings.from_env(**overrides)
     if not settings.model_roots:
         served = (model or default_model_dir()).resolve()
