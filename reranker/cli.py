@@ -1005,7 +1005,13 @@ def distill_cmd(
     """
     import logging
 
-    from reranker.distill import DistillConfig, check_output_dir, distill, load_teacher
+    from reranker.distill import (
+        DistillConfig,
+        check_output_dir,
+        distill,
+        load_teacher,
+        query_splits,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
@@ -1034,10 +1040,7 @@ def distill_cmd(
     )
     # everything that needs no Elasticsearch is checked before connecting
     for dataset in config.datasets:
-        if not (dataset / "qrels" / "train.tsv").is_file():
-            from reranker.errors import SourceError
-
-            raise SourceError(f"{dataset}: no qrels/train.tsv (distillation uses train queries)")
+        query_splits(dataset, dev_max_queries=config.dev_max_queries, seed=config.seed)
     load_teacher(config.teacher)
     check_output_dir(config.output_dir, config.overwrite)
     info = distill(

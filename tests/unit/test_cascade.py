@@ -142,9 +142,7 @@ def test_scores_follow_the_order_and_say_which_model_gave_them() -> None:
 
 def test_k_equal_to_the_window_gives_the_full_models_order() -> None:
     pipeline, _, _ = cascade_pipeline(6)
-    assert [h.id for h in pipeline.search("q", k=6).hits] == sorted(
-        STUDENT, key=lambda d: -FULL[d]
-    )
+    assert [h.id for h in pipeline.search("q", k=6).hits] == sorted(STUDENT, key=lambda d: -FULL[d])
 
 
 def test_k_bounds_are_checked_against_the_window() -> None:
