@@ -3,6 +3,7 @@ its checks in the pipeline, the proxy and ``reranker eval``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,77 @@ def test_eval_refuses_bad_cascade_options_before_searching(args: list[str], mess
     result = CliRunner().invoke(main, [*base, *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+# --------------------------------------------------------------------------- the proxy app
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def search_with(settings: ProxySettings, rerank: dict[str, Any], **app: Any) -> Any:
+    import httpx
+
+    from reranker.proxy import create_app
+
+    proxy = create_app(settings, load_in_background=False, **app)
+    async with proxy.router.lifespan_context(proxy):
+        transport = httpx.ASGITransport(app=proxy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
+            body = {"query": {"match": {"text": "why"}}, "rerank": rerank}
+            return await http.post("/docs-1/_search", json=body)
+
+
+def closed_es_settings(**overrides: Any) -> ProxySettings:
+    import socket
+
+    from reranker.config import Settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    es = Settings(es_url=f"http://127.0.0.1:{port}", request_timeout_s=2)
+    return ProxySettings(es=es, allowed_indices=("docs-*",), enable_dense=False, **overrides)
+
+
+@pytest.mark.anyio
+async def test_proxy_without_a_cascade_model_answers_a_clear_400() -> None:
+    response = await search_with(closed_es_settings(), {"cascade": 10})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "illegal_argument_exception"
+    assert "needs a cascade model" in response.json()["error"]["reason"]
+
+
+@pytest.mark.anyio
+async def test_proxy_refuses_a_k_beyond_the_window_with_an_es_shaped_400() -> None:
+    response = await search_with(closed_es_settings(), {"window": 20, "cascade": 21})
+    assert response.status_code == 400
+    assert response.json()["status"] == 400
+    assert "[rerank.cascade]" in response.json()["error"]["reason"]
+
+
+@pytest.mark.anyio
+async def test_proxy_refuses_a_student_with_another_tokenizer(tmp_path: Path) -> None:
+    import shutil
+
+    from reranker.models import CROSS_ENCODER_CARD, sha256_file, write_json_atomic
+    from reranker.scoring import load_scorer
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6"
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(shipped, other)
+    tokenizer = other / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    card = json.loads((other / CROSS_ENCODER_CARD).read_text(encoding="utf-8"))
+    card["files"]["tokenizer.json"] = sha256_file(tokenizer)
+    write_json_atomic(other / CROSS_ENCODER_CARD, card)
+
+    response = await search_with(
+        closed_es_settings(cascade_model=other),
+        {"cascade": 10},
+        scorer_factory=lambda: load_scorer(shipped),
+    )
+    assert response.status_code == 400
+    assert "another tokenizer" in response.json()["error"]["reason"]
