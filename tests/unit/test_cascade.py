@@ -353,3 +353,16 @@ async def test_proxy_refuses_a_student_with_another_tokenizer(tmp_path: Path) ->
     )
     assert response.status_code == 400
     assert "another tokenizer" in response.json()["error"]["reason"]
+
+
+def test_the_proxys_window_builds_the_cascade_it_is_given() -> None:
+    from reranker.proxy.rerank import Window
+
+    spec = parse_rerank({"window": 6, "cascade": 3}, settings())
+    candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)
+    student, full = TableScorer("student", STUDENT), TableScorer("full", FULL)
+    window = Window("docs-1", "q", spec, "bm25", candidates, None, False)
+    result = window.pipeline(full, Cascade(student, 3)).rerank("q", candidates, k=6)
+    assert [h.id for h in result.hits] == ["a", "c", "b", "f", "e", "d"]
+    assert result.cascade == {"model": "student", "k": 3}
+    assert len(full.calls[0]) == 3
