@@ -351,8 +351,8 @@ class Pipeline:
         :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
         call: the proxy then skips the scorer's queue."""
         covers = getattr(self.scorer, "covers", None)
-        if covers is None or not candidates:
-            return False
+        if covers is None or not candidates or self.cascade is not None:
+            return False  # a cascade's student is a second model call: never inline
         pairs, features = self.scorer_inputs(text, candidates)
         return bool(covers(pairs, features))
 

@@ -789,6 +789,8 @@ def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -
             "cross_encoder_logit": hit.relevance,
             "final_score": hit.score,
         }
+        if hit.student is not None:  # a cascade: the student's logit (null logit: not rescored)
+            out["_rerank"]["student_logit"] = hit.student
         if hit.explanation is not None:
             out["_rerank"]["blend"] = hit.explanation
     return out

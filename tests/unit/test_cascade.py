@@ -366,3 +366,18 @@ def test_the_proxys_window_builds_the_cascade_it_is_given() -> None:
     assert [h.id for h in result.hits] == ["a", "c", "b", "f", "e", "d"]
     assert result.cascade == {"model": "student", "k": 3}
     assert len(full.calls[0]) == 3
+
+
+def test_a_cascade_never_counts_as_fully_cached() -> None:
+    """The proxy runs a window whose scores are all cached inline, skipping the scorer's
+    queue; a cascade calls its student too, so it must always queue."""
+
+    class CoveringScorer(TableScorer):
+        def covers(self, pairs: Any, features: Any = None) -> bool:
+            return True
+
+    full, student = CoveringScorer("full", FULL), TableScorer("student", STUDENT)
+    candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)
+    assert Pipeline(None, full, window=6).scores_cached("q", candidates)
+    cascade = Pipeline(None, full, window=6, cascade=Cascade(student, 3))
+    assert not cascade.scores_cached("q", candidates)
