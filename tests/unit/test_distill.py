@@ -232,3 +232,26 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
     teacher_scores = np.concatenate([g.teacher for g in groups])
     rho = spearmanr(student.score(pairs), teacher_scores).statistic
     assert rho > 0.3, f"student/teacher Spearman {rho:.3f}"
+
+
+def test_held_out_metrics_score_the_cascade_with_the_teachers_order_of_the_students_top_k() -> None:
+    from reranker.distill import held_out_metrics
+
+    group = CandidateGroup(
+        dataset="d",
+        query_id="q",
+        query="q",
+        doc_ids=["a", "b", "c", "d"],
+        passages=["a", "b", "c", "d"],
+        ranks=[1, 2, 3, 4],
+        grades=[0, 0, 1, 0],
+        teacher=np.array([0.0, 1.0, 5.0, 2.0], dtype=np.float32),
+    )
+    # the student puts the relevant c second: its top 2 (d, c) re-ordered by the teacher → c first
+    student = np.array([0.0, -1.0, 2.0, 3.0], dtype=np.float32)
+    metrics = held_out_metrics([group], [student], 2)
+    assert metrics["teacher_nDCG@10"] == pytest.approx(1.0)
+    assert metrics["cascade_nDCG@10"] == pytest.approx(1.0)
+    assert metrics["student_nDCG@10"] < 1.0
+    assert metrics["kl"] > 0
+    assert metrics["queries"] == 1.0
