@@ -412,6 +412,17 @@ def _convert_fp16(fused_fp32: Path, target: Path, *, num_heads: int, hidden: int
         model.save_model_to_file(str(target), use_external_data_format=False)
 
 
+def _distillation(training: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A distilled student's summary for its card (teacher, layers, loss, data, the chosen
+    held-out step), from ``train_info.json`` of ``reranker distill``; ``None`` otherwise."""
+    info = (training or {}).get("train_info")
+    distilled = info.get("distillation") if isinstance(info, dict) else None
+    if not isinstance(distilled, dict):
+        return None
+    keys = ("teacher", "layers", "loss", "temperature", "data", "steps", "chosen", "selection")
+    return {k: distilled[k] for k in keys if k in distilled}
+
+
 def _load_aware_if_any(checkpoint_dir: Path) -> Any:
     """The first-stage-aware model saved in ``checkpoint_dir``, or None for a plain one."""
     from reranker.first_stage_aware import is_aware_checkpoint, load_aware
@@ -529,6 +540,7 @@ def export_cross_encoder(
                 entry["parity_note"] = f"not checked on CPU: {exc}"[:300]
             variants["fp16"] = entry
         shutil.rmtree(work)
+        training = read_training_info(checkpoint_dir)
         write_card(
             out,
             CROSS_ENCODER_CARD,
@@ -545,7 +557,8 @@ def export_cross_encoder(
                 **({"first_stage_features": feature_card} if feature_card else {}),
                 "variants": variants,
                 "parity": {"pairs": len(pairs), "tolerance_fp32": FP32_TOLERANCE},
-                "training": read_training_info(checkpoint_dir),
+                "training": training,
+                **({"distillation": _distillation(training)} if _distillation(training) else {}),
                 "export_seconds": round(time.perf_counter() - started, 1),
             },
         )

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from reranker.blend import Blend, LinearBlend
     from reranker.embed import Embedder
     from reranker.evaluation import RunFunction
-    from reranker.pipeline import QueryPath
+    from reranker.pipeline import Cascade, QueryPath
     from reranker.scoring import PairScorer
     from reranker.signals import SignalConfig
 
@@ -465,6 +465,20 @@ def search_cmd(
     help="Exported precision of the cross-encoder [default: fp32 if present].",
 )
 @_scorer_url_option
+@click.option(
+    "--cascade-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="For `rerank`: a small student (`reranker distill`, exported) scores the whole "
+    "window and the cross-encoder only its top --cascade-k.",
+)
+@click.option(
+    "--cascade-k",
+    type=int,
+    default=None,
+    help="With --cascade-model: hits of the student's top the cross-encoder rescores "
+    "(1..WINDOW) [default: 20].",
+)
 @click.option("--reindex", is_flag=True, help="Index the corpus again even if it is current.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write the results as JSON.")
 @click.option(
@@ -515,6 +529,8 @@ def eval_cmd(
     model: Path | None,
     variant: str | None,
     scorer_urls: tuple[str, ...],
+    cascade_model: Path | None,
+    cascade_k: int | None,
     reindex: bool,
     output: Path | None,
     blend: str | None,
@@ -540,7 +556,7 @@ def eval_cmd(
     )
     from reranker.first_stage import FirstStage
     from reranker.indexing import default_cache
-    from reranker.pipeline import QueryPath, scorer_for
+    from reranker.pipeline import QueryPath, cascade_for, scorer_for
 
     wanted = _eval_modes(modes, depth)
     if scorer_urls and record:
@@ -549,6 +565,7 @@ def eval_cmd(
         raise ConfigError(
             "--record writes into a local model's card: use --model, not --scorer-url"
         )
+    _check_cascade_options(cascade_model, cascade_k, window, wanted, record)
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
@@ -582,13 +599,22 @@ def eval_cmd(
             variant=variant,
             score_cache=ctx.obj.home / "scores" if score_cache else None,
             scorer_urls=scorer_urls,
+            cascade_model=cascade_model,
+            cascade_k=cascade_k,
         )
         scorer = scorer_for(path)  # a CachedScorer unless --no-score-cache
+        cascade = cascade_for(path, scorer)
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
+        if cascade is not None:
+            click.echo(
+                f"cascade: {cascade.scorer!r} scores the window, the cross-encoder its top "
+                f"{cascade.k}",
+                err=True,
+            )
         model_dir = getattr(scorer, "model_dir", None)  # none for a remote scorer
         blend_choice = _eval_blend(wanted, blend, signals, dataset.name, model_dir)
         runners.update(
-            _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors)
+            _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors, cascade)
         )
     report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
     for mode in wanted:
@@ -623,6 +649,28 @@ def _eval_modes(modes: str, depth: int) -> list[str]:
     return wanted
 
 
+def _check_cascade_options(
+    model: Path | None, k: int | None, window: int, wanted: list[str], record: bool
+) -> None:
+    """``--cascade-model``/``--cascade-k`` checked before anything is loaded or searched."""
+    from reranker.errors import ConfigError
+
+    if model is None:
+        if k is not None:
+            raise ConfigError("--cascade-k needs --cascade-model")
+        return
+    if "rerank" not in wanted:
+        raise ConfigError("--cascade-model applies to the rerank mode: add rerank to --modes")
+    if "blend" in wanted:
+        raise ConfigError("a cascade cannot be combined with a blend yet: drop blend from --modes")
+    if record:
+        raise ConfigError("--record writes one model's card; it cannot record a cascade")
+    if k is not None and not 1 <= k <= window:
+        raise ConfigError(f"--cascade-k must be between 1 and --window ({window}), got {k}")
+    if not Path(model).is_dir():
+        raise ConfigError(f"--cascade-model {model}: no such model folder")
+
+
 def _eval_blend(
     wanted: list[str],
     blend: str | None,
@@ -646,6 +694,7 @@ def _rerank_runners(
     scorer: PairScorer,
     blend_choice: tuple[SignalConfig | None, Blend | None],
     vectors: dict[str, list[float]],
+    cascade: Cascade | None = None,
 ) -> dict[str, RunFunction]:
     """The ``rerank`` and ``blend`` modes' runners (those wanted), one pipeline each from the
     one builder, sharing ``scorer``."""
@@ -663,6 +712,7 @@ def _rerank_runners(
                 scorer=scorer,
                 blend=mode_blend,
                 signals=signal_config,
+                cascade=cascade,
             )
             runners[mode] = pipeline_runner(pipeline, vectors)
     return runners
@@ -883,6 +933,154 @@ def _train_aware(
     )
 
 
+@main.command("distill")
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output", "output_dir", required=True, type=click.Path(path_type=Path),
+    help="Folder for the student checkpoint (export it with `reranker export`).",
+)  # fmt: skip
+@click.option("--layers", default=2, show_default=True, help="Transformer layers of the student.")
+@click.option(
+    "--base-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint whose first layers start the student [default: the shipped all-MiniLM-L6-v2].",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["listwise-kl", "margin-mse"]),
+    default="listwise-kl",
+    show_default=True,
+    help="KL between the teacher's and the student's softmax over a query's candidates, or "
+    "the MSE of every score difference within a query.",
+)
+@click.option("--temperature", default=1.0, show_default=True, help="listwise-kl temperature.")
+@click.option("--window", default=100, show_default=True, help="First-stage candidates per query.")
+@click.option("--top", default=10, show_default=True, help="Candidates kept from the top.")
+@click.option(
+    "--sampled", default=20, show_default=True, help="Random candidates kept from the rest."
+)
+@click.option("--queries-per-step", default=2, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
+@click.option(
+    "--eval-every",
+    default=200,
+    show_default=True,
+    help="Score the held-out queries every N steps; the best step is kept.",
+)
+@click.option(
+    "--cascade-k", default=10, show_default=True, help="k of the held-out cascade metric."
+)
+@click.option(
+    "--dev-max-queries", default=150, show_default=True, help="Held-out queries per dataset."
+)
+@click.option(
+    "--max-queries", type=int, default=None, help="Train queries per dataset (a seeded sample)."
+)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--seed", default=13, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def distill_cmd(
+    ctx: click.Context,
+    teacher: Path,
+    datasets: tuple[Path, ...],
+    output_dir: Path,
+    layers: int,
+    base_model: Path | None,
+    loss: str,
+    temperature: float,
+    window: int,
+    top: int,
+    sampled: int,
+    queries_per_step: int,
+    lr: float,
+    epochs: int,
+    max_steps: int | None,
+    eval_every: int,
+    cascade_k: int,
+    dev_max_queries: int,
+    max_queries: int | None,
+    threads: int | None,
+    seed: int,
+    overwrite: bool,
+    progress: bool,
+) -> None:
+    """Distil a small cross-encoder (a cascade's student) from TEACHER, an exported model
+    folder, on the train queries of the BEIR DATASETS.
+
+    Each train query's hybrid top-WINDOW comes from the local Elasticsearch (alias
+    beir-<dataset>, as `reranker eval` indexes it); the top --top and --sampled random others
+    are scored by the teacher (logits cached under RERANKER_HOME/scores, so a re-run costs no
+    teacher time). The student is the first --layers layers of --base-model with a fresh
+    head, trained on the teacher's logits with --loss, reading the teacher's tokenizer at its
+    max_length. Held-out train queries (the dataset's dev qrels, else the seeded 20% hold-out
+    of its train qrels) pick the checkpoint: the best NDCG@10 of the cascade at --cascade-k.
+    Test queries are never used.
+
+    OUTPUT gets the student checkpoint and train_info.json (teacher id and version, layers,
+    data, loss, held-out curve); `reranker export OUTPUT MODEL_DIR --int8` makes it servable,
+    and `reranker eval --cascade-model MODEL_DIR --cascade-k K` measures the cascade.
+    """
+    import logging
+
+    from reranker.distill import (
+        DistillConfig,
+        check_output_dir,
+        distill,
+        load_teacher,
+        query_splits,
+    )
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
+    config = DistillConfig(
+        teacher=teacher,
+        datasets=list(datasets),
+        output_dir=output_dir,
+        layers=layers,
+        base_model=base_model,
+        loss=cast(Any, loss),
+        temperature=temperature,
+        window=window,
+        top=top,
+        sampled=sampled,
+        queries_per_step=queries_per_step,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        eval_every=eval_every,
+        cascade_k=cascade_k,
+        dev_max_queries=dev_max_queries,
+        max_queries=max_queries,
+        threads=threads,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    # everything that needs no Elasticsearch is checked before connecting
+    for dataset in config.datasets:
+        query_splits(dataset, dev_max_queries=config.dev_max_queries, seed=config.seed)
+    load_teacher(config.teacher)
+    check_output_dir(config.output_dir, config.overwrite)
+    info = distill(
+        config,
+        _client(ctx),
+        _embedder(ctx),
+        score_cache=ctx.obj.home / "scores",
+        progress=progress,
+    )
+    chosen = info["distillation"]["chosen"] or {}
+    click.echo(
+        f"distilled a {layers}-layer student in {info['seconds'] / 60:.1f} min "
+        f"({info['steps']} steps); kept step {chosen.get('step')} "
+        f"(held-out {json.dumps(chosen.get('datasets', {}))}) in {output_dir}"
+    )
+
+
 @main.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -979,6 +1177,14 @@ def export_cmd(
     "/_health, /metrics and reload: no Elasticsearch needed [env RERANKER_PROXY_SCORER_ONLY].",
 )
 @_scorer_url_option
+@click.option(
+    "--cascade-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A cascade's student (`reranker distill`, exported): searches with "
+    '"rerank": {"cascade": K} have it score the window and the cross-encoder only its top K '
+    "[env RERANKER_PROXY_CASCADE_MODEL].",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -996,6 +1202,7 @@ def serve_cmd(
     model_roots: tuple[Path, ...],
     scorer_only: bool | None,
     scorer_urls: tuple[str, ...],
+    cascade_model: Path | None,
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
@@ -1032,6 +1239,8 @@ def serve_cmd(
         overrides["model_roots"] = tuple(model_roots)
     if scorer_urls:
         overrides["scorer_urls"] = scorer_urls
+    if cascade_model is not None:
+        overrides["cascade_model"] = cascade_model
     settings = ProxySettings.from_env(**overrides)
     if not settings.model_roots:
         served = (model or default_model_dir()).resolve()

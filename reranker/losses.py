@@ -17,3 +17,40 @@ def listwise_loss(logits: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         losses.append(torch.logsumexp(group, dim=0) - group[0])
         start += size
     return torch.stack(losses).mean()
+
+
+def listwise_kl_loss(
+    student: torch.Tensor, teacher: torch.Tensor, sizes: Sequence[int], temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean over consecutive groups (sizes ``sizes``) of KL(teacher ‖ student) between the
+    softmax distributions of the two models' logits over each group, at ``temperature``
+    (distillation: the student learns the teacher's ranking of a query's candidates, not its
+    scale; shifting a group's logits changes nothing)."""
+    losses = []
+    start = 0
+    for size in sizes:
+        s = student[start : start + size] / temperature
+        t = teacher[start : start + size] / temperature
+        target = torch.softmax(t, dim=0)
+        losses.append(
+            torch.sum(target * (torch.log_softmax(t, dim=0) - torch.log_softmax(s, dim=0)))
+        )
+        start += size
+    return torch.stack(losses).mean() * temperature**2
+
+
+def margin_mse_loss(
+    student: torch.Tensor, teacher: torch.Tensor, sizes: Sequence[int]
+) -> torch.Tensor:
+    """Margin-MSE (Hofstätter et al. 2020) over every pair of members of each group: the
+    student's score differences should equal the teacher's."""
+    losses = []
+    start = 0
+    for size in sizes:
+        s = student[start : start + size]
+        t = teacher[start : start + size]
+        ds = s[:, None] - s[None, :]
+        dt = t[:, None] - t[None, :]
+        losses.append(torch.mean((ds - dt) ** 2))
+        start += size
+    return torch.stack(losses).mean()

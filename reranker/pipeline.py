@@ -21,7 +21,7 @@ import numpy as np
 
 from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
-from reranker.errors import ModelError, SearchError
+from reranker.errors import ConfigError, ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
 from reranker.first_stage_features import features_from_stage_scores, require_features
 from reranker.scoring import PairScorer, ScoreTimeout
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the full model's share of a cascade when only a cascade model is named
+DEFAULT_CASCADE_K = 20
+
 
 @dataclass
 class RankedHit:
@@ -45,6 +48,7 @@ class RankedHit:
     first_stage_rank: int
     first_stage_score: float
     relevance: float | None = None  # the cross-encoder's logit
+    student: float | None = None  # a cascade's student logit (the whole window)
     stage_scores: dict[str, float] = field(default_factory=dict)
     features: dict[str, float] | None = None  # the blend's inputs, by name
     explanation: dict[str, Any] | None = None  # each feature's value and contribution
@@ -76,6 +80,8 @@ class PipelineResult:
     missing_features: dict[str, int] = field(default_factory=dict)
     """First-stage features given the documented default (a hit absent from one list), by
     feature; empty unless the model reads first-stage features."""
+    cascade: dict[str, Any] | None = None
+    """With a cascade: the student's id and ``k`` (how many hits the full model rescored)."""
 
 
 def check_scores(scores: np.ndarray, expected: int) -> None:
@@ -84,6 +90,76 @@ def check_scores(scores: np.ndarray, expected: int) -> None:
         raise ModelError(f"the scorer returned {np.shape(scores)} scores for {expected} pairs")
     if not np.isfinite(scores).all():
         raise ModelError("the scorer returned non-finite scores")
+
+
+def cascade_split(student: Sequence[float], k: int) -> tuple[list[int], list[int]]:
+    """(head, tail) of a window scored by a cascade's student: the positions of its top ``k``
+    and of the rest, each in the student's order (equal scores keep the window's order)."""
+    by_student = sorted(range(len(student)), key=lambda i: (-float(student[i]), i))
+    return by_student[:k], by_student[k:]
+
+
+def cascade_order(student: Sequence[float], full_head: Sequence[float], k: int) -> list[int]:
+    """Positions of a window in cascade order: the student's top ``k`` (see
+    :func:`cascade_split`) ordered by the full model's scores ``full_head`` (one per head
+    position, in the head's order; ties keep the student's order), then the rest in the
+    student's order, never above them."""
+    head, tail = cascade_split(student, k)
+    if len(full_head) != len(head):
+        raise ValueError(f"{len(full_head)} full-model scores for a head of {len(head)}")
+    ranked = sorted(range(len(head)), key=lambda j: (-float(full_head[j]), j))
+    return [head[j] for j in ranked] + tail
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """A small student scores the whole window; the full model rescores only its top ``k``.
+
+    The final order is the full model's order of the student's top ``k``, then the rest in
+    the student's order, never above them (:func:`cascade_order`). A hit's ``score`` follows
+    that order: the full model's logit for the top ``k``; below them the student's logit,
+    shifted down where needed so that it stays under the lowest of the top ``k``.
+    """
+
+    scorer: PairScorer
+    k: int
+
+
+def check_cascade_models(full: PairScorer, student: PairScorer) -> None:
+    """Refuse a student the full model's cascade cannot use: one that reads other tokens
+    (the sha256 of ``tokenizer.json`` or the ``max_length`` differ), a first-stage-aware
+    model on either side (not supported yet), or a model without a card to compare (a
+    remote scorer)."""
+    if tuple(getattr(full, "feature_names", ())):
+        raise ConfigError(
+            f"the full model {full.model_id} is first-stage-aware; a cascade supports plain "
+            "cross-encoders only for now"
+        )
+    if tuple(getattr(student, "feature_names", ())):
+        raise ConfigError(f"the cascade model {student.model_id} is first-stage-aware")
+    cards = [getattr(model, "card", None) for model in (full, student)]
+    if not all(isinstance(card, dict) for card in cards):
+        raise ConfigError(
+            "a cascade needs both models loaded locally, to compare their tokenizers "
+            "(a remote scorer has no card)"
+        )
+    full_card, student_card = cards
+    assert full_card is not None and student_card is not None
+    full_tok = (full_card.get("files") or {}).get("tokenizer.json")
+    student_tok = (student_card.get("files") or {}).get("tokenizer.json")
+    if full_tok != student_tok:
+        raise ConfigError(
+            f"the cascade model {student.model_id} has another tokenizer than the full model "
+            f"{full.model_id} (tokenizer.json sha256 {str(student_tok)[:12]} vs "
+            f"{str(full_tok)[:12]}): distil it from that model (`reranker distill`)"
+        )
+    lengths = [getattr(m, "max_length", None) or c.get("max_length") for m, c in
+               ((full, full_card), (student, student_card))]  # fmt: skip
+    if lengths[0] != lengths[1]:
+        raise ConfigError(
+            f"the cascade model {student.model_id} reads max_length {lengths[1]}, the full "
+            f"model {full.model_id} {lengths[0]}: they must read the same tokens"
+        )
 
 
 class Pipeline:
@@ -108,6 +184,7 @@ class Pipeline:
         blend: Blend | None = None,
         signals: SignalConfig | None = None,
         explain: bool = False,
+        cascade: Cascade | None = None,
     ) -> None:
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
@@ -128,6 +205,21 @@ class Pipeline:
         needed = tuple(getattr(scorer, "feature_names", ())) if scorer is not None else ()
         require_features(needed, base)
         self.needs_features = bool(needed)
+        self.cascade = cascade
+        if cascade is not None:
+            if scorer is None:
+                raise SearchError("a cascade needs the full model; no scorer was given")
+            if not 1 <= cascade.k <= window:
+                raise SearchError(
+                    f"the cascade's k must be between 1 and the window ({window}), got {cascade.k}"
+                )
+            if self.needs_features:
+                raise SearchError(
+                    "a first-stage-aware full model cannot lead a cascade yet; use a plain "
+                    "cross-encoder"
+                )
+            if blend is not None:
+                raise SearchError("a cascade cannot be combined with a blend yet")
 
     def search(
         self,
@@ -176,8 +268,11 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 pairs, features = self.scorer_inputs(text, candidates, missing)
-                logits = self.scorer.score(pairs, deadline=deadline, features=features)
-                check_scores(logits, len(candidates))
+                if self.cascade is not None:
+                    cascaded = self._cascade(pairs, deadline, timings)
+                else:
+                    logits = self.scorer.score(pairs, deadline=deadline, features=features)
+                    check_scores(logits, len(candidates))
             except ModelError as exc:
                 if not self.fail_open:
                     raise
@@ -185,15 +280,22 @@ class Pipeline:
                 degraded = Degraded(cause, f"reranker {cause}: {exc}")
                 log.warning("scorer failed, first-stage order returned: %s", exc)
             else:
-                for hit, logit in zip(hits, logits.tolist(), strict=True):
-                    hit.relevance = float(logit)
-                    hit.score = float(logit)
-                timings["rerank"] = (time.perf_counter() - started) * 1000
-                if self.blend is not None:
-                    started = time.perf_counter()
-                    self._apply_blend(hits, logits)
-                    timings["blend"] = (time.perf_counter() - started) * 1000
-                hits.sort(key=lambda h: (-h.score, h.first_stage_rank))
+                if self.cascade is not None:
+                    order, student, final, relevance = cascaded
+                    for i, hit in enumerate(hits):
+                        hit.student, hit.score, hit.relevance = student[i], final[i], relevance[i]
+                    hits = [hits[i] for i in order]
+                    timings["rerank"] = (time.perf_counter() - started) * 1000
+                else:
+                    for hit, logit in zip(hits, logits.tolist(), strict=True):
+                        hit.relevance = float(logit)
+                        hit.score = float(logit)
+                    timings["rerank"] = (time.perf_counter() - started) * 1000
+                    if self.blend is not None:
+                        started = time.perf_counter()
+                        self._apply_blend(hits, logits)
+                        timings["blend"] = (time.perf_counter() - started) * 1000
+                    hits.sort(key=lambda h: (-h.score, h.first_stage_rank))
         return PipelineResult(
             hits=hits[:k],
             window=self.window,
@@ -202,7 +304,39 @@ class Pipeline:
             model=self.scorer.model_id if self.scorer else None,
             blend=f"{self.blend.kind}@{blend_version(self.blend)}" if self.blend else None,
             missing_features=missing,
+            cascade=(
+                {"model": self.cascade.scorer.model_id, "k": self.cascade.k}
+                if self.cascade is not None
+                else None
+            ),
         )
+
+    def _cascade(
+        self, pairs: list[tuple[str, str]], deadline: float | None, timings: dict[str, float]
+    ) -> tuple[list[int], list[float], list[float], list[float | None]]:
+        """The cascade over ``pairs`` (see :class:`Cascade`): the window's positions in
+        cascade order, and per position the student's logit, the final score and the full
+        model's logit (``None`` beyond the student's top k). Timings: ``student`` (the full
+        model's share is the rest of ``rerank``)."""
+        assert self.cascade is not None and self.scorer is not None
+        started = time.perf_counter()
+        student = self.cascade.scorer.score(pairs, deadline=deadline)
+        check_scores(student, len(pairs))
+        timings["student"] = (time.perf_counter() - started) * 1000
+        student_list = [float(x) for x in student.tolist()]
+        head, tail = cascade_split(student_list, self.cascade.k)
+        full = self.scorer.score([pairs[i] for i in head], deadline=deadline)
+        check_scores(full, len(head))
+        full_list = [float(x) for x in full.tolist()]
+        order = cascade_order(student_list, full_list, self.cascade.k)
+        # the tail keeps the student's order, shifted (where needed) under the top k's lowest
+        floor = min(full_list)
+        shift = min(0.0, floor - max((student_list[i] for i in tail), default=floor) - 1.0)
+        relevance: list[float | None] = [None] * len(pairs)
+        final = [x + shift for x in student_list]
+        for i, logit in zip(head, full_list, strict=True):
+            relevance[i] = final[i] = logit
+        return order, student_list, final, relevance
 
     def scorer_inputs(
         self, text: str, candidates: Sequence[Hit], missing: dict[str, int] | None = None
@@ -217,8 +351,8 @@ class Pipeline:
         :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
         call: the proxy then skips the scorer's queue."""
         covers = getattr(self.scorer, "covers", None)
-        if covers is None or not candidates:
-            return False
+        if covers is None or not candidates or self.cascade is not None:
+            return False  # a cascade's student is a second model call: never inline
         pairs, features = self.scorer_inputs(text, candidates)
         return bool(covers(pairs, features))
 
@@ -283,6 +417,11 @@ class QueryPath:
     scorer_urls: tuple[str, ...] = ()
     """Rerank endpoints to score through instead of loading ``model`` (see
     :mod:`reranker.remote_scorer`)."""
+    cascade_model: Path | None = None
+    """A cascade's student (an exported cross-encoder from `reranker distill`): it scores the
+    whole window, the full model only its top ``cascade_k``; ``None`` = no cascade."""
+    cascade_k: int | None = None
+    """How many of the student's top hits the full model rescores (1..``window``)."""
 
 
 def scorer_for(path: QueryPath) -> PairScorer:
@@ -302,6 +441,29 @@ def scorer_for(path: QueryPath) -> PairScorer:
     return CachedScorer.on_disk(scorer, path.score_cache)
 
 
+def cascade_for(path: QueryPath, full: PairScorer | None = None) -> Cascade | None:
+    """The cascade ``path`` names (``None`` without ``cascade_model``): the student loaded,
+    behind the logit cache when ``path.score_cache`` is set, and checked against ``full``
+    (when given) by :func:`check_cascade_models`."""
+    if path.cascade_model is None:
+        if path.cascade_k is not None:
+            raise ConfigError("a cascade k needs a cascade model (cascade_model)")
+        return None
+    from reranker.scoring import CachedScorer, load_scorer
+
+    k = path.cascade_k if path.cascade_k is not None else DEFAULT_CASCADE_K
+    if not 1 <= k <= path.window:
+        raise ConfigError(
+            f"the cascade's k must be between 1 and the window ({path.window}), got {k}"
+        )
+    student = load_scorer(path.cascade_model)
+    if full is not None:
+        check_cascade_models(full, student)
+    if path.score_cache is None:
+        return Cascade(student, k)
+    return Cascade(CachedScorer.on_disk(student, path.score_cache), k)
+
+
 def build_pipeline(
     path: QueryPath,
     client: Elasticsearch | None,
@@ -311,18 +473,23 @@ def build_pipeline(
     blend: Blend | None = None,
     signals: SignalConfig | None = None,
     explain: bool = False,
+    cascade: Cascade | None = None,
 ) -> Pipeline:
     """The query path as ``path`` says: the first stage on ``path.index`` (reading the text
     fields and the signals' source fields; none without a ``client``: the caller fetches the
     candidates and calls :meth:`Pipeline.rerank`), the cross-encoder (``scorer`` if given, to
     share one between pipelines, else loaded from ``path.model``/``path.variant``, behind the
-    logit cache when ``path.score_cache`` is set), then the blend."""
+    logit cache when ``path.score_cache`` is set), then the blend. A cascade is ``cascade`` if
+    given (to share a student between pipelines), else the one ``path`` names
+    (:func:`cascade_for`)."""
     stage = None
     if client is not None:
         fields = [*path.source_fields, *(signals.source_fields if signals is not None else ())]
         stage = FirstStage(client, path.index, encoder, with_source=list(dict.fromkeys(fields)))
     if scorer is None and path.rerank:
         scorer = scorer_for(path)
+    if cascade is None and path.rerank:
+        cascade = cascade_for(path, scorer)
     return Pipeline(
         stage,
         scorer if path.rerank else None,
@@ -334,4 +501,5 @@ def build_pipeline(
         blend=blend,
         signals=signals if blend is not None else None,
         explain=explain,
+        cascade=cascade if path.rerank else None,
     )

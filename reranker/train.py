@@ -417,13 +417,14 @@ def check_checkpoint_dir(path: Path) -> Path:
 
 
 def load_cross_encoder(
-    path: Path, attn_implementation: str | None = None
+    path: Path, attn_implementation: str | None = None, *, num_hidden_layers: int | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, bool]:
     """Load a sequence-classification model with one output from a local folder, offline.
 
     Returns ``(model, tokenizer, head_is_fresh)``: an encoder-only checkpoint (like the shipped
     MiniLM) gets a freshly initialised head; a checkpoint that already is a one-label
-    cross-encoder keeps its head.
+    cross-encoder keeps its head. ``num_hidden_layers`` keeps only the first layers of the
+    checkpoint (a smaller student for distillation).
     """
     check_checkpoint_dir(path)
     try:
@@ -436,6 +437,7 @@ def load_cross_encoder(
                 ignore_mismatched_sizes=True,
                 output_loading_info=True,
                 **({"attn_implementation": attn_implementation} if attn_implementation else {}),
+                **({"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}),
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{path}: cannot load as a cross-encoder: {exc}") from exc
@@ -684,19 +686,38 @@ def _optimizer(
     model: PreTrainedModel, config: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (no decay on biases and norms) with linear warm-up and decay to ``total_steps``."""
+    return adamw_with_warmup(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        total_steps=total_steps,
+    )
+
+
+def adamw_with_warmup(
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    total_steps: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases and norms) with linear warm-up over ``warmup_ratio`` of the
+    steps and linear decay to 0 at ``total_steps``."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     grouped = [
         {
             "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-            "weight_decay": config.weight_decay,
+            "weight_decay": weight_decay,
         },
         {
             "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
             "weight_decay": 0.0,
         },
     ]
-    optimizer = torch.optim.AdamW(grouped, lr=config.lr)
-    warmup = int(config.warmup_ratio * total_steps)
+    optimizer = torch.optim.AdamW(grouped, lr=lr)
+    warmup = int(warmup_ratio * total_steps)
     return optimizer, linear_warmup_schedule(optimizer, warmup, total_steps)
 
 

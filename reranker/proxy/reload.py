@@ -59,6 +59,7 @@ class LoadedModels:
         scorer_factory: ScorerFactory | None = None,
         encoder_factory: EncoderFactory | None = None,
         model_loader: ModelLoader | None = None,
+        student_factory: ScorerFactory | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -70,6 +71,14 @@ class LoadedModels:
         self.encoder_factory = encoder_factory
         self.model_loader = model_loader
         self.scorer: ServedScorer | None = None
+        if student_factory is None and settings.cascade_model is not None:
+            student_factory = _student_loader(settings.cascade_model)
+        self.student_factory = student_factory
+        #: a cascade's student (``rerank.cascade``); ``student_error`` says why it is missing
+        self.student: ServedScorer | None = None
+        self.student_error: str | None = (
+            None if student_factory is not None else "no cascade model configured"
+        )
         #: one cache for the proxy's life (its keys carry the model's version, so a reload
         #: never serves the old model's scores and the counters stay monotonic)
         self.score_cache = (
@@ -109,6 +118,15 @@ class LoadedModels:
                     self.install(scorer)
             else:
                 self.model_error = "no cross-encoder configured"
+            if self.student_factory is not None:
+                try:
+                    student = await asyncio.to_thread(self.student_factory)
+                    await asyncio.to_thread(student.warmup)
+                except Exception as exc:  # the proxy stays up; rerank.cascade is then a 400
+                    self.student_error = str(exc) or type(exc).__name__
+                    log.error("the cascade model could not be loaded: %s", self.student_error)
+                else:
+                    self.student = student
             if self.encoder_factory is not None and self.settings.enable_dense:
                 try:
                     self.encoder = await asyncio.to_thread(self.encoder_factory)
@@ -221,6 +239,15 @@ class LoadedModels:
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"(),;:<>]*")
 _HEX_RUN = re.compile(r"\b[0-9a-fA-F]{16,}\b")
+
+
+def _student_loader(folder: Path) -> ScorerFactory:
+    def load() -> ServedScorer:
+        from reranker.scoring import load_scorer
+
+        return load_scorer(folder)
+
+    return load
 
 
 def redact_paths(reason: str, roots: tuple[Path, ...]) -> str:

@@ -24,6 +24,7 @@ RERANK_FIELDS = (
     "explain",
     "timeout_ms",
     "fail_open",
+    "cascade",
 )
 HYBRID_FIELDS = ("dense", "fusion", "rank_constant", "weights", "normalization")
 #: body keys that make no sense when the proxy orders the hits itself
@@ -62,6 +63,9 @@ class RerankSpec:
     blend: Any = None
     """As given: weights (an object) or a learned blend's name; resolved by the proxy's
     :class:`~reranker.proxy.blends.BlendCatalog` against the index's signals."""
+    cascade: int | None = None
+    """``k`` of a cascade: the proxy's cascade model scores the window, the cross-encoder
+    only its top ``k`` (1..``window``); ``None``: the cross-encoder scores the window."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,13 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         raise bad_request(
             f"[rerank.timeout_ms] must be between 1 and {settings.max_timeout_ms}, got {timeout_ms}"
         )
+    cascade = raw.get("cascade")
+    if cascade is not None:
+        cascade = _int(raw, "cascade", 0, "rerank")
+        if not 1 <= cascade <= window:
+            raise bad_request(
+                f"[rerank.cascade] must be between 1 and [rerank.window] ({window}), got {cascade}"
+            )
     return RerankSpec(
         query_text=query_text.strip() if query_text else None,
         window=window,
@@ -136,6 +147,7 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         timeout_ms=timeout_ms,
         fail_open=_bool(raw, "fail_open", True, "rerank"),
         blend=raw.get("blend"),
+        cascade=cascade,
     )
 
 

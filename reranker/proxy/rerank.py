@@ -25,17 +25,19 @@ from typing import Any, Generic, TypeVar
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
-from reranker.errors import ModelError
+from reranker.errors import ConfigError, ModelError
 from reranker.es.queries import knn_clause
 from reranker.first_stage import Hit, fuse
 from reranker.first_stage_features import FeatureUnavailable, require_features
 from reranker.pipeline import (
+    Cascade,
     Degraded,
     Pipeline,
     PipelineResult,
     QueryPath,
     RankedHit,
     build_pipeline,
+    check_cascade_models,
 )
 from reranker.proxy import errors
 from reranker.proxy.blends import BlendCatalog, NamedBlend
@@ -132,7 +134,7 @@ class Window:
     blend: NamedBlend | None
     explain: bool
 
-    def pipeline(self, scorer: PairScorer | None) -> Pipeline:
+    def pipeline(self, scorer: PairScorer | None, cascade: Cascade | None = None) -> Pipeline:
         """The search's pipeline, by the one builder; no scorer: the first-stage order."""
         path = QueryPath(
             index=self.index,
@@ -152,6 +154,7 @@ class Window:
             blend=named.blend if named is not None and scorer is not None else None,
             signals=named.signals if named is not None else None,
             explain=self.explain,
+            cascade=cascade if scorer is not None else None,
         )
 
     def first_stage_order(self, why: Degraded | None = None) -> PipelineResult:
@@ -221,6 +224,8 @@ class RerankHandler:
         # what the first stage will really give: kNN needs the embedder too
         self._check_model_features(bool(spec.dense) and self.models.encoder is not None)
         blend = self.catalog.resolve(search.index, spec.blend)
+        if spec.cascade is not None:
+            self._check_cascade(blend)
         ticket = self._admit(spec)
         plan = Plan(spec, pages, sources, text, blend)
         try:
@@ -309,6 +314,27 @@ class RerankHandler:
                 f"[{', '.join(exc.features)}], which this search cannot provide: rerank with "
                 "[rerank.hybrid.dense] true on an index with embeddings"
             ) from None
+
+    def _check_cascade(self, blend: NamedBlend | None) -> None:
+        """400 when ``rerank.cascade`` cannot be honoured: no cascade model loaded, a blend
+        asked for too, or a student the loaded cross-encoder cannot lead (other tokenizer or
+        max_length, a first-stage-aware model)."""
+        student = self.models.student
+        if student is None:
+            raise errors.bad_request(
+                f"[rerank.cascade] needs a cascade model, and this proxy has none "
+                f"({self.models.student_error}): start it with --cascade-model "
+                "(RERANKER_PROXY_CASCADE_MODEL)"
+            )
+        if blend is not None:
+            raise errors.bad_request("[rerank.cascade] cannot be combined with a blend yet")
+        scorer = self.models.scorer
+        if scorer is None:
+            return  # no cross-encoder: the search degrades to the first-stage order anyway
+        try:
+            check_cascade_models(scorer, student)
+        except ConfigError as exc:
+            raise errors.bad_request(f"[rerank.cascade] {exc}") from None
 
     # ------------------------------------------------------------------ one admitted search
 
@@ -505,7 +531,13 @@ class RerankHandler:
 
         spec = window.spec
         cached = self.models.cached(scorer)
-        scoring = window.pipeline(cached)
+        student = self.models.student
+        cascade = (
+            Cascade(self.models.cached(student), spec.cascade)
+            if spec.cascade is not None and student is not None
+            else None
+        )
+        scoring = window.pipeline(cached, cascade)
         if scoring.scores_cached(window.text, window.candidates):
             # every pair's score is in memory: no model call, so no queue and no breaker
             self.breaker.release()
@@ -731,6 +763,7 @@ def search_answer(
         "first_stage": "hybrid" if first.dense is not None else "bm25",
         **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
         "blend": result.blend,
+        **({"cascade": result.cascade} if result.cascade is not None else {}),
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
         "degraded": degraded,
     }
@@ -756,6 +789,8 @@ def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -
             "cross_encoder_logit": hit.relevance,
             "final_score": hit.score,
         }
+        if hit.student is not None:  # a cascade: the student's logit (null logit: not rescored)
+            out["_rerank"]["student_logit"] = hit.student
         if hit.explanation is not None:
             out["_rerank"]["blend"] = hit.explanation
     return out

@@ -123,6 +123,11 @@ class ProxySettings:
     through instead of loading a model (``--scorer-url``; see :mod:`reranker.remote_scorer`)."""
     scorer_api_key: str | None = None
     """Sent to those endpoints as ``Authorization: Bearer <key>``."""
+    cascade_model: Path | None = None
+    """A cascade's student (an exported model from ``reranker distill``): a search whose
+    ``rerank.cascade`` is ``k`` has the student score the whole window and the cross-encoder
+    only the student's top ``k`` (``--cascade-model``, ``RERANKER_PROXY_CASCADE_MODEL``);
+    ``None``: ``rerank.cascade`` is refused."""
     ubi: bool = False
     """User Behavior Insights: every search answered gets a ``query_id`` (``ext.ubi``) and a
     query document in ``ubi_queries_index``; ``POST /_reranker/events`` takes impressions and
@@ -219,6 +224,9 @@ class ProxySettings:
             "scorer_only": env_bool("RERANKER_PROXY_SCORER_ONLY", False),
             "scorer_urls": _env_list("RERANKER_PROXY_SCORER_URLS", ()),
             "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
+            "cascade_model": Path(os.environ["RERANKER_PROXY_CASCADE_MODEL"])
+            if os.environ.get("RERANKER_PROXY_CASCADE_MODEL")
+            else None,
             "ubi": env_bool("RERANKER_PROXY_UBI", False),
             "ubi_queries_index": os.environ.get("RERANKER_PROXY_UBI_QUERIES_INDEX")
             or "ubi_queries",

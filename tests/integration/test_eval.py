@@ -178,3 +178,28 @@ def test_eval_through_a_remote_scorer_ranks_exactly_as_the_model_in_process(
     by_remote = json.loads((tmp_path / "remote.json").read_text())["results"]["rerank"]
     by_local = json.loads((tmp_path / "local.json").read_text())["results"]["rerank"]
     assert by_remote == pytest.approx(by_local, abs=1e-9)
+
+
+def test_a_cascade_whose_student_is_the_full_model_ranks_as_the_full_model(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    """Same tokenizer, same scores: the student's top k re-ordered by the full model, the
+    rest in the student's (= the full model's) order: the full model's ranking at any k."""
+    shipped = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6"
+    alias = "test-eval-cascade"
+    base = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias]
+    base += ["--modes", "rerank", "--window", "20", "--max-queries", "5", "--no-progress"]
+    try:
+        reports = []
+        for extra in ([], ["--cascade-model", str(shipped), "--cascade-k", "5"]):
+            output = tmp_path / f"eval-{len(extra)}.json"
+            result = CliRunner().invoke(main, [*base, *extra, "--output", str(output)])
+            assert result.exit_code == 0, result.output
+            reports.append(json.loads(output.read_text())["results"]["rerank"])
+        assert reports[0] == reports[1]
+        cascade_21 = ["--cascade-model", str(shipped), "--cascade-k", "21"]
+        refused = CliRunner().invoke(main, [*base, *cascade_21])
+        assert refused.exit_code == 2
+        assert "between 1 and --window (20)" in refused.output
+    finally:
+        delete_indices_named_after(es_client, alias)

@@ -1,0 +1,715 @@
+"""Distil a small cross-encoder (a cascade's student) from an exported one (the teacher).
+
+The teacher is an exported model folder (ONNX, as served): only its logits are needed, so no
+torch checkpoint of it has to exist. The student is the first ``layers`` transformer layers
+of a Hugging Face checkpoint (by default the shipped all-MiniLM-L6-v2) with a fresh one-label
+head, trained to reproduce the teacher's ranking of each query's candidates:
+
+- candidates: for each *train* query of each BEIR dataset (test queries are refused), the
+  project's own hybrid first stage (:func:`reranker.pipeline.build_pipeline` with
+  ``rerank=False``) returns its top ``window``; the top ``top`` and ``sampled`` random others
+  (seeded per query) are kept, so the student sees the easy head and the long tail;
+- teacher logits: :class:`~reranker.scoring.Scorer` on the exported teacher, behind the
+  on-disk logit cache (:meth:`~reranker.scoring.CachedScorer.on_disk`), so a re-run costs no
+  teacher time;
+- loss: ``listwise-kl`` (KL divergence between the softmax of the teacher's and the
+  student's logits over a query's candidates, at ``temperature``) or ``margin-mse`` (every
+  score difference within a query, Hofstätter et al. 2020);
+- tokenisation: the teacher's own ``tokenizer.json`` at the teacher's ``max_length``, copied
+  into the student, so a cascade can check that both read the same tokens;
+- checkpoint choice: queries held out of training (a dataset's ``dev`` qrels, else the
+  project's seeded 20 % hold-out of its train queries, :data:`reranker.corpus.DEV_HOLDOUT_FRACTION`)
+  are scored every ``eval_every`` steps; the step with the best mean NDCG@10 of the cascade
+  (student top ``cascade_k`` of the held-out candidates re-ordered by the teacher) is kept.
+
+The output folder is a Hugging Face checkpoint (``config.json``, ``model.safetensors``, the
+tokenizer) with ``train_info.json`` recording the teacher (id, version, variant, tokenizer
+sha256, max_length), the layers, the data, the loss and the held-out curve; ``reranker export
+OUTPUT FOLDER --int8`` turns it into a model folder whose card carries all of that.
+
+Importing this module imports torch and transformers (the ``train`` extra); import it lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from reranker.batching import head_scores, plan_batches
+from reranker.corpus import load_qrels, load_queries, passage_text
+from reranker.errors import ConfigError, ModelError, SourceError
+from reranker.losses import listwise_kl_loss, margin_mse_loss
+from reranker.models import load_tokenizer, sha256_file, shipped_weights_dir
+from reranker.pipeline import cascade_order, cascade_split
+from reranker.train import (
+    TRAIN_INFO_FILE,
+    Feature,
+    _collate,
+    _environment,
+    _quiet_transformers,
+    adamw_with_warmup,
+    check_checkpoint_dir,
+    cpu_supports_bf16,
+    load_cross_encoder,
+    loss_curve,
+    ranking_metrics,
+    seed_everything,
+)
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+    from transformers import PreTrainedModel
+
+    from reranker.embed_cache import TextEncoder
+    from reranker.scoring import PairScorer, Scorer
+
+log = logging.getLogger(__name__)
+
+DistillLoss = Literal["listwise-kl", "margin-mse"]
+LOSSES: tuple[str, ...] = ("listwise-kl", "margin-mse")
+
+
+@dataclass
+class CandidateGroup:
+    """One query's sampled candidates (in first-stage order) and the teacher's logits."""
+
+    dataset: str
+    query_id: str
+    query: str
+    doc_ids: list[str]
+    passages: list[str]
+    ranks: list[int]
+    """1-based first-stage ranks of the kept candidates."""
+    grades: list[int]
+    teacher: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(self.query, p) for p in self.passages]
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    """Everything one distillation run depends on (recorded in ``train_info.json``)."""
+
+    teacher: Path
+    """An exported cross-encoder folder (``reranker.json``, ONNX, ``tokenizer.json``)."""
+    datasets: list[Path]
+    """BEIR folders with ``qrels/train.tsv``, indexed under ``beir-<name>``."""
+    output_dir: Path
+    layers: int = 2
+    """Transformer layers of the student (the first ones of ``base_model``)."""
+    base_model: Path | None = None
+    """A local Hugging Face checkpoint; ``None`` = the shipped all-MiniLM-L6-v2."""
+    loss: DistillLoss = "listwise-kl"
+    temperature: float = 1.0
+    """Softmax temperature of the listwise KL loss."""
+    window: int = 100
+    """First-stage candidates per query the samples come from."""
+    top: int = 10
+    """Candidates kept from the head of the window."""
+    sampled: int = 20
+    """Candidates drawn at random from the rest of the window."""
+    queries_per_step: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    eval_every: int = 200
+    """Score the held-out queries (and keep the best checkpoint) every this many steps."""
+    cascade_k: int = 10
+    """The cascade's k in the held-out selection metric."""
+    dev_max_queries: int = 150
+    """Held-out queries per dataset (a seeded sample)."""
+    max_queries: int | None = None
+    """Train queries per dataset (a seeded sample; for quick runs)."""
+    threads: int | None = None
+    bf16: bool | None = None
+    """bfloat16 autocast; ``None`` = where the hardware has it."""
+    seed: int = 13
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.teacher = Path(self.teacher)
+        self.datasets = [Path(d) for d in self.datasets]
+        self.output_dir = Path(self.output_dir)
+        self.base_model = Path(self.base_model) if self.base_model is not None else None
+        if not self.datasets:
+            raise ConfigError("no datasets given")
+        for name, value in {
+            "layers": self.layers,
+            "window": self.window,
+            "top": self.top,
+            "queries_per_step": self.queries_per_step,
+            "epochs": self.epochs,
+            "eval_every": self.eval_every,
+            "cascade_k": self.cascade_k,
+            "dev_max_queries": self.dev_max_queries,
+        }.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.sampled < 0:
+            raise ConfigError(f"sampled cannot be negative, got {self.sampled}")
+        if self.top + self.sampled > self.window:
+            raise ConfigError(
+                f"top ({self.top}) + sampled ({self.sampled}) exceed the window ({self.window})"
+            )
+        if self.top + self.sampled < 2:
+            raise ConfigError("a query needs at least two candidates to rank")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ConfigError(f"max_queries must be at least 1, got {self.max_queries}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, list):
+                out[key] = [str(v) for v in value]
+            else:
+                out[key] = value
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# checks that need no Elasticsearch
+
+
+def load_teacher(folder: Path) -> Scorer:
+    """The teacher as served (its fp32 variant if exported, else the first it has); a
+    first-stage-aware model is refused (its scores depend on features the student lacks)."""
+    from reranker.scoring import load_scorer
+
+    if not Path(folder).is_dir():
+        raise ModelError(f"{folder}: teacher model folder does not exist")
+    scorer = load_scorer(Path(folder))
+    if scorer.feature_names:
+        raise ModelError(
+            f"{folder} is a first-stage-aware model (it reads {', '.join(scorer.feature_names)}); "
+            "distil from a plain cross-encoder"
+        )
+    return scorer
+
+
+def teacher_record(teacher: Scorer) -> dict[str, Any]:
+    """What the student's card says about its teacher."""
+    return {
+        "model_id": teacher.model_id,
+        "version": teacher.version,
+        "variant": teacher.variant,
+        "path": str(teacher.model_dir.resolve()),
+        "tokenizer_sha256": sha256_file(teacher.model_dir / "tokenizer.json"),
+        "max_length": teacher.max_length,
+        "layers": _teacher_layers(teacher.model_dir),
+    }
+
+
+def _teacher_layers(folder: Path) -> int | None:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    layers = config.get("num_hidden_layers")
+    return int(layers) if isinstance(layers, int) else None
+
+
+def query_splits(
+    dataset: Path, *, dev_max_queries: int, seed: int
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(train, held-out) qrels of ``dataset``: its ``dev`` split (SciFact: the project's
+    seeded hold-out of train) sampled to ``dev_max_queries``, and the train queries not held
+    out. Refused when a train query is also a test query."""
+    if not (Path(dataset) / "qrels" / "train.tsv").is_file():
+        raise SourceError(f"{dataset}: no qrels/train.tsv (distillation trains on train queries)")
+    train = load_qrels(dataset, "train")
+    try:
+        dev = load_qrels(dataset, "dev")
+    except SourceError:
+        dev = {}
+    test_path = Path(dataset) / "qrels" / "test.tsv"
+    if test_path.is_file():
+        leaked = set(train) & set(load_qrels(dataset, "test"))
+        if leaked:
+            raise SourceError(f"{dataset}: {len(leaked)} train queries are also test queries")
+    train = {q: j for q, j in train.items() if q not in dev}
+    dev_ids = sorted(dev)
+    if len(dev_ids) > dev_max_queries:
+        dev_ids = sorted(random.Random(seed).sample(dev_ids, dev_max_queries))
+    return train, {q: dev[q] for q in dev_ids}
+
+
+def sample_ranks(query_id: str, available: int, top: int, sampled: int, seed: int) -> list[int]:
+    """0-based positions kept of a window of ``available`` candidates: the first ``top`` and
+    ``sampled`` others drawn at random (seeded by ``seed`` and the query id), in order."""
+    head = list(range(min(top, available)))
+    rest = list(range(len(head), available))
+    drawn = random.Random(f"{seed}:{query_id}").sample(rest, min(sampled, len(rest)))
+    return sorted(head + drawn)
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    occupied = out.exists() and any(
+        (out / name).exists() for name in ("config.json", TRAIN_INFO_FILE, "model.safetensors")
+    )
+    if occupied and not overwrite:
+        raise ConfigError(f"{out} already holds a model; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+
+
+# --------------------------------------------------------------------------------------------
+# candidates and teacher logits
+
+
+def mine_candidates(
+    dataset: Path,
+    qrels: dict[str, dict[str, int]],
+    client: Elasticsearch,
+    encoder: TextEncoder | None,
+    config: DistillConfig,
+    *,
+    label: str,
+    progress: bool = True,
+) -> list[CandidateGroup]:
+    """Each query's hybrid top-``window`` from the index ``beir-<dataset>`` (the project's
+    first stage, no reranking), sampled as :func:`sample_ranks` says."""
+    from reranker.pipeline import QueryPath, build_pipeline
+
+    queries = load_queries(dataset)
+    alias = f"beir-{dataset.name.lower()}"
+    pipeline = build_pipeline(
+        QueryPath(index=alias, window=config.window, rerank=False), client, encoder
+    )
+    groups: list[CandidateGroup] = []
+    qids = [q for q in qrels if q in queries]
+    for qid in tqdm(qids, desc=f"{dataset.name} {label}", unit="query", disable=not progress):
+        result = pipeline.search(queries[qid], k=config.window)
+        hits = result.hits
+        if len(hits) < 2:
+            continue
+        kept = sample_ranks(qid, len(hits), config.top, config.sampled, config.seed)
+        groups.append(
+            CandidateGroup(
+                dataset=dataset.name,
+                query_id=qid,
+                query=queries[qid],
+                doc_ids=[hits[i].id for i in kept],
+                passages=[passage_text(hits[i].source or {}) for i in kept],
+                ranks=[i + 1 for i in kept],
+                grades=[qrels[qid].get(hits[i].id, 0) for i in kept],
+            )
+        )
+    return groups
+
+
+def score_groups(
+    scorer: PairScorer, groups: Sequence[CandidateGroup], *, progress: bool = True, chunk: int = 8
+) -> None:
+    """Fill each group's ``teacher`` logits (``chunk`` queries per scorer call)."""
+    bar = tqdm(
+        total=sum(len(g.passages) for g in groups),
+        desc="teacher",
+        unit="pair",
+        disable=not progress,
+    )
+    with bar:
+        for start in range(0, len(groups), chunk):
+            part = groups[start : start + chunk]
+            pairs = [pair for g in part for pair in g.pairs]
+            logits = scorer.score(pairs)
+            offset = 0
+            for group in part:
+                group.teacher = np.asarray(
+                    logits[offset : offset + len(group.passages)], dtype=np.float32
+                )
+                offset += len(group.passages)
+            bar.update(len(pairs))
+
+
+# --------------------------------------------------------------------------------------------
+# held-out metrics
+
+
+def held_out_metrics(
+    groups: Sequence[CandidateGroup], student: Sequence[np.ndarray], k: int
+) -> dict[str, float]:
+    """On one dataset's held-out groups: NDCG@10 of the student, the teacher and the cascade
+    (student top ``k`` re-ordered by the teacher), the mean KL(teacher ‖ student), and the
+    share of the teacher's top 10 inside the student's top ``k``."""
+    qrels = {g.query_id: dict(zip(g.doc_ids, g.grades, strict=True)) for g in groups}
+    runs: dict[str, dict[str, dict[str, float]]] = {"student": {}, "teacher": {}, "cascade": {}}
+    kls: list[float] = []
+    recalls: list[float] = []
+    for group, scores in zip(groups, student, strict=True):
+        n = len(group.doc_ids)
+        runs["student"][group.query_id] = dict(zip(group.doc_ids, map(float, scores), strict=True))
+        runs["teacher"][group.query_id] = dict(
+            zip(group.doc_ids, map(float, group.teacher), strict=True)
+        )
+        head, _ = cascade_split(scores.tolist(), k)
+        order = cascade_order(scores.tolist(), group.teacher[head].tolist(), k)
+        runs["cascade"][group.query_id] = {
+            group.doc_ids[i]: float(n - r) for r, i in enumerate(order)
+        }
+        t = torch.from_numpy(group.teacher.astype(np.float32))
+        s = torch.from_numpy(np.asarray(scores, dtype=np.float32))
+        kls.append(float(listwise_kl_loss(s, t, [n])))
+        teacher_top = set(np.argsort(-group.teacher, kind="stable")[:10].tolist())
+        student_top = set(np.argsort(-np.asarray(scores), kind="stable")[:k].tolist())
+        recalls.append(len(teacher_top & student_top) / len(teacher_top))
+    out = {f"{name}_nDCG@10": ranking_metrics(qrels, run)["nDCG@10"] for name, run in runs.items()}
+    out["kl"] = float(np.mean(kls))
+    out[f"teacher_top10_in_student_top{k}"] = float(np.mean(recalls))
+    out["queries"] = float(len(groups))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the student
+
+
+def encode_groups(
+    groups: Sequence[CandidateGroup], tokenizer_json: Path, max_length: int
+) -> list[list[Feature]]:
+    """Each group's pairs tokenised as the served scorer does (the teacher's tokenizer,
+    longest-first truncation at ``max_length``)."""
+    tokenizer = load_tokenizer(tokenizer_json, max_length)
+    out: list[list[Feature]] = []
+    for group in groups:
+        encodings = tokenizer.encode_batch(group.pairs)
+        out.append(
+            [
+                (np.asarray(e.ids, dtype=np.int32), np.asarray(e.type_ids, dtype=np.int8))
+                for e in encodings
+            ]
+        )
+    return out
+
+
+def student_scores(
+    model: PreTrainedModel,
+    features: Sequence[Sequence[Feature]],
+    *,
+    device: torch.device,
+    bf16: bool,
+    batch_size: int = 64,
+) -> list[np.ndarray]:
+    """The student's logits for each group (length-sorted batches); leaves eval mode on."""
+    flat = [f for group in features for f in group]
+    out = np.zeros(len(flat), dtype=np.float32)
+    model.train(False)
+    with torch.inference_mode():
+        for chunk in plan_batches([len(ids) for ids, _ in flat], batch_size, None):
+            batch = _collate([flat[i] for i in chunk], 0, device)
+            with _autocast(device, bf16):
+                logits = model(**batch).logits
+            out[chunk] = head_scores(logits.float()).cpu().numpy()
+    groups, start = [], 0
+    for group in features:
+        groups.append(out[start : start + len(group)])
+        start += len(group)
+    return groups
+
+
+def _autocast(device: torch.device, bf16: bool) -> Any:
+    import contextlib
+
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _device(config: DistillConfig) -> tuple[torch.device, bool]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.bf16 is not None:
+        return device, config.bf16
+    if device.type == "cuda":
+        return device, bool(torch.cuda.is_bf16_supported())
+    return device, cpu_supports_bf16()
+
+
+def load_student(base: Path, layers: int) -> PreTrainedModel:
+    """The first ``layers`` layers of ``base`` with a fresh one-label head."""
+    check_checkpoint_dir(base)
+    config_path = base / "config.json"
+    try:
+        available = int(json.loads(config_path.read_text(encoding="utf-8"))["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{config_path}: no num_hidden_layers ({exc})") from exc
+    if layers > available:
+        raise ConfigError(f"{base} has {available} layers; a {layers}-layer student cannot be cut")
+    model, _, _ = load_cross_encoder(base, "eager", num_hidden_layers=layers)
+    return model
+
+
+def save_student(model: PreTrainedModel, base: Path, teacher_tokenizer: Path, out: Path) -> None:
+    """``save_pretrained`` into ``out`` with the base's tokenizer files, ``tokenizer.json``
+    being the teacher's own file (byte for byte: its sha256 is what a cascade checks)."""
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.id2label = {0: "relevance"}
+    model.config.label2id = {"relevance": 0}
+    with _quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
+        tokenizer.save_pretrained(out)
+    shutil.copy2(teacher_tokenizer, out / "tokenizer.json")
+
+
+def train_student(
+    config: DistillConfig,
+    teacher: dict[str, Any],
+    train_groups: Sequence[CandidateGroup],
+    dev_groups: Sequence[CandidateGroup],
+    *,
+    data: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the student on ``train_groups`` (teacher logits filled), keep the step with the
+    best held-out cascade NDCG@10 in ``config.output_dir``; returns ``train_info.json``."""
+    started = time.monotonic()
+    if not train_groups:
+        raise SourceError("no training queries with candidates")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device, bf16 = _device(config)
+    base = config.base_model if config.base_model is not None else shipped_weights_dir()
+    tokenizer_json = Path(teacher["path"]) / "tokenizer.json"
+    max_length = int(teacher["max_length"])
+    model = load_student(base, config.layers)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub for .to is too narrow
+    train_features = encode_groups(train_groups, tokenizer_json, max_length)
+    dev_features = encode_groups(dev_groups, tokenizer_json, max_length)
+    teacher_logits = [torch.from_numpy(g.teacher.astype(np.float32)) for g in train_groups]
+    steps_per_epoch = -(-len(train_groups) // config.queries_per_step)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    optimizer, scheduler = adamw_with_warmup(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        total_steps=total,
+    )
+    log.info(
+        "distilling %d-layer student of %s from %s: %d train queries (%d pairs), %d held-out, "
+        "%s loss, %d steps of %d queries, device %s, bf16 %s, threads %d",
+        config.layers, base, teacher["model_id"], len(train_groups),
+        sum(len(g.passages) for g in train_groups), len(dev_groups), config.loss, total,
+        config.queries_per_step, device, bf16, torch.get_num_threads(),
+    )  # fmt: skip
+    losses: list[float] = []
+    curve: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+
+    def evaluate(step: int) -> None:
+        nonlocal best
+        entry = _evaluate(model, dev_groups, dev_features, config.cascade_k, device, bf16)
+        entry["step"] = step
+        curve.append(entry)
+        model.train()
+        log.info("held-out after step %d: %s", step, json.dumps(_rounded(entry)))
+        if best is None or (entry["selection"], -entry["kl"]) > (best["selection"], -best["kl"]):
+            best = entry
+            save_student(model, base, tokenizer_json, config.output_dir)
+            write_info(step)  # a run stopped later still leaves an exportable checkpoint
+
+    def write_info(step: int) -> dict[str, Any]:
+        info = {
+            "format": 1,
+            "kind": "cross-encoder",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "base_model": f"{base} (first {config.layers} layers)",
+            "max_length": max_length,
+            "loss": config.loss,
+            "distillation": {
+                "teacher": teacher,
+                "layers": config.layers,
+                "loss": config.loss,
+                "temperature": config.temperature if config.loss == "listwise-kl" else None,
+                "data": data or {},
+                "steps": step,
+                "steps_planned": total,
+                "chosen": best,
+                "selection": f"held-out NDCG@10 of the cascade at k={config.cascade_k} "
+                "(mean over datasets; ties: lower KL)",
+            },
+            "steps": step,
+            "held_out": curve,
+            "loss_curve": loss_curve(losses, 50),
+            "device": str(device),
+            "bf16": bf16,
+            "threads": torch.get_num_threads(),
+            "seconds": round(time.monotonic() - started, 1),
+            "config": config.to_json(),
+            **_environment(),
+        }
+        (config.output_dir / TRAIN_INFO_FILE).write_text(
+            json.dumps(info, indent=2) + "\n", encoding="utf-8"
+        )
+        return info
+
+    model.train()
+    step = 0
+    bar = tqdm(total=total, desc="distil", unit="step", disable=not progress)
+    with bar:
+        for epoch in range(config.epochs):
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_groups))
+            for start in range(0, len(order), config.queries_per_step):
+                if step >= total:
+                    break
+                chosen = order[start : start + config.queries_per_step].tolist()
+                rows = [f for i in chosen for f in train_features[i]]
+                sizes = [len(train_features[i]) for i in chosen]
+                target = torch.cat([teacher_logits[i] for i in chosen]).to(device)
+                batch = _collate(rows, 0, device)
+                with _autocast(device, bf16):
+                    logits = head_scores(model(**batch).logits.float())
+                loss: Any
+                if config.loss == "margin-mse":
+                    loss = margin_mse_loss(logits.float(), target, sizes)
+                else:
+                    loss = listwise_kl_loss(logits.float(), target, sizes, config.temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                recent = losses[-50:]
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
+                if step % 50 == 0:
+                    log.info("step %d/%d loss %.4f", step, total, sum(recent) / len(recent))
+                if step % config.eval_every == 0 and dev_groups:
+                    evaluate(step)
+    if not dev_groups:
+        save_student(model, base, tokenizer_json, config.output_dir)
+    elif not curve or curve[-1]["step"] != step:
+        evaluate(step)
+    info = write_info(step)
+    return info
+
+
+def _evaluate(
+    model: PreTrainedModel,
+    groups: Sequence[CandidateGroup],
+    features: Sequence[Sequence[Feature]],
+    k: int,
+    device: torch.device,
+    bf16: bool,
+) -> dict[str, Any]:
+    scores = student_scores(model, features, device=device, bf16=bf16)
+    by_dataset: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(g.dataset for g in groups):
+        picked = [i for i, g in enumerate(groups) if g.dataset == name]
+        by_dataset[name] = held_out_metrics(
+            [groups[i] for i in picked], [scores[i] for i in picked], k
+        )
+    selection = float(np.mean([m["cascade_nDCG@10"] for m in by_dataset.values()]))
+    kl = float(np.mean([m["kl"] for m in by_dataset.values()]))
+    return {"selection": selection, "kl": kl, "datasets": by_dataset}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# the whole run
+
+
+def distill(
+    config: DistillConfig,
+    client: Elasticsearch,
+    encoder: TextEncoder | None,
+    *,
+    score_cache: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Mine, score with the teacher, train the student (see the module docstring)."""
+    from reranker.scoring import CachedScorer
+
+    teacher_scorer = load_teacher(config.teacher)
+    teacher = teacher_record(teacher_scorer)
+    check_output_dir(config.output_dir, config.overwrite)
+    splits = {
+        d: query_splits(d, dev_max_queries=config.dev_max_queries, seed=config.seed)
+        for d in config.datasets
+    }
+    scorer: PairScorer = (
+        CachedScorer.on_disk(teacher_scorer, score_cache) if score_cache else teacher_scorer
+    )
+    train_groups: list[CandidateGroup] = []
+    dev_groups: list[CandidateGroup] = []
+    data: dict[str, Any] = {}
+    for dataset, (train_qrels, dev_qrels) in splits.items():
+        if config.max_queries is not None and len(train_qrels) > config.max_queries:
+            kept = random.Random(config.seed).sample(sorted(train_qrels), config.max_queries)
+            train_qrels = {q: train_qrels[q] for q in sorted(kept)}
+        mined = mine_candidates(dataset, train_qrels, client, encoder, config, label="train",
+                                progress=progress)  # fmt: skip
+        held = mine_candidates(dataset, dev_qrels, client, encoder, config, label="held-out",
+                               progress=progress)  # fmt: skip
+        score_groups(scorer, [*mined, *held], progress=progress)
+        train_groups.extend(mined)
+        dev_groups.extend(held)
+        data[dataset.name] = {
+            "path": str(dataset),
+            "first_stage": f"hybrid top-{config.window} of beir-{dataset.name.lower()}",
+            "sampling": f"top {config.top} + {config.sampled} random of ranks "
+            f"{config.top + 1}-{config.window}",
+            "train_queries": len(mined),
+            "train_pairs": sum(len(g.passages) for g in mined),
+            "held_out_queries": len(held),
+            "held_out": "qrels/dev.tsv" if (dataset / "qrels" / "dev.tsv").is_file()
+            else "seeded 20% hold-out of qrels/train.tsv",
+        }  # fmt: skip
+        log.info("%s: %s", dataset.name, json.dumps(data[dataset.name]))
+    return train_student(config, teacher, train_groups, dev_groups, data=data, progress=progress)
+
+
+__all__ = [
+    "CandidateGroup",
+    "DistillConfig",
+    "distill",
+    "load_teacher",
+    "query_splits",
+    "sample_ranks",
+    "score_groups",
+    "train_student",
+]
