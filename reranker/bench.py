@@ -1178,7 +1178,7 @@ def lengths_cmd(
         "threads": threads,
         "batch_size": batch_size,
         "repeats": repeats,
-        "results": rows,
+        "results": list(rows.values()),  # a list: in the order of --lengths
         "load_1min_per_repeat": load_per_repeat,
         "machine": {
             **machine_info(),
