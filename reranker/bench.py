@@ -1211,3 +1211,150 @@ def _pair_lengths(scorer: Scorer, pairs: Sequence[Pair]) -> list[int]:
     """Each pair's token count as the scorer feeds it (truncated at its max length)."""
     tokenizer = load_tokenizer(scorer.model_dir / "tokenizer.json", scorer.max_length)
     return [len(e.ids) for e in tokenizer.encode_batch(list(pairs))]
+
+
+#: how much NDCG@10 a shorter max length may give up against the reference length
+LENGTH_TOLERANCE = 0.005
+
+
+def choose_max_length(
+    ndcg: dict[str, dict[int, float]],
+    *,
+    reference: int = MAX_LENGTH,
+    tolerance: float = LENGTH_TOLERANCE,
+) -> int:
+    """The shortest measured length whose NDCG@10 on every dataset is at least the
+    ``reference`` length's minus ``tolerance``; ``ndcg`` is dataset → length → NDCG@10, and
+    every dataset must have the reference and the same lengths."""
+    if not ndcg:
+        raise ValueError("no measurements")
+    lengths = {frozenset(by_length) for by_length in ndcg.values()}
+    if len(lengths) != 1:
+        raise ValueError("every dataset must be measured at the same lengths")
+    measured = sorted(next(iter(lengths)))
+    if reference not in measured:
+        raise ValueError(f"the reference length {reference} was not measured")
+    for length in measured:
+        if all(by[length] >= by[reference] - tolerance for by in ndcg.values()):
+            return length
+    return reference  # unreachable: the reference always qualifies
+
+
+def length_curve(evals: Sequence[dict[str, Any]], speed: dict[str, Any] | None) -> dict[str, Any]:
+    """The card's ``max_length_curve`` from ``reranker eval --modes rerank --max-length N
+    --output ...`` results (one per dataset and length, all from one model, variant, split,
+    first stage and window) and a ``bench lengths`` result: NDCG@10 (and recall@100, MRR@10)
+    per dataset and length, ms per 100 pairs per length, and the chosen length."""
+    setups = set()
+    ndcg: dict[str, dict[int, float]] = {}
+    per_dataset: dict[str, dict[str, dict[str, float]]] = {}
+    for run in evals:
+        encoder = run.get("cross_encoder")
+        if not isinstance(encoder, dict) or "rerank" not in run.get("results", {}):
+            raise click.ClickException(
+                f"{run.get('dataset')}: not an `eval --modes rerank` result with its cross-encoder "
+                "(run it again with this version of `reranker eval --output`)"
+            )
+        setups.add(
+            (
+                encoder["model"],
+                encoder["version"],
+                encoder["variant"],
+                encoder["rerank_base"],
+                encoder["window"],
+                run["split"],
+            )
+        )
+        length = int(encoder["max_length"])
+        metrics = run["results"]["rerank"]
+        ndcg.setdefault(run["dataset"], {})[length] = float(metrics["ndcg@10"])
+        per_dataset.setdefault(run["dataset"], {})[str(length)] = {
+            name: round(float(value), 4) for name, value in metrics.items()
+        }
+    if len(setups) != 1:
+        raise click.ClickException(f"the eval results come from different setups: {setups}")
+    model, version, variant, base, window, split = next(iter(setups))
+    chosen = choose_max_length(ndcg)
+    curve: dict[str, Any] = {
+        "model": model,
+        "model_version": version,
+        "variant": variant,
+        "split": split,
+        "first_stage": f"{base} top-{window}",
+        "datasets": {
+            name: dict(sorted(rows.items(), key=lambda kv: int(kv[0])))
+            for name, rows in per_dataset.items()
+        },
+        "rule": f"the shortest length whose NDCG@10 on every dataset is within "
+        f"{LENGTH_TOLERANCE} of {MAX_LENGTH}'s",
+        "chosen": chosen,
+    }
+    if speed is not None:
+        curve["speed"] = {
+            str(row["max_length"]): {
+                "ms_per_100_pairs": round(row["ms"] * 100.0 / speed["pairs"], 1),
+                "mean_tokens": row["mean_tokens"],
+                "pairs_cut": row["truncated_pairs"],
+                "ms_vs_256": row.get("ms_vs_256"),
+            }
+            for row in speed["results"]
+        }
+        curve["speed_setup"] = (
+            f"{speed['pairs']} SciFact pairs, {speed['variant']}, {speed['threads']} threads, "
+            f"median of {speed['repeats']} interleaved repeats, load average "
+            f"{speed['machine']['load_average_before']} → {speed['machine']['load_average_after']}"
+        )
+    return curve
+
+
+@bench.command("length-curve")
+@click.argument("evals", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--speed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A `bench lengths --output` result: ms per 100 pairs per length.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The cross-encoder folder whose card to update [default: RERANKER_MODEL or the "
+    "shipped model].",
+)
+@click.option("--note", default=None, help="What else ran on the machine, for the card.")
+@click.option(
+    "--write/--dry-run",
+    default=False,
+    show_default=True,
+    help="--write: record the curve as the card's max_length_curve and set its max_length "
+    "to the chosen length (the card hashes the other files only, so they stay valid).",
+)
+def length_curve_cmd(
+    evals: tuple[Path, ...],
+    speed: Path | None,
+    model: Path | None,
+    note: str | None,
+    write: bool,
+) -> None:
+    """NDCG@10 against max length from `reranker eval --max-length N --output` results, and
+    the length chosen: the shortest within 0.005 NDCG@10 of 256 on every dataset."""
+    from reranker.scoring import default_model_dir
+
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in evals]
+    timing = json.loads(speed.read_text(encoding="utf-8")) if speed else None
+    curve = length_curve(runs, timing)
+    if note:
+        curve["note"] = note
+    model_dir = model or default_model_dir()
+    card = read_card(model_dir, CROSS_ENCODER_CARD)
+    variant_file = (card.get("variants") or {}).get(curve["variant"], {}).get("file", "")
+    version = card.get("version") or str(card["files"].get(variant_file, ""))[:12]
+    if (card.get("name"), version) != (curve["model"], curve["model_version"]):
+        raise click.ClickException(f"the eval results are not of the model in {model_dir}")
+    click.echo(json.dumps(curve, indent=2))
+    if write:
+        card["max_length_curve"] = curve
+        card["max_length"] = curve["chosen"]
+        write_json_atomic(model_dir / CROSS_ENCODER_CARD, card)
+        _say(f"wrote max_length_curve and max_length {curve['chosen']} into {model_dir}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reranker.bench import parse_lengths
+from reranker.bench import choose_max_length, length_curve, parse_lengths
 from reranker.cli import main
 from reranker.errors import ConfigError
 from reranker.pipeline import QueryPath, scorer_for
@@ -254,3 +254,56 @@ def test_bench_lengths_refuses_a_length_beyond_the_position_limit() -> None:
     )  # fmt: skip
     assert result.exit_code != 0
     assert "position limit" in result.output
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+def test_the_shortest_length_within_the_tolerance_on_every_dataset_is_chosen() -> None:
+    ndcg = {
+        "a": {128: 0.700, 192: 0.706, 256: 0.708, 320: 0.709},
+        "b": {128: 0.380, 192: 0.379, 256: 0.381, 320: 0.380},
+    }
+    assert choose_max_length(ndcg) == 192  # 128 loses 0.008 on a
+    ndcg["a"][128] = 0.7031
+    assert choose_max_length(ndcg) == 128
+    ndcg["b"][128] = 0.3759  # 0.0051 below 256 on b
+    assert choose_max_length(ndcg) == 192
+
+
+def test_the_reference_is_chosen_when_every_shorter_length_loses() -> None:
+    assert choose_max_length({"a": {128: 0.6, 256: 0.7, 320: 0.71}}) == 256
+
+
+def test_a_choice_needs_the_reference_and_the_same_lengths_everywhere() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        choose_max_length({"a": {128: 0.6}})
+    with pytest.raises(ValueError, match="same lengths"):
+        choose_max_length({"a": {128: 0.6, 256: 0.7}, "b": {256: 0.7}})
+
+
+def _eval_json(dataset: str, length: int, ndcg: float, base: str = "hybrid") -> dict[str, object]:
+    return {
+        "dataset": dataset,
+        "split": "test",
+        "results": {"rerank": {"ndcg@10": ndcg, "mrr@10": 0.5, "recall@100": 0.9}},
+        "cross_encoder": {
+            "model": "m",
+            "version": "v",
+            "variant": "int8",
+            "max_length": length,
+            "rerank_base": base,
+            "window": 100,
+        },
+    }
+
+
+def test_length_curve_gathers_eval_results_and_refuses_mixed_setups() -> None:
+    import click
+
+    runs = [_eval_json("a", 256, 0.70), _eval_json("a", 128, 0.698)]
+    curve = length_curve(runs, None)
+    assert curve["chosen"] == 128 and curve["first_stage"] == "hybrid top-100"
+    assert list(curve["datasets"]["a"]) == ["128", "256"]
+    with pytest.raises(click.ClickException, match="different setups"):
+        length_curve([*runs, _eval_json("a", 192, 0.7, base="bm25")], None)
