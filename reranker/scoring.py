@@ -194,6 +194,8 @@ class Scorer:
     ``config.json``. The card's sha256 of the chosen variant, the tokenizer and the config must
     match, else :class:`ModelError` naming the file; so must the ONNX file parse.
     ``variant`` picks ``fp32``, ``int8`` or ``fp16`` (for CUDA) when the export made it.
+    ``max_length`` (tokens per pair, truncated longest-first) defaults to the card's
+    ``max_length`` (:func:`card_max_length`), and is capped at the model's position limit.
     ``io_binding`` runs each batch through ONNX Runtime's IO binding: the inputs are copied
     to the provider's device once per batch and the output stays there until the scores are
     read (on CUDA no other host copies; on CPU the same scores at the same cost).
