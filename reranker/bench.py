@@ -1032,3 +1032,329 @@ def _batch_size(backend: Backend) -> int:
     if isinstance(backend.run, TorchRunner):
         return backend.run.max_batch_size
     return int(backend.info["scorer"].max_batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# max length
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``--lengths 128,192,256``: distinct positive integers, in the order given."""
+    lengths: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise click.BadParameter(f"{part!r} is not a positive integer", param_hint="--lengths")
+        if int(part) not in lengths:
+            lengths.append(int(part))
+    if not lengths:
+        raise click.BadParameter("no length given", param_hint="--lengths")
+    return lengths
+
+
+@bench.command("lengths")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An exported cross-encoder folder [default: RERANKER_MODEL or the shipped model].",
+)
+@click.option("--variant", default="int8", show_default=True, help="Exported variant to run.")
+@click.option(
+    "--lengths",
+    default="128,192,256,320",
+    show_default=True,
+    help="Comma-separated max lengths, one Scorer each.",
+)
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATASET,
+    show_default=True,
+    help="BEIR folder the pairs come from.",
+)
+@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as JSON here.",
+)
+def lengths_cmd(
+    model: Path | None,
+    variant: str,
+    lengths: str,
+    dataset: Path,
+    n_pairs: int,
+    repeats: int,
+    threads: int,
+    batch_size: int,
+    output: Path | None,
+) -> None:
+    """Time the same real SciFact pairs through the ONNX scorer at several max lengths.
+
+    One :class:`~reranker.scoring.Scorer` per length (same model, variant, threads and
+    batching); each runs once untimed, then ``--repeats`` interleaved rounds time every length
+    in turn; the median wall time per length (tokenisation included), with the tokens fed,
+    the pairs cut and the FLOP estimate.
+    """
+    from reranker.scoring import CPU, Scorer, default_model_dir
+
+    chosen = parse_lengths(lengths)
+    _check_dataset(dataset)
+    model_dir = model or default_model_dir()
+    read_card(model_dir, CROSS_ENCODER_CARD)
+    dims = ModelDims.from_config(model_dir)
+    load_before = _load()
+    selection = select_pairs(dataset, n_pairs)
+    pairs = list(selection.pairs)
+    _say(f"{len(pairs)} pairs: query {selection.query_id} from {dataset}")
+    backends: list[Backend] = []
+    for length in chosen:
+        try:
+            s = Scorer(
+                model_dir,
+                providers=[CPU],
+                variant=variant,
+                threads=threads,
+                max_batch_size=batch_size,
+                max_batch_tokens=MAX_BATCH_TOKENS,  # the Scorer's default, as eval and serve run
+                max_length=length,
+            )
+        except RerankerError as exc:
+            raise click.ClickException(f"max length {length}: {exc}") from exc
+        if s.max_length != length:
+            raise click.ClickException(
+                f"max length {length} is beyond {model_dir}'s position limit ({s.max_length})"
+            )
+        backends.append(Backend(name=f"len{length}", run=s.score, dims=dims, info={"scorer": s}))
+    for b in backends:
+        b.scores = np.asarray(b.run(pairs), dtype=np.float32)
+    load_per_repeat: list[float] = []
+    for r in range(repeats):
+        for b in backends:
+            time.sleep(GAP_S)
+            started = time.perf_counter()
+            b.run(pairs)
+            b.seconds.append(time.perf_counter() - started)
+        load_per_repeat.extend(_load()[:1])
+        _say(
+            f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
+        )
+    reference = next((b for b in backends if b.info["scorer"].max_length == MAX_LENGTH), None)
+    rows: dict[str, dict[str, Any]] = {}
+    for b in backends:
+        s = b.info["scorer"]
+        stats = s.last_stats
+        ms = median_ms(b.seconds)
+        useful = sum(dims.flops(n) for n in _pair_lengths(s, pairs))
+        row: dict[str, Any] = {
+            "max_length": s.max_length,
+            "ms": round(ms, 1),
+            "pairs_per_s": round(len(pairs) / (ms / 1000.0), 2),
+            "runs_ms": [round(x * 1000.0, 1) for x in b.seconds],
+            "tokens": stats.tokens,
+            "mean_tokens": round(stats.tokens / max(1, stats.pairs), 1),
+            "padded_tokens": stats.padded_tokens,
+            "truncated_pairs": stats.truncated,
+            "gflop": round(useful / 1e9, 2),
+            "gflops": round(useful / (ms / 1000.0) / 1e9, 2),
+        }
+        if reference is not None and reference.scores is not None and b.scores is not None:
+            ref_ms = median_ms(reference.seconds)
+            row["ms_vs_256"] = round(ms / ref_ms, 3)
+            row["max_abs_diff_vs_256"] = round(float(np.abs(b.scores - reference.scores).max()), 4)
+        rows[b.name] = row
+    payload: dict[str, Any] = {
+        "model": str(model_dir),
+        "variant": variant,
+        "pairs": len(pairs),
+        "threads": threads,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "results": list(rows.values()),  # a list: in the order of --lengths
+        "load_1min_per_repeat": load_per_repeat,
+        "machine": {
+            **machine_info(),
+            "load_average_before": load_before,
+            "load_average_after": _load(),
+        },
+        "dataset": {
+            "path": str(dataset),
+            "query_id": selection.query_id,
+            "doc_ids": list(selection.doc_ids),
+        },
+    }
+    click.echo(
+        f"{len(pairs)} pairs, {variant}, {threads} threads, batch ≤ {batch_size}, median of "
+        f"{repeats} interleaved repeats; load average {load_before} → {_load()}"
+    )
+    click.echo(f"{'length':>7}{'ms':>9}{'pairs/s':>9}{'mean tok':>10}{'cut':>5}{'GFLOP':>8}")
+    for row in rows.values():
+        click.echo(
+            f"{row['max_length']:>7}{row['ms']:>9.1f}{row['pairs_per_s']:>9.1f}"
+            f"{row['mean_tokens']:>10.1f}{row['truncated_pairs']:>5}{row['gflop']:>8.2f}"
+        )
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        _say(f"wrote {output}")
+
+
+def _pair_lengths(scorer: Scorer, pairs: Sequence[Pair]) -> list[int]:
+    """Each pair's token count as the scorer feeds it (truncated at its max length)."""
+    tokenizer = load_tokenizer(scorer.model_dir / "tokenizer.json", scorer.max_length)
+    return [len(e.ids) for e in tokenizer.encode_batch(list(pairs))]
+
+
+#: how much NDCG@10 a shorter max length may give up against the reference length
+LENGTH_TOLERANCE = 0.005
+
+
+def choose_max_length(
+    ndcg: dict[str, dict[int, float]],
+    *,
+    reference: int = MAX_LENGTH,
+    tolerance: float = LENGTH_TOLERANCE,
+) -> int:
+    """The shortest measured length whose NDCG@10 on every dataset is at least the
+    ``reference`` length's minus ``tolerance``; ``ndcg`` is dataset → length → NDCG@10, and
+    every dataset must have the reference and the same lengths."""
+    if not ndcg:
+        raise ValueError("no measurements")
+    lengths = {frozenset(by_length) for by_length in ndcg.values()}
+    if len(lengths) != 1:
+        raise ValueError("every dataset must be measured at the same lengths")
+    measured = sorted(next(iter(lengths)))
+    if reference not in measured:
+        raise ValueError(f"the reference length {reference} was not measured")
+    for length in measured:
+        if all(by[length] >= by[reference] - tolerance for by in ndcg.values()):
+            return length
+    return reference  # unreachable: the reference always qualifies
+
+
+def length_curve(evals: Sequence[dict[str, Any]], speed: dict[str, Any] | None) -> dict[str, Any]:
+    """The card's ``max_length_curve`` from ``reranker eval --modes rerank --max-length N
+    --output ...`` results (one per dataset and length, all from one model, variant, split,
+    first stage and window) and a ``bench lengths`` result: NDCG@10 (and recall@100, MRR@10)
+    per dataset and length, ms per 100 pairs per length, and the chosen length."""
+    setups = set()
+    ndcg: dict[str, dict[int, float]] = {}
+    per_dataset: dict[str, dict[str, dict[str, float]]] = {}
+    for run in evals:
+        encoder = run.get("cross_encoder")
+        if not isinstance(encoder, dict) or "rerank" not in run.get("results", {}):
+            raise click.ClickException(
+                f"{run.get('dataset')}: not an `eval --modes rerank` result with its cross-encoder "
+                "(run it again with this version of `reranker eval --output`)"
+            )
+        setups.add(
+            (
+                encoder["model"],
+                encoder["version"],
+                encoder["variant"],
+                encoder["rerank_base"],
+                encoder["window"],
+                run["split"],
+            )
+        )
+        length = int(encoder["max_length"])
+        metrics = run["results"]["rerank"]
+        ndcg.setdefault(run["dataset"], {})[length] = float(metrics["ndcg@10"])
+        per_dataset.setdefault(run["dataset"], {})[str(length)] = {
+            name: round(float(value), 4) for name, value in metrics.items()
+        }
+    if len(setups) != 1:
+        raise click.ClickException(f"the eval results come from different setups: {setups}")
+    model, version, variant, base, window, split = next(iter(setups))
+    chosen = choose_max_length(ndcg)
+    curve: dict[str, Any] = {
+        "model": model,
+        "model_version": version,
+        "variant": variant,
+        "split": split,
+        "first_stage": f"{base} top-{window}",
+        "datasets": {
+            name: dict(sorted(rows.items(), key=lambda kv: int(kv[0])))
+            for name, rows in per_dataset.items()
+        },
+        "rule": f"the shortest length whose NDCG@10 on every dataset is within "
+        f"{LENGTH_TOLERANCE} of {MAX_LENGTH}'s",
+        "chosen": chosen,
+    }
+    if speed is not None:
+        curve["speed"] = {
+            str(row["max_length"]): {
+                "ms_per_100_pairs": round(row["ms"] * 100.0 / speed["pairs"], 1),
+                "mean_tokens": row["mean_tokens"],
+                "pairs_cut": row["truncated_pairs"],
+                "ms_vs_256": row.get("ms_vs_256"),
+            }
+            for row in speed["results"]
+        }
+        curve["speed_setup"] = (
+            f"{speed['pairs']} SciFact pairs, {speed['variant']}, {speed['threads']} threads, "
+            f"median of {speed['repeats']} interleaved repeats, load average "
+            f"{speed['machine']['load_average_before']} → {speed['machine']['load_average_after']}"
+        )
+    return curve
+
+
+@bench.command("length-curve")
+@click.argument("evals", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--speed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A `bench lengths --output` result: ms per 100 pairs per length.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The cross-encoder folder whose card to update [default: RERANKER_MODEL or the "
+    "shipped model].",
+)
+@click.option("--note", default=None, help="What else ran on the machine, for the card.")
+@click.option(
+    "--write/--dry-run",
+    default=False,
+    show_default=True,
+    help="--write: record the curve as the card's max_length_curve and set its max_length "
+    "to the chosen length (the card hashes the other files only, so they stay valid).",
+)
+def length_curve_cmd(
+    evals: tuple[Path, ...],
+    speed: Path | None,
+    model: Path | None,
+    note: str | None,
+    write: bool,
+) -> None:
+    """NDCG@10 against max length from `reranker eval --max-length N --output` results, and
+    the length chosen: the shortest within 0.005 NDCG@10 of 256 on every dataset."""
+    from reranker.scoring import default_model_dir
+
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in evals]
+    timing = json.loads(speed.read_text(encoding="utf-8")) if speed else None
+    curve = length_curve(runs, timing)
+    if note:
+        curve["note"] = note
+    model_dir = model or default_model_dir()
+    card = read_card(model_dir, CROSS_ENCODER_CARD)
+    variant_file = (card.get("variants") or {}).get(curve["variant"], {}).get("file", "")
+    version = card.get("version") or str(card["files"].get(variant_file, ""))[:12]
+    if (card.get("name"), version) != (curve["model"], curve["model_version"]):
+        raise click.ClickException(f"the eval results are not of the model in {model_dir}")
+    click.echo(json.dumps(curve, indent=2))
+    if write:
+        card["max_length_curve"] = curve
+        card["max_length"] = curve["chosen"]
+        write_json_atomic(model_dir / CROSS_ENCODER_CARD, card)
+        _say(f"wrote max_length_curve and max_length {curve['chosen']} into {model_dir}")

@@ -464,6 +464,14 @@ def search_cmd(
     default=None,
     help="Exported precision of the cross-encoder [default: fp32 if present].",
 )
+@click.option(
+    "--max-length",
+    type=int,
+    default=None,
+    help="Tokens the cross-encoder reads per (query, passage) pair in `rerank`/`blend`, "
+    "truncated longest-first; 8 to the model's position limit [default: the model card's "
+    "max_length].",
+)
 @_scorer_url_option
 @click.option(
     "--cascade-model",
@@ -528,6 +536,7 @@ def eval_cmd(
     rerank_base: str,
     model: Path | None,
     variant: str | None,
+    max_length: int | None,
     scorer_urls: tuple[str, ...],
     cascade_model: Path | None,
     cascade_k: int | None,
@@ -559,6 +568,7 @@ def eval_cmd(
     from reranker.pipeline import QueryPath, cascade_for, scorer_for
 
     wanted = _eval_modes(modes, depth)
+    _check_max_length(max_length, wanted, model, scorer_urls)
     if scorer_urls and record:
         from reranker.errors import ConfigError
 
@@ -597,6 +607,7 @@ def eval_cmd(
             hybrid=hybrid,
             model=model,
             variant=variant,
+            max_length=max_length,
             score_cache=ctx.obj.home / "scores" if score_cache else None,
             scorer_urls=scorer_urls,
             cascade_model=cascade_model,
@@ -604,7 +615,9 @@ def eval_cmd(
         )
         scorer = scorer_for(path)  # a CachedScorer unless --no-score-cache
         cascade = cascade_for(path, scorer)
-        click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}", err=True)
+        length = getattr(scorer, "max_length", None)
+        at = f", max length {length}" if length else ""
+        click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}{at}", err=True)
         if cascade is not None:
             click.echo(
                 f"cascade: {cascade.scorer!r} scores the window, the cross-encoder its top "
@@ -623,15 +636,64 @@ def eval_cmd(
         report.timings_ms[mode] = ms
     click.echo(report.table())
     if output:
+        payload = report.as_json()
+        if scorer is not None:
+            payload["cross_encoder"] = _scorer_summary(scorer, rerank_base, window)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report.as_json(), indent=2) + "\n", encoding="utf-8")
+        output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     if record and "rerank" in report.results:
+        from reranker.scoring import length_tag
+
         key = f"{dataset.name}/{split}/{rerank_base}-top{window}/{scorer.variant}"
-        _record_in_card(scorer, key, report.results["rerank"])
+        tag = length_tag(scorer)  # results at another length than the card's old 256
+        _record_in_card(scorer, f"{key}/{tag}" if tag else key, report.results["rerank"])
 
 
 EVAL_MODES = ("bm25", "dense", "hybrid", "rerank", "blend")
+
+
+def _check_max_length(
+    max_length: int | None,
+    wanted: list[str],
+    model: Path | None,
+    scorer_urls: tuple[str, ...],
+) -> None:
+    """``eval --max-length``: for a local model's `rerank`/`blend`, from
+    :data:`~reranker.scoring.MIN_MAX_LENGTH` to the model's position limit."""
+    from reranker.errors import ConfigError
+    from reranker.models import config_max_positions
+    from reranker.scoring import MIN_MAX_LENGTH
+
+    if max_length is None:
+        return
+    if not {"rerank", "blend"} & set(wanted):
+        raise ConfigError(
+            "--max-length applies to the cross-encoder: add rerank or blend to --modes"
+        )
+    if scorer_urls:
+        raise ConfigError(
+            "--max-length applies to a local model; a --scorer-url truncates at its own length"
+        )
+    folder = model or default_model_dir()
+    positions = config_max_positions(folder)
+    if not MIN_MAX_LENGTH <= max_length <= positions:
+        raise ConfigError(
+            f"--max-length must be from {MIN_MAX_LENGTH} to {positions} (the position limit "
+            f"of {folder}), got {max_length}"
+        )
+
+
+def _scorer_summary(scorer: Any, rerank_base: str, window: int) -> dict[str, Any]:
+    """What reranked, for the eval JSON: model, version, variant, max length, first stage."""
+    return {
+        "model": scorer.model_id,
+        "version": scorer.version,
+        "variant": scorer.variant,
+        "max_length": getattr(scorer, "max_length", None),
+        "rerank_base": rerank_base,
+        "window": window,
+    }
 
 
 def _eval_modes(modes: str, depth: int) -> list[str]:

@@ -406,6 +406,10 @@ class QueryPath:
     model: Path | None = None
     """The cross-encoder folder; ``None`` = ``RERANKER_MODEL`` or the shipped model."""
     variant: str | None = None
+    max_length: int | None = None
+    """Tokens the cross-encoder reads per (query, passage) pair, truncated longest-first;
+    ``None`` = the model card's ``max_length``. Only for a local model (a remote scorer
+    truncates at its own length)."""
     score_cache: Path | None = None
     """Where logits are cached (evaluation and feature logging); ``None`` = no cache."""
     source_fields: tuple[str, ...] = ("title", "text")
@@ -431,11 +435,15 @@ def scorer_for(path: QueryPath) -> PairScorer:
 
     scorer: ServedScorer
     if path.scorer_urls:
+        if path.max_length is not None:
+            raise ConfigError(
+                "a max length applies to a local model: a remote scorer truncates at its own"
+            )
         scorer = RemoteScorer(
             path.scorer_urls, api_key=os.environ.get("RERANKER_PROXY_SCORER_API_KEY")
         )
     else:
-        scorer = load_scorer(path.model, path.variant)
+        scorer = load_scorer(path.model, path.variant, max_length=path.max_length)
     if path.score_cache is None:
         return scorer
     return CachedScorer.on_disk(scorer, path.score_cache)

@@ -58,6 +58,31 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 #: characters kept per token of ``max_length`` before tokenising (BERT tokens span < 100 chars)
 CHARS_PER_TOKEN_CAP = 100
+#: the shortest ``max_length`` a scorer accepts (a pair's special tokens plus some text)
+MIN_MAX_LENGTH = 8
+#: the length every score cache file was written at before the length was a setting (the
+#: Scorer's fixed default then): a cache at this length keeps its old, length-free name
+LEGACY_MAX_LENGTH = 256
+
+
+def card_max_length(card: dict[str, Any]) -> int:
+    """The cross-encoder card's ``max_length`` (what the model was exported and tuned for),
+    else :data:`LEGACY_MAX_LENGTH`: a :class:`Scorer`'s default."""
+    value = card.get("max_length")
+    return value if isinstance(value, int) and not isinstance(value, bool) else LEGACY_MAX_LENGTH
+
+
+def length_tag(scorer: object) -> str:
+    """What a score cache adds to a scorer's identity for its ``max_length``: nothing at the
+    length the old caches were written at (:data:`LEGACY_MAX_LENGTH`, or a shorter position
+    limit) or when the scorer does not say (a remote one that does not report it), else
+    ``len<N>``: scores at one length are never read back for another."""
+    length = getattr(scorer, "max_length", None)
+    if not isinstance(length, int):
+        return ""
+    positions = getattr(scorer, "max_positions", None)
+    legacy = min(LEGACY_MAX_LENGTH, positions) if isinstance(positions, int) else LEGACY_MAX_LENGTH
+    return "" if length == legacy else f"len{length}"
 
 
 class ScoreTimeout(ModelError):
@@ -169,6 +194,8 @@ class Scorer:
     ``config.json``. The card's sha256 of the chosen variant, the tokenizer and the config must
     match, else :class:`ModelError` naming the file; so must the ONNX file parse.
     ``variant`` picks ``fp32``, ``int8`` or ``fp16`` (for CUDA) when the export made it.
+    ``max_length`` (tokens per pair, truncated longest-first) defaults to the card's
+    ``max_length`` (:func:`card_max_length`), and is capped at the model's position limit.
     ``io_binding`` runs each batch through ONNX Runtime's IO binding: the inputs are copied
     to the provider's device once per batch and the output stays there until the scores are
     read (on CUDA no other host copies; on CPU the same scores at the same cost).
@@ -179,7 +206,7 @@ class Scorer:
         model_dir: Path,
         *,
         providers: Sequence[str] | None = None,
-        max_length: int = 256,
+        max_length: int | None = None,
         max_batch_tokens: int = 4096,
         max_batch_size: int = 16,
         threads: int | None = None,
@@ -188,11 +215,13 @@ class Scorer:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.io_binding = io_binding
-        if max_length < 8:
-            raise ModelError(f"max_length must be at least 8, got {max_length}")
         if max_batch_size < 1:
             raise ModelError(f"max_batch_size must be positive, got {max_batch_size}")
         card = read_card(self.model_dir, CROSS_ENCODER_CARD)
+        if max_length is None:
+            max_length = card_max_length(card)
+        if max_length < MIN_MAX_LENGTH:
+            raise ModelError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
         if card.get("kind") != "cross-encoder":
             raise ModelError(
                 f"{self.model_dir} holds a {card.get('kind')!r} model, not a cross-encoder"
@@ -209,7 +238,9 @@ class Scorer:
         self._variant = variant
         first_stage = card.get("first_stage_features") or {}
         self._feature_names: tuple[str, ...] = tuple(str(n) for n in first_stage.get("names", ()))
-        self.max_length = min(max_length, config_max_positions(self.model_dir))
+        #: the longest sequence the model's position table allows (``config.json``)
+        self.max_positions = config_max_positions(self.model_dir)
+        self.max_length = min(max_length, self.max_positions)
         if max_batch_tokens < self.max_length:
             raise ModelError(
                 f"max_batch_tokens ({max_batch_tokens}) must be at least max_length "
@@ -615,14 +646,20 @@ class CachedScorer:
         # a store shared by models keys by model; one of the model's own (a file named after
         # it) does not need to, and its existing files were written without
         model = f"{scorer.model_id}\x1f{scorer.version}\x1f{scorer.variant}\x1f"
-        self._prefix = model if model_in_key else ""
+        self._prefix = f"{model}{length_tag(scorer)}\x1f" if model_in_key else ""
+
+    @staticmethod
+    def disk_name(scorer: ServedScorer) -> str:
+        """The disk store's name: ``scores-<model id>-<version>-<variant>``, plus
+        ``-len<N>`` when the scorer truncates at another length than the old files were
+        written at (:func:`length_tag`), so those files keep hitting."""
+        tag = length_tag(scorer)
+        base = f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
+        return f"{base}-{tag}" if tag else base
 
     @classmethod
     def on_disk(cls, scorer: ServedScorer, folder: Path) -> CachedScorer:
-        store = EmbeddingCache(
-            folder, f"scores-{scorer.model_id}-{scorer.version}-{scorer.variant}"
-        )
-        return cls(scorer, store, model_in_key=False)
+        return cls(scorer, EmbeddingCache(folder, cls.disk_name(scorer)), model_in_key=False)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.scorer, name)
@@ -682,11 +719,13 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6"
 
 
-def load_scorer(model: Path | None = None, variant: str | None = None) -> Scorer:
+def load_scorer(
+    model: Path | None = None, variant: str | None = None, *, max_length: int | None = None
+) -> Scorer:
     """The cross-encoder in ``model`` (default: :func:`default_model_dir`); without a variant,
-    fp32 if the folder has it, else the first it has."""
+    fp32 if the folder has it, else the first it has; without ``max_length``, the card's."""
     folder = model or default_model_dir()
     if variant is None:
         variants = read_card(folder, CROSS_ENCODER_CARD).get("variants") or {}
         variant = "fp32" if "fp32" in variants or not variants else next(iter(variants))
-    return Scorer(folder, variant=variant)
+    return Scorer(folder, variant=variant, max_length=max_length)
