@@ -67,7 +67,8 @@ def _require_torch() -> None:
         import transformers  # noqa: F401
     except ImportError as exc:
         raise ModelError(
-            f"exporting a model needs torch and transformers: pip install -e '.[train]' ({exc})"
+            "exporting a model needs torch and transformers (the train extra): "
+            f"./scripts/setup --train ({exc})"
         ) from exc
 
 

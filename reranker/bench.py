@@ -229,7 +229,8 @@ def _require_torch() -> None:
         import transformers  # noqa: F401
     except ImportError as exc:
         raise ModelError(
-            f"the benchmark needs torch and transformers: pip install -e '.[train]' ({exc})"
+            "the benchmark needs torch and transformers (the train extra): "
+            f"./scripts/setup --train, or pass --no-torch ({exc})"
         ) from exc
 
 
