@@ -1099,7 +1099,8 @@ def lengths_cmd(
     One :class:`~reranker.scoring.Scorer` per length (same model, variant, threads and
     batching); each runs once untimed, then ``--repeats`` interleaved rounds time every length
     in turn; the median wall time per length (tokenisation included), with the tokens fed,
-    the pairs cut and the FLOP estimate.
+    the pairs cut and the FLOP estimate. A first-stage-aware model gets the same seeded
+    random features at every length (they change its scores, not its cost).
     """
     from reranker.scoring import CPU, Scorer, default_model_dir
 
@@ -1130,7 +1131,13 @@ def lengths_cmd(
             raise click.ClickException(
                 f"max length {length} is beyond {model_dir}'s position limit ({s.max_length})"
             )
-        backends.append(Backend(name=f"len{length}", run=s.score, dims=dims, info={"scorer": s}))
+        run = s.score
+        if s.feature_names:  # a first-stage-aware model: its cost does not depend on the values
+            features = np.random.default_rng(0).random(
+                (len(pairs), len(s.feature_names)), dtype=np.float32
+            )
+            run = functools.partial(s.score, features=features)
+        backends.append(Backend(name=f"len{length}", run=run, dims=dims, info={"scorer": s}))
     for b in backends:
         b.scores = np.asarray(b.run(pairs), dtype=np.float32)
     load_per_repeat: list[float] = []

@@ -307,3 +307,22 @@ def test_length_curve_gathers_eval_results_and_refuses_mixed_setups() -> None:
     assert list(curve["datasets"]["a"]) == ["128", "256"]
     with pytest.raises(click.ClickException, match="different setups"):
         length_curve([*runs, _eval_json("a", 192, 0.7, base="bm25")], None)
+
+
+def test_bench_lengths_times_a_first_stage_aware_model(tmp_path: Path) -> None:
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip("SciFact data not found beside the repository")
+    out = tmp_path / "lengths.json"
+    aware = SHIPPED.parent / "reranker-minilm-l6-aware"
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench", "lengths", "--model", str(aware), "--lengths", "64,256",
+            "--dataset", str(SCIFACT), "--pairs", "4", "--repeats", "1", "--threads", "1",
+            "--output", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]
+    assert [r["max_length"] for r in rows] == [64, 256]
+    assert rows[0]["tokens"] < rows[1]["tokens"]
