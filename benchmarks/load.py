@@ -86,6 +86,8 @@ def request_body(text: str, args: argparse.Namespace) -> dict[str, Any]:
             rerank["hybrid"] = {"dense": True, "fusion": args.fusion}
         if args.timeout_ms:
             rerank["timeout_ms"] = args.timeout_ms
+        if args.cascade:
+            rerank["cascade"] = args.cascade
         body["rerank"] = rerank
     return body
 
@@ -150,6 +152,7 @@ def summarise(samples: list[Sample], seconds: float, args: argparse.Namespace) -
         "score_cache_size": os.environ.get("RERANKER_PROXY_SCORE_CACHE_SIZE", "default"),
         "duration_s": round(seconds, 2),
         "window": None if args.no_rerank else args.window,
+        "cascade": None if args.no_rerank else args.cascade,
         "reranked_answers": sum(1 for s in ok if s.took_ms),
         "hybrid": bool(args.hybrid),
         "requests": len(samples),
@@ -215,6 +218,7 @@ def served_proxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
                 port={port},
                 max_in_flight={args.max_in_flight},
                 max_window=max(1000, {max(args.windows)}),
+                cascade_model=Path({args.cascade_model!r}) if {bool(args.cascade)!r} else None,
                 **({{"request_log": True, "log_index_prefix": log}} if log else {{}}),
             ),
             scorer_factory=lambda: Scorer(
@@ -275,6 +279,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fusion", default="rrf", choices=["rrf", "linear"])
     parser.add_argument("--no-rerank", action="store_true", help="pass-through baseline")
     parser.add_argument("--timeout-ms", type=int, default=None, help="rerank.timeout_ms")
+    parser.add_argument(
+        "--cascade", type=int, default=None, help="rerank.cascade: the full model's top K"
+    )
+    parser.add_argument(
+        "--cascade-model",
+        default="first-stage",
+        help="with --serve and --cascade: the proxy's cascade model (a folder or first-stage)",
+    )
     parser.add_argument("--request-timeout", type=float, default=60.0)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--variant", default="fp32", help="with --serve")

@@ -1363,3 +1363,210 @@ def length_curve_cmd(
         card["max_length"] = curve["chosen"]
         write_json_atomic(model_dir / CROSS_ENCODER_CARD, card)
         _say(f"wrote max_length_curve and max_length {curve['chosen']} into {model_dir}")
+
+
+# --------------------------------------------------------------------------------------------
+# bench window: the reranking of a whole first-stage window, step by step
+
+
+@dataclass(frozen=True)
+class WindowStep:
+    """One rung of the window ladder: which model reranks, at what max length, with or
+    without the first stage as a cascade's cheap level (``cascade_k``)."""
+
+    name: str
+    model: Path
+    max_length: int | None
+    cascade_k: int | None = None
+
+
+def window_ladder(
+    baseline: Path, model: Path, lengths: Sequence[int], cascade_k: int | None
+) -> list[WindowStep]:
+    """The steps from ``baseline`` (at its card's length) to ``model`` at each of ``lengths``
+    in turn, then ``model`` at the last length with the first-stage cascade: each step
+    changes one thing, so each step's ratio to the one before is that change's share."""
+    steps = [WindowStep("baseline", baseline, None)]
+    for length in lengths:
+        steps.append(WindowStep(f"model@{length}", model, length))
+    if cascade_k is not None:
+        last = lengths[-1] if lengths else None
+        steps.append(WindowStep(f"model@{last}+cascade{cascade_k}", model, last, cascade_k))
+    return steps
+
+
+def percentile_ms(seconds: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(seconds, dtype=np.float64), q)) * 1000.0
+
+
+@bench.command("window")
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATASET,
+    show_default=True,
+    help="BEIR folder whose test queries are searched (indexed by `reranker eval` first).",
+)
+@click.option("--index", default=None, help="Alias to search [default: beir-<dataset>].")
+@click.option("--queries", "n_queries", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--window", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The model the ladder starts from [default: the shipped reranker-minilm-l6].",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The model it ends with [default: the shipped reranker-minilm-l6-aware].",
+)
+@click.option(
+    "--lengths",
+    default="256,192",
+    show_default=True,
+    help="Max lengths of --model, one step each, in order.",
+)
+@click.option(
+    "--cascade-k",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="The last step: the first stage ranks the window, --model rescores its top K.",
+)
+@click.option("--variant", default="int8", show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as JSON here.",
+)
+@click.pass_context
+def window_cmd(
+    ctx: click.Context,
+    dataset: Path,
+    index: str | None,
+    n_queries: int,
+    window: int,
+    baseline: Path | None,
+    model: Path | None,
+    lengths: str,
+    cascade_k: int,
+    variant: str,
+    output: Path | None,
+) -> None:
+    """Time the reranking of whole first-stage windows, one change at a time.
+
+    Each of --queries test queries is searched once (hybrid top --window, from the index
+    `reranker eval` built); then every step of the ladder reranks that same window, the steps
+    interleaved query by query, with no score cache: the baseline model; --model at each of
+    --lengths; --model with the first stage as a cascade's cheap level (its top --cascade-k
+    rescored). Reported per step: p50 and p90 milliseconds per window (tokenisation,
+    features and ordering included; the search is not), the ratio to the baseline and to the
+    step before (that change's share), and NDCG@10 over these queries (a small sample:
+    `reranker eval` gives the full figures).
+    """
+    from reranker.cli import _client
+    from reranker.embed import Embedder
+    from reranker.evaluation import judged_queries
+    from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.scoring import load_scorer
+    from reranker.train import ranking_metrics
+
+    repo = Path(__file__).resolve().parents[1]
+    baseline = baseline or repo / "models" / "reranker-minilm-l6"
+    model = model or repo / "models" / "reranker-minilm-l6-aware"
+    chosen = parse_lengths(lengths)
+    _check_dataset(dataset)
+    if cascade_k > window:
+        raise click.BadParameter(f"must be at most --window ({window})", param_hint="--cascade-k")
+    queries, qrels = judged_queries(dataset, "test", limit=n_queries)
+    alias = index or f"beir-{dataset.name.lower()}"
+    client = _client(ctx)
+    encoder = Embedder.default(ctx.obj)
+    steps = window_ladder(baseline, model, chosen, cascade_k)
+    pipelines = []
+    for step in steps:
+        scorer = load_scorer(step.model, variant, max_length=step.max_length)  # as serve loads
+        path = QueryPath(
+            index=alias,
+            window=window,
+            model=step.model,
+            variant=variant,
+            max_length=step.max_length,
+            cascade_model=Path("first-stage") if step.cascade_k else None,
+            cascade_k=step.cascade_k,
+        )
+        pipelines.append(build_pipeline(path, client, encoder, scorer=scorer))
+    stage = pipelines[0].first_stage
+    assert stage is not None
+    vectors = dict(zip(queries, stage.embed(list(queries.values())), strict=True))
+    windows = {
+        qid: stage.search(text, "hybrid", window, hybrid=pipelines[0].hybrid, vector=vectors[qid])
+        for qid, text in queries.items()
+    }
+    _say(f"{len(windows)} windows of up to {window} from {alias}; {len(steps)} steps")
+    load_before = _load()
+    for pipeline in pipelines:  # one untimed window each: sessions warm
+        first = next(iter(queries))
+        pipeline.rerank(queries[first], windows[first], k=10)
+    seconds: list[list[float]] = [[] for _ in steps]
+    runs: list[dict[str, dict[str, float]]] = [{} for _ in steps]
+    for n, (qid, text) in enumerate(queries.items(), start=1):
+        for i, pipeline in enumerate(pipelines):
+            time.sleep(GAP_S)
+            started = time.perf_counter()
+            result = pipeline.rerank(text, windows[qid], k=window)
+            seconds[i].append(time.perf_counter() - started)
+            if result.degraded is not None:
+                raise click.ClickException(f"{steps[i].name}: {result.degraded.reason}")
+            runs[i][qid] = {h.id: float(len(result.hits) - r) for r, h in enumerate(result.hits)}
+        if n % 10 == 0 or n == len(queries):
+            _say(
+                f"{n}/{len(queries)} windows: "
+                + ", ".join(
+                    f"{s.name} {percentile_ms(seconds[i], 50):.0f} ms" for i, s in enumerate(steps)
+                )
+            )
+    rows = []
+    for i, step in enumerate(steps):
+        length = getattr(pipelines[i].scorer, "max_length", None)
+        p50 = percentile_ms(seconds[i], 50)
+        row: dict[str, Any] = {
+            "step": step.name,
+            "model": str(step.model),
+            "max_length": length,
+            "cascade_k": step.cascade_k,
+            "p50_ms": round(p50, 1),
+            "p90_ms": round(percentile_ms(seconds[i], 90), 1),
+            "mean_ms": round(float(np.mean(seconds[i])) * 1000.0, 1),
+            "ndcg@10": round(ranking_metrics(qrels, runs[i])["nDCG@10"], 4),
+        }
+        row["x_baseline"] = round(p50 / percentile_ms(seconds[0], 50), 3)
+        row["x_previous"] = round(p50 / percentile_ms(seconds[max(0, i - 1)], 50), 3)
+        rows.append(row)
+    payload: dict[str, Any] = {
+        "dataset": str(dataset),
+        "index": alias,
+        "queries": len(queries),
+        "window": window,
+        "variant": variant,
+        "score_cache": False,
+        "results": rows,
+        "machine": {**machine_info(), "load_average_before": load_before, "after": _load()},
+    }
+    click.echo(
+        f"{len(queries)} windows of {window} ({alias}), {variant}, no score cache; "
+        f"load average {load_before} → {_load()}"
+    )
+    click.echo(f"{'step':<28}{'p50 ms':>9}{'p90 ms':>9}{'x base':>8}{'x prev':>8}{'NDCG@10':>9}")
+    for row in rows:
+        click.echo(
+            f"{row['step']:<28}{row['p50_ms']:>9.1f}{row['p90_ms']:>9.1f}"
+            f"{row['x_baseline']:>8.3f}{row['x_previous']:>8.3f}{row['ndcg@10']:>9.4f}"
+        )
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        _say(f"wrote {output}")

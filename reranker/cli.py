@@ -478,7 +478,8 @@ def search_cmd(
     type=click.Path(path_type=Path),
     default=None,
     help="For `rerank`: a small student (`reranker distill`, exported) scores the whole "
-    "window and the cross-encoder only its top --cascade-k.",
+    "window and the cross-encoder only its top --cascade-k. The name `first-stage` makes "
+    "the first stage's own order the cheap level (no second model).",
 )
 @click.option(
     "--cascade-k",
@@ -619,8 +620,9 @@ def eval_cmd(
         at = f", max length {length}" if length else ""
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}{at}", err=True)
         if cascade is not None:
+            cheap = cascade.scorer if cascade.scorer is not None else "the first stage"
             click.echo(
-                f"cascade: {cascade.scorer!r} scores the window, the cross-encoder its top "
+                f"cascade: {cheap!r} ranks the window, the cross-encoder rescores its top "
                 f"{cascade.k}",
                 err=True,
             )
@@ -716,10 +718,11 @@ def _check_cascade_options(
 ) -> None:
     """``--cascade-model``/``--cascade-k`` checked before anything is loaded or searched."""
     from reranker.errors import ConfigError
+    from reranker.pipeline import is_first_stage_student
 
     if model is None:
         if k is not None:
-            raise ConfigError("--cascade-k needs --cascade-model")
+            raise ConfigError("--cascade-k needs --cascade-model (a folder, or first-stage)")
         return
     if "rerank" not in wanted:
         raise ConfigError("--cascade-model applies to the rerank mode: add rerank to --modes")
@@ -729,8 +732,8 @@ def _check_cascade_options(
         raise ConfigError("--record writes one model's card; it cannot record a cascade")
     if k is not None and not 1 <= k <= window:
         raise ConfigError(f"--cascade-k must be between 1 and --window ({window}), got {k}")
-    if not Path(model).is_dir():
-        raise ConfigError(f"--cascade-model {model}: no such model folder")
+    if not is_first_stage_student(model) and not Path(model).is_dir():
+        raise ConfigError(f"--cascade-model {model}: no such model folder (or first-stage)")
 
 
 def _eval_blend(
@@ -1244,7 +1247,8 @@ def export_cmd(
     type=click.Path(path_type=Path),
     default=None,
     help="A cascade's student (`reranker distill`, exported): searches with "
-    '"rerank": {"cascade": K} have it score the window and the cross-encoder only its top K '
+    '"rerank": {"cascade": K} have it score the window and the cross-encoder only its top K; '
+    "`first-stage` makes the first stage's order that cheap level "
     "[env RERANKER_PROXY_CASCADE_MODEL].",
 )
 @click.pass_context

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: the full model's share of a cascade when only a cascade model is named
 DEFAULT_CASCADE_K = 20
+#: the name that makes the first stage a cascade's cheap level (``--cascade-model first-stage``)
+FIRST_STAGE_STUDENT = "first-stage"
 
 
 @dataclass
@@ -113,28 +115,40 @@ def cascade_order(student: Sequence[float], full_head: Sequence[float], k: int) 
 
 @dataclass(frozen=True)
 class Cascade:
-    """A small student scores the whole window; the full model rescores only its top ``k``.
+    """A cheap level scores the whole window; the full model rescores only its top ``k``.
 
-    The final order is the full model's order of the student's top ``k``, then the rest in
-    the student's order, never above them (:func:`cascade_order`). A hit's ``score`` follows
-    that order: the full model's logit for the top ``k``; below them the student's logit,
-    shifted down where needed so that it stays under the lowest of the top ``k``.
+    The cheap level is a small student (``scorer``) or, with ``scorer=None``, the first stage
+    itself: its fused score already ranks the window, at no model cost, and it is exactly the
+    prior a first-stage-aware model starts from (Vespa's first phase plays the same part).
+    The final order is the full model's order of the cheap level's top ``k``, then the rest in
+    the cheap level's order, never above them (:func:`cascade_order`). A hit's ``score``
+    follows that order: the full model's logit for the top ``k``; below them the cheap
+    level's score, shifted down where needed so that it stays under the lowest of the top
+    ``k``. A first-stage-aware full model reads the features of the whole window (normalised
+    over all of it), so its logits for the top ``k`` are the ones it gives without a cascade.
     """
 
-    scorer: PairScorer
+    scorer: PairScorer | None
     k: int
 
+    @property
+    def student_id(self) -> str:
+        return FIRST_STAGE_STUDENT if self.scorer is None else self.scorer.model_id
 
-def check_cascade_models(full: PairScorer, student: PairScorer) -> None:
+
+def is_first_stage_student(model: Path | str | None) -> bool:
+    """Whether a cascade model setting names the first stage (:data:`FIRST_STAGE_STUDENT`)
+    rather than a model folder."""
+    return model is not None and str(model) == FIRST_STAGE_STUDENT
+
+
+def check_cascade_models(full: PairScorer, student: PairScorer | None) -> None:
     """Refuse a student the full model's cascade cannot use: one that reads other tokens
     (the sha256 of ``tokenizer.json`` or the ``max_length`` differ), a first-stage-aware
-    model on either side (not supported yet), or a model without a card to compare (a
-    remote scorer)."""
-    if tuple(getattr(full, "feature_names", ())):
-        raise ConfigError(
-            f"the full model {full.model_id} is first-stage-aware; a cascade supports plain "
-            "cross-encoders only for now"
-        )
+    student, or a model without a card to compare (a remote scorer). The first stage
+    (``None``) leads any full model."""
+    if student is None:
+        return
     if tuple(getattr(student, "feature_names", ())):
         raise ConfigError(f"the cascade model {student.model_id} is first-stage-aware")
     cards = [getattr(model, "card", None) for model in (full, student)]
@@ -213,11 +227,6 @@ class Pipeline:
                 raise SearchError(
                     f"the cascade's k must be between 1 and the window ({window}), got {cascade.k}"
                 )
-            if self.needs_features:
-                raise SearchError(
-                    "a first-stage-aware full model cannot lead a cascade yet; use a plain "
-                    "cross-encoder"
-                )
             if blend is not None:
                 raise SearchError("a cascade cannot be combined with a blend yet")
 
@@ -269,7 +278,8 @@ class Pipeline:
             try:
                 pairs, features = self.scorer_inputs(text, candidates, missing)
                 if self.cascade is not None:
-                    cascaded = self._cascade(pairs, deadline, timings)
+                    first_stage = [h.score for h in candidates]
+                    cascaded = self._cascade(pairs, features, first_stage, deadline, timings)
                 else:
                     logits = self.scorer.score(pairs, deadline=deadline, features=features)
                     check_scores(logits, len(candidates))
@@ -305,27 +315,41 @@ class Pipeline:
             blend=f"{self.blend.kind}@{blend_version(self.blend)}" if self.blend else None,
             missing_features=missing,
             cascade=(
-                {"model": self.cascade.scorer.model_id, "k": self.cascade.k}
+                {"model": self.cascade.student_id, "k": self.cascade.k}
                 if self.cascade is not None
                 else None
             ),
         )
 
     def _cascade(
-        self, pairs: list[tuple[str, str]], deadline: float | None, timings: dict[str, float]
+        self,
+        pairs: list[tuple[str, str]],
+        features: np.ndarray | None,
+        first_stage: Sequence[float],
+        deadline: float | None,
+        timings: dict[str, float],
     ) -> tuple[list[int], list[float], list[float], list[float | None]]:
         """The cascade over ``pairs`` (see :class:`Cascade`): the window's positions in
-        cascade order, and per position the student's logit, the final score and the full
-        model's logit (``None`` beyond the student's top k). Timings: ``student`` (the full
-        model's share is the rest of ``rerank``)."""
+        cascade order, and per position the cheap level's score, the final score and the full
+        model's logit (``None`` beyond the top k). ``features`` are the whole window's (a
+        first-stage-aware full model reads its head's rows); ``first_stage`` the window's
+        first-stage scores, the cheap level when the cascade has no student. Timings:
+        ``student`` (the full model's share is the rest of ``rerank``)."""
         assert self.cascade is not None and self.scorer is not None
         started = time.perf_counter()
-        student = self.cascade.scorer.score(pairs, deadline=deadline)
+        if self.cascade.scorer is None:
+            student = np.asarray(first_stage, dtype=np.float32)
+        else:
+            student = self.cascade.scorer.score(pairs, deadline=deadline)
         check_scores(student, len(pairs))
         timings["student"] = (time.perf_counter() - started) * 1000
         student_list = [float(x) for x in student.tolist()]
         head, tail = cascade_split(student_list, self.cascade.k)
-        full = self.scorer.score([pairs[i] for i in head], deadline=deadline)
+        full = self.scorer.score(
+            [pairs[i] for i in head],
+            deadline=deadline,
+            features=None if features is None else features[head],
+        )
         check_scores(full, len(head))
         full_list = [float(x) for x in full.tolist()]
         order = cascade_order(student_list, full_list, self.cascade.k)
@@ -351,10 +375,15 @@ class Pipeline:
         :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
         call: the proxy then skips the scorer's queue."""
         covers = getattr(self.scorer, "covers", None)
-        if covers is None or not candidates or self.cascade is not None:
-            return False  # a cascade's student is a second model call: never inline
+        if covers is None or not candidates:
+            return False
         pairs, features = self.scorer_inputs(text, candidates)
-        return bool(covers(pairs, features))
+        if self.cascade is None:
+            return bool(covers(pairs, features))
+        if self.cascade.scorer is not None:
+            return False  # a cascade's student is a second model call: never inline
+        head, _ = cascade_split([h.score for h in candidates], self.cascade.k)
+        return bool(covers([pairs[i] for i in head], None if features is None else features[head]))
 
     def _features(self, candidates: Sequence[Hit], missing: dict[str, int]) -> np.ndarray | None:
         if not self.needs_features:
@@ -464,6 +493,8 @@ def cascade_for(path: QueryPath, full: PairScorer | None = None) -> Cascade | No
         raise ConfigError(
             f"the cascade's k must be between 1 and the window ({path.window}), got {k}"
         )
+    if is_first_stage_student(path.cascade_model):
+        return Cascade(None, k)
     student = load_scorer(path.cascade_model)
     if full is not None:
         check_cascade_models(full, student)

@@ -17,7 +17,7 @@ from typing import Any
 
 from reranker.embed_cache import TextEncoder
 from reranker.errors import ModelError
-from reranker.pipeline import check_scores
+from reranker.pipeline import check_scores, is_first_stage_student
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
@@ -71,13 +71,21 @@ class LoadedModels:
         self.encoder_factory = encoder_factory
         self.model_loader = model_loader
         self.scorer: ServedScorer | None = None
-        if student_factory is None and settings.cascade_model is not None:
+        #: the first stage is the cascade's cheap level (``--cascade-model first-stage``)
+        self.first_stage_student = is_first_stage_student(settings.cascade_model)
+        if (
+            student_factory is None
+            and settings.cascade_model is not None
+            and not self.first_stage_student
+        ):
             student_factory = _student_loader(settings.cascade_model)
         self.student_factory = student_factory
         #: a cascade's student (``rerank.cascade``); ``student_error`` says why it is missing
         self.student: ServedScorer | None = None
         self.student_error: str | None = (
-            None if student_factory is not None else "no cascade model configured"
+            None
+            if student_factory is not None or self.first_stage_student
+            else "no cascade model configured"
         )
         #: one cache for the proxy's life (its keys carry the model's version, so a reload
         #: never serves the old model's scores and the counters stay monotonic)

@@ -316,11 +316,12 @@ class RerankHandler:
             ) from None
 
     def _check_cascade(self, blend: NamedBlend | None) -> None:
-        """400 when ``rerank.cascade`` cannot be honoured: no cascade model loaded, a blend
-        asked for too, or a student the loaded cross-encoder cannot lead (other tokenizer or
-        max_length, a first-stage-aware model)."""
+        """400 when ``rerank.cascade`` cannot be honoured: no cascade model loaded (nor the
+        first stage configured as the cheap level), a blend asked for too, or a student the
+        loaded cross-encoder cannot lead (other tokenizer or max_length, a first-stage-aware
+        student)."""
         student = self.models.student
-        if student is None:
+        if student is None and not self.models.first_stage_student:
             raise errors.bad_request(
                 f"[rerank.cascade] needs a cascade model, and this proxy has none "
                 f"({self.models.student_error}): start it with --cascade-model "
@@ -532,11 +533,11 @@ class RerankHandler:
         spec = window.spec
         cached = self.models.cached(scorer)
         student = self.models.student
-        cascade = (
-            Cascade(self.models.cached(student), spec.cascade)
-            if spec.cascade is not None and student is not None
-            else None
-        )
+        cascade = None
+        if spec.cascade is not None and student is not None:
+            cascade = Cascade(self.models.cached(student), spec.cascade)
+        elif spec.cascade is not None and self.models.first_stage_student:
+            cascade = Cascade(None, spec.cascade)
         scoring = window.pipeline(cached, cascade)
         if scoring.scores_cached(window.text, window.candidates):
             # every pair's score is in memory: no model call, so no queue and no breaker

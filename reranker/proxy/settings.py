@@ -127,6 +127,7 @@ class ProxySettings:
     """A cascade's student (an exported model from ``reranker distill``): a search whose
     ``rerank.cascade`` is ``k`` has the student score the whole window and the cross-encoder
     only the student's top ``k`` (``--cascade-model``, ``RERANKER_PROXY_CASCADE_MODEL``);
+    ``first-stage``: the first stage's order is the cheap level, no second model;
     ``None``: ``rerank.cascade`` is refused."""
     ubi: bool = False
     """User Behavior Insights: every search answered gets a ``query_id`` (``ext.ubi``) and a

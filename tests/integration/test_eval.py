@@ -203,3 +203,57 @@ def test_a_cascade_whose_student_is_the_full_model_ranks_as_the_full_model(
         assert "between 1 and --window (20)" in refused.output
     finally:
         delete_indices_named_after(es_client, alias)
+
+
+def test_the_first_stage_as_cascade_level_at_k_equal_to_the_window_is_the_full_model(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    """With the first stage as the cheap level, the first-stage-aware model reads the whole
+    window's features either way: at k = window the cascade is the model alone; at a small
+    k the hits below k keep the first stage's order."""
+    aware = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6-aware"
+    alias = "test-eval-first-stage-cascade"
+    base = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias]
+    base += ["--modes", "hybrid,rerank", "--window", "20", "--max-queries", "5"]
+    base += ["--model", str(aware), "--no-score-cache", "--no-progress"]
+    try:
+        reports = []
+        for k in (None, 20, 1):
+            extra = [] if k is None else ["--cascade-model", "first-stage", "--cascade-k", str(k)]
+            output = tmp_path / f"eval-{k}.json"
+            result = CliRunner().invoke(main, [*base, *extra, "--output", str(output)])
+            assert result.exit_code == 0, result.output
+            reports.append(json.loads(output.read_text())["results"])
+        alone, whole, top1 = reports
+        assert whole["rerank"] == alone["rerank"]
+        # k = 1: the first stage's order everywhere (one hit rescored cannot move)
+        assert top1["rerank"] == alone["hybrid"]
+    finally:
+        delete_indices_named_after(es_client, alias)
+
+
+def test_bench_window_times_each_step_of_the_ladder_on_real_windows(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    alias = "test-bench-window"
+    output = tmp_path / "window.json"
+    try:
+        index = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias]
+        indexed = CliRunner().invoke(main, [*index, "--modes", "hybrid", "--no-progress"])
+        assert indexed.exit_code == 0, indexed.output
+        args = ["--es-url", es_node.url, "bench", "window", "--dataset", str(mini_scifact)]
+        args += ["--index", alias, "--queries", "2", "--window", "20", "--cascade-k", "5"]
+        result = CliRunner().invoke(main, [*args, "--output", str(output)])
+        assert result.exit_code == 0, result.output
+        report = json.loads(output.read_text())
+        steps = [row["step"] for row in report["results"]]
+        assert steps == ["baseline", "model@256", "model@192", "model@192+cascade5"]
+        assert [row["max_length"] for row in report["results"]] == [256, 256, 192, 192]
+        assert report["queries"] == 2 and report["score_cache"] is False
+        for row in report["results"]:
+            assert row["p50_ms"] > 0 and 0.0 <= row["ndcg@10"] <= 1.0
+        assert report["results"][0]["x_baseline"] == 1.0
+        too_deep = CliRunner().invoke(main, [*args[:-2], "--cascade-k", "21"])
+        assert too_deep.exit_code == 2 and "at most --window (20)" in too_deep.output
+    finally:
+        delete_indices_named_after(es_client, alias)

@@ -142,3 +142,22 @@ def test_bench_scorer_end_to_end_writes_json_for_all_backends(
     assert backends["ort-fp32"]["max_abs_diff_vs_torch_fp32"] < 1e-3
     assert backends["torch-fp32"]["speedup_vs_torch_fp32"] == 1.0
     assert "torch-fp32" in result.output and "ort-int8" in result.output
+
+
+def test_the_window_ladder_changes_one_thing_per_step() -> None:
+    from reranker.bench import WindowStep, window_ladder
+
+    plain, aware = Path("plain"), Path("aware")
+    assert window_ladder(plain, aware, [256, 192], 20) == [
+        WindowStep("baseline", plain, None),
+        WindowStep("model@256", aware, 256),
+        WindowStep("model@192", aware, 192),
+        WindowStep("model@192+cascade20", aware, 192, 20),
+    ]
+    assert [s.name for s in window_ladder(plain, aware, [192], None)] == ["baseline", "model@192"]
+
+
+def test_bench_window_names_a_missing_dataset_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "window", "--dataset", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0
+    assert "does not exist" in result.output

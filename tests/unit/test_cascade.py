@@ -178,6 +178,79 @@ def test_a_failing_model_fails_open_to_the_first_stage_order(failing: str) -> No
     assert all(h.relevance is None and h.student is None for h in result.hits)
 
 
+class FeatureScorer(TableScorer):
+    """A first-stage-aware stand-in: records the feature rows it was given."""
+
+    feature_names = ("fused",)
+
+    def __init__(self, name: str, table: dict[str, float]) -> None:
+        super().__init__(name, table)
+        self.features: list[np.ndarray] = []
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        self.features.append(np.asarray(kwargs["features"]))
+        return super().score(pairs)
+
+
+class ScoredFirstStage(ListedFirstStage):
+    """The window a..f in first-stage order, with both lists' scores (hybrid)."""
+
+    def search(self, text: str, mode: str, k: int, **_: Any) -> list[Hit]:
+        hits = super().search(text, mode, k)
+        return [
+            Hit(h.id, h.score, h.source, stage_scores={"bm25": h.score, "dense": h.score / 10})
+            for h in hits
+        ]
+
+
+def test_the_first_stage_as_cheap_level_sends_only_its_top_k_to_the_full_model() -> None:
+    full = TableScorer("full", FULL)
+    pipeline = Pipeline(
+        ListedFirstStage(DOCS),  # type: ignore[arg-type]
+        full,
+        window=6,
+        cascade=Cascade(None, 3),
+    )
+    result = pipeline.search("q", k=6)
+    assert full.calls == [["a", "b", "c"]]
+    # a, b, c by the full model (a 9, c 3, b -1), then d, e, f in first-stage order
+    assert [h.id for h in result.hits] == ["a", "c", "b", "d", "e", "f"]
+    assert result.cascade == {"model": "first-stage", "k": 3}
+    assert [h.student for h in result.hits] == [6.0, 4.0, 5.0, 3.0, 2.0, 1.0]
+    scores = [h.score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_a_first_stage_aware_full_model_reads_its_heads_rows_of_the_windows_features() -> None:
+    full = FeatureScorer("full", FULL)
+    plain = FeatureScorer("full", FULL)
+    stage = ScoredFirstStage(DOCS)
+    Pipeline(stage, plain, base="hybrid", window=6).search("q", k=6)  # type: ignore[arg-type]
+    cascaded = Pipeline(
+        stage,  # type: ignore[arg-type]
+        full,
+        base="hybrid",
+        window=6,
+        cascade=Cascade(None, 2),
+    )
+    result = cascaded.search("q", k=6)
+    assert full.calls == [["a", "b"]]
+    # normalised over the whole window, as without a cascade
+    np.testing.assert_array_equal(full.features[0], plain.features[0][:2])
+    assert [h.id for h in result.hits] == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_a_first_stage_cascade_counts_as_cached_when_its_head_is() -> None:
+    class HeadCovering(TableScorer):
+        def covers(self, pairs: Any, features: Any = None) -> bool:
+            return [p for _, p in pairs] == ["a", "b", "c"]
+
+    candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)
+    full = HeadCovering("full", FULL)
+    assert Pipeline(None, full, window=6, cascade=Cascade(None, 3)).scores_cached("q", candidates)
+    assert not Pipeline(None, full, window=6).scores_cached("q", candidates)
+
+
 # --------------------------------------------------------------------------- model checks
 
 
@@ -205,10 +278,19 @@ def test_a_student_with_another_max_length_is_refused() -> None:
         check_cascade_models(CardScorer("full", "abc", 256), CardScorer("student", "abc", 128))
 
 
-def test_a_first_stage_aware_full_model_is_refused_for_now() -> None:
-    full = CardScorer("full", "abc", 256, features=("first_stage_score",))
+def test_a_first_stage_aware_full_model_may_lead_a_plain_student() -> None:
+    full = CardScorer("full", "abc", 256, features=("fused",))
+    check_cascade_models(full, CardScorer("student", "abc", 256))
+
+
+def test_a_first_stage_aware_student_is_refused() -> None:
+    student = CardScorer("student", "abc", 256, features=("fused",))
     with pytest.raises(ConfigError, match="first-stage-aware"):
-        check_cascade_models(full, CardScorer("student", "abc", 256))
+        check_cascade_models(CardScorer("full", "abc", 256), student)
+
+
+def test_the_first_stage_leads_any_full_model_even_a_remote_one() -> None:
+    check_cascade_models(TableScorer("remote", {}), None)
 
 
 def test_a_model_without_a_card_cannot_be_checked_so_is_refused() -> None:
@@ -217,7 +299,8 @@ def test_a_model_without_a_card_cannot_be_checked_so_is_refused() -> None:
 
 
 def test_the_shipped_models_refuse_each_other_as_a_cascade() -> None:
-    """The first-stage-aware model as the full model, the plain one as its student."""
+    """The first-stage-aware model as the full model, the plain one as its student: they
+    read different lengths (192 and 256 tokens)."""
     repo = Path(__file__).resolve().parents[2]
     path = QueryPath(
         index="x",
@@ -227,8 +310,15 @@ def test_the_shipped_models_refuse_each_other_as_a_cascade() -> None:
     )
     from reranker.scoring import load_scorer
 
-    with pytest.raises(ConfigError, match="first-stage-aware"):
+    with pytest.raises(ConfigError, match="max_length"):
         cascade_for(path, load_scorer(path.model))
+
+
+def test_a_path_naming_the_first_stage_loads_no_student() -> None:
+    path = QueryPath(index="x", window=50, cascade_model=Path("first-stage"), cascade_k=30)
+    cascade = cascade_for(path, TableScorer("full", {}))
+    assert cascade == Cascade(None, 30)
+    assert cascade.student_id == "first-stage"
 
 
 def test_a_path_with_k_beyond_its_window_is_refused_before_loading() -> None:
@@ -281,6 +371,13 @@ def test_eval_refuses_bad_cascade_options_before_searching(args: list[str], mess
     assert message in result.output
 
 
+def test_eval_takes_first_stage_as_a_cascade_model_without_a_folder() -> None:
+    """The cascade options pass; what fails is the dataset, which is read after them."""
+    args = ["eval", "/nonexistent/dataset", "--modes", "rerank", "--cascade-model", "first-stage"]
+    result = CliRunner().invoke(main, [*args, "--cascade-k", "30"])
+    assert "cascade" not in result.output and "/nonexistent/dataset" in result.output
+
+
 # --------------------------------------------------------------------------- the proxy app
 
 
@@ -320,6 +417,17 @@ async def test_proxy_without_a_cascade_model_answers_a_clear_400() -> None:
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "illegal_argument_exception"
     assert "needs a cascade model" in response.json()["error"]["reason"]
+
+
+@pytest.mark.anyio
+async def test_proxy_with_the_first_stage_as_cascade_model_takes_a_cascade() -> None:
+    """No student to load: the request passes the cascade checks and reaches Elasticsearch
+    (closed here, so the answer is the first stage's error, not the cascade's 400)."""
+    response = await search_with(
+        closed_es_settings(cascade_model=Path("first-stage")), {"cascade": 10}
+    )
+    assert "cascade" not in response.json()["error"]["reason"]
+    assert response.status_code != 400
 
 
 @pytest.mark.anyio
