@@ -294,7 +294,13 @@ class Proxy:
                 model["reason"] = "loading"
             elif models.model_error:
                 model["reason"] = models.model_error
-            ok = (self.settings.scorer_only or bool(es_state["reachable"])) and scorer is not None
+            # ready once every load has finished (a model reading the dense score needs the
+            # embedder too), and a cross-encoder is there
+            ok = (
+                (self.settings.scorer_only or bool(es_state["reachable"]))
+                and scorer is not None
+                and models.loaded.is_set()
+            )
             if not self._may_see_details(request, self.settings.public_health_details):
                 # liveness only: no model, cluster or load details without a key
                 return self.respond(

@@ -222,7 +222,12 @@ class RerankHandler:
         if spec.dense is None:
             spec = replace(spec, dense=await self._hybrid_by_default(search.index))
         # what the first stage will really give: kNN needs the embedder too
-        self._check_model_features(bool(spec.dense) and self.models.encoder is not None)
+        dense = bool(spec.dense) and self.models.encoder is not None
+        if spec.dense and not dense and not self.models.loaded.is_set():
+            # the embedder is still loading: for a model that reads the dense score this is
+            # "not yet" (503, retry), not "never" (400)
+            self._check_model_features(dense, loading=True)
+        self._check_model_features(dense)
         blend = self.catalog.resolve(search.index, spec.blend)
         if spec.cascade is not None:
             self._check_cascade(blend)
@@ -301,14 +306,20 @@ class RerankHandler:
         self._embeddings_known[index] = (now, has)
         return has
 
-    def _check_model_features(self, dense: bool) -> None:
-        """400 when the loaded model reads a first-stage feature this search cannot give."""
+    def _check_model_features(self, dense: bool, *, loading: bool = False) -> None:
+        """400 when the loaded model reads a first-stage feature this search cannot give;
+        503 instead while the embedder that would give it is ``loading``."""
         scorer = self.models.scorer
         if scorer is None:
             return
         try:
             require_features(getattr(scorer, "feature_names", ()), "hybrid" if dense else "bm25")
         except FeatureUnavailable as exc:
+            if loading:
+                raise errors.reranker_unavailable(
+                    f"the cross-encoder {scorer.model_id} reads [{', '.join(exc.features)}] "
+                    "and the query embedder is still loading; retry shortly"
+                ) from None
             raise errors.bad_request(
                 f"the cross-encoder {scorer.model_id} reads the first-stage feature(s) "
                 f"[{', '.join(exc.features)}], which this search cannot provide: rerank with "

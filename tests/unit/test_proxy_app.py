@@ -292,3 +292,44 @@ async def test_without_a_key_health_is_liveness_only_and_metrics_401() -> None:
     assert live.status_code == 503 and live.json() == {"status": "unavailable"}
     assert_es_error(metrics, 401)
     assert keyed.status_code == 200
+
+
+async def test_a_model_reading_the_dense_score_answers_503_while_the_embedder_loads() -> None:
+    """Not yet (503, retry) rather than never (400): the shipped first-stage-aware model is
+    loaded, the embedder is not; the readiness check says unavailable meanwhile."""
+    import asyncio
+    import threading
+    from pathlib import Path
+
+    from reranker.scoring import Scorer
+
+    aware = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6-aware"
+    release = threading.Event()
+
+    def slow_embedder() -> Any:
+        release.wait(30)
+        raise RuntimeError("never mind")
+
+    app = create_app(
+        settings(),
+        scorer_factory=lambda: Scorer(aware, variant="int8", threads=1),
+        encoder_factory=slow_embedder,
+    )
+    try:
+        async with app.router.lifespan_context(app):
+            models = app.state.proxy.models
+            for _ in range(300):
+                if models.scorer is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert models.scorer is not None and not models.loaded.is_set()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
+                body = {"query": {"match": {"text": "x"}}, "rerank": {"hybrid": {"dense": True}}}
+                response = await http.post("/docs-1/_search", json=body)
+                assert_es_error(response, 503, "reranker_unavailable_exception")
+                assert "still loading" in response.json()["error"]["reason"]
+                assert (await http.get("/_health")).status_code == 503
+            release.set()
+    finally:
+        release.set()
