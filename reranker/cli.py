@@ -87,15 +87,23 @@ class RerankerGroup(click.Group):
     default=None,
     help="Elasticsearch URL [env RERANKER_ES_URL; default http://127.0.0.1:9200].",
 )
+@click.option(
+    "--embedder",
+    envvar="RERANKER_EMBEDDER",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Embedder folder for indexing and queries (`reranker train-embedder`'s embedder/) "
+    "[env RERANKER_EMBEDDER; default: the shipped all-MiniLM-L6-v2].",
+)
 @click.version_option(package_name="reranker")
 @click.pass_context
-def main(ctx: click.Context, es_url: str | None) -> None:
+def main(ctx: click.Context, es_url: str | None, embedder: Path | None) -> None:
     """Hybrid search reranking in front of Elasticsearch.
 
     Elasticsearch recalls candidates (BM25 and kNN); an ONNX cross-encoder reranks them.
     Start with `reranker es up`, then `reranker index` a corpus and `reranker eval` it.
     """
-    ctx.obj = Settings.from_env(es_url=es_url)
+    ctx.obj = Settings.from_env(es_url=es_url, embedder=embedder)
 
 
 def _client(ctx: click.Context) -> Elasticsearch:
@@ -1143,6 +1151,80 @@ def distill_cmd(
         f"distilled a {layers}-layer student in {info['seconds'] / 60:.1f} min "
         f"({info['steps']} steps); kept step {chosen.get('step')} "
         f"(held-out {json.dumps(chosen.get('datasets', {}))}) in {output_dir}"
+    )
+
+
+@main.command("train-embedder")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--base-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Local Hugging Face encoder folder [default: the shipped all-MiniLM-L6-v2].",
+)
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps.")
+@click.option("--batch-size", default=32, show_default=True, help="Queries per step.")
+@click.option("--lr", default=2e-5, show_default=True)
+@click.option("--scale", default=20.0, show_default=True, help="Cosine × scale → logits.")
+@click.option(
+    "--hard-negative-depth",
+    default=30,
+    show_default=True,
+    help="Hard negatives come from the hybrid window's top ranks (judged ones and their "
+    "neighbours excluded).",
+)
+@click.option("--name", default="all-MiniLM-L6-v2-finetuned", show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
+@click.option("--seed", default=7, show_default=True)
+def train_embedder_cmd(
+    datasets: tuple[Path, ...],
+    output_dir: Path,
+    base_model: Path | None,
+    epochs: int,
+    max_steps: int | None,
+    batch_size: int,
+    lr: float,
+    scale: float,
+    hard_negative_depth: int,
+    name: str,
+    threads: int | None,
+    seed: int,
+) -> None:
+    """Fine-tune the first stage's embedder on DATASETS' train qrels (BEIR folders).
+
+    In-batch negatives plus one hard negative per query from its hybrid window; the
+    checkpoint kept is the one whose hybrid list ranks held-out queries best (a dataset's dev
+    split, else 20 % of its train queries, the ones the first-stage-aware model holds out).
+    Writes OUTPUT/checkpoint (torch), OUTPUT/embedder (ONNX: what --embedder and
+    RERANKER_EMBEDDER name) and OUTPUT/train_info.json. An index built with another embedder
+    is rebuilt by `reranker eval`/`index` when they see the new one. Needs the train extra.
+    """
+    from reranker.embedder_train import EMBEDDER_DIR, EmbedderTrainConfig, train_embedder
+
+    for dataset in datasets:
+        if not (dataset / "corpus.jsonl").is_file():
+            raise click.BadParameter(f"{dataset} is not a BEIR folder (no corpus.jsonl)")
+    config = EmbedderTrainConfig(
+        datasets=list(datasets),
+        output=output_dir,
+        base_model=base_model,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        scale=scale,
+        hard_negative_depth=hard_negative_depth,
+        threads=threads,
+        seed=seed,
+        name=name,
+    )
+    info = train_embedder(config)
+    chosen = info["chosen"]
+    click.echo(
+        f"kept step {chosen['step']} (held-out hybrid NDCG@10 {chosen['mean']:.4f}; before "
+        f"{info['history'][0]['mean']:.4f}); use it with --embedder {output_dir / EMBEDDER_DIR}"
     )
 
 

@@ -61,6 +61,9 @@ class Settings:
     es_verify_certs: bool = True
     request_timeout_s: float = 30.0
     home: Path = field(default_factory=reranker_home)
+    embedder: Path | None = None
+    """An embedder folder (``reranker train-embedder``'s ``embedder/``) to use instead of the
+    shipped all-MiniLM-L6-v2 for indexing and queries (``--embedder``, ``RERANKER_EMBEDDER``)."""
 
     def __post_init__(self) -> None:
         parsed = urlparse(self.es_url)
@@ -91,6 +94,9 @@ class Settings:
             "es_ca_certs": os.environ.get("RERANKER_ES_CA_CERTS") or None,
             "es_ca_fingerprint": os.environ.get("RERANKER_ES_CA_FINGERPRINT") or None,
             "es_verify_certs": env_bool("RERANKER_ES_VERIFY_CERTS", True),
+            "embedder": Path(os.environ["RERANKER_EMBEDDER"])
+            if os.environ.get("RERANKER_EMBEDDER")
+            else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["es_api_key"] and not values["es_username"]:

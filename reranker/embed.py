@@ -154,16 +154,21 @@ class Embedder:
     def default(
         cls, settings: Settings | None = None, *, max_length: int = 256, threads: int | None = None
     ) -> Embedder:
-        """The shipped all-MiniLM-L6-v2, assembled on first use in the models cache.
+        """The embedder ``settings.embedder`` names, else the shipped all-MiniLM-L6-v2,
+        assembled on first use in the models cache.
 
-        The folder is ``settings.models_dir / "all-MiniLM-L6-v2"``: the repository's weight-free
-        graph beside the weights package's files (:func:`assemble_encoder`); one that fails its
-        checks is assembled again. Needs no torch.
+        The shipped one's folder is ``settings.models_dir / "all-MiniLM-L6-v2"``: the
+        repository's weight-free graph beside the weights package's files
+        (:func:`assemble_encoder`); one that fails its checks is assembled again. Needs no torch.
         """
         if settings is None:
             from reranker.config import Settings
 
             settings = Settings.from_env()
+        if settings.embedder is not None:
+            if not settings.embedder.is_dir():
+                raise ModelError(f"embedder folder {settings.embedder} does not exist")
+            return cls(settings.embedder, max_length=max_length, threads=threads)
         cache = settings.models_dir / EMBEDDER_CACHE_NAME
         try:
             return cls(cache, max_length=max_length, threads=threads)

@@ -1,0 +1,434 @@
+"""Fine-tuning the first stage's embedder on a deployment's judged queries.
+
+The dense half of the hybrid first stage is all-MiniLM-L6-v2, a bi-encoder trained on ~1B
+sentence pairs (~25M of them Stack Exchange title–body pairs, ~42M S2ORC title–abstract
+pairs). Fine-tuning it on the train qrels keeps all of that and adapts it to the corpus, and it
+costs far less than the cross-encoder's training: each query and each passage is encoded once
+per step, and every passage of a batch is a negative for every other query of the batch.
+
+Loss: multiple-negatives ranking (InfoNCE over cosine × ``scale``): for each (query, positive)
+of a batch, the other queries' positives and every query's one mined hard negative are the
+negatives; a passage that is judged relevant to the query is masked, never a negative. Hard
+negatives come from the query's hybrid window as the product builds it (BM25 + the current
+embedder, linear min-max fusion), ranks below ``hard_negative_depth`` that are at least
+``skip_around_positive`` ranks away from every positive (the ranks right around a positive hold
+unjudged relevant passages too). A batch never holds the same query twice, and batches do not
+mix datasets (cross-corpus negatives are too easy to teach anything).
+
+The checkpoint kept is the one with the best mean held-out NDCG@10 of the *hybrid* list it
+produces (Stack Exchange dev; SciFact's seeded 20 % train hold-out, the same queries the
+first-stage-aware model holds out), with step 0 (the embedder as it was) a candidate. The
+kept checkpoint is exported to ONNX (:func:`export.export_encoder`): a folder that
+:class:`~reranker.embed.Embedder` loads and ``--embedder`` names.
+
+Importing this module imports torch and transformers (the ``train`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
+from reranker.errors import ConfigError, SourceError
+from reranker.first_stage import Hit, HybridOptions, fuse
+from reranker.train import (
+    _quiet_transformers,
+    _versions,
+    cpu_supports_bf16,
+    default_base_model,
+    linear_warmup_schedule,
+    ranking_metrics,
+    seed_everything,
+)
+from reranker.training_data import BM25, _read_jsonl, read_qrels
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+EMBEDDER_DIR = "embedder"
+TRAIN_INFO_FILE = "train_info.json"
+
+
+@dataclass
+class EmbedderTrainConfig:
+    datasets: list[Path]
+    output: Path
+    base_model: Path | None = None
+    epochs: int = 2
+    max_steps: int | None = None
+    lr: float = 2e-5
+    batch_size: int = 32
+    scale: float = 20.0
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    hard_negative_depth: int = 30
+    skip_around_positive: int = 3
+    warmup_fraction: float = 0.1
+    dev_fraction: float = DEV_HOLDOUT_FRACTION
+    split_seed: int = DEV_HOLDOUT_SEED
+    seed: int = 7
+    threads: int | None = None
+    bf16: bool | None = None
+    cache_dir: Path | None = None
+    name: str = "all-MiniLM-L6-v2-finetuned"
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ConfigError("give at least one BEIR dataset folder to train on")
+        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise ConfigError("epochs and max steps must be at least 1")
+        if self.batch_size < 2:
+            raise ConfigError("the batch size must be at least 2 (in-batch negatives)")
+        if not self.lr > 0 or not self.scale > 0:
+            raise ConfigError("the learning rate and the scale must be positive")
+
+
+# --------------------------------------------------------------------------------------------
+# pure parts: examples, batches, the loss
+
+
+@dataclass(frozen=True)
+class Example:
+    query: str
+    positive: str
+    """doc id"""
+    hard_negatives: tuple[str, ...]
+    """doc ids, best-ranked first"""
+
+
+def training_examples(
+    query: str,
+    window: Sequence[str],
+    judged: dict[str, int],
+    *,
+    depth: int = 30,
+    skip: int = 3,
+) -> list[Example]:
+    """One example per judged-relevant passage of ``query``, each with the hard negatives of
+    the ``window`` (doc ids in first-stage order): ranks above ``depth`` that are not judged
+    relevant and lie at least ``skip`` ranks from every relevant one in the window; if that
+    leaves none, the unjudged ranks ``depth``..2·``depth``."""
+    relevant = {d for d, g in judged.items() if g > 0}
+    ranks = [r for r, d in enumerate(window) if d in relevant]
+    hard = [
+        d
+        for r, d in enumerate(window[:depth])
+        if d not in relevant and all(abs(r - p) >= skip for p in ranks)
+    ]
+    if not hard:
+        hard = [d for d in window[depth : 2 * depth] if d not in relevant]
+    return [Example(query, d, tuple(hard)) for d in judged if judged[d] > 0]
+
+
+def query_batches(
+    examples: Sequence[Example], batch_size: int, rng: random.Random
+) -> list[list[Example]]:
+    """``examples`` shuffled into batches of at most ``batch_size`` in which no query appears
+    twice (a second positive of the same query would be a false negative); a batch of a
+    single example teaches nothing and is dropped."""
+    pool = list(examples)
+    rng.shuffle(pool)
+    batches: list[list[Example]] = []
+    while pool:
+        batch: list[Example] = []
+        seen: set[str] = set()
+        rest: list[Example] = []
+        for example in pool:
+            if len(batch) < batch_size and example.query not in seen:
+                batch.append(example)
+                seen.add(example.query)
+            else:
+                rest.append(example)
+        pool = rest
+        if len(batch) > 1:
+            batches.append(batch)
+    return batches
+
+
+def in_batch_loss(
+    queries: torch.Tensor, passages: torch.Tensor, relevant: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Multiple-negatives ranking loss: ``queries`` (B × d) and ``passages`` (P × d, P ≥ B,
+    unit length; row i of the first B is query i's positive); ``relevant`` (B × P, bool) marks
+    the passages judged relevant to each query other than its own positive, which are masked
+    out rather than pushed away."""
+    batch = queries.shape[0]
+    scores = scale * queries.float() @ passages.float().T
+    diagonal = torch.zeros_like(relevant)
+    diagonal[torch.arange(batch), torch.arange(batch)] = True
+    scores = scores.masked_fill(relevant & ~diagonal, torch.finfo(scores.dtype).min / 2)
+    return torch.nn.functional.cross_entropy(scores, torch.arange(batch))
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class _Corpus:
+    name: str
+    doc_ids: list[str]
+    passages: dict[str, str]
+    queries: dict[str, str]
+    bm25: BM25
+    train: dict[str, dict[str, int]]
+    dev: dict[str, dict[str, int]]
+    dev_lexical: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def _load_corpus(dataset: Path, config: EmbedderTrainConfig) -> _Corpus:
+    qrels_dir = dataset / "qrels"
+    if not (qrels_dir / "train.tsv").is_file():
+        raise SourceError(f"{dataset}: no qrels/train.tsv to train on")
+    train = read_qrels(qrels_dir / "train.tsv")
+    test = qrels_dir / "test.tsv"
+    if test.is_file() and set(train) & set(read_qrels(test)):
+        raise SourceError(f"{dataset}: train queries that are test queries")
+    if (qrels_dir / "dev.tsv").is_file():
+        dev = read_qrels(qrels_dir / "dev.tsv")
+    else:
+        train, dev = split_queries(train, config.dev_fraction, config.split_seed)
+    rows = {str(r["_id"]): r for _, r in _read_jsonl(dataset / "corpus.jsonl")}
+    queries = {str(r["_id"]): str(r["text"]) for _, r in _read_jsonl(dataset / "queries.jsonl")}
+    doc_ids = list(rows)
+    passages = {d: passage_text(rows[d]) for d in doc_ids}
+    corpus = _Corpus(
+        name=dataset.name,
+        doc_ids=doc_ids,
+        passages=passages,
+        queries=queries,
+        bm25=BM25([passages[d] for d in doc_ids]),
+        train={q: j for q, j in train.items() if q in queries},
+        dev={q: j for q, j in dev.items() if q in queries},
+    )
+    corpus.dev_lexical = {q: corpus.bm25.top_k(queries[q], 100) for q in corpus.dev}
+    return corpus
+
+
+def _hybrid_window(
+    corpus: _Corpus,
+    lexical: list[tuple[int, float]],
+    cosine: np.ndarray,
+    depth: int = 100,
+) -> list[Hit]:
+    top = np.argsort(-cosine, kind="stable")[:depth]
+    dense = [Hit(corpus.doc_ids[i], float(cosine[i])) for i in top]
+    words = [Hit(corpus.doc_ids[i], s) for i, s in lexical]
+    return fuse(words, dense, HybridOptions(fusion="linear", depth=depth), depth)
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+
+
+class _BiEncoder:
+    """Mean-pooled, unit-length embeddings of a Hugging Face encoder."""
+
+    def __init__(self, folder: Path, config: EmbedderTrainConfig) -> None:
+        with _quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        self.config = config
+        self.bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+
+    def embed(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        if self.bf16 and self.model.training:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                hidden = self.model(**batch).last_hidden_state
+        else:
+            hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+        self.model.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.embed([texts[i] for i in chunk], max_length).numpy()
+        return out
+
+
+def _windows(
+    encoder: _BiEncoder, corpus: _Corpus, split: dict[str, dict[str, int]], lexical: bool
+) -> dict[str, list[Hit]]:
+    config = encoder.config
+    docs = encoder.encode([corpus.passages[d] for d in corpus.doc_ids], config.passage_max_length)
+    qids = list(split)
+    vectors = encoder.encode([corpus.queries[q] for q in qids], config.query_max_length)
+    out = {}
+    for qid, vector in zip(qids, vectors, strict=True):
+        words = (
+            corpus.dev_lexical[qid]
+            if lexical and qid in corpus.dev_lexical
+            else corpus.bm25.top_k(corpus.queries[qid], 100)
+        )
+        out[qid] = _hybrid_window(corpus, words, docs @ vector)
+    return out
+
+
+def _dev_scores(encoder: _BiEncoder, corpora: Sequence[_Corpus]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for corpus in corpora:
+        windows = _windows(encoder, corpus, corpus.dev, lexical=True)
+        run = {q: {h.id: h.score for h in hits} for q, hits in windows.items()}
+        scores[corpus.name] = round(ranking_metrics(corpus.dev, run)["nDCG@10"], 4)
+    scores["mean"] = round(float(np.mean([scores[c.name] for c in corpora])), 4)
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune, keep the best held-out checkpoint, export it; returns the training info
+    (also written to ``output/train_info.json``)."""
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    base = config.base_model or default_base_model()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = _BiEncoder(base, config)
+    corpora = [_load_corpus(Path(d), config) for d in config.datasets]
+    rng = random.Random(config.seed)
+    examples: dict[str, list[Example]] = {}
+    for corpus in corpora:
+        windows = _windows(encoder, corpus, corpus.train, lexical=False)
+        examples[corpus.name] = [
+            example
+            for qid, hits in windows.items()
+            for example in training_examples(
+                corpus.queries[qid],
+                [h.id for h in hits],
+                corpus.train[qid],
+                depth=config.hard_negative_depth,
+                skip=config.skip_around_positive,
+            )
+            if example.hard_negatives
+        ]
+        log.info("%s: %d training examples", corpus.name, len(examples[corpus.name]))
+    relevant_texts = {
+        corpus.name: {
+            corpus.queries[q]: {d for d, g in j.items() if g > 0} for q, j in corpus.train.items()
+        }
+        for corpus in corpora
+    }
+
+    def epoch_plan() -> list[tuple[_Corpus, list[Example]]]:
+        plan = [
+            (corpus, batch)
+            for corpus in corpora
+            for batch in query_batches(examples[corpus.name], config.batch_size, rng)
+        ]
+        rng.shuffle(plan)
+        return plan
+
+    per_epoch = len(epoch_plan())
+    if per_epoch == 0:
+        raise SourceError("no training batch: the datasets have no judged passage in reach")
+    total = per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    optimizer = torch.optim.AdamW(encoder.model.parameters(), lr=config.lr, weight_decay=0.01)
+    schedule = linear_warmup_schedule(optimizer, math.ceil(config.warmup_fraction * total), total)
+    started = time.perf_counter()
+    history = [{"step": 0, **_dev_scores(encoder, corpora)}]
+    log.info("held-out hybrid NDCG@10 before training: %s", history[0])
+    best = history[0]
+    checkpoint = out / CHECKPOINT_DIR
+    step = 0
+    with tqdm(total=total, disable=not progress, desc="train", unit="step") as bar:
+        for _epoch in range(config.epochs):
+            for corpus, batch in epoch_plan():
+                if step >= total:
+                    break
+                encoder.model.train()
+                negatives = [rng.choice(e.hard_negatives) for e in batch]
+                doc_ids = [e.positive for e in batch] + negatives
+                queries = encoder.embed([e.query for e in batch], config.query_max_length)
+                passages = encoder.embed(
+                    [corpus.passages[d] for d in doc_ids], config.passage_max_length
+                )
+                relevant = torch.tensor(
+                    [
+                        [d in relevant_texts[corpus.name].get(e.query, ()) for d in doc_ids]
+                        for e in batch
+                    ]
+                )
+                loss = in_batch_loss(queries, passages, relevant, config.scale)
+                optimizer.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            scores = {"step": step, **_dev_scores(encoder, corpora)}
+            history.append(scores)
+            log.info("held-out hybrid NDCG@10 after step %d: %s", step, scores)
+            if scores["mean"] > best["mean"]:
+                best = scores
+                if checkpoint.exists():
+                    shutil.rmtree(checkpoint)
+                encoder.model.save_pretrained(checkpoint)
+                encoder.tokenizer.save_pretrained(checkpoint)
+            if step >= total:
+                break
+    if best["step"] == 0:
+        log.warning("no step beat the embedder as it was on held-out queries; exporting it as is")
+        if checkpoint.exists():
+            shutil.rmtree(checkpoint)
+        shutil.copytree(base, checkpoint)
+    info: dict[str, Any] = {
+        "kind": "embedder",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": str(base),
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "datasets": {
+            c.name: {
+                "train_queries": len(c.train),
+                "dev_queries": len(c.dev),
+                "examples": len(examples[c.name]),
+            }
+            for c in corpora
+        },
+        "steps": step,
+        "steps_per_epoch": per_epoch,
+        "seconds": round(time.perf_counter() - started, 1),
+        "selection": "best mean held-out NDCG@10 of the hybrid list (linear, min-max, top 100)",
+        "history": history,
+        "chosen": best,
+        "versions": _versions(),
+    }
+    (checkpoint / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    from export.onnx_export import export_encoder
+
+    export_encoder(
+        checkpoint, out / EMBEDDER_DIR, name=config.name, max_length=config.passage_max_length
+    )
+    (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info

@@ -1,0 +1,150 @@
+"""Fine-tuning the first stage's embedder: the examples, the batches, the loss, and one tiny
+real run from the shipped weights to an ONNX embedder that ``--embedder`` loads."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reranker.cli import main
+from reranker.config import Settings
+from reranker.embed import Embedder
+from reranker.embedder_train import (
+    EmbedderTrainConfig,
+    Example,
+    in_batch_loss,
+    query_batches,
+    training_examples,
+)
+from reranker.errors import ConfigError, ModelError
+
+WINDOW = [f"d{i}" for i in range(40)]
+
+
+def test_hard_negatives_skip_the_ranks_around_every_positive() -> None:
+    examples = training_examples("q", WINDOW, {"d5": 2, "d6": 0}, depth=10, skip=3)
+    assert [e.positive for e in examples] == ["d5"]
+    # ranks 3..7 lie within 2 of rank 5; d6 is judged but not relevant, and near: skipped too
+    assert examples[0].hard_negatives == ("d0", "d1", "d2", "d8", "d9")
+
+
+def test_every_relevant_passage_is_an_example_with_the_same_negatives() -> None:
+    examples = training_examples("q", WINDOW, {"d0": 1, "d30": 2, "x": 1}, depth=5, skip=2)
+    assert [e.positive for e in examples] == ["d0", "d30", "x"]
+    assert {e.hard_negatives for e in examples} == {("d2", "d3", "d4")}
+
+
+def test_without_room_above_the_depth_negatives_come_from_below_it() -> None:
+    judged = {f"d{i}": 1 for i in range(3)}
+    examples = training_examples("q", WINDOW, judged, depth=3, skip=1)
+    assert examples[0].hard_negatives == ("d3", "d4", "d5")
+
+
+def test_a_batch_never_holds_a_query_twice_and_only_lone_leftovers_are_lost() -> None:
+    examples = [Example(f"q{i % 5}", f"d{i}", ("n",)) for i in range(23)]
+    batches = query_batches(examples, 4, random.Random(0))
+    for batch in batches:
+        assert len({e.query for e in batch}) == len(batch) <= 4
+    kept = [e.positive for batch in batches for e in batch]
+    assert len(kept) == len(set(kept)) and set(kept) <= {e.positive for e in examples}
+    assert len(kept) >= len(examples) - 1  # at most the last query's lone example
+
+
+def test_a_batch_of_one_is_dropped() -> None:
+    examples = [Example("q", f"d{i}", ("n",)) for i in range(3)]
+    assert query_batches(examples, 8, random.Random(0)) == []
+
+
+def test_the_loss_is_low_when_each_query_is_nearest_its_positive() -> None:
+    eye = torch.eye(4)
+    good = in_batch_loss(eye[:2], eye, torch.zeros(2, 4, dtype=torch.bool), 20.0)
+    swapped = in_batch_loss(eye[:2], eye[[1, 0, 2, 3]], torch.zeros(2, 4, dtype=torch.bool), 20.0)
+    assert good.item() < 1e-6 < swapped.item()
+
+
+def test_a_passage_relevant_to_the_query_is_masked_not_pushed_away() -> None:
+    queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    # passage 2 is as close to query 0 as its positive: a penalty unless masked
+    passages = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    relevant = torch.tensor([[False, False, True], [False, False, False]])
+    masked = in_batch_loss(queries, passages, relevant, 20.0)
+    unmasked = in_batch_loss(queries, passages, torch.zeros_like(relevant), 20.0)
+    assert masked.item() < 1e-6 < unmasked.item()
+
+
+def test_a_config_without_datasets_or_with_a_batch_of_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        EmbedderTrainConfig(datasets=[], output=tmp_path)
+    with pytest.raises(ConfigError, match="batch size"):
+        EmbedderTrainConfig(datasets=[tmp_path], output=tmp_path, batch_size=1)
+
+
+def test_a_missing_embedder_folder_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        Embedder.default(Settings(embedder=tmp_path / "nowhere"))
+
+
+def test_train_embedder_refuses_a_folder_that_is_not_beir(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["train-embedder", str(tmp_path), "--output", "x"])
+    assert result.exit_code == 2
+    assert "not a BEIR folder" in result.output
+
+
+SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
+
+
+@pytest.fixture(scope="module")
+def tiny_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 SciFact train queries (no dev split: 20 % are held out), their abstracts and 100
+    others."""
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        pytest.skip("SciFact data not found beside the repository")
+    folder = tmp_path_factory.mktemp("tiny-beir")
+    rows = [
+        line.split("\t") for line in (SCIFACT / "qrels" / "train.tsv").read_text().splitlines()[1:]
+    ]
+    qids = list(dict.fromkeys(r[0] for r in rows))[:40]
+    kept = [r for r in rows if r[0] in qids]
+    wanted = {r[1] for r in kept}
+    docs, others = [], 0
+    for line in (SCIFACT / "corpus.jsonl").read_text().splitlines():
+        doc = json.loads(line)
+        if doc["_id"] in wanted or others < 100:
+            others += doc["_id"] not in wanted
+            docs.append(line)
+    (folder / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    queries = [q for q in (SCIFACT / "queries.jsonl").read_text().splitlines()]
+    (folder / "queries.jsonl").write_text(
+        "\n".join(q for q in queries if json.loads(q)["_id"] in qids) + "\n"
+    )
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept)
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_a_short_run_exports_an_embedder_that_the_cli_loads(
+    tiny_beir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ft"
+    args = ["train-embedder", str(tiny_beir), "--output", str(out), "--epochs", "1"]
+    result = CliRunner().invoke(
+        main, [*args, "--batch-size", "8", "--max-steps", "2", "--threads", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["steps"] == 2 and info["history"][0]["step"] == 0
+    assert info["datasets"][tiny_beir.name]["dev_queries"] > 0
+    assert "use it with --embedder" in result.output
+    embedder = Embedder.default(Settings(embedder=out / "embedder"))
+    vectors = embedder.encode(["coffee and the heart", "stem cells"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.model_id.startswith("all-MiniLM-L6-v2-finetuned@")
