@@ -373,6 +373,44 @@ def export_encoder(
     return out_dir
 
 
+def add_encoder_int8(folder: Path, *, keep_fp32: bool = True) -> dict[str, Any]:
+    """Add a per-channel dynamic int8 variant (``model.int8.onnx``) to an exported encoder
+    folder and record it in its card, with the largest embedding difference from fp32 on a few
+    sentences; without ``keep_fp32`` the fp32 graph is dropped (a small shipped embedder).
+    Returns the card. int8 changes the vectors: an index records the variant with the model."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export.card import file_hashes, prune_variants
+    from reranker.models import write_json_atomic
+
+    folder = Path(folder)
+    card: dict[str, Any] = json.loads((folder / ENCODER_CARD).read_text(encoding="utf-8"))
+    with _quiet_ort_tools():
+        quantize_dynamic(
+            str(folder / FP32_FILE),
+            str(folder / INT8_FILE),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # the graph is already fused; its contrib ops' outputs have no inferred type
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    tokenizer = make_tokenizer(folder / "tokenizer.json", int(card.get("max_length", 256)))
+    batches = parity_batches(tokenizer, list(_DEFAULT_PARITY_TEXTS))
+    fp32 = onnx_outputs(folder / FP32_FILE, batches)
+    int8 = onnx_outputs(folder / INT8_FILE, batches)
+    diff = max(
+        float(np.abs(mean_pool(a, b["attention_mask"]) - mean_pool(c, b["attention_mask"])).max())
+        for a, c, b in zip(fp32, int8, batches, strict=True)
+    )
+    card["variants"]["int8"] = {"file": INT8_FILE, "max_abs_diff_vs_fp32": round(diff, 5)}
+    card["files"] = file_hashes(folder, exclude=(ENCODER_CARD,))
+    write_json_atomic(folder / ENCODER_CARD, card)
+    if not keep_fp32:
+        card = prune_variants(folder, ENCODER_CARD, ["int8"])
+    return card
+
+
 # --------------------------------------------------------------------------------------------
 # the cross-encoder
 

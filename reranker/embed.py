@@ -74,15 +74,28 @@ class Embedder:
     """
 
     def __init__(
-        self, model_dir: Path, *, max_length: int = 256, threads: int | None = None
+        self,
+        model_dir: Path,
+        *,
+        max_length: int = 256,
+        threads: int | None = None,
+        variant: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         card = read_card(self.model_dir, ENCODER_CARD)
         if card.get("kind") != "encoder":
             raise ModelError(f"{self.model_dir} holds a {card.get('kind')!r} model, not an encoder")
-        fp32 = card.get("variants", {}).get("fp32", {})
-        onnx_name = str(fp32.get("file", "model.onnx"))
-        external = [str(fp32["external_data"])] if fp32.get("external_data") else []
+        variants: dict[str, Any] = card.get("variants") or {"fp32": {}}
+        if variant is None:  # fp32 where the folder has it, else what it ships (e.g. int8)
+            variant = "fp32" if "fp32" in variants else next(iter(variants))
+        if variant not in variants:
+            raise ModelError(
+                f"{self.model_dir} has no {variant!r} embedder; it has {', '.join(variants)}"
+            )
+        self.variant = variant
+        chosen = variants[variant]
+        onnx_name = str(chosen.get("file", "model.onnx"))
+        external = [str(chosen["external_data"])] if chosen.get("external_data") else []
         verify_files(self.model_dir, card, [onnx_name, *external, "tokenizer.json"])
         if max_length < 2:
             raise ModelError(f"max_length must be at least 2, got {max_length}")
@@ -96,8 +109,10 @@ class Embedder:
         self.dim: int = int(card.get("dim") or self._session.get_outputs()[0].shape[-1])
         sources: dict[str, str] = card.get("source", {}).get("sha256", {}) or {}
         digest = next(iter(sorted(sources.values())), None) or card["files"][onnx_name]
-        #: name and the sha256 of the source weights: identifies the embedding space
-        self.model_id: str = f"{card.get('name', self.model_dir.name)}@{digest[:12]}"
+        #: name and the sha256 of the source weights (and the variant unless fp32): identifies
+        #: the embedding space, which an index records
+        suffix = "" if variant == "fp32" else f"/{variant}"
+        self.model_id: str = f"{card.get('name', self.model_dir.name)}@{digest[:12]}{suffix}"
         self._lock = threading.Lock()
         self.truncated = 0  # texts cut to max_length, over the life of this object
 

@@ -18,8 +18,8 @@ mix datasets (cross-corpus negatives are too easy to teach anything).
 The checkpoint kept is the one with the best mean held-out NDCG@10 of the *hybrid* list it
 produces (Stack Exchange dev; SciFact's seeded 20 % train hold-out, the same queries the
 first-stage-aware model holds out), with step 0 (the embedder as it was) a candidate. The
-kept checkpoint is exported to ONNX (:func:`export.export_encoder`): a folder that
-:class:`~reranker.embed.Embedder` loads and ``--embedder`` names.
+kept checkpoint is exported to ONNX (:func:`export.export_encoder`, fp32, plus a dynamic int8
+variant): a folder that :class:`~reranker.embed.Embedder` loads and ``--embedder`` names.
 
 Importing this module imports torch and transformers (the ``train`` extra).
 """
@@ -425,10 +425,11 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
         "versions": _versions(),
     }
     (checkpoint / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    from export.onnx_export import export_encoder
+    from export.onnx_export import add_encoder_int8, export_encoder
 
     export_encoder(
         checkpoint, out / EMBEDDER_DIR, name=config.name, max_length=config.passage_max_length
     )
+    add_encoder_int8(out / EMBEDDER_DIR)
     (out / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

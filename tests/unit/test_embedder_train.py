@@ -90,6 +90,13 @@ def test_a_missing_embedder_folder_is_a_model_error(tmp_path: Path) -> None:
         Embedder.default(Settings(embedder=tmp_path / "nowhere"))
 
 
+def test_an_embedder_variant_the_folder_lacks_is_a_model_error() -> None:
+    from reranker.models import SHIPPED_ENCODER_GRAPH
+
+    with pytest.raises(ModelError, match="no 'int8' embedder"):
+        Embedder(SHIPPED_ENCODER_GRAPH, variant="int8")
+
+
 def test_train_embedder_refuses_a_folder_that_is_not_beir(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["train-embedder", str(tmp_path), "--output", "x"])
     assert result.exit_code == 2
@@ -145,6 +152,29 @@ def test_a_short_run_exports_an_embedder_that_the_cli_loads(
     assert info["datasets"][tiny_beir.name]["dev_queries"] > 0
     assert "use it with --embedder" in result.output
     embedder = Embedder.default(Settings(embedder=out / "embedder"))
-    vectors = embedder.encode(["coffee and the heart", "stem cells"])
+    texts = ["coffee and the heart", "stem cells"]
+    vectors = embedder.encode(texts)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert embedder.model_id.startswith("all-MiniLM-L6-v2-finetuned@")
+    int8 = Embedder(out / "embedder", variant="int8")
+    assert int8.model_id == f"{embedder.model_id}/int8"  # another embedding space
+    assert (np.sum(int8.encode(texts) * vectors, axis=1) > 0.98).all()
+
+
+def test_the_embedder_setting_comes_from_the_environment_and_the_option_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RERANKER_EMBEDDER", str(tmp_path / "from-env"))
+    assert Settings.from_env().embedder == tmp_path / "from-env"
+    assert Settings.from_env(embedder=tmp_path / "given").embedder == tmp_path / "given"
+    monkeypatch.delenv("RERANKER_EMBEDDER")
+    assert Settings.from_env().embedder is None
+
+
+def test_the_shipped_fine_tuned_embedder_loads_as_int8_with_its_own_id() -> None:
+    folder = Path(__file__).resolve().parents[2] / "models" / "all-MiniLM-L6-v2-scifact-se"
+    embedder = Embedder.default(Settings(embedder=folder))
+    assert embedder.variant == "int8" and embedder.model_id.endswith("/int8")
+    assert embedder.model_id.startswith("all-MiniLM-L6-v2-scifact-se@")
+    vectors = embedder.encode(["coffee and the heart", "stem cell niches"])
+    assert vectors.shape == (2, 384) and abs(float(vectors[0] @ vectors[1])) < 0.9
