@@ -62,8 +62,27 @@ def documents_index_body(
     # Refresh off during the bulk load; turned back on before the count check.
     body["settings"]["index"]["refresh_interval"] = "-1"
     body["mappings"]["properties"]["embedding"]["dims"] = dims
+    if meta.get("embedder"):
+        # field metadata comes back in field caps, which a read-only client may call: the
+        # proxy compares it with the embedder it would query with
+        body["mappings"]["properties"]["embedding"]["meta"] = {
+            EMBEDDER_META_KEY: embedder_stamp(str(meta["embedder"]))
+        }
     body["mappings"]["_meta"] = {"reranker": {**meta, "analyzer": analysis_name}}
     return body
+
+
+#: the key of the embedder's id in the ``embedding`` field's mapping metadata
+EMBEDDER_META_KEY = "embedder"
+#: Elasticsearch's limit on a field metadata value's length
+FIELD_META_MAX = 50
+
+
+def embedder_stamp(model_id: str) -> str:
+    """An embedder's id as the ``embedding`` field's metadata holds it: field metadata
+    values are at most 50 characters, so a longer id keeps its tail (the weights' hash and
+    the variant, which tell embedding spaces apart)."""
+    return model_id if len(model_id) <= FIELD_META_MAX else model_id[-FIELD_META_MAX:]
 
 
 def versioned_index_name(client: Elasticsearch, alias: str, now: datetime | None = None) -> str:

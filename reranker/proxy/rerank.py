@@ -26,6 +26,7 @@ from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
 from reranker.errors import ConfigError, ModelError
+from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
 from reranker.es.queries import knn_clause
 from reranker.first_stage import Hit, fuse
 from reranker.first_stage_features import FeatureUnavailable, require_features
@@ -198,6 +199,8 @@ class RerankHandler:
         self.embed_executor = ThreadPoolExecutor(1, "reranker-embed")
         self._searcher = searcher
         self._upstream_headers = upstream_headers
+        #: index expression → the embedder its vectors came from, where it is not ours
+        self._foreign_embeddings: dict[str, str] = {}
         self._embeddings_known: dict[str, tuple[float, bool]] = {}
 
     def close(self) -> None:
@@ -221,6 +224,16 @@ class RerankHandler:
             raise errors.bad_request("dense retrieval is switched off on this proxy")
         if spec.dense is None:
             spec = replace(spec, dense=await self._hybrid_by_default(search.index))
+        elif spec.dense and self.models.encoder is not None:
+            await self._hybrid_by_default(search.index)  # probes the index's embedder
+            foreign = self._foreign_embeddings.get(search.index)
+            if foreign:
+                raise errors.bad_request(
+                    f"[{search.index}] was embedded with {foreign}; this proxy embeds queries "
+                    f"with {embedder_stamp(self.models.encoder.model_id)}, so kNN would "
+                    "compare different embedding spaces: reindex with this embedder, or serve "
+                    "with the index's (--embedder)"
+                )
         # what the first stage will really give: kNN needs the embedder too
         dense = bool(spec.dense) and self.models.encoder is not None
         if spec.dense and not dense and not self.models.loaded.is_set():
@@ -298,11 +311,23 @@ class RerankHandler:
             )
             types = caps.get("fields", {}).get(EMBEDDING_FIELD, {})
             has = set(types) == {"dense_vector"}
+            stamped = (types.get("dense_vector") or {}).get("meta", {}).get(EMBEDDER_META_KEY)
+            ours = embedder_stamp(self.models.encoder.model_id)
+            if has and stamped and set(stamped) != {ours}:
+                # vectors of another embedding space: kNN with our query vectors would rank
+                # at random, so this index gets BM25 candidates
+                log.warning("%s was embedded with %s, this proxy embeds with %s: BM25 only",
+                            index, ", ".join(stamped), ours)  # fmt: skip
+                self._foreign_embeddings[index] = ", ".join(stamped)
+                has = False
+            else:
+                self._foreign_embeddings.pop(index, None)
         except Exception as exc:  # no answer → BM25 only, never a failed search
             log.warning("could not tell whether %s has embeddings: %s", index, exc)
             return False
         if len(self._embeddings_known) > 1024:
             self._embeddings_known.clear()
+            self._foreign_embeddings.clear()
         self._embeddings_known[index] = (now, has)
         return has
 

@@ -306,6 +306,35 @@ async def test_an_index_without_embeddings_is_reranked_over_bm25_by_default(
         es_client.indices.delete(index=plain)
 
 
+async def test_an_index_embedded_by_another_model_gets_bm25_and_a_400_for_explicit_knn(
+    proxy: httpx.AsyncClient, proxy_alias: str, es_client: Elasticsearch, embedder: Embedder
+) -> None:
+    """kNN with our query vectors against another embedding space would rank at random."""
+    foreign = f"{proxy_alias}-foreign"
+    stamp = {"embedder": "someone-else@0123456789ab/int8"}
+    vector = {"type": "dense_vector", "dims": embedder.dim, "meta": stamp}
+    es_client.indices.create(index=foreign, mappings={"properties": {"embedding": vector}})
+    for i, text in enumerate(["human cells and protein expression", "disease in cells"]):
+        doc = {"title": "", "text": text, "embedding": [0.1] * embedder.dim}
+        es_client.index(index=foreign, id=str(i), document=doc)
+    es_client.indices.refresh(index=foreign)
+    try:
+        by_default = await proxy.post(f"/{foreign}/_search", json=rerank_body())
+        assert by_default.status_code == 200
+        assert by_default.json()["rerank"]["first_stage"] == "bm25"
+        explicit = await proxy.post(f"/{foreign}/_search", json=rerank_body(hybrid={"dense": True}))
+        assert explicit.status_code == 400
+        assert "embedded with someone-else@0123456789ab/int8" in explicit.json()["error"]["reason"]
+        # the alias built with this embedder carries its stamp and stays hybrid
+        mapping = es_client.indices.get_mapping(index=proxy_alias)
+        (only,) = mapping.body.values()
+        assert only["mappings"]["properties"]["embedding"]["meta"] == {
+            "embedder": embedder.model_id
+        }
+    finally:
+        es_client.indices.delete(index=foreign)
+
+
 class FeatureSpyScorer(Scorer):
     """The real scorer posing as a first-stage-aware model: it records the features it gets
     and adds the fused one to its logits."""

@@ -178,3 +178,11 @@ def test_the_shipped_fine_tuned_embedder_loads_as_int8_with_its_own_id() -> None
     assert embedder.model_id.startswith("all-MiniLM-L6-v2-scifact-se@")
     vectors = embedder.encode(["coffee and the heart", "stem cell niches"])
     assert vectors.shape == (2, 384) and abs(float(vectors[0] @ vectors[1])) < 0.9
+
+
+def test_an_embedder_stamp_keeps_the_tail_of_a_long_id() -> None:
+    from reranker.es.mappings import embedder_stamp
+
+    assert embedder_stamp("all-MiniLM-L6-v2@53aa51172d14") == "all-MiniLM-L6-v2@53aa51172d14"
+    long = "a-very-long-embedder-name-for-some-corpus-v2@0123456789ab/int8"
+    assert len(embedder_stamp(long)) == 50 and embedder_stamp(long).endswith("@0123456789ab/int8")
