@@ -1156,7 +1156,13 @@ def distill_cmd(
 
 @main.command("train-embedder")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "output_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for checkpoint/, embedder/ and train_info.json.",
+)
 @click.option(
     "--base-model",
     type=click.Path(path_type=Path),
@@ -1198,8 +1204,9 @@ def train_embedder_cmd(
     checkpoint kept is the one whose hybrid list ranks held-out queries best (a dataset's dev
     split, else 20 % of its train queries, the ones the first-stage-aware model holds out).
     Writes OUTPUT/checkpoint (torch), OUTPUT/embedder (ONNX: what --embedder and
-    RERANKER_EMBEDDER name) and OUTPUT/train_info.json. An index built with another embedder
-    is rebuilt by `reranker eval`/`index` when they see the new one. Needs the train extra.
+    RERANKER_EMBEDDER name) and OUTPUT/train_info.json. Index with the new embedder before
+    querying with it: `reranker eval` rebuilds an alias whose recorded embedder differs, and
+    the proxy refuses kNN across two embedders. Needs the train extra.
     """
     from reranker.embedder_train import EMBEDDER_DIR, EmbedderTrainConfig, train_embedder
 
