@@ -367,6 +367,23 @@ def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: 
     )
 
 
+def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
+    """Refuse kNN with query vectors of another embedding space than the index's (the
+    embedder ``reranker index`` recorded in its ``_meta``; an index without one passes)."""
+    from reranker.errors import ConfigError
+    from reranker.es.mappings import index_meta
+
+    try:
+        recorded = index_meta(client, alias).get("embedder")
+    except Exception:  # not readable here: the search itself reports what is wrong
+        return
+    if recorded and recorded != model_id:
+        raise ConfigError(
+            f"{alias} was embedded with {recorded}, and this command embeds queries with "
+            f"{model_id}: pass the index's embedder (--embedder), reindex, or use --mode bm25"
+        )
+
+
 @main.command("search")
 @click.argument("text")
 @click.option("--alias", required=True, help="Index or alias to search.")
@@ -416,7 +433,10 @@ def search_cmd(
         variant=variant,
     )
     encoder = _embedder(ctx) if mode != "bm25" else None
-    pipeline = build_pipeline(path, _client(ctx), encoder)
+    client = _client(ctx)
+    if encoder is not None:
+        _check_index_embedder(client, alias, encoder.model_id)
+    pipeline = build_pipeline(path, client, encoder)
     result = pipeline.search(text, k=k)
     if result.degraded:
         click.echo(f"warning: {result.degraded}", err=True)

@@ -257,3 +257,28 @@ def test_bench_window_times_each_step_of_the_ladder_on_real_windows(
         assert too_deep.exit_code == 2 and "at most --window (20)" in too_deep.output
     finally:
         delete_indices_named_after(es_client, alias)
+
+
+def test_search_refuses_knn_with_another_embedder_than_the_index_was_built_with(
+    es_node: Any, es_client: Any, mini_scifact: Path
+) -> None:
+    alias = "test-search-embedder"
+    fine_tuned = Path(__file__).resolve().parents[2] / "models" / "all-MiniLM-L6-v2-scifact-se"
+    base = ["--es-url", es_node.url]
+    try:
+        indexed = CliRunner().invoke(
+            main, [*base, "eval", str(mini_scifact), "--alias", alias, "--modes", "bm25"]
+        )
+        assert indexed.exit_code == 0, indexed.output
+        query = ["search", "coffee and the heart", "--alias", alias, "--k", "3"]
+        other = CliRunner().invoke(main, [*base, "--embedder", str(fine_tuned), *query])
+        assert other.exit_code == 2
+        assert "was embedded with all-MiniLM-L6-v2@" in other.output
+        lexical = CliRunner().invoke(
+            main, [*base, "--embedder", str(fine_tuned), *query, "--mode", "bm25"]
+        )
+        assert lexical.exit_code == 0, lexical.output
+        same = CliRunner().invoke(main, [*base, *query, "--mode", "hybrid"])
+        assert same.exit_code == 0, same.output
+    finally:
+        delete_indices_named_after(es_client, alias)
