@@ -1228,8 +1228,11 @@ def train_embedder_cmd(
     querying with it: `reranker eval` rebuilds an alias whose recorded embedder differs, and
     the proxy refuses kNN across two embedders. Needs the train extra.
     """
+    import logging
+
     from reranker.embedder_train import EMBEDDER_DIR, EmbedderTrainConfig, train_embedder
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for dataset in datasets:
         if not (dataset / "corpus.jsonl").is_file():
             raise click.BadParameter(f"{dataset} is not a BEIR folder (no corpus.jsonl)")

@@ -260,21 +260,38 @@ class _BiEncoder:
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], max_length: int, batch_size: int = 64, label: str = ""
+    ) -> np.ndarray:
         self.model.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), int(self.model.config.hidden_size)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self.embed([texts[i] for i in chunk], max_length).numpy()
+        with tqdm(total=len(texts), disable=not label, desc=label, unit="text") as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                out[chunk] = self.embed([texts[i] for i in chunk], max_length).numpy()
+                bar.update(len(chunk))
         return out
 
 
+def _corpus_vectors(encoder: _BiEncoder, corpus: _Corpus) -> np.ndarray:
+    texts = [corpus.passages[d] for d in corpus.doc_ids]
+    return encoder.encode(
+        texts, encoder.config.passage_max_length, label=f"embedding {corpus.name}"
+    )
+
+
 def _windows(
-    encoder: _BiEncoder, corpus: _Corpus, split: dict[str, dict[str, int]], lexical: bool
+    encoder: _BiEncoder,
+    corpus: _Corpus,
+    split: dict[str, dict[str, int]],
+    lexical: bool,
+    docs: np.ndarray | None = None,
 ) -> dict[str, list[Hit]]:
+    """Each query's hybrid top 100 (``docs``: the corpus's vectors, if already encoded)."""
     config = encoder.config
-    docs = encoder.encode([corpus.passages[d] for d in corpus.doc_ids], config.passage_max_length)
+    if docs is None:
+        docs = _corpus_vectors(encoder, corpus)
     qids = list(split)
     vectors = encoder.encode([corpus.queries[q] for q in qids], config.query_max_length)
     out = {}
@@ -288,10 +305,13 @@ def _windows(
     return out
 
 
-def _dev_scores(encoder: _BiEncoder, corpora: Sequence[_Corpus]) -> dict[str, float]:
+def _dev_scores(
+    encoder: _BiEncoder, corpora: Sequence[_Corpus], vectors: Sequence[np.ndarray] | None = None
+) -> dict[str, float]:
     scores: dict[str, float] = {}
-    for corpus in corpora:
-        windows = _windows(encoder, corpus, corpus.dev, lexical=True)
+    for n, corpus in enumerate(corpora):
+        docs = vectors[n] if vectors is not None else None
+        windows = _windows(encoder, corpus, corpus.dev, lexical=True, docs=docs)
         run = {q: {h.id: h.score for h in hits} for q, hits in windows.items()}
         scores[corpus.name] = round(ranking_metrics(corpus.dev, run)["nDCG@10"], 4)
     scores["mean"] = round(float(np.mean([scores[c.name] for c in corpora])), 4)
@@ -315,8 +335,9 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
     corpora = [_load_corpus(Path(d), config) for d in config.datasets]
     rng = random.Random(config.seed)
     examples: dict[str, list[Example]] = {}
-    for corpus in corpora:
-        windows = _windows(encoder, corpus, corpus.train, lexical=False)
+    start_vectors = [_corpus_vectors(encoder, corpus) for corpus in corpora]
+    for corpus, docs in zip(corpora, start_vectors, strict=True):
+        windows = _windows(encoder, corpus, corpus.train, lexical=False, docs=docs)
         examples[corpus.name] = [
             example
             for qid, hits in windows.items()
@@ -355,7 +376,8 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
     optimizer = torch.optim.AdamW(encoder.model.parameters(), lr=config.lr, weight_decay=0.01)
     schedule = linear_warmup_schedule(optimizer, math.ceil(config.warmup_fraction * total), total)
     started = time.perf_counter()
-    history = [{"step": 0, **_dev_scores(encoder, corpora)}]
+    history = [{"step": 0, **_dev_scores(encoder, corpora, start_vectors)}]
+    del start_vectors
     log.info("held-out hybrid NDCG@10 before training: %s", history[0])
     best = history[0]
     checkpoint = out / CHECKPOINT_DIR
