@@ -32,6 +32,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from benchmarks.session_options import session as options_session
 from reranker.batching import pad_encodings
 from reranker.scoring import Scorer
 from tests.unit.conftest import load_scifact_pairs
@@ -72,19 +73,15 @@ class Reader(CalibrationDataReader):
         return self.batches[self.position - 1]
 
 
+def session(path: Path) -> ort.InferenceSession:
+    """The shipped session options (``benchmarks/session_options.py``) over ``path``."""
+    return options_session(str(path), {})
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Rank correlation of two score vectors (float logits: no ties to average)."""
     ranks = [np.argsort(np.argsort(x)).astype(np.float64) for x in (a, b)]
     return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
-
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = 2
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:

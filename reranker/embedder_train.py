@@ -46,6 +46,7 @@ from transformers import AutoModel, AutoTokenizer
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, SourceError
 from reranker.first_stage import Hit, HybridOptions, fuse
+from reranker.losses import in_batch_loss
 from reranker.train import (
     _quiet_transformers,
     _versions,
@@ -158,21 +159,6 @@ def query_batches(
         if len(batch) > 1:
             batches.append(batch)
     return batches
-
-
-def in_batch_loss(
-    queries: torch.Tensor, passages: torch.Tensor, relevant: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """Multiple-negatives ranking loss: ``queries`` (B × d) and ``passages`` (P × d, P ≥ B,
-    unit length; row i of the first B is query i's positive); ``relevant`` (B × P, bool) marks
-    the passages judged relevant to each query other than its own positive, which are masked
-    out rather than pushed away."""
-    batch = queries.shape[0]
-    scores = scale * queries.float() @ passages.float().T
-    diagonal = torch.zeros_like(relevant)
-    diagonal[torch.arange(batch), torch.arange(batch)] = True
-    scores = scores.masked_fill(relevant & ~diagonal, torch.finfo(scores.dtype).min / 2)
-    return torch.nn.functional.cross_entropy(scores, torch.arange(batch))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Losses of cross-encoder training (torch)."""
+"""Losses of cross-encoder and embedder training (torch)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,18 @@ def margin_mse_loss(
         losses.append(torch.mean((ds - dt) ** 2))
         start += size
     return torch.stack(losses).mean()
+
+
+def in_batch_loss(
+    queries: torch.Tensor, passages: torch.Tensor, relevant: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Multiple-negatives ranking loss: ``queries`` (B × d) and ``passages`` (P × d, P ≥ B,
+    unit length; row i of the first B is query i's positive); ``relevant`` (B × P, bool) marks
+    the passages judged relevant to each query other than its own positive, which are masked
+    out rather than pushed away."""
+    batch = queries.shape[0]
+    scores = scale * queries.float() @ passages.float().T
+    diagonal = torch.zeros_like(relevant)
+    diagonal[torch.arange(batch), torch.arange(batch)] = True
+    scores = scores.masked_fill(relevant & ~diagonal, torch.finfo(scores.dtype).min / 2)
+    return torch.nn.functional.cross_entropy(scores, torch.arange(batch))

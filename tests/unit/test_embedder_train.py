@@ -18,11 +18,11 @@ from reranker.embed import Embedder
 from reranker.embedder_train import (
     EmbedderTrainConfig,
     Example,
-    in_batch_loss,
     query_batches,
     training_examples,
 )
 from reranker.errors import ConfigError, ModelError
+from reranker.losses import in_batch_loss
 
 WINDOW = [f"d{i}" for i in range(40)]
 
