@@ -136,7 +136,9 @@ def _accepted_inputs(model: torch.nn.Module) -> list[str]:
 
 
 def _wrap(model: torch.nn.Module, accepted: Sequence[str], output: str) -> torch.nn.Module:
-    """A module taking positional tensors and returning one tensor (``output`` of the model)."""
+    """A module taking positional tensors and returning one tensor (``output`` of the model);
+    a first-stage-aware model with signal heads returns its logits and then each head's
+    prediction, in :func:`_output_names` order."""
     import torch
 
     class _Wrapped(torch.nn.Module):
@@ -144,10 +146,12 @@ def _wrap(model: torch.nn.Module, accepted: Sequence[str], output: str) -> torch
             super().__init__()
             self.inner = model
 
-        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        def forward(self, *tensors: torch.Tensor) -> Any:
             kwargs = dict(zip(accepted, tensors, strict=True))
             if "first_stage" in kwargs:  # a first-stage-aware model returns its logits
-                logits: torch.Tensor = self.inner(**kwargs)
+                logits, signals = self.inner.forward_heads(**kwargs)  # type: ignore[operator]
+                if signals:
+                    return (logits, *signals.values())
                 return logits
             result = self.inner(**kwargs, return_dict=True)
             value: torch.Tensor = getattr(result, output)
@@ -156,10 +160,15 @@ def _wrap(model: torch.nn.Module, accepted: Sequence[str], output: str) -> torch
     return _Wrapped().eval()
 
 
+def _output_names(model: torch.nn.Module, output: str) -> list[str]:
+    """``output``, then the signal heads of a multi-task model (named ONNX outputs)."""
+    return [output, *getattr(model, "signal_head_names", ())]
+
+
 def _torch_export(
     wrapped: torch.nn.Module,
     accepted: Sequence[str],
-    output: str,
+    output: str | Sequence[str],
     path: Path,
     vocab: int,
     *,
@@ -189,7 +198,9 @@ def _torch_export(
         name: {0: "batch"} if name == "first_stage" else {0: "batch", 1: "sequence"}
         for name in accepted
     }
-    axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
+    outputs = [output] if isinstance(output, str) else list(output)
+    for name in outputs:
+        axes[name] = {0: "batch", 1: "sequence"} if name == "last_hidden_state" else {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about python control flow on shapes
         torch.onnx.export(
@@ -198,7 +209,7 @@ def _torch_export(
             str(path),
             dynamo=False,
             input_names=list(accepted),
-            output_names=[output],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=OPSET,
             do_constant_folding=fold_constants,
@@ -275,7 +286,8 @@ def _export_graph(
     raw = work / "raw.onnx"
     started = time.perf_counter()
     wrapped = _wrap(model, accepted, output)
-    _torch_export(wrapped, accepted, output, raw, int(getattr(config, "vocab_size", 30522)))
+    outputs = _output_names(model, output)
+    _torch_export(wrapped, accepted, outputs, raw, int(getattr(config, "vocab_size", 30522)))
     log.info("torch.onnx.export took %.1f s", time.perf_counter() - started)
     heads, hidden = _model_dims(config)
     fused: dict[str, int] | None = None
@@ -462,6 +474,29 @@ def _distillation(training: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: distilled[k] for k in keys if k in distilled}
 
 
+def _has_heads(model: Any) -> bool:
+    return bool(getattr(model, "signal_head_names", ()))
+
+
+def _heads_card(checkpoint_dir: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The card's account of a multi-task model's signal heads: each named output, what it
+    predicts, and how it was trained (from ``train_info.json``)."""
+    from reranker.task_heads import predicted_feature
+
+    info = (read_training_info(checkpoint_dir) or {}).get("train_info", {}).get("heads", {})
+    return {
+        "outputs": {
+            name: {
+                "predicts": f"the {name} signal feature of the dataset's preset, in [0, 1] "
+                "(sigmoid), from the text alone",
+                "blend_feature": predicted_feature(name),
+            }
+            for name in names
+        },
+        "training": info,
+    }
+
+
 def _load_aware_if_any(checkpoint_dir: Path) -> Any:
     """The first-stage-aware model saved in ``checkpoint_dir``, or None for a plain one."""
     from reranker.first_stage_aware import is_aware_checkpoint, load_aware
@@ -592,8 +627,13 @@ def export_cross_encoder(
                 "max_length": length,
                 "num_labels": 1 if aware is not None else int(getattr(config, "num_labels", 1)),
                 "inputs": accepted,
-                "outputs": ["logits"],
+                "outputs": _output_names(model, "logits"),
                 **({"first_stage_features": feature_card} if feature_card else {}),
+                **(
+                    {"signal_heads": _heads_card(checkpoint_dir, model.signal_head_names)}
+                    if _has_heads(model)
+                    else {}
+                ),
                 "variants": variants,
                 "parity": {"pairs": len(pairs), "tolerance_fp32": FP32_TOLERANCE},
                 "training": training,

@@ -70,6 +70,8 @@ def torch_outputs(
         for batch in batches:
             args: list[Any] = [torch.from_numpy(batch[name]) for name in accepted]
             out = model(*args)
+            if isinstance(out, tuple):  # several named outputs: the first is the one compared
+                out = out[0]
             results.append(out.detach().float().numpy())
     return results
 

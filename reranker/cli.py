@@ -899,6 +899,19 @@ def _record_in_card(scorer: Any, key: str, metrics: dict[str, float]) -> None:
     default=None,
     help="First-stage-aware: also evaluate and keep the best checkpoint every N steps.",
 )
+@click.option(
+    "--heads",
+    default="relevance",
+    show_default=True,
+    help="First-stage-aware: the tasks of one shared encoder, comma-separated from relevance, "
+    "popularity, authority, freshness. Each signal head regresses the dataset's signal "
+    "feature (its preset) from the text; it is exported as a named ONNX output.",
+)
+@click.option(
+    "--loss-weights",
+    default=None,
+    help="First-stage-aware: NAME=WEIGHT,... per head [default: 1 each].",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--seed", default=13, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint-last.")
@@ -922,6 +935,8 @@ def train_cmd(
     head_lr: float,
     dev_fraction: float,
     eval_every: int | None,
+    heads: str,
+    loss_weights: str | None,
     threads: int | None,
     seed: int,
     resume: bool,
@@ -945,11 +960,21 @@ def train_cmd(
     """
     import logging
 
+    from reranker.errors import ConfigError
+    from reranker.task_heads import parse_heads, parse_loss_weights
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        signal_heads = parse_heads(heads)
+        weights = parse_loss_weights(loss_weights, signal_heads)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if (signal_heads or loss_weights) and not first_stage_aware:
+        raise click.UsageError("--heads and --loss-weights need --first-stage-aware")
     if first_stage_aware:
         _train_aware(
             data, output_dir, base_model, max_length, lr, head_lr, epochs, max_steps,
-            group_size, dev_fraction, eval_every, threads, seed,
+            group_size, dev_fraction, eval_every, threads, seed, signal_heads, weights,
         )  # fmt: skip
         return
     from reranker.train import TrainConfig, train
@@ -998,6 +1023,8 @@ def _train_aware(
     eval_every: int | None,
     threads: int | None,
     seed: int,
+    signal_heads: tuple[str, ...] = (),
+    loss_weights: dict[str, float] | None = None,
 ) -> None:
     from reranker.config import Settings
     from reranker.first_stage_aware import AwareTrainConfig, train_aware
@@ -1017,6 +1044,8 @@ def _train_aware(
         threads=threads,
         seed=seed,
         cache_dir=Settings.from_env().home / "embeddings",
+        signal_heads=signal_heads,
+        loss_weights=loss_weights,
     )
     info = train_aware(config, progress=True)
     chosen = info["chosen"]
@@ -1493,6 +1522,7 @@ def ltr_log_features(
     from reranker.pipeline import QueryPath, build_pipeline
     from reranker.scoring import CachedScorer
     from reranker.signals import PRESETS, load_signal_config
+    from reranker.task_heads import predicted_feature
 
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
     config = (
@@ -1525,6 +1555,9 @@ def ltr_log_features(
     scorer = pipeline.scorer
     assert isinstance(scorer, CachedScorer)
     assert pipeline.first_stage is not None
+    if pipeline.signal_heads:  # a multi-task model: its heads' predictions are features too
+        pipeline.predict_signals = True
+        names = (*names, *(predicted_feature(h) for h in pipeline.signal_heads))
     vectors = query_vectors(pipeline.first_stage, queries) if rerank_base != "bm25" else {}
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0

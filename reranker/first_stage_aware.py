@@ -51,6 +51,13 @@ from reranker.first_stage_features import (
     features_from_stage_scores,
 )
 from reranker.losses import listwise_loss
+from reranker.task_heads import (
+    RELEVANCE,
+    SignalTargets,
+    judged_documents,
+    signal_loss,
+    signal_targets,
+)
 from reranker.train import (
     _autocast,
     _collate,
@@ -78,9 +85,15 @@ TRAIN_INFO_FILE = "train_info.json"
 
 
 class FirstStageAwareModel(torch.nn.Module):
-    """``first_stage · w + head(mean-pooled encoder output)``; see the module docstring."""
+    """``first_stage · w + head(mean-pooled encoder output)``; see the module docstring.
 
-    def __init__(self, encoder: Any, *, initial_scale: float = 5.0) -> None:
+    With ``signal_heads`` (names from :data:`~reranker.task_heads.SIGNAL_HEADS`) the same pooled
+    output also feeds one linear head per signal, squashed into [0, 1] like the signal features
+    the blend reads (:mod:`reranker.task_heads`): one shared encoder, one head per task."""
+
+    def __init__(
+        self, encoder: Any, *, initial_scale: float = 5.0, signal_heads: Sequence[str] = ()
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
@@ -90,6 +103,13 @@ class FirstStageAwareModel(torch.nn.Module):
         start = torch.zeros(len(FEATURE_NAMES))
         start[FEATURE_NAMES.index("fused")] = initial_scale
         self.feature_weights = torch.nn.Parameter(start)
+        self.signal_heads = torch.nn.ModuleDict(
+            {name: torch.nn.Linear(hidden, 1) for name in signal_heads}
+        )
+
+    @property
+    def signal_head_names(self) -> tuple[str, ...]:
+        return tuple(self.signal_heads.keys())
 
     def forward(
         self,
@@ -99,6 +119,16 @@ class FirstStageAwareModel(torch.nn.Module):
         first_stage: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of shape ``(batch, 1)``."""
+        return self.forward_heads(input_ids, attention_mask, token_type_ids, first_stage)[0]
+
+    def forward_heads(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        first_stage: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Relevance logits ``(batch, 1)`` and each signal head's prediction ``(batch, 1)``."""
         if first_stage is None:
             raise ModelError("a first-stage-aware model needs the first_stage input")
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -106,12 +136,13 @@ class FirstStageAwareModel(torch.nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        correction = self.head(pooled.float()).squeeze(-1)
+        pooled = ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)).float()
+        correction = self.head(pooled).squeeze(-1)
         # a Mul + ReduceSum, not a MatMul: dynamic int8 quantisation leaves it exact
         prior = (first_stage.float() * self.feature_weights).sum(dim=-1)
         logits: torch.Tensor = (prior + correction).unsqueeze(-1)
-        return logits
+        signals = {name: torch.sigmoid(head(pooled)) for name, head in self.signal_heads.items()}
+        return logits, signals
 
 
 def is_aware_checkpoint(folder: Path) -> bool:
@@ -128,6 +159,10 @@ def save_aware(model: FirstStageAwareModel, tokenizer: PreTrainedTokenizerBase, 
             "head.weight": model.head.weight.detach().cpu().contiguous(),
             "head.bias": model.head.bias.detach().cpu().contiguous(),
             "feature_weights": model.feature_weights.detach().cpu().contiguous(),
+            **{
+                key: tensor.detach().cpu().contiguous()
+                for key, tensor in model.signal_heads.state_dict(prefix="signal_heads.").items()
+            },
         },
         str(out / HEAD_FILE),
     )
@@ -139,6 +174,7 @@ def save_aware(model: FirstStageAwareModel, tokenizer: PreTrainedTokenizerBase, 
                 "normalization": NORMALIZATION,
                 "pooling": "mean",
                 "feature_weights": [float(v) for v in model.feature_weights.detach().cpu()],
+                "signal_heads": list(model.signal_head_names),
             },
             indent=2,
         )
@@ -159,13 +195,19 @@ def load_aware(
         raise ModelError(
             f"{folder}: features {config.get('features')} differ from {list(FEATURE_NAMES)}"
         )
+    heads = config.get("signal_heads", [])
+    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+        raise ModelError(f"{folder}: signal_heads must be a list of names, got {heads!r}")
     tokenizer, encoder = _load_encoder(folder, attn_implementation)
-    model = FirstStageAwareModel(encoder)
+    model = FirstStageAwareModel(encoder, signal_heads=heads)
     state = load_file(str(folder / HEAD_FILE))
-    with torch.no_grad():
-        model.head.weight.copy_(state["head.weight"])
-        model.head.bias.copy_(state["head.bias"])
-        model.feature_weights.copy_(state["feature_weights"])
+    try:
+        model.load_state_dict(state, strict=False)  # the encoder came with _load_encoder
+        missing = {k for k, _ in model.named_parameters() if not k.startswith("encoder.")}
+        if missing - set(state):
+            raise KeyError(", ".join(sorted(missing - set(state))))
+    except (KeyError, RuntimeError) as exc:
+        raise ModelError(f"{folder}/{HEAD_FILE}: missing or misshapen head weights: {exc}") from exc
     return model, tokenizer
 
 
@@ -209,6 +251,8 @@ class HybridData:
     qrels: dict[str, dict[str, int]]
     recall: float
     """Fraction of judged-relevant documents inside the window."""
+    targets: SignalTargets | None = None
+    """Signal heads' targets per document (multi-task training only)."""
 
 
 def _embed(texts: Sequence[str], embedder: Any, cache_dir: Path | None) -> np.ndarray:
@@ -376,6 +420,10 @@ class AwareTrainConfig:
     eval_every: int | None = None
     """Also evaluate (and keep the best checkpoint) every this many steps, not only per
     epoch: on a CPU an epoch is an hour."""
+    signal_heads: tuple[str, ...] = ()
+    """Multi-task: signal heads trained beside relevance (:mod:`reranker.task_heads`)."""
+    loss_weights: dict[str, float] | None = None
+    """Per head (``relevance`` and each signal head); 1.0 where not given."""
 
     def __post_init__(self) -> None:
         self.datasets = [Path(p) for p in self.datasets]
@@ -388,6 +436,11 @@ class AwareTrainConfig:
             raise ConfigError("group_size ≥ 2, groups_per_step ≥ 1 and epochs ≥ 1 are required")
         if not 0 <= self.hard_negatives < self.group_size:
             raise ConfigError("hard_negatives must be below group_size")
+        from reranker.task_heads import parse_heads, parse_loss_weights
+
+        self.signal_heads = parse_heads(",".join((RELEVANCE, *self.signal_heads)))
+        given = ",".join(f"{k}={v}" for k, v in (self.loss_weights or {}).items())
+        self.loss_weights = parse_loss_weights(given, self.signal_heads)
 
 
 @dataclass
@@ -453,6 +506,16 @@ def _refuse_test_overlap(dataset: Path, qrels: dict[str, dict[str, int]]) -> Non
             raise SourceError(f"{dataset}: {len(leaked)} train queries are test queries")
 
 
+def _evaluation_qrels(dataset: Path) -> list[dict[str, dict[str, int]]]:
+    """The qrels of the dataset's dev and test splits, where it has them."""
+    found = []
+    for split in ("dev", "test"):
+        path = dataset / "qrels" / f"{split}.tsv"
+        if path.is_file():
+            found.append(read_qrels(path))
+    return found
+
+
 def _resolve_device(config: AwareTrainConfig) -> tuple[torch.device, bool]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config.bf16 is not None:
@@ -486,6 +549,13 @@ def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevDat
             cache_dir=config.cache_dir,
         )
         data, dev_data = mined["train"], mined["dev"]
+        if config.signal_heads:
+            held_out = judged_documents([dev_qrels, *_evaluation_qrels(dataset)])
+            data.targets = signal_targets(dataset, config.signal_heads, held_out)
+            log.info(
+                "%s: signal targets %s (%d held-out documents masked)",
+                dataset.name, data.targets.counts(), len(held_out),
+            )  # fmt: skip
         train_windows.append(data)
         hybrid_run = {
             w.query_id: {d: float(w.features[r, 0]) for r, d in enumerate(w.doc_ids)}
@@ -531,9 +601,22 @@ def _initial_model(
     attn = "eager" if device.type == "cpu" else None
     if is_aware_checkpoint(base):
         model, tokenizer = load_aware(base, attn_implementation=attn)
+        extra = set(model.signal_head_names) - set(config.signal_heads)
+        if extra:
+            raise ConfigError(
+                f"{base} has signal heads {sorted(extra)} that this run does not train; "
+                "name them in the heads"
+            )
+        hidden = int(model.encoder.config.hidden_size)
+        for name in config.signal_heads:  # fresh heads on a continued model
+            if name not in model.signal_heads:
+                model.signal_heads[name] = torch.nn.Linear(hidden, 1)
         return model.to(device), tokenizer
     tokenizer, encoder = _load_encoder(base, attn)
-    return FirstStageAwareModel(encoder, initial_scale=config.initial_scale).to(device), tokenizer
+    model = FirstStageAwareModel(
+        encoder, initial_scale=config.initial_scale, signal_heads=config.signal_heads
+    )
+    return model.to(device), tokenizer
 
 
 def _optimizer(
@@ -563,9 +646,14 @@ class _Trainer:
     bf16: bool
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    targets: dict[str, SignalTargets]
+    """per dataset name (multi-task training only)"""
+    last_losses: dict[str, float] | None = None
+    """each head's loss at the last step"""
 
     def step(self, chosen: Sequence[tuple[Group, str]]) -> float:
-        """One optimizer step over ``chosen`` groups; returns the listwise loss."""
+        """One optimizer step over ``chosen`` groups; returns the weighted total loss (the
+        listwise loss alone for a single-task model)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         queries = [g.query for g, _ in chosen for _ in g.doc_ids]
         texts = [self.passages[f"{name}/{d}"] for g, name in chosen for d in g.doc_ids]
@@ -574,8 +662,18 @@ class _Trainer:
         features = np.concatenate([g.features for g, _ in chosen])
         batch["first_stage"] = torch.from_numpy(features).to(self.device)
         with _autocast(self.device, self.bf16):
-            logits = self.model(**batch).float().reshape(-1)
-        loss: Any = listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])
+            logits, predicted = self.model.forward_heads(**batch)
+        logits = logits.float().reshape(-1)
+        losses = {RELEVANCE: listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])}
+        heads = self.model.signal_head_names
+        if heads:
+            rows = [self.targets[name].rows(g.doc_ids) for g, name in chosen]
+            values = np.concatenate([r[0] for r in rows])
+            usable = np.concatenate([r[1] for r in rows])
+            losses |= signal_loss(predicted, values, usable, heads)
+        weights = self.config.loss_weights or {}
+        loss: Any = sum(weights.get(k, 1.0) * v for k, v in losses.items())
+        self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
@@ -624,6 +722,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
         bf16=bf16,
         optimizer=optimizer,
         scheduler=scheduler,
+        targets={d.name: d.targets for d in train_windows if d.targets is not None},
     )
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -638,6 +737,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
         save_aware(model, tokenizer, out / "last")
 
     losses: list[float] = []
+    head_losses: list[dict[str, float]] = []
     step = 0
     model.train()
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step", mininterval=30)
@@ -648,6 +748,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             if step >= total:
                 break
             losses.append(trainer.step(groups[start : start + config.groups_per_step]))
+            head_losses.append(trainer.last_losses or {})
             step += 1
             bar.update(1)
             if step % 50 == 0:
@@ -655,9 +756,13 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
                 rate = pairs / (time.monotonic() - window_started)
                 window_started = time.monotonic()
                 weights = [round(float(v), 3) for v in model.feature_weights.detach()]
+                per_head = {
+                    k: round(float(np.mean([h[k] for h in head_losses[-50:]])), 4)
+                    for k in head_losses[-1]
+                }
                 log.info(
-                    "step %d/%d epoch %d loss %.4f w %s %.1f pairs/s",
-                    step, total, epoch, float(np.mean(losses[-50:])), weights, rate,
+                    "step %d/%d epoch %d loss %.4f %s w %s %.1f pairs/s",
+                    step, total, epoch, float(np.mean(losses[-50:])), per_head, weights, rate,
                 )  # fmt: skip
             if config.eval_every and step % config.eval_every == 0:
                 checkpoint(step, epoch + start / max(1, len(groups)))
@@ -667,6 +772,8 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             break
     bar.close()
     info = _train_info(config, base, train_windows, devs, dev_curve, step, bf16, device)
+    if config.signal_heads:
+        info["heads"] = _heads_info(config, train_windows, head_losses)
     info["seconds"] = round(time.monotonic() - started, 1)
     _finish(out, info)
     return info
@@ -710,6 +817,30 @@ def _train_info(
         "versions": _versions(),
         "bf16": bf16,
         "device": str(device),
+    }
+
+
+def _heads_info(
+    config: AwareTrainConfig,
+    train_windows: Sequence[HybridData],
+    head_losses: Sequence[dict[str, float]],
+) -> dict[str, Any]:
+    tail = head_losses[-50:]
+    return {
+        "names": [RELEVANCE, *config.signal_heads],
+        "loss_weights": config.loss_weights,
+        "losses": {
+            RELEVANCE: "listwise softmax CE",
+            **dict.fromkeys(
+                config.signal_heads, "MSE of sigmoid(head) against the preset's signal"
+            ),
+        },
+        "targets": {d.name: d.targets.counts() for d in train_windows if d.targets is not None},
+        "held_out": "documents judged for dev or test queries, or for the held-out train "
+        "queries, are masked out of every signal loss",
+        "final_losses": {k: round(float(np.mean([h[k] for h in tail])), 5) for k in tail[-1]}
+        if tail
+        else {},
     }
 
 

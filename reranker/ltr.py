@@ -33,7 +33,7 @@ from reranker.blend import (
 )
 from reranker.corpus import Qrels, held_out_ids
 from reranker.errors import SourceError
-from reranker.pipeline import Pipeline
+from reranker.pipeline import Pipeline, with_predictions
 from reranker.signals import SignalConfig, extract
 
 
@@ -54,8 +54,9 @@ def log_features(
         if result.degraded:
             raise SourceError(f"query {query_id}: {result.degraded}")
         hits = sorted(result.hits, key=lambda h: h.first_stage_rank)
-        signal_batch = (
-            extract([h.source for h in hits], signals) if signals and signals.signals else None
+        signal_batch = with_predictions(
+            extract([h.source for h in hits], signals) if signals and signals.signals else None,
+            hits,
         )
         batch = build_feature_batch(
             [h.relevance if h.relevance is not None else np.nan for h in hits],

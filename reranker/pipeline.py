@@ -26,6 +26,7 @@ from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
 from reranker.first_stage_features import features_from_stage_scores, require_features
 from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
+from reranker.task_heads import PREDICTED_PREFIX, predicted_feature
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -53,6 +54,7 @@ class RankedHit:
     student: float | None = None  # a cascade's student logit (the whole window)
     stage_scores: dict[str, float] = field(default_factory=dict)
     features: dict[str, float] | None = None  # the blend's inputs, by name
+    predicted: dict[str, float] | None = None  # a multi-task model's signal heads, by head
     explanation: dict[str, Any] | None = None  # each feature's value and contribution
 
 
@@ -199,7 +201,10 @@ class Pipeline:
         signals: SignalConfig | None = None,
         explain: bool = False,
         cascade: Cascade | None = None,
+        predict_signals: bool = False,
     ) -> None:
+        """``predict_signals`` reads a multi-task model's signal heads into each hit's
+        ``predicted`` (a blend reading ``predicted_*`` features turns it on itself)."""
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
         if window < 1:
@@ -219,6 +224,20 @@ class Pipeline:
         needed = tuple(getattr(scorer, "feature_names", ())) if scorer is not None else ()
         require_features(needed, base)
         self.needs_features = bool(needed)
+        self.signal_heads: tuple[str, ...] = tuple(getattr(scorer, "signal_heads", ()) or ())
+        wanted = [
+            n[len(PREDICTED_PREFIX) :]
+            for n in (blend.feature_names if blend is not None else ())
+            if n.startswith(PREDICTED_PREFIX)
+        ]
+        lacking = [h for h in wanted if h not in self.signal_heads]
+        if lacking:
+            model = scorer.model_id if scorer is not None else "no model"
+            raise SearchError(
+                f"the blend reads {', '.join(predicted_feature(h) for h in lacking)}, but "
+                f"{model} has no such head (it has: {', '.join(self.signal_heads) or 'none'})"
+            )
+        self.predict_signals = bool(wanted) or (predict_signals and bool(self.signal_heads))
         self.cascade = cascade
         if cascade is not None:
             if scorer is None:
@@ -280,6 +299,13 @@ class Pipeline:
                 if self.cascade is not None:
                     first_stage = [h.score for h in candidates]
                     cascaded = self._cascade(pairs, features, first_stage, deadline, timings)
+                elif self.predict_signals:
+                    logits, predicted = self.scorer.score_with_signals(  # type: ignore[attr-defined]
+                        pairs, deadline=deadline, features=features
+                    )
+                    check_scores(logits, len(candidates))
+                    for i, hit in enumerate(hits):
+                        hit.predicted = {h: float(v[i]) for h, v in predicted.items()}
                 else:
                     logits = self.scorer.score(pairs, deadline=deadline, features=features)
                     check_scores(logits, len(candidates))
@@ -401,6 +427,7 @@ class Pipeline:
         signal_batch: FeatureBatch | None = None
         if self.signals is not None and self.signals.signals:
             signal_batch = extract([h.source for h in hits], self.signals)
+        signal_batch = with_predictions(signal_batch, hits)
         batch = build_feature_batch(
             logits, [h.first_stage_score for h in hits], signal_batch, names
         )
@@ -420,6 +447,27 @@ class Pipeline:
         if self.fields == ("title", "text"):
             return passage_text(source)
         return " ".join(str(source.get(f) or "").strip() for f in self.fields).strip()
+
+
+def with_predictions(
+    signals: FeatureBatch | None, hits: Sequence[RankedHit]
+) -> FeatureBatch | None:
+    """``signals`` with one more column per signal head the hits carry a prediction of
+    (``predicted_<head>``; a hit without one gets 0.0, flagged as a default)."""
+    heads = sorted({h for hit in hits for h in (hit.predicted or {})})
+    if not heads:
+        return signals
+    values = np.array([[(hit.predicted or {}).get(h, np.nan) for h in heads] for hit in hits])
+    missing = ~np.isfinite(values)
+    values[missing] = 0.0
+    names = tuple(predicted_feature(h) for h in heads)
+    if signals is None:
+        return FeatureBatch(values=values, names=names, defaults_used=missing)
+    return FeatureBatch(
+        values=np.hstack([signals.values, values]),
+        names=(*signals.names, *names),
+        defaults_used=np.hstack([signals.defaults_used, missing]),
+    )
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from reranker.models import (
     read_card,
     verify_files,
 )
+from reranker.task_heads import SIGNAL_HEADS
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,9 @@ class Scorer:
         if variant == "fp16" and self._provider == CPU:
             log.warning("the fp16 variant is meant for CUDA; on CPU it is slower than fp32")
         self._inputs = [i.name for i in self._session.get_inputs()]
-        self._output = self._session.get_outputs()[0].name
+        outputs = [o.name for o in self._session.get_outputs()]
+        self._output = "logits" if "logits" in outputs else outputs[0]
+        self._signal_heads = tuple(name for name in SIGNAL_HEADS if name in outputs)
         log.info(
             "scorer %s (%s) on %s, max_length %d, batches ≤ %d pairs / %d tokens",
             self.model_id,
@@ -323,6 +326,12 @@ class Scorer:
         """First-stage features the model reads beside the text (empty for a plain
         cross-encoder), in the column order :meth:`score` expects them."""
         return self._feature_names
+
+    @property
+    def signal_heads(self) -> tuple[str, ...]:
+        """The multi-task model's signal heads (named ONNX outputs beside ``logits``; see
+        :mod:`reranker.task_heads`); empty for a single-task model."""
+        return self._signal_heads
 
     @property
     def provider(self) -> str:
@@ -374,12 +383,34 @@ class Scorer:
         are skipped and :class:`ScoreTimeout` is raised. An empty ``pairs`` gives an empty
         array.
         """
+        logits, _ = self._score(pairs, deadline, features, ())
+        return logits_or_probabilities(logits, probabilities=sigmoid)
+
+    def score_with_signals(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        deadline: float | None = None,
+        features: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits as :meth:`score` gives them, and each signal head's prediction (float32, in
+        [0, 1]) for the same pairs, from the same model call."""
+        return self._score(pairs, deadline, features, self._signal_heads)
+
+    def _score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        deadline: float | None,
+        features: np.ndarray | None,
+        heads: tuple[str, ...],
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         items = check_pairs(pairs)
         started = time.perf_counter()
         out = np.empty(len(items), dtype=np.float32)
+        predicted = {name: np.empty(len(items), dtype=np.float32) for name in heads}
         columns = self._check_features(features, len(items))
         if not items:
-            return out
+            return out, predicted
         encodings, truncated = self._encode(items)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
         batches = plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
@@ -387,9 +418,14 @@ class Scorer:
         done = 0
         for rows in batches:
             width = int(lengths[rows[-1]])  # sorted ascending: the last pair is the longest
-            out[rows] = self._run(
-                [encodings[r] for r in rows], width, None if columns is None else columns[rows]
+            out[rows], batch_heads = self._run(
+                [encodings[r] for r in rows],
+                width,
+                None if columns is None else columns[rows],
+                heads,
             )
+            for name, values in batch_heads.items():
+                predicted[name][rows] = values
             padded += len(rows) * width
             done += len(rows)
             if deadline is not None and done < len(items) and time.monotonic() > deadline:
@@ -410,7 +446,7 @@ class Scorer:
         with self._lock:
             self._last = call
             self._stats = self._stats + call
-        return logits_or_probabilities(out, probabilities=sigmoid)
+        return out, predicted
 
     def score_query(
         self,
@@ -519,8 +555,12 @@ class Scorer:
         return columns
 
     def _run(
-        self, encodings: Sequence[Encoding], width: int, features: np.ndarray | None = None
-    ) -> np.ndarray:
+        self,
+        encodings: Sequence[Encoding],
+        width: int,
+        features: np.ndarray | None = None,
+        heads: tuple[str, ...] = (),
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         arrays = pad_encodings(encodings, width)
         if features is not None:
             arrays["first_stage"] = np.ascontiguousarray(features, dtype=np.float32)
@@ -528,22 +568,30 @@ class Scorer:
             feed = {name: arrays[name] for name in self._inputs}
         except KeyError as exc:
             raise ModelError(f"the model wants an input this scorer cannot make: {exc}") from exc
+        extra: dict[str, np.ndarray] = {}
         try:
-            raw = (
-                self._run_bound(feed)
-                if self.io_binding
-                else self._session.run([self._output], feed)[0]
-            )
+            if heads:
+                raw, *rest = self._session.run([self._output, *heads], feed)
+                extra = {
+                    name: np.asarray(values, dtype=np.float32).reshape(-1)
+                    for name, values in zip(heads, rest, strict=True)
+                }
+            elif self.io_binding:
+                raw = self._run_bound(feed)
+            else:
+                raw = self._session.run([self._output], feed)[0]
             logits = np.asarray(raw, dtype=np.float32)
         except Exception as exc:  # ORT's runtime errors are untyped
             raise ModelError(f"the model failed on a batch of {len(encodings)}: {exc}") from exc
         if logits.ndim == 1:
             logits = logits[:, None]
-        if logits.shape[0] != len(encodings):
+        if logits.shape[0] != len(encodings) or any(
+            v.shape[0] != len(encodings) for v in extra.values()
+        ):
             raise ModelError(
                 f"the model returned {logits.shape[0]} scores for a batch of {len(encodings)}"
             )
-        return head_scores(logits)
+        return head_scores(logits), extra
 
     def _run_bound(self, feed: dict[str, np.ndarray]) -> Any:
         """One batch through IO binding: inputs put on the provider's device, output left

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -170,31 +171,36 @@ def _tiny_beir(folder: Path, scifact: Path, queries_wanted: int = 12) -> Path:
     return folder
 
 
+def _tiny_config(data: Path, tmp_path: Path, base: Path, **overrides: Any) -> Any:
+    from reranker.first_stage_aware import AwareTrainConfig
+
+    settings: dict[str, Any] = {
+        "datasets": [data],
+        "output_dir": tmp_path / "out",
+        "base_model": base,
+        "dev_fraction": 0.3,
+        "window": 20,
+        "dev_window": 10,
+        "max_length": 64,
+        "groups_per_step": 2,
+        "epochs": 1,
+        "threads": 1,
+        "cache_dir": tmp_path / "embeddings",
+    }
+    return AwareTrainConfig(**(settings | overrides))
+
+
 @pytest.mark.slow
 def test_a_tiny_run_keeps_the_best_held_out_checkpoint_and_records_it(
     tmp_path: Path, minilm_weights_dir: Path
 ) -> None:
-    from reranker.first_stage_aware import AwareTrainConfig, train_aware
+    from reranker.first_stage_aware import train_aware
 
     scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
     if not scifact.is_dir():
         pytest.skip("shared SciFact data not present")
     data = _tiny_beir(tmp_path / "tiny", scifact)
-    config = AwareTrainConfig(
-        datasets=[data],
-        output_dir=tmp_path / "out",
-        base_model=minilm_weights_dir,
-        dev_fraction=0.3,
-        window=20,
-        dev_window=10,
-        max_length=64,
-        groups_per_step=2,
-        epochs=1,
-        max_steps=3,
-        eval_every=2,
-        threads=1,
-        cache_dir=tmp_path / "embeddings",
-    )
+    config = _tiny_config(data, tmp_path, minilm_weights_dir, max_steps=3, eval_every=2)
     info = train_aware(config, progress=False)
     assert info["steps"] == 3
     assert [m["step"] for m in info["dev_curve"]] == [0.0, 2.0, 3.0]
@@ -229,3 +235,35 @@ def test_the_shipped_aware_model_reads_first_stage_features_and_records_its_metr
     same_first_stage = np.full((2, len(FEATURE_NAMES)), 0.5, dtype=np.float32)
     scores = scorer.score(pairs, features=same_first_stage)
     assert scores[0] > scores[1]  # with the first stage tied, the text decides
+
+
+@pytest.mark.slow
+def test_a_tiny_multi_task_run_trains_the_signal_heads_and_records_them(
+    tmp_path: Path, minilm_weights_dir: Path
+) -> None:
+    import shutil
+
+    from reranker.first_stage_aware import train_aware
+
+    scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
+    if not scifact.is_dir():
+        pytest.skip("shared SciFact data not present")
+    data = _tiny_beir(tmp_path / "scifact", scifact)  # named so that its signal preset applies
+    shutil.copy2(scifact / "signals.jsonl", data / "signals.jsonl")
+    config = _tiny_config(
+        data,
+        tmp_path,
+        minilm_weights_dir,
+        max_steps=2,
+        signal_heads=("authority", "freshness"),
+        loss_weights={"authority": 2.0},
+    )
+    info = train_aware(config, progress=False)
+    heads = info["heads"]
+    assert heads["names"] == ["relevance", "authority", "freshness"]
+    assert heads["loss_weights"] == {"relevance": 1.0, "authority": 2.0, "freshness": 1.0}
+    assert heads["targets"]["scifact"]["authority"] > 0
+    assert set(heads["final_losses"]) == {"relevance", "authority", "freshness"}
+    assert all(v > 0 for v in heads["final_losses"].values())
+    model, _ = load_aware(tmp_path / "out")
+    assert model.signal_head_names == ("authority", "freshness")

@@ -76,9 +76,9 @@ def test_batches_are_length_sorted_and_within_token_and_size_budgets(
     seen: list[tuple[int, int]] = []
     real_run = scorer._run
 
-    def spy(encodings: Any, width: int, features: Any = None) -> np.ndarray:
+    def spy(encodings: Any, width: int, features: Any = None, heads: Any = ()) -> Any:
         seen.append((len(encodings), width))
-        return real_run(encodings, width, features)
+        return real_run(encodings, width, features, heads)
 
     monkeypatch.setattr(scorer, "_run", spy)
     rng = np.random.default_rng(5)
