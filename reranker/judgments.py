@@ -610,4 +610,26 @@ def agreement(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
             str(g): round(float(np.mean(v)), 4) for g, v in sorted(by_grade.items())
         },
         "confusion_true_by_judged": confusion,
+        **_list_quality(judgments, truth),
+    }
+
+
+def _list_quality(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
+    """Per judged query, its documents ranked by click score, scored against ``truth``:
+    NDCG@10 (every relevant document of the query counts, shown or not), and the share of the
+    queries' relevant pairs that the judgments grade ≥ 1 (recovered)."""
+    import ir_measures
+
+    queries = [q for q in judgments.scores if q in truth]
+    if not queries:
+        return {}
+    relevant = [(q, d) for q in queries for d, g in truth[q].items() if g > 0]
+    recovered = sum(judgments.qrels[q].get(d, 0) > 0 for q, d in relevant)
+    run = {q: {d: float(s) for d, s in judgments.scores[q].items()} for q in queries}
+    qrels = {q: {d: int(g) for d, g in truth[q].items()} for q in queries}
+    ndcg = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
+    return {
+        "ndcg@10_of_click_ranked_lists": round(float(ndcg), 4),
+        "relevant_pairs_of_judged_queries": len(relevant),
+        "relevant_pairs_recovered": round(recovered / len(relevant), 4) if relevant else None,
     }

@@ -211,6 +211,22 @@ def test_agreement_with_editorial_qrels_counts_unjudged_pairs_as_grade_zero() ->
     assert result["exact_grade_agreement"] == 1.0
 
 
+def test_click_ranked_lists_are_scored_by_ndcg_and_unshown_relevant_pairs_count_as_missed() -> None:
+    counts = ClickCounts()
+    for doc, (shown, clicks) in {"meh": (10, 8), "good": (10, 3), "bad": (10, 0)}.items():
+        for i in range(shown):
+            counts.add(("q", doc), 1, i < clicks)
+    judged = judge(counts, fit_ctr(counts), min_impressions=1, thresholds=(0.2, 0.5))
+    (query_id,) = judged.qrels
+    perfect = agreement(judged, {query_id: {"meh": 2, "good": 1}})
+    assert perfect["ndcg@10_of_click_ranked_lists"] == pytest.approx(1.0)
+    assert perfect["relevant_pairs_recovered"] == 1.0
+    swapped = agreement(judged, {query_id: {"meh": 1, "good": 2, "never-shown": 2}})
+    assert swapped["ndcg@10_of_click_ranked_lists"] < 0.8
+    assert swapped["relevant_pairs_of_judged_queries"] == 3
+    assert swapped["relevant_pairs_recovered"] == pytest.approx(2 / 3, abs=1e-4)
+
+
 # ------------------------------------------------------------------ the command
 
 
