@@ -211,6 +211,12 @@ def load_aware(
     return model, tokenizer
 
 
+def load_aware_heads(folder: Path) -> tuple[str, ...]:
+    """The signal heads a saved first-stage-aware model has (without loading it)."""
+    config = json.loads((Path(folder) / AWARE_CONFIG_FILE).read_text(encoding="utf-8"))
+    return tuple(config.get("signal_heads", ()))
+
+
 def _load_encoder(folder: Path, attn: str | None) -> tuple[PreTrainedTokenizerBase, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -696,8 +702,9 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     """Train a first-stage-aware cross-encoder; returns the ``train_info.json`` content.
 
     ``output_dir/best`` always holds the checkpoint with the best mean held-out NDCG@10 so far
-    (step 0 included), ``output_dir/last`` the latest evaluated one; both are written after
-    every epoch and every ``eval_every`` steps. When training ends, the best is copied into
+    (step 0 included, unless the run adds signal heads: untrained, they would predict noise),
+    ``output_dir/last`` the latest evaluated one; both are written after every epoch and every
+    ``eval_every`` steps. When training ends, the best is copied into
     ``output_dir`` itself with ``train_info.json``.
     """
     started = time.monotonic()
@@ -707,6 +714,9 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     device, bf16 = _resolve_device(config)
     base = config.base_model or default_base_model()
     train_windows, devs = _load_data(config)
+    inherited = load_aware_heads(base) if is_aware_checkpoint(base) else ()
+    # a step-0 model with freshly initialised signal heads would predict noise: never keep it
+    step0_eligible = set(config.signal_heads) <= set(inherited)
     model, tokenizer = _initial_model(base, config, device)
     first = _epoch_groups(train_windows, config, 0)
     total = math.ceil(len(first) / config.groups_per_step) * config.epochs
@@ -727,11 +737,13 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     dev_curve = [trainer.evaluate(devs, 0)]
-    save_aware(model, tokenizer, out / "best")
+    if step0_eligible:
+        save_aware(model, tokenizer, out / "best")
 
     def checkpoint(step: int, epoch: float) -> None:
         metrics = trainer.evaluate(devs, step) | {"epoch": round(epoch, 4)}
-        if metrics["mean"] > max(m["mean"] for m in dev_curve):
+        kept = _eligible(dev_curve, step0_eligible)
+        if not kept or metrics["mean"] > max(m["mean"] for m in kept):
             save_aware(model, tokenizer, out / "best")
         dev_curve.append(metrics)
         save_aware(model, tokenizer, out / "last")
@@ -772,6 +784,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             break
     bar.close()
     info = _train_info(config, base, train_windows, devs, dev_curve, step, bf16, device)
+    info["chosen"] = max(_eligible(dev_curve, step0_eligible), key=lambda m: m["mean"])
     if config.signal_heads:
         info["heads"] = _heads_info(config, train_windows, head_losses)
     info["seconds"] = round(time.monotonic() - started, 1)
@@ -818,6 +831,11 @@ def _train_info(
         "bf16": bf16,
         "device": str(device),
     }
+
+
+def _eligible(dev_curve: list[dict[str, float]], step0: bool) -> list[dict[str, float]]:
+    """The evaluated checkpoints that may be kept (step 0 only when its heads are trained)."""
+    return [m for m in dev_curve if step0 or m["step"] > 0]
 
 
 def _heads_info(

@@ -264,6 +264,8 @@ def test_a_tiny_multi_task_run_trains_the_signal_heads_and_records_them(
     assert heads["loss_weights"] == {"relevance": 1.0, "authority": 2.0, "freshness": 1.0}
     assert heads["targets"]["scifact"]["authority"] > 0
     assert set(heads["final_losses"]) == {"relevance", "authority", "freshness"}
+    assert [m["step"] for m in info["dev_curve"]] == [0.0, 2.0]
+    assert info["chosen"]["step"] == 2.0  # never the step-0 model with untrained heads
     assert all(v > 0 for v in heads["final_losses"].values())
     model, _ = load_aware(tmp_path / "out")
     assert model.signal_head_names == ("authority", "freshness")
