@@ -957,6 +957,12 @@ def train_cmd(
     queries; hybrid candidates (BM25 + dense, linear fusion, top 100) are mined in process,
     the checkpoint with the best held-out NDCG@10 (step 0 = the first stage itself included)
     is kept in OUTPUT.
+
+    With --heads relevance,popularity,authority,freshness the same encoder also learns each
+    signal the dataset's preset defines (Stack Exchange: all three; SciFact: authority and
+    freshness), by a masked mean squared error beside the relevance loss, weighted by
+    --loss-weights. Documents judged for dev or test queries never train a head. `reranker
+    export` writes the heads as named outputs; a blend reads them as predicted_<head>.
     """
     import logging
 
