@@ -570,7 +570,7 @@ class Scorer:
             raise ModelError(f"the model wants an input this scorer cannot make: {exc}") from exc
         extra: dict[str, np.ndarray] = {}
         try:
-            if heads:
+            if heads:  # several outputs: a plain run (IO binding here binds one output)
                 raw, *rest = self._session.run([self._output, *heads], feed)
                 extra = {
                     name: np.asarray(values, dtype=np.float32).reshape(-1)

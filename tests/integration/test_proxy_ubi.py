@@ -228,6 +228,36 @@ async def test_events_are_checked_one_by_one_and_the_accepted_ones_are_stored_on
     assert click["timestamp"].endswith("Z")
 
 
+async def test_a_full_write_queue_refuses_events_one_by_one_and_every_event_is_accounted_for(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    """Events sent = events written + events refused (counted, 429 `queue_full`, to resend)."""
+    events_index = f"{names['events']}-full"
+    settings = settings_for(es_node, names, log_queue_size=3, ubi_events_index=events_index)
+    try:
+        async with serving(settings) as http:
+            search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 8})
+            query_id = search.json()["ext"]["ubi"]["query_id"]
+            hits = [h["_id"] for h in search.json()["hits"]["hits"]]
+            batch = [ubi_event(query_id, "impression", d, i) for i, d in enumerate(hits, start=1)]
+            batch += [ubi_event(query_id, "click", d, i) for i, d in enumerate(hits, start=1)]
+            answer = (await http.post("/_reranker/events", content=ndjson(*batch))).json()
+            metrics = (await http.get("/metrics")).text
+        kinds = [item.get("error", {}).get("type", item.get("result")) for item in answer["items"]]
+        refused = kinds.count("queue_full")
+        assert set(kinds) == {"queued", "queue_full"}
+        assert 1 <= answer["accepted"] <= 3 and refused >= len(batch) - 3
+        assert answer["accepted"] + refused == len(batch) == 2 * len(hits)
+        assert all(i["status"] == 429 for i in answer["items"] if "error" in i)
+        assert (
+            f'reranker_proxy_ubi_events_total{{outcome="queue_full"}} {float(refused)}' in metrics
+        )
+        assert len(stored(es_client, events_index)) == answer["accepted"]
+    finally:
+        es_client.options(ignore_status=404).indices.delete(index=events_index)
+        es_client.options(ignore_status=404).indices.delete_index_template(name=events_index)
+
+
 async def test_a_restarted_proxy_checks_events_against_the_stored_query_documents(
     es_node: NodeStatus, names: dict[str, str]
 ) -> None:
