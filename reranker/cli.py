@@ -1518,6 +1518,8 @@ def ltr_log_features(
 
     One JSON object per candidate (qid, doc_id, label, rank, features, defaults); a
     FILE.meta.json beside it records the signal config, window and model, for `ltr fit`.
+    A multi-task model (`train --heads`) adds its heads' predictions as the features
+    predicted_<head>, so a blend can be fitted for documents whose signals are missing.
     """
     from tqdm import tqdm
 

@@ -119,3 +119,19 @@ def test_the_signal_loss_ignores_masked_rows() -> None:
     assert float(loss["popularity"]) == pytest.approx(0.0, abs=1e-7)
     none = signal_loss(predictions, targets, np.zeros((3, 1), dtype=bool), ("popularity",))
     assert float(none["popularity"]) == 0.0
+
+
+def test_predictions_join_the_signal_columns_and_a_hit_without_one_is_flagged() -> None:
+    from reranker.pipeline import RankedHit, with_predictions
+    from reranker.signals import FeatureBatch
+
+    def hit(doc: str, predicted: dict[str, float] | None) -> RankedHit:
+        return RankedHit(doc, 0.0, None, 1, 0.0, predicted=predicted)
+
+    signals = FeatureBatch(values=np.array([[0.3], [0.4]]), names=("authority",))
+    joined = with_predictions(signals, [hit("a", {"popularity": 0.9}), hit("b", None)])
+    assert joined is not None
+    assert joined.names == ("authority", "predicted_popularity")
+    assert joined.values.tolist() == [[0.3, 0.9], [0.4, 0.0]]
+    assert joined.defaults_used.tolist() == [[False, False], [False, True]]
+    assert with_predictions(signals, [hit("a", None)]) is signals
