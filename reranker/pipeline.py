@@ -404,6 +404,8 @@ class Pipeline:
         if covers is None or not candidates:
             return False
         pairs, features = self.scorer_inputs(text, candidates)
+        if self.cascade is None and self.predict_signals:
+            return bool(covers(pairs, features, with_signals=True))
         if self.cascade is None:
             return bool(covers(pairs, features))
         if self.cascade.scorer is not None:

@@ -726,11 +726,52 @@ class CachedScorer:
             return np.asarray(features, dtype=np.float32)
         return None
 
-    def covers(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None = None) -> bool:
-        """Whether every pair's logit is cached (an in-memory store only; else False)."""
+    def covers(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        features: np.ndarray | None = None,
+        *,
+        with_signals: bool = False,
+    ) -> bool:
+        """Whether every pair's logit (with ``with_signals``: and its signal heads) is cached
+        (an in-memory store only; else False)."""
         if not isinstance(self.cache, LruScores):
             return False
-        return self.cache.covers(self._keys(pairs, self._columns(features)))
+        keys = self._keys(pairs, self._columns(features))
+        return self.cache.covers(self._with_heads(keys) if with_signals else keys)
+
+    def _with_heads(self, keys: list[str]) -> list[str]:
+        heads = ",".join(getattr(self.scorer, "signal_heads", ()))
+        return [f"{key}\x1fheads={heads}" for key in keys]
+
+    def score_with_signals(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        deadline: float | None = None,
+        features: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`Scorer.score_with_signals` behind the cache: a pair's logit and its heads'
+        predictions are stored together, under their own key."""
+        heads: tuple[str, ...] = tuple(getattr(self.scorer, "signal_heads", ()))
+        columns = self._columns(features)
+        keys = self._with_heads(self._keys(pairs, columns))
+        known = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
+        self.pairs_scored += len(missing)
+        if missing:
+            logits, predicted = self.scorer.score_with_signals(  # type: ignore[attr-defined]
+                [pairs[i] for i in missing],
+                deadline=deadline,
+                features=None if columns is None else columns[missing],
+            )
+            rows = np.column_stack([logits, *(predicted[h] for h in heads)])
+            self.cache.put_many([keys[i] for i in missing], rows)
+            known.update({self.cache.key(keys[i]): rows[j] for j, i in enumerate(missing)})
+        table = np.array([known[self.cache.key(key)] for key in keys], dtype=np.float32).reshape(
+            len(keys), 1 + len(heads)
+        )
+        return table[:, 0].copy(), {h: table[:, j + 1].copy() for j, h in enumerate(heads)}
 
     def score(
         self,

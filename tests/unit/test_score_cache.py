@@ -90,3 +90,52 @@ def test_the_least_recently_used_pair_goes_first_when_full() -> None:
 def test_a_cache_of_no_capacity_is_refused() -> None:
     with pytest.raises(ValueError, match="0 = no cache"):
         LruScores(0)
+
+
+class HeadedScorer(CountingScorer):
+    """CountingScorer with two signal heads: popularity = passage length / 10, authority = 0.5."""
+
+    signal_heads = ("popularity", "authority")
+
+    def score_with_signals(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        deadline: float | None = None,
+        features: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        logits = self.score(pairs, deadline=deadline, features=features)
+        popularity = np.array([len(p) / 10 for _, p in pairs], dtype=np.float32)
+        return logits, {"popularity": popularity, "authority": np.full(len(pairs), 0.5)}
+
+
+def test_signal_heads_are_cached_with_their_logit_under_their_own_key() -> None:
+    scorer, store = HeadedScorer(), LruScores(100)
+    pairs = [("q", "alpha"), ("q", "be")]
+    wrapper = cached(scorer, store)
+    wrapper.score(pairs)
+    assert wrapper.covers(pairs) and not wrapper.covers(pairs, with_signals=True)
+    logits, heads = wrapper.score_with_signals(pairs)
+    assert wrapper.covers(pairs, with_signals=True)
+    again_logits, again_heads = cached(scorer, store).score_with_signals(pairs)
+    assert scorer.pairs_run == 4  # plain scores once, scores with heads once, then nothing
+    assert again_logits.tolist() == logits.tolist() == [5.0, 2.0]
+    assert again_heads["popularity"].tolist() == pytest.approx([0.5, 0.2])
+    assert again_heads["authority"].tolist() == heads["authority"].tolist() == [0.5, 0.5]
+
+
+def test_a_blend_reading_predicted_signals_is_served_from_the_cache_the_second_time() -> None:
+    from reranker.blend import LinearBlend
+    from reranker.first_stage import Hit
+    from reranker.pipeline import Pipeline
+
+    scorer = HeadedScorer()
+    blend = LinearBlend(weights={"relevance": 1.0, "predicted_popularity": 1.0})
+    pipeline = Pipeline(None, cached(scorer, LruScores(100)), base="bm25", blend=blend)
+    hits = [Hit(d, 1.0, {"text": t}) for d, t in (("a", "alpha"), ("b", "be"))]
+    assert not pipeline.scores_cached("q", hits)
+    first = pipeline.rerank("q", hits)
+    assert pipeline.scores_cached("q", hits)
+    second = pipeline.rerank("q", hits)
+    assert scorer.pairs_run == 2
+    assert [h.predicted for h in second.hits] == [h.predicted for h in first.hits]
