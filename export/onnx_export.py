@@ -586,6 +586,24 @@ def export_cross_encoder(
                 for r, g in zip(reference, got, strict=True)
             )
 
+        head_names = _output_names(model, "logits")[1:]
+        head_reference = {
+            name: torch_outputs(_wrap(model, accepted, "logits"), batches, accepted, j)
+            for j, name in enumerate(head_names, start=1)
+        }
+
+        def heads_diff(path: Path) -> dict[str, float]:
+            """Largest difference of each signal head's output from torch's."""
+            return {
+                name: max(
+                    float(np.abs(r - g.astype(np.float32)).max())
+                    for r, g in zip(
+                        head_reference[name], onnx_outputs(path, batches, j), strict=True
+                    )
+                )
+                for j, name in enumerate(head_names, start=1)
+            }
+
         variants: dict[str, dict[str, Any]] = {}
         fp32_diff = max_diff(out / FP32_FILE)
         if not fp32_diff <= FP32_TOLERANCE:
@@ -593,6 +611,11 @@ def export_cross_encoder(
                 f"ONNX fp32 logits differ from torch by {fp32_diff:.2e} (> {FP32_TOLERANCE:g})"
             )
         variants["fp32"] = {"file": FP32_FILE, "fused": fused, "parity_max_abs_diff": fp32_diff}
+        if head_names:
+            fp32_heads = heads_diff(out / FP32_FILE)
+            if not all(d <= FP32_TOLERANCE for d in fp32_heads.values()):
+                raise ModelError(f"ONNX fp32 signal heads differ from torch: {fp32_heads}")
+            variants["fp32"]["heads_parity_max_abs_diff"] = fp32_heads
         if int8:
             t0 = time.perf_counter()
             _quantize_int8(raw, out / INT8_FILE, work, num_heads=heads, hidden=hidden)
@@ -600,6 +623,9 @@ def export_cross_encoder(
                 "file": INT8_FILE,
                 "quantization": "dynamic, per-channel, QInt8 weights",
                 "parity_max_abs_diff": max_diff(out / INT8_FILE),
+                **(
+                    {"heads_parity_max_abs_diff": heads_diff(out / INT8_FILE)} if head_names else {}
+                ),
             }
             log.info("int8 variant took %.1f s", time.perf_counter() - t0)
         if fp16:

@@ -51,18 +51,25 @@ def _feed(session: ort.InferenceSession, arrays: dict[str, np.ndarray]) -> dict[
     return {k: v for k, v in arrays.items() if k in names}
 
 
-def onnx_outputs(onnx_path: Path, batches: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    """First output of the ONNX model for each batch, on the CPU provider."""
+def onnx_outputs(
+    onnx_path: Path, batches: Sequence[dict[str, np.ndarray]], output: int = 0
+) -> list[np.ndarray]:
+    """Output number ``output`` (default: the first) of the ONNX model for each batch, on the
+    CPU provider."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return [np.asarray(session.run(None, _feed(session, b))[0]) for b in batches]
+    return [np.asarray(session.run(None, _feed(session, b))[output]) for b in batches]
 
 
 def torch_outputs(
-    model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]], accepted: Sequence[str]
+    model: torch.nn.Module,
+    batches: Sequence[dict[str, np.ndarray]],
+    accepted: Sequence[str],
+    output: int = 0,
 ) -> list[np.ndarray]:
-    """First output of the wrapped torch model for each batch (eval mode, no grad)."""
+    """Output number ``output`` (default: the first) of the wrapped torch model for each batch
+    (eval mode, no grad)."""
     import torch
 
     results: list[np.ndarray] = []
@@ -70,8 +77,8 @@ def torch_outputs(
         for batch in batches:
             args: list[Any] = [torch.from_numpy(batch[name]) for name in accepted]
             out = model(*args)
-            if isinstance(out, tuple):  # several named outputs: the first is the one compared
-                out = out[0]
+            if isinstance(out, tuple):  # several named outputs
+                out = out[output]
             results.append(out.detach().float().numpy())
     return results
 

@@ -141,6 +141,10 @@ def test_the_heads_are_named_outputs_of_one_graph_and_the_card_lists_them(
     for file in ("model.onnx", "model.int8.onnx"):
         graph = onnx.load(str(multitask_export / file)).graph
         assert [o.name for o in graph.output] == ["logits", *HEADS]
+    fp32 = card["variants"]["fp32"]["heads_parity_max_abs_diff"]
+    assert sorted(fp32) == sorted(HEADS) and max(fp32.values()) <= 1e-4
+    int8 = card["variants"]["int8"]["heads_parity_max_abs_diff"]
+    assert sorted(int8) == sorted(HEADS) and max(int8.values()) < 0.1
 
 
 @pytest.mark.slow
