@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from popularity_probe import ridge_predict  # benchmarks/, this script's folder
 from scipy.stats import spearmanr
+from signal_heads import judged_pairs
 
 from reranker.corpus import passage_text
 from reranker.first_stage_aware import load_aware
@@ -26,11 +28,6 @@ from reranker.task_heads import document_sources, judged_documents, signal_targe
 from reranker.training_data import _read_jsonl, read_qrels
 
 SE = Path(__file__).resolve().parents[2] / "shared" / "data" / "stackexchange"
-
-
-def positives(split: str) -> list[tuple[str, str]]:
-    judged = read_qrels(SE / "qrels" / f"{split}.tsv")
-    return [(q, d) for q, docs in judged.items() for d, g in docs.items() if g > 0]
 
 
 def pooled_and_head(
@@ -65,7 +62,7 @@ def main() -> None:
     queries = {str(r["_id"]): str(r["text"]) for _, r in _read_jsonl(SE / "queries.jsonl")}
     held = judged_documents([read_qrels(SE / "qrels" / f"{s}.tsv") for s in ("dev", "test")])
     targets = signal_targets(SE, ("popularity",), held)
-    train, test = positives("train"), positives("test")
+    train, test = judged_pairs(SE, "train"), judged_pairs(SE, "test")
 
     def texts(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [(queries[q], passage_text(sources[d])) for q, d in pairs]
@@ -76,12 +73,8 @@ def main() -> None:
     scores = [float(sources[d]["signals"].get("Score") or 0) for _, d in test]
     truth = np.log1p(np.clip(scores, 0, None))
     result = {"trained_head": round(float(spearmanr(head, truth)[0]), 3)}
-    design = np.hstack([x_train, np.ones((len(x_train), 1))])
     for strength in (1.0, 10.0, 100.0):
-        weights = np.linalg.solve(
-            design.T @ design + strength * np.eye(design.shape[1]), design.T @ y_train
-        )
-        predicted = np.hstack([x_test, np.ones((len(x_test), 1))]) @ weights
+        predicted = ridge_predict(x_train, y_train, x_test, strength)
         result[f"ridge_refit_{strength:g}"] = round(float(spearmanr(predicted, truth)[0]), 3)
     print(json.dumps(result, indent=1))
 

@@ -30,21 +30,29 @@ FOLDS = 5
 RIDGE = 10.0
 
 
-def _age_days(signals: dict[str, Any]) -> float:
+def age_days(signals: dict[str, Any]) -> float:
+    """An answer's age at its site's dump, in days."""
     dumped = datetime.fromisoformat(signals["dump_date"])
     created = datetime.fromisoformat(signals["CreationDate"])
     return max((dumped - created).days, 0)
+
+
+def ridge_predict(
+    train: np.ndarray, target: np.ndarray, test: np.ndarray, strength: float = RIDGE
+) -> np.ndarray:
+    """A ridge regression (with an intercept) fitted on ``train`` rows, applied to ``test``."""
+    design = np.hstack([train, np.ones((len(train), 1))])
+    weights = np.linalg.solve(
+        design.T @ design + strength * np.eye(design.shape[1]), design.T @ target
+    )
+    return np.hstack([test, np.ones((len(test), 1))]) @ weights
 
 
 def held_out_predictions(features: np.ndarray, target: np.ndarray, fold: np.ndarray) -> np.ndarray:
     predictions = np.zeros(len(target))
     for k in range(FOLDS):
         train, test = fold != k, fold == k
-        design = np.hstack([features[train], np.ones((int(train.sum()), 1))])
-        weights = np.linalg.solve(
-            design.T @ design + RIDGE * np.eye(design.shape[1]), design.T @ target[train]
-        )
-        predictions[test] = np.hstack([features[test], np.ones((int(test.sum()), 1))]) @ weights
+        predictions[test] = ridge_predict(features[train], target[train], features[test])
     return predictions
 
 
@@ -59,7 +67,7 @@ def main() -> None:
     sites = sorted({s["site"] for s in signals})
     site = np.array([[s["site"] == name for name in sites] for s in signals], dtype=float)
     length = np.log1p(np.array([len(t) for t in texts], dtype=float))[:, None]
-    age = np.log1p(np.array([_age_days(s) for s in signals], dtype=float))[:, None]
+    age = np.log1p(np.array([age_days(s) for s in signals], dtype=float))[:, None]
     embedding = Embedder.default().encode(texts, batch_size=32, progress=True)
     fold = np.array([int(hashlib.sha256(d["_id"].encode()).hexdigest(), 16) % FOLDS for d in docs])
     feature_sets = {

@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from popularity_probe import age_days, ridge_predict  # benchmarks/, this script's folder
 from scipy.stats import spearmanr
 
 from reranker.corpus import passage_text
@@ -42,28 +42,13 @@ from reranker.task_heads import document_sources
 from reranker.training_data import _read_jsonl, read_qrels
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RIDGE = 10.0
-
-
-def _age_days(signals: dict[str, Any]) -> float:
-    dumped = datetime.fromisoformat(signals["dump_date"])
-    created = datetime.fromisoformat(signals["CreationDate"])
-    return max((dumped - created).days, 0)
-
-
-def _ridge(train: np.ndarray, target: np.ndarray, test: np.ndarray) -> np.ndarray:
-    design = np.hstack([train, np.ones((len(train), 1))])
-    weights = np.linalg.solve(
-        design.T @ design + RIDGE * np.eye(design.shape[1]), design.T @ target
-    )
-    return np.hstack([test, np.ones((len(test), 1))]) @ weights
 
 
 def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return round(float(spearmanr(a, b)[0]), 3)
 
 
-def _judged_pairs(dataset: Path, split: str) -> list[tuple[str, str]]:
+def judged_pairs(dataset: Path, split: str) -> list[tuple[str, str]]:
     """(query id, doc id) of every positive judgment of ``split``, each document once."""
     seen: set[str] = set()
     pairs = []
@@ -88,8 +73,8 @@ def _predict(
 def stackexchange(scorer: Scorer) -> dict[str, Any]:
     dataset = DATA / "stackexchange"
     sources = document_sources(dataset)
-    test_pairs = _judged_pairs(dataset, "test")
-    dev_pairs = _judged_pairs(dataset, "dev")
+    test_pairs = judged_pairs(dataset, "test")
+    dev_pairs = judged_pairs(dataset, "dev")
     held = {d for _, d in test_pairs} | {d for _, d in dev_pairs}
     train_ids = [d for d in sources if d not in held]
     sites = sorted({s["signals"]["site"] for s in sources.values()})
@@ -102,7 +87,7 @@ def stackexchange(scorer: Scorer) -> dict[str, Any]:
                 [
                     *(float(s["site"] == name) for name in sites),
                     float(np.log1p(len(passage_text(sources[d])))),
-                    float(np.log1p(_age_days(s))),
+                    float(np.log1p(age_days(s))),
                 ]
             )
         return np.array(rows)
@@ -119,9 +104,9 @@ def stackexchange(scorer: Scorer) -> dict[str, Any]:
     score = log_score(test_ids)
     if "popularity" in predicted:
         dev_predicted = _predict(scorer, dataset, dev_pairs, sources)["popularity"]
-        meta_dev = _ridge(metadata(dev_ids), log_score(dev_ids), metadata(test_ids))
-        meta_train = _ridge(metadata(train_ids), log_score(train_ids), metadata(test_ids))
-        both = _ridge(
+        meta_dev = ridge_predict(metadata(dev_ids), log_score(dev_ids), metadata(test_ids))
+        meta_train = ridge_predict(metadata(train_ids), log_score(train_ids), metadata(test_ids))
+        both = ridge_predict(
             np.hstack([metadata(dev_ids), dev_predicted[:, None]]),
             log_score(dev_ids),
             np.hstack([metadata(test_ids), predicted["popularity"][:, None]]),
@@ -141,7 +126,7 @@ def stackexchange(scorer: Scorer) -> dict[str, Any]:
         reputation = [float(sources[d]["signals"].get("OwnerReputation") or 0) for d in test_ids]
         out["authority_vs_OwnerReputation"] = _spearman(predicted["authority"], reputation)
     if "freshness" in predicted:
-        age = [-_age_days(sources[d]["signals"]) for d in test_ids]
+        age = [-age_days(sources[d]["signals"]) for d in test_ids]
         out["freshness_vs_minus_age"] = _spearman(predicted["freshness"], age)
     return out
 
@@ -149,7 +134,7 @@ def stackexchange(scorer: Scorer) -> dict[str, Any]:
 def scifact(scorer: Scorer) -> dict[str, Any]:
     dataset = DATA / "scifact"
     sources = document_sources(dataset)
-    pairs = [(q, d) for q, d in _judged_pairs(dataset, "test") if "signals" in sources[d]]
+    pairs = [(q, d) for q, d in judged_pairs(dataset, "test") if "signals" in sources[d]]
     predicted = _predict(scorer, dataset, pairs, sources)
     ids = [d for _, d in pairs]
     out: dict[str, Any] = {"held_out_abstracts": len(ids)}

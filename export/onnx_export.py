@@ -32,8 +32,10 @@ from export.card import read_training_info, source_hashes, write_card
 from export.parity import (
     DEFAULT_PARITY_PAIRS,
     make_tokenizer,
+    onnx_all_outputs,
     onnx_outputs,
     parity_batches,
+    torch_all_outputs,
     torch_outputs,
 )
 from reranker.errors import ModelError
@@ -577,55 +579,47 @@ def export_cross_encoder(
             for batch in batches:
                 rows = batch["input_ids"].shape[0]
                 batch["first_stage"] = rng.random((rows, len(FEATURE_NAMES)), dtype=np.float32)
-        reference = torch_outputs(_wrap(model, accepted, "logits"), batches, accepted)
+        outputs = _output_names(model, "logits")
+        reference = torch_all_outputs(_wrap(model, accepted, "logits"), batches, accepted)
 
-        def max_diff(path: Path) -> float:
-            got = onnx_outputs(path, batches)
-            return max(
-                float(np.abs(r - g.astype(np.float32)).max())
-                for r, g in zip(reference, got, strict=True)
-            )
-
-        head_names = _output_names(model, "logits")[1:]
-        head_reference = {
-            name: torch_outputs(_wrap(model, accepted, "logits"), batches, accepted, j)
-            for j, name in enumerate(head_names, start=1)
-        }
-
-        def heads_diff(path: Path) -> dict[str, float]:
-            """Largest difference of each signal head's output from torch's."""
+        def max_diffs(path: Path) -> dict[str, float]:
+            """Per named output (``logits``, then each signal head), the largest difference
+            from torch over the parity batches: one session, one run per batch."""
+            got = onnx_all_outputs(path, batches)
             return {
                 name: max(
-                    float(np.abs(r - g.astype(np.float32)).max())
-                    for r, g in zip(
-                        head_reference[name], onnx_outputs(path, batches, j), strict=True
-                    )
+                    float(np.abs(r[j] - g[j].astype(np.float32)).max())
+                    for r, g in zip(reference, got, strict=True)
                 )
-                for j, name in enumerate(head_names, start=1)
+                for j, name in enumerate(outputs)
             }
 
+        def parity(path: Path) -> dict[str, Any]:
+            """The card's parity entries of one variant."""
+            diffs = max_diffs(path)
+            logits = diffs.pop("logits")
+            return {"parity_max_abs_diff": logits} | (
+                {"heads_parity_max_abs_diff": diffs} if diffs else {}
+            )
+
         variants: dict[str, dict[str, Any]] = {}
-        fp32_diff = max_diff(out / FP32_FILE)
+        fp32_parity = parity(out / FP32_FILE)
+        fp32_diff = fp32_parity["parity_max_abs_diff"]
         if not fp32_diff <= FP32_TOLERANCE:
             raise ModelError(
                 f"ONNX fp32 logits differ from torch by {fp32_diff:.2e} (> {FP32_TOLERANCE:g})"
             )
-        variants["fp32"] = {"file": FP32_FILE, "fused": fused, "parity_max_abs_diff": fp32_diff}
-        if head_names:
-            fp32_heads = heads_diff(out / FP32_FILE)
-            if not all(d <= FP32_TOLERANCE for d in fp32_heads.values()):
-                raise ModelError(f"ONNX fp32 signal heads differ from torch: {fp32_heads}")
-            variants["fp32"]["heads_parity_max_abs_diff"] = fp32_heads
+        fp32_heads = fp32_parity.get("heads_parity_max_abs_diff", {})
+        if not all(d <= FP32_TOLERANCE for d in fp32_heads.values()):
+            raise ModelError(f"ONNX fp32 signal heads differ from torch: {fp32_heads}")
+        variants["fp32"] = {"file": FP32_FILE, "fused": fused, **fp32_parity}
         if int8:
             t0 = time.perf_counter()
             _quantize_int8(raw, out / INT8_FILE, work, num_heads=heads, hidden=hidden)
             variants["int8"] = {
                 "file": INT8_FILE,
                 "quantization": "dynamic, per-channel, QInt8 weights",
-                "parity_max_abs_diff": max_diff(out / INT8_FILE),
-                **(
-                    {"heads_parity_max_abs_diff": heads_diff(out / INT8_FILE)} if head_names else {}
-                ),
+                **parity(out / INT8_FILE),
             }
             log.info("int8 variant took %.1f s", time.perf_counter() - t0)
         if fp16:
@@ -634,7 +628,7 @@ def export_cross_encoder(
             _convert_fp16(out / FP32_FILE, out / FP16_FILE, num_heads=heads, hidden=hidden)
             entry: dict[str, Any] = {"file": FP16_FILE, "for": "CUDAExecutionProvider"}
             try:
-                entry["parity_max_abs_diff"] = max_diff(out / FP16_FILE)
+                entry["parity_max_abs_diff"] = max_diffs(out / FP16_FILE)["logits"]
             except Exception as exc:  # CPU may lack fp16 kernels; CUDA is the target
                 entry["parity_max_abs_diff"] = None
                 entry["parity_note"] = f"not checked on CPU: {exc}"[:300]

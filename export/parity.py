@@ -51,36 +51,43 @@ def _feed(session: ort.InferenceSession, arrays: dict[str, np.ndarray]) -> dict[
     return {k: v for k, v in arrays.items() if k in names}
 
 
-def onnx_outputs(
-    onnx_path: Path, batches: Sequence[dict[str, np.ndarray]], output: int = 0
-) -> list[np.ndarray]:
-    """Output number ``output`` (default: the first) of the ONNX model for each batch, on the
-    CPU provider."""
+def onnx_all_outputs(
+    onnx_path: Path, batches: Sequence[dict[str, np.ndarray]]
+) -> list[list[np.ndarray]]:
+    """Every output of the ONNX model (in graph order) for each batch, on the CPU provider."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    return [np.asarray(session.run(None, _feed(session, b))[output]) for b in batches]
+    return [[np.asarray(o) for o in session.run(None, _feed(session, b))] for b in batches]
 
 
-def torch_outputs(
-    model: torch.nn.Module,
-    batches: Sequence[dict[str, np.ndarray]],
-    accepted: Sequence[str],
-    output: int = 0,
-) -> list[np.ndarray]:
-    """Output number ``output`` (default: the first) of the wrapped torch model for each batch
-    (eval mode, no grad)."""
+def onnx_outputs(onnx_path: Path, batches: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """First output of the ONNX model for each batch, on the CPU provider."""
+    return [outputs[0] for outputs in onnx_all_outputs(onnx_path, batches)]
+
+
+def torch_all_outputs(
+    model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]], accepted: Sequence[str]
+) -> list[list[np.ndarray]]:
+    """Every output of the wrapped torch model (one tensor, or a tuple of them) for each
+    batch (eval mode, no grad)."""
     import torch
 
-    results: list[np.ndarray] = []
+    results: list[list[np.ndarray]] = []
     with torch.inference_mode():
         for batch in batches:
             args: list[Any] = [torch.from_numpy(batch[name]) for name in accepted]
             out = model(*args)
-            if isinstance(out, tuple):  # several named outputs
-                out = out[output]
-            results.append(out.detach().float().numpy())
+            tensors = out if isinstance(out, tuple) else (out,)
+            results.append([t.detach().float().numpy() for t in tensors])
     return results
+
+
+def torch_outputs(
+    model: torch.nn.Module, batches: Sequence[dict[str, np.ndarray]], accepted: Sequence[str]
+) -> list[np.ndarray]:
+    """First output of the wrapped torch model for each batch (eval mode, no grad)."""
+    return [outputs[0] for outputs in torch_all_outputs(model, batches, accepted)]
 
 
 def parity_batches(

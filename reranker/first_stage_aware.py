@@ -211,12 +211,6 @@ def load_aware(
     return model, tokenizer
 
 
-def load_aware_heads(folder: Path) -> tuple[str, ...]:
-    """The signal heads a saved first-stage-aware model has (without loading it)."""
-    config = json.loads((Path(folder) / AWARE_CONFIG_FILE).read_text(encoding="utf-8"))
-    return tuple(config.get("signal_heads", ()))
-
-
 def _load_encoder(folder: Path, attn: str | None) -> tuple[PreTrainedTokenizerBase, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -601,9 +595,10 @@ def _epoch_groups(
 
 def _initial_model(
     base: Path, config: AwareTrainConfig, device: torch.device
-) -> tuple[FirstStageAwareModel, PreTrainedTokenizerBase]:
+) -> tuple[FirstStageAwareModel, PreTrainedTokenizerBase, tuple[str, ...]]:
     """A fresh head on ``base``'s encoder, or, when ``base`` is itself a first-stage-aware
-    checkpoint, that model with its head and feature weights (continued training)."""
+    checkpoint, that model with its head and feature weights (continued training); and the
+    signal heads this run initialises (untrained at step 0)."""
     attn = "eager" if device.type == "cpu" else None
     if is_aware_checkpoint(base):
         model, tokenizer = load_aware(base, attn_implementation=attn)
@@ -614,15 +609,15 @@ def _initial_model(
                 "name them in the heads"
             )
         hidden = int(model.encoder.config.hidden_size)
-        for name in config.signal_heads:  # fresh heads on a continued model
-            if name not in model.signal_heads:
-                model.signal_heads[name] = torch.nn.Linear(hidden, 1)
-        return model.to(device), tokenizer
+        fresh = tuple(h for h in config.signal_heads if h not in model.signal_heads)
+        for name in fresh:  # fresh heads on a continued model
+            model.signal_heads[name] = torch.nn.Linear(hidden, 1)
+        return model.to(device), tokenizer, fresh
     tokenizer, encoder = _load_encoder(base, attn)
     model = FirstStageAwareModel(
         encoder, initial_scale=config.initial_scale, signal_heads=config.signal_heads
     )
-    return model.to(device), tokenizer
+    return model.to(device), tokenizer, config.signal_heads
 
 
 def _optimizer(
@@ -714,10 +709,9 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     device, bf16 = _resolve_device(config)
     base = config.base_model or default_base_model()
     train_windows, devs = _load_data(config)
-    inherited = load_aware_heads(base) if is_aware_checkpoint(base) else ()
+    model, tokenizer, fresh_heads = _initial_model(base, config, device)
     # a step-0 model with freshly initialised signal heads would predict noise: never keep it
-    step0_eligible = set(config.signal_heads) <= set(inherited)
-    model, tokenizer = _initial_model(base, config, device)
+    step0_eligible = not fresh_heads
     first = _epoch_groups(train_windows, config, 0)
     total = math.ceil(len(first) / config.groups_per_step) * config.epochs
     if config.max_steps is not None:
@@ -783,8 +777,8 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
         if step >= total:
             break
     bar.close()
-    info = _train_info(config, base, train_windows, devs, dev_curve, step, bf16, device)
-    info["chosen"] = max(_eligible(dev_curve, step0_eligible), key=lambda m: m["mean"])
+    kept = _eligible(dev_curve, step0_eligible)
+    info = _train_info(config, base, train_windows, devs, dev_curve, kept, step, bf16, device)
     if config.signal_heads:
         info["heads"] = _heads_info(config, train_windows, head_losses)
     info["seconds"] = round(time.monotonic() - started, 1)
@@ -798,10 +792,12 @@ def _train_info(
     train_windows: Sequence[HybridData],
     devs: Sequence[_DevData],
     dev_curve: list[dict[str, float]],
+    kept: list[dict[str, float]],
     step: int,
     bf16: bool,
     device: torch.device,
 ) -> dict[str, Any]:
+    """``kept``: the evaluated checkpoints that could be kept (``chosen`` is the best)."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings["datasets"] = [str(p) for p in config.datasets]
     return {
@@ -822,7 +818,7 @@ def _train_info(
             d.name: {"queries": len(d.data.windows), "hybrid_nDCG@10": d.hybrid_ndcg} for d in devs
         },
         "dev_curve": dev_curve,
-        "chosen": max(dev_curve, key=lambda m: m["mean"]),
+        "chosen": max(kept, key=lambda m: m["mean"]),
         "steps": step,
         "loss": "listwise softmax CE (1 positive + group_size-1 hybrid negatives)",
         "config": settings,

@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -755,22 +755,17 @@ class CachedScorer:
         predictions are stored together, under their own key."""
         heads: tuple[str, ...] = tuple(getattr(self.scorer, "signal_heads", ()))
         columns = self._columns(features)
-        keys = self._with_heads(self._keys(pairs, columns))
-        known = self.cache.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
-        self.pairs_scored += len(missing)
-        if missing:
+
+        def compute(rows: list[int]) -> np.ndarray:
             logits, predicted = self.scorer.score_with_signals(  # type: ignore[attr-defined]
-                [pairs[i] for i in missing],
+                [pairs[i] for i in rows],
                 deadline=deadline,
-                features=None if columns is None else columns[missing],
+                features=None if columns is None else columns[rows],
             )
-            rows = np.column_stack([logits, *(predicted[h] for h in heads)])
-            self.cache.put_many([keys[i] for i in missing], rows)
-            known.update({self.cache.key(keys[i]): rows[j] for j, i in enumerate(missing)})
-        table = np.array([known[self.cache.key(key)] for key in keys], dtype=np.float32).reshape(
-            len(keys), 1 + len(heads)
-        )
+            return np.column_stack([logits, *(predicted[h] for h in heads)])
+
+        keys = self._with_heads(self._keys(pairs, columns))
+        table = self._cached_rows(keys, 1 + len(heads), compute)
         return table[:, 0].copy(), {h: table[:, j + 1].copy() for j, h in enumerate(heads)}
 
     def score(
@@ -782,20 +777,31 @@ class CachedScorer:
         features: np.ndarray | None = None,
     ) -> np.ndarray:
         columns = self._columns(features)
-        keys = self._keys(pairs, columns)
+
+        def compute(rows: list[int]) -> np.ndarray:
+            return self.scorer.score(
+                [pairs[i] for i in rows],
+                deadline=deadline,
+                features=None if columns is None else columns[rows],
+            )
+
+        logits = self._cached_rows(self._keys(pairs, columns), 1, compute)[:, 0].copy()
+        return logits_or_probabilities(logits, probabilities=sigmoid)
+
+    def _cached_rows(
+        self, keys: list[str], width: int, compute: Callable[[list[int]], np.ndarray]
+    ) -> np.ndarray:
+        """A ``(len(keys), width)`` table: the stored rows where the cache has them, the rest
+        from ``compute(missing positions)`` (the model), stored for next time."""
         known = self.cache.get_many(keys)
         missing = [i for i, key in enumerate(keys) if self.cache.key(key) not in known]
         self.pairs_scored += len(missing)
         if missing:
-            fresh = self.scorer.score(
-                [pairs[i] for i in missing],
-                deadline=deadline,
-                features=None if columns is None else columns[missing],
-            )
-            self.cache.put_many([keys[i] for i in missing], fresh.reshape(-1, 1))
-            known.update({self.cache.key(keys[i]): fresh[j : j + 1] for j, i in enumerate(missing)})
-        logits = np.array([known[self.cache.key(key)][0] for key in keys], dtype=np.float32)
-        return logits_or_probabilities(logits, probabilities=sigmoid)
+            fresh = np.asarray(compute(missing), dtype=np.float32).reshape(len(missing), width)
+            self.cache.put_many([keys[i] for i in missing], fresh)
+            known.update({self.cache.key(keys[i]): fresh[j] for j, i in enumerate(missing)})
+        rows = [known[self.cache.key(key)] for key in keys]
+        return np.array(rows, dtype=np.float32).reshape(len(keys), width)
 
 
 def default_model_dir() -> Path:

@@ -199,9 +199,9 @@ class RerankHandler:
         self.embed_executor = ThreadPoolExecutor(1, "reranker-embed")
         self._searcher = searcher
         self._upstream_headers = upstream_headers
-        #: index expression → the embedder its vectors came from, where it is not ours
-        self._foreign_embeddings: dict[str, str] = {}
-        self._embeddings_known: dict[str, tuple[float, bool]] = {}
+        #: index expression → (when probed, usable for kNN, the other embedder its vectors
+        #: came from if not ours)
+        self._embeddings_known: dict[str, tuple[float, bool, str | None]] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -223,10 +223,9 @@ class RerankHandler:
         if spec.dense and not self.settings.enable_dense:
             raise errors.bad_request("dense retrieval is switched off on this proxy")
         if spec.dense is None:
-            spec = replace(spec, dense=await self._hybrid_by_default(search.index))
+            spec = replace(spec, dense=(await self._index_embeddings(search.index))[0])
         elif spec.dense and self.models.encoder is not None:
-            await self._hybrid_by_default(search.index)  # probes the index's embedder
-            foreign = self._foreign_embeddings.get(search.index)
+            _, foreign = await self._index_embeddings(search.index)
             if foreign:
                 raise errors.bad_request(
                     f"[{search.index}] was embedded with {foreign}; this proxy embeds queries "
@@ -295,15 +294,18 @@ class RerankHandler:
         self.metrics.in_flight.set(self.admission.in_flight)
         return ticket
 
-    async def _hybrid_by_default(self, index: str) -> bool:
-        """Hybrid candidates wherever the index has embeddings and this proxy an embedder
-        (README: hybrid recall@100 is above BM25's on every dataset measured)."""
+    async def _index_embeddings(self, index: str) -> tuple[bool, str | None]:
+        """Whether kNN with this proxy's embedder suits the index (the hybrid default wherever
+        it does; README: hybrid recall@100 is above BM25's on every dataset measured), and the
+        other embedder the index's vectors came from when that is why not. Probed with field
+        caps, cached per index for a while."""
         if not self.settings.enable_dense or self.models.encoder is None:
-            return False
+            return False, None
         now = time.monotonic()
         known = self._embeddings_known.get(index)
         if known is not None and now - known[0] < EMBEDDINGS_PROBE_TTL_S:
-            return known[1]
+            return known[1], known[2]
+        foreign: str | None = None
         try:
             searcher = await self._searcher()  # the client's own view of the index
             caps = await searcher.options(request_timeout=2.0).field_caps(
@@ -318,18 +320,15 @@ class RerankHandler:
                 # at random, so this index gets BM25 candidates
                 log.warning("%s was embedded with %s, this proxy embeds with %s: BM25 only",
                             index, ", ".join(stamped), ours)  # fmt: skip
-                self._foreign_embeddings[index] = ", ".join(stamped)
+                foreign = ", ".join(stamped)
                 has = False
-            else:
-                self._foreign_embeddings.pop(index, None)
         except Exception as exc:  # no answer → BM25 only, never a failed search
             log.warning("could not tell whether %s has embeddings: %s", index, exc)
-            return False
+            return False, None
         if len(self._embeddings_known) > 1024:
             self._embeddings_known.clear()
-            self._foreign_embeddings.clear()
-        self._embeddings_known[index] = (now, has)
-        return has
+        self._embeddings_known[index] = (now, has, foreign)
+        return has, foreign
 
     def _check_model_features(self, dense: bool, *, loading: bool = False) -> None:
         """400 when the loaded model reads a first-stage feature this search cannot give;

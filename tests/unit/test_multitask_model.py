@@ -114,7 +114,7 @@ def test_a_single_task_model_gets_fresh_heads_when_a_run_asks_for_them(
     config = AwareTrainConfig(
         datasets=[tmp_path], output_dir=tmp_path / "out", signal_heads=("popularity",)
     )
-    model, _ = _initial_model(tmp_path / "single", config, torch.device("cpu"))
+    model, _, _ = _initial_model(tmp_path / "single", config, torch.device("cpu"))
     assert model.signal_head_names == ("popularity",)
 
 
