@@ -1194,11 +1194,15 @@ def distill_cmd(
         query_splits(dataset, dev_max_queries=config.dev_max_queries, seed=config.seed)
     load_teacher(config.teacher)
     check_output_dir(config.output_dir, config.overwrite)
+    from reranker.indexing import default_cache
+
+    embedder = _embedder(ctx)
     info = distill(
         config,
         _client(ctx),
-        _embedder(ctx),
+        embedder,
         score_cache=ctx.obj.home / "scores",
+        embedding_cache=default_cache(ctx.obj.home, embedder),
         progress=progress,
     )
     chosen = info["distillation"]["chosen"] or {}

@@ -83,6 +83,9 @@ class SimulationReport:
     failed_searches: int = 0
     events_posted: int = 0
     accepted: int = 0
+    events_resent: int = 0
+    """Sends after the first of events the proxy refused with ``queue_full`` (429: valid, but its
+    write queue was full), which its answer says to send again."""
     rejected: dict[str, int] = field(default_factory=dict)
     impressions: int = 0
     clicks: int = 0
@@ -97,6 +100,7 @@ class SimulationReport:
             "failed_searches": self.failed_searches,
             "events_posted": self.events_posted,
             "events_accepted": self.accepted,
+            "events_resent": self.events_resent,
             "events_rejected": self.rejected,
             "impressions": self.impressions,
             "clicks": self.clicks,
@@ -174,11 +178,19 @@ async def simulate(
     concurrency: int = 4,
     headers: Mapping[str, str] | None = None,
     application: str = "click-simulator",
+    resend_attempts: int = 5,
+    resend_backoff_s: float = 0.05,
 ) -> SimulationReport:
     """Run ``sessions`` simulated sessions of each ``(query id, text)`` through the proxy at
-    ``http`` and post their events; what happened, counted."""
+    ``http`` and post their events; what happened, counted.
+
+    Events the proxy refuses with ``queue_full`` are sent again, up to ``resend_attempts``
+    times, after ``resend_backoff_s`` doubling each time; sessions wait meanwhile (the full
+    queue slows the simulated users down). Those still refused then count as rejected."""
     if sessions < 1 or size < 1 or batch_size < 1 or concurrency < 1:
         raise ConfigError("sessions, size, batch size and concurrency must be at least 1")
+    if resend_attempts < 0 or resend_backoff_s < 0:
+        raise ConfigError("resend attempts and back-off must not be negative")
     if not rankers:
         raise ConfigError("no ranker to simulate")
     for ranker in rankers:
@@ -195,6 +207,18 @@ async def simulate(
             await post(batch)
 
     async def post(batch: list[dict[str, Any]]) -> None:
+        report.events_posted += len(batch)
+        for attempt in range(resend_attempts + 1):
+            refused = await send(batch, final=attempt == resend_attempts)
+            if not refused:
+                return
+            # back off, then send only what the full queue refused (the rest is stored)
+            await asyncio.sleep(resend_backoff_s * 2**attempt)
+            report.events_resent += len(refused)
+            batch = refused
+
+    async def send(batch: list[dict[str, Any]], *, final: bool) -> list[dict[str, Any]]:
+        """Post ``batch``; the events refused with ``queue_full`` (counted when ``final``)."""
         body = "".join(_json_line(event) for event in batch)
         response = await http.post(
             "/_reranker/events",
@@ -206,12 +230,17 @@ async def simulate(
                 f"POST /_reranker/events answered {response.status_code}: {response.text[:300]}"
             )
         answer = response.json()
-        report.events_posted += len(batch)
         report.accepted += int(answer["accepted"])
-        for item in answer["items"]:
-            if "error" in item:
-                kind = item["error"]["type"]
+        refused: list[dict[str, Any]] = []
+        for event, item in zip(batch, answer["items"], strict=True):
+            if "error" not in item:
+                continue
+            kind = item["error"]["type"]
+            if kind == "queue_full" and not final:
+                refused.append(event)
+            else:
                 report.rejected[kind] = report.rejected.get(kind, 0) + 1
+        return refused
 
     async def run(query_id: str, text: str, number: int) -> None:
         rng = random.Random(f"{seed}:{query_id}:{number}")

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
     from transformers import PreTrainedModel
 
-    from reranker.embed_cache import TextEncoder
+    from reranker.embed_cache import EmbeddingCache, TextEncoder
     from reranker.scoring import PairScorer, Scorer
 
 log = logging.getLogger(__name__)
@@ -659,9 +659,15 @@ def distill(
     encoder: TextEncoder | None,
     *,
     score_cache: Path | None = None,
+    embedding_cache: EmbeddingCache | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Mine, score with the teacher, train the student (see the module docstring)."""
+    """Mine, score with the teacher, train the student (see the module docstring).
+
+    Each dataset's ``beir-<name>`` index is (re)built first when it is missing or holds another
+    corpus or another embedder's vectors (:func:`ensure_dataset_index`, as ``eval`` does), so
+    the mined hybrid candidates never come from query vectors of a foreign embedding space."""
+    from reranker.evaluation import ensure_dataset_index
     from reranker.scoring import CachedScorer
 
     teacher_scorer = load_teacher(config.teacher)
@@ -681,6 +687,11 @@ def distill(
         if config.max_queries is not None and len(train_qrels) > config.max_queries:
             kept = random.Random(config.seed).sample(sorted(train_qrels), config.max_queries)
             train_qrels = {q: train_qrels[q] for q in sorted(kept)}
+        if encoder is not None:
+            alias = f"beir-{dataset.name.lower()}"
+            ensure_dataset_index(
+                client, dataset, alias, encoder, cache=embedding_cache, progress=progress
+            )
         mined = mine_candidates(dataset, train_qrels, client, encoder, config, label="train",
                                 progress=progress)  # fmt: skip
         held = mine_candidates(dataset, dev_qrels, client, encoder, config, label="held-out",

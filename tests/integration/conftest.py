@@ -45,6 +45,33 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
+def write_mini_scifact(folder: Path, split: str, queries: int, others: int) -> Path:
+    """A BEIR folder of SciFact's first ``queries`` judged queries of ``split``, their relevant
+    abstracts and ``others`` more abstracts (in corpus order)."""
+    lines = (SCIFACT / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    rows = [line.split("\t") for line in lines]
+    query_ids = list(dict.fromkeys(r[0] for r in rows))[:queries]
+    kept = [r for r in rows if r[0] in query_ids]
+    relevant = {r[1] for r in kept}
+    docs: list[dict[str, object]] = []
+    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as handle:
+        extra = 0
+        for line in handle:
+            doc = json.loads(line)
+            if doc["_id"] in relevant or extra < others:
+                extra += doc["_id"] not in relevant
+                docs.append(doc)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "corpus.jsonl", docs)
+    texts = [json.loads(q) for q in (SCIFACT / "queries.jsonl").read_text().splitlines()]
+    write_jsonl(folder / "queries.jsonl", [q for q in texts if q["_id"] in query_ids])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / f"{split}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept)
+    )
+    return folder
+
+
 @pytest.fixture
 def alias(es_client: Elasticsearch) -> Iterator[str]:
     """A fresh alias name; every index behind or named after it is deleted afterwards."""

@@ -11,7 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from reranker.cli import main
-from tests.integration.conftest import SCIFACT, delete_indices_named_after, write_jsonl
+from tests.integration.conftest import (
+    SCIFACT,
+    delete_indices_named_after,
+    write_jsonl,
+    write_mini_scifact,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -19,30 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def mini_scifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 judged test queries, their relevant abstracts and 250 other abstracts."""
-    folder = tmp_path_factory.mktemp("mini-scifact")
-    lines = (SCIFACT / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    rows = [line.split("\t") for line in lines]
-    query_ids = list(dict.fromkeys(r[0] for r in rows))[:30]
-    kept = [r for r in rows if r[0] in query_ids]
-    relevant = {r[1] for r in kept}
-    docs: list[dict[str, Any]] = []
-    with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as handle:
-        others = 0
-        for line in handle:
-            doc = json.loads(line)
-            if doc["_id"] in relevant:
-                docs.append(doc)
-            elif others < 250:
-                docs.append(doc)
-                others += 1
-    write_jsonl(folder / "corpus.jsonl", docs)
-    queries = [json.loads(q) for q in (SCIFACT / "queries.jsonl").read_text().splitlines()]
-    write_jsonl(folder / "queries.jsonl", [q for q in queries if q["_id"] in query_ids])
-    (folder / "qrels").mkdir()
-    (folder / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in kept)
-    )
-    return folder
+    return write_mini_scifact(tmp_path_factory.mktemp("mini-scifact"), "test", 30, 250)
 
 
 def test_eval_writes_every_mode_and_metric_in_the_documented_shape(

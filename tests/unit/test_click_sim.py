@@ -131,3 +131,68 @@ async def test_the_same_seed_gives_the_same_clicks_whatever_the_concurrency() ->
     one, _ = await run(concurrency=1)
     four, _ = await run(concurrency=4)
     assert clicked(one) == clicked(four)
+
+
+class FullQueueProxy(FakeProxy):
+    """Refuses each event with ``queue_full`` the first ``refusals`` times it is sent."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self.sent: dict[str, int] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/_search"):
+            return super().__call__(request)
+        items = []
+        for line in request.content.decode().splitlines():
+            event = json.loads(line)
+            key = json.dumps(event, sort_keys=True)
+            self.sent[key] = self.sent.get(key, 0) + 1
+            if self.sent[key] <= self.refusals:
+                items.append({"status": 429, "error": {"type": "queue_full", "reason": "full"}})
+            else:
+                self.events.append(event)
+                items.append({"status": 202, "result": "queued"})
+        accepted = sum(1 for item in items if "error" not in item)
+        return httpx.Response(200, json={"accepted": accepted, "items": items})
+
+
+async def simulate_against(fake: FakeProxy, resend_attempts: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(fake), base_url="http://proxy"
+    ) as http:
+        report = await simulate(
+            http,
+            "idx",
+            [("a", "first query")],
+            {"a": {"d0": 2}},
+            sessions=4,
+            size=3,
+            batch_size=5,
+            resend_attempts=resend_attempts,
+            resend_backoff_s=0.0,
+        )
+    return report.to_dict()
+
+
+async def test_events_refused_because_the_queue_is_full_are_sent_again_until_stored() -> None:
+    fake = FullQueueProxy(refusals=2)
+    report = await simulate_against(fake, resend_attempts=3)
+    assert report["events_posted"] == report["events_accepted"] == len(fake.events) > 0
+    assert report["events_resent"] == 2 * report["events_posted"]
+    assert report["events_rejected"] == {}
+    assert set(fake.sent.values()) == {3}
+
+
+async def test_events_still_refused_after_the_last_resend_count_as_rejected() -> None:
+    fake = FullQueueProxy(refusals=5)
+    report = await simulate_against(fake, resend_attempts=1)
+    assert report["events_accepted"] == 0 and not fake.events
+    assert report["events_rejected"] == {"queue_full": report["events_posted"]}
+    assert report["events_resent"] == report["events_posted"]
+
+
+async def test_a_negative_resend_budget_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        await simulate_against(FakeProxy(), resend_attempts=-1)

@@ -329,7 +329,12 @@ async def test_a_model_reading_the_dense_score_answers_503_while_the_embedder_lo
                 response = await http.post("/docs-1/_search", json=body)
                 assert_es_error(response, 503, "reranker_unavailable_exception")
                 assert "still loading" in response.json()["error"]["reason"]
-                assert (await http.get("/_health")).status_code == 503
+                health = await http.get("/_health")
+                # the cluster is unreachable here too: the body says the embedder is what the
+                # model waits on, beside a loaded cross-encoder
+                assert health.status_code == 503
+                assert health.json()["model"]["loaded"] is True
+                assert health.json()["embedder"] == {"loaded": False}
             release.set()
     finally:
         release.set()
