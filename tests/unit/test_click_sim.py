@@ -83,8 +83,8 @@ class FakeProxy:
         return httpx.Response(200, json={"accepted": len(lines), "items": items})
 
 
-async def run(concurrency: int) -> tuple[FakeProxy, dict[str, Any]]:
-    fake = FakeProxy()
+async def simulate_against(fake: FakeProxy, **options: Any) -> dict[str, Any]:
+    """Two queries, six sessions each, three hits a search, batches of seven events."""
     async with httpx.AsyncClient(
         transport=httpx.MockTransport(fake), base_url="http://proxy"
     ) as http:
@@ -97,9 +97,14 @@ async def run(concurrency: int) -> tuple[FakeProxy, dict[str, Any]]:
             size=3,
             seed=7,
             batch_size=7,
-            concurrency=concurrency,
+            **options,
         )
-    return fake, report.to_dict()
+    return report.to_dict()
+
+
+async def run(concurrency: int) -> tuple[FakeProxy, dict[str, Any]]:
+    fake = FakeProxy()
+    return fake, await simulate_against(fake, concurrency=concurrency)
 
 
 async def test_every_shown_result_is_an_impression_and_clicks_are_ubi_events() -> None:
@@ -158,27 +163,9 @@ class FullQueueProxy(FakeProxy):
         return httpx.Response(200, json={"accepted": accepted, "items": items})
 
 
-async def simulate_against(fake: FakeProxy, resend_attempts: int) -> dict[str, Any]:
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(fake), base_url="http://proxy"
-    ) as http:
-        report = await simulate(
-            http,
-            "idx",
-            [("a", "first query")],
-            {"a": {"d0": 2}},
-            sessions=4,
-            size=3,
-            batch_size=5,
-            resend_attempts=resend_attempts,
-            resend_backoff_s=0.0,
-        )
-    return report.to_dict()
-
-
 async def test_events_refused_because_the_queue_is_full_are_sent_again_until_stored() -> None:
     fake = FullQueueProxy(refusals=2)
-    report = await simulate_against(fake, resend_attempts=3)
+    report = await simulate_against(fake, resend_attempts=3, resend_backoff_s=0.0)
     assert report["events_posted"] == report["events_accepted"] == len(fake.events) > 0
     assert report["events_resent"] == 2 * report["events_posted"]
     assert report["events_rejected"] == {}
@@ -187,7 +174,7 @@ async def test_events_refused_because_the_queue_is_full_are_sent_again_until_sto
 
 async def test_events_still_refused_after_the_last_resend_count_as_rejected() -> None:
     fake = FullQueueProxy(refusals=5)
-    report = await simulate_against(fake, resend_attempts=1)
+    report = await simulate_against(fake, resend_attempts=1, resend_backoff_s=0.0)
     assert report["events_accepted"] == 0 and not fake.events
     assert report["events_rejected"] == {"queue_full": report["events_posted"]}
     assert report["events_resent"] == report["events_posted"]
