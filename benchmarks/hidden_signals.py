@@ -17,6 +17,12 @@ of the queries choose between fits, as `ltr fit --dev-fraction 0.3` does) and sc
 NDCG@10 is computed over the logged window (the candidates the first stage returned), by the
 blend code serving uses (``Blend.score``).
 
+``newest answers without votes`` rows hide the vote count where it really is missing: for the
+newest fifth of the test documents (by ``freshness``, i.e. creation date; whatever their
+labels), ``popularity`` is 0, as the index holds for an answer nobody has voted on yet. The
+blend fitted with the real signals is scored as it is, and with those documents' popularity
+filled by ``predicted_popularity``.
+
 ``ceiling: linear fitted on test`` rows fit each linear blend on TEST itself (in-sample, more
 random restarts): not results, an upper bound on what any linear blend of those features can
 gain on these queries, whoever fits it.
@@ -29,12 +35,30 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reranker.blend import fit_linear
-from reranker.ltr import fit_blend, read_features
+from reranker.ltr import FeatureSet, fit_blend, read_features
 from reranker.task_heads import PREDICTED_PREFIX
 
 DEV_FRACTION = 0.3
 CEILING_RESTARTS = 6
+NEWEST_SHARE = 0.2
+
+
+def newest_without_votes(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+    """``features.values`` with the newest :data:`NEWEST_SHARE` of the documents' popularity
+    set to 0 (no votes yet), and the same with their predicted popularity instead."""
+    freshness = features.values[:, features.names.index("freshness")]
+    cut = np.quantile(np.unique(freshness), 1.0 - NEWEST_SHARE)
+    newest = freshness >= cut
+    popularity = features.names.index("popularity")
+    hidden = features.values.copy()
+    hidden[newest, popularity] = 0.0
+    filled = hidden.copy()
+    predicted = features.values[:, features.names.index(f"{PREDICTED_PREFIX}popularity")]
+    filled[newest, popularity] = predicted[newest]
+    return hidden, filled
 
 
 def main() -> None:
@@ -75,6 +99,15 @@ def main() -> None:
             key = f"{kind}: {name}"
             result["ndcg@10_test"][key] = round(test.ndcg(blend.score(test.values)), 4)
             result["blends"][key] = blend.to_dict() if kind == "linear" else {"features": only}
+            print(f"{key:55s} test NDCG@10 {result['ndcg@10_test'][key]:.4f}")
+    if "popularity" in real and "freshness" in test.names:
+        with_real = fit_blend("linear", fit_part, choose_part, base + real)
+        hidden, filled = newest_without_votes(test)
+        for key, values in (
+            ("newest answers without votes: real-signal blend, popularity 0", hidden),
+            ("newest answers without votes: the same, predicted popularity filled in", filled),
+        ):
+            result["ndcg@10_test"][key] = round(test.ndcg(with_real.score(values)), 4)
             print(f"{key:55s} test NDCG@10 {result['ndcg@10_test'][key]:.4f}")
     for name, only in variants.items():
         if len(only) == 1:
