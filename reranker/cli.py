@@ -1142,7 +1142,8 @@ def distill_cmd(
     folder, on the train queries of the BEIR DATASETS.
 
     Each train query's hybrid top-WINDOW comes from the local Elasticsearch (alias
-    beir-<dataset>, as `reranker eval` indexes it); the top --top and --sampled random others
+    beir-<dataset>, indexed first, as `reranker eval` does, when it is missing or holds
+    another corpus or another embedder's vectors); the top --top and --sampled random others
     are scored by the teacher (logits cached under RERANKER_HOME/scores, so a re-run costs no
     teacher time). The student is the first --layers layers of --base-model with a fresh
     head, trained on the teacher's logits with --loss, reading the teacher's tokenizer at its
@@ -1163,6 +1164,7 @@ def distill_cmd(
         load_teacher,
         query_splits,
     )
+    from reranker.indexing import default_cache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
@@ -1194,8 +1196,6 @@ def distill_cmd(
         query_splits(dataset, dev_max_queries=config.dev_max_queries, seed=config.seed)
     load_teacher(config.teacher)
     check_output_dir(config.output_dir, config.overwrite)
-    from reranker.indexing import default_cache
-
     embedder = _embedder(ctx)
     info = distill(
         config,
