@@ -23,6 +23,9 @@ labels), ``popularity`` is 0, as the index holds for an answer nobody has voted 
 blend fitted with the real signals is scored as it is, and with those documents' popularity
 filled by ``predicted_popularity``.
 
+``ndcg@10_test_eval_scale`` scores the same blends as ``reranker eval`` does (every judged
+document of the split counts, also those outside the window).
+
 ``ceiling: linear fitted on test`` rows fit each linear blend on TEST itself (in-sample, more
 random restarts): not results, an upper bound on what any linear blend of those features can
 gain on these queries, whoever fits it.
@@ -32,18 +35,45 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from reranker.blend import fit_linear
+from reranker.corpus import load_qrels
+from reranker.evaluation import score_run
 from reranker.ltr import FeatureSet, fit_blend, read_features
 from reranker.task_heads import PREDICTED_PREFIX
 
 DEV_FRACTION = 0.3
 CEILING_RESTARTS = 6
 NEWEST_SHARE = 0.2
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def eval_scale(path: Path) -> Callable[[np.ndarray], float]:
+    """NDCG@10 as ``reranker eval`` computes it, for scores of the rows of feature file
+    ``path``: the window in the scores' order against every judged document of the split
+    (``ir_measures``), so a query whose relevant documents the first stage missed counts, and
+    counts against it. The split comes from the file's ``.meta.json``."""
+    meta = json.loads(path.with_name(path.name + ".meta.json").read_text(encoding="utf-8"))
+    qrels = load_qrels(DATA / meta["dataset"], meta["split"])
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    pairs = [(str(r["qid"]), str(r["doc_id"])) for r in rows]
+    # ties keep the window's order, as FeatureSet.ndcg does (ir_measures would break them by
+    # document id, which moves LambdaMART's many tied scores)
+    tie_break = np.arange(len(rows)) * 1e-9
+
+    def ndcg(scores: np.ndarray) -> float:
+        run: dict[str, dict[str, float]] = {}
+        ranked = np.asarray(scores, dtype=np.float64) - tie_break
+        for (query_id, doc_id), score in zip(pairs, ranked, strict=True):
+            run.setdefault(query_id, {})[doc_id] = float(score)
+        return score_run(run, qrels)["ndcg@10"]
+
+    return ndcg
 
 
 def newest_without_votes(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +119,10 @@ def main() -> None:
         "dev_queries": len(dev.query_ids),
         "test_queries": len(test.query_ids),
         "ndcg@10_test": {},
+        "ndcg@10_test_eval_scale": {},
         "blends": {},
     }
+    on_eval_scale = eval_scale(args.test)
     for kind in ("linear", "lambdamart"):
         for name, only in variants.items():
             if kind == "lambdamart" and len(only) == 1:
@@ -98,8 +130,12 @@ def main() -> None:
             blend = fit_blend(kind, fit_part, choose_part, only)
             key = f"{kind}: {name}"
             result["ndcg@10_test"][key] = round(test.ndcg(blend.score(test.values)), 4)
+            result["ndcg@10_test_eval_scale"][key] = round(
+                on_eval_scale(blend.score(test.values)), 4
+            )
             result["blends"][key] = blend.to_dict() if kind == "linear" else {"features": only}
-            print(f"{key:55s} test NDCG@10 {result['ndcg@10_test'][key]:.4f}")
+            window, full = result["ndcg@10_test"][key], result["ndcg@10_test_eval_scale"][key]
+            print(f"{key:55s} test NDCG@10 {window:.4f} (eval scale {full:.4f})")
     if "popularity" in real and "freshness" in test.names:
         with_real = fit_blend("linear", fit_part, choose_part, base + real)
         hidden, filled = newest_without_votes(test)
@@ -107,8 +143,11 @@ def main() -> None:
             ("newest answers without votes: real-signal blend, popularity 0", hidden),
             ("newest answers without votes: the same, predicted popularity filled in", filled),
         ):
-            result["ndcg@10_test"][key] = round(test.ndcg(with_real.score(values)), 4)
-            print(f"{key:55s} test NDCG@10 {result['ndcg@10_test'][key]:.4f}")
+            scores = with_real.score(values)
+            result["ndcg@10_test"][key] = round(test.ndcg(scores), 4)
+            result["ndcg@10_test_eval_scale"][key] = round(on_eval_scale(scores), 4)
+            window, full = result["ndcg@10_test"][key], result["ndcg@10_test_eval_scale"][key]
+            print(f"{key:55s} test NDCG@10 {window:.4f} (eval scale {full:.4f})")
     for name, only in variants.items():
         if len(only) == 1:
             continue
