@@ -483,16 +483,24 @@ def _has_heads(model: Any) -> bool:
 def _heads_card(checkpoint_dir: Path, names: Sequence[str]) -> dict[str, Any]:
     """The card's account of a multi-task model's signal heads: each named output, what it
     predicts, and how it was trained (from ``train_info.json``)."""
-    from reranker.task_heads import predicted_feature
+    from reranker.task_heads import CLICK_HEAD, predicted_feature
 
     info = (read_training_info(checkpoint_dir) or {}).get("train_info", {}).get("heads", {})
+
+    def predicts(name: str) -> str:
+        if name == CLICK_HEAD:
+            return (
+                "the chance that a user who looks at the document clicks it, for this query "
+                "(the click model's attractiveness), in [0, 1] (sigmoid), from the text alone"
+            )
+        return (
+            f"the {name} signal feature of the dataset's preset, in [0, 1] (sigmoid), from the "
+            "text alone"
+        )
+
     return {
         "outputs": {
-            name: {
-                "predicts": f"the {name} signal feature of the dataset's preset, in [0, 1] "
-                "(sigmoid), from the text alone",
-                "blend_feature": predicted_feature(name),
-            }
+            name: {"predicts": predicts(name), "blend_feature": predicted_feature(name)}
             for name in names
         },
         "training": info,

@@ -904,13 +904,29 @@ def _record_in_card(scorer: Any, key: str, metrics: dict[str, float]) -> None:
     default="relevance",
     show_default=True,
     help="First-stage-aware: the tasks of one shared encoder, comma-separated from relevance, "
-    "popularity, authority, freshness. Each signal head regresses the dataset's signal "
-    "feature (its preset) from the text; it is exported as a named ONNX output.",
+    "popularity, authority, freshness, clickthrough. Each signal head regresses the dataset's "
+    "signal feature (its preset) from the text; clickthrough learns from --click-events. "
+    "Each is exported as a named ONNX output.",
 )
 @click.option(
     "--loss-weights",
     default=None,
     help="First-stage-aware: NAME=WEIGHT,... per head [default: 1 each].",
+)
+@click.option(
+    "--click-events",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="First-stage-aware, with the clickthrough head: UBI events (JSON lines, as "
+    "`reranker judgments --events` reads) whose training-query pairs it learns from.",
+)
+@click.option(
+    "--click-min-examinations",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Pairs the position-based click model thinks were examined fewer times do not train "
+    "the clickthrough head.",
 )
 @click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--seed", default=13, show_default=True)
@@ -937,6 +953,8 @@ def train_cmd(
     eval_every: int | None,
     heads: str,
     loss_weights: str | None,
+    click_events: Path | None,
+    click_min_examinations: float,
     threads: int | None,
     seed: int,
     resume: bool,
@@ -961,8 +979,11 @@ def train_cmd(
     With --heads relevance,popularity,authority,freshness the same encoder also learns each
     signal the dataset's preset defines (Stack Exchange: all three; SciFact: authority and
     freshness), by a masked mean squared error beside the relevance loss, weighted by
-    --loss-weights. Documents judged for dev or test queries never train a head. `reranker
-    export` writes the heads as named outputs; a blend reads them as predicted_<head>.
+    --loss-weights. Documents judged for dev or test queries never train a head. The
+    clickthrough head learns, per (query, document), the attractiveness the position-based
+    click model fits to --click-events (binary cross-entropy), for training queries only.
+    `reranker export` writes the heads as named outputs; a blend reads them as
+    predicted_<head>.
     """
     import logging
 
@@ -975,12 +996,15 @@ def train_cmd(
         weights = parse_loss_weights(loss_weights, signal_heads)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    if (signal_heads or loss_weights) and not first_stage_aware:
-        raise click.UsageError("--heads and --loss-weights need --first-stage-aware")
+    if (signal_heads or loss_weights or click_events) and not first_stage_aware:
+        raise click.UsageError(
+            "--heads, --loss-weights and --click-events need --first-stage-aware"
+        )
     if first_stage_aware:
         _train_aware(
             data, output_dir, base_model, max_length, lr, head_lr, epochs, max_steps,
             group_size, dev_fraction, eval_every, threads, seed, signal_heads, weights,
+            click_events, click_min_examinations,
         )  # fmt: skip
         return
     from reranker.train import TrainConfig, train
@@ -1031,6 +1055,8 @@ def _train_aware(
     seed: int,
     signal_heads: tuple[str, ...] = (),
     loss_weights: dict[str, float] | None = None,
+    click_events: Path | None = None,
+    click_min_examinations: float = 2.0,
 ) -> None:
     from reranker.config import Settings
     from reranker.first_stage_aware import AwareTrainConfig, train_aware
@@ -1052,6 +1078,8 @@ def _train_aware(
         cache_dir=Settings.from_env().home / "embeddings",
         signal_heads=signal_heads,
         loss_weights=loss_weights,
+        click_events=click_events,
+        click_min_examinations=click_min_examinations,
     )
     info = train_aware(config, progress=True)
     chosen = info["chosen"]

@@ -52,8 +52,12 @@ from reranker.first_stage_features import (
 )
 from reranker.losses import listwise_loss
 from reranker.task_heads import (
+    CLICK_HEAD,
     RELEVANCE,
+    ClickTargets,
     SignalTargets,
+    click_loss,
+    click_targets,
     judged_documents,
     signal_loss,
     signal_targets,
@@ -424,6 +428,10 @@ class AwareTrainConfig:
     """Multi-task: signal heads trained beside relevance (:mod:`reranker.task_heads`)."""
     loss_weights: dict[str, float] | None = None
     """Per head (``relevance`` and each signal head); 1.0 where not given."""
+    click_events: Path | None = None
+    """UBI events (JSON lines) the click-through head learns from (it needs them)."""
+    click_min_examinations: float = 2.0
+    """Pairs the click model thinks were examined fewer times train no click-through."""
 
     def __post_init__(self) -> None:
         self.datasets = [Path(p) for p in self.datasets]
@@ -441,6 +449,15 @@ class AwareTrainConfig:
         self.signal_heads = parse_heads(",".join((RELEVANCE, *self.signal_heads)))
         given = ",".join(f"{k}={v}" for k, v in (self.loss_weights or {}).items())
         self.loss_weights = parse_loss_weights(given, self.signal_heads)
+        if self.click_events is not None:
+            self.click_events = Path(self.click_events)
+        if (CLICK_HEAD in self.signal_heads) != (self.click_events is not None):
+            raise ConfigError(
+                f"the {CLICK_HEAD} head learns from click events and click events train only "
+                f"it: give both or neither (--heads ...,{CLICK_HEAD} --click-events FILE)"
+            )
+        if self.click_min_examinations < 0:
+            raise ConfigError("the click-through head's minimum examinations must be ≥ 0")
 
 
 @dataclass
@@ -574,6 +591,21 @@ def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevDat
     return train_windows, devs
 
 
+def _click_targets(
+    config: AwareTrainConfig, train_windows: Sequence[HybridData]
+) -> ClickTargets | None:
+    """The click-through head's targets: pairs of the training queries only (a dev, test or
+    held-out query's clicks would leak into the model)."""
+    if config.click_events is None:
+        return None
+    queries = [w.query for d in train_windows for w in d.windows]
+    clicks = click_targets(
+        config.click_events, queries, min_examinations=config.click_min_examinations
+    )
+    log.info("click-through targets from %s: %s", config.click_events, clicks.counts())
+    return clicks
+
+
 def _epoch_groups(
     data: Sequence[HybridData], config: AwareTrainConfig, epoch: int
 ) -> list[tuple[Group, str]]:
@@ -649,6 +681,8 @@ class _Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     targets: dict[str, SignalTargets]
     """per dataset name (multi-task training only)"""
+    clicks: ClickTargets | None = None
+    """the click-through head's targets (when the model has that head)"""
     last_losses: dict[str, float] | None = None
     """each head's loss at the last step"""
 
@@ -672,6 +706,10 @@ class _Trainer:
             values = np.concatenate([r[0] for r in rows])
             usable = np.concatenate([r[1] for r in rows])
             losses |= signal_loss(predicted, values, usable, heads)
+        if CLICK_HEAD in heads and self.clicks is not None:  # per pair, not per document
+            doc_ids = [d for g, _ in chosen for d in g.doc_ids]
+            click_values, click_usable = self.clicks.rows(queries, doc_ids)
+            losses[CLICK_HEAD] = click_loss(predicted[CLICK_HEAD], click_values, click_usable)
         weights = self.config.loss_weights or {}
         loss: Any = sum(weights.get(k, 1.0) * v for k, v in losses.items())
         self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
@@ -709,6 +747,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     device, bf16 = _resolve_device(config)
     base = config.base_model or default_base_model()
     train_windows, devs = _load_data(config)
+    clicks = _click_targets(config, train_windows)
     model, tokenizer, fresh_heads = _initial_model(base, config, device)
     # a step-0 model with freshly initialised signal heads would predict noise: never keep it
     step0_eligible = not fresh_heads
@@ -727,6 +766,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
         optimizer=optimizer,
         scheduler=scheduler,
         targets={d.name: d.targets for d in train_windows if d.targets is not None},
+        clicks=clicks,
     )
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -780,7 +820,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     kept = _eligible(dev_curve, step0_eligible)
     info = _train_info(config, base, train_windows, devs, dev_curve, kept, step, bf16, device)
     if config.signal_heads:
-        info["heads"] = _heads_info(config, train_windows, head_losses)
+        info["heads"] = _heads_info(config, train_windows, head_losses, clicks)
     info["seconds"] = round(time.monotonic() - started, 1)
     _finish(out, info)
     return info
@@ -838,18 +878,27 @@ def _heads_info(
     config: AwareTrainConfig,
     train_windows: Sequence[HybridData],
     head_losses: Sequence[dict[str, float]],
+    clicks: ClickTargets | None = None,
 ) -> dict[str, Any]:
     tail = head_losses[-50:]
+    losses = {
+        RELEVANCE: "listwise softmax CE",
+        **dict.fromkeys(config.signal_heads, "MSE of sigmoid(head) against the preset's signal"),
+    }
+    targets: dict[str, Any] = {
+        d.name: d.targets.counts() for d in train_windows if d.targets is not None
+    }
+    if clicks is not None:
+        losses[CLICK_HEAD] = (
+            "BCE of sigmoid(head) against the position-based click model's attractiveness of "
+            "each (training query, document) pair"
+        )
+        targets[CLICK_HEAD] = {"events": str(config.click_events), **clicks.counts()}
     return {
         "names": [RELEVANCE, *config.signal_heads],
         "loss_weights": config.loss_weights,
-        "losses": {
-            RELEVANCE: "listwise softmax CE",
-            **dict.fromkeys(
-                config.signal_heads, "MSE of sigmoid(head) against the preset's signal"
-            ),
-        },
-        "targets": {d.name: d.targets.counts() for d in train_windows if d.targets is not None},
+        "losses": losses,
+        "targets": targets,
         "held_out": "documents judged for dev or test queries, or for the held-out train "
         "queries, are masked out of every signal loss",
         "final_losses": {k: round(float(np.mean([h[k] for h in tail])), 5) for k in tail[-1]}

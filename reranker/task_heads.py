@@ -16,6 +16,15 @@ prediction (feature ``predicted_<signal>``) where the signal itself is missing.
 Held-out documents: every document judged for a dev or test query (and for the train queries
 held out for checkpoint selection) is masked out of every signal loss, so that a head's numbers
 on those documents are predictions, never recollections of a target it was fitted to.
+
+The click-through head (:data:`CLICK_HEAD`) is popularity as users show it: the chance that a
+user who looks at the document, for this query, clicks it. Its targets are per (query,
+document) pair, not per document: the attractiveness the position-based click model
+(:func:`reranker.judgments.fit_pbm`, the EM fit ``reranker judgments --model pbm`` uses) puts
+on each pair of the click events it is given, for the pairs it thinks were examined at least
+``min_examinations`` times, and only for the training queries (events of any other query are
+ignored). Its loss is the binary cross-entropy of its sigmoid against that attractiveness: the
+negative log-likelihood of "attractive" under the click model.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ from reranker.errors import ConfigError, SourceError
 
 RELEVANCE = "relevance"
 #: Signal heads a model may have, in their ONNX output order (after ``logits``).
-SIGNAL_HEADS: tuple[str, ...] = ("popularity", "authority", "freshness")
+CLICK_HEAD = "clickthrough"
+SIGNAL_HEADS: tuple[str, ...] = ("popularity", "authority", "freshness", CLICK_HEAD)
 HEAD_NAMES: tuple[str, ...] = (RELEVANCE, *SIGNAL_HEADS)
 #: Blend feature name of a head's prediction.
 PREDICTED_PREFIX = "predicted_"
@@ -156,6 +166,85 @@ def signal_targets(
     return SignalTargets(tuple(heads), {d: i for i, d in enumerate(ids)}, values, usable)
 
 
+@dataclass(frozen=True)
+class ClickTargets:
+    """The click-through head's targets: per (normalised query text, document id), the
+    position-based model's attractiveness of the pair."""
+
+    scores: dict[tuple[str, str], float]
+    min_examinations: float
+    events: int
+    pairs_seen: int
+
+    def rows(
+        self, queries: Sequence[str], doc_ids: Sequence[str]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Targets and usable mask for the pairs ``zip(queries, doc_ids)``."""
+        from reranker.judgments import normalise_query
+
+        values = np.zeros(len(doc_ids), dtype=np.float32)
+        usable = np.zeros(len(doc_ids), dtype=bool)
+        for r, (query, doc_id) in enumerate(zip(queries, doc_ids, strict=True)):
+            value = self.scores.get((normalise_query(query), doc_id))
+            if value is not None:
+                values[r], usable[r] = value, True
+        return values, usable
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "pairs_seen": self.pairs_seen,
+            "pairs": len(self.scores),
+            "queries": len({query for query, _ in self.scores}),
+            "min_examinations": self.min_examinations,
+        }
+
+
+def click_targets(
+    events: Path, training_queries: Iterable[str], *, min_examinations: float = 2.0
+) -> ClickTargets:
+    """Fit the position-based click model to the events in ``events`` (UBI events as JSON
+    lines, as ``reranker judgments --events`` reads them) and keep the pairs of
+    ``training_queries`` (texts) examined at least ``min_examinations`` times; a
+    :class:`SourceError` when none is left."""
+    from reranker.judgments import count_clicks, fit_pbm, normalise_query, read_events_file
+
+    if min_examinations < 0:
+        raise ConfigError("the click-through head's minimum examinations must be ≥ 0")
+    counts, report = count_clicks(read_events_file(events))
+    if not counts.rows:
+        raise SourceError(f"{events}: no impression or click to learn click-through from")
+    fit = fit_pbm(counts)
+    examined = fit.examinations or {}
+    allowed = {normalise_query(text) for text in training_queries}
+    scores = {
+        pair: score
+        for pair, score in fit.scores.items()
+        if pair[0] in allowed and examined.get(pair, 0.0) >= min_examinations
+    }
+    if not scores:
+        raise SourceError(
+            f"{events}: none of its {len(fit.scores)} (query, document) pairs is of a training "
+            f"query and examined {min_examinations:g} times: nothing to train click-through on"
+        )
+    return ClickTargets(scores, min_examinations, report.events, len(fit.scores))
+
+
+def click_loss(prediction: Any, values: np.ndarray, usable: np.ndarray) -> Any:
+    """Binary cross-entropy of the click-through head's sigmoid against the attractiveness,
+    over the usable rows (a zero tensor where none is)."""
+    import torch
+
+    pred = prediction.reshape(-1).float()
+    mask = torch.from_numpy(usable).to(pred.device)
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    target = torch.from_numpy(values).to(pred.device)
+    return torch.nn.functional.binary_cross_entropy(
+        pred[mask].clamp(1e-6, 1.0 - 1e-6), target[mask]
+    )
+
+
 def signal_loss(
     predictions: Mapping[str, Any], targets: np.ndarray, usable: np.ndarray, heads: Sequence[str]
 ) -> dict[str, Any]:
@@ -175,11 +264,15 @@ def signal_loss(
 
 
 __all__ = [
+    "CLICK_HEAD",
     "HEAD_NAMES",
     "PREDICTED_PREFIX",
     "RELEVANCE",
     "SIGNAL_HEADS",
+    "ClickTargets",
     "SignalTargets",
+    "click_loss",
+    "click_targets",
     "document_sources",
     "judged_documents",
     "parse_heads",

@@ -255,17 +255,56 @@ def test_a_tiny_multi_task_run_trains_the_signal_heads_and_records_them(
         tmp_path,
         minilm_weights_dir,
         max_steps=2,
-        signal_heads=("authority", "freshness"),
+        signal_heads=("authority", "freshness", "clickthrough"),
         loss_weights={"authority": 2.0},
+        click_events=_relevant_clicks(data, tmp_path / "events.jsonl"),
     )
     info = train_aware(config, progress=False)
     heads = info["heads"]
-    assert heads["names"] == ["relevance", "authority", "freshness"]
-    assert heads["loss_weights"] == {"relevance": 1.0, "authority": 2.0, "freshness": 1.0}
+    assert heads["names"] == ["relevance", "authority", "freshness", "clickthrough"]
+    assert heads["loss_weights"] == {
+        "relevance": 1.0,
+        "authority": 2.0,
+        "freshness": 1.0,
+        "clickthrough": 1.0,
+    }
     assert heads["targets"]["scifact"]["authority"] > 0
-    assert set(heads["final_losses"]) == {"relevance", "authority", "freshness"}
+    assert heads["targets"]["clickthrough"]["pairs"] > 0
+    assert "BCE" in heads["losses"]["clickthrough"]
+    assert set(heads["final_losses"]) == {"relevance", "authority", "freshness", "clickthrough"}
     assert [m["step"] for m in info["dev_curve"]] == [0.0, 2.0]
     assert info["chosen"]["step"] == 2.0  # never the step-0 model with untrained heads
     assert all(v > 0 for v in heads["final_losses"].values())
     model, _ = load_aware(tmp_path / "out")
-    assert model.signal_head_names == ("authority", "freshness")
+    assert model.signal_head_names == ("authority", "freshness", "clickthrough")
+
+
+def _relevant_clicks(data: Path, path: Path) -> Path:
+    """Simulated UBI events: every judged query searched 8 times, its relevant abstract shown
+    first and clicked in 6, a distractor shown second and clicked in 1."""
+    texts = {
+        json.loads(line)["_id"]: json.loads(line)["text"]
+        for line in (data / "queries.jsonl").open(encoding="utf-8")
+    }
+    judged = [
+        line.split("\t")[:2] for line in (data / "qrels" / "train.tsv").read_text().splitlines()[1:]
+    ]
+    events = []
+    for n, (query_id, doc_id) in enumerate(judged):
+        for session in range(8):
+            search = f"{n}-{session}"
+            for position, doc, clicked in ((1, doc_id, session < 6), (2, "4983", session == 0)):
+                for action in ("impression", "click") if clicked else ("impression",):
+                    events.append(
+                        {
+                            "action_name": action,
+                            "query_id": search,
+                            "user_query": texts[query_id],
+                            "event_attributes": {
+                                "object": {"object_id": doc},
+                                "position": {"ordinal": position},
+                            },
+                        }
+                    )
+    path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return path

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reranker.errors import ConfigError
+from reranker.errors import ConfigError, SourceError
 from reranker.task_heads import (
+    CLICK_HEAD,
     SIGNAL_HEADS,
+    click_loss,
+    click_targets,
     document_sources,
     parse_heads,
     parse_loss_weights,
@@ -64,6 +67,7 @@ def test_predicted_features_are_named_after_their_head() -> None:
         "predicted_popularity",
         "predicted_authority",
         "predicted_freshness",
+        "predicted_clickthrough",
     ]
 
 
@@ -135,3 +139,78 @@ def test_predictions_join_the_signal_columns_and_a_hit_without_one_is_flagged() 
     assert joined.values.tolist() == [[0.3, 0.9], [0.4, 0.0]]
     assert joined.defaults_used.tolist() == [[False, False], [False, True]]
     assert with_predictions(signals, [hit("a", None)]) is signals
+
+
+# ------------------------------------------------------------------ the click-through head
+
+
+def click_event(action: str, search: str, doc: str, position: int, text: str) -> dict[str, object]:
+    return {
+        "action_name": action,
+        "query_id": search,
+        "user_query": text,
+        "session_id": "s",
+        "timestamp": "2025-01-01T00:00:00.000Z",
+        "event_attributes": {"object": {"object_id": doc}, "position": {"ordinal": position}},
+    }
+
+
+def write_click_events(path: Path) -> Path:
+    """20 searches of a training query showing d1 and d2, in turn at the top: d1 clicked in
+    15, d2 in 2; and 20 of a test query whose d9 is always clicked."""
+    events = []
+    for n in range(20):
+        first, second = ("d1", "d2") if n % 2 else ("d2", "d1")
+        events.append(click_event("impression", f"t{n}", first, 1, "Vitamin D  bones"))
+        events.append(click_event("impression", f"t{n}", second, 2, "Vitamin D  bones"))
+        if n % 4:
+            events.append(click_event("click", f"t{n}", "d1", 1 if first == "d1" else 2, "x"))
+        if n in (2, 6):
+            events.append(click_event("click", f"t{n}", "d2", 1, "x"))
+        events.append(click_event("impression", f"x{n}", "d9", 1, "a test query"))
+        events.append(click_event("click", f"x{n}", "d9", 1, "a test query"))
+    path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return path
+
+
+def test_click_targets_are_the_click_models_attractiveness_of_training_query_pairs_only(
+    tmp_path: Path,
+) -> None:
+    targets = click_targets(write_click_events(tmp_path / "events.jsonl"), ["Vitamin D bones"])
+    assert {doc for _, doc in targets.scores} == {"d1", "d2"}  # the test query's pair is not
+    values, usable = targets.rows(["Vitamin D  bones", "Vitamin D bones", "x"], ["d1", "d2", "d1"])
+    assert list(usable) == [True, True, False]
+    assert values[0] > 0.5 > values[1]
+    assert targets.counts()["pairs"] == 2 and targets.counts()["pairs_seen"] == 3
+
+
+def test_pairs_examined_too_rarely_train_no_click_through(tmp_path: Path) -> None:
+    events = write_click_events(tmp_path / "events.jsonl")
+    with pytest.raises(SourceError, match="nothing to train click-through on"):
+        click_targets(events, ["Vitamin D bones"], min_examinations=50)
+    with pytest.raises(SourceError, match="nothing to train click-through on"):
+        click_targets(events, ["a query nobody searched"])
+
+
+def test_the_click_loss_is_the_cross_entropy_of_the_usable_pairs_only() -> None:
+    torch = pytest.importorskip("torch")
+    prediction = torch.tensor([0.8, 0.3, 0.5])
+    values = np.array([1.0, 0.0, 1.0], dtype=np.float32)
+    loss = click_loss(prediction, values, np.array([True, True, False]))
+    expected = -(np.log(0.8) + np.log(0.7)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(click_loss(prediction, values, np.zeros(3, dtype=bool))) == 0.0
+
+
+def test_the_click_through_head_and_click_events_come_together(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from reranker.first_stage_aware import AwareTrainConfig
+
+    events = write_click_events(tmp_path / "events.jsonl")
+    common = {"datasets": [tmp_path], "output_dir": tmp_path / "out"}
+    with pytest.raises(ConfigError, match="click events"):
+        AwareTrainConfig(**common, signal_heads=(CLICK_HEAD,))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="click events"):
+        AwareTrainConfig(**common, signal_heads=("popularity",), click_events=events)  # type: ignore[arg-type]
+    config = AwareTrainConfig(**common, signal_heads=(CLICK_HEAD,), click_events=events)  # type: ignore[arg-type]
+    assert config.signal_heads == (CLICK_HEAD,)
