@@ -12,7 +12,9 @@ of the queries choose between fits, as `ltr fit --dev-fraction 0.3` does) and sc
 * ``without``: relevance + first_stage (what a blend has when the signals are hidden);
 * ``with predicted``: the same plus the heads' predictions;
 * ``with real signals``: relevance + first_stage + the real signals (not hidden: the ceiling
-  the predictions stand in for).
+  the predictions stand in for);
+* with a click-through head (``predicted_clickthrough``, which has no real counterpart), the
+  same with its prediction, alone and beside the signal heads'.
 
 NDCG@10 is computed over the logged window (the candidates the first stage returned), by the
 blend code serving uses (``Blend.score``).
@@ -45,7 +47,7 @@ from reranker.blend import fit_linear
 from reranker.corpus import load_qrels
 from reranker.evaluation import score_run
 from reranker.ltr import FeatureSet, fit_blend, read_features
-from reranker.task_heads import PREDICTED_PREFIX
+from reranker.task_heads import CLICK_HEAD, PREDICTED_PREFIX, predicted_feature
 
 DEV_FRACTION = 0.3
 CEILING_RESTARTS = 6
@@ -105,13 +107,18 @@ def main() -> None:
     real = [
         n[len(PREDICTED_PREFIX) :] for n in predicted if n[len(PREDICTED_PREFIX) :] in dev.names
     ]
+    signals = [predicted_feature(n) for n in real]
     base = ["relevance", "first_stage"]
     variants = {
         "relevance alone": ["relevance"],
         "without (relevance + first_stage)": base,
-        "with predicted signals": base + predicted,
+        "with predicted signals": base + signals,
         "with real signals (not hidden)": base + real,
     }
+    clicks = predicted_feature(CLICK_HEAD)
+    if clicks in dev.names:  # a click-through head: no real counterpart in the index
+        variants["with predicted click-through"] = [*base, clicks]
+        variants["with predicted signals and click-through"] = [*base, *signals, clicks]
     fit_part, choose_part = dev.split(DEV_FRACTION)
     result: dict[str, Any] = {
         "dev": str(args.dev),
