@@ -78,6 +78,16 @@ def eval_scale(path: Path) -> Callable[[np.ndarray], float]:
     return ndcg
 
 
+def ceiling_ndcg(test: FeatureSet, only: list[str]) -> float:
+    """NDCG@10 of a linear blend of ``only`` fitted on ``test`` itself: not a result, the most
+    any linear blend of those features can reach on these queries."""
+    columns = [test.names.index(n) for n in only]
+    fitted = fit_linear(
+        test.values[:, columns], test.labels, test.groups, only, restarts=CEILING_RESTARTS
+    )
+    return round(test.ndcg(fitted.score(test.values[:, columns])), 4)
+
+
 def newest_without_votes(features: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
     """``features.values`` with the newest :data:`NEWEST_SHARE` of the documents' popularity
     set to 0 (no votes yet), and the same with their predicted popularity instead."""
@@ -130,40 +140,35 @@ def main() -> None:
         "blends": {},
     }
     on_eval_scale = eval_scale(args.test)
+
+    def record(key: str, scores: np.ndarray) -> None:
+        result["ndcg@10_test"][key] = window = round(test.ndcg(scores), 4)
+        result["ndcg@10_test_eval_scale"][key] = full = round(on_eval_scale(scores), 4)
+        print(f"{key:55s} test NDCG@10 {window:.4f} (eval scale {full:.4f})")
+
+    linear: dict[str, Any] = {}
     for kind in ("linear", "lambdamart"):
         for name, only in variants.items():
             if kind == "lambdamart" and len(only) == 1:
                 continue
             blend = fit_blend(kind, fit_part, choose_part, only)
             key = f"{kind}: {name}"
-            result["ndcg@10_test"][key] = round(test.ndcg(blend.score(test.values)), 4)
-            result["ndcg@10_test_eval_scale"][key] = round(
-                on_eval_scale(blend.score(test.values)), 4
-            )
+            record(key, blend.score(test.values))
             result["blends"][key] = blend.to_dict() if kind == "linear" else {"features": only}
-            window, full = result["ndcg@10_test"][key], result["ndcg@10_test_eval_scale"][key]
-            print(f"{key:55s} test NDCG@10 {window:.4f} (eval scale {full:.4f})")
+            if kind == "linear":
+                linear[name] = blend
     if "popularity" in real and "freshness" in test.names:
-        with_real = fit_blend("linear", fit_part, choose_part, base + real)
+        with_real = linear["with real signals (not hidden)"]
         hidden, filled = newest_without_votes(test)
-        for key, values in (
-            ("newest answers without votes: real-signal blend, popularity 0", hidden),
-            ("newest answers without votes: the same, predicted popularity filled in", filled),
-        ):
-            scores = with_real.score(values)
-            result["ndcg@10_test"][key] = round(test.ndcg(scores), 4)
-            result["ndcg@10_test_eval_scale"][key] = round(on_eval_scale(scores), 4)
-            window, full = result["ndcg@10_test"][key], result["ndcg@10_test_eval_scale"][key]
-            print(f"{key:55s} test NDCG@10 {window:.4f} (eval scale {full:.4f})")
+        record("newest answers without votes: real-signal blend, popularity 0",
+               with_real.score(hidden))  # fmt: skip
+        record("newest answers without votes: the same, predicted popularity filled in",
+               with_real.score(filled))  # fmt: skip
     for name, only in variants.items():
         if len(only) == 1:
             continue
-        columns = [test.names.index(n) for n in only]
-        fitted = fit_linear(
-            test.values[:, columns], test.labels, test.groups, only, restarts=CEILING_RESTARTS
-        )
         key = f"ceiling: linear fitted on test, {name}"
-        result["ndcg@10_test"][key] = round(test.ndcg(fitted.score(test.values[:, columns])), 4)
+        result["ndcg@10_test"][key] = ceiling_ndcg(test, only)
         print(f"{key:55s} test NDCG@10 {result['ndcg@10_test'][key]:.4f}")
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -53,6 +53,7 @@ from reranker.first_stage_features import (
 from reranker.losses import listwise_loss
 from reranker.task_heads import (
     CLICK_HEAD,
+    DOCUMENT_HEADS,
     RELEVANCE,
     ClickTargets,
     SignalTargets,
@@ -515,22 +516,18 @@ def _dev_split(dataset: Path) -> tuple[dict[str, dict[str, int]], dict[str, dict
     return train_qrels, (read_qrels(dev_path) if dev_path.is_file() else None)
 
 
-def _refuse_test_overlap(dataset: Path, qrels: dict[str, dict[str, int]]) -> None:
+def _test_qrels(dataset: Path) -> dict[str, dict[str, int]]:
+    """The dataset's test qrels ({} without a test split)."""
     test = dataset / "qrels" / "test.tsv"
-    if test.is_file():
-        leaked = set(qrels) & set(read_qrels(test))
-        if leaked:
-            raise SourceError(f"{dataset}: {len(leaked)} train queries are test queries")
+    return read_qrels(test) if test.is_file() else {}
 
 
-def _evaluation_qrels(dataset: Path) -> list[dict[str, dict[str, int]]]:
-    """The qrels of the dataset's dev and test splits, where it has them."""
-    found = []
-    for split in ("dev", "test"):
-        path = dataset / "qrels" / f"{split}.tsv"
-        if path.is_file():
-            found.append(read_qrels(path))
-    return found
+def _refuse_test_overlap(
+    dataset: Path, qrels: dict[str, dict[str, int]], test: dict[str, dict[str, int]]
+) -> None:
+    leaked = set(qrels) & set(test)
+    if leaked:
+        raise SourceError(f"{dataset}: {len(leaked)} train queries are test queries")
 
 
 def _resolve_device(config: AwareTrainConfig) -> tuple[torch.device, bool]:
@@ -548,7 +545,8 @@ def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevDat
     devs: list[_DevData] = []
     for dataset in config.datasets:
         train_qrels, dev_qrels = _dev_split(dataset)
-        _refuse_test_overlap(dataset, train_qrels)
+        test_qrels = _test_qrels(dataset)
+        _refuse_test_overlap(dataset, train_qrels, test_qrels)
         if dev_qrels is None:
             train_qrels, dev_qrels = split_queries(
                 train_qrels, config.dev_fraction, config.split_seed
@@ -566,9 +564,10 @@ def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevDat
             cache_dir=config.cache_dir,
         )
         data, dev_data = mined["train"], mined["dev"]
-        if config.signal_heads:
-            held_out = judged_documents([dev_qrels, *_evaluation_qrels(dataset)])
-            data.targets = signal_targets(dataset, config.signal_heads, held_out)
+        document_heads = tuple(h for h in config.signal_heads if h in DOCUMENT_HEADS)
+        if document_heads:  # the click-through head's targets are per pair (_click_targets)
+            held_out = judged_documents([dev_qrels, test_qrels])
+            data.targets = signal_targets(dataset, document_heads, held_out)
             log.info(
                 "%s: signal targets %s (%d held-out documents masked)",
                 dataset.name, data.targets.counts(), len(held_out),
@@ -701,11 +700,12 @@ class _Trainer:
         logits = logits.float().reshape(-1)
         losses = {RELEVANCE: listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])}
         heads = self.model.signal_head_names
-        if heads:
+        document_heads = tuple(h for h in heads if h in DOCUMENT_HEADS)
+        if document_heads:
             rows = [self.targets[name].rows(g.doc_ids) for g, name in chosen]
             values = np.concatenate([r[0] for r in rows])
             usable = np.concatenate([r[1] for r in rows])
-            losses |= signal_loss(predicted, values, usable, heads)
+            losses |= signal_loss(predicted, values, usable, document_heads)
         if CLICK_HEAD in heads and self.clicks is not None:  # per pair, not per document
             doc_ids = [d for g, _ in chosen for d in g.doc_ids]
             click_values, click_usable = self.clicks.rows(queries, doc_ids)
@@ -883,7 +883,11 @@ def _heads_info(
     tail = head_losses[-50:]
     losses = {
         RELEVANCE: "listwise softmax CE",
-        **dict.fromkeys(config.signal_heads, "MSE of sigmoid(head) against the preset's signal"),
+        **{
+            head: "MSE of sigmoid(head) against the preset's signal"
+            for head in config.signal_heads
+            if head in DOCUMENT_HEADS
+        },
     }
     targets: dict[str, Any] = {
         d.name: d.targets.counts() for d in train_windows if d.targets is not None

@@ -41,8 +41,11 @@ from reranker.errors import ConfigError, SourceError
 
 RELEVANCE = "relevance"
 #: Signal heads a model may have, in their ONNX output order (after ``logits``).
+#: Heads whose target is a property of the document, from the dataset's signal preset
+DOCUMENT_HEADS: tuple[str, ...] = ("popularity", "authority", "freshness")
+#: The head whose target is a property of the (query, document) pair, from click events
 CLICK_HEAD = "clickthrough"
-SIGNAL_HEADS: tuple[str, ...] = ("popularity", "authority", "freshness", CLICK_HEAD)
+SIGNAL_HEADS: tuple[str, ...] = (*DOCUMENT_HEADS, CLICK_HEAD)
 HEAD_NAMES: tuple[str, ...] = (RELEVANCE, *SIGNAL_HEADS)
 #: Blend feature name of a head's prediction.
 PREDICTED_PREFIX = "predicted_"
@@ -265,6 +268,7 @@ def signal_loss(
 
 __all__ = [
     "CLICK_HEAD",
+    "DOCUMENT_HEADS",
     "HEAD_NAMES",
     "PREDICTED_PREFIX",
     "RELEVANCE",
