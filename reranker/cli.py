@@ -66,18 +66,37 @@ class RerankerGroup(click.Group):
                 err=True,
             )
             sys.exit(2)
-        except RerankerError as exc:
+        except (RerankerError, ESConnectionError) as exc:
+            unreachable = _unreachable_cause(exc)
+            if unreachable is not None:
+                # whichever step met it (a search, indexing, evaluation), an unreachable
+                # cluster is exit 3, as documented
+                settings: Settings | None = ctx.obj
+                url = settings.es_url if settings else "Elasticsearch"
+                click.echo(
+                    f"error: cannot reach {url} ({unreachable}); "
+                    "start the local node with `reranker es up` or set RERANKER_ES_URL",
+                    err=True,
+                )
+                sys.exit(3)
+            assert isinstance(exc, RerankerError)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except ESConnectionError as exc:
-            settings: Settings | None = ctx.obj
-            url = settings.es_url if settings else "Elasticsearch"
-            click.echo(
-                f"error: cannot reach {url} ({exc.message}); "
-                "start the local node with `reranker es up` or set RERANKER_ES_URL",
-                err=True,
-            )
-            sys.exit(3)
+
+
+def _unreachable_cause(exc: BaseException) -> str | None:
+    """The message of the connection failure (refused, timed out, name not resolved) that
+    ``exc`` is or was raised from, if any."""
+    from elastic_transport import ConnectionTimeout
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ESConnectionError | ConnectionTimeout):
+            return str(getattr(current, "message", current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @click.group(cls=RerankerGroup, epilog=EXIT_CODES_HELP)

@@ -219,12 +219,10 @@ def load_aware(
 def _load_encoder(folder: Path, attn: str | None) -> tuple[PreTrainedTokenizerBase, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        overrides: dict[str, Any] = {"attn_implementation": attn} if attn else {}
         with _quiet_transformers():
             encoder = AutoModel.from_pretrained(
-                str(folder),
-                local_files_only=True,
-                add_pooling_layer=False,
-                **({"attn_implementation": attn} if attn else {}),
+                str(folder), local_files_only=True, add_pooling_layer=False, **overrides
             )
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise ModelError(f"{folder}: cannot load the encoder: {exc}") from exc

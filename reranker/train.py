@@ -429,6 +429,13 @@ def load_cross_encoder(
     check_checkpoint_dir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # optional overrides travel as one Any-valued mapping: from_pretrained's stubs type
+        # each keyword, and a literal dict of one value type matches none of them
+        overrides: dict[str, Any] = {}
+        if attn_implementation:
+            overrides["attn_implementation"] = attn_implementation
+        if num_hidden_layers:
+            overrides["num_hidden_layers"] = num_hidden_layers
         with _quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(path),
@@ -436,8 +443,7 @@ def load_cross_encoder(
                 local_files_only=True,
                 ignore_mismatched_sizes=True,
                 output_loading_info=True,
-                **({"attn_implementation": attn_implementation} if attn_implementation else {}),
-                **({"num_hidden_layers": num_hidden_layers} if num_hidden_layers else {}),
+                **overrides,
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"{path}: cannot load as a cross-encoder: {exc}") from exc
