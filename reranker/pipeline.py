@@ -400,18 +400,22 @@ class Pipeline:
         """Whether the scorer has every candidate's score in memory already (a
         :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
         call: the proxy then skips the scorer's queue."""
-        covers = getattr(self.scorer, "covers", None)
-        if covers is None or not candidates:
-            return False
+        return bool(candidates) and self.uncached_pairs(text, candidates) == 0
+
+    def uncached_pairs(self, text: str, candidates: Sequence[Hit]) -> int:
+        """How many pairs reranking ``candidates`` would send to a model: the window's pairs
+        whose score is not in the scorer's memory (all of them for a scorer without one). The
+        proxy admits and times a search by this, not by its window."""
+        uncached = getattr(self.scorer, "uncached", None)
+        if uncached is None:
+            return len(candidates)
         pairs, features = self.scorer_inputs(text, candidates)
-        if self.cascade is None and self.predict_signals:
-            return bool(covers(pairs, features, with_signals=True))
         if self.cascade is None:
-            return bool(covers(pairs, features))
+            return int(uncached(pairs, features, with_signals=self.predict_signals))
         if self.cascade.scorer is not None:
-            return False  # a cascade's student is a second model call: never inline
+            return len(candidates)  # a cascade's student is a second model call: never inline
         head, _ = cascade_split([h.score for h in candidates], self.cascade.k)
-        return bool(covers([pairs[i] for i in head], None if features is None else features[head]))
+        return int(uncached([pairs[i] for i in head], None if features is None else features[head]))
 
     def _features(self, candidates: Sequence[Hit], missing: dict[str, int]) -> np.ndarray | None:
         if not self.needs_features:

@@ -467,9 +467,18 @@ class Scorer:
         )
 
     def warmup(self) -> None:
-        """Run one small batch, so the first real request does not pay for lazy setup."""
-        features = np.ones((1, len(self._feature_names)), dtype=np.float32)
-        self.score([("warm up", "a short passage to warm the model up")], features=features)
+        """Run a full batch of the longest pairs, then one short pair, so that the first
+        real request pays for no lazy setup: ONNX Runtime grows its memory arena and picks
+        kernels per shape, and a cold window of 50 pairs took seconds, not milliseconds."""
+        rows = max(1, min(self.max_batch_size, self.max_batch_tokens // self.max_length))
+        long_passage = " ".join(["warm up the model with a passage as long as any"] * 64)
+        pairs = [("warm up", long_passage)] * rows + [("warm up", "a short passage")]
+        features = np.ones((len(pairs), len(self._feature_names)), dtype=np.float32)
+        with self._lock:
+            before = (self._last, self._stats)
+        self.score(pairs, features=features)
+        with self._lock:  # warming is not serving: the counters start at the first request
+            self._last, self._stats = before
 
     # ------------------------------------------------------------------ internals
 
@@ -670,8 +679,12 @@ class LruScores:
 
     def covers(self, texts: Sequence[str]) -> bool:
         """Whether every text is stored (counters untouched: a look, not a use)."""
+        return self.missing(texts) == 0
+
+    def missing(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` are not stored (counters untouched: a look, not a use)."""
         with self._lock:
-            return all(self.key(t) in self._items for t in texts)
+            return sum(self.key(t) not in self._items for t in texts)
 
 
 class CachedScorer:
@@ -735,10 +748,21 @@ class CachedScorer:
     ) -> bool:
         """Whether every pair's logit (with ``with_signals``: and its signal heads) is cached
         (an in-memory store only; else False)."""
+        return self.uncached(pairs, features, with_signals=with_signals) == 0
+
+    def uncached(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        features: np.ndarray | None = None,
+        *,
+        with_signals: bool = False,
+    ) -> int:
+        """How many pairs the model would have to score: those whose logit (with
+        ``with_signals``: and heads) is not in memory; every pair for an on-disk store."""
         if not isinstance(self.cache, LruScores):
-            return False
+            return len(pairs)
         keys = self._keys(pairs, self._columns(features))
-        return self.cache.covers(self._with_heads(keys) if with_signals else keys)
+        return self.cache.missing(self._with_heads(keys) if with_signals else keys)
 
     def _with_heads(self, keys: list[str]) -> list[str]:
         heads = ",".join(getattr(self.scorer, "signal_heads", ()))

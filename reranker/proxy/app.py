@@ -18,6 +18,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -258,6 +259,7 @@ class Proxy:
         else an ES-shaped 500 without internals (the traceback goes to the log only).
         The answer is counted under ``kind()`` (read once the handler is done)."""
         try:
+            check_forwarded_headers(request)
             response = await handler(request)
         except ProxyError as exc:
             response = self.error(request, exc)
@@ -351,7 +353,7 @@ class Proxy:
             body = self._parse_body(raw)
             body, ubi = self._ubi_begin(body)
             rest, spec_raw = split_rerank(body)
-            params = dict(request.query_params)
+            params = client_params(request)
             check_no_scroll(body, params)
             if spec_raw is None:
                 kind = "passthrough"
@@ -382,7 +384,7 @@ class Proxy:
             if path_index is not None:
                 self._check_index(path_index)
             raw = await self._read_body(request)
-            url_params = dict(request.query_params)
+            url_params = client_params(request)
             items = parse_msearch(
                 raw,
                 path_index,
@@ -556,7 +558,7 @@ class Proxy:
         if auth and not self.settings.es_has_credentials and not self.settings.api_keys:
             headers["authorization"] = auth
         opaque = request.headers.get("x-opaque-id")
-        if opaque:
+        if opaque:  # checked at the door (check_forwarded_headers): short, printable ASCII
             headers["x-opaque-id"] = opaque
         return headers
 
@@ -615,7 +617,7 @@ class Proxy:
             self.metrics.passthrough_seconds.observe(time.perf_counter() - started)
         if isinstance(body, (bytes, str)):
             raise errors.bad_gateway("Elasticsearch answered a search with a non-JSON body")
-        return status, body
+        return status, errors.scrub_internals(body)
 
 
 def remote_scorer_factory(settings: ProxySettings) -> ScorerFactory:
@@ -672,6 +674,42 @@ def _scrolls(item: SearchItem) -> bool:
     except ProxyError:
         return True
     return False
+
+
+#: the longest ``X-Opaque-Id`` forwarded to Elasticsearch: a longer one made it answer
+#: ``too_long_http_header_exception`` and left the pooled connection hung for other clients
+MAX_OPAQUE_ID = 256
+#: the longest ``Authorization`` header passed through (an API key or basic credentials)
+MAX_AUTHORIZATION = 4096
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+#: query parameters never forwarded: Elasticsearch's Java stack traces are internals
+DROPPED_PARAMS = ("error_trace",)
+
+
+def check_forwarded_headers(request: Request) -> None:
+    """400 for a header the proxy would forward to Elasticsearch that is too long or not
+    printable ASCII (``X-Opaque-Id``, ``Authorization``): it must never reach the shared
+    connections, and a non-ASCII one could not be sent at all."""
+    for name, limit in (("x-opaque-id", MAX_OPAQUE_ID), ("authorization", MAX_AUTHORIZATION)):
+        value = request.headers.get(name)
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise errors.bad_request(f"the [{name}] header is longer than {limit} characters")
+        if not _PRINTABLE_ASCII.fullmatch(value):
+            raise errors.bad_request(f"the [{name}] header must be printable ASCII")
+
+
+def client_params(request: Request) -> dict[str, str]:
+    """The URL parameters a search forwards: ``error_trace`` dropped (no stack traces to
+    clients); ``format`` other than JSON refused (the proxy reads and answers JSON only)."""
+    params = {k: v for k, v in request.query_params.items() if k not in DROPPED_PARAMS}
+    response_format = params.pop("format", None)
+    if response_format is not None and response_format.lower() != "json":
+        raise errors.bad_request(
+            f"[format] {response_format[:20]!r} is not supported: this proxy answers JSON only"
+        )
+    return params
 
 
 def create_app(

@@ -127,9 +127,50 @@ def internal_error() -> ProxyError:
     )
 
 
+#: what a client reads instead of Elasticsearch's reason for refusing the proxy's restricted
+#: user: that reason names the user, its roles and the privileges it lacks
+REFUSED_BY_ELASTICSEARCH = (
+    "Elasticsearch refused this request for the proxy's clients (an index or action outside "
+    "what they may read)"
+)
+
+
+def scrub_internals(body: Any) -> Any:
+    """``body`` (an Elasticsearch answer about to reach a client) without internals: every
+    ``stack_trace`` (``error_trace``'s Java frames) removed and every ``security_exception``'s
+    reason replaced, in the error and in each ``_msearch`` entry's error. Changed in place and
+    returned; answers without errors are not walked."""
+    if not isinstance(body, dict):
+        return body
+    if "error" in body:
+        _scrub_error(body["error"])
+    responses = body.get("responses")
+    if isinstance(responses, list):
+        for entry in responses:
+            if isinstance(entry, dict) and "error" in entry:
+                _scrub_error(entry["error"])
+    return body
+
+
+def _scrub_error(error: Any) -> None:
+    stack = [error]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            item.pop("stack_trace", None)
+            item.pop("suppressed", None)
+            if item.get("type") == "security_exception" and "reason" in item:
+                item["reason"] = REFUSED_BY_ELASTICSEARCH
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+
+
 def from_elasticsearch(status: int, body: Any) -> ProxyError:
-    """An error Elasticsearch answered: its own status and body when it is ES-shaped."""
+    """An error Elasticsearch answered: its own status and body when it is ES-shaped (less
+    its internals, :func:`scrub_internals`)."""
     if isinstance(body, dict) and "error" in body:
+        body = scrub_internals(body)
         error = body["error"]
         kind = error.get("type", "exception") if isinstance(error, dict) else "exception"
         reason = error.get("reason", "") if isinstance(error, dict) else str(error)

@@ -21,11 +21,17 @@ import json
 import re
 from typing import Any
 
+import numpy as np
+
 from reranker.proxy.errors import ProxyError
 
-#: JSON strings, so that brackets inside them are not counted as nesting
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(r"[\[\]{}]")
+#: JSON strings, so that brackets inside them are not counted as nesting. Linear on any
+#: input: the possessive ``*+`` never backtracks, and an unterminated string (optionally
+#: ending in a lone backslash) runs to the end of the text instead of failing, so no later
+#: quote starts another scan of the same tail (``"`` then ``\"`` repeated was quadratic).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 #: JSON's own whitespace (Elasticsearch's parser skips exactly these)
 JSON_WHITESPACE = " \t\r\n"
 
@@ -61,15 +67,13 @@ def _printable(text: str, limit: int = 60) -> str:
 
 def nesting_depth(text: str) -> int:
     """The deepest nesting of objects/arrays in ``text`` (strings skipped); a cheap pre-check,
-    exact for valid JSON."""
-    depth = deepest = 0
-    for bracket in _BRACKET.findall(_STRING.sub("", text)):
-        if bracket in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+    exact for valid JSON. Linear time, in C (regex and numpy): a 1 MiB body takes
+    milliseconds, so the event loop that runs it is never held up."""
+    codes = np.frombuffer(_STRING.sub("", text).encode("utf-8", "surrogatepass"), np.uint8)
+    steps = np.isin(codes, _OPEN).astype(np.int64) - np.isin(codes, _CLOSE)
+    if not steps.any():
+        return 0
+    return max(0, int(np.cumsum(steps).max()))
 
 
 def _check_strings(value: Any) -> None:

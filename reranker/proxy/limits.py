@@ -169,6 +169,13 @@ class Ticket:
             self._released = True
             self._admission._release()
 
+    def resize(self, pairs: int) -> None:
+        """The request turned out to need ``pairs`` pairs scored (its window less what the
+        score cache answers): the backlog counts those."""
+        if self._scoring and pairs != self._pairs:
+            self._admission._backlog_pairs += pairs - self._pairs
+            self._pairs = pairs
+
     def scoring_done(self) -> None:
         if self._scoring:
             self._scoring = False

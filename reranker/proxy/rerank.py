@@ -267,22 +267,35 @@ class RerankHandler:
         return text.strip()
 
     def _admit(self, spec: RerankSpec) -> Ticket:
-        """A slot for this search (429 when the proxy is saturated); 400 up front when, at
-        the measured rate, its window cannot be scored within its timeout."""
+        """A slot for this search (429 when the proxy is saturated). Whether its window can
+        be scored in time is decided once the window is known (:meth:`_refuse_unscorable`):
+        pairs already in the score cache cost nothing."""
         scoring = self.models.scorer is not None
-        scorer_budget_s = spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
-        if scoring and self.admission.pairs_per_s is not None:
-            needed_s = spec.window / self.admission.pairs_per_s
-            if needed_s > scorer_budget_s:
-                raise errors.bad_request(
-                    f"[rerank.window] {spec.window} cannot be scored within [rerank.timeout_ms] "
-                    f"{spec.timeout_ms}: the cross-encoder scores about "
-                    f"{self.admission.pairs_per_s:.0f} pairs/s here, so it needs about "
-                    f"{needed_s * 1000:.0f} ms of the {scorer_budget_s * 1000:.0f} ms left for "
-                    "scoring; lower the window or raise the timeout"
-                )
-        # what the scorer can expect: the deadline less Elasticsearch's usual share
-        return self.admit_or_429(scoring=scoring, pairs=spec.window, budget_s=scorer_budget_s)
+        return self.admit_or_429(
+            scoring=scoring, pairs=spec.window, budget_s=self._scorer_budget_s(spec)
+        )
+
+    @staticmethod
+    def _scorer_budget_s(spec: RerankSpec) -> float:
+        """What the scorer can expect: the request's timeout less Elasticsearch's usual share."""
+        return spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
+
+    def _refuse_unscorable(self, spec: RerankSpec, uncached: int) -> None:
+        """400 when, at the measured rate, the ``uncached`` pairs of this window (those the
+        model must score) cannot be scored within the request's timeout."""
+        rate = self.admission.pairs_per_s
+        if rate is None:
+            return
+        budget_s = self._scorer_budget_s(spec)
+        needed_s = uncached / rate
+        if needed_s > budget_s:
+            raise errors.bad_request(
+                f"[rerank.window] {spec.window} cannot be scored within [rerank.timeout_ms] "
+                f"{spec.timeout_ms}: {uncached} of its pairs are not in the score cache, and "
+                f"the cross-encoder scores about {rate:.0f} pairs/s here, so it needs about "
+                f"{needed_s * 1000:.0f} ms of the {budget_s * 1000:.0f} ms left for "
+                "scoring; lower the window or raise the timeout"
+            )
 
     def admit_or_429(self, *, scoring: bool, pairs: int, budget_s: float) -> Ticket:
         """An admission ticket, or the 429 (counted) when the proxy is saturated."""
@@ -557,13 +570,6 @@ class RerankHandler:
             reason = self.models.unavailable_reason()
             message = f"reranker unavailable: model not loaded ({reason})"
             return window.unscored(Degraded("unavailable", message)), {}
-        if not self.breaker.allow():
-            message = "circuit open: the cross-encoder failed repeatedly"
-            return window.unscored(Degraded("circuit_open", message)), {}
-        if time.monotonic() >= deadline:
-            self.breaker.release()
-            message = "reranker timeout: no time left after the first stage"
-            return window.unscored(Degraded("timeout", message)), {}
 
         spec = window.spec
         cached = self.models.cached(scorer)
@@ -574,17 +580,28 @@ class RerankHandler:
         elif spec.cascade is not None and self.models.first_stage_student:
             cascade = Cascade(None, spec.cascade)
         scoring = window.pipeline(cached, cascade)
-        if scoring.scores_cached(window.text, window.candidates):
+        uncached = (
+            scoring.uncached_pairs(window.text, window.candidates) if window.candidates else 0
+        )
+        if window.candidates and uncached == 0:
             # every pair's score is in memory: no model call, so no queue and no breaker
-            self.breaker.release()
             result = scoring.rerank(window.text, window.candidates, k=spec.window)
             return result, {"rerank": result.timings_ms.get("rerank", 0.0), "scorer_queue": 0.0}
+        self._refuse_unscorable(spec, uncached)
+        ticket.resize(uncached)
+        if not self.breaker.allow():
+            message = "circuit open: the cross-encoder failed repeatedly"
+            return window.unscored(Degraded("circuit_open", message)), {}
+        if time.monotonic() >= deadline:
+            self.breaker.release()
+            message = "reranker timeout: no time left after the first stage"
+            return window.unscored(Degraded("timeout", message)), {}
         submitted_at = time.perf_counter()
         budget_at_submit = deadline - time.monotonic()
         candidates, text = window.candidates, window.text
         called = await self.call_scorer(
             lambda: scoring.rerank(text, candidates, k=spec.window, deadline=deadline),
-            pairs=spec.window,
+            pairs=uncached,
             timeout_ms=spec.timeout_ms,
             deadline=deadline,
             ticket=ticket,
@@ -696,7 +713,7 @@ class RerankHandler:
         if not result.degraded:
             self.breaker.success()
         elif result.degraded.kind != "timeout" or self.timeout_is_scorers_fault(
-            spec.window, spec.timeout_ms, budget_s
+            scored, spec.timeout_ms, budget_s
         ):
             self.breaker.failure()
         else:  # its deadline passed mid-window: the request's own budget, not a fault

@@ -27,6 +27,7 @@ from reranker.es.node import NodeStatus
 from reranker.models import sha256_file
 from reranker.proxy import ProxySettings, create_app
 from reranker.proxy.app import Proxy
+from reranker.proxy.errors import REFUSED_BY_ELASTICSEARCH
 from reranker.scoring import Scorer
 from tests.integration.test_proxy import proxy_settings
 
@@ -145,6 +146,79 @@ async def test_a_cross_cluster_expression_cannot_reach_a_forbidden_index(
         assert answer.status_code == 403, answer.text
         assert answer.json()["error"]["type"] == "security_exception"
         assert not leaks(answer, vault)
+
+
+async def test_elasticsearchs_refusals_name_neither_the_proxys_user_nor_its_roles(
+    es_node: NodeStatus, indices: tuple[str, str]
+) -> None:
+    prefix, vault = indices
+    lookup = {"terms": {"_id": {"index": vault, "id": "1", "path": "ids"}}}
+    async with serving(settings_for(es_node, prefix)) as (_, http):
+        passed = await http.post(f"/{prefix}-docs/_search?error_trace=true", json={"query": lookup})
+        multi = await http.post(
+            f"/{prefix}-docs/_msearch?error_trace=true",
+            content=b"{}\n" + json.dumps({"query": lookup}).encode() + b"\n",
+            headers={"content-type": "application/x-ndjson"},
+        )
+    errors = [passed.json()["error"], multi.json()["responses"][0]["error"]]
+    for error in errors:
+        assert error["type"] == "security_exception"
+        assert error["reason"] == REFUSED_BY_ELASTICSEARCH
+    for answer in (passed, multi):
+        for internal in ("unauthorized for user", "roles [", "reranker_proxy", "stack_trace"):
+            assert internal not in answer.text, (internal, answer.text)
+
+
+async def test_error_trace_returns_no_java_stack_trace(
+    es_node: NodeStatus, indices: tuple[str, str]
+) -> None:
+    prefix, _ = indices
+    broken = {"query": {"match": {"text": {"query": "bone", "no_such_option": 1}}}}
+    async with serving(settings_for(es_node, prefix)) as (_, http):
+        answer = await http.post(f"/{prefix}-docs/_search?error_trace=true", json=broken)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"]
+    assert "stack_trace" not in answer.text and "at org.elasticsearch" not in answer.text
+
+
+async def test_a_response_format_other_than_json_is_a_400_not_a_502(
+    es_node: NodeStatus, indices: tuple[str, str]
+) -> None:
+    prefix, _ = indices
+    async with serving(settings_for(es_node, prefix)) as (_, http):
+        yaml = await http.post(f"/{prefix}-docs/_search?format=yaml", json={"query": QUERY})
+        plain = await http.post(f"/{prefix}-docs/_search?format=json", json={"query": QUERY})
+    assert yaml.status_code == 400
+    assert "answers JSON only" in yaml.json()["error"]["reason"]
+    assert plain.status_code == 200
+
+
+async def test_a_long_or_non_ascii_opaque_id_is_refused_and_other_clients_are_unharmed(
+    es_node: NodeStatus, indices: tuple[str, str]
+) -> None:
+    prefix, _ = indices
+    search = {"query": QUERY, "size": 3}
+    async with serving(settings_for(es_node, prefix)) as (_, http):
+        long = await http.post(
+            f"/{prefix}-docs/_search", json=search, headers={"x-opaque-id": "x" * 20_000}
+        )
+        non_ascii = await http.post(
+            f"/{prefix}-docs/_search",
+            json=search,
+            headers=[(b"x-opaque-id", "caf\u00e9".encode("latin-1"))],
+        )
+        # the shared connections still serve the next client at once
+        started = time.monotonic()
+        others = [await http.post(f"/{prefix}-docs/_search", json=search) for _ in range(3)]
+        took = time.monotonic() - started
+        tagged = await http.post(
+            f"/{prefix}-docs/_search", json=search, headers={"x-opaque-id": "client-42"}
+        )
+    assert long.status_code == 400 and "x-opaque-id" in long.json()["error"]["reason"]
+    assert non_ascii.status_code == 400
+    assert [a.status_code for a in others] == [200, 200, 200]
+    assert took < 10  # a hung pooled connection made the next search wait 30 s for a 504
+    assert tagged.status_code == 200
 
 
 async def test_msearch_blank_lines_are_paired_as_elasticsearch_pairs_them(
@@ -316,8 +390,10 @@ async def test_a_window_that_cannot_be_scored_in_its_budget_is_refused_up_front(
     es_node: NodeStatus, indices: tuple[str, str], proxy_scorer: Scorer
 ) -> None:
     prefix, _ = indices
-    slow = SlowPairs(proxy_scorer, per_pair_s=0.05)  # about 20 pairs/s
-    async with serving(settings_for(es_node, prefix), slow) as (proxy, http):
+    # about 3 pairs/s: the 3 candidates need about 1 s; the cache is off, so the refused
+    # request's pairs are not already scored (pairs in the cache cost nothing)
+    slow = SlowPairs(proxy_scorer, per_pair_s=0.3)
+    async with serving(settings_for(es_node, prefix, score_cache_size=0), slow) as (proxy, http):
         measured = await http.post(
             f"/{prefix}-docs/_search", json={"query": QUERY, "size": 5, "rerank": {"window": 5}}
         )
@@ -330,6 +406,37 @@ async def test_a_window_that_cannot_be_scored_in_its_budget_is_refused_up_front(
     assert refused.status_code == 400
     reason = refused.json()["error"]["reason"]
     assert "pairs/s" in reason and "timeout" in reason
+
+
+async def test_a_window_whose_pairs_are_all_cached_is_served_whatever_the_measured_rate(
+    es_node: NodeStatus, indices: tuple[str, str], proxy_scorer: Scorer
+) -> None:
+    prefix, _ = indices
+    slow = SlowPairs(proxy_scorer, per_pair_s=0.2)  # about 5 pairs/s
+    counting = CountingScorer(slow)
+    window = {"query": QUERY, "size": 5, "rerank": {"window": 50}}
+    hurried = {**window, "rerank": {"window": 50, "timeout_ms": 300}}
+    async with serving(settings_for(es_node, prefix), counting) as (proxy, http):
+        first = await http.post(f"/{prefix}-docs/_search", json=window)
+        pairs_after_first = counting.pairs
+        rate = proxy.admission.pairs_per_s
+        again = await http.post(f"/{prefix}-docs/_search", json=hurried)
+        other_text = {**hurried, "rerank": {"window": 50, "timeout_ms": 300, "query_text": "x"}}
+        uncached = await http.post(f"/{prefix}-docs/_search", json=other_text)
+    candidates = first.json()["rerank"]["candidates"]
+    assert first.status_code == 200 and first.json()["rerank"]["degraded"] is None
+    # at the measured rate the window could not be scored in 300 ms: only the cache serves it
+    assert rate is not None and candidates / rate > 0.3
+    assert again.status_code == 200, again.text
+    assert again.json()["rerank"]["degraded"] is None
+    assert [h["_id"] for h in again.json()["hits"]["hits"]] == [
+        h["_id"] for h in first.json()["hits"]["hits"]
+    ]
+    assert counting.pairs == pairs_after_first  # no model call for the cached window
+    # the same window with pairs the cache lacks is still refused, naming how many
+    assert uncached.status_code == 400
+    reason = uncached.json()["error"]["reason"]
+    assert f"{candidates} of its pairs are not in the score cache" in reason
 
 
 async def test_size_zero_answers_aggregations_without_scoring(

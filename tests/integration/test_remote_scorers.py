@@ -34,7 +34,13 @@ def anyio_backend() -> str:
 
 
 def start_scorer(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the survivor takes all CLIENTS at once after its peer dies: its own admission bounds
+    # (default queue 16) would answer 429 to some, which is not the fail-over under test
+    bounds = {
+        "RERANKER_PROXY_MAX_IN_FLIGHT": str(CLIENTS + 4),
+        "RERANKER_PROXY_MAX_SCORER_QUEUE": str(CLIENTS + 4),
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO), **bounds}
     command = [sys.executable, "-c", "from reranker.cli import main; main()", "serve"]
     command += ["--scorer-only", "--model", str(SHIPPED), "--variant", "int8"]
     command += ["--port", str(port), "--log-format", "text"]

@@ -338,3 +338,54 @@ async def test_a_model_reading_the_dense_score_answers_503_while_the_embedder_lo
             release.set()
     finally:
         release.set()
+
+
+@asynccontextmanager
+async def heartbeat(period_s: float = 0.01) -> AsyncIterator[list[float]]:
+    """Ticks of a task on the proxy's event loop; the list it yields holds the longest gap
+    between two ticks (how long the loop was held up) once the block ends."""
+    import asyncio
+    import time
+
+    gaps = [0.0]
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(period_s)
+            now = time.perf_counter()
+            gaps[0] = max(gaps[0], now - last - period_s)
+            last = now
+
+    task = asyncio.create_task(tick())
+    await asyncio.sleep(period_s * 2)
+    try:
+        yield gaps
+    finally:
+        task.cancel()
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        '"' + '\\"' * 500_000,  # was quadratic in the nesting pre-check: hours at 1 MiB
+        '"' + '\\"' * 500_000 + "\\",
+        "[]" * 500_000,
+        '{"a": "' + "[" * 1_000_000 + '"',  # brackets inside a string, object unclosed
+    ],
+    ids=["escaped-quotes", "escaped-quotes-lone-backslash", "flat-brackets", "brackets-in-string"],
+)
+async def test_a_hostile_body_at_the_size_limit_is_refused_without_holding_the_loop(
+    hostile: str,
+) -> None:
+    limit = 2 * 1024 * 1024
+    async with proxy_client(settings(max_body_bytes=limit)) as http, heartbeat() as held:
+        answer = await http.post(
+            "/docs-a/_search",
+            content=hostile.encode(),
+            headers={"content-type": "application/json"},
+        )
+    assert answer.status_code == 400
+    # linear checks take milliseconds here; the quadratic one held the loop for minutes.
+    # The bound leaves room for a loaded CI machine, not for a quadratic scan.
+    assert held[0] < 0.5, f"the event loop was held for {held[0]:.3f} s"
