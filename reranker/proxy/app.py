@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import json
 import logging
@@ -351,22 +352,25 @@ class Proxy:
             self._check_index(index)
             raw = await self._read_body(request)
             body = self._parse_body(raw)
-            body, ubi = self._ubi_begin(body)
-            rest, spec_raw = split_rerank(body)
             params = client_params(request)
-            check_no_scroll(body, params)
-            if spec_raw is None:
-                kind = "passthrough"
-                if ubi is None:
-                    return await self._passthrough(request, index, raw, params)
-                upstream = raw if ubi[1] else json.dumps(body).encode()
-                status, plain = await self._search_upstream(request, index, upstream, params)
-                self._ubi_finish(ubi[0], index, body, params, status, plain)
-                return self.respond(request, plain, status)
-            kind = "rerank"
-            search = SearchRequest(request, index, rest, params, started)
-            answer, logged = await self._rerank(search, spec_raw)
-            self._ubi_finish(ubi and ubi[0], index, body, params, 200, answer)
+            body, ubi = await self._ubi_begin(body)
+            try:
+                rest, spec_raw = split_rerank(body)
+                check_no_scroll(body, params)
+                if spec_raw is None:
+                    kind = "passthrough"
+                    if ubi is None:
+                        return await self._passthrough(request, index, raw, params)
+                    upstream = raw if ubi[1] else json.dumps(body).encode()
+                    status, plain = await self._search_upstream(request, index, upstream, params)
+                    self._ubi_finish(request, ubi[0], index, body, params, status, plain)
+                    return self.respond(request, plain, status)
+                kind = "rerank"
+                search = SearchRequest(request, index, rest, params, started)
+                answer, logged = await self._rerank(search, spec_raw)
+                self._ubi_finish(request, ubi and ubi[0], index, body, params, 200, answer)
+            finally:
+                self._ubi_release(ubi)
             response = self.respond(request, answer)
             self._submit_log(logged, response.status_code)
             return response
@@ -426,22 +430,29 @@ class Proxy:
             self._check_index(item.index)
             if item.error is not None:
                 raise item.error
-            body, ubi = self._ubi_begin(item.body)
-            rest, spec_raw = split_rerank(body)
-            check_no_scroll(body, item.params)
-            if spec_raw is None:
-                upstream = item.raw_body if ubi is None or ubi[1] else json.dumps(body).encode()
-                status, plain = await self._search_upstream(
-                    request, item.index, upstream, item.params
-                )
-                if not isinstance(plain, dict):
-                    raise errors.bad_gateway("Elasticsearch answered a search with a non-object")
-                self._ubi_finish(ubi and ubi[0], item.index, body, item.params, status, plain)
-                return {**plain, "status": status}, None
-            search = SearchRequest(request, item.index, rest, item.params, started)
-            answer, logged = await self._rerank(search, spec_raw)
-            self._ubi_finish(ubi and ubi[0], item.index, body, item.params, 200, answer)
-            return {**answer, "status": 200}, logged
+            body, ubi = await self._ubi_begin(item.body)
+            try:
+                rest, spec_raw = split_rerank(body)
+                check_no_scroll(body, item.params)
+                if spec_raw is None:
+                    upstream = item.raw_body if ubi is None or ubi[1] else json.dumps(body).encode()
+                    status, plain = await self._search_upstream(
+                        request, item.index, upstream, item.params
+                    )
+                    if not isinstance(plain, dict):
+                        raise errors.bad_gateway(
+                            "Elasticsearch answered a search with a non-object"
+                        )
+                    owned = ubi and ubi[0]
+                    self._ubi_finish(request, owned, item.index, body, item.params, status, plain)
+                    return {**plain, "status": status}, None
+                search = SearchRequest(request, item.index, rest, item.params, started)
+                answer, logged = await self._rerank(search, spec_raw)
+                owned = ubi and ubi[0]
+                self._ubi_finish(request, owned, item.index, body, item.params, 200, answer)
+                return {**answer, "status": 200}, logged
+            finally:
+                self._ubi_release(ubi)
         except ProxyError as exc:
             return msearch_error(exc), None
         except Exception:
@@ -468,24 +479,31 @@ class Proxy:
                     "UBI event logging is off on this proxy (start it with --ubi, or "
                     "RERANKER_PROXY_UBI=true)",
                 )
+            raw = await self._read_body(request)
             return self.respond(
-                request, await accept_events(self.ubi, await self._read_body(request))
+                request, await accept_events(self.ubi, raw, owner=self._owner(request))
             )
 
         return await self.guarded(request, handle, lambda: "events")
 
-    def _ubi_begin(
+    async def _ubi_begin(
         self, body: dict[str, Any]
     ) -> tuple[dict[str, Any], tuple[UbiParams, bool] | None]:
         """With UBI on: the body without ``ext.ubi``, and the search's UBI parameters with
-        whether the body is unchanged (so its raw bytes may go on as they are)."""
+        whether the body is unchanged (so its raw bytes may go on as they are). Its
+        ``query_id`` is reserved until :meth:`_ubi_release`."""
         if self.ubi is None:
             return body, None
-        rest, params = self.ubi.begin(body)
+        rest, params = await self.ubi.begin(body)
         return rest, (params, rest is body)
+
+    def _ubi_release(self, ubi: tuple[UbiParams, bool] | None) -> None:
+        if ubi is not None and self.ubi is not None:
+            self.ubi.release(ubi[0])
 
     def _ubi_finish(
         self,
+        request: Request,
         ubi: UbiParams | None,
         index: str,
         body: dict[str, Any],
@@ -493,9 +511,19 @@ class Proxy:
         status: int,
         answer: Any,
     ) -> None:
-        """A search answered with 200 gets its ``query_id`` and query document."""
+        """A search answered with 200 gets its ``query_id`` and query document, owned by
+        the client that made it."""
         if ubi is not None and self.ubi is not None and status == 200 and isinstance(answer, dict):
-            self.ubi.finish(ubi, index, body, params, answer)
+            self.ubi.finish(ubi, index, body, params, answer, owner=self._owner(request))
+
+    def _owner(self, request: Request) -> str | None:
+        """Who the client is, for binding behaviour data to it: a digest of the proxy API key
+        it authenticated with (the key itself is never stored); ``None`` on a proxy without
+        keys, where clients are indistinguishable."""
+        if not self.settings.api_keys:
+            return None
+        _, _, key = request.headers.get("authorization", "").partition(" ")
+        return "key-" + hashlib.sha256(key.strip().encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ input
 

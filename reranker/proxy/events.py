@@ -178,7 +178,10 @@ def parse_timestamp(value: Any) -> datetime:
         ) from None
     if when.tzinfo is None:
         raise ValueError("[timestamp] has no time zone: end it with Z or an offset such as +00:00")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past year 9999 in UTC
+        raise ValueError(f"[timestamp] {value[:40]!r} is out of range in UTC") from None
 
 
 def check_event(raw: Mapping[str, Any]) -> Event | Rejection:
@@ -340,8 +343,10 @@ def check_against(
     return None
 
 
-async def accept_events(ubi: UbiLog, raw: bytes) -> dict[str, Any]:
-    """Check every event of the batch ``raw`` and queue the good ones; the answer's body."""
+async def accept_events(ubi: UbiLog, raw: bytes, *, owner: str | None = None) -> dict[str, Any]:
+    """Check every event of the batch ``raw`` and queue the good ones; the answer's body.
+    An event for a search another client (``owner``) made is refused as if the query id were
+    unknown: its answer says nothing about what that search showed."""
     started = time.perf_counter()
     settings = ubi.settings
     entries = read_batch(
@@ -362,6 +367,8 @@ async def accept_events(ubi: UbiLog, raw: bytes) -> dict[str, Any]:
             outcome = entry
         else:
             shown = searches.get(entry.query_id)
+            if shown is not None and shown.owner != owner:
+                shown = None  # another client's search: indistinguishable from no search
             outcome = check_against(entry, shown, now, skew)
             if outcome is None and shown is not None:
                 doc = dict(entry.doc)

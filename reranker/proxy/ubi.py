@@ -185,6 +185,9 @@ class ShownQuery:
     user_query: str | None = None
     client_id: str | None = None
     application: str | None = None
+    #: who made the search (:func:`reranker.proxy.app.client_owner`: a digest of the proxy
+    #: API key it came with; ``None`` on a proxy without keys): only they may send its events
+    owner: str | None = None
     #: keys of the events accepted for it so far (duplicates are refused)
     seen: set[tuple[str, ...]] = field(default_factory=set)
 
@@ -279,6 +282,7 @@ def query_document(
             "ranker": "rerank" if isinstance(rerank, dict) else "passthrough",
             "model_version": model.get("version") if isinstance(model, dict) else None,
             "degraded": bool(rerank.get("degraded")) if isinstance(rerank, dict) else False,
+            "owner": shown.owner,
         },
     }
     return doc
@@ -304,6 +308,7 @@ def shown_from_document(source: Mapping[str, Any]) -> ShownQuery | None:
         user_query=source.get("user_query"),
         client_id=source.get("client_id"),
         application=source.get("application"),
+        owner=own.get("owner"),
     )
 
 
@@ -328,6 +333,8 @@ class UbiLog:
         self.queries_index = settings.ubi_queries_index
         self.events_index = settings.ubi_events_index
         self.shown = ShownQueries(settings.ubi_cache_size)
+        #: query ids of searches begun and not yet finished (two at once may not share one)
+        self._pending: set[str] = set()
 
     async def start(self) -> None:
         """Install the two index templates (best effort: the proxy starts regardless)."""
@@ -339,17 +346,52 @@ class UbiLog:
             except Exception as exc:
                 log.warning("could not install the %s index template: %s", name, exc)
 
-    def begin(self, body: dict[str, Any]) -> tuple[dict[str, Any], UbiParams]:
+    async def begin(self, body: dict[str, Any]) -> tuple[dict[str, Any], UbiParams]:
         """The body Elasticsearch gets (``ext.ubi`` taken off) and the search's UBI
-        parameters; a 400 for a bad ``ext.ubi`` or a ``query_id`` already used."""
+        parameters; a 400 for a bad ``ext.ubi`` or a ``query_id`` already used: by a search
+        remembered here, by one running now (another ``_msearch`` entry too), or by one stored
+        in the queries index (a restarted proxy remembers nothing). The id stays reserved
+        until :meth:`finish` or :meth:`release`."""
         rest, raw = split_ubi(body)
         params = parse_ubi(raw)
-        if params.supplied and params.query_id in self.shown:
-            raise errors.bad_request(
-                f"[ext.ubi.query_id] {params.query_id} was already used by another search; "
-                "give every search its own query_id"
-            )
+        query_id = params.query_id
+        used = errors.bad_request(
+            f"[ext.ubi.query_id] {query_id} was already used by another search; "
+            "give every search its own query_id"
+        )
+        if params.supplied and (query_id in self.shown or query_id in self._pending):
+            raise used
+        self._pending.add(query_id)  # before the look-up: a concurrent twin is refused above
+        if params.supplied:
+            try:
+                stored = await self._stored(query_id)
+            except ProxyError:
+                self._pending.discard(query_id)
+                raise
+            if stored:
+                self._pending.discard(query_id)
+                raise used
         return rest, params
+
+    def release(self, params: UbiParams) -> None:
+        """The search that reserved ``params.query_id`` ended without being shown."""
+        self._pending.discard(params.query_id)
+
+    async def _stored(self, query_id: str) -> bool:
+        """Whether the queries index holds ``query_id`` (a real-time get); a 503 when it
+        cannot be read, since the id could then not be checked."""
+        try:
+            return bool(
+                await self.client.options(request_timeout=10).exists(
+                    index=self.queries_index, id=query_id
+                )
+            )
+        except ApiError as exc:
+            if exc.meta.status == 404:  # no queries index yet
+                return False
+            raise self._unreadable(exc, "check a query_id") from None
+        except Exception as exc:
+            raise self._unreadable(exc, "check a query_id") from None
 
     def finish(
         self,
@@ -358,9 +400,11 @@ class UbiLog:
         body: Mapping[str, Any],
         url_params: Mapping[str, str],
         answer: dict[str, Any],
+        owner: str | None = None,
     ) -> None:
         """Put ``ext.ubi.query_id`` into a search's answer (status 200), remember what it
-        showed and queue its query document."""
+        showed (and who asked: ``owner``) and queue its query document."""
+        self._pending.discard(params.query_id)
         ext = answer.get("ext")
         ext = dict(ext) if isinstance(ext, dict) else {}
         ext[EXT_NAME] = {"query_id": params.query_id}
@@ -379,6 +423,7 @@ class UbiLog:
             user_query=text[:MAX_USER_QUERY_CHARS] if text else None,
             client_id=params.client_id,
             application=params.application,
+            owner=owner,
         )
         if not self.shown.add(shown):
             log.warning("query_id %s was given to two searches at once", params.query_id)
@@ -407,9 +452,9 @@ class UbiLog:
         except ApiError as exc:
             if exc.meta.status == 404:  # no queries index yet: none of them is known
                 return found
-            raise self._unreadable(exc) from None
+            raise self._unreadable(exc, "check events") from None
         except Exception as exc:
-            raise self._unreadable(exc) from None
+            raise self._unreadable(exc, "check events") from None
         for doc in answer.get("docs", []):
             if not doc.get("found"):
                 continue
@@ -419,9 +464,9 @@ class UbiLog:
                 found[entry.query_id] = self.shown.get(entry.query_id) or entry
         return found
 
-    def _unreadable(self, exc: Exception) -> ProxyError:
-        log.warning("could not read %s to check events: %s", self.queries_index, exc)
+    def _unreadable(self, exc: Exception, what: str) -> ProxyError:
+        log.warning("could not read %s to %s: %s", self.queries_index, what, exc)
         return errors.upstream_unavailable(
-            f"cannot check events now: the queries index [{self.queries_index}] could not be "
-            "read; nothing was accepted, send the batch again"
+            f"cannot {what} now: the queries index [{self.queries_index}] could not be "
+            "read; nothing was accepted, send the request again"
         )

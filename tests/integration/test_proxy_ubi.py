@@ -328,3 +328,96 @@ async def test_simulated_clicks_through_the_proxy_become_judgments_that_favour_t
     agreement = summary["agreement"]
     assert agreement["relevant_pairs"] >= 1
     assert agreement["kendall_tau_b"] > 0  # relevant documents score above the others
+
+
+# ------------------------------------------------------------------ hostile clients (issue 25)
+
+
+async def test_two_msearch_entries_with_one_query_id_answer_once_and_refuse_the_other(
+    es_node: NodeStatus, names: dict[str, str]
+) -> None:
+    query_id = f"twin-{uuid.uuid4().hex[:8]}"
+    entry = {"query": QUERY, "size": 3, "ext": {"ubi": {"query_id": query_id}}}
+    body = ndjson({}, entry, {}, entry)
+    async with serving(settings_for(es_node, names)) as http:
+        answer = await http.post(
+            f"/{names['docs']}/_msearch",
+            content=body,
+            headers={"content-type": "application/x-ndjson"},
+        )
+    statuses = sorted(r["status"] for r in answer.json()["responses"])
+    assert statuses == [200, 400]
+    refused = next(r for r in answer.json()["responses"] if r["status"] == 400)
+    assert "already used" in refused["error"]["reason"]
+
+
+async def test_a_query_id_stored_before_a_restart_cannot_be_given_to_another_search(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    query_id = f"kept-{uuid.uuid4().hex[:8]}"
+    search = {"query": QUERY, "size": 3, "ext": {"ubi": {"query_id": query_id}}}
+    settings = settings_for(es_node, names)
+    async with serving(settings) as http:
+        first = await http.post(f"/{names['docs']}/_search", json=search)
+    es_client.indices.refresh(index=names["queries"])
+    async with serving(settings) as http:  # a new process: it remembers no search
+        reused = await http.post(f"/{names['docs']}/_search", json=search)
+    assert first.status_code == 200
+    assert reused.status_code == 400
+    assert "already used" in reused.json()["error"]["reason"]
+
+
+async def test_events_for_another_clients_search_are_refused_as_if_the_query_were_unknown(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    alice = {"authorization": "ApiKey alice-key-123"}
+    mallory = {"authorization": "ApiKey mallory-key-456"}
+    settings = settings_for(es_node, names, api_keys=("alice-key-123", "mallory-key-456"))
+    async with serving(settings) as http:
+        search = await http.post(
+            f"/{names['docs']}/_search", json={"query": QUERY, "size": 3}, headers=alice
+        )
+        query_id = search.json()["ext"]["ubi"]["query_id"]
+        first = search.json()["hits"]["hits"][0]["_id"]
+        forged = await http.post(
+            "/_reranker/events",
+            content=ndjson(
+                ubi_event(query_id, "click", first, 1),
+                ubi_event(query_id, "click", first, 7),  # would reveal what was shown
+            ),
+            headers=mallory,
+        )
+        own = await http.post(
+            "/_reranker/events",
+            content=ndjson(ubi_event(query_id, "click", first, 1)),
+            headers=alice,
+        )
+    forged_items = forged.json()["items"]
+    assert [i["error"]["type"] for i in forged_items] == ["unknown_query_id"] * 2
+    for item in forged_items:  # nothing about positions, documents or when it ran
+        assert first not in json.dumps(item) and "position" not in item["error"]["reason"]
+    assert own.json()["items"][0]["status"] == 202
+    stored_query = es_client.get(index=names["queries"], id=query_id)["_source"]
+    assert stored_query["reranker"]["owner"].startswith("key-")
+    assert "alice-key-123" not in json.dumps(stored_query)
+
+
+async def test_event_timestamps_out_of_range_in_utc_are_400s_not_a_500_for_the_batch(
+    es_node: NodeStatus, names: dict[str, str]
+) -> None:
+    async with serving(settings_for(es_node, names)) as http:
+        search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 2})
+        query_id = search.json()["ext"]["ubi"]["query_id"]
+        first = search.json()["hits"]["hits"][0]["_id"]
+        answer = await http.post(
+            "/_reranker/events",
+            content=ndjson(
+                ubi_event(query_id, "click", first, 1, timestamp="9999-12-31T23:59:59-23:59"),
+                ubi_event(query_id, "click", first, 1, timestamp="0001-01-01T00:00:00+23:59"),
+                ubi_event(query_id, "impression", first, 1),
+            ),
+        )
+    assert answer.status_code == 200
+    items = answer.json()["items"]
+    assert [i["status"] for i in items] == [400, 400, 202]
+    assert all("out of range" in i["error"]["reason"] for i in items[:2])

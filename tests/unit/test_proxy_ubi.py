@@ -174,6 +174,8 @@ def test_a_good_event_is_normalised_to_ubis_timestamp_and_keeps_its_attributes()
         ({"timestamp": "yesterday"}, "invalid_event", "not an ISO 8601"),
         ({"timestamp": "2025-02-18T10:00:05"}, "invalid_event", "no time zone"),
         ({"timestamp": 1739872805000}, "invalid_event", "date-time string"),
+        ({"timestamp": "9999-12-31T23:59:59-23:59"}, "invalid_event", "out of range"),
+        ({"timestamp": "0001-01-01T00:00:00+23:59"}, "invalid_event", "out of range"),
         ({"session_id": None}, "invalid_event", "[client_id] or [session_id]"),
         ({"client_id": "x" * 101}, "invalid_event", "longer than 100"),
         ({"colour": "red"}, "invalid_event", "unknown field"),
