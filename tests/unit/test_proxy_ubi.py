@@ -85,7 +85,7 @@ def test_a_bad_ext_ubi_is_a_400_saying_what(raw: Any, words: str) -> None:
 
 def test_the_query_document_has_ubis_fields_and_reads_back_as_what_was_shown() -> None:
     params = UbiParams("q1", True, "vitamin d", "client-1", "app", {"experiment": "7"})
-    shown = ShownQuery("q1", NOW, ("d3", "d1"), start=10, user_query="vitamin d")
+    shown = ShownQuery("q1", NOW, ("d3", "d1"), start=10, user_query="vitamin d", owner="key-1")
     answer = {"rerank": {"model": {"version": "v9"}, "degraded": None}}
     doc = query_document(params, shown, index="beir-x", body={"size": 2}, answer=answer)
     assert set(doc) >= {
@@ -96,11 +96,12 @@ def test_the_query_document_has_ubis_fields_and_reads_back_as_what_was_shown() -
     assert doc["query_response_hit_ids"] == ["d3", "d1"]
     assert doc["reranker"] == {
         "index": "beir-x", "from": 10, "shown": 2, "ranker": "rerank",
-        "model_version": "v9", "degraded": False,
+        "model_version": "v9", "degraded": False, "owner": "key-1",
     }  # fmt: skip
     back = shown_from_document(json.loads(json.dumps(doc)))
     assert back is not None
     assert (back.hits, back.start, back.timestamp) == (("d3", "d1"), 10, NOW)
+    assert back.owner == "key-1"
     assert back.positions == (11, 12)
     assert back.object_at(12) == "d1" and back.position_of("d3") == 11
 
