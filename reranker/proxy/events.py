@@ -239,6 +239,7 @@ def _object_and_position(attributes: Any) -> tuple[str | None, int | None]:
         return None, None
     if not isinstance(attributes, dict):
         raise ValueError("[event_attributes] must be an object")
+    _plain_keys(attributes, "event_attributes")
     object_id: str | None = None
     ordinal: int | None = None
     obj = attributes.get("object")
@@ -274,6 +275,25 @@ def _object_and_position(attributes: Any) -> tuple[str | None, int | None]:
                 )
             ordinal = value
     return object_id, ordinal
+
+
+def _plain_keys(value: Any, where: str) -> None:
+    """Refuse a key with a dot (or an empty one) anywhere below ``where``: Elasticsearch reads
+    ``"object.object_id"`` as a path, so it would merge into ``object.object_id`` and turn the
+    stored id into a list."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, list):
+            stack.extend((inner, path) for inner in item)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if not key or "." in key:
+                    raise ValueError(
+                        f"[{path}] holds the key {key[:40]!r}: keys may not be empty or "
+                        "contain dots (Elasticsearch would read them as paths)"
+                    )
+                stack.append((inner, f"{path}.{key}"))
 
 
 def _scalars(raw: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:

@@ -421,3 +421,41 @@ async def test_event_timestamps_out_of_range_in_utc_are_400s_not_a_500_for_the_b
     items = answer.json()["items"]
     assert [i["status"] for i in items] == [400, 400, 202]
     assert all("out of range" in i["error"]["reason"] for i in items[:2])
+
+
+async def test_one_clients_attribute_types_never_get_another_clients_events_rejected(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    events_index = f"{names['events']}-strict"
+    settings = settings_for(es_node, names, ubi_events_index=events_index)
+    try:
+        async with serving(settings) as http:
+            search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 2})
+            query_id = search.json()["ext"]["ubi"]["query_id"]
+            first, second = (h["_id"] for h in search.json()["hits"]["hits"])
+
+            def event(doc: str, at: int, attributes: dict[str, Any]) -> dict[str, Any]:
+                made = ubi_event(query_id, "click", doc, at)
+                made["event_attributes"]["object"]["object_detail"] = attributes["detail"]
+                made["event_attributes"]["extra"] = attributes["extra"]
+                return made
+
+            poisoner = await http.post(
+                "/_reranker/events",
+                content=ndjson(
+                    event(first, 1, {"detail": {"price": {"eur": 1}}, "extra": {"a": 1}})
+                ),
+            )
+            victim = await http.post(
+                "/_reranker/events",
+                content=ndjson(event(second, 2, {"detail": {"price": "cheap"}, "extra": 5})),
+            )
+        assert poisoner.json()["items"][0]["status"] == 202
+        assert victim.json()["items"][0]["status"] == 202
+        events = stored(es_client, events_index)
+        assert len(events) == 2  # both written: no field took a type from the first client
+        ids = sorted(e["event_attributes"]["object"]["object_id"] for e in events)
+        assert ids == sorted([first, second])
+    finally:
+        es_client.options(ignore_status=404).indices.delete(index=events_index)
+        es_client.options(ignore_status=404).indices.delete_index_template(name=events_index)

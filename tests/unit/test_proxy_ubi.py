@@ -182,6 +182,21 @@ def test_a_good_event_is_normalised_to_ubis_timestamp_and_keeps_its_attributes()
         ({"colour": "red"}, "invalid_event", "unknown field"),
         ({"event_attributes": []}, "invalid_event", "must be an object"),
         (
+            {"event_attributes": {"object.object_id": "d7", "object": {"object_id": "d1"}}},
+            "invalid_event",
+            "contain dots",
+        ),
+        (
+            {
+                "event_attributes": {
+                    "object": {"object_id": "d1", "object_detail": {"a.b": 1}},
+                    "position": {"ordinal": 1},
+                }
+            },
+            "invalid_event",
+            "contain dots",
+        ),
+        (
             {
                 "event_attributes": {
                     "object": {"object_id": "d", "name": {"nested": 1}},
