@@ -47,7 +47,13 @@ from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.msearch import SearchItem, parse_msearch
 from reranker.proxy.msearch import concurrency as msearch_concurrency
 from reranker.proxy.reload import EncoderFactory, LoadedModels, ModelLoader, ScorerFactory
-from reranker.proxy.request import check_no_scroll, index_allowed, split_rerank
+from reranker.proxy.request import (
+    asked_hits,
+    check_hits,
+    check_no_scroll,
+    index_allowed,
+    split_rerank,
+)
 from reranker.proxy.request_log import RequestLog
 from reranker.proxy.rerank import Answer, RerankHandler, SearchRequest
 from reranker.proxy.rerank_api import RerankApi
@@ -353,6 +359,7 @@ class Proxy:
             raw = await self._read_body(request)
             body = self._parse_body(raw)
             params = client_params(request)
+            check_hits(body, params, self.settings.max_hits)
             body, ubi = await self._ubi_begin(body)
             try:
                 rest, spec_raw = split_rerank(body)
@@ -396,9 +403,19 @@ class Proxy:
                 max_depth=self.settings.max_json_depth,
                 max_digits=self.settings.max_number_digits,
             )
+            if len(items) > self.settings.max_msearch_searches:
+                raise errors.bad_request(
+                    f"the _msearch body holds {len(items)} searches, beyond this proxy's limit "
+                    f"of {self.settings.max_msearch_searches}"
+                )
             limit = msearch_concurrency(url_params)
             # with UBI on, every search is answered (and given its query_id) on its own
-            plain = self.ubi is None and not any(item.wants_rerank or item.error for item in items)
+            plain = self.ubi is None and not any(
+                item.wants_rerank
+                or item.error
+                or asked_hits(item.body, item.params) > self.settings.max_hits
+                for item in items
+            )
             allowed = all(self._index_refusal(item.index) is None for item in items)
             if plain and allowed and not any(_scrolls(item) for item in items):
                 return await self._passthrough(
@@ -430,6 +447,7 @@ class Proxy:
             self._check_index(item.index)
             if item.error is not None:
                 raise item.error
+            check_hits(item.body, item.params, self.settings.max_hits)
             body, ubi = await self._ubi_begin(item.body)
             try:
                 rest, spec_raw = split_rerank(body)
@@ -601,11 +619,19 @@ class Proxy:
                 raise errors.bad_request("Content-Length is not a number") from None
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise errors.too_large(limit)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise errors.too_large(limit)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ProxyError(
+                408,
+                "request_timeout_exception",
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
+            ) from None
         return b"".join(chunks)
 
     # ------------------------------------------------------------------ pass-through
@@ -826,10 +852,13 @@ def serve(
         encoder_factory=encoder_factory,
         model_loader=model_loader,
     )
+    from reranker.proxy.connections import protocol_with_header_timeout
+
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_with_header_timeout(settings.header_timeout_s),
         log_level=log_level,
         log_config=log_config(log_level, json_logs),
         access_log=access_log,

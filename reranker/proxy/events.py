@@ -67,6 +67,8 @@ EVENT_FIELDS = (
     "event_attributes",
 )
 MAX_MESSAGE_CHARS = 1024
+#: what one accepted event's key adds to its remembered search (a tuple of short strings)
+EVENT_KEY_BYTES = 300
 MAX_OBJECT_ID_CHARS = 256
 #: fields the ``ubi_events`` mapping gives a type: a value Elasticsearch would refuse (an
 #: object or a list where a number or a keyword is mapped) is refused here, not dropped later
@@ -379,6 +381,7 @@ async def accept_events(ubi: UbiLog, raw: bytes, *, owner: str | None = None) ->
     searches = await ubi.lookup(e.query_id for e in checked if isinstance(e, Event))
     now = datetime.now(UTC)
     skew = timedelta(seconds=settings.ubi_clock_skew_s)
+    per_search = settings.ubi_max_events_per_search
     items: list[dict[str, Any]] = []
     accepted = 0
     for entry in checked:
@@ -390,12 +393,20 @@ async def accept_events(ubi: UbiLog, raw: bytes, *, owner: str | None = None) ->
             if shown is not None and shown.owner != owner:
                 shown = None  # another client's search: indistinguishable from no search
             outcome = check_against(entry, shown, now, skew)
+            if outcome is None and shown is not None and len(shown.seen) >= per_search:
+                outcome = Rejection(
+                    429,
+                    "search_event_quota",
+                    f"query {entry.query_id} already has {per_search} events, this proxy's "
+                    "limit for one search",
+                )
             if outcome is None and shown is not None:
                 doc = dict(entry.doc)
                 if shown.user_query is not None:
                     doc["user_query"] = shown.user_query
                 if ubi.writer.submit_to(ubi.events_index, entry.doc_id, doc):
                     shown.seen.add(entry.key)
+                    ubi.shown.grew(shown, EVENT_KEY_BYTES)
                     accepted += 1
                     ubi.metrics.ubi_events.labels("accepted").inc()
                     items.append({"status": 202, "result": "queued", "_id": entry.doc_id})

@@ -341,6 +341,33 @@ def page(body: Mapping[str, Any], params: Mapping[str, str], window: int) -> Pag
     return Page(start=start, size=size)
 
 
+def asked_hits(body: Mapping[str, Any], params: Mapping[str, str]) -> int:
+    """How many hits a search asks for: ``from`` + ``size``, body first, then query
+    parameters. Values Elasticsearch would refuse count as its defaults (its own 400 follows)."""
+
+    def value(key: str, default: int) -> int:
+        raw = body.get(key, params.get(key))
+        if raw is None or isinstance(raw, bool):
+            return default
+        try:
+            return max(0, int(raw))  # Elasticsearch reads "10" as 10 too
+        except (TypeError, ValueError, OverflowError):
+            return default
+
+    return value("from", 0) + value("size", DEFAULT_SIZE)
+
+
+def check_hits(body: Mapping[str, Any], params: Mapping[str, str], limit: int) -> None:
+    """400 when a search asks for more than ``limit`` hits, reranked or passed through: the
+    proxy parses, answers and (with UBI) remembers every hit."""
+    asked = asked_hits(body, params)
+    if asked > limit:
+        raise bad_request(
+            f"from + size is {asked}, beyond this proxy's limit of {limit} hits per search; "
+            "page through the results instead"
+        )
+
+
 def _page_value(body: Mapping[str, Any], params: Mapping[str, str], key: str, default: int) -> int:
     if key in body:
         value: Any = body[key]

@@ -67,6 +67,15 @@ class ProxySettings:
     #: how long past its deadline a scoring call may run before the request answers without it
     scorer_grace_ms: int = 100
     max_body_bytes: int = 1 << 20
+    #: seconds a client has to send a request's headers (the connection is closed after),
+    #: and its body (408 after)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    #: most searches in one ``_msearch`` (400 beyond)
+    max_msearch_searches: int = 100
+    #: most hits one search may ask for (``from`` + ``size``, pass-through too; 400 beyond):
+    #: each is parsed, answered and remembered in full by the proxy
+    max_hits: int = 1000
     #: reranked requests handled at once; beyond → 429
     max_in_flight: int = 32
     #: reranked requests whose scoring is queued or running (abandoned calls included)
@@ -143,6 +152,12 @@ class ProxySettings:
     ubi_max_events: int = 500
     """Most events in one ``POST /_reranker/events`` (400 beyond, nothing accepted); half the
     default write queue, so one full batch fits beside the searches' documents."""
+    ubi_max_events_per_search: int = 100
+    """Most events accepted for one search, all actions together (429 ``search_event_quota``
+    beyond): a flood for one query id cannot fill the shared write queue or the judgments."""
+    ubi_cache_bytes: int = 64 << 20
+    """Bytes the remembered searches may take (hit ids and bookkeeping, estimated); the least
+    recently used are forgotten first (and read back from ``ubi_queries_index`` if needed)."""
     ubi_clock_skew_s: float = 60.0
     """How far an event's timestamp may lie in the future, or before its search."""
 
@@ -164,6 +179,10 @@ class ProxySettings:
             "max_number_digits": self.max_number_digits,
             "ubi_cache_size": self.ubi_cache_size,
             "ubi_max_events": self.ubi_max_events,
+            "ubi_max_events_per_search": self.ubi_max_events_per_search,
+            "ubi_cache_bytes": self.ubi_cache_bytes,
+            "max_msearch_searches": self.max_msearch_searches,
+            "max_hits": self.max_hits,
         }
         for name, value in positive.items():
             if value < 1:
@@ -176,6 +195,8 @@ class ProxySettings:
             raise ConfigError("es_budget_fraction must be between 0 and 1")
         if self.score_cache_size < 0:
             raise ConfigError("score_cache_size must be ≥ 0 (0 turns the cache off)")
+        if self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ConfigError("header_timeout_s and body_timeout_s must be positive")
         if self.breaker_cooloff_s < 0 or self.log_flush_s <= 0 or self.scorer_grace_ms < 0:
             raise ConfigError("breaker_cooloff_s, log_flush_s and scorer_grace_ms must be ≥ 0")
         if not self.allowed_indices:
@@ -206,6 +227,10 @@ class ProxySettings:
             "allowed_indices": _env_list("RERANKER_PROXY_ALLOWED_INDICES", ("*",)),
             "api_keys": _env_list("RERANKER_PROXY_API_KEYS", ()),
             "max_window": _env_int("RERANKER_PROXY_MAX_WINDOW", 1000),
+            "max_hits": _env_int("RERANKER_PROXY_MAX_HITS", 1000),
+            "max_msearch_searches": _env_int("RERANKER_PROXY_MAX_MSEARCH_SEARCHES", 100),
+            "header_timeout_s": _env_float("RERANKER_PROXY_HEADER_TIMEOUT_S", 10.0),
+            "body_timeout_s": _env_float("RERANKER_PROXY_BODY_TIMEOUT_S", 30.0),
             "default_timeout_ms": _env_int("RERANKER_PROXY_TIMEOUT_MS", 5000),
             "max_in_flight": _env_int("RERANKER_PROXY_MAX_IN_FLIGHT", 32),
             "max_scorer_queue": _env_int("RERANKER_PROXY_MAX_SCORER_QUEUE", 16),

@@ -207,12 +207,29 @@ class ShownQuery:
             return None
 
 
-class ShownQueries:
-    """The most recent searches by ``query_id`` (least recently used dropped first)."""
+#: what one remembered search costs besides its ids, in bytes (the objects, the dict slot)
+ENTRY_OVERHEAD_BYTES = 600
 
-    def __init__(self, capacity: int) -> None:
+
+def entry_bytes(entry: ShownQuery) -> int:
+    """An estimate of the memory one remembered search holds: its ids and strings (each with
+    CPython's per-object overhead) plus :data:`ENTRY_OVERHEAD_BYTES`."""
+    texts = (entry.query_id, entry.user_query, entry.client_id, entry.application, entry.owner)
+    strings = sum(len(t) + 50 for t in texts if t)
+    return ENTRY_OVERHEAD_BYTES + strings + sum(len(h) + 57 for h in entry.hits)
+
+
+class ShownQueries:
+    """The most recent searches by ``query_id`` (least recently used dropped first), at most
+    ``capacity`` of them and ``max_bytes`` of memory (:func:`entry_bytes`; accepted events'
+    keys count too)."""
+
+    def __init__(self, capacity: int, max_bytes: int = 64 << 20) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, ShownQuery] = OrderedDict()
+        self._sizes: dict[str, int] = {}
 
     def __contains__(self, query_id: object) -> bool:
         return query_id in self._entries
@@ -231,9 +248,22 @@ class ShownQueries:
         if entry.query_id in self._entries:
             return False
         self._entries[entry.query_id] = entry
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self._sizes[entry.query_id] = size = entry_bytes(entry)
+        self.bytes += size
+        self._evict()
         return True
+
+    def grew(self, entry: ShownQuery, added: int) -> None:
+        """``entry`` now holds ``added`` more bytes (an accepted event's key)."""
+        if entry.query_id in self._sizes:
+            self._sizes[entry.query_id] += added
+            self.bytes += added
+            self._evict()
+
+    def _evict(self) -> None:
+        while self._entries and (len(self._entries) > self.capacity or self.bytes > self.max_bytes):
+            query_id, _ = self._entries.popitem(last=False)
+            self.bytes -= self._sizes.pop(query_id, 0)
 
 
 def _page_start(body: Mapping[str, Any], params: Mapping[str, str]) -> int:
@@ -332,7 +362,7 @@ class UbiLog:
         self.writer = writer
         self.queries_index = settings.ubi_queries_index
         self.events_index = settings.ubi_events_index
-        self.shown = ShownQueries(settings.ubi_cache_size)
+        self.shown = ShownQueries(settings.ubi_cache_size, settings.ubi_cache_bytes)
         #: query ids of searches begun and not yet finished (two at once may not share one)
         self._pending: set[str] = set()
 

@@ -459,3 +459,23 @@ async def test_one_clients_attribute_types_never_get_another_clients_events_reje
     finally:
         es_client.options(ignore_status=404).indices.delete(index=events_index)
         es_client.options(ignore_status=404).indices.delete_index_template(name=events_index)
+
+
+async def test_a_flood_of_events_for_one_search_stops_at_its_quota(
+    es_node: NodeStatus, names: dict[str, str]
+) -> None:
+    settings = settings_for(es_node, names, ubi_max_events_per_search=20)
+    async with serving(settings) as http:
+        search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 2})
+        query_id = search.json()["ext"]["ubi"]["query_id"]
+        flood = [
+            {**ubi_event(query_id, "purchase", "x", 1), "event_attributes": {}}
+            | {"timestamp": f"{now()[:-4]}{i:03d}Z"}
+            for i in range(30)
+        ]
+        answer = await http.post("/_reranker/events", content=ndjson(*flood))
+    items = answer.json()["items"]
+    assert [i["status"] for i in items].count(202) == 20
+    refused = [i for i in items if i["status"] == 429]
+    assert len(refused) == 10
+    assert {i["error"]["type"] for i in refused} == {"search_event_quota"}

@@ -20,6 +20,7 @@ from reranker.proxy.ubi import (
     ShownQueries,
     ShownQuery,
     UbiParams,
+    entry_bytes,
     load_templates,
     parse_ubi,
     query_document,
@@ -114,6 +115,20 @@ def test_the_remembered_searches_are_bounded_least_recently_used_first() -> None
     cache.get("a")
     cache.add(ShownQuery("c", NOW, ()))
     assert "b" not in cache and "a" in cache and len(cache) == 2
+
+
+def test_the_remembered_searches_are_bounded_in_bytes_as_well_as_in_count() -> None:
+    big = tuple(f"doc-{i:06d}" for i in range(1000))
+    one = entry_bytes(ShownQuery("q0", NOW, big))
+    cache = ShownQueries(100_000, max_bytes=3 * one)
+    for name in ("q0", "q1", "q2", "q3"):
+        cache.add(ShownQuery(name, NOW, big))
+    assert len(cache) == 3 and "q0" not in cache
+    assert cache.bytes <= cache.max_bytes
+    survivor = cache.get("q3")
+    assert survivor is not None
+    cache.grew(survivor, one)  # its accepted events count too
+    assert cache.bytes <= cache.max_bytes and "q3" in cache
 
 
 def test_the_templates_name_the_configured_indices_with_ubis_field_names() -> None:
