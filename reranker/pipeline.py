@@ -400,22 +400,23 @@ class Pipeline:
         """Whether the scorer has every candidate's score in memory already (a
         :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
         call: the proxy then skips the scorer's queue."""
-        return bool(candidates) and self.uncached_pairs(text, candidates) == 0
+        return bool(candidates) and not self.uncached_pairs(text, candidates)
 
-    def uncached_pairs(self, text: str, candidates: Sequence[Hit]) -> int:
-        """How many pairs reranking ``candidates`` would send to a model: the window's pairs
-        whose score is not in the scorer's memory (all of them for a scorer without one). The
-        proxy admits and times a search by this, not by its window."""
-        uncached = getattr(self.scorer, "uncached", None)
-        if uncached is None:
-            return len(candidates)
+    def uncached_pairs(self, text: str, candidates: Sequence[Hit]) -> list[tuple[str, str]]:
+        """The pairs reranking ``candidates`` would send to a model: the window's pairs whose
+        score is not in the scorer's memory (all of them for a scorer without one). The proxy
+        admits and times a search by these, not by its window."""
         pairs, features = self.scorer_inputs(text, candidates)
+        uncached = getattr(self.scorer, "uncached", None)
+        if uncached is None or (self.cascade is not None and self.cascade.scorer is not None):
+            return pairs  # (a cascade's student is a second model call: never inline)
         if self.cascade is None:
-            return int(uncached(pairs, features, with_signals=self.predict_signals))
-        if self.cascade.scorer is not None:
-            return len(candidates)  # a cascade's student is a second model call: never inline
+            rows = uncached(pairs, features, with_signals=self.predict_signals)
+            return [pairs[i] for i in rows]
         head, _ = cascade_split([h.score for h in candidates], self.cascade.k)
-        return int(uncached([pairs[i] for i in head], None if features is None else features[head]))
+        head_pairs = [pairs[i] for i in head]
+        rows = uncached(head_pairs, None if features is None else features[head])
+        return [head_pairs[i] for i in rows]
 
     def _features(self, candidates: Sequence[Hit], missing: dict[str, int]) -> np.ndarray | None:
         if not self.needs_features:

@@ -679,12 +679,12 @@ class LruScores:
 
     def covers(self, texts: Sequence[str]) -> bool:
         """Whether every text is stored (counters untouched: a look, not a use)."""
-        return self.missing(texts) == 0
+        return not self.missing(texts)
 
-    def missing(self, texts: Sequence[str]) -> int:
-        """How many of ``texts`` are not stored (counters untouched: a look, not a use)."""
+    def missing(self, texts: Sequence[str]) -> list[int]:
+        """The positions of ``texts`` not stored (counters untouched: a look, not a use)."""
         with self._lock:
-            return sum(self.key(t) not in self._items for t in texts)
+            return [i for i, t in enumerate(texts) if self.key(t) not in self._items]
 
 
 class CachedScorer:
@@ -748,7 +748,7 @@ class CachedScorer:
     ) -> bool:
         """Whether every pair's logit (with ``with_signals``: and its signal heads) is cached
         (an in-memory store only; else False)."""
-        return self.uncached(pairs, features, with_signals=with_signals) == 0
+        return not self.uncached(pairs, features, with_signals=with_signals)
 
     def uncached(
         self,
@@ -756,11 +756,11 @@ class CachedScorer:
         features: np.ndarray | None = None,
         *,
         with_signals: bool = False,
-    ) -> int:
-        """How many pairs the model would have to score: those whose logit (with
+    ) -> list[int]:
+        """The positions of the pairs the model would have to score: those whose logit (with
         ``with_signals``: and heads) is not in memory; every pair for an on-disk store."""
         if not isinstance(self.cache, LruScores):
-            return len(pairs)
+            return list(range(len(pairs)))
         keys = self._keys(pairs, self._columns(features))
         return self.cache.missing(self._with_heads(keys) if with_signals else keys)
 

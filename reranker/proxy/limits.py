@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+#: characters per token assumed when a pair's cost is estimated without tokenising it
+#: (WordPiece over English text: about 4), and the special tokens every pair adds
+CHARS_PER_TOKEN = 4
+SPECIAL_TOKENS = 3
+#: tokens per pair assumed before any scoring call was measured
+DEFAULT_TOKENS_PER_PAIR = 128
+
+
+def estimated_tokens(pairs: Sequence[tuple[str, str]], max_length: int | None) -> int:
+    """What scoring ``pairs`` costs, in tokens, estimated from their characters and capped
+    at the model's ``max_length`` per pair (it truncates the rest). The proxy's admission,
+    deadlines and breaker measure work in these units, not in pairs: a thousand one-letter
+    texts cost what they cost, and cannot make a window of abstracts look cheap."""
+    cap = max_length or 512
+    return sum(min(cap, (len(q) + len(p)) // CHARS_PER_TOKEN + SPECIAL_TOKENS) for q, p in pairs)
 
 
 class CircuitBreaker:
@@ -86,12 +102,14 @@ class Admission:
     frees that slot.
 
     Deadline-aware: once scoring calls have been timed (:meth:`record`), a request is also
-    refused when the pairs already waiting for the cross-encoder, plus its own, would take
+    refused when the work already waiting for the cross-encoder, plus its own, would take
     longer than its budget at the measured rate. It could only time out and fail open after
-    holding a slot; a fast 429 tells the client to come back instead.
+    holding a slot; a fast 429 tells the client to come back instead. Work is counted in
+    tokens (:func:`estimated_tokens`), so the rate does not depend on the length of the
+    texts that happened to be scored last.
     """
 
-    #: weight of the newest measurement in the moving average of the scorer's pairs/s
+    #: weight of the newest measurement in the moving averages (rate, tokens per pair)
     RATE_SMOOTHING = 0.2
 
     def __init__(self, max_in_flight: int, max_scorer_queue: int) -> None:
@@ -99,24 +117,31 @@ class Admission:
         self.max_scorer_queue = max_scorer_queue
         self._in_flight = 0
         self._backlog = 0
-        self._backlog_pairs = 0
-        self.pairs_per_s: float | None = None
+        self._backlog_tokens = 0
+        self.tokens_per_s: float | None = None
+        #: what a pair has cost on average, for requests whose texts are not known yet
+        self.tokens_per_pair: float = DEFAULT_TOKENS_PER_PAIR
 
-    def record(self, pairs: int, seconds: float) -> None:
-        """A scoring call of ``pairs`` pairs took ``seconds`` (its own run time)."""
-        if pairs <= 0 or seconds <= 0:
+    def record(self, tokens: int, seconds: float, pairs: int = 0) -> None:
+        """A scoring call of ``tokens`` tokens (``pairs`` pairs) took ``seconds`` (its own
+        run time)."""
+        if tokens <= 0 or seconds <= 0:
             return
-        rate = pairs / seconds
-        if self.pairs_per_s is None:
-            self.pairs_per_s = rate
+        rate = tokens / seconds
+        if self.tokens_per_s is None:
+            self.tokens_per_s = rate
         else:
-            self.pairs_per_s += self.RATE_SMOOTHING * (rate - self.pairs_per_s)
+            self.tokens_per_s += self.RATE_SMOOTHING * (rate - self.tokens_per_s)
+        if pairs > 0:
+            self.tokens_per_pair += self.RATE_SMOOTHING * (tokens / pairs - self.tokens_per_pair)
 
-    def expected_wait_s(self, pairs: int) -> float | None:
-        """Seconds until ``pairs`` more pairs would be scored, at the measured rate."""
-        if self.pairs_per_s is None:
-            return None
-        return (self._backlog_pairs + pairs) / self.pairs_per_s
+    def seconds_for(self, tokens: int) -> float | None:
+        """Seconds ``tokens`` take at the measured rate (``None`` before any measurement)."""
+        return None if self.tokens_per_s is None else tokens / self.tokens_per_s
+
+    def expected_wait_s(self, tokens: int) -> float | None:
+        """Seconds until ``tokens`` more tokens would be scored, at the measured rate."""
+        return self.seconds_for(self._backlog_tokens + tokens)
 
     @property
     def in_flight(self) -> int:
@@ -126,41 +151,41 @@ class Admission:
     def scorer_backlog(self) -> int:
         return self._backlog
 
-    def admit(self, *, scoring: bool, pairs: int = 0, budget_s: float | None = None) -> Ticket:
+    def admit(self, *, scoring: bool, tokens: int = 0, budget_s: float | None = None) -> Ticket:
         if self._in_flight >= self.max_in_flight:
             raise Saturated(f"{self._in_flight} reranked requests in flight")
         if scoring and self._backlog >= self.max_scorer_queue:
             raise Saturated(f"{self._backlog} requests waiting for the cross-encoder")
-        wait = self.expected_wait_s(pairs) if scoring else None
+        wait = self.expected_wait_s(tokens) if scoring else None
         if wait is not None and budget_s is not None and wait > budget_s and self._backlog:
             raise Saturated(
-                f"the cross-encoder's backlog ({self._backlog_pairs} pairs at "
-                f"{self.pairs_per_s:.0f} pairs/s) would take {wait * 1000:.0f} ms, beyond this "
-                f"request's {budget_s * 1000:.0f} ms"
+                f"the cross-encoder's backlog ({self._backlog_tokens} tokens at "
+                f"{self.tokens_per_s:.0f} tokens/s) would take {wait * 1000:.0f} ms, beyond "
+                f"this request's {budget_s * 1000:.0f} ms"
             )
         self._in_flight += 1
         if scoring:
             self._backlog += 1
-            self._backlog_pairs += pairs
-        return Ticket(self, scoring, pairs)
+            self._backlog_tokens += tokens
+        return Ticket(self, scoring, tokens)
 
     def _release(self) -> None:
         self._in_flight -= 1
 
-    def _scoring_done(self, pairs: int) -> None:
+    def _scoring_done(self, tokens: int) -> None:
         self._backlog -= 1
-        self._backlog_pairs -= pairs
+        self._backlog_tokens -= tokens
 
 
 class Ticket:
     """One admitted request: ``release()`` when it answers, ``scoring_done()`` when its scoring
     (if any) is over. Both are idempotent."""
 
-    def __init__(self, admission: Admission, scoring: bool, pairs: int = 0) -> None:
+    def __init__(self, admission: Admission, scoring: bool, tokens: int = 0) -> None:
         self._admission = admission
         self._released = False
         self._scoring = scoring
-        self._pairs = pairs
+        self._tokens = tokens
         #: set once the scoring call is handed to the pool; it then calls scoring_done itself
         self.submitted = False
 
@@ -169,14 +194,14 @@ class Ticket:
             self._released = True
             self._admission._release()
 
-    def resize(self, pairs: int) -> None:
-        """The request turned out to need ``pairs`` pairs scored (its window less what the
-        score cache answers): the backlog counts those."""
-        if self._scoring and pairs != self._pairs:
-            self._admission._backlog_pairs += pairs - self._pairs
-            self._pairs = pairs
+    def resize(self, tokens: int) -> None:
+        """The request turned out to need ``tokens`` tokens scored (its window's pairs less
+        those the score cache answers): the backlog counts those."""
+        if self._scoring and tokens != self._tokens:
+            self._admission._backlog_tokens += tokens - self._tokens
+            self._tokens = tokens
 
     def scoring_done(self) -> None:
         if self._scoring:
             self._scoring = False
-            self._admission._scoring_done(self._pairs)
+            self._admission._scoring_done(self._tokens)

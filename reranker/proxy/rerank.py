@@ -44,7 +44,14 @@ from reranker.proxy import errors
 from reranker.proxy.blends import BlendCatalog, NamedBlend
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.first_stage import FirstStageResult, read_hits, search_es, split_key
-from reranker.proxy.limits import Admission, CircuitBreaker, Saturated, Ticket
+from reranker.proxy.limits import (
+    DEFAULT_TOKENS_PER_PAIR,
+    Admission,
+    CircuitBreaker,
+    Saturated,
+    Ticket,
+    estimated_tokens,
+)
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.reload import LoadedModels
 from reranker.proxy.request import (
@@ -271,8 +278,9 @@ class RerankHandler:
         be scored in time is decided once the window is known (:meth:`_refuse_unscorable`):
         pairs already in the score cache cost nothing."""
         scoring = self.models.scorer is not None
+        expected = round(spec.window * self.admission.tokens_per_pair)  # texts not known yet
         return self.admit_or_429(
-            scoring=scoring, pairs=spec.window, budget_s=self._scorer_budget_s(spec)
+            scoring=scoring, tokens=expected, budget_s=self._scorer_budget_s(spec)
         )
 
     @staticmethod
@@ -280,27 +288,27 @@ class RerankHandler:
         """What the scorer can expect: the request's timeout less Elasticsearch's usual share."""
         return spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
 
-    def _refuse_unscorable(self, spec: RerankSpec, uncached: int) -> None:
+    def _refuse_unscorable(self, spec: RerankSpec, uncached: int, tokens: int) -> None:
         """400 when, at the measured rate, the ``uncached`` pairs of this window (those the
-        model must score) cannot be scored within the request's timeout."""
-        rate = self.admission.pairs_per_s
-        if rate is None:
+        model must score, ``tokens`` tokens) cannot be scored within the request's timeout."""
+        needed_s = self.admission.seconds_for(tokens)
+        if needed_s is None:
             return
         budget_s = self._scorer_budget_s(spec)
-        needed_s = uncached / rate
         if needed_s > budget_s:
             raise errors.bad_request(
                 f"[rerank.window] {spec.window} cannot be scored within [rerank.timeout_ms] "
                 f"{spec.timeout_ms}: {uncached} of its pairs are not in the score cache, and "
-                f"the cross-encoder scores about {rate:.0f} pairs/s here, so it needs about "
-                f"{needed_s * 1000:.0f} ms of the {budget_s * 1000:.0f} ms left for "
-                "scoring; lower the window or raise the timeout"
+                f"at the cross-encoder's measured {self.admission.tokens_per_s:.0f} tokens/s "
+                f"here they need about {needed_s * 1000:.0f} ms of the "
+                f"{budget_s * 1000:.0f} ms left for scoring; lower the window or raise the "
+                "timeout"
             )
 
-    def admit_or_429(self, *, scoring: bool, pairs: int, budget_s: float) -> Ticket:
+    def admit_or_429(self, *, scoring: bool, tokens: int, budget_s: float) -> Ticket:
         """An admission ticket, or the 429 (counted) when the proxy is saturated."""
         try:
-            ticket = self.admission.admit(scoring=scoring, pairs=pairs, budget_s=budget_s)
+            ticket = self.admission.admit(scoring=scoring, tokens=tokens, budget_s=budget_s)
         except Saturated as exc:
             self.metrics.rejected.inc()
             raise errors.saturated(str(exc), self.settings.retry_after_s) from None
@@ -580,15 +588,15 @@ class RerankHandler:
         elif spec.cascade is not None and self.models.first_stage_student:
             cascade = Cascade(None, spec.cascade)
         scoring = window.pipeline(cached, cascade)
-        uncached = (
-            scoring.uncached_pairs(window.text, window.candidates) if window.candidates else 0
-        )
-        if window.candidates and uncached == 0:
+        candidates, text = window.candidates, window.text
+        uncached = scoring.uncached_pairs(text, candidates) if candidates else []
+        if candidates and not uncached:
             # every pair's score is in memory: no model call, so no queue and no breaker
-            result = scoring.rerank(window.text, window.candidates, k=spec.window)
+            result = scoring.rerank(text, candidates, k=spec.window)
             return result, {"rerank": result.timings_ms.get("rerank", 0.0), "scorer_queue": 0.0}
-        self._refuse_unscorable(spec, uncached)
-        ticket.resize(uncached)
+        tokens = estimated_tokens(uncached, getattr(scorer, "max_length", None))
+        self._refuse_unscorable(spec, len(uncached), tokens)
+        ticket.resize(tokens)
         if not self.breaker.allow():
             message = "circuit open: the cross-encoder failed repeatedly"
             return window.unscored(Degraded("circuit_open", message)), {}
@@ -598,10 +606,9 @@ class RerankHandler:
             return window.unscored(Degraded("timeout", message)), {}
         submitted_at = time.perf_counter()
         budget_at_submit = deadline - time.monotonic()
-        candidates, text = window.candidates, window.text
         called = await self.call_scorer(
             lambda: scoring.rerank(text, candidates, k=spec.window, deadline=deadline),
-            pairs=uncached,
+            tokens=tokens,
             timeout_ms=spec.timeout_ms,
             deadline=deadline,
             ticket=ticket,
@@ -610,8 +617,7 @@ class RerankHandler:
         if called.result is not None:
             result = called.result
             waited = (time.perf_counter() - submitted_at) * 1000
-            scored = getattr(cached, "pairs_scored", len(result.hits))
-            if self._accept(result, spec, budget_at_submit, scored):
+            if self._accept(result, spec, budget_at_submit, tokens, len(uncached)):
                 scored = result.timings_ms.get("rerank", 0.0)
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
             failure = ScoringFailure("reranker error: invalid output (non-finite scores)")
@@ -627,12 +633,13 @@ class RerankHandler:
         self,
         work: Callable[[], T],
         *,
-        pairs: int,
+        tokens: int,
         timeout_ms: int,
         deadline: float,
         ticket: Ticket,
     ) -> Called[T]:
-        """Run ``work`` (a scoring call of ``pairs`` pairs, whose breaker slot the caller has
+        """Run ``work`` (a scoring call of ``tokens`` estimated tokens,
+        :func:`~reranker.proxy.limits.estimated_tokens`, whose breaker slot the caller has
         claimed) in the scorer's pool and wait for it until ``deadline`` plus the grace: its
         result, or why it gave none (the caller tells the breaker, see :meth:`count_failure`,
         since what counts as a failure is the caller's to say). A request cancelled meanwhile
@@ -643,7 +650,7 @@ class RerankHandler:
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
         except Exception as exc:
-            return Called(None, self._failure(exc, pairs, timeout_ms, budget_s))
+            return Called(None, self._failure(exc, tokens, timeout_ms, budget_s))
         except BaseException:  # cancelled (the client went away): not the scorer's fault
             self.breaker.release()
             raise
@@ -679,19 +686,19 @@ class RerankHandler:
         return future
 
     def _failure(
-        self, exc: Exception, pairs: int, timeout_ms: int, budget_s: float
+        self, exc: Exception, tokens: int, timeout_ms: int, budget_s: float
     ) -> ScoringFailure:
         """What a scoring call that raised (or that the request stopped waiting for) was."""
         if isinstance(exc, TimeoutError):
             reason = f"reranker timeout: no scores within {timeout_ms} ms"
-            fault = self.timeout_is_scorers_fault(pairs, timeout_ms, budget_s)
+            fault = self.timeout_is_scorers_fault(tokens, timeout_ms, budget_s)
             return ScoringFailure(reason, True, fault)
         if isinstance(exc, ModelError):  # fail_open is false, or the call expired in the queue
             timed_out = isinstance(exc, ScoreTimeout)
             if isinstance(exc, QueueExpired):  # overload, not a broken model
                 at_fault = False
             elif timed_out:
-                at_fault = self.timeout_is_scorers_fault(pairs, timeout_ms, budget_s)
+                at_fault = self.timeout_is_scorers_fault(tokens, timeout_ms, budget_s)
             else:
                 at_fault = True
             reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
@@ -701,38 +708,40 @@ class RerankHandler:
         return ScoringFailure(f"reranker error: unexpected {type(exc).__name__}")
 
     def _accept(
-        self, result: PipelineResult, spec: RerankSpec, budget_s: float, scored: int
+        self, result: PipelineResult, spec: RerankSpec, budget_s: float, tokens: int, pairs: int
     ) -> bool:
-        """Whether a finished call's scores can be served (all finite); records its rate (of
-        the ``scored`` pairs the model ran: cached ones cost nothing) and tells the breaker how
-        it went."""
-        if "rerank" in result.timings_ms:
-            self.admission.record(scored, result.timings_ms["rerank"] / 1000)
+        """Whether a finished call's scores can be served (all finite); records its rate (the
+        ``tokens`` of the ``pairs`` the model had to score: cached ones cost nothing) and tells
+        the breaker how it went."""
+        if "rerank" in result.timings_ms and not result.degraded:
+            self.admission.record(tokens, result.timings_ms["rerank"] / 1000, pairs)
         if not all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
             return False
         if not result.degraded:
             self.breaker.success()
         elif result.degraded.kind != "timeout" or self.timeout_is_scorers_fault(
-            scored, spec.timeout_ms, budget_s
+            tokens, spec.timeout_ms, budget_s
         ):
             self.breaker.failure()
         else:  # its deadline passed mid-window: the request's own budget, not a fault
             self.breaker.release()
         return True
 
-    def timeout_is_scorers_fault(self, pairs: int, timeout_ms: int, budget_s: float) -> bool:
-        """Whether a scoring call of ``pairs`` pairs that missed its deadline counts against
-        the scorer (the circuit breaker): only when it should have fitted its budget with
-        room to spare. A request whose own size or ``timeout_ms`` made the timeout inevitable
-        never counts, so no client can open the circuit for the others. Before any call was
+    def timeout_is_scorers_fault(self, tokens: int, timeout_ms: int, budget_s: float) -> bool:
+        """Whether a scoring call of ``tokens`` estimated tokens that missed its deadline
+        counts against the scorer (the circuit breaker): only when it should have fitted its
+        budget with room to spare at the measured tokens/s. A request whose own size or
+        ``timeout_ms`` made the timeout inevitable never counts, so no client can open the
+        circuit for the others; and since work is measured in tokens, no client can make
+        long windows look cheap by having many tiny texts scored first. Before any call was
         measured, only requests at the proxy's defaults (or smaller) count."""
-        rate = self.admission.pairs_per_s
-        if rate is None:
+        needed_s = self.admission.seconds_for(tokens)
+        if needed_s is None:
             return (
-                pairs <= self.settings.default_window
+                tokens <= self.settings.default_window * DEFAULT_TOKENS_PER_PAIR
                 and timeout_ms >= self.settings.default_timeout_ms
             )
-        return pairs / rate <= FAIR_TIMEOUT_SHARE * budget_s
+        return needed_s <= FAIR_TIMEOUT_SHARE * budget_s
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from reranker.pipeline import check_scores
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.jsonbody import BodyError, loads_strict
+from reranker.proxy.limits import estimated_tokens
 
 if TYPE_CHECKING:
     from reranker.proxy.app import Proxy
@@ -391,7 +392,8 @@ class RerankApi:
         settings = self.proxy.settings
         timeout_ms = settings.default_timeout_ms
         pairs = [(call.query, text) for text in call.texts]
-        ticket = handler.admit_or_429(scoring=True, pairs=len(pairs), budget_s=timeout_ms / 1000)
+        tokens = estimated_tokens(pairs, getattr(scorer, "max_length", None))
+        ticket = handler.admit_or_429(scoring=True, tokens=tokens, budget_s=timeout_ms / 1000)
         try:
             if not self.proxy.breaker.allow():
                 raise errors.reranker_unavailable(
@@ -411,7 +413,7 @@ class RerankApi:
 
             submitted = time.perf_counter()
             called = await handler.call_scorer(
-                work, pairs=len(pairs), timeout_ms=timeout_ms, deadline=deadline, ticket=ticket
+                work, tokens=tokens, timeout_ms=timeout_ms, deadline=deadline, ticket=ticket
             )
             if called.result is None:
                 assert called.failure is not None
@@ -420,7 +422,8 @@ class RerankApi:
                     raise errors.reranker_timeout(called.failure.reason)
                 raise ProxyError(FAILED_DEPENDENCY, "backend", called.failure.reason)
             self.proxy.breaker.success()
-            self.proxy.admission.record(getattr(cached, "pairs_scored", len(pairs)), took[0])
+            scored = getattr(cached, "pairs_scored", len(pairs))  # cached pairs cost nothing
+            self.proxy.admission.record(round(tokens * scored / len(pairs)), took[0], scored)
             stages = self.proxy.metrics.stage_seconds
             stages.labels("rerank").observe(took[0])
             stages.labels("scorer_queue").observe(

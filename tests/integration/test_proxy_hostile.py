@@ -9,13 +9,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from reranker.es.node import NodeStatus
+from reranker.scoring import Scorer
 from tests.conftest import free_port
 from tests.integration.test_proxy import QUERY, proxy_settings, running
 from tests.integration.test_proxy import proxy_alias as proxy_alias  # the indexed fixture
@@ -124,3 +127,54 @@ def test_a_body_that_never_arrives_in_full_is_a_408(slow_limits_server: int) -> 
         received, _ = read_until_closed(sock, limit_s=15)
     assert received.startswith(b"HTTP/1.1 408"), received[:200]
     assert b"did not arrive within 1 s" in received
+
+
+class PacedScorer(Scorer):
+    """The real scorer at a pace proportional to the work, as a CPU scores: a fixed cost per
+    pair plus a cost per character (a stand-in for a busy machine, deterministic)."""
+
+    def __init__(self, inner: Scorer, per_pair_s: float, per_char_s: float) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.inner = inner
+        self.per_pair_s = per_pair_s
+        self.per_char_s = per_char_s
+
+    def warmup(self) -> None:
+        pass
+
+    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
+        chars = sum(len(q) + len(p) for q, p in pairs)
+        time.sleep(self.per_pair_s * len(pairs) + self.per_char_s * chars)
+        return self.inner.score(pairs, **kwargs)
+
+
+async def test_tiny_rerank_api_texts_cannot_make_long_windows_open_the_circuit_for_others(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    # 1,000 one-letter texts take 2 s here: 500 pairs/s, which made a window of 50 abstracts
+    # (4 s of work) look like 0.1 s, so its timeout counted as the scorer's fault
+    paced = PacedScorer(proxy_scorer, per_pair_s=0.002, per_char_s=0.00005)
+    settings = proxy_settings(
+        es_node,
+        proxy_alias,
+        max_window=1000,
+        breaker_failures=3,
+        breaker_cooloff_s=60,
+        score_cache_size=0,
+    )
+    hurried = {"query": QUERY, "size": 5, "rerank": {"window": 50, "timeout_ms": 1200}}
+    async with running(settings, paced) as http:
+        tiny = await http.post("/rerank", json={"query": "q", "texts": ["a"] * 1000})
+        answers = [await http.post(f"/{proxy_alias}/_search", json=hurried) for _ in range(5)]
+        proxy = http._transport.app.state.proxy  # type: ignore[attr-defined]
+        state = proxy.breaker.state
+        honest = await http.post(
+            f"/{proxy_alias}/_search", json={"query": QUERY, "size": 5, "rerank": {"window": 5}}
+        )
+    assert tiny.status_code == 200
+    for answer in answers:  # refused up front (400) or timed out (200, degraded): never a fault
+        assert answer.status_code in (200, 400), answer.text
+        assert "circuit open" not in answer.text
+    assert state == "closed"
+    assert honest.status_code == 200
+    assert honest.json()["rerank"]["degraded"] is None

@@ -397,7 +397,7 @@ async def test_a_window_that_cannot_be_scored_in_its_budget_is_refused_up_front(
         measured = await http.post(
             f"/{prefix}-docs/_search", json={"query": QUERY, "size": 5, "rerank": {"window": 5}}
         )
-        assert proxy.admission.pairs_per_s is not None
+        assert proxy.admission.tokens_per_s is not None
         refused = await http.post(
             f"/{prefix}-docs/_search",
             json={"query": QUERY, "size": 5, "rerank": {"window": 50, "timeout_ms": 500}},
@@ -405,7 +405,7 @@ async def test_a_window_that_cannot_be_scored_in_its_budget_is_refused_up_front(
     assert measured.status_code == 200
     assert refused.status_code == 400
     reason = refused.json()["error"]["reason"]
-    assert "pairs/s" in reason and "timeout" in reason
+    assert "tokens/s" in reason and "timeout" in reason
 
 
 async def test_a_window_whose_pairs_are_all_cached_is_served_whatever_the_measured_rate(
@@ -419,14 +419,14 @@ async def test_a_window_whose_pairs_are_all_cached_is_served_whatever_the_measur
     async with serving(settings_for(es_node, prefix), counting) as (proxy, http):
         first = await http.post(f"/{prefix}-docs/_search", json=window)
         pairs_after_first = counting.pairs
-        rate = proxy.admission.pairs_per_s
+        measured = proxy.admission.tokens_per_s
         again = await http.post(f"/{prefix}-docs/_search", json=hurried)
         other_text = {**hurried, "rerank": {"window": 50, "timeout_ms": 300, "query_text": "x"}}
         uncached = await http.post(f"/{prefix}-docs/_search", json=other_text)
     candidates = first.json()["rerank"]["candidates"]
     assert first.status_code == 200 and first.json()["rerank"]["degraded"] is None
-    # at the measured rate the window could not be scored in 300 ms: only the cache serves it
-    assert rate is not None and candidates / rate > 0.3
+    # scoring the window took longer than 300 ms allow: only the cache can serve it in time
+    assert measured is not None and first.json()["rerank"]["took_ms"]["rerank"] > 300
     assert again.status_code == 200, again.text
     assert again.json()["rerank"]["degraded"] is None
     assert [h["_id"] for h in again.json()["hits"]["hits"]] == [

@@ -242,8 +242,8 @@ def test_a_first_stage_aware_full_model_reads_its_heads_rows_of_the_windows_feat
 
 def test_a_first_stage_cascade_counts_as_cached_when_its_head_is() -> None:
     class HeadCovering(TableScorer):
-        def uncached(self, pairs: Any, features: Any = None, **_: Any) -> int:
-            return 0 if [p for _, p in pairs] == ["a", "b", "c"] else len(pairs)
+        def uncached(self, pairs: Any, features: Any = None, **_: Any) -> list[int]:
+            return [] if [p for _, p in pairs] == ["a", "b", "c"] else list(range(len(pairs)))
 
     candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)
     full = HeadCovering("full", FULL)
@@ -481,8 +481,8 @@ def test_a_cascade_never_counts_as_fully_cached() -> None:
     queue; a cascade calls its student too, so it must always queue."""
 
     class CoveringScorer(TableScorer):
-        def uncached(self, pairs: Any, features: Any = None, **_: Any) -> int:
-            return 0
+        def uncached(self, pairs: Any, features: Any = None, **_: Any) -> list[int]:
+            return []
 
     full, student = CoveringScorer("full", FULL), TableScorer("student", STUDENT)
     candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)

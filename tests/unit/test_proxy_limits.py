@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.proxy.limits import Admission, CircuitBreaker, Saturated
+from reranker.proxy.limits import (
+    DEFAULT_TOKENS_PER_PAIR,
+    SPECIAL_TOKENS,
+    Admission,
+    CircuitBreaker,
+    Saturated,
+    estimated_tokens,
+)
 
 
 class Clock:
@@ -95,34 +102,57 @@ def test_scorer_backlog_outlives_the_request_until_scoring_is_done() -> None:
 
 def test_admission_refuses_scoring_that_could_not_finish_within_the_budget() -> None:
     admission = Admission(max_in_flight=32, max_scorer_queue=16)
-    admission.record(pairs=100, seconds=1.0)  # 100 pairs/s
-    first = admission.admit(scoring=True, pairs=100, budget_s=2.0)  # 1 s
-    admission.admit(scoring=True, pairs=100, budget_s=2.0)  # 2 s: just fits
-    with pytest.raises(Saturated, match=r"200 pairs at 100 pairs/s\) would take 3000 ms"):
-        admission.admit(scoring=True, pairs=100, budget_s=2.0)  # 3 s
-    admission.admit(scoring=False, pairs=100, budget_s=2.0)  # no scoring: not bounded by it
+    admission.record(tokens=1000, seconds=1.0)  # 1000 tokens/s
+    first = admission.admit(scoring=True, tokens=1000, budget_s=2.0)  # 1 s
+    admission.admit(scoring=True, tokens=1000, budget_s=2.0)  # 2 s: just fits
+    with pytest.raises(Saturated, match=r"2000 tokens at 1000 tokens/s\) would take 3000 ms"):
+        admission.admit(scoring=True, tokens=1000, budget_s=2.0)  # 3 s
+    admission.admit(scoring=False, tokens=1000, budget_s=2.0)  # no scoring: not bounded by it
     first.scoring_done()
-    admission.admit(scoring=True, pairs=100, budget_s=2.0)
+    admission.admit(scoring=True, tokens=1000, budget_s=2.0)
+
+
+def test_a_ticket_resized_to_its_uncached_work_frees_the_backlog_for_others() -> None:
+    admission = Admission(max_in_flight=32, max_scorer_queue=16)
+    admission.record(tokens=1000, seconds=1.0)
+    ticket = admission.admit(scoring=True, tokens=1900, budget_s=2.0)  # its window, unknown
+    with pytest.raises(Saturated):
+        admission.admit(scoring=True, tokens=1000, budget_s=2.0)
+    ticket.resize(100)  # most of its pairs were in the score cache
+    admission.admit(scoring=True, tokens=1000, budget_s=2.0)
 
 
 def test_an_idle_scorer_takes_a_request_even_beyond_its_budget() -> None:
     admission = Admission(max_in_flight=4, max_scorer_queue=4)
-    admission.record(pairs=10, seconds=1.0)
-    admission.admit(scoring=True, pairs=1000, budget_s=0.5)  # nothing queued: try it
+    admission.record(tokens=10, seconds=1.0)
+    admission.admit(scoring=True, tokens=1000, budget_s=0.5)  # nothing queued: try it
 
 
 def test_before_any_measurement_only_the_counts_bound_admission() -> None:
     admission = Admission(max_in_flight=4, max_scorer_queue=2)
-    admission.admit(scoring=True, pairs=10_000, budget_s=0.001)
-    admission.admit(scoring=True, pairs=10_000, budget_s=0.001)
+    admission.admit(scoring=True, tokens=10_000, budget_s=0.001)
+    admission.admit(scoring=True, tokens=10_000, budget_s=0.001)
     with pytest.raises(Saturated, match="waiting for the cross-encoder"):
-        admission.admit(scoring=True, pairs=1, budget_s=10)
+        admission.admit(scoring=True, tokens=1, budget_s=10)
 
 
-def test_the_measured_rate_is_a_moving_average() -> None:
+def test_the_measured_rate_and_tokens_per_pair_are_moving_averages() -> None:
     admission = Admission(max_in_flight=1, max_scorer_queue=1)
-    admission.record(pairs=100, seconds=1.0)
-    admission.record(pairs=200, seconds=1.0)
-    assert admission.pairs_per_s == pytest.approx(100 + Admission.RATE_SMOOTHING * 100)
-    admission.record(pairs=0, seconds=1.0)  # ignored
-    assert admission.pairs_per_s == pytest.approx(120)
+    admission.record(tokens=100, seconds=1.0, pairs=1)
+    admission.record(tokens=200, seconds=1.0, pairs=1)
+    assert admission.tokens_per_s == pytest.approx(100 + Admission.RATE_SMOOTHING * 100)
+    admission.record(tokens=0, seconds=1.0)  # ignored
+    assert admission.tokens_per_s == pytest.approx(120)
+    start = DEFAULT_TOKENS_PER_PAIR
+    after_first = start + Admission.RATE_SMOOTHING * (100 - start)
+    expected = after_first + Admission.RATE_SMOOTHING * (200 - after_first)
+    assert admission.tokens_per_pair == pytest.approx(expected)
+
+
+def test_work_is_estimated_in_tokens_capped_per_pair_at_the_models_length() -> None:
+    tiny = [("q", "a")] * 1000
+    abstracts = [("vitamin d", "word " * 400)] * 10
+    assert estimated_tokens(tiny, 256) == 1000 * SPECIAL_TOKENS
+    assert estimated_tokens(abstracts, 256) == 10 * 256
+    # a thousand one-letter texts cost about what 12 abstracts cost, not 100 times more
+    assert estimated_tokens(tiny, 256) < 2 * estimated_tokens(abstracts, 256)
