@@ -188,6 +188,12 @@ class ServedScorer(PairScorer, Protocol):
     def warmup(self) -> None: ...
 
 
+def _check_deadline(deadline: float | None, done: int, total: int) -> None:
+    """:class:`ScoreTimeout` once ``deadline`` (a :func:`time.monotonic` instant) has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise ScoreTimeout(f"scoring passed its deadline after {done} of {total} pairs")
+
+
 class Scorer:
     """Cross-encoder scores for (query, passage) pairs, from an exported model folder.
 
@@ -411,7 +417,9 @@ class Scorer:
         columns = self._check_features(features, len(items))
         if not items:
             return out, predicted
+        _check_deadline(deadline, 0, len(items))
         encodings, truncated = self._encode(items)
+        _check_deadline(deadline, 0, len(items))  # tokenising a large call takes time too
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(items))
         batches = plan_batches(lengths, self.max_batch_size, self.max_batch_tokens)
         padded = 0
@@ -428,10 +436,8 @@ class Scorer:
                 predicted[name][rows] = values
             padded += len(rows) * width
             done += len(rows)
-            if deadline is not None and done < len(items) and time.monotonic() > deadline:
-                raise ScoreTimeout(
-                    f"scoring passed its deadline after {done} of {len(items)} pairs"
-                )
+            if done < len(items):
+                _check_deadline(deadline, done, len(items))
         if not np.isfinite(out).all():
             bad = int((~np.isfinite(out)).sum())
             raise ModelError(f"the model returned {bad} non-finite scores of {len(items)}")

@@ -209,12 +209,29 @@ def test_non_finite_model_output_raises_model_error(
         scorer.score([("q", "a passage"), ("q", "another passage")])
 
 
-def test_a_deadline_already_past_stops_after_the_first_batch(
+def test_a_deadline_already_past_scores_nothing(
     xenc_export_dir: Path, scifact_pairs: list[tuple[str, str]]
 ) -> None:
     scorer = Scorer(xenc_export_dir, max_batch_size=2)
-    with pytest.raises(ScoreTimeout, match="after 2 of 6 pairs"):
+    with pytest.raises(ScoreTimeout, match="after 0 of 6 pairs"):
         scorer.score(scifact_pairs[:6], deadline=time.monotonic() - 1)
+    assert scorer.stats.pairs == 0  # not a batch was run
+
+
+def test_a_deadline_passing_while_tokenising_stops_before_the_first_batch(
+    xenc_export_dir: Path, scifact_pairs: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scorer = Scorer(xenc_export_dir, max_batch_size=2)
+    deadline = time.monotonic() + 60
+    encode = scorer._encode
+
+    def slow_encode(items: list[tuple[str, str]]) -> Any:
+        monkeypatch.setattr(time, "monotonic", lambda: deadline + 1)  # the clock ran past it
+        return encode(items)
+
+    monkeypatch.setattr(scorer, "_encode", slow_encode)
+    with pytest.raises(ScoreTimeout, match="after 0 of 6 pairs"):
+        scorer.score(scifact_pairs[:6], deadline=deadline)
 
 
 def test_model_id_and_version_come_from_the_card(
