@@ -7,7 +7,8 @@ Measured choices (see ``shared/models/README.md``):
   BiasGelu), which the dynamo exporter's graph does not get; single file, no external ``.data``;
 - ONNX Runtime's transformer optimiser at ``opt_level=0`` (pattern fusions only, so the saved
   graph stays portable between CPU and CUDA; each session then applies its own optimisations);
-- int8 by dynamic quantisation, per channel, of the *unfused* export, then fused;
+- int8 by dynamic quantisation, per channel, of the *unfused* export, then fused, then its
+  activations quantised per token (batch-invariant scores: :mod:`export.rowwise_int8`);
 - fp16 (for CUDA) by converting the fused fp32 graph, inputs and outputs kept as they are.
 
 Every output folder is built in a temporary sibling folder and renamed into place, so a reader
@@ -38,6 +39,7 @@ from export.parity import (
     torch_all_outputs,
     torch_outputs,
 )
+from export.rowwise_int8 import DESCRIPTION as ROWWISE_DESCRIPTION
 from reranker.errors import ModelError
 from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION
 from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer, mean_pool
@@ -430,8 +432,12 @@ def add_encoder_int8(folder: Path, *, keep_fp32: bool = True) -> dict[str, Any]:
 
 
 def _quantize_int8(raw: Path, target: Path, work: Path, *, num_heads: int, hidden: int) -> None:
-    """Dynamic int8 quantisation (per channel) of the unfused graph, then fusion if it helps."""
+    """Dynamic int8 quantisation (per channel) of the unfused graph, then fusion if it helps,
+    then activations quantised per token (:mod:`export.rowwise_int8`): a pair's score must
+    not depend on the other pairs in its batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export.rowwise_int8 import rowwise_int8
 
     quantized = work / "int8.unfused.onnx"
     with _quiet_ort_tools():
@@ -444,8 +450,8 @@ def _quantize_int8(raw: Path, target: Path, work: Path, *, num_heads: int, hidde
         fused = (
             _optimize(quantized, target, num_heads=num_heads, hidden=hidden) if num_heads else None
         )
-    if fused is None:
-        shutil.copy2(quantized, target)
+    per_tensor = target if fused is not None else quantized
+    rowwise_int8(per_tensor, target)
 
 
 def _convert_fp16(fused_fp32: Path, target: Path, *, num_heads: int, hidden: int) -> None:
@@ -626,7 +632,7 @@ def export_cross_encoder(
             _quantize_int8(raw, out / INT8_FILE, work, num_heads=heads, hidden=hidden)
             variants["int8"] = {
                 "file": INT8_FILE,
-                "quantization": "dynamic, per-channel, QInt8 weights",
+                "quantization": "dynamic, per-channel, QInt8 weights; " + ROWWISE_DESCRIPTION,
                 **parity(out / INT8_FILE),
             }
             log.info("int8 variant took %.1f s", time.perf_counter() - t0)

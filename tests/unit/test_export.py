@@ -146,3 +146,18 @@ def test_safetensors_offsets_locate_each_tensor_in_the_file(minilm_weights_dir: 
     raw = (minilm_weights_dir / "model.safetensors").read_bytes()[offset : offset + length]
     gamma = np.frombuffer(raw, dtype="<f4")
     assert np.isfinite(gamma).all() and 0.1 < float(np.abs(gamma).mean()) < 10
+
+
+def test_the_exported_int8_scores_a_pair_the_same_whatever_its_batchmates(
+    xenc_export_dir: Path,
+) -> None:
+    from reranker.scoring import Scorer
+
+    scorer = Scorer(xenc_export_dir, variant="int8")
+    target = ("vitamin d", "Vitamin D deficiency is common in northern latitudes.")
+    others = [("q", "x"), ("bone density", "calcium " * 60), ("vitamin d", "sun exposure")]
+    alone = float(scorer.score([target])[0])
+    for mates in (others[:1], others, others[::-1] * 3):
+        batch = [*mates, target]
+        assert abs(float(scorer.score(batch)[-1]) - alone) <= 1e-4
+    assert "per-token" in _card(xenc_export_dir)["variants"]["int8"]["quantization"]
