@@ -182,6 +182,25 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
             if len(consumers[scales.output[0]]) == 1:
                 removed.add(id(scales))
             counts["matmuls"] += 1
+        elif node.op_type == "MatMulIntegerToFloat":
+            # export/rowwise_int8.py's per-token form: MatMulIntegerToFloat(q, w, 1, w_scale,
+            # 128, w_zp) → Mul(token scale), q = QuantizeLinear(x, token scale, 128)
+            a_q, w_q, _, w_scale, _, w_zp = (list(node.input) + [""] * 6)[:6]
+            quantize = producer.get(a_q)
+            if quantize is None or quantize.op_type != "QuantizeLinear":
+                raise ModelError(f"dequantise: {node.name}'s input is not quantised per token")
+            token_mul = only_consumer(node.output[0], "Mul")
+            weight = _dequantized(array(w_q), array(w_zp), array(w_scale), axis=-1)
+            weight_name = f"{w_q.removesuffix('_quantized')}_dequantized"
+            new_inits.append(numpy_helper.from_array(weight, weight_name))
+            replaced[id(node)] = onnx.helper.make_node(
+                "MatMul",
+                [quantize.input[0], weight_name],
+                [token_mul.output[0]],
+                name=f"{node.name or weight_name}_fp32",
+            )
+            removed.add(id(token_mul))
+            counts["matmuls"] += 1
         elif node.op_type == "DequantizeLinear":
             source, scale, zero_point = (list(node.input) + [""] * 3)[:3]
             axis = _attr_int(node, "axis", 1)
@@ -236,13 +255,14 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
         if id(n) not in removed:
             new = replaced.get(id(n), n)
             kept.extend(new if isinstance(new, list) else [new])
-    # the DynamicQuantizeLinear nodes nobody reads any more
-    read = {name for n in kept for name in n.input}
-    kept = [
-        n
-        for n in kept
-        if not (n.op_type == "DynamicQuantizeLinear" and not any(o in read for o in n.output))
-    ]
+    # the quantisations nobody reads any more (DynamicQuantizeLinear, or a per-token chain)
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for n in kept for name in n.input} | outputs
+        alive = [n for n in kept if any(o in read for o in n.output if o)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
     left = sorted({n.op_type for n in kept if n.op_type in QUANTIZED_OPS})
     if left:
         raise ModelError(f"dequantise: the graph still has {', '.join(left)} after the rewrite")

@@ -246,6 +246,37 @@ def test_fp16_from_int8_makes_a_loadable_folder_close_to_the_int8_model(tmp_path
     assert np.abs(fp16 - fp32).max() < 0.02
 
 
+def test_a_per_token_int8_graph_dequantises_to_the_same_fp32_model(tmp_path: Path) -> None:
+    """export/rowwise_int8.py changes only how activations are quantised: undoing the
+    quantisation of either graph gives the same fp32 weights, hence the same scores."""
+    import onnx
+    import onnxruntime as ort
+
+    from export.dequantize import QUANTIZED_OPS, dequantize_graph
+    from export.rowwise_int8 import rowwise_int8
+
+    rowwise_int8(SHIPPED / "model.int8.onnx", tmp_path / "rowwise.onnx")
+    graphs = {}
+    for name, source in (
+        ("per-tensor", SHIPPED / "model.int8.onnx"),
+        ("per-token", tmp_path / "rowwise.onnx"),
+    ):
+        graph, counts = dequantize_graph(onnx.load(str(source)))
+        assert counts["matmuls"] == 38
+        assert not {n.op_type for n in graph.graph.node} & QUANTIZED_OPS
+        onnx.save(graph, str(tmp_path / f"{name}.fp32.onnx"))
+        graphs[name] = ort.InferenceSession(
+            str(tmp_path / f"{name}.fp32.onnx"), providers=["CPUExecutionProvider"]
+        )
+    feed = {
+        "input_ids": np.array([[101, 2054, 2003, 1037, 3231, 102, 2009, 102]], dtype=np.int64),
+        "attention_mask": np.ones((1, 8), dtype=np.int64),
+        "token_type_ids": np.array([[0, 0, 0, 0, 0, 0, 1, 1]], dtype=np.int64),
+    }
+    per_tensor, per_token = (graphs[k].run(None, feed)[0] for k in ("per-tensor", "per-token"))
+    np.testing.assert_allclose(per_token, per_tensor, atol=1e-5)
+
+
 def test_dequantize_refuses_a_graph_it_cannot_rewrite() -> None:
     from onnx import TensorProto, helper
 
