@@ -600,11 +600,15 @@ class Proxy:
         """The client's ``Authorization`` goes on to Elasticsearch unless the proxy has its own
         credentials or the header was the proxy's API key."""
         headers: dict[str, str] = {}
-        auth = request.headers.get("authorization")
+        # checked at the door (check_forwarded_headers): short, printable ASCII. Surrounding
+        # spaces are dropped: HTTP forbids them in a value (uvicorn's parser strips them; an
+        # ASGI server that does not would hand them on), and the client library fails such a
+        # request as a *connection* error, taking the node out of its pool for everyone
+        auth = (request.headers.get("authorization") or "").strip()
         if auth and not self.settings.es_has_credentials and not self.settings.api_keys:
             headers["authorization"] = auth
-        opaque = request.headers.get("x-opaque-id")
-        if opaque:  # checked at the door (check_forwarded_headers): short, printable ASCII
+        opaque = (request.headers.get("x-opaque-id") or "").strip()
+        if opaque:
             headers["x-opaque-id"] = opaque
         return headers
 
