@@ -420,3 +420,40 @@ async def test_rerank_requests_are_counted_and_timed_in_the_proxy_metrics(
     assert 'reranker_proxy_requests_total{kind="rerank_api",status="400"} 1.0' in metrics
     assert 'reranker_proxy_stage_seconds_count{stage="rerank"} 1.0' in metrics
     assert "reranker_proxy_in_flight 0.0" in metrics
+
+
+async def test_health_is_ready_only_once_the_warm_up_inference_has_run(scorer: Scorer) -> None:
+    import asyncio
+    import threading
+
+    release = threading.Event()
+    warmed: list[bool] = []
+
+    class SlowToWarm(Scorer):
+        def __init__(self, inner: Scorer) -> None:
+            self.__dict__.update(inner.__dict__)
+            self.inner = inner
+
+        def warmup(self) -> None:
+            release.wait(30)
+            self.inner.warmup()  # a real inference: the full batch of the longest pairs
+            warmed.append(True)
+
+    app = create_app(
+        api_settings(), scorer_factory=lambda: SlowToWarm(scorer), load_in_background=True
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
+            warming = await http.get("/_health")
+            refused = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS})
+            release.set()
+            for _ in range(300):
+                ready = await http.get("/_health")
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+    assert warming.status_code == 503
+    assert warming.json()["model"] == {"loaded": False, "reason": "loading"}
+    assert refused.status_code == 503
+    assert ready.status_code == 200 and warmed == [True]
