@@ -39,7 +39,6 @@ from export.parity import (
     torch_all_outputs,
     torch_outputs,
 )
-from export.rowwise_int8 import DESCRIPTION as ROWWISE_DESCRIPTION
 from reranker.errors import ModelError
 from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION
 from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer, mean_pool
@@ -628,11 +627,13 @@ def export_cross_encoder(
             raise ModelError(f"ONNX fp32 signal heads differ from torch: {fp32_heads}")
         variants["fp32"] = {"file": FP32_FILE, "fused": fused, **fp32_parity}
         if int8:
+            from export.rowwise_int8 import DESCRIPTION as rowwise_description
+
             t0 = time.perf_counter()
             _quantize_int8(raw, out / INT8_FILE, work, num_heads=heads, hidden=hidden)
             variants["int8"] = {
                 "file": INT8_FILE,
-                "quantization": "dynamic, per-channel, QInt8 weights; " + ROWWISE_DESCRIPTION,
+                "quantization": "dynamic, per-channel, QInt8 weights; " + rowwise_description,
                 **parity(out / INT8_FILE),
             }
             log.info("int8 variant took %.1f s", time.perf_counter() - t0)
