@@ -81,6 +81,15 @@ def _echo_json(value: Any) -> None:
     help="Ignore events at positions beyond this.",
 )
 @click.option(
+    "--max-session-searches",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="A session (session_id, else client_id, per proxy client) with more searches than "
+    "this is taken for a bot and dropped whole. Whatever this is, a session weighs at most "
+    "one search per query.",
+)
+@click.option(
     "--min-examinations",
     type=float,
     default=0.0,
@@ -122,6 +131,7 @@ def judgments_cmd(
     min_impressions: int,
     thresholds: str | None,
     max_position: int | None,
+    max_session_searches: int,
     min_examinations: float,
     prior_strength: float,
     iterations: int,
@@ -152,7 +162,9 @@ def judgments_cmd(
 
         settings: Settings = ctx.obj
         events = j.read_events_es(make_client(settings), events_index, application=application)
-    counts, seen = j.count_clicks(events, max_position=max_position)
+    counts, seen = j.count_clicks(
+        events, max_position=max_position, max_session_searches=max_session_searches
+    )
     j.require_impressions(counts, seen)
     options: dict[str, Any] = {}
     if model_name == "pbm":
@@ -181,6 +193,7 @@ def judgments_cmd(
         "thresholds": list(cuts),
         "min_impressions": min_impressions,
         "min_examinations": min_examinations,
+        "max_session_searches": max_session_searches,
         "events": seen.events,
         "searches": seen.searches,
         "impressions": seen.impressions,

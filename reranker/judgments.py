@@ -63,6 +63,8 @@ DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
     "ctr": (0.1, 0.3),
 }
 DEFAULT_MIN_IMPRESSIONS = 10
+#: a session with more searches than this in the events is taken for a bot and dropped
+DEFAULT_MAX_SESSION_SEARCHES = 100
 
 Pair = tuple[str, str]
 """(query text, document id)"""
@@ -195,15 +197,36 @@ def _event_fields(event: Mapping[str, Any]) -> tuple[str, str, str, int] | str:
     return query_id, action, object_id, ordinal
 
 
+def _session_of(event: Mapping[str, Any], query_id: str) -> tuple[str, str]:
+    """Who made a search: the proxy client (``reranker.owner``, a digest of its API key) and
+    the session (``session_id``, else ``client_id``; else the search stands alone)."""
+    own = event.get("reranker")
+    owner = own.get("owner") if isinstance(own, dict) else None
+    session = event.get("session_id") or event.get("client_id")
+    return (
+        owner if isinstance(owner, str) else "",
+        session if isinstance(session, str) else f"search:{query_id}",
+    )
+
+
 def count_clicks(
-    events: Iterable[Mapping[str, Any]], *, max_position: int | None = None
+    events: Iterable[Mapping[str, Any]],
+    *,
+    max_position: int | None = None,
+    max_session_searches: int | None = DEFAULT_MAX_SESSION_SEARCHES,
 ) -> tuple[ClickCounts, EventReport]:
     """Per search: the results shown (impressions, and clicks, which imply them) and whether
-    each was clicked; summed per (pair, position)."""
+    each was clicked; summed per (pair, position).
+
+    Each session weighs at most one search per query: its first (a session that searches the
+    same words again, or a client replaying one, does not multiply its votes). A session with
+    more than ``max_session_searches`` searches is taken for a bot and dropped whole. Both are
+    counted in the report's ``skipped``."""
     report = EventReport()
     shown: dict[str, dict[str, int]] = {}  # query_id → object → position
     clicked: dict[str, set[str]] = {}
     texts: dict[str, str] = {}
+    sessions: dict[str, tuple[str, str]] = {}  # query_id → (owner, session)
     for event in events:
         report.events += 1
         fields = _event_fields(event)
@@ -220,18 +243,31 @@ def count_clicks(
         text = event.get("user_query")
         if isinstance(text, str) and normalise_query(text):
             texts.setdefault(query_id, normalise_query(text))
+        sessions.setdefault(query_id, _session_of(event, query_id))
         results = shown.setdefault(query_id, {})
         if action in CLICK_ACTIONS:
             if object_id not in results:
                 report.clicks_without_impression += 1
             clicked.setdefault(query_id, set()).add(object_id)
         results.setdefault(object_id, ordinal)
+    searches_of: dict[tuple[str, str], int] = {}
+    for session in sessions.values():
+        searches_of[session] = searches_of.get(session, 0) + 1
+    counted: set[tuple[str, tuple[str, str]]] = set()  # (query text, session)
     counts = ClickCounts()
     for query_id, results in shown.items():
         text = texts.get(query_id)
         if text is None:
             report.skip("search without user_query")
             continue
+        session = sessions[query_id]
+        if max_session_searches is not None and searches_of[session] > max_session_searches:
+            report.skip(f"search of a session with over {max_session_searches} searches")
+            continue
+        if (text, session) in counted:
+            report.skip("repeat of a query in one session")
+            continue
+        counted.add((text, session))
         report.searches += 1
         hits = clicked.get(query_id, set())
         for object_id, position in results.items():

@@ -404,6 +404,8 @@ async def accept_events(ubi: UbiLog, raw: bytes, *, owner: str | None = None) ->
                 doc = dict(entry.doc)
                 if shown.user_query is not None:
                     doc["user_query"] = shown.user_query
+                if shown.owner is not None:  # judgments weigh clients by it
+                    doc["reranker"] = {"owner": shown.owner}
                 if ubi.writer.submit_to(ubi.events_index, entry.doc_id, doc):
                     shown.seen.add(entry.key)
                     ubi.shown.grew(shown, EVENT_KEY_BYTES)

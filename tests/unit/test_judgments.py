@@ -29,13 +29,20 @@ from reranker.judgments import (
 
 
 def event(
-    action: str, query_id: str, doc: str, position: int, text: str = "q one"
+    action: str,
+    query_id: str,
+    doc: str,
+    position: int,
+    text: str = "q one",
+    session: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     return {
         "action_name": action,
         "query_id": query_id,
         "user_query": text,
-        "session_id": "s",
+        "session_id": session or f"session-of-{query_id}",
+        **({"reranker": {"owner": owner}} if owner else {}),
         "timestamp": "2025-01-01T00:00:00.000Z",
         "event_attributes": {
             "object": {"object_id": doc},
@@ -325,3 +332,31 @@ def test_click_qrels_in_a_beir_folder_are_read_by_train_eval_and_ltr(tmp_path: P
     assert qrels == {"q1": {"d1": 1, "d2": 0}}
     pairs = load_training_pairs([output], negatives_per_positive=0)  # what train reads
     assert sorted(p.label for p in pairs.pairs) == [0.0, 1.0]
+
+
+def test_a_session_weighs_one_search_per_query_however_often_it_repeats_it() -> None:
+    replayed = [
+        e
+        for i in range(12)
+        for e in (event("impression", f"r{i}", "forged", 1, session="mallory"),
+                  event("click", f"r{i}", "forged", 1, session="mallory"))
+    ]  # fmt: skip
+    counts, report = count_clicks(replayed)
+    assert report.searches == 1
+    assert counts.impressions() == {("q one", "forged"): 1}
+    assert report.skipped == {"repeat of a query in one session": 11}
+    # the same session under another client (API key) is another session
+    other = [event("impression", "x1", "forged", 1, session="mallory", owner="key-b")]
+    counts, report = count_clicks(replayed + other)
+    assert report.searches == 2
+
+
+def test_a_session_with_more_searches_than_a_person_makes_is_dropped_whole() -> None:
+    bot = [event("click", f"b{i}", "d", 1, text=f"query {i}", session="bot") for i in range(6)]
+    person = [event("click", "p1", "d", 1, text="query 0", session="alice")]
+    counts, report = count_clicks(bot + person, max_session_searches=5)
+    assert report.searches == 1
+    assert counts.impressions() == {("query 0", "d"): 1}
+    assert report.skipped == {"search of a session with over 5 searches": 6}
+    _, unbounded = count_clicks(bot + person, max_session_searches=None)
+    assert unbounded.searches == 7
