@@ -152,6 +152,17 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     new_inits: list[onnx.TensorProto] = []
     counts = {"matmuls": 0, "gathers": 0}
 
+    def fp32_matmul(
+        node: onnx.NodeProto, activations: str, w_q: str, w_zp: str, w_scale: str, output: str
+    ) -> onnx.NodeProto:
+        """An fp32 ``MatMul`` of ``activations`` by the dequantised weight, into ``output``."""
+        weight = _dequantized(array(w_q), array(w_zp), array(w_scale), axis=-1)
+        weight_name = f"{w_q.removesuffix('_quantized')}_dequantized"
+        new_inits.append(numpy_helper.from_array(weight, weight_name))
+        return onnx.helper.make_node(
+            "MatMul", [activations, weight_name], [output], name=f"{node.name or weight_name}_fp32"
+        )
+
     for node in graph.node:
         if node.op_type == "MatMulInteger":
             if len(node.input) != 4:
@@ -169,14 +180,8 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
             if scales is None or scales.op_type != "Mul" or quantize.output[1] not in scales.input:
                 raise ModelError(f"dequantise: {node.name}'s output scale is not a_scale · w_scale")
             w_scale = next(i for i in scales.input if i != quantize.output[1])
-            weight = _dequantized(array(w_q), array(w_zp), array(w_scale), axis=-1)
-            weight_name = f"{w_q.removesuffix('_quantized')}_dequantized"
-            new_inits.append(numpy_helper.from_array(weight, weight_name))
-            replaced[id(node)] = onnx.helper.make_node(
-                "MatMul",
-                [quantize.input[0], weight_name],
-                [scale_mul.output[0]],
-                name=f"{node.name or weight_name}_fp32",
+            replaced[id(node)] = fp32_matmul(
+                node, quantize.input[0], w_q, w_zp, w_scale, scale_mul.output[0]
             )
             removed.update({id(cast), id(scale_mul)})
             if len(consumers[scales.output[0]]) == 1:
@@ -190,14 +195,8 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
             if quantize is None or quantize.op_type != "QuantizeLinear":
                 raise ModelError(f"dequantise: {node.name}'s input is not quantised per token")
             token_mul = only_consumer(node.output[0], "Mul")
-            weight = _dequantized(array(w_q), array(w_zp), array(w_scale), axis=-1)
-            weight_name = f"{w_q.removesuffix('_quantized')}_dequantized"
-            new_inits.append(numpy_helper.from_array(weight, weight_name))
-            replaced[id(node)] = onnx.helper.make_node(
-                "MatMul",
-                [quantize.input[0], weight_name],
-                [token_mul.output[0]],
-                name=f"{node.name or weight_name}_fp32",
+            replaced[id(node)] = fp32_matmul(
+                node, quantize.input[0], w_q, w_zp, w_scale, token_mul.output[0]
             )
             removed.add(id(token_mul))
             counts["matmuls"] += 1

@@ -149,7 +149,7 @@ def click_event(action: str, search: str, doc: str, position: int, text: str) ->
         "action_name": action,
         "query_id": search,
         "user_query": text,
-        "session_id": "s",
+        "session_id": f"session-of-{search}",  # one user per search
         "timestamp": "2025-01-01T00:00:00.000Z",
         "event_attributes": {"object": {"object_id": doc}, "position": {"ordinal": position}},
     }
