@@ -107,7 +107,7 @@ def rowwise_int8(source: Path, target: Path) -> int:
         ]
     )
     # the old quantisation outputs changed shape or type: drop their recorded shapes
-    stale = ("_quantized", "_scale", "_zero_point", "_output_quantized")
+    stale = ("_quantized", "_scale", "_zero_point")
     kept = [v for v in graph.value_info if not v.name.endswith(stale)]
     del graph.value_info[:]
     graph.value_info.extend(kept)
@@ -162,7 +162,9 @@ def _dequantized_product(
     product = producers.get(factor or "")
     if product is None or product.op_type != "Mul" or activation_scale not in product.input:
         return None
-    weight_scale = next((i for i in product.input if i != activation_scale), activation_scale)
+    weight_scale = next((i for i in product.input if i != activation_scale), None)
+    if weight_scale is None:
+        return None
     return casts[0], apply, product, weight_scale
 
 

@@ -396,20 +396,17 @@ class Pipeline:
         pairs = [(text, self.passage(h)) for h in candidates]
         return pairs, self._features(candidates, {} if missing is None else missing)
 
-    def scores_cached(self, text: str, candidates: Sequence[Hit]) -> bool:
-        """Whether the scorer has every candidate's score in memory already (a
-        :class:`~reranker.scoring.CachedScorer` over an LRU), so reranking costs no model
-        call: the proxy then skips the scorer's queue."""
-        return bool(candidates) and not self.uncached_pairs(text, candidates)
-
     def uncached_pairs(self, text: str, candidates: Sequence[Hit]) -> list[tuple[str, str]]:
         """The pairs reranking ``candidates`` would send to a model: the window's pairs whose
-        score is not in the scorer's memory (all of them for a scorer without one). The proxy
-        admits and times a search by these, not by its window."""
-        pairs, features = self.scorer_inputs(text, candidates)
+        score is not in the scorer's memory (all of them for a scorer without one; none means
+        reranking costs no model call). The proxy admits and times a search by these, not by
+        its window, and serves a fully cached one without the scorer's queue."""
         uncached = getattr(self.scorer, "uncached", None)
         if uncached is None or (self.cascade is not None and self.cascade.scorer is not None):
-            return pairs  # (a cascade's student is a second model call: never inline)
+            # no cache to ask (or a cascade's student, a second model call: never inline);
+            # the features are the scoring call's business
+            return [(text, self.passage(h)) for h in candidates]
+        pairs, features = self.scorer_inputs(text, candidates)
         if self.cascade is None:
             rows = uncached(pairs, features, with_signals=self.predict_signals)
             return [pairs[i] for i in rows]

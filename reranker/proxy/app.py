@@ -370,12 +370,12 @@ class Proxy:
                         return await self._passthrough(request, index, raw, params)
                     upstream = raw if ubi[1] else json.dumps(body).encode()
                     status, plain = await self._search_upstream(request, index, upstream, params)
-                    self._ubi_finish(request, ubi[0], index, body, params, status, plain)
+                    self._ubi_finish(request, ubi, index, body, params, status, plain)
                     return self.respond(request, plain, status)
                 kind = "rerank"
                 search = SearchRequest(request, index, rest, params, started)
                 answer, logged = await self._rerank(search, spec_raw)
-                self._ubi_finish(request, ubi and ubi[0], index, body, params, 200, answer)
+                self._ubi_finish(request, ubi, index, body, params, 200, answer)
             finally:
                 self._ubi_release(ubi)
             response = self.respond(request, answer)
@@ -461,13 +461,11 @@ class Proxy:
                         raise errors.bad_gateway(
                             "Elasticsearch answered a search with a non-object"
                         )
-                    owned = ubi and ubi[0]
-                    self._ubi_finish(request, owned, item.index, body, item.params, status, plain)
+                    self._ubi_finish(request, ubi, item.index, body, item.params, status, plain)
                     return {**plain, "status": status}, None
                 search = SearchRequest(request, item.index, rest, item.params, started)
                 answer, logged = await self._rerank(search, spec_raw)
-                owned = ubi and ubi[0]
-                self._ubi_finish(request, owned, item.index, body, item.params, 200, answer)
+                self._ubi_finish(request, ubi, item.index, body, item.params, 200, answer)
                 return {**answer, "status": 200}, logged
             finally:
                 self._ubi_release(ubi)
@@ -522,7 +520,7 @@ class Proxy:
     def _ubi_finish(
         self,
         request: Request,
-        ubi: UbiParams | None,
+        ubi: tuple[UbiParams, bool] | None,
         index: str,
         body: dict[str, Any],
         params: dict[str, str],
@@ -532,7 +530,7 @@ class Proxy:
         """A search answered with 200 gets its ``query_id`` and query document, owned by
         the client that made it."""
         if ubi is not None and self.ubi is not None and status == 200 and isinstance(answer, dict):
-            self.ubi.finish(ubi, index, body, params, answer, owner=self._owner(request))
+            self.ubi.finish(ubi[0], index, body, params, answer, owner=self._owner(request))
 
     def _owner(self, request: Request) -> str | None:
         """Who the client is, for binding behaviour data to it: a digest of the proxy API key

@@ -57,6 +57,15 @@ def names(es_client: Elasticsearch, scifact_docs: list[dict[str, Any]]) -> Itera
         es_client.options(ignore_status=404).indices.delete_index_template(name=template)
 
 
+@pytest.fixture
+def events_index(es_client: Elasticsearch, names: dict[str, str]) -> Iterator[str]:
+    """An events index of the test's own (its template too), deleted afterwards."""
+    index = f"{names['events']}-{uuid.uuid4().hex[:6]}"
+    yield index
+    es_client.options(ignore_status=404).indices.delete(index=index)
+    es_client.options(ignore_status=404).indices.delete_index_template(name=index)
+
+
 def settings_for(es_node: NodeStatus, names: dict[str, str], **overrides: Any) -> ProxySettings:
     values: dict[str, Any] = {
         "es": es_settings(es_node.url),
@@ -229,33 +238,29 @@ async def test_events_are_checked_one_by_one_and_the_accepted_ones_are_stored_on
 
 
 async def test_a_full_write_queue_refuses_events_one_by_one_and_every_event_is_accounted_for(
-    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+    es_node: NodeStatus,
+    es_client: Elasticsearch,
+    names: dict[str, str],
+    events_index: str,
 ) -> None:
     """Events sent = events written + events refused (counted, 429 `queue_full`, to resend)."""
-    events_index = f"{names['events']}-full"
     settings = settings_for(es_node, names, log_queue_size=3, ubi_events_index=events_index)
-    try:
-        async with serving(settings) as http:
-            search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 8})
-            query_id = search.json()["ext"]["ubi"]["query_id"]
-            hits = [h["_id"] for h in search.json()["hits"]["hits"]]
-            batch = [ubi_event(query_id, "impression", d, i) for i, d in enumerate(hits, start=1)]
-            batch += [ubi_event(query_id, "click", d, i) for i, d in enumerate(hits, start=1)]
-            answer = (await http.post("/_reranker/events", content=ndjson(*batch))).json()
-            metrics = (await http.get("/metrics")).text
-        kinds = [item.get("error", {}).get("type", item.get("result")) for item in answer["items"]]
-        refused = kinds.count("queue_full")
-        assert set(kinds) == {"queued", "queue_full"}
-        assert 1 <= answer["accepted"] <= 3 and refused >= len(batch) - 3
-        assert answer["accepted"] + refused == len(batch) == 2 * len(hits)
-        assert all(i["status"] == 429 for i in answer["items"] if "error" in i)
-        assert (
-            f'reranker_proxy_ubi_events_total{{outcome="queue_full"}} {float(refused)}' in metrics
-        )
-        assert len(stored(es_client, events_index)) == answer["accepted"]
-    finally:
-        es_client.options(ignore_status=404).indices.delete(index=events_index)
-        es_client.options(ignore_status=404).indices.delete_index_template(name=events_index)
+    async with serving(settings) as http:
+        search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 8})
+        query_id = search.json()["ext"]["ubi"]["query_id"]
+        hits = [h["_id"] for h in search.json()["hits"]["hits"]]
+        batch = [ubi_event(query_id, "impression", d, i) for i, d in enumerate(hits, start=1)]
+        batch += [ubi_event(query_id, "click", d, i) for i, d in enumerate(hits, start=1)]
+        answer = (await http.post("/_reranker/events", content=ndjson(*batch))).json()
+        metrics = (await http.get("/metrics")).text
+    kinds = [item.get("error", {}).get("type", item.get("result")) for item in answer["items"]]
+    refused = kinds.count("queue_full")
+    assert set(kinds) == {"queued", "queue_full"}
+    assert 1 <= answer["accepted"] <= 3 and refused >= len(batch) - 3
+    assert answer["accepted"] + refused == len(batch) == 2 * len(hits)
+    assert all(i["status"] == 429 for i in answer["items"] if "error" in i)
+    assert f'reranker_proxy_ubi_events_total{{outcome="queue_full"}} {float(refused)}' in metrics
+    assert len(stored(es_client, events_index)) == answer["accepted"]
 
 
 async def test_a_restarted_proxy_checks_events_against_the_stored_query_documents(
@@ -424,41 +429,37 @@ async def test_event_timestamps_out_of_range_in_utc_are_400s_not_a_500_for_the_b
 
 
 async def test_one_clients_attribute_types_never_get_another_clients_events_rejected(
-    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+    es_node: NodeStatus,
+    es_client: Elasticsearch,
+    names: dict[str, str],
+    events_index: str,
 ) -> None:
-    events_index = f"{names['events']}-strict"
     settings = settings_for(es_node, names, ubi_events_index=events_index)
-    try:
-        async with serving(settings) as http:
-            search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 2})
-            query_id = search.json()["ext"]["ubi"]["query_id"]
-            first, second = (h["_id"] for h in search.json()["hits"]["hits"])
+    async with serving(settings) as http:
+        search = await http.post(f"/{names['docs']}/_search", json={"query": QUERY, "size": 2})
+        query_id = search.json()["ext"]["ubi"]["query_id"]
+        first, second = (h["_id"] for h in search.json()["hits"]["hits"])
 
-            def event(doc: str, at: int, attributes: dict[str, Any]) -> dict[str, Any]:
-                made = ubi_event(query_id, "click", doc, at)
-                made["event_attributes"]["object"]["object_detail"] = attributes["detail"]
-                made["event_attributes"]["extra"] = attributes["extra"]
-                return made
+        def event(doc: str, at: int, attributes: dict[str, Any]) -> dict[str, Any]:
+            made = ubi_event(query_id, "click", doc, at)
+            made["event_attributes"]["object"]["object_detail"] = attributes["detail"]
+            made["event_attributes"]["extra"] = attributes["extra"]
+            return made
 
-            poisoner = await http.post(
-                "/_reranker/events",
-                content=ndjson(
-                    event(first, 1, {"detail": {"price": {"eur": 1}}, "extra": {"a": 1}})
-                ),
-            )
-            victim = await http.post(
-                "/_reranker/events",
-                content=ndjson(event(second, 2, {"detail": {"price": "cheap"}, "extra": 5})),
-            )
-        assert poisoner.json()["items"][0]["status"] == 202
-        assert victim.json()["items"][0]["status"] == 202
-        events = stored(es_client, events_index)
-        assert len(events) == 2  # both written: no field took a type from the first client
-        ids = sorted(e["event_attributes"]["object"]["object_id"] for e in events)
-        assert ids == sorted([first, second])
-    finally:
-        es_client.options(ignore_status=404).indices.delete(index=events_index)
-        es_client.options(ignore_status=404).indices.delete_index_template(name=events_index)
+        poisoner = await http.post(
+            "/_reranker/events",
+            content=ndjson(event(first, 1, {"detail": {"price": {"eur": 1}}, "extra": {"a": 1}})),
+        )
+        victim = await http.post(
+            "/_reranker/events",
+            content=ndjson(event(second, 2, {"detail": {"price": "cheap"}, "extra": 5})),
+        )
+    assert poisoner.json()["items"][0]["status"] == 202
+    assert victim.json()["items"][0]["status"] == 202
+    events = stored(es_client, events_index)
+    assert len(events) == 2  # both written: no field took a type from the first client
+    ids = sorted(e["event_attributes"]["object"]["object_id"] for e in events)
+    assert ids == sorted([first, second])
 
 
 async def test_a_flood_of_events_for_one_search_stops_at_its_quota(

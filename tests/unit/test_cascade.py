@@ -247,8 +247,9 @@ def test_a_first_stage_cascade_counts_as_cached_when_its_head_is() -> None:
 
     candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)
     full = HeadCovering("full", FULL)
-    assert Pipeline(None, full, window=6, cascade=Cascade(None, 3)).scores_cached("q", candidates)
-    assert not Pipeline(None, full, window=6).scores_cached("q", candidates)
+    head_cached = Pipeline(None, full, window=6, cascade=Cascade(None, 3))
+    assert not head_cached.uncached_pairs("q", candidates)
+    assert Pipeline(None, full, window=6).uncached_pairs("q", candidates)
 
 
 # --------------------------------------------------------------------------- model checks
@@ -486,6 +487,6 @@ def test_a_cascade_never_counts_as_fully_cached() -> None:
 
     full, student = CoveringScorer("full", FULL), TableScorer("student", STUDENT)
     candidates = ListedFirstStage(DOCS).search("q", "bm25", 6)
-    assert Pipeline(None, full, window=6).scores_cached("q", candidates)
+    assert not Pipeline(None, full, window=6).uncached_pairs("q", candidates)
     cascade = Pipeline(None, full, window=6, cascade=Cascade(student, 3))
-    assert not cascade.scores_cached("q", candidates)
+    assert cascade.uncached_pairs("q", candidates)

@@ -133,9 +133,9 @@ def test_a_blend_reading_predicted_signals_is_served_from_the_cache_the_second_t
     blend = LinearBlend(weights={"relevance": 1.0, "predicted_popularity": 1.0})
     pipeline = Pipeline(None, cached(scorer, LruScores(100)), base="bm25", blend=blend)
     hits = [Hit(d, 1.0, {"text": t}) for d, t in (("a", "alpha"), ("b", "be"))]
-    assert not pipeline.scores_cached("q", hits)
+    assert pipeline.uncached_pairs("q", hits)
     first = pipeline.rerank("q", hits)
-    assert pipeline.scores_cached("q", hits)
+    assert not pipeline.uncached_pairs("q", hits)
     second = pipeline.rerank("q", hits)
     assert scorer.pairs_run == 2
     assert [h.predicted for h in second.hits] == [h.predicted for h in first.hits]
