@@ -387,5 +387,6 @@ async def test_a_hostile_body_at_the_size_limit_is_refused_without_holding_the_l
         )
     assert answer.status_code == 400
     # linear checks take milliseconds here; the quadratic one held the loop for minutes.
-    # The bound leaves room for a loaded CI machine, not for a quadratic scan.
-    assert held[0] < 0.5, f"the event loop was held for {held[0]:.3f} s"
+    # The bound leaves room for a loaded 2-core machine (wall time counts descheduling too),
+    # not for a quadratic scan.
+    assert held[0] < 2.0, f"the event loop was held for {held[0]:.3f} s"
