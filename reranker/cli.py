@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,8 +112,9 @@ def _unreachable_cause(exc: BaseException) -> str | None:
     envvar="RERANKER_EMBEDDER",
     type=click.Path(path_type=Path),
     default=None,
-    help="Embedder folder for indexing and queries (`reranker train-embedder`'s embedder/) "
-    "[env RERANKER_EMBEDDER; default: the shipped all-MiniLM-L6-v2].",
+    help="Embedder folder for indexing and queries (`reranker train-embedder`'s embedder/), or "
+    "all-MiniLM-L6-v2 for the stock model [env RERANKER_EMBEDDER; default: the shipped "
+    "all-MiniLM-L6-v2-scifact-se, fine-tuned, chosen on dev queries].",
 )
 @click.version_option(package_name="reranker")
 @click.pass_context
@@ -426,6 +428,14 @@ def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
 @click.option("--window", default=100, show_default=True, help="Candidates to rerank.")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
 @click.option("--variant", type=click.Choice(MODEL_VARIANTS), default=None, help="Precision.")
+@click.option(
+    "--cascade-k",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="With --rerank: the cross-encoder rescores the first stage's top K of the window, "
+    "the rest keep their first-stage order (chosen on dev queries); 0 scores the whole window.",
+)
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -442,11 +452,13 @@ def search_cmd(
     window: int,
     model: Path | None,
     variant: str | None,
+    cascade_k: int,
 ) -> None:
     """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
     --rerank, the top --window of that first stage reordered by the cross-encoder."""
-    from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.pipeline import FIRST_STAGE_STUDENT, QueryPath, build_pipeline
 
+    cascade = rerank and 0 < cascade_k < window
     path = QueryPath(
         index=alias,
         base=mode,
@@ -455,10 +467,13 @@ def search_cmd(
         rerank=rerank,
         model=model,
         variant=variant,
+        cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
+        cascade_k=cascade_k if cascade else None,
     )
-    encoder = _embedder(ctx) if mode != "bm25" else None
+    # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
+    encoder = _embedder(ctx) if mode != "bm25" or rerank else None
     client = _client(ctx)
-    if encoder is not None:
+    if encoder is not None and mode != "bm25":
         _check_index_embedder(client, alias, encoder.model_id)
     pipeline = build_pipeline(path, client, encoder)
     result = pipeline.search(text, k=k)
@@ -531,7 +546,9 @@ def search_cmd(
     default=None,
     help="For `rerank`: a small student (`reranker distill`, exported) scores the whole "
     "window and the cross-encoder only its top --cascade-k. The name `first-stage` makes "
-    "the first stage's own order the cheap level (no second model).",
+    "the first stage's own order the cheap level (no second model); `none` scores the whole "
+    "window [default: first-stage, chosen on dev queries, where a cascade applies: not with "
+    "blend or --record].",
 )
 @click.option(
     "--cascade-k",
@@ -628,6 +645,7 @@ def eval_cmd(
         raise ConfigError(
             "--record writes into a local model's card: use --model, not --scorer-url"
         )
+    cascade_model = _default_cascade(cascade_model, cascade_k, wanted, record)
     _check_cascade_options(cascade_model, cascade_k, window, wanted, record)
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
@@ -652,6 +670,7 @@ def eval_cmd(
     vectors = query_vectors(stage, queries)
     runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid, vectors=vectors)
     scorer: Any = None
+    cascade = None
     if {"rerank", "blend"} & set(wanted):
         path = QueryPath(
             index=alias,
@@ -693,6 +712,8 @@ def eval_cmd(
         payload = report.as_json()
         if scorer is not None:
             payload["cross_encoder"] = _scorer_summary(scorer, rerank_base, window)
+        if cascade is not None:
+            payload["cascade"] = {"model": cascade.student_id, "k": cascade.k}
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
@@ -763,6 +784,26 @@ def _eval_modes(modes: str, depth: int) -> list[str]:
     if depth < 10:
         raise ConfigError("--depth must be at least 10 (NDCG@10 needs ten hits)")
     return wanted
+
+
+def _default_cascade(
+    model: Path | None, k: int | None, wanted: list[str], record: bool
+) -> Path | None:
+    """The cascade `eval` runs: the one named; `none` for none; else the default chosen on
+    dev queries (the first stage as the cheap level, k = 20) wherever a cascade can apply
+    (the rerank mode, without blend or --record)."""
+    from reranker.errors import ConfigError
+    from reranker.pipeline import FIRST_STAGE_STUDENT, NO_CASCADE
+
+    if model is not None and str(model) == NO_CASCADE:
+        if k is not None:
+            raise ConfigError("--cascade-k needs a cascade: drop --cascade-model none")
+        return None
+    if model is not None:
+        return model
+    if k is not None or ("rerank" in wanted and "blend" not in wanted and not record):
+        return Path(FIRST_STAGE_STUDENT)
+    return None
 
 
 def _check_cascade_options(
@@ -1451,8 +1492,17 @@ def export_cmd(
     default=None,
     help="A cascade's student (`reranker distill`, exported): searches with "
     '"rerank": {"cascade": K} have it score the window and the cross-encoder only its top K; '
-    "`first-stage` makes the first stage's order that cheap level "
-    "[env RERANKER_PROXY_CASCADE_MODEL].",
+    "`first-stage` makes the first stage's order that cheap level, `none` refuses cascades "
+    "[env RERANKER_PROXY_CASCADE_MODEL; default: first-stage].",
+)
+@click.option(
+    "--cascade-k",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The cascade a search gets when its rerank object names none and asks for no blend: "
+    'the cross-encoder rescores the cheap level\'s top K ("cascade": false in a search asks for '
+    "the whole window; 0 here: no default cascade) [env RERANKER_PROXY_DEFAULT_CASCADE; "
+    "default: 20, chosen on dev queries].",
 )
 @click.pass_context
 def serve_cmd(
@@ -1472,6 +1522,7 @@ def serve_cmd(
     scorer_only: bool | None,
     scorer_urls: tuple[str, ...],
     cascade_model: Path | None,
+    cascade_k: int | None,
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
@@ -1493,6 +1544,7 @@ def serve_cmd(
         "host": host,
         "port": port,
         "scorer_only": scorer_only,
+        "enable_dense": dense,
     }
     if allow:
         overrides["allowed_indices"] = tuple(allow)
@@ -1510,7 +1562,10 @@ def serve_cmd(
         overrides["scorer_urls"] = scorer_urls
     if cascade_model is not None:
         overrides["cascade_model"] = cascade_model
+    if cascade_k is not None:
+        overrides["default_cascade"] = cascade_k
     settings = ProxySettings.from_env(**overrides)
+    settings = _serve_cascade_defaults(settings, cascade_k)
     if not settings.model_roots:
         served = (model or default_model_dir()).resolve()
         settings = dataclasses.replace(settings, model_roots=(served.parent,))
@@ -1520,9 +1575,30 @@ def serve_cmd(
         model_loader=None
         if settings.scorer_urls
         else lambda folder, chosen: _scorer(folder or model, chosen or variant),
-        encoder_factory=(lambda: _embedder(ctx)) if dense and not settings.scorer_only else None,
+        # the embedder: kNN queries, and the dense score a first-stage-aware model reads where
+        # no kNN gave one (a BM25-only search, the rerank API)
+        encoder_factory=lambda: _embedder(ctx),
         json_logs=log_format == "json",
     )
+
+
+def _serve_cascade_defaults(settings: Any, cascade_k: int | None) -> Any:
+    """The served defaults chosen on dev queries: the first stage as the cascade's cheap
+    level and k = 20, unless the command line or the environment said otherwise (`none`
+    for no cascade model, k = 0 for no default cascade)."""
+    from reranker.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
+
+    model = settings.cascade_model
+    if model is None:
+        model = Path(FIRST_STAGE_STUDENT)
+    elif str(model) == NO_CASCADE:
+        model = None
+    k = settings.default_cascade
+    if cascade_k is None and k is None and "RERANKER_PROXY_DEFAULT_CASCADE" not in os.environ:
+        k = DEFAULT_CASCADE_K
+    if not k or model is None:
+        k = None
+    return dataclasses.replace(settings, cascade_model=model, default_cascade=k)
 
 
 # --------------------------------------------------------------------------- ltr

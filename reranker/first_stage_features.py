@@ -14,16 +14,25 @@ same numbers:
 A candidate without a stage's score (retrieved by the other list only) gets
 :data:`MISSING_VALUE`, the bottom of the normalised range, and is counted: being absent from a
 list never looks better than being retrieved last by it.
+
+Where no first stage gave a dense score (a BM25-only search, the rerank API's bare texts), the
+cosine is computed in process by the served embedder (:func:`dense_cosines`), the same one
+that embeds indices and queries. Where no BM25 score exists (the rerank API), that column is
+missing for every candidate: a constant, which the model's linear prior ranks by nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reranker.errors import SearchError
+
+if TYPE_CHECKING:
+    from reranker.embed_cache import TextEncoder
 
 FEATURE_NAMES: tuple[str, ...] = ("fused", "bm25", "dense")
 MISSING_VALUE = 0.0
@@ -99,10 +108,31 @@ PROVIDED_BY_BASE: dict[str, frozenset[str]] = {
 }
 
 
-def unavailable_features(needed: Sequence[str], base: str) -> list[str]:
-    """The features in ``needed`` that a ``base`` first stage cannot provide."""
-    provided = PROVIDED_BY_BASE.get(base, frozenset())
+#: what an embedder in process can add to any first stage
+COMPUTABLE_IN_PROCESS: frozenset[str] = frozenset({"dense"})
+
+
+def unavailable_features(
+    needed: Sequence[str], base: str, *, computable: Sequence[str] = ()
+) -> list[str]:
+    """The features in ``needed`` that a ``base`` first stage cannot provide, nor
+    ``computable`` (what the caller can compute in process) cover."""
+    provided = PROVIDED_BY_BASE.get(base, frozenset()) | set(computable)
     return [name for name in needed if name not in provided]
+
+
+def dense_cosines(encoder: TextEncoder, query: str, passages: Sequence[str]) -> np.ndarray:
+    """Cosine similarity of ``query`` with each passage under ``encoder`` (unit vectors)."""
+    vectors = encoder.encode([query, *passages])
+    return np.asarray(vectors[1:] @ vectors[0], dtype=np.float32)
+
+
+def features_for_texts(encoder: TextEncoder, query: str, passages: Sequence[str]) -> WindowFeatures:
+    """Features of texts no first stage scored (the rerank API): the dense cosine computed
+    in process orders the window (``fused``) and is the ``dense`` feature; ``bm25`` is missing
+    for every text."""
+    cosines = dense_cosines(encoder, query, passages).tolist()
+    return window_features(cosines, [None] * len(cosines), cosines)
 
 
 class FeatureUnavailable(SearchError):
@@ -113,9 +143,10 @@ class FeatureUnavailable(SearchError):
         self.features = list(features)
 
 
-def require_features(needed: Sequence[str], base: str) -> None:
-    """:class:`FeatureUnavailable` naming the features in ``needed`` that ``base`` lacks."""
-    missing = unavailable_features(needed, base)
+def require_features(needed: Sequence[str], base: str, *, computable: Sequence[str] = ()) -> None:
+    """:class:`FeatureUnavailable` naming the features in ``needed`` that ``base`` lacks and
+    that are not ``computable`` in process."""
+    missing = unavailable_features(needed, base, computable=computable)
     if missing:
         raise FeatureUnavailable(
             f"the cross-encoder reads the first-stage feature(s) {', '.join(missing)}, which a "

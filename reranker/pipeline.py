@@ -23,7 +23,13 @@ from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SearchError
 from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
-from reranker.first_stage_features import features_from_stage_scores, require_features
+from reranker.first_stage_features import (
+    COMPUTABLE_IN_PROCESS,
+    PROVIDED_BY_BASE,
+    dense_cosines,
+    features_from_stage_scores,
+    require_features,
+)
 from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
 from reranker.task_heads import PREDICTED_PREFIX, predicted_feature
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CASCADE_K = 20
 #: the name that makes the first stage a cascade's cheap level (``--cascade-model first-stage``)
 FIRST_STAGE_STUDENT = "first-stage"
+#: the name that asks for no cascade where one is the default (``--cascade-model none``)
+NO_CASCADE = "none"
 
 
 @dataclass
@@ -202,9 +210,12 @@ class Pipeline:
         explain: bool = False,
         cascade: Cascade | None = None,
         predict_signals: bool = False,
+        encoder: TextEncoder | None = None,
     ) -> None:
         """``predict_signals`` reads a multi-task model's signal heads into each hit's
-        ``predicted`` (a blend reading ``predicted_*`` features turns it on itself)."""
+        ``predicted`` (a blend reading ``predicted_*`` features turns it on itself).
+        ``encoder`` computes the dense score a first-stage-aware model reads where the first
+        stage gave none (a BM25-only search)."""
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
         if window < 1:
@@ -222,8 +233,14 @@ class Pipeline:
         if blend is not None and scorer is None:
             raise SearchError("a blend needs the cross-encoder's scores; no scorer was given")
         needed = tuple(getattr(scorer, "feature_names", ())) if scorer is not None else ()
-        require_features(needed, base)
+        computable = tuple(COMPUTABLE_IN_PROCESS) if encoder is not None else ()
+        require_features(needed, base, computable=computable)
         self.needs_features = bool(needed)
+        self.encoder = encoder
+        #: the dense score is computed here, not read from the first stage
+        self.computes_dense = "dense" in needed and "dense" not in PROVIDED_BY_BASE.get(
+            base, frozenset()
+        )
         self.signal_heads: tuple[str, ...] = tuple(getattr(scorer, "signal_heads", ()) or ())
         wanted = [
             n[len(PREDICTED_PREFIX) :]
@@ -394,7 +411,12 @@ class Pipeline:
         """The (query, passage) pairs the scorer reads and, for a first-stage-aware model,
         their first-stage features (defaults counted into ``missing``)."""
         pairs = [(text, self.passage(h)) for h in candidates]
-        return pairs, self._features(candidates, {} if missing is None else missing)
+        stage_scores = [h.stage_scores for h in candidates]
+        if self.needs_features and self.computes_dense:
+            assert self.encoder is not None
+            cosines = dense_cosines(self.encoder, text, [p for _, p in pairs]).tolist()
+            stage_scores = [{**s, "dense": c} for s, c in zip(stage_scores, cosines, strict=True)]
+        return pairs, self._features(candidates, stage_scores, {} if missing is None else missing)
 
     def uncached_pairs(self, text: str, candidates: Sequence[Hit]) -> list[tuple[str, str]]:
         """The pairs reranking ``candidates`` would send to a model: the window's pairs whose
@@ -402,9 +424,13 @@ class Pipeline:
         reranking costs no model call). The proxy admits and times a search by these, not by
         its window, and serves a fully cached one without the scorer's queue."""
         uncached = getattr(self.scorer, "uncached", None)
-        if uncached is None or (self.cascade is not None and self.cascade.scorer is not None):
-            # no cache to ask (or a cascade's student, a second model call: never inline);
-            # the features are the scoring call's business
+        if (
+            uncached is None
+            or (self.cascade is not None and self.cascade.scorer is not None)
+            or self.computes_dense
+        ):
+            # no cache to ask (or a model call before it can be asked: a cascade's student,
+            # the embedder for the dense feature; never inline): the scoring call's business
             return [(text, self.passage(h)) for h in candidates]
         pairs, features = self.scorer_inputs(text, candidates)
         if self.cascade is None:
@@ -415,12 +441,15 @@ class Pipeline:
         rows = uncached(head_pairs, None if features is None else features[head])
         return [head_pairs[i] for i in rows]
 
-    def _features(self, candidates: Sequence[Hit], missing: dict[str, int]) -> np.ndarray | None:
+    def _features(
+        self,
+        candidates: Sequence[Hit],
+        stage_scores: Sequence[dict[str, float]],
+        missing: dict[str, int],
+    ) -> np.ndarray | None:
         if not self.needs_features:
             return None
-        window = features_from_stage_scores(
-            [h.score for h in candidates], [h.stage_scores for h in candidates]
-        )
+        window = features_from_stage_scores([h.score for h in candidates], stage_scores)
         # a hit missing from one list gets the documented floor; count it, never hide it
         missing.update({name: n for name, n in window.missing.items() if n})
         return window.values
@@ -593,4 +622,5 @@ def build_pipeline(
         signals=signals if blend is not None else None,
         explain=explain,
         cascade=cascade if path.rerank else None,
+        encoder=encoder,
     )

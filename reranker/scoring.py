@@ -835,13 +835,15 @@ class CachedScorer:
 
 
 def default_model_dir() -> Path:
-    """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
+    """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped
+    first-stage-aware one (chosen on dev queries; it reads the first stage's scores beside
+    the text, see :mod:`reranker.first_stage_features`)."""
     import os
 
     configured = os.environ.get("RERANKER_MODEL")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6"
+    return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6-aware"
 
 
 def load_scorer(

@@ -135,7 +135,7 @@ class LoadedModels:
                     log.error("the cascade model could not be loaded: %s", self.student_error)
                 else:
                     self.student = student
-            if self.encoder_factory is not None and self.settings.enable_dense:
+            if self.encoder_factory is not None:
                 try:
                     self.encoder = await asyncio.to_thread(self.encoder_factory)
                 except Exception as exc:

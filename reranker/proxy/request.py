@@ -66,6 +66,9 @@ class RerankSpec:
     cascade: int | None = None
     """``k`` of a cascade: the proxy's cascade model scores the window, the cross-encoder
     only its top ``k`` (1..``window``); ``None``: the cross-encoder scores the window."""
+    cascade_default: bool = True
+    """No ``cascade`` was given: the proxy's default cascade (``default_cascade``) may apply;
+    ``"cascade": false`` asks for the whole window."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,10 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
             f"[rerank.timeout_ms] must be between 1 and {settings.max_timeout_ms}, got {timeout_ms}"
         )
     cascade = raw.get("cascade")
-    if cascade is not None:
+    cascade_default = cascade is None
+    if cascade is False:
+        cascade = None
+    elif cascade is not None:
         cascade = _int(raw, "cascade", 0, "rerank")
         if not 1 <= cascade <= window:
             raise bad_request(
@@ -148,6 +154,7 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         fail_open=_bool(raw, "fail_open", True, "rerank"),
         blend=raw.get("blend"),
         cascade=cascade,
+        cascade_default=cascade_default,
     )
 
 

@@ -25,11 +25,16 @@ from typing import Any, Generic, TypeVar
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
+from reranker.embed_cache import TextEncoder
 from reranker.errors import ConfigError, ModelError
 from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
 from reranker.es.queries import knn_clause
 from reranker.first_stage import Hit, fuse
-from reranker.first_stage_features import FeatureUnavailable, require_features
+from reranker.first_stage_features import (
+    COMPUTABLE_IN_PROCESS,
+    FeatureUnavailable,
+    require_features,
+)
 from reranker.pipeline import (
     Cascade,
     Degraded,
@@ -141,6 +146,8 @@ class Window:
     candidates: Sequence[Hit]
     blend: NamedBlend | None
     explain: bool
+    #: the served embedder, for a first-stage-aware model's dense score where kNN gave none
+    encoder: TextEncoder | None = None
 
     def pipeline(self, scorer: PairScorer | None, cascade: Cascade | None = None) -> Pipeline:
         """The search's pipeline, by the one builder; no scorer: the first-stage order."""
@@ -157,7 +164,7 @@ class Window:
         return build_pipeline(
             path,
             None,  # the proxy fetched the candidates itself
-            None,
+            self.encoder,
             scorer=scorer,
             blend=named.blend if named is not None and scorer is not None else None,
             signals=named.signals if named is not None else None,
@@ -248,6 +255,7 @@ class RerankHandler:
             self._check_model_features(dense, loading=True)
         self._check_model_features(dense)
         blend = self.catalog.resolve(search.index, spec.blend)
+        spec = self._with_default_cascade(spec, blend)
         if spec.cascade is not None:
             self._check_cascade(blend)
         ticket = self._admit(spec)
@@ -357,8 +365,13 @@ class RerankHandler:
         scorer = self.models.scorer
         if scorer is None:
             return
+        computable = COMPUTABLE_IN_PROCESS if self.models.encoder is not None else frozenset()
         try:
-            require_features(getattr(scorer, "feature_names", ()), "hybrid" if dense else "bm25")
+            require_features(
+                getattr(scorer, "feature_names", ()),
+                "hybrid" if dense else "bm25",
+                computable=tuple(computable),
+            )
         except FeatureUnavailable as exc:
             if loading:
                 raise errors.reranker_unavailable(
@@ -370,6 +383,16 @@ class RerankHandler:
                 f"[{', '.join(exc.features)}], which this search cannot provide: rerank with "
                 "[rerank.hybrid.dense] true on an index with embeddings"
             ) from None
+
+    def _with_default_cascade(self, spec: RerankSpec, blend: NamedBlend | None) -> RerankSpec:
+        """``spec`` with the proxy's default cascade where the request named none, asked
+        for no blend, and a cascade model is there to honour it."""
+        k = self.settings.default_cascade
+        if k is None or not spec.cascade_default or blend is not None:
+            return spec
+        if self.models.student is None and not self.models.first_stage_student:
+            return spec
+        return replace(spec, cascade=min(k, spec.window))
 
     def _check_cascade(self, blend: NamedBlend | None) -> None:
         """400 when ``rerank.cascade`` cannot be honoured: no cascade model loaded (nor the
@@ -407,6 +430,7 @@ class RerankHandler:
                 message = "dense retrieval unavailable: the embedder is not loaded"
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
+            window = replace(window, encoder=self.models.encoder)
             result, rerank_ms = await self._score(window, first, deadline, ticket)
         finally:
             if not ticket.submitted:  # else the scoring call frees its slot when it ends

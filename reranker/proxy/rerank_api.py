@@ -25,9 +25,12 @@ scorer's pool, deadline (``default_timeout_ms``) and circuit breaker, and the me
 (``reranker_proxy_requests_total{kind="rerank_api"}``). Unlike ``_search`` there is no
 first-stage order to fail open to: a scorer that is missing, failing or late is an error.
 
-A first-stage-aware model (``Scorer.feature_names``) reads scores that only a first stage has;
-these requests carry none, so with such a model loaded the endpoints answer 424 (TEI's status
-for a model that cannot rerank) rather than invent the features.
+A first-stage-aware model (``Scorer.feature_names``, the default) reads first-stage scores;
+these requests carry none, so the dense score is computed here with the served embedder (the
+cosine of the query and each text, which also orders the texts for the model's prior; the
+BM25 feature is absent for every text, a constant the prior ranks by nothing,
+:func:`~reranker.first_stage_features.features_for_texts`). Without a loaded embedder such a
+model answers 424 (TEI's status for a model that cannot rerank).
 
 Sources read for the shapes and statuses (cited where used):
 huggingface/text-embeddings-inference ``router/src/http/types.rs`` (``RerankRequest``,
@@ -60,6 +63,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import reranker
+from reranker.first_stage_features import features_for_texts
 from reranker.pipeline import check_scores
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
@@ -379,14 +383,15 @@ class RerankApi:
             raise errors.reranker_unavailable(
                 f"reranker unavailable: model not loaded ({models.unavailable_reason()})"
             )
-        features = tuple(getattr(scorer, "feature_names", ()))
-        if features:
+        encoder = models.encoder
+        aware = bool(tuple(getattr(scorer, "feature_names", ())))
+        if aware and encoder is None:
             raise ProxyError(
                 FAILED_DEPENDENCY,
                 "model_type",
-                f"the cross-encoder {scorer.model_id} is first-stage-aware: it reads the "
-                f"first-stage scores [{', '.join(features)}], which a rerank request (a query "
-                "and texts) does not carry; serve a plain cross-encoder for this endpoint",
+                f"the cross-encoder {scorer.model_id} is first-stage-aware: it reads the dense "
+                "score, which this server computes with its embedder, and the embedder is not "
+                f"loaded ({models.encoder_error or self._encoder_state()})",
             )
         handler = self.proxy.reranking
         settings = self.proxy.settings
@@ -406,7 +411,13 @@ class RerankApi:
 
             def work() -> np.ndarray:
                 began = time.perf_counter()
-                scores = cached.score(pairs, sigmoid=call.probabilities, deadline=deadline)
+                features = None
+                if aware:
+                    assert encoder is not None
+                    features = features_for_texts(encoder, call.query, call.texts).values
+                scores = cached.score(
+                    pairs, sigmoid=call.probabilities, deadline=deadline, features=features
+                )
                 took.append(time.perf_counter() - began)
                 check_scores(scores, len(pairs))  # else the scorer's failure (424)
                 return scores
@@ -435,6 +446,9 @@ class RerankApi:
                 ticket.scoring_done()
             ticket.release()
             self.proxy.metrics.in_flight.set(self.proxy.admission.in_flight)
+
+    def _encoder_state(self) -> str:
+        return "loading" if not self.proxy.models.loaded.is_set() else "none configured"
 
     async def info(self, request: Request) -> Response:
         """TEI's ``GET /info`` (``router/src/lib.rs`` ``Info``), plus this server's limits."""

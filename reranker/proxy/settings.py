@@ -138,6 +138,11 @@ class ProxySettings:
     only the student's top ``k`` (``--cascade-model``, ``RERANKER_PROXY_CASCADE_MODEL``);
     ``first-stage``: the first stage's order is the cheap level, no second model;
     ``None``: ``rerank.cascade`` is refused."""
+    default_cascade: int | None = None
+    """``k`` of the cascade a search gets when its ``rerank`` object names none and asks for
+    no blend (at most its window; ``"cascade": false`` scores the whole window). Needs
+    ``cascade_model`` (``reranker serve`` sets ``first-stage`` and 20, the defaults chosen on
+    dev queries; ``--cascade-k``, ``RERANKER_PROXY_DEFAULT_CASCADE``); ``None``: none."""
     ubi: bool = False
     """User Behavior Insights: every search answered gets a ``query_id`` (``ext.ubi``) and a
     query document in ``ubi_queries_index``; ``POST /_reranker/events`` takes impressions and
@@ -253,6 +258,7 @@ class ProxySettings:
             "cascade_model": Path(os.environ["RERANKER_PROXY_CASCADE_MODEL"])
             if os.environ.get("RERANKER_PROXY_CASCADE_MODEL")
             else None,
+            "default_cascade": _env_int("RERANKER_PROXY_DEFAULT_CASCADE", 0) or None,
             "ubi": env_bool("RERANKER_PROXY_UBI", False),
             "ubi_queries_index": os.environ.get("RERANKER_PROXY_UBI_QUERIES_INDEX")
             or "ubi_queries",

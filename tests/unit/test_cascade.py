@@ -357,7 +357,8 @@ def test_proxy_reads_the_cascade_k() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--cascade-k", "10"], "--cascade-k needs --cascade-model"),
+        (["--cascade-model", "none", "--cascade-k", "10"], "drop --cascade-model none"),
+        (["--cascade-k", "10", "--modes", "hybrid"], "add rerank"),
         (["--cascade-model", "models/reranker-minilm-l6", "--cascade-k", "0"], "between 1"),
         (["--cascade-model", "models/reranker-minilm-l6", "--cascade-k", "101"], "between 1"),
         (["--cascade-model", "models/reranker-minilm-l6", "--modes", "hybrid"], "add rerank"),
@@ -490,3 +491,68 @@ def test_a_cascade_never_counts_as_fully_cached() -> None:
     assert not Pipeline(None, full, window=6).uncached_pairs("q", candidates)
     cascade = Pipeline(None, full, window=6, cascade=Cascade(student, 3))
     assert cascade.uncached_pairs("q", candidates)
+
+
+# --------------------------------------------------------------------------- the defaults
+
+
+class EchoVectors:
+    """A stand-in embedder: a passage named ``x`` at ``cos`` to the query."""
+
+    dim = 2
+    model_id = "echo"
+
+    def encode(self, texts: Sequence[str], **_: Any) -> np.ndarray:
+        cos = {"q": 1.0, "a": 0.2, "b": 0.9, "c": 0.5, "d": 0.1, "e": 0.3, "f": 0.0}
+        return np.array([[cos[t], float(np.sqrt(1 - cos[t] ** 2))] for t in texts], np.float32)
+
+
+class DenseAwareScorer(FeatureScorer):
+    feature_names = ("fused", "bm25", "dense")
+
+
+def test_a_bm25_window_gets_the_dense_feature_from_the_embedder() -> None:
+    full = DenseAwareScorer("full", FULL)
+    stage = ListedFirstStage(DOCS)
+    with pytest.raises(SearchError, match="dense"):
+        Pipeline(stage, full, base="bm25", window=6)  # type: ignore[arg-type]
+    pipeline = Pipeline(stage, full, base="bm25", window=6, encoder=EchoVectors())  # type: ignore[arg-type]
+    assert pipeline.uncached_pairs("q", stage.search("q", "bm25", 6)) != []
+    pipeline.search("q", k=6)
+    dense = full.features[0][:, 2]
+    # b (0.9) highest, f (0.0) lowest: min-max of the cosines, in window order a..f
+    np.testing.assert_allclose(dense, [0.2 / 0.9, 1.0, 0.5 / 0.9, 0.1 / 0.9, 0.3 / 0.9, 0.0])
+    assert full.features[0][0, 0] == 1.0  # fused: still the BM25 order that built the window
+
+
+def test_eval_reranks_with_the_first_stage_cascade_unless_told_otherwise() -> None:
+    from reranker.cli import _default_cascade
+
+    assert str(_default_cascade(None, None, ["hybrid", "rerank"], False)) == "first-stage"
+    assert _default_cascade(None, None, ["hybrid"], False) is None
+    assert _default_cascade(None, None, ["rerank", "blend"], False) is None
+    assert _default_cascade(None, None, ["rerank"], True) is None  # --record: one model
+    assert _default_cascade(Path("none"), None, ["rerank"], False) is None
+    assert str(_default_cascade(None, 5, ["rerank"], False)) == "first-stage"
+    with pytest.raises(ConfigError, match="none"):
+        _default_cascade(Path("none"), 5, ["rerank"], False)
+
+
+def test_a_search_may_ask_for_the_whole_window_where_a_cascade_is_the_default() -> None:
+    settings = ProxySettings(cascade_model=Path("first-stage"), default_cascade=20)
+    assert parse_rerank({}, settings).cascade_default
+    whole = parse_rerank({"cascade": False}, settings)
+    assert whole.cascade is None and not whole.cascade_default
+    assert not parse_rerank({"cascade": 5}, settings).cascade_default
+
+
+def test_serve_defaults_to_the_first_stage_cascade_of_20(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reranker.cli import _serve_cascade_defaults
+
+    monkeypatch.delenv("RERANKER_PROXY_DEFAULT_CASCADE", raising=False)
+    served = _serve_cascade_defaults(ProxySettings(), None)
+    assert str(served.cascade_model) == "first-stage" and served.default_cascade == 20
+    off = _serve_cascade_defaults(ProxySettings(default_cascade=0), 0)
+    assert off.default_cascade is None
+    none = _serve_cascade_defaults(ProxySettings(cascade_model=Path("none")), None)
+    assert none.cascade_model is None and none.default_cascade is None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from reranker.config import Settings
-from reranker.embed import Embedder, assemble_encoder
+from reranker.embed import DEFAULT_EMBEDDER_DIR, STOCK_EMBEDDER, Embedder, assemble_encoder
 from reranker.errors import ModelError
 from reranker.models import EMBEDDER_CACHE_NAME, SHIPPED_ENCODER_GRAPH
 
@@ -165,7 +165,25 @@ def test_shipped_graph_holds_no_weights_and_pins_the_package_files() -> None:
     assert card["files"]["model.safetensors"] == card["source"]["sha256"]["model.safetensors"]
 
 
-def test_default_loads_an_existing_cache_without_assembling(
+def test_default_is_the_shipped_fine_tuned_embedder(tmp_path: Path) -> None:
+    embedder = Embedder.default(Settings(home=tmp_path))
+    assert embedder.model_dir == DEFAULT_EMBEDDER_DIR
+    assert embedder.model_id.startswith("all-MiniLM-L6-v2-scifact-se@")
+    assert not (tmp_path / "models").exists()  # nothing assembled for it
+
+
+def test_the_stock_name_selects_the_assembled_stock_model(
+    minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(home=tmp_path, embedder=Path(STOCK_EMBEDDER))
+    settings.models_dir.mkdir(parents=True)
+    _linked_copy(minilm_assembled_dir, settings.models_dir / EMBEDDER_CACHE_NAME)
+    embedder = Embedder.default(settings)
+    assert embedder.model_dir == settings.models_dir / EMBEDDER_CACHE_NAME
+    assert embedder.model_id.startswith("all-MiniLM-L6-v2@")
+
+
+def test_stock_loads_an_existing_cache_without_assembling(
     minilm_assembled_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(home=tmp_path)
@@ -176,28 +194,28 @@ def test_default_loads_an_existing_cache_without_assembling(
         raise AssertionError("default() assembled although a valid cache exists")
 
     monkeypatch.setattr("reranker.embed.assemble_encoder", no_assembly)
-    embedder = Embedder.default(settings)
+    embedder = Embedder.stock(settings)
     assert embedder.encode(["hello"]).shape == (1, 384)
 
 
-def test_default_assembles_the_shipped_embedder_with_torch_unimportable(
+def test_stock_assembles_the_shipped_embedder_with_torch_unimportable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm_weights_dir: Path
 ) -> None:
     for name in ("torch", "transformers", "onnx"):
         monkeypatch.setitem(sys.modules, name, None)  # `import torch` now raises ImportError
-    embedder = Embedder.default(Settings(home=tmp_path))
+    embedder = Embedder.stock(Settings(home=tmp_path))
     assert embedder.model_dir == tmp_path / "models" / EMBEDDER_CACHE_NAME
     assert embedder.model_id == "all-MiniLM-L6-v2@53aa51172d14"
     assert embedder.encode(["hello"]).shape == (1, 384)
 
 
-def test_default_replaces_a_cache_whose_files_were_damaged(
+def test_stock_replaces_a_cache_whose_files_were_damaged(
     minilm_assembled_dir: Path, tmp_path: Path
 ) -> None:
     settings = Settings(home=tmp_path)
-    first = Embedder.default(settings)
+    first = Embedder.stock(settings)
     (first.model_dir / "tokenizer.json").write_text("{}", encoding="utf-8")
-    again = Embedder.default(settings)
+    again = Embedder.stock(settings)
     assert np.allclose(again.encode(["hello"]), first.encode(["hello"]))
 
 

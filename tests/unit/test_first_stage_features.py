@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 
 from reranker.first_stage_features import (
     FEATURE_NAMES,
     MISSING_VALUE,
+    dense_cosines,
+    features_for_texts,
     features_from_stage_scores,
     unavailable_features,
     window_features,
@@ -46,3 +51,37 @@ def test_a_bm25_first_stage_cannot_provide_the_dense_feature() -> None:
     assert unavailable_features(FEATURE_NAMES, "bm25") == ["dense"]
     assert unavailable_features(FEATURE_NAMES, "hybrid") == []
     assert unavailable_features((), "bm25") == []
+
+
+def test_an_embedder_in_process_can_provide_the_dense_feature_to_any_first_stage() -> None:
+    assert unavailable_features(FEATURE_NAMES, "bm25", computable=("dense",)) == []
+
+
+class UnitVectors:
+    """A stand-in embedder: each text's vector is given."""
+
+    dim = 2
+    model_id = "table"
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = table
+
+    def encode(self, texts: Sequence[str], **_: Any) -> np.ndarray:
+        rows = np.array([self.table[t] for t in texts], dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+VECTORS = UnitVectors({"q": [1, 0], "near": [1, 0.1], "far": [0, 1], "mid": [1, 1]})
+
+
+def test_dense_cosines_are_the_query_against_each_passage() -> None:
+    cosines = dense_cosines(VECTORS, "q", ["near", "far", "mid"])
+    np.testing.assert_allclose(cosines, [0.995, 0.0, 0.7071], atol=1e-3)
+
+
+def test_texts_without_a_first_stage_are_ordered_by_their_cosine_and_lack_bm25() -> None:
+    window = features_for_texts(VECTORS, "q", ["near", "far", "mid"])
+    fused, bm25, dense = window.values.T
+    np.testing.assert_allclose(fused, dense)
+    assert list(np.argsort(-fused)) == [0, 2, 1]
+    assert (bm25 == MISSING_VALUE).all() and window.missing["bm25"] == 3

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from reranker.config import Settings
+from reranker.embed import Embedder
 from reranker.errors import ModelError
+from reranker.first_stage_features import features_for_texts
 from reranker.proxy import ProxySettings, create_app
 from reranker.scoring import Scorer
 
@@ -61,11 +63,12 @@ def api_settings(**overrides: Any) -> ProxySettings:
 
 @asynccontextmanager
 async def serving(
-    scorer: Any, settings: ProxySettings | None = None
+    scorer: Any, settings: ProxySettings | None = None, encoder: Embedder | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
         settings or api_settings(),
         scorer_factory=(lambda: scorer) if scorer is not None else None,
+        encoder_factory=(lambda: encoder) if encoder is not None else None,
         load_in_background=False,
     )
     async with app.router.lifespan_context(app):
@@ -342,17 +345,51 @@ async def test_a_scorer_past_the_deadline_is_a_504(scorer: Scorer) -> None:
     assert waited < 0.9  # answered at the deadline, not when the scorer finished
 
 
-async def test_a_first_stage_aware_model_is_refused_not_fed_invented_features() -> None:
-    aware = Scorer(SHIPPED_AWARE, variant="int8", threads=1)
-    assert aware.feature_names
+@pytest.fixture(scope="module")
+def aware() -> Scorer:
+    return Scorer(SHIPPED_AWARE, variant="int8", threads=1)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.default(Settings(home=Path("/nonexistent")), threads=1)
+
+
+async def test_a_first_stage_aware_model_reads_the_dense_score_the_embedder_computes(
+    aware: Scorer, embedder: Embedder
+) -> None:
+    async with serving(aware, encoder=embedder) as http:
+        tei = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
+        cohere = await http.post("/v2/rerank", json={"query": QUERY, "documents": TEXTS})
+        info = (await http.get("/info")).json()
+    assert tei.status_code == 200 and cohere.status_code == 200
+    features = features_for_texts(embedder, QUERY, TEXTS).values
+    want = aware.score([(QUERY, t) for t in TEXTS], features=features)
+    got = {row["index"]: row["score"] for row in tei.json()}
+    assert np.allclose([got[i] for i in range(len(TEXTS))], want, atol=1e-4)
+    assert [row["index"] for row in cohere.json()["results"]][:2] in ([1, 3], [3, 1])
+    assert info["first_stage_features"] == list(aware.feature_names)
+
+
+async def test_the_absent_bm25_column_does_not_change_the_order(
+    aware: Scorer, embedder: Embedder
+) -> None:
+    features = features_for_texts(embedder, QUERY, TEXTS).values
+    assert (features[:, 1] == features[0, 1]).all()  # the same value for every text
+    pairs = [(QUERY, t) for t in TEXTS]
+    shifted = features.copy()
+    shifted[:, 1] = 1.0
+    margin = aware.score(pairs, features=shifted) - aware.score(pairs, features=features)
+    assert np.allclose(margin, margin[0], atol=1e-4)
+
+
+async def test_a_first_stage_aware_model_without_an_embedder_is_a_424(aware: Scorer) -> None:
     async with serving(aware) as http:
         tei = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS})
         cohere = await http.post("/v2/rerank", json={"query": QUERY, "documents": TEXTS})
-        info = (await http.get("/info")).json()
     assert_tei_error(tei, 424, "first-stage-aware")
     assert tei.json()["error_type"] == "Backend"
-    assert_cohere_error(cohere, 424, "plain cross-encoder")
-    assert info["first_stage_features"] == list(aware.feature_names)
+    assert_cohere_error(cohere, 424, "embedder is not loaded")
 
 
 async def test_without_a_model_every_endpoint_says_unavailable() -> None:
