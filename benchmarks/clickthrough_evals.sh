@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 12: the multi-task run with the click-through head (README "A click-through head"),
+# Issue 12: the multi-task run with the click-through head (docs/judgments.md "A click-through head"),
 # exported from its last checkpoint (step 300, as the multi-task run of multitask_evals.sh) and
 # measured: relevance on Stack Exchange test, then the blends when the signals are hidden.
-# Needs `reranker es up` and runs/ct/ct from the README's training command.
+# Needs `reranker es up` and runs/ct/ct from the training command in docs/judgments.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=.venv/bin/reranker

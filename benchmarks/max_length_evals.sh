@@ -1,5 +1,5 @@
 #!/bin/bash
-# eval --max-length curve (README "Max length"), one run after another, into runs/maxlen/
+# eval --max-length curve (docs/experiments/cross-encoder.md "Max length"), one run after another, into runs/maxlen/
 cd "$(dirname "$0")/.."
 mkdir -p runs/maxlen
 for len in 256 192 128 320; do

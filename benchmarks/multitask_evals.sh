@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12 item 3: export the multi-task (mt) and single-task control (st) continuations (their
 # last checkpoints, step 300), and measure them. Needs `reranker es up` and the two runs of the
-# README's "Multi-task heads" section in runs/mt/mt and runs/mt/st (the control: the same
+# "Multi-task heads" section of docs/judgments.md in runs/mt/mt and runs/mt/st (the control: the same
 # command without --heads and --loss-weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -356,7 +356,8 @@ def _hybrid_options(func: F) -> F:
         default="linear",
         show_default=True,
         help="How BM25 and kNN lists are fused. Linear (min-max, 1:1) beat RRF on SciFact, "
-        "Stack Exchange and TREC DL, and lost to it on DBpedia (README: Results).",
+        "Stack Exchange and TREC DL, and lost to it on DBpedia "
+        "(docs/experiments/first-stage.md).",
     )(func)
     func = click.option("--rank-constant", default=60, show_default=True, help="RRF constant.")(
         func
@@ -1526,7 +1527,7 @@ def serve_cmd(
 ) -> None:
     """Run the search proxy: Elasticsearch's `_search`, reranked when the body carries a
     `rerank` object, passed through unchanged otherwise. Point any Elasticsearch client at
-    it. Other settings come from RERANKER_PROXY_* variables (see README).
+    it. Other settings come from RERANKER_PROXY_* variables (see docs/proxy.md).
 
     `kill -HUP <pid>` or `POST /_reranker/reload` (optionally {"model": DIR, "variant": V})
     loads the model again, checks its card and a smoke test, and swaps it in without dropping

@@ -325,9 +325,9 @@ class RerankHandler:
 
     async def _index_embeddings(self, index: str) -> tuple[bool, str | None]:
         """Whether kNN with this proxy's embedder suits the index (the hybrid default wherever
-        it does; README: hybrid recall@100 is above BM25's on every dataset measured), and the
-        other embedder the index's vectors came from when that is why not. Probed with field
-        caps, cached per index for a while."""
+        it does; docs/experiments/first-stage.md: hybrid recall@100 is above BM25's on every
+        dataset measured), and the other embedder the index's vectors came from when that is
+        why not. Probed with field caps, cached per index for a while."""
         if not self.settings.enable_dense or self.models.encoder is None:
             return False, None
         now = time.monotonic()

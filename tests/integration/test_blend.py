@@ -9,7 +9,6 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.blend import feature_names_for, parse_weights
-from reranker.cli import default_model_dir
 from reranker.corpus import CorpusSource
 from reranker.embed import Embedder
 from reranker.first_stage import FirstStage
@@ -45,7 +44,10 @@ DOCS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def shipped_scorer() -> Scorer:
-    return Scorer(default_model_dir(), variant="int8")
+    # the plain cross-encoder: these blends read its relevance alone (no first-stage features)
+    return Scorer(
+        Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6", variant="int8"
+    )
 
 
 def ranking(

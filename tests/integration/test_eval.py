@@ -27,6 +27,10 @@ def mini_scifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_mini_scifact(tmp_path_factory.mktemp("mini-scifact"), "test", 30, 250)
 
 
+#: the plain cross-encoder the remote scorers serve (the default is first-stage-aware)
+PLAIN = str(Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6")
+
+
 def test_eval_writes_every_mode_and_metric_in_the_documented_shape(
     es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
 ) -> None:
@@ -142,7 +146,7 @@ def test_eval_through_a_remote_scorer_ranks_exactly_as_the_model_in_process(
         assert remote.exit_code == 0, remote.output
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
         local = CliRunner().invoke(
-            main, [*common, str(tmp_path / "local.json"), "--variant", "int8"]
+            main, [*common, str(tmp_path / "local.json"), "--variant", "int8", "--model", PLAIN]
         )
         assert local.exit_code == 0, local.output
     finally:

@@ -352,16 +352,13 @@ class FeatureSpyScorer(Scorer):
         return logits
 
 
-async def test_a_first_stage_aware_model_reads_hybrid_features_and_refuses_bm25_only(
+async def test_a_first_stage_aware_model_reads_hybrid_features_from_both_lists(
     es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
 ) -> None:
     scorer = FeatureSpyScorer(proxy_scorer)
     async with running(proxy_settings(es_node, proxy_alias), scorer, embedder) as http:
-        refused = await http.post(f"/{proxy_alias}/_search", json=rerank_body(hybrid=False))
         served = await http.post(f"/{proxy_alias}/_search", json=rerank_body(explain=True))
         metrics = (await http.get("/metrics")).text
-    assert refused.status_code == 400
-    assert "dense" in refused.json()["error"]["reason"]
     assert served.status_code == 200
     assert served.json()["rerank"]["first_stage"] == "hybrid"
     features = scorer.seen[-1]
@@ -375,6 +372,29 @@ async def test_a_first_stage_aware_model_reads_hybrid_features_and_refuses_bm25_
         if line.startswith("reranker_proxy_first_stage_features_missing_total{")
     )
     assert counted == absent  # a hit absent from one list got the default, and was counted
+
+
+async def test_a_bm25_only_search_gets_the_dense_feature_from_the_served_embedder(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> None:
+    scorer = FeatureSpyScorer(proxy_scorer)
+    async with running(proxy_settings(es_node, proxy_alias), scorer, embedder) as http:
+        served = await http.post(f"/{proxy_alias}/_search", json=rerank_body(hybrid=False))
+    assert served.status_code == 200, served.text
+    assert served.json()["rerank"]["first_stage"] == "bm25"
+    dense = scorer.seen[-1][:, 2]
+    # every candidate has its cosine (none missing), min-max normalised over the window
+    assert dense.max() == 1.0 and dense.min() == 0.0 and len(set(dense.tolist())) == 10
+
+
+async def test_a_bm25_only_search_without_an_embedder_cannot_feed_an_aware_model(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer
+) -> None:
+    scorer = FeatureSpyScorer(proxy_scorer)
+    async with running(proxy_settings(es_node, proxy_alias), scorer, None) as http:
+        refused = await http.post(f"/{proxy_alias}/_search", json=rerank_body(hybrid=False))
+    assert refused.status_code == 400
+    assert "dense" in refused.json()["error"]["reason"]
 
 
 async def test_query_text_can_be_given_explicitly(

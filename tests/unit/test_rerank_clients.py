@@ -28,7 +28,9 @@ from reranker.scoring import Scorer
 from tests.conftest import serving_over_http
 from tests.unit.test_rerank_api import QUERY, SHIPPED, TEXTS
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "docs" / "rerank-api.md").read_text(
+    encoding="utf-8"
+)
 KEY = "s3cret"
 
 RELEVANT = {1, 3}
