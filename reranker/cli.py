@@ -646,7 +646,7 @@ def eval_cmd(
         raise ConfigError(
             "--record writes into a local model's card: use --model, not --scorer-url"
         )
-    cascade_model = _default_cascade(cascade_model, cascade_k, wanted, record)
+    cascade_model, cascade_k = _default_cascade(cascade_model, cascade_k, wanted, record, window)
     _check_cascade_options(cascade_model, cascade_k, window, wanted, record)
     hybrid = _parse_hybrid(fusion, rank_constant, normalization, weights)
     dataset = dataset.resolve() if dataset.exists() else dataset
@@ -788,23 +788,25 @@ def _eval_modes(modes: str, depth: int) -> list[str]:
 
 
 def _default_cascade(
-    model: Path | None, k: int | None, wanted: list[str], record: bool
-) -> Path | None:
-    """The cascade `eval` runs: the one named; `none` for none; else the default chosen on
-    dev queries (the first stage as the cheap level, k = 20) wherever a cascade can apply
-    (the rerank mode, without blend or --record)."""
+    model: Path | None, k: int | None, wanted: list[str], record: bool, window: int
+) -> tuple[Path | None, int | None]:
+    """The cascade `eval` runs, as (model, k): the one named; `none` for none; else the
+    default chosen on dev queries (the first stage as the cheap level, k = 20 or the window
+    if smaller) wherever a cascade can apply (the rerank mode, without blend or --record)."""
     from reranker.errors import ConfigError
-    from reranker.pipeline import FIRST_STAGE_STUDENT, NO_CASCADE
+    from reranker.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
 
     if model is not None and str(model) == NO_CASCADE:
         if k is not None:
             raise ConfigError("--cascade-k needs a cascade: drop --cascade-model none")
-        return None
+        return None, None
     if model is not None:
-        return model
-    if k is not None or ("rerank" in wanted and "blend" not in wanted and not record):
-        return Path(FIRST_STAGE_STUDENT)
-    return None
+        return model, k
+    if k is not None:
+        return Path(FIRST_STAGE_STUDENT), k
+    if "rerank" in wanted and "blend" not in wanted and not record:
+        return Path(FIRST_STAGE_STUDENT), min(DEFAULT_CASCADE_K, max(window, 1))
+    return None, None
 
 
 def _check_cascade_options(

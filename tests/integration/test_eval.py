@@ -175,9 +175,13 @@ def test_a_cascade_whose_student_is_the_full_model_ranks_as_the_full_model(
     alias = "test-eval-cascade"
     base = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias]
     base += ["--modes", "rerank", "--window", "20", "--max-queries", "5", "--no-progress"]
+    base += ["--model", str(shipped)]
     try:
         reports = []
-        for extra in ([], ["--cascade-model", str(shipped), "--cascade-k", "5"]):
+        for extra in (
+            ["--cascade-model", "none"],
+            ["--cascade-model", str(shipped), "--cascade-k", "5"],
+        ):
             output = tmp_path / f"eval-{len(extra)}.json"
             result = CliRunner().invoke(main, [*base, *extra, "--output", str(output)])
             assert result.exit_code == 0, result.output
@@ -249,7 +253,7 @@ def test_search_refuses_knn_with_another_embedder_than_the_index_was_built_with(
     es_node: Any, es_client: Any, mini_scifact: Path
 ) -> None:
     alias = "test-search-embedder"
-    fine_tuned = Path(__file__).resolve().parents[2] / "models" / "all-MiniLM-L6-v2-scifact-se"
+    stock = "all-MiniLM-L6-v2"  # the index gets the default (fine-tuned) embedder
     base = ["--es-url", es_node.url]
     try:
         indexed = CliRunner().invoke(
@@ -257,12 +261,10 @@ def test_search_refuses_knn_with_another_embedder_than_the_index_was_built_with(
         )
         assert indexed.exit_code == 0, indexed.output
         query = ["search", "coffee and the heart", "--alias", alias, "--k", "3"]
-        other = CliRunner().invoke(main, [*base, "--embedder", str(fine_tuned), *query])
+        other = CliRunner().invoke(main, [*base, "--embedder", stock, *query])
         assert other.exit_code == 2
-        assert "was embedded with all-MiniLM-L6-v2@" in other.output
-        lexical = CliRunner().invoke(
-            main, [*base, "--embedder", str(fine_tuned), *query, "--mode", "bm25"]
-        )
+        assert "was embedded with all-MiniLM-L6-v2-scifact-se@" in other.output
+        lexical = CliRunner().invoke(main, [*base, "--embedder", stock, *query, "--mode", "bm25"])
         assert lexical.exit_code == 0, lexical.output
         same = CliRunner().invoke(main, [*base, *query, "--mode", "hybrid"])
         assert same.exit_code == 0, same.output

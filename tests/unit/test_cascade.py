@@ -528,14 +528,19 @@ def test_a_bm25_window_gets_the_dense_feature_from_the_embedder() -> None:
 def test_eval_reranks_with_the_first_stage_cascade_unless_told_otherwise() -> None:
     from reranker.cli import _default_cascade
 
-    assert str(_default_cascade(None, None, ["hybrid", "rerank"], False)) == "first-stage"
-    assert _default_cascade(None, None, ["hybrid"], False) is None
-    assert _default_cascade(None, None, ["rerank", "blend"], False) is None
-    assert _default_cascade(None, None, ["rerank"], True) is None  # --record: one model
-    assert _default_cascade(Path("none"), None, ["rerank"], False) is None
-    assert str(_default_cascade(None, 5, ["rerank"], False)) == "first-stage"
+    def chosen(model: str | None, k: int | None, modes: list[str], record: bool = False) -> Any:
+        got, k = _default_cascade(Path(model) if model else None, k, modes, record, 100)
+        return (str(got) if got is not None else None), k
+
+    assert chosen(None, None, ["hybrid", "rerank"]) == ("first-stage", 20)
+    assert _default_cascade(None, None, ["rerank"], False, 10)[1] == 10  # at most the window
+    assert chosen(None, None, ["hybrid"]) == (None, None)
+    assert chosen(None, None, ["rerank", "blend"]) == (None, None)
+    assert chosen(None, None, ["rerank"], record=True) == (None, None)  # --record: one model
+    assert chosen("none", None, ["rerank"]) == (None, None)
+    assert chosen(None, 5, ["rerank"]) == ("first-stage", 5)
     with pytest.raises(ConfigError, match="none"):
-        _default_cascade(Path("none"), 5, ["rerank"], False)
+        chosen("none", 5, ["rerank"])
 
 
 def test_a_search_may_ask_for_the_whole_window_where_a_cascade_is_the_default() -> None:
