@@ -104,6 +104,7 @@ def main(
             max_window=max(window, 1),
             max_body_bytes=64 << 20,
             default_timeout_ms=600_000,
+            max_timeout_ms=600_000,
         ),
         scorer_factory=lambda: scorer,
         encoder_factory=lambda: embedder,

@@ -371,17 +371,23 @@ def _hybrid_options(func: F) -> F:
     )(func)
     func = click.option(
         "--weights",
-        default="1,1",
-        show_default=True,
-        help="Fusion weights, lexical,dense.",
+        default=None,
+        help="Fusion weights, lexical,dense [default: 0.7,1 for linear fusion (chosen on dev "
+        "queries), 1,1 for RRF].",
     )(func)
     return func
 
 
-def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: str) -> Any:
+def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: str | None) -> Any:
     from reranker.errors import ConfigError
     from reranker.first_stage import HybridOptions
 
+    if weights is None:
+        return HybridOptions(
+            fusion=fusion,  # type: ignore[arg-type]
+            rank_constant=rank_constant,
+            normalization=normalization,  # type: ignore[arg-type]
+        )
     try:
         lexical, dense = (float(w) for w in weights.split(","))
     except ValueError:

@@ -186,9 +186,9 @@ def _parse_hybrid(raw: Any, window: int) -> tuple[bool | None, HybridOptions]:
     return dense, options
 
 
-def _weights(raw: Any) -> tuple[float, float]:
+def _weights(raw: Any) -> tuple[float, float] | None:
     if raw is None:
-        return (1.0, 1.0)
+        return None  # HybridOptions' default for the fusion
     if isinstance(raw, dict):
         _no_unknown(raw, ("lexical", "dense"), "rerank.hybrid.weights")
         values = [raw.get("lexical", 1.0), raw.get("dense", 1.0)]

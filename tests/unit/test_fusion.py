@@ -68,3 +68,11 @@ def test_linear_fusion_rejects_all_zero_weights() -> None:
 
 def test_ranked_breaks_ties_by_id() -> None:
     assert ranked({"b": 1.0, "a": 1.0, "c": 2.0}) == ["c", "a", "b"]
+
+
+def test_linear_fusion_defaults_to_the_weights_chosen_on_dev_and_rrf_to_equal_ones() -> None:
+    from reranker.first_stage import DEFAULT_WEIGHTS, HybridOptions
+
+    assert HybridOptions().weights == DEFAULT_WEIGHTS["linear"] == (0.7, 1.0)
+    assert HybridOptions(fusion="rrf").weights == (1.0, 1.0)
+    assert HybridOptions(weights=(1.0, 1.0)).weights == (1.0, 1.0)
