@@ -1467,8 +1467,8 @@ def window_cmd(
     step before (that change's share), and NDCG@10 over these queries (a small sample:
     `reranker eval` gives the full figures).
     """
-    from reranker.cli import _client
     from reranker.embed import Embedder
+    from reranker.es.client import make_client
     from reranker.evaluation import judged_queries
     from reranker.pipeline import QueryPath, build_pipeline
     from reranker.scoring import load_scorer
@@ -1483,7 +1483,7 @@ def window_cmd(
         raise click.BadParameter(f"must be at most --window ({window})", param_hint="--cascade-k")
     queries, qrels = judged_queries(dataset, "test", limit=n_queries)
     alias = index or f"beir-{dataset.name.lower()}"
-    client = _client(ctx)
+    client = make_client(ctx.obj)
     encoder = Embedder.default(ctx.obj)
     steps = window_ladder(baseline, model, chosen, cascade_k)
     pipelines = []

@@ -227,7 +227,7 @@ def es_up(port: int, version: str | None, heap: str, no_security: bool) -> None:
     click.echo(f"Elasticsearch {status.version} is up at {status.url} (pid {status.pid})")
     click.echo(f"node folder (config, data, logs): {status.home}")
     if not no_security:
-        from reranker.es.credentials import credentials_file
+        from reranker.credentials import credentials_file
 
         click.echo(f"security on: user elastic, password in {credentials_file(port)}")
     click.echo(

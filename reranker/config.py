@@ -20,17 +20,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from reranker.errors import ConfigError
+from reranker.home import reranker_home
+
+__all__ = ["DEFAULT_ES_URL", "MODEL_VARIANTS", "Settings", "env_bool", "reranker_home"]
 
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
 #: the exported precisions of a cross-encoder, as every command and the proxy name them
 MODEL_VARIANTS: tuple[str, ...] = ("fp32", "int8", "fp16")
-
-
-def reranker_home() -> Path:
-    """Root of every cache the package writes (models, ES distributions, node data)."""
-    configured = os.environ.get("RERANKER_HOME")
-    home = Path(configured).expanduser() if configured else Path.home() / ".cache" / "reranker"
-    return home
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -100,7 +96,7 @@ class Settings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["es_api_key"] and not values["es_username"]:
-            from reranker.es.credentials import credentials_for_url
+            from reranker.credentials import credentials_for_url
 
             local = credentials_for_url(str(values["es_url"]))
             if local is not None:

@@ -32,7 +32,7 @@ Credentials (security on, the default)
     start: Elasticsearch uses it for ``elastic`` until a password is stored in its security
     index, which this module never does. The password is kept, mode 0600, in
     ``RERANKER_HOME/credentials/elasticsearch-<port>.json`` (see
-    :mod:`reranker.es.credentials`), from where the CLI, the proxy and the tests read it; the
+    :mod:`reranker.credentials`), from where the CLI, the proxy and the tests read it; the
     node's health is probed with it. ``security=False`` removes that file.
 
 Where things live
@@ -80,8 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from reranker.config import reranker_home
-from reranker.errors import NodeError
-from reranker.es.credentials import (
+from reranker.credentials import (
     USERNAME,
     LocalCredentials,
     generate_password,
@@ -89,6 +88,7 @@ from reranker.es.credentials import (
     remove_credentials,
     write_credentials,
 )
+from reranker.errors import NodeError
 from reranker.es.file_realm import FileRealm
 
 DEFAULT_ES_VERSION = "9.5.3"
@@ -624,7 +624,7 @@ def _describe_other(port: int, answer: _Answer | None) -> str:
 
 
 def _credentials_hint(port: int) -> str:
-    from reranker.es.credentials import credentials_file
+    from reranker.credentials import credentials_file
 
     return str(credentials_file(port))
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -40,7 +39,7 @@ from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.events import accept_events
 from reranker.proxy.first_stage import search_es
-from reranker.proxy.jsonbody import loads_strict
+from reranker.proxy.http import parse_body, require_api_key
 from reranker.proxy.limits import Admission, CircuitBreaker
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
@@ -695,33 +694,9 @@ def remote_scorer_factory(settings: ProxySettings) -> ScorerFactory:
     return build
 
 
-def require_api_key(
-    request: Request, keys: tuple[str, ...], *, schemes: tuple[str, ...] = ("apikey",)
-) -> None:
-    """401 unless ``Authorization: <scheme> <key>`` names one of ``keys`` (constant-time),
-    with a scheme among ``schemes`` (lower case; ``ApiKey`` by default)."""
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    given = key.strip().encode()
-    if scheme.lower() not in schemes or not given:
-        raise errors.unauthorized()
-    if not any(hmac.compare_digest(given, k.encode()) for k in keys):
-        raise errors.unauthorized()
-
-
 def msearch_error(exc: ProxyError) -> dict[str, Any]:
     """A failed search's ``responses`` entry: its ES-shaped error body with its status."""
     return {**exc.body(), "status": exc.status}
-
-
-def parse_body(raw: bytes, *, max_depth: int = 64, max_digits: int = 40) -> dict[str, Any]:
-    """The request body as a JSON object (empty → ``{}``); 400 otherwise (see
-    :func:`~reranker.proxy.jsonbody.loads_strict` for what is refused)."""
-    if not raw.strip(b" \t\r\n"):
-        return {}
-    body = loads_strict(raw, max_depth=max_depth, max_digits=max_digits)
-    if not isinstance(body, dict):
-        raise errors.parse_error("request body must be a JSON object")
-    return body
 
 
 def _scrolls(item: SearchItem) -> bool:

@@ -67,6 +67,7 @@ from reranker.first_stage_features import features_for_texts
 from reranker.pipeline import check_scores
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
+from reranker.proxy.http import require_api_key
 from reranker.proxy.jsonbody import BodyError, loads_strict
 from reranker.proxy.limits import estimated_tokens
 
@@ -368,8 +369,6 @@ class RerankApi:
     def check_key(self, request: Request) -> None:
         """The proxy's client keys, as ``ApiKey <key>`` or ``Bearer <key>`` (how TEI, Cohere's
         SDK and Elasticsearch's inference services send a key)."""
-        from reranker.proxy.app import require_api_key
-
         keys = self.proxy.settings.api_keys
         if keys:
             require_api_key(request, keys, schemes=("apikey", "bearer"))

@@ -66,7 +66,7 @@ def test_up_secures_the_node_with_a_password_kept_0600(local_node: NodeStatus) -
     import urllib.error
     import urllib.request
 
-    from reranker.es.credentials import credentials_file, read_credentials
+    from reranker.credentials import credentials_file, read_credentials
 
     port = urlparse(local_node.url).port
     assert port is not None

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
+from reranker.credentials import remove_credentials
 from reranker.embed import Embedder
-from reranker.es.credentials import remove_credentials
 from reranker.es.node import LocalNode, NodeStatus
 from reranker.scoring import Scorer
 from tests.conftest import es_client_for, es_settings, free_port

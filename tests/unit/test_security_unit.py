@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from reranker.config import Settings
-from reranker.errors import ModelError
-from reranker.es.credentials import (
+from reranker.credentials import (
     LocalCredentials,
     credentials_file,
     credentials_for_url,
     write_credentials,
 )
+from reranker.errors import ModelError
 from reranker.es.file_realm import FileRealm, pbkdf2_hash, verify_pbkdf2
 from reranker.models import model_file
 from reranker.proxy.errors import ProxyError

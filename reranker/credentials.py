@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from reranker.config import reranker_home
+from reranker.home import reranker_home
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 USERNAME = "elastic"
