@@ -60,6 +60,15 @@ async def _rerank_all(
     return run
 
 
+def cascade_order(cheap: dict[str, float], full: dict[str, float], k: int) -> dict[str, float]:
+    """``cheap``'s top ``k`` in ``full``'s order, then the rest in ``cheap``'s order, as
+    descending run scores."""
+    ranked = sorted(cheap, key=lambda d: -cheap[d])
+    head = sorted(ranked[:k], key=lambda d: -full[d])
+    order = head + ranked[k:]
+    return {doc: float(len(order) - i) for i, doc in enumerate(order)}
+
+
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--alias", required=True, help="Index holding DATASET (default embedder).")
@@ -67,6 +76,13 @@ async def _rerank_all(
 @click.option("--window", default=100, show_default=True)
 @click.option("--max-queries", type=int, default=None)
 @click.option("--variant", default="int8", show_default=True)
+@click.option(
+    "--cascade-k",
+    default=20,
+    show_default=True,
+    help="Also report the cosine's top K reordered by the API's scores, the rest in cosine "
+    "order (what a first-stage cascade over the cosine would answer).",
+)
 @click.option("--output", type=click.Path(path_type=Path), default=None)
 @click.option("--progress/--no-progress", default=True)
 def main(
@@ -76,6 +92,7 @@ def main(
     window: int,
     max_queries: int | None,
     variant: str,
+    cascade_k: int,
     output: Path | None,
     progress: bool,
 ) -> None:
@@ -114,10 +131,12 @@ def main(
     api_run = asyncio.run(_rerank_all(app, requests, progress))
     seconds = time.perf_counter() - started
 
+    cascade_run = {qid: cascade_order(dense_run[qid], api_run[qid], cascade_k) for qid in api_run}
     results = {
         "hybrid order": score_run(hybrid_run, qrels),
         "dense cosine of the same texts": score_run(dense_run, qrels),
         "/rerank (defaults)": score_run(api_run, qrels),
+        f"cosine top {cascade_k} reordered by /rerank": score_run(cascade_run, qrels),
     }
     report = {
         "dataset": dataset.name,

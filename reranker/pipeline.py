@@ -123,6 +123,21 @@ def cascade_order(student: Sequence[float], full_head: Sequence[float], k: int) 
     return [head[j] for j in ranked] + tail
 
 
+def cascade_scores(
+    student: Sequence[float], head: Sequence[int], full_head: Sequence[float]
+) -> list[float]:
+    """A score per window position in cascade order: the full model's for the ``head``
+    positions, the student's for the rest, shifted (where needed) under the head's lowest."""
+    chosen = set(head)
+    floor = min(full_head)
+    tail_top = max((float(x) for i, x in enumerate(student) if i not in chosen), default=floor)
+    shift = min(0.0, floor - tail_top - 1.0)
+    final = [float(x) + shift for x in student]
+    for i, score in zip(head, full_head, strict=True):
+        final[i] = float(score)
+    return final
+
+
 @dataclass(frozen=True)
 class Cascade:
     """A cheap level scores the whole window; the full model rescores only its top ``k``.
@@ -387,7 +402,7 @@ class Pipeline:
         check_scores(student, len(pairs))
         timings["student"] = (time.perf_counter() - started) * 1000
         student_list = [float(x) for x in student.tolist()]
-        head, tail = cascade_split(student_list, self.cascade.k)
+        head, _ = cascade_split(student_list, self.cascade.k)
         full = self.scorer.score(
             [pairs[i] for i in head],
             deadline=deadline,
@@ -396,13 +411,10 @@ class Pipeline:
         check_scores(full, len(head))
         full_list = [float(x) for x in full.tolist()]
         order = cascade_order(student_list, full_list, self.cascade.k)
-        # the tail keeps the student's order, shifted (where needed) under the top k's lowest
-        floor = min(full_list)
-        shift = min(0.0, floor - max((student_list[i] for i in tail), default=floor) - 1.0)
+        final = cascade_scores(student_list, head, full_list)
         relevance: list[float | None] = [None] * len(pairs)
-        final = [x + shift for x in student_list]
         for i, logit in zip(head, full_list, strict=True):
-            relevance[i] = final[i] = logit
+            relevance[i] = logit
         return order, student_list, final, relevance
 
     def scorer_inputs(

@@ -63,8 +63,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import reranker
+from reranker.batching import logits_or_probabilities
 from reranker.first_stage_features import features_for_texts
-from reranker.pipeline import check_scores
+from reranker.pipeline import cascade_scores, cascade_split, check_scores
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.http import require_api_key
@@ -408,15 +409,28 @@ class RerankApi:
 
             cached = models.cached(scorer)
 
+            cascade_k = self.cascade_k(len(pairs)) if aware else None
+
             def work() -> np.ndarray:
                 began = time.perf_counter()
                 features = None
                 if aware:
                     assert encoder is not None
                     features = features_for_texts(encoder, call.query, call.texts).values
-                scores = cached.score(
-                    pairs, sigmoid=call.probabilities, deadline=deadline, features=features
-                )
+                if features is not None and cascade_k is not None:
+                    # the cosine is the cheap level: the model rescores its top k
+                    cheap = features[:, 0].tolist()
+                    head, _ = cascade_split(cheap, cascade_k)
+                    logits = cached.score(
+                        [pairs[i] for i in head], deadline=deadline, features=features[head]
+                    )
+                    check_scores(logits, len(head))
+                    final = np.asarray(cascade_scores(cheap, head, logits.tolist()), np.float32)
+                    scores = logits_or_probabilities(final, probabilities=call.probabilities)
+                else:
+                    scores = cached.score(
+                        pairs, sigmoid=call.probabilities, deadline=deadline, features=features
+                    )
                 took.append(time.perf_counter() - began)
                 check_scores(scores, len(pairs))  # else the scorer's failure (424)
                 return scores
@@ -445,6 +459,15 @@ class RerankApi:
                 ticket.scoring_done()
             ticket.release()
             self.proxy.metrics.in_flight.set(self.proxy.admission.in_flight)
+
+    def cascade_k(self, texts: int) -> int | None:
+        """The cascade a first-stage-aware model's request gets: the proxy's default k
+        (``default_cascade``, with the first stage as the cheap level: here the embedder's
+        cosine), when it is below the count of texts; else ``None``, every text scored."""
+        k = self.proxy.settings.default_cascade
+        if k is None or not self.proxy.models.first_stage_student or k >= texts:
+            return None
+        return k
 
     def _encoder_state(self) -> str:
         return "loading" if not self.proxy.models.loaded.is_set() else "none configured"
