@@ -1,6 +1,7 @@
 # The search proxy and the scorer in one image: `reranker serve` (Elasticsearch's _search,
 # reranked) and `reranker serve --scorer-only` (the rerank API alone: POST /rerank,
-# /v1/rerank, /v2/rerank, GET /info), with the shipped int8 cross-encoder.
+# /v1/rerank, /v2/rerank, GET /info), with the defaults: the first-stage-aware int8
+# cross-encoder and the fine-tuned int8 embedder (models/, docs/experiments/defaults.md).
 #
 #   docker build -t reranker .                       # CPU (onnxruntime)
 #   docker build -t reranker:gpu --build-arg GPU=1 . # CUDA (onnxruntime-gpu + CUDA 13 and
@@ -8,9 +9,9 @@
 #                                                    # from the int8 model, export/dequantize.py)
 #
 # docker-compose.yml runs both (the `gpu` profile runs the GPU scorer). The image serves on
-# 0.0.0.0:9280; settings come from RERANKER_* variables (README). No torch: the dense
-# embedder is the repository's weight-free graph (models/all-MiniLM-L6-v2) over the weights
-# package's model.safetensors, assembled in RERANKER_HOME at the first start.
+# 0.0.0.0:9280; settings come from RERANKER_* variables (docs/proxy.md). No torch: both
+# models are ONNX files in models/ (the stock embedder, --embedder all-MiniLM-L6-v2, is the
+# repository's weight-free graph over the weights package, assembled in RERANKER_HOME).
 FROM python:3.11-slim
 
 ARG GPU=0
@@ -18,7 +19,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     RERANKER_HOME=/var/cache/reranker \
-    RERANKER_MODEL=/app/models/reranker-minilm-l6 \
     RERANKER_PROXY_HOST=0.0.0.0 \
     RERANKER_PROXY_PORT=9280
 
@@ -38,7 +38,8 @@ RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt \
     && pip install --no-cache-dir --no-deps --no-build-isolation -e .
 
 # GPU=1: onnxruntime-gpu in place of onnxruntime (never both), the CUDA libraries it loads
-# found through ld.so, and an fp16 variant of the shipped model for the CUDA provider.
+# found through ld.so, and an fp16 variant of the plain cross-encoder for the CUDA provider
+# (the GPU scorer in docker-compose.yml names it).
 RUN if [ "$GPU" = "1" ]; then \
         pip uninstall -y onnxruntime \
         && pip install --no-cache-dir --require-hashes -r requirements/gpu.txt \
