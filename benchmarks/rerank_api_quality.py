@@ -143,7 +143,7 @@ def main(
         "split": split,
         "queries": len(queries),
         "window": window,
-        "first_stage": "hybrid (linear, min-max 1:1), BM25 top-N + kNN top-N",
+        "first_stage": f"hybrid, linear min-max {HybridOptions().weights}, BM25 + kNN top-N",
         "model": scorer.model_id,
         "variant": variant,
         "embedder": embedder.model_id,
