@@ -55,7 +55,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from starlette.requests import Request
@@ -73,7 +73,33 @@ from reranker.proxy.jsonbody import BodyError, loads_strict
 from reranker.proxy.limits import estimated_tokens
 
 if TYPE_CHECKING:
-    from reranker.proxy.app import Proxy
+    from reranker.proxy.limits import Admission, CircuitBreaker
+    from reranker.proxy.metrics import ProxyMetrics
+    from reranker.proxy.reload import LoadedModels
+    from reranker.proxy.rerank import RerankHandler
+    from reranker.proxy.settings import ProxySettings
+
+
+class Proxy(Protocol):
+    """What the rerank endpoints use of the proxy that serves them (``proxy.app.Proxy``):
+    its settings, models, admission, breaker, metrics, scorer pool, body limit and guard."""
+
+    settings: ProxySettings
+    models: LoadedModels
+    reranking: RerankHandler
+    breaker: CircuitBreaker
+    admission: Admission
+    metrics: ProxyMetrics
+
+    async def _read_body(self, request: Request) -> bytes: ...
+
+    async def guarded(
+        self,
+        request: Request,
+        handler: Callable[[Request], Awaitable[Response]],
+        kind: Callable[[], str],
+    ) -> Response: ...
+
 
 log = logging.getLogger(__name__)
 
