@@ -22,8 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from reranker.first_stage import Hit
 from reranker.pipeline import Cascade, Pipeline, check_cascade_models
+from reranker.retrieval.first_stage import Hit
 from reranker.scoring import Scorer, load_scorer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"

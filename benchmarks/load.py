@@ -211,7 +211,7 @@ def served_proxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
         log = {args.log_prefix!r}
         encoder = None
         if {bool(args.hybrid)!r}:
-            from reranker.embed import Embedder
+            from reranker.retrieval.embedder import Embedder
             encoder = lambda: Embedder.default(threads={args.threads})
         serve(
             ProxySettings.from_env(

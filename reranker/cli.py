@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
     from reranker.blend import Blend, LinearBlend
-    from reranker.embed import Embedder
     from reranker.evaluation import RunFunction
     from reranker.pipeline import Cascade, QueryPath
+    from reranker.retrieval.embedder import Embedder
     from reranker.scoring import PairScorer
     from reranker.signals import SignalConfig
 
@@ -135,7 +135,7 @@ def _client(ctx: click.Context) -> Elasticsearch:
 
 
 def _embedder(ctx: click.Context) -> Embedder:
-    from reranker.embed import Embedder
+    from reranker.retrieval.embedder import Embedder
 
     return Embedder.default(ctx.obj)
 
@@ -292,7 +292,7 @@ def index_cmd(
     and its current index untouched. Re-running on the same source gives the same result.
     """
     from reranker.corpus import CorpusSource
-    from reranker.indexing import LoadOptions, default_cache, index_corpus
+    from reranker.es.indexing import LoadOptions, default_cache, index_corpus
 
     corpus = CorpusSource.open(source, extra=extra)
     client = _client(ctx)
@@ -322,7 +322,7 @@ def reindex_cmd(
 ) -> None:
     """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
     mappings, and swap the alias the same safe way as `index`."""
-    from reranker.indexing import LoadOptions, default_cache, reindex_alias
+    from reranker.es.indexing import LoadOptions, default_cache, reindex_alias
 
     client = _client(ctx)
     embedder = _embedder(ctx)
@@ -380,7 +380,7 @@ def _hybrid_options(func: F) -> F:
 
 def _parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: str | None) -> Any:
     from reranker.errors import ConfigError
-    from reranker.first_stage import HybridOptions
+    from reranker.retrieval.first_stage import HybridOptions
 
     if weights is None:
         return HybridOptions(
@@ -631,6 +631,7 @@ def eval_cmd(
     Indexes the corpus first if the alias does not already hold it (signals.jsonl beside the
     corpus is joined in), then runs every judged query of the split through every mode.
     """
+    from reranker.es.indexing import default_cache
     from reranker.evaluation import (
         EvalReport,
         collect_run,
@@ -640,9 +641,8 @@ def eval_cmd(
         query_vectors,
         score_run,
     )
-    from reranker.first_stage import FirstStage
-    from reranker.indexing import default_cache
     from reranker.pipeline import QueryPath, cascade_for, scorer_for
+    from reranker.retrieval.first_stage import FirstStage
 
     wanted = _eval_modes(modes, depth)
     _check_max_length(max_length, wanted, model, scorer_urls)
@@ -1266,7 +1266,7 @@ def distill_cmd(
         load_teacher,
         query_splits,
     )
-    from reranker.indexing import default_cache
+    from reranker.es.indexing import default_cache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
@@ -1665,8 +1665,8 @@ def ltr_log_features(
     from tqdm import tqdm
 
     from reranker.blend import feature_names_for
+    from reranker.es.indexing import default_cache
     from reranker.evaluation import ensure_dataset_index, judged_queries, query_vectors
-    from reranker.indexing import default_cache
     from reranker.ltr import log_features
     from reranker.pipeline import QueryPath, build_pipeline
     from reranker.scoring import CachedScorer

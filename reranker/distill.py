@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
     from transformers import PreTrainedModel
 
-    from reranker.embed_cache import EmbeddingCache, TextEncoder
+    from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
     from reranker.scoring import PairScorer, Scorer
 
 log = logging.getLogger(__name__)

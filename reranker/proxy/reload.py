@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reranker.embed_cache import TextEncoder
 from reranker.errors import ModelError
 from reranker.pipeline import check_scores, is_first_stage_student
 from reranker.proxy import errors
@@ -23,6 +22,7 @@ from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
+from reranker.retrieval.embed_cache import TextEncoder
 from reranker.scoring import CachedScorer, LruScores, PairScorer, ServedScorer
 
 log = logging.getLogger(__name__)

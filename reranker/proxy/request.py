@@ -11,9 +11,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from reranker.errors import SearchError
-from reranker.first_stage import HybridOptions
 from reranker.proxy.errors import ProxyError, bad_request
 from reranker.proxy.settings import ProxySettings
+from reranker.retrieval.first_stage import HybridOptions
 
 RERANK_FIELDS = (
     "query_text",

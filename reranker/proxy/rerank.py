@@ -2,7 +2,8 @@
 Elasticsearch-shaped answer.
 
 The client's own query (and kNN on ``embedding`` where the search is hybrid) fetches
-``window`` candidates from Elasticsearch; they are fused (:func:`~reranker.first_stage.fuse`),
+``window`` candidates from Elasticsearch; they are fused
+(:func:`~reranker.retrieval.first_stage.fuse`),
 then reranked by the :class:`~reranker.pipeline.Pipeline` that
 :func:`~reranker.pipeline.build_pipeline` assembles, in a bounded thread pool, under the
 request's deadline, the admission bound and the scorer's circuit breaker. When the scorer is
@@ -25,11 +26,8 @@ from typing import Any, Generic, TypeVar
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
-from reranker.embed_cache import TextEncoder
 from reranker.errors import ConfigError, ModelError
 from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
-from reranker.es.queries import knn_clause
-from reranker.first_stage import Hit, fuse
 from reranker.first_stage_features import (
     COMPUTABLE_IN_PROCESS,
     FeatureUnavailable,
@@ -74,6 +72,9 @@ from reranker.proxy.request import (
     source_filter,
 )
 from reranker.proxy.settings import ProxySettings
+from reranker.retrieval.embed_cache import TextEncoder
+from reranker.retrieval.first_stage import Hit, fuse
+from reranker.retrieval.queries import knn_clause
 from reranker.scoring import PairScorer, ScoreTimeout, ServedScorer
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from reranker.embed import Embedder
+from reranker.retrieval.embedder import Embedder
 from reranker.scoring import Scorer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def index_docs(
 ) -> str:
     """Index ``docs`` behind ``alias`` with ``reranker index``'s code path; returns the alias."""
     from reranker.corpus import CorpusSource
-    from reranker.indexing import LoadOptions, index_corpus
+    from reranker.es.indexing import LoadOptions, index_corpus
 
     path = write_jsonl(folder / "docs.jsonl", docs)
     index_corpus(

@@ -12,9 +12,9 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.corpus import CorpusSource
-from reranker.embed import Embedder
 from reranker.es import mappings
-from reranker.indexing import index_corpus
+from reranker.es.indexing import index_corpus
+from reranker.retrieval.embedder import Embedder
 from tests.integration.conftest import delete_indices_named_after, write_mini_scifact
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ from elasticsearch import Elasticsearch
 
 from reranker.cli import main
 from reranker.corpus import CorpusSource
-from reranker.embed import Embedder
 from reranker.errors import IndexingError, MalformedLineError
 from reranker.es import mappings
-from reranker.indexing import LoadOptions, _load_and_swap, index_corpus, reindex_alias
+from reranker.es.indexing import LoadOptions, _load_and_swap, index_corpus, reindex_alias
+from reranker.retrieval.embedder import Embedder
 from tests.integration.conftest import write_jsonl
 
 pytestmark = pytest.mark.integration

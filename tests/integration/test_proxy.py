@@ -20,10 +20,10 @@ import pytest
 from elastic_transport import ObjectApiResponse
 from elasticsearch import BadRequestError, Elasticsearch
 
-from reranker.embed import Embedder
 from reranker.errors import ModelError
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
+from reranker.retrieval.embedder import Embedder
 from reranker.scoring import Scorer
 from tests.conftest import es_settings, serving_over_http
 from tests.integration.conftest import delete_indices_named_after, index_docs

@@ -22,8 +22,8 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.credentials import remove_credentials
-from reranker.embed import Embedder
 from reranker.es.node import LocalNode, NodeStatus
+from reranker.retrieval.embedder import Embedder
 from reranker.scoring import Scorer
 from tests.conftest import es_client_for, es_settings, free_port
 from tests.integration.conftest import delete_indices_named_after, index_docs

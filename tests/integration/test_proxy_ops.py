@@ -24,9 +24,9 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.blend import LinearBlend, save_blend
-from reranker.embed import Embedder
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
+from reranker.retrieval.embedder import Embedder
 from reranker.scoring import Scorer
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, delete_indices_named_after, index_docs

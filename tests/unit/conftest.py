@@ -34,8 +34,8 @@ def minilm_assembled_dir(
 ) -> Path:
     """The shipped embedder as it is served: the repository's weight-free graph beside the
     weights package's files (no torch)."""
-    from reranker.embed import assemble_encoder
     from reranker.models import SHIPPED_ENCODER_GRAPH
+    from reranker.retrieval.embedder import assemble_encoder
 
     out = tmp_path_factory.mktemp("assembled") / "all-MiniLM-L6-v2"
     return assemble_encoder(SHIPPED_ENCODER_GRAPH, minilm_weights_dir, out)

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from reranker.blend import LinearBlend
 from reranker.cli import main
 from reranker.errors import ConfigError, ModelError, SearchError
-from reranker.first_stage import Hit
 from reranker.pipeline import (
     Cascade,
     Pipeline,
@@ -28,6 +27,7 @@ from reranker.pipeline import (
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.request import parse_rerank
 from reranker.proxy.settings import ProxySettings
+from reranker.retrieval.first_stage import Hit
 
 # --------------------------------------------------------------------------- pure ordering
 

@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 
 from reranker.config import Settings
-from reranker.embed import DEFAULT_EMBEDDER_DIR, STOCK_EMBEDDER, Embedder, assemble_encoder
 from reranker.errors import ModelError
 from reranker.models import EMBEDDER_CACHE_NAME, SHIPPED_ENCODER_GRAPH
+from reranker.retrieval.embedder import (
+    DEFAULT_EMBEDDER_DIR,
+    STOCK_EMBEDDER,
+    Embedder,
+    assemble_encoder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +198,7 @@ def test_stock_loads_an_existing_cache_without_assembling(
     def no_assembly(*args: object, **kwargs: object) -> Path:
         raise AssertionError("default() assembled although a valid cache exists")
 
-    monkeypatch.setattr("reranker.embed.assemble_encoder", no_assembly)
+    monkeypatch.setattr("reranker.retrieval.embedder.assemble_encoder", no_assembly)
     embedder = Embedder.stock(settings)
     assert embedder.encode(["hello"]).shape == (1, 384)
 

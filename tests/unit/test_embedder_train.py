@@ -14,7 +14,6 @@ from click.testing import CliRunner
 
 from reranker.cli import main
 from reranker.config import Settings
-from reranker.embed import Embedder
 from reranker.embedder_train import (
     EmbedderTrainConfig,
     Example,
@@ -23,6 +22,7 @@ from reranker.embedder_train import (
 )
 from reranker.errors import ConfigError, ModelError
 from reranker.losses import in_batch_loss
+from reranker.retrieval.embedder import Embedder
 
 WINDOW = [f"d{i}" for i in range(40)]
 

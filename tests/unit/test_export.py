@@ -119,8 +119,8 @@ def test_weight_free_encoder_graph_export_matches_the_shipped_one(
 ) -> None:
     pytest.importorskip("torch")
     from export.encoder_graph import export_encoder_graph
-    from reranker.embed import Embedder, assemble_encoder
     from reranker.models import SHIPPED_ENCODER_GRAPH
+    from reranker.retrieval.embedder import Embedder, assemble_encoder
 
     fresh = export_encoder_graph(minilm_weights_dir, tmp_path / "graph")
     card, shipped = _card(fresh, "card.json"), _card(SHIPPED_ENCODER_GRAPH, "card.json")

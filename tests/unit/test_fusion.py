@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from reranker.fusion import linear, normalize, ranked, rrf
+from reranker.retrieval.fusion import linear, normalize, ranked, rrf
 
 
 def test_rrf_sums_reciprocal_ranks_across_runs() -> None:
@@ -71,7 +71,7 @@ def test_ranked_breaks_ties_by_id() -> None:
 
 
 def test_linear_fusion_defaults_to_the_weights_chosen_on_dev_and_rrf_to_equal_ones() -> None:
-    from reranker.first_stage import DEFAULT_WEIGHTS, HybridOptions
+    from reranker.retrieval.first_stage import DEFAULT_WEIGHTS, HybridOptions
 
     assert HybridOptions().weights == DEFAULT_WEIGHTS["linear"] == (0.7, 1.0)
     assert HybridOptions(fusion="rrf").weights == (1.0, 1.0)

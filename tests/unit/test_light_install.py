@@ -38,7 +38,7 @@ def test_embedder_scorer_and_proxy_load_and_run_without_torch(
 ) -> None:
     code = (
         "import json\n"
-        "from reranker.embed import Embedder\n"
+        "from reranker.retrieval.embedder import Embedder\n"
         "from reranker.scoring import load_scorer\n"
         "import reranker.cli, reranker.proxy.app, reranker.proxy.rerank_api\n"
         "from reranker.first_stage_features import features_for_texts\n"

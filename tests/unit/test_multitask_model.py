@@ -175,8 +175,8 @@ def test_a_blend_reading_predicted_signals_gets_them_from_the_heads(
     multitask_export: Path,
 ) -> None:
     from reranker.blend import LinearBlend
-    from reranker.first_stage import Hit
     from reranker.pipeline import Pipeline
+    from reranker.retrieval.first_stage import Hit
     from reranker.scoring import Scorer
 
     scorer = Scorer(multitask_export)

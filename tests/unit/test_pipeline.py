@@ -10,8 +10,8 @@ import pytest
 
 from reranker.blend import LinearBlend
 from reranker.errors import ModelError, SearchError
-from reranker.first_stage import Hit
 from reranker.pipeline import Pipeline
+from reranker.retrieval.first_stage import Hit
 
 
 class ListedFirstStage:

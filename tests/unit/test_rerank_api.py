@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from reranker.config import Settings
-from reranker.embed import Embedder
 from reranker.errors import ModelError
 from reranker.first_stage_features import features_for_texts
 from reranker.proxy import ProxySettings, create_app
+from reranker.retrieval.embedder import Embedder
 from reranker.scoring import Scorer
 
 pytestmark = pytest.mark.anyio

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from reranker import __version__
 from reranker.corpus import CorpusSource, Document, passage_text
-from reranker.embed_cache import EmbeddingCache, TextEncoder, encode_with_cache
 from reranker.errors import IndexingError, MalformedLineError
 from reranker.es import mappings
+from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder, encode_with_cache
 
 SOURCE_FIELDS_RESERVED = {"_id", "embedding"}
 

@@ -17,7 +17,7 @@ import numpy as np
 
 
 class TextEncoder(Protocol):
-    """What indexing needs of an embedder (``reranker.embed.Embedder`` is one)."""
+    """What indexing needs of an embedder (``reranker.retrieval.embedder.Embedder`` is one)."""
 
     @property
     def dim(self) -> int: ...

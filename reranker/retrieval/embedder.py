@@ -35,6 +35,7 @@ from reranker.models import (
     ENCODER_CARD,
     SHIPPED_ENCODER_GRAPH,
     SHIPPED_MODEL_NAME,
+    SHIPPED_MODELS_DIR,
     SHIPPED_PACKAGE_PIN,
     config_max_positions,
     load_tokenizer,
@@ -54,9 +55,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 2048
 #: the embedder used when none is named: all-MiniLM-L6-v2 fine-tuned on SciFact and Stack
 #: Exchange train (int8; ``reranker train-embedder``), the first stage chosen on dev queries
-DEFAULT_EMBEDDER_DIR = (
-    Path(__file__).resolve().parents[1] / "models" / "all-MiniLM-L6-v2-scifact-se"
-)
+DEFAULT_EMBEDDER_DIR = SHIPPED_MODELS_DIR / "all-MiniLM-L6-v2-scifact-se"
 #: the ``--embedder`` name of the stock all-MiniLM-L6-v2 (:meth:`Embedder.stock`)
 STOCK_EMBEDDER = SHIPPED_MODEL_NAME
 

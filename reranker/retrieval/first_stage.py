@@ -9,11 +9,11 @@ from typing import Any, Literal, get_args
 from elasticsearch import Elasticsearch
 from elasticsearch.exceptions import ApiError, TransportError
 
-from reranker import fusion
-from reranker.embed_cache import TextEncoder
 from reranker.errors import SearchError
-from reranker.es.queries import TEXT_FIELDS, bm25_query, knn_clause
-from reranker.fusion import NORMALIZATIONS, Normalization
+from reranker.retrieval import fusion
+from reranker.retrieval.embed_cache import TextEncoder
+from reranker.retrieval.fusion import NORMALIZATIONS, Normalization
+from reranker.retrieval.queries import TEXT_FIELDS, bm25_query, knn_clause
 
 Mode = Literal["bm25", "dense", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
