@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 

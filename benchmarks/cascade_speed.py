@@ -4,7 +4,7 @@
         --k 10,20,30,50 --repeats 7 --output benchmarks/results/cascade-speed.json
 
 Windows of 100 real SciFact candidates (test claims, each against 100 abstracts), reranked
-through :meth:`reranker.pipeline.Pipeline.rerank` as the proxy and ``reranker eval`` do (no
+through :meth:`reranker.rerank.pipeline.Pipeline.rerank` as the proxy and ``reranker eval`` do (no
 score cache): the full model on all 100, and for each k the student on all 100 plus the full
 model on the student's top k, and (the cascade's bar) the full model on the first stage's own
 top k. Every repeat runs every configuration on every window,
@@ -22,9 +22,9 @@ import statistics
 import time
 from pathlib import Path
 
-from reranker.pipeline import Cascade, Pipeline, check_cascade_models
+from reranker.rerank.pipeline import Cascade, Pipeline, check_cascade_models
+from reranker.rerank.scorer import Scorer, load_scorer
 from reranker.retrieval.first_stage import Hit
-from reranker.scoring import Scorer, load_scorer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
 

@@ -220,7 +220,7 @@ def fp16_model(model: Path, checkpoint: Path | None, work: Path) -> tuple[Path, 
 def make_scorer(
     model: Path, provider: str, *, io_binding: bool, batch_size: int, max_length: int
 ) -> Any:
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -386,7 +386,7 @@ def parity(model: Path, provider: str, window: tuple[str, list[str]]) -> dict[st
     """fp16 on ``provider`` against the folder's fp32 on the CPU, on one window."""
     import numpy as np
 
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     query, passages = window
     reference = Scorer(model, providers=[CPU], variant="fp32")

@@ -47,7 +47,7 @@ from reranker.blend import fit_linear
 from reranker.corpus import load_qrels
 from reranker.evaluation import score_run
 from reranker.ltr import FeatureSet, fit_blend, read_features
-from reranker.task_heads import CLICK_HEAD, PREDICTED_PREFIX, predicted_feature
+from reranker.rerank.heads import CLICK_HEAD, PREDICTED_PREFIX, predicted_feature
 
 DEV_FRACTION = 0.3
 CEILING_RESTARTS = 6

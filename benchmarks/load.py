@@ -207,7 +207,7 @@ def served_proxy(model_dir: Path, args: argparse.Namespace) -> Iterator[str]:
         f"""
         from pathlib import Path
         from reranker.proxy import ProxySettings, serve
-        from reranker.scoring import Scorer
+        from reranker.rerank.scorer import Scorer
         log = {args.log_prefix!r}
         encoder = None
         if {bool(args.hybrid)!r}:

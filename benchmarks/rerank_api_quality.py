@@ -33,11 +33,11 @@ from reranker.config import Settings
 from reranker.corpus import passage_text
 from reranker.es.client import make_client
 from reranker.evaluation import judged_queries, score_run
-from reranker.first_stage_features import dense_cosines
 from reranker.proxy import ProxySettings, create_app
+from reranker.rerank.features import dense_cosines
+from reranker.rerank.scorer import default_model_dir, load_scorer
 from reranker.retrieval.embedder import Embedder
 from reranker.retrieval.first_stage import FirstStage, HybridOptions
-from reranker.scoring import default_model_dir, load_scorer
 
 
 async def _rerank_all(

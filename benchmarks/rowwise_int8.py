@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from export.rowwise_int8 import rowwise_int8
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "reranker-minilm-l6"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from reranker.scoring import load_scorer
+from reranker.rerank.scorer import load_scorer
 from tests.unit.conftest import load_scifact_pairs
 
 OPTIONS: dict[str, dict[str, Any]] = {

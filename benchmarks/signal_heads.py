@@ -36,8 +36,8 @@ from popularity_probe import age_days, ridge_predict  # benchmarks/, this script
 from scipy.stats import spearmanr
 
 from reranker.corpus import passage_text
-from reranker.first_stage_features import FEATURE_NAMES
-from reranker.scoring import Scorer
+from reranker.rerank.features import FEATURE_NAMES
+from reranker.rerank.scorer import Scorer
 from reranker.task_heads import document_sources
 from reranker.training_data import _read_jsonl, read_qrels
 

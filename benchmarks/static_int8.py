@@ -34,7 +34,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from benchmarks.session_options import session as options_session
 from reranker.batching import pad_encodings
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 from tests.unit.conftest import load_scifact_pairs
 
 REPO = Path(__file__).resolve().parents[1]

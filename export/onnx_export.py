@@ -40,8 +40,8 @@ from export.parity import (
     torch_outputs,
 )
 from reranker.errors import ModelError
-from reranker.first_stage_features import FEATURE_NAMES, NORMALIZATION
 from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer, mean_pool
+from reranker.rerank.features import FEATURE_NAMES, NORMALIZATION
 
 if TYPE_CHECKING:
     import torch
@@ -488,7 +488,7 @@ def _has_heads(model: Any) -> bool:
 def _heads_card(checkpoint_dir: Path, names: Sequence[str]) -> dict[str, Any]:
     """The card's account of a multi-task model's signal heads: each named output, what it
     predicts, and how it was trained (from ``train_info.json``)."""
-    from reranker.task_heads import CLICK_HEAD, predicted_feature
+    from reranker.rerank.heads import CLICK_HEAD, predicted_feature
 
     info = (read_training_info(checkpoint_dir) or {}).get("train_info", {}).get("heads", {})
 
@@ -534,7 +534,7 @@ def export_cross_encoder(
     version: str | None = None,
     max_length: int = 256,
 ) -> Path:
-    """Export a sequence-classification checkpoint for :class:`reranker.scoring.Scorer`.
+    """Export a sequence-classification checkpoint for :class:`reranker.rerank.scorer.Scorer`.
 
     Writes ``model.onnx`` (fused fp32, output ``logits``, axes ``batch`` × ``sequence``), and
     with ``int8``/``fp16`` the variants ``model.int8.onnx``/``model.fp16.onnx``; beside them

@@ -1,5 +1,5 @@
 """Cross-encoder batches: how pairs are grouped, padded, and how the head's output becomes a
-score. One policy for the ONNX :class:`~reranker.scoring.Scorer`, the torch runs of
+score. One policy for the ONNX :class:`~reranker.rerank.scorer.Scorer`, the torch runs of
 ``reranker bench scorer`` and the scoring in training (needs neither torch nor ORT).
 
 - :func:`plan_batches`: pair indices sorted by length (stable), cut into batches of at most
@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reranker.errors import ModelError
+from reranker.numeric import sigmoid
 
 if TYPE_CHECKING:
     import torch
@@ -98,17 +99,6 @@ def head_scores(logits: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     if labels == 2:
         return logits[:, 1] - logits[:, 0]
     raise ModelError(f"a {labels}-label head is not a relevance score")
-
-
-def sigmoid(x: npt.ArrayLike) -> FloatArray:
-    """Numerically stable logistic function (no overflow warnings for large |x|)."""
-    v = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(v)
-    pos = v >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-v[pos]))
-    e = np.exp(v[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
 
 
 def logits_or_probabilities(logits: np.ndarray, *, probabilities: bool) -> np.ndarray:

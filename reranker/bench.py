@@ -7,7 +7,7 @@ machine's measured matrix-multiply peak:
 
 - ``torch-fp32``: transformers ``AutoModelForSequenceClassification`` in eager PyTorch;
 - ``torch-bf16``: the same under CPU bf16 autocast, when the CPU supports bf16;
-- ``ort-fp32`` / ``ort-int8``: :class:`reranker.scoring.Scorer` on the exported ONNX variants;
+- ``ort-fp32`` / ``ort-int8``: :class:`reranker.rerank.scorer.Scorer` on the exported ONNX variants;
 - ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it
   (``--io-binding``: through IO binding).
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
 Pair = tuple[str, str]
 
@@ -534,7 +534,7 @@ def _ort_backends(
 ) -> list[Backend]:
     import onnxruntime as ort
 
-    from reranker.scoring import CPU, CUDA, Scorer
+    from reranker.rerank.scorer import CPU, CUDA, Scorer
 
     dims = ModelDims.from_config(model_dir)
     card = read_card(model_dir, CROSS_ENCODER_CARD)
@@ -1096,13 +1096,13 @@ def lengths_cmd(
 ) -> None:
     """Time the same real SciFact pairs through the ONNX scorer at several max lengths.
 
-    One :class:`~reranker.scoring.Scorer` per length (same model, variant, threads and
+    One :class:`~reranker.rerank.scorer.Scorer` per length (same model, variant, threads and
     batching); each runs once untimed, then ``--repeats`` interleaved rounds time every length
     in turn; the median wall time per length (tokenisation included), with the tokens fed,
     the pairs cut and the FLOP estimate. A first-stage-aware model gets the same seeded
     random features at every length (they change its scores, not its cost).
     """
-    from reranker.scoring import CPU, Scorer, default_model_dir
+    from reranker.rerank.scorer import CPU, Scorer, default_model_dir
 
     chosen = parse_lengths(lengths)
     _check_dataset(dataset)
@@ -1344,7 +1344,7 @@ def length_curve_cmd(
 ) -> None:
     """NDCG@10 against max length from `reranker eval --max-length N --output` results, and
     the length chosen: the shortest within 0.005 NDCG@10 of 256 on every dataset."""
-    from reranker.scoring import default_model_dir
+    from reranker.rerank.scorer import default_model_dir
 
     runs = [json.loads(path.read_text(encoding="utf-8")) for path in evals]
     timing = json.loads(speed.read_text(encoding="utf-8")) if speed else None
@@ -1470,9 +1470,9 @@ def window_cmd(
     from reranker.es.client import make_client
     from reranker.evaluation import judged_queries
     from reranker.models import SHIPPED_MODELS_DIR
-    from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.scorer import load_scorer
     from reranker.retrieval.embedder import Embedder
-    from reranker.scoring import load_scorer
     from reranker.train import ranking_metrics
 
     baseline = baseline or SHIPPED_MODELS_DIR / "reranker-minilm-l6"

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkab
 import numpy as np
 import numpy.typing as npt
 
-from reranker.batching import sigmoid
 from reranker.errors import ConfigError, ModelError
+from reranker.numeric import sigmoid
 from reranker.signals import FeatureBatch, SignalConfig
 
 if TYPE_CHECKING:

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
     from reranker.blend import Blend, LinearBlend
     from reranker.evaluation import RunFunction
-    from reranker.pipeline import Cascade, QueryPath
+    from reranker.rerank.pipeline import Cascade, QueryPath
+    from reranker.rerank.scorer import PairScorer
     from reranker.retrieval.embedder import Embedder
-    from reranker.scoring import PairScorer
     from reranker.signals import SignalConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -142,7 +142,7 @@ def _embedder(ctx: click.Context) -> Embedder:
 
 def default_model_dir() -> Path:
     """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
-    from reranker.scoring import default_model_dir as scoring_default
+    from reranker.rerank.scorer import default_model_dir as scoring_default
 
     return scoring_default()
 
@@ -160,7 +160,7 @@ def _scorer_url_option(command: Any) -> Any:
 
 
 def _scorer(model: Path | None, variant: str | None) -> Any:
-    from reranker.scoring import load_scorer
+    from reranker.rerank.scorer import load_scorer
 
     return load_scorer(model, variant)
 
@@ -463,7 +463,7 @@ def search_cmd(
 ) -> None:
     """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
     --rerank, the top --window of that first stage reordered by the cross-encoder."""
-    from reranker.pipeline import FIRST_STAGE_STUDENT, QueryPath, build_pipeline
+    from reranker.rerank.pipeline import FIRST_STAGE_STUDENT, QueryPath, build_pipeline
 
     cascade = rerank and 0 < cascade_k < window
     path = QueryPath(
@@ -641,7 +641,7 @@ def eval_cmd(
         query_vectors,
         score_run,
     )
-    from reranker.pipeline import QueryPath, cascade_for, scorer_for
+    from reranker.rerank.pipeline import QueryPath, cascade_for, scorer_for
     from reranker.retrieval.first_stage import FirstStage
 
     wanted = _eval_modes(modes, depth)
@@ -725,7 +725,7 @@ def eval_cmd(
         output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     if record and "rerank" in report.results:
-        from reranker.scoring import length_tag
+        from reranker.rerank.scorer import length_tag
 
         key = f"{dataset.name}/{split}/{rerank_base}-top{window}/{scorer.variant}"
         tag = length_tag(scorer)  # results at another length than the card's old 256
@@ -742,10 +742,10 @@ def _check_max_length(
     scorer_urls: tuple[str, ...],
 ) -> None:
     """``eval --max-length``: for a local model's `rerank`/`blend`, from
-    :data:`~reranker.scoring.MIN_MAX_LENGTH` to the model's position limit."""
+    :data:`~reranker.rerank.scorer.MIN_MAX_LENGTH` to the model's position limit."""
     from reranker.errors import ConfigError
     from reranker.models import config_max_positions
-    from reranker.scoring import MIN_MAX_LENGTH
+    from reranker.rerank.scorer import MIN_MAX_LENGTH
 
     if max_length is None:
         return
@@ -800,7 +800,7 @@ def _default_cascade(
     default chosen on dev queries (the first stage as the cheap level, k = 20 or the window
     if smaller) wherever a cascade can apply (the rerank mode, without blend or --record)."""
     from reranker.errors import ConfigError
-    from reranker.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
+    from reranker.rerank.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
 
     if model is not None and str(model) == NO_CASCADE:
         if k is not None:
@@ -820,7 +820,7 @@ def _check_cascade_options(
 ) -> None:
     """``--cascade-model``/``--cascade-k`` checked before anything is loaded or searched."""
     from reranker.errors import ConfigError
-    from reranker.pipeline import is_first_stage_student
+    from reranker.rerank.pipeline import is_first_stage_student
 
     if model is None:
         if k is not None:
@@ -866,7 +866,7 @@ def _rerank_runners(
     """The ``rerank`` and ``blend`` modes' runners (those wanted), one pipeline each from the
     one builder, sharing ``scorer``."""
     from reranker.evaluation import pipeline_runner
-    from reranker.pipeline import build_pipeline
+    from reranker.rerank.pipeline import build_pipeline
 
     signal_config, blend_model = blend_choice
     runners: dict[str, RunFunction] = {}
@@ -1595,7 +1595,7 @@ def _serve_cascade_defaults(settings: Any, cascade_k: int | None) -> Any:
     """The served defaults chosen on dev queries: the first stage as the cascade's cheap
     level and k = 20, unless the command line or the environment said otherwise (`none`
     for no cascade model, k = 0 for no default cascade)."""
-    from reranker.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
+    from reranker.rerank.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
 
     model = settings.cascade_model
     if model is None:
@@ -1668,10 +1668,10 @@ def ltr_log_features(
     from reranker.es.indexing import default_cache
     from reranker.evaluation import ensure_dataset_index, judged_queries, query_vectors
     from reranker.ltr import log_features
-    from reranker.pipeline import QueryPath, build_pipeline
-    from reranker.scoring import CachedScorer
+    from reranker.rerank.heads import predicted_feature
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.scorer import CachedScorer
     from reranker.signals import PRESETS, load_signal_config
-    from reranker.task_heads import predicted_feature
 
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
     config = (

@@ -6,11 +6,11 @@ of a Hugging Face checkpoint (by default the shipped all-MiniLM-L6-v2) with a fr
 head, trained to reproduce the teacher's ranking of each query's candidates:
 
 - candidates: for each *train* query of each BEIR dataset (test queries are refused), the
-  project's own hybrid first stage (:func:`reranker.pipeline.build_pipeline` with
+  project's own hybrid first stage (:func:`reranker.rerank.pipeline.build_pipeline` with
   ``rerank=False``) returns its top ``window``; the top ``top`` and ``sampled`` random others
   (seeded per query) are kept, so the student sees the easy head and the long tail;
-- teacher logits: :class:`~reranker.scoring.Scorer` on the exported teacher, behind the
-  on-disk logit cache (:meth:`~reranker.scoring.CachedScorer.on_disk`), so a re-run costs no
+- teacher logits: :class:`~reranker.rerank.scorer.Scorer` on the exported teacher, behind the
+  on-disk logit cache (:meth:`~reranker.rerank.scorer.CachedScorer.on_disk`), so a re-run costs no
   teacher time;
 - loss: ``listwise-kl`` (KL divergence between the softmax of the teacher's and the
   student's logits over a query's candidates, at ``temperature``) or ``margin-mse`` (every
@@ -52,7 +52,7 @@ from reranker.corpus import load_qrels, load_queries, passage_text
 from reranker.errors import ConfigError, ModelError, SourceError
 from reranker.losses import listwise_kl_loss, margin_mse_loss
 from reranker.models import load_tokenizer, sha256_file, shipped_weights_dir
-from reranker.pipeline import cascade_order, cascade_split
+from reranker.rerank.pipeline import cascade_order, cascade_split
 from reranker.train import (
     TRAIN_INFO_FILE,
     Feature,
@@ -72,8 +72,8 @@ if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
     from transformers import PreTrainedModel
 
+    from reranker.rerank.scorer import PairScorer, Scorer
     from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
-    from reranker.scoring import PairScorer, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class DistillConfig:
 def load_teacher(folder: Path) -> Scorer:
     """The teacher as served (its fp32 variant if exported, else the first it has); a
     first-stage-aware model is refused (its scores depend on features the student lacks)."""
-    from reranker.scoring import load_scorer
+    from reranker.rerank.scorer import load_scorer
 
     if not Path(folder).is_dir():
         raise ModelError(f"{folder}: teacher model folder does not exist")
@@ -299,7 +299,7 @@ def mine_candidates(
 ) -> list[CandidateGroup]:
     """Each query's hybrid top-``window`` from the index ``beir-<dataset>`` (the project's
     first stage, no reranking), sampled as :func:`sample_ranks` says."""
-    from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     queries = load_queries(dataset)
     alias = f"beir-{dataset.name.lower()}"
@@ -668,7 +668,7 @@ def distill(
     corpus or another embedder's vectors (:func:`ensure_dataset_index`, as ``eval`` does), so
     the mined hybrid candidates never come from query vectors of a foreign embedding space."""
     from reranker.evaluation import ensure_dataset_index
-    from reranker.scoring import CachedScorer
+    from reranker.rerank.scorer import CachedScorer
 
     teacher_scorer = load_teacher(config.teacher)
     teacher = teacher_record(teacher_scorer)

@@ -18,7 +18,7 @@ from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
 from reranker.errors import SearchError, SourceError
 from reranker.es import mappings
 from reranker.es.indexing import IndexResult, LoadOptions, index_corpus, source_digest
-from reranker.pipeline import Pipeline
+from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
 from reranker.retrieval.first_stage import FirstStage, HybridOptions
 

@@ -2,7 +2,7 @@
 
     score(q, d) = first_stage_features(q, d) · w  +  head(mean_pool(encoder([q; d])))
 
-``w`` starts at ``(scale, 0, 0)`` over (:data:`~reranker.first_stage_features.FEATURE_NAMES`)
+``w`` starts at ``(scale, 0, 0)`` over (:data:`~reranker.rerank.features.FEATURE_NAMES`)
 and the head's weights and bias start at zero, so an untrained model ranks every window exactly
 as the fused first stage did; training can only add corrections that the loss pays for. The
 first stage carries what the bi-encoder (all-MiniLM-L6-v2, trained on ~25M Stack Exchange and
@@ -44,17 +44,15 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, ModelError, SourceError
-from reranker.first_stage_features import (
+from reranker.losses import listwise_loss
+from reranker.rerank.features import (
     FEATURE_NAMES,
     NORMALIZATION,
     features_from_stage_scores,
 )
-from reranker.losses import listwise_loss
+from reranker.rerank.heads import CLICK_HEAD, DOCUMENT_HEADS, RELEVANCE
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.task_heads import (
-    CLICK_HEAD,
-    DOCUMENT_HEADS,
-    RELEVANCE,
     ClickTargets,
     SignalTargets,
     click_loss,
@@ -92,7 +90,7 @@ TRAIN_INFO_FILE = "train_info.json"
 class FirstStageAwareModel(torch.nn.Module):
     """``first_stage · w + head(mean-pooled encoder output)``; see the module docstring.
 
-    With ``signal_heads`` (names from :data:`~reranker.task_heads.SIGNAL_HEADS`) the same pooled
+    With ``signal_heads`` (names from :data:`~reranker.rerank.heads.SIGNAL_HEADS`) the same pooled
     output also feeds one linear head per signal, squashed into [0, 1] like the signal features
     the blend reads (:mod:`reranker.task_heads`): one shared encoder, one head per task."""
 
@@ -281,7 +279,7 @@ def mine_hybrid_windows(
     and embedded once): BM25 top-``depth`` and dense top-``depth``, fused and turned into
     features by the same functions serving uses (:func:`~reranker.retrieval.first_stage.fuse`,
     linear
-    min-max fusion; :func:`~reranker.first_stage_features.features_from_stage_scores`)."""
+    min-max fusion; :func:`~reranker.rerank.features.features_from_stage_scores`)."""
     from reranker.retrieval.embedder import Embedder
 
     corpus_rows = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}

@@ -33,7 +33,7 @@ from reranker.blend import (
 )
 from reranker.corpus import Qrels, held_out_ids
 from reranker.errors import SourceError
-from reranker.pipeline import Pipeline, with_predictions
+from reranker.rerank.pipeline import Pipeline, with_predictions
 from reranker.signals import SignalConfig, extract
 
 

@@ -1,7 +1,8 @@
 """Signal heads: what the multi-task cross-encoder learns besides relevance, and from what.
 
 A first-stage-aware model (:mod:`reranker.first_stage_aware`) may carry one head per signal of
-:data:`SIGNAL_HEADS` beside its relevance score. Each head regresses, from the (query, document)
+:data:`~reranker.rerank.heads.SIGNAL_HEADS` beside its relevance score. Each head regresses, from
+the (query, document)
 text alone, the value the blend would read for that signal: the dataset's signal preset
 (:data:`reranker.signals.PRESETS`) turns each document's stored fields into features in
 [0, 1] (popularity = saturation of the Stack Exchange ``Score``; authority = saturation of the
@@ -17,7 +18,8 @@ Held-out documents: every document judged for a dev or test query (and for the t
 held out for checkpoint selection) is masked out of every signal loss, so that a head's numbers
 on those documents are predictions, never recollections of a target it was fitted to.
 
-The click-through head (:data:`CLICK_HEAD`) is popularity as users show it: the chance that a
+The click-through head (:data:`~reranker.rerank.heads.CLICK_HEAD`) is popularity as users show it:
+the chance that a
 user who looks at the document, for this query, clicks it. Its targets are per (query,
 document) pair, not per document: the attractiveness the position-based click model
 (:func:`reranker.judgments.fit_pbm`, the EM fit ``reranker judgments --model pbm`` uses) puts
@@ -38,21 +40,11 @@ import numpy as np
 import numpy.typing as npt
 
 from reranker.errors import ConfigError, SourceError
-
-RELEVANCE = "relevance"
-#: Signal heads a model may have, in their ONNX output order (after ``logits``).
-#: Heads whose target is a property of the document, from the dataset's signal preset
-DOCUMENT_HEADS: tuple[str, ...] = ("popularity", "authority", "freshness")
-#: The head whose target is a property of the (query, document) pair, from click events
-CLICK_HEAD = "clickthrough"
-SIGNAL_HEADS: tuple[str, ...] = (*DOCUMENT_HEADS, CLICK_HEAD)
-HEAD_NAMES: tuple[str, ...] = (RELEVANCE, *SIGNAL_HEADS)
-#: Blend feature name of a head's prediction.
-PREDICTED_PREFIX = "predicted_"
-
-
-def predicted_feature(head: str) -> str:
-    return f"{PREDICTED_PREFIX}{head}"
+from reranker.rerank.heads import (
+    HEAD_NAMES,
+    RELEVANCE,
+    SIGNAL_HEADS,
+)
 
 
 def parse_heads(text: str) -> tuple[str, ...]:
@@ -267,12 +259,6 @@ def signal_loss(
 
 
 __all__ = [
-    "CLICK_HEAD",
-    "DOCUMENT_HEADS",
-    "HEAD_NAMES",
-    "PREDICTED_PREFIX",
-    "RELEVANCE",
-    "SIGNAL_HEADS",
     "ClickTargets",
     "SignalTargets",
     "click_loss",
@@ -281,7 +267,6 @@ __all__ = [
     "judged_documents",
     "parse_heads",
     "parse_loss_weights",
-    "predicted_feature",
     "signal_loss",
     "signal_targets",
 ]

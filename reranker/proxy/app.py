@@ -36,9 +36,9 @@ from reranker.config import MODEL_VARIANTS
 from reranker.errors import ConfigError
 from reranker.es.client import client_options
 from reranker.proxy import errors
+from reranker.proxy.candidates import search_es
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.events import accept_events
-from reranker.proxy.first_stage import search_es
 from reranker.proxy.http import parse_body, require_api_key
 from reranker.proxy.limits import Admission, CircuitBreaker
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -676,9 +676,9 @@ class Proxy:
 
 
 def remote_scorer_factory(settings: ProxySettings) -> ScorerFactory:
-    """Builds the :class:`~reranker.remote_scorer.RemoteScorer` over ``settings.scorer_urls``:
+    """Builds the :class:`~reranker.rerank.remote.RemoteScorer` over ``settings.scorer_urls``:
     waits up to 30 s for a first endpoint to answer ``/info``, then health-checks every 5 s."""
-    from reranker.remote_scorer import RemoteScorer
+    from reranker.rerank.remote import RemoteScorer
 
     def build() -> RemoteScorer:
         return RemoteScorer(

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from reranker.errors import ModelError
-from reranker.pipeline import check_scores, is_first_stage_student
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
+from reranker.rerank.pipeline import check_scores, is_first_stage_student
+from reranker.rerank.scorer import CachedScorer, LruScores, PairScorer, ServedScorer
 from reranker.retrieval.embed_cache import TextEncoder
-from reranker.scoring import CachedScorer, LruScores, PairScorer, ServedScorer
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ _HEX_RUN = re.compile(r"\b[0-9a-fA-F]{16,}\b")
 
 def _student_loader(folder: Path) -> ScorerFactory:
     def load() -> ServedScorer:
-        from reranker.scoring import load_scorer
+        from reranker.rerank.scorer import load_scorer
 
         return load_scorer(folder)
 

@@ -4,8 +4,8 @@ Elasticsearch-shaped answer.
 The client's own query (and kNN on ``embedding`` where the search is hybrid) fetches
 ``window`` candidates from Elasticsearch; they are fused
 (:func:`~reranker.retrieval.first_stage.fuse`),
-then reranked by the :class:`~reranker.pipeline.Pipeline` that
-:func:`~reranker.pipeline.build_pipeline` assembles, in a bounded thread pool, under the
+then reranked by the :class:`~reranker.rerank.pipeline.Pipeline` that
+:func:`~reranker.rerank.pipeline.build_pipeline` assembles, in a bounded thread pool, under the
 request's deadline, the admission bound and the scorer's circuit breaker. When the scorer is
 unavailable, fails or overruns, the answer is the first-stage order with ``degraded`` saying
 why (or, with ``fail_open: false``, an error). The answer's ``_score`` is the final score.
@@ -28,25 +28,10 @@ from starlette.requests import Request
 
 from reranker.errors import ConfigError, ModelError
 from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
-from reranker.first_stage_features import (
-    COMPUTABLE_IN_PROCESS,
-    FeatureUnavailable,
-    require_features,
-)
-from reranker.pipeline import (
-    Cascade,
-    Degraded,
-    Pipeline,
-    PipelineResult,
-    QueryPath,
-    RankedHit,
-    build_pipeline,
-    check_cascade_models,
-)
 from reranker.proxy import errors
 from reranker.proxy.blends import BlendCatalog, NamedBlend
+from reranker.proxy.candidates import FirstStageResult, read_hits, search_es, split_key
 from reranker.proxy.errors import ProxyError
-from reranker.proxy.first_stage import FirstStageResult, read_hits, search_es, split_key
 from reranker.proxy.limits import (
     DEFAULT_TOKENS_PER_PAIR,
     Admission,
@@ -72,10 +57,25 @@ from reranker.proxy.request import (
     source_filter,
 )
 from reranker.proxy.settings import ProxySettings
+from reranker.rerank.features import (
+    COMPUTABLE_IN_PROCESS,
+    FeatureUnavailable,
+    require_features,
+)
+from reranker.rerank.pipeline import (
+    Cascade,
+    Degraded,
+    Pipeline,
+    PipelineResult,
+    QueryPath,
+    RankedHit,
+    build_pipeline,
+    check_cascade_models,
+)
+from reranker.rerank.scorer import PairScorer, ScoreTimeout, ServedScorer
 from reranker.retrieval.embed_cache import TextEncoder
 from reranker.retrieval.first_stage import Hit, fuse
 from reranker.retrieval.queries import knn_clause
-from reranker.scoring import PairScorer, ScoreTimeout, ServedScorer
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ A first-stage-aware model (``Scorer.feature_names``, the default) reads first-st
 these requests carry none, so the dense score is computed here with the served embedder (the
 cosine of the query and each text, which also orders the texts for the model's prior; the
 BM25 feature is absent for every text, a constant the prior ranks by nothing,
-:func:`~reranker.first_stage_features.features_for_texts`). Without a loaded embedder such a
+:func:`~reranker.rerank.features.features_for_texts`). Without a loaded embedder such a
 model answers 424 (TEI's status for a model that cannot rerank).
 
 Sources read for the shapes and statuses (cited where used):
@@ -64,13 +64,13 @@ from starlette.routing import Route
 
 import reranker
 from reranker.batching import logits_or_probabilities
-from reranker.first_stage_features import features_for_texts
-from reranker.pipeline import cascade_scores, cascade_split, check_scores
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.http import require_api_key
 from reranker.proxy.jsonbody import BodyError, loads_strict
 from reranker.proxy.limits import estimated_tokens
+from reranker.rerank.features import features_for_texts
+from reranker.rerank.pipeline import cascade_scores, cascade_split, check_scores
 
 if TYPE_CHECKING:
     from reranker.proxy.limits import Admission, CircuitBreaker

@@ -129,7 +129,7 @@ class ProxySettings:
     --scorer-only``; see :mod:`reranker.proxy.rerank_api`)."""
     scorer_urls: tuple[str, ...] = ()
     """Rerank endpoints (``reranker serve --scorer-only`` or text-embeddings-inference) to score
-    through instead of loading a model (``--scorer-url``; see :mod:`reranker.remote_scorer`)."""
+    through instead of loading a model (``--scorer-url``; see :mod:`reranker.rerank.remote`)."""
     scorer_api_key: str | None = None
     """Sent to those endpoints as ``Authorization: Bearer <key>``."""
     cascade_model: Path | None = None

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
+from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from reranker.scoring import Scorer
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared BEIR data sits beside the checkout; RERANKER_DATA points elsewhere.

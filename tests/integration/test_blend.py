@@ -11,10 +11,10 @@ from elasticsearch import Elasticsearch
 from reranker.blend import feature_names_for, parse_weights
 from reranker.corpus import CorpusSource
 from reranker.es.indexing import LoadOptions, index_corpus
-from reranker.pipeline import Pipeline
+from reranker.rerank.pipeline import Pipeline
+from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
 from reranker.retrieval.first_stage import FirstStage
-from reranker.scoring import Scorer
 from reranker.signals import SCIFACT
 from tests.integration.conftest import write_jsonl
 

@@ -23,8 +23,8 @@ from elasticsearch import BadRequestError, Elasticsearch
 from reranker.errors import ModelError
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
+from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from reranker.scoring import Scorer
 from tests.conftest import es_settings, serving_over_http
 from tests.integration.conftest import delete_indices_named_after, index_docs
 

@@ -23,8 +23,8 @@ from elasticsearch import Elasticsearch
 
 from reranker.credentials import remove_credentials
 from reranker.es.node import LocalNode, NodeStatus
+from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from reranker.scoring import Scorer
 from tests.conftest import es_client_for, es_settings, free_port
 from tests.integration.conftest import delete_indices_named_after, index_docs
 from tests.integration.test_proxy import QUERY, proxy_settings, running

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from reranker.es.node import NodeStatus
 from reranker.proxy import create_app
 from reranker.proxy.ubi import ubi_timestamp
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 from tests.integration.test_proxy import proxy_settings
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from reranker.es.node import NodeStatus
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 from tests.conftest import free_port
 from tests.integration.test_proxy import QUERY, proxy_settings, running
 from tests.integration.test_proxy import proxy_alias as proxy_alias  # the indexed fixture

@@ -26,8 +26,8 @@ from elasticsearch import Elasticsearch
 from reranker.blend import LinearBlend, save_blend
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
+from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from reranker.scoring import Scorer
 from tests.conftest import free_port
 from tests.integration.conftest import REPO, delete_indices_named_after, index_docs
 from tests.integration.test_proxy import QUERY, proxy_settings

@@ -15,7 +15,10 @@ from click.testing import CliRunner
 from reranker.blend import LinearBlend
 from reranker.cli import main
 from reranker.errors import ConfigError, ModelError, SearchError
-from reranker.pipeline import (
+from reranker.proxy.errors import ProxyError
+from reranker.proxy.request import parse_rerank
+from reranker.proxy.settings import ProxySettings
+from reranker.rerank.pipeline import (
     Cascade,
     Pipeline,
     QueryPath,
@@ -24,9 +27,6 @@ from reranker.pipeline import (
     cascade_split,
     check_cascade_models,
 )
-from reranker.proxy.errors import ProxyError
-from reranker.proxy.request import parse_rerank
-from reranker.proxy.settings import ProxySettings
 from reranker.retrieval.first_stage import Hit
 
 # --------------------------------------------------------------------------- pure ordering
@@ -309,7 +309,7 @@ def test_the_shipped_models_refuse_each_other_as_a_cascade() -> None:
         cascade_model=repo / "models" / "reranker-minilm-l6",
         cascade_k=10,
     )
-    from reranker.scoring import load_scorer
+    from reranker.rerank.scorer import load_scorer
 
     with pytest.raises(ConfigError, match="max_length"):
         cascade_for(path, load_scorer(path.model))
@@ -445,7 +445,7 @@ async def test_proxy_refuses_a_student_with_another_tokenizer(tmp_path: Path) ->
     import shutil
 
     from reranker.models import CROSS_ENCODER_CARD, sha256_file, write_json_atomic
-    from reranker.scoring import load_scorer
+    from reranker.rerank.scorer import load_scorer
 
     shipped = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6"
     other = tmp_path / "other-tokenizer"

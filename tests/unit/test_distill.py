@@ -188,7 +188,7 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
 
     from export.onnx_export import export_cross_encoder
     from reranker.distill import load_teacher
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     teacher = load_teacher(TEACHER)
     groups = scifact_groups(queries=10, others=5)
@@ -225,7 +225,7 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
     assert card["distillation"]["teacher"]["model_id"] == teacher.model_id
     assert card["distillation"]["layers"] == 2
 
-    from reranker.pipeline import check_cascade_models
+    from reranker.rerank.pipeline import check_cascade_models
 
     check_cascade_models(teacher, student)  # the same tokens: a valid cascade
     pairs = [pair for group in groups for pair in group.pairs]

@@ -151,7 +151,7 @@ def test_safetensors_offsets_locate_each_tensor_in_the_file(minilm_weights_dir: 
 def test_the_exported_int8_scores_a_pair_the_same_whatever_its_batchmates(
     xenc_export_dir: Path,
 ) -> None:
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     scorer = Scorer(xenc_export_dir, variant="int8")
     target = ("vitamin d", "Vitamin D deficiency is common in northern latitudes.")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from reranker.errors import ModelError
-from reranker.first_stage_features import FEATURE_NAMES
+from reranker.rerank.features import FEATURE_NAMES
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -112,7 +112,7 @@ def test_export_takes_the_features_as_a_graph_input_and_records_them(
 
 @pytest.mark.slow
 def test_scorer_passes_the_features_into_the_graph(aware_export_dir: Path, aware_dir: Path) -> None:
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     scorer = Scorer(aware_export_dir)
     assert scorer.feature_names == FEATURE_NAMES
@@ -124,7 +124,7 @@ def test_scorer_passes_the_features_into_the_graph(aware_export_dir: Path, aware
 
 @pytest.mark.slow
 def test_scorer_refuses_an_aware_model_without_features(aware_export_dir: Path) -> None:
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     scorer = Scorer(aware_export_dir, variant="int8")
     with pytest.raises(ModelError, match="first-stage-aware"):
@@ -136,7 +136,7 @@ def test_scorer_refuses_an_aware_model_without_features(aware_export_dir: Path) 
 @pytest.mark.slow
 def test_int8_keeps_the_first_stage_prior_exact(aware_export_dir: Path) -> None:
     """The prior is a Mul + ReduceSum, which dynamic quantisation leaves in fp32."""
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     scorer = Scorer(aware_export_dir, variant="int8")
     features = _features(len(PAIRS))
@@ -216,7 +216,7 @@ SHIPPED_AWARE = Path(__file__).resolve().parents[2] / "models" / "reranker-minil
 
 
 def test_the_shipped_aware_model_reads_first_stage_features_and_records_its_metrics() -> None:
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     scorer = Scorer(SHIPPED_AWARE, variant="int8")
     assert scorer.feature_names == FEATURE_NAMES

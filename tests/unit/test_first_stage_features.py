@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reranker.first_stage_features import (
+from reranker.rerank.features import (
     FEATURE_NAMES,
     MISSING_VALUE,
     dense_cosines,

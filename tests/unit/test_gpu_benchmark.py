@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_SH = REPO / "benchmarks" / "gpu.sh"

@@ -39,9 +39,9 @@ def test_embedder_scorer_and_proxy_load_and_run_without_torch(
     code = (
         "import json\n"
         "from reranker.retrieval.embedder import Embedder\n"
-        "from reranker.scoring import load_scorer\n"
+        "from reranker.rerank.scorer import load_scorer\n"
         "import reranker.cli, reranker.proxy.app, reranker.proxy.rerank_api\n"
-        "from reranker.first_stage_features import features_for_texts\n"
+        "from reranker.rerank.features import features_for_texts\n"
         "embedder = Embedder.default()\n"
         "vectors = embedder.encode(['vitamin D', 'bone density'])\n"
         "scorer = load_scorer(variant='int8')\n"

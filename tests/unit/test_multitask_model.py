@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from reranker.errors import ConfigError, ModelError, SearchError
-from reranker.first_stage_features import FEATURE_NAMES
+from reranker.rerank.features import FEATURE_NAMES
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -151,7 +151,7 @@ def test_the_heads_are_named_outputs_of_one_graph_and_the_card_lists_them(
 def test_the_scorer_reads_the_heads_in_the_same_call_as_torch_computes_them(
     multitask_export: Path, multitask_dir: Path
 ) -> None:
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     scorer = Scorer(multitask_export)
     assert scorer.signal_heads == HEADS
@@ -175,9 +175,9 @@ def test_a_blend_reading_predicted_signals_gets_them_from_the_heads(
     multitask_export: Path,
 ) -> None:
     from reranker.blend import LinearBlend
-    from reranker.pipeline import Pipeline
+    from reranker.rerank.pipeline import Pipeline
+    from reranker.rerank.scorer import Scorer
     from reranker.retrieval.first_stage import Hit
-    from reranker.scoring import Scorer
 
     scorer = Scorer(multitask_export)
     blend = LinearBlend(weights={"relevance": 0.0, "first_stage": 0.0, "predicted_popularity": 1.0})
@@ -197,10 +197,10 @@ def test_a_blend_reading_predicted_signals_gets_them_from_the_heads(
 @pytest.mark.slow
 def test_a_blend_reading_a_head_the_model_lacks_is_refused(multitask_export: Path) -> None:
     from reranker.blend import LinearBlend
-    from reranker.pipeline import Pipeline
+    from reranker.rerank.pipeline import Pipeline
 
     shipped = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6-aware"
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     blend = LinearBlend(weights={"relevance": 1.0, "predicted_popularity": 1.0})
     with pytest.raises(SearchError, match=r"predicted_popularity.*no such head"):

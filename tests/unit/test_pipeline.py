@@ -10,7 +10,7 @@ import pytest
 
 from reranker.blend import LinearBlend
 from reranker.errors import ModelError, SearchError
-from reranker.pipeline import Pipeline
+from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.first_stage import Hit
 
 
@@ -150,7 +150,7 @@ class StagedFirstStage:
 
 
 def test_a_first_stage_aware_model_is_refused_over_a_bm25_first_stage() -> None:
-    from reranker.first_stage_features import FeatureUnavailable
+    from reranker.rerank.features import FeatureUnavailable
 
     with pytest.raises(FeatureUnavailable, match="dense") as caught:
         Pipeline(StagedFirstStage(), FeatureReadingScorer(), base="bm25")  # type: ignore[arg-type]
@@ -170,7 +170,7 @@ def test_the_pipeline_gives_an_aware_model_its_window_features_and_counts_missin
 
 
 def test_without_a_client_the_builder_gives_a_rerank_only_pipeline_as_the_path_says() -> None:
-    from reranker.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     path = QueryPath(index="docs", base="bm25", window=3, passage_fields=("text",), fail_open=False)
     pipeline = build_pipeline(path, None, None, scorer=LengthScorer(fail=True))

@@ -17,8 +17,8 @@ from starlette.requests import Request
 
 from reranker.config import Settings
 from reranker.proxy import ProxySettings, create_app
+from reranker.proxy.candidates import FirstStageResult, read_hits
 from reranker.proxy.errors import ProxyError, error_body
-from reranker.proxy.first_stage import FirstStageResult, read_hits
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.request_log import RequestLog
 
@@ -301,7 +301,7 @@ async def test_a_model_reading_the_dense_score_answers_503_while_the_embedder_lo
     import threading
     from pathlib import Path
 
-    from reranker.scoring import Scorer
+    from reranker.rerank.scorer import Scorer
 
     aware = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6-aware"
     release = threading.Event()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from reranker.errors import ModelError
-from reranker.remote_scorer import RemoteScorer, scores_by_index
+from reranker.rerank.remote import RemoteScorer, scores_by_index
 from tests.unit.test_proxy_limits import Clock
 
 INFO = {"model_id": "xenc", "model_version": "v1", "variant": "int8", "max_client_batch_size": 100}
@@ -192,7 +192,7 @@ def test_a_request_the_endpoint_refuses_as_bad_is_raised_without_fail_over() -> 
 
 
 def test_a_passed_deadline_is_a_timeout_without_a_request() -> None:
-    from reranker.scoring import ScoreTimeout
+    from reranker.rerank.scorer import ScoreTimeout
 
     fakes = Fakes("a")
     with pytest.raises(ScoreTimeout):

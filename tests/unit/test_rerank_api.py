@@ -19,10 +19,10 @@ import pytest
 
 from reranker.config import Settings
 from reranker.errors import ModelError
-from reranker.first_stage_features import features_for_texts
 from reranker.proxy import ProxySettings, create_app
+from reranker.rerank.features import features_for_texts
+from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from reranker.scoring import Scorer
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ from langchain_core.documents import Document
 
 from reranker.config import Settings
 from reranker.proxy import ProxySettings, create_app
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 from tests.conftest import serving_over_http
 from tests.unit.test_rerank_api import QUERY, SHIPPED, TEXTS
 

@@ -14,7 +14,7 @@ import pytest
 
 from export.rowwise_int8 import rowwise_int8
 from reranker.errors import ModelError
-from reranker.scoring import Scorer
+from reranker.rerank.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "reranker-minilm-l6"

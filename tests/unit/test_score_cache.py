@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from reranker.scoring import CachedScorer, LruScores
+from reranker.rerank.scorer import CachedScorer, LruScores
 
 
 class CountingScorer:
@@ -126,7 +126,7 @@ def test_signal_heads_are_cached_with_their_logit_under_their_own_key() -> None:
 
 def test_a_blend_reading_predicted_signals_is_served_from_the_cache_the_second_time() -> None:
     from reranker.blend import LinearBlend
-    from reranker.pipeline import Pipeline
+    from reranker.rerank.pipeline import Pipeline
     from reranker.retrieval.first_stage import Hit
 
     scorer = HeadedScorer()

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from reranker.errors import ModelError
 from reranker.models import sha256_file
-from reranker.scoring import Scorer, ScoreTimeout, longest_first
+from reranker.rerank.scorer import Scorer, ScoreTimeout, longest_first
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 
 from reranker.errors import ConfigError, SourceError
+from reranker.rerank.heads import CLICK_HEAD, SIGNAL_HEADS, predicted_feature
 from reranker.task_heads import (
-    CLICK_HEAD,
-    SIGNAL_HEADS,
     click_loss,
     click_targets,
     document_sources,
     parse_heads,
     parse_loss_weights,
-    predicted_feature,
     signal_targets,
 )
 
@@ -126,7 +124,7 @@ def test_the_signal_loss_ignores_masked_rows() -> None:
 
 
 def test_predictions_join_the_signal_columns_and_a_hit_without_one_is_flagged() -> None:
-    from reranker.pipeline import RankedHit, with_predictions
+    from reranker.rerank.pipeline import RankedHit, with_predictions
     from reranker.signals import FeatureBatch
 
     def hit(doc: str, predicted: dict[str, float] | None) -> RankedHit:

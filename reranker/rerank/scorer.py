@@ -41,7 +41,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from reranker.batching import head_scores, logits_or_probabilities, pad_encodings, plan_batches
+from reranker.batching import (
+    head_scores,
+    logits_or_probabilities,
+    pad_encodings,
+    plan_batches,
+)
 from reranker.errors import ModelError
 from reranker.models import (
     CROSS_ENCODER_CARD,
@@ -51,8 +56,8 @@ from reranker.models import (
     read_card,
     verify_files,
 )
+from reranker.rerank.heads import SIGNAL_HEADS
 from reranker.retrieval.embed_cache import EmbeddingCache
-from reranker.task_heads import SIGNAL_HEADS
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +180,7 @@ class PairScorer(Protocol):
 
 class ServedScorer(PairScorer, Protocol):
     """A scorer the proxy can serve and cache: :class:`Scorer`, or
-    :class:`~reranker.remote_scorer.RemoteScorer` (the same model behind rerank endpoints)."""
+    :class:`~reranker.rerank.remote.RemoteScorer` (the same model behind rerank endpoints)."""
 
     @property
     def version(self) -> str: ...
@@ -381,7 +386,7 @@ class Scorer:
         """One float32 score per pair, in the caller's order.
 
         ``features`` (``len(pairs)`` × ``len(feature_names)``) are the first-stage features of
-        a first-stage-aware model (see :mod:`reranker.first_stage_features`); such a model
+        a first-stage-aware model (see :mod:`reranker.rerank.features`); such a model
         refuses to score without them, and a plain cross-encoder ignores them.
 
         Scores are the model's logit (one-label heads), or ``logit[1] - logit[0]`` for
@@ -695,7 +700,7 @@ class LruScores:
 
 
 class CachedScorer:
-    """A :class:`~reranker.scoring.Scorer` with a cache of its logits in front.
+    """A :class:`~reranker.rerank.scorer.Scorer` with a cache of its logits in front.
 
     Two stores: :meth:`on_disk` (SQLite; evaluation and feature logging, so that re-running a
     dataset costs no cross-encoder time) and :class:`LruScores` (the proxy: a repeated query
@@ -838,7 +843,7 @@ class CachedScorer:
 def default_model_dir() -> Path:
     """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped
     first-stage-aware one (chosen on dev queries; it reads the first stage's scores beside
-    the text, see :mod:`reranker.first_stage_features`)."""
+    the text, see :mod:`reranker.rerank.features`)."""
     import os
 
     configured = os.environ.get("RERANKER_MODEL")

@@ -1,4 +1,4 @@
-"""A :class:`~reranker.scoring.PairScorer` that scores through rerank endpoints over HTTP.
+"""A :class:`~reranker.rerank.scorer.PairScorer` that scores through rerank endpoints over HTTP.
 
     scorer = RemoteScorer(["http://scorer-1:9280", "http://scorer-2:9280"])
     logits = scorer.score([(query, passage), ...])      # the same logits as the in-process model
@@ -43,7 +43,7 @@ import numpy as np
 
 from reranker.batching import logits_or_probabilities
 from reranker.errors import ModelError
-from reranker.scoring import ScoreTimeout, check_pairs
+from reranker.rerank.scorer import ScoreTimeout, check_pairs
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The lists come back as :class:`~reranker.retrieval.first_stage.Hit` lists keyed by index and id; the
 proxy fuses them with :func:`~reranker.retrieval.first_stage.fuse` (the same function the CLI's
 first
-stage uses) and hands the candidates to :meth:`~reranker.pipeline.Pipeline.rerank`, so
+stage uses) and hands the candidates to :meth:`~reranker.rerank.pipeline.Pipeline.rerank`, so
 fusion, passage text and fail-open stay the pipeline's own code.
 """
 
@@ -18,13 +18,13 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
-from reranker.pipeline import Degraded
 from reranker.proxy.errors import (
     bad_gateway,
     from_elasticsearch,
     upstream_timeout,
     upstream_unavailable,
 )
+from reranker.rerank.pipeline import Degraded
 from reranker.retrieval.first_stage import Hit
 
 KEY_SEPARATOR = "\x1f"  # joins _index and _id: the same _id may live in two indices

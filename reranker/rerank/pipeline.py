@@ -22,17 +22,17 @@ import numpy as np
 from reranker.blend import Blend, blend_version, build_feature_batch
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SearchError
-from reranker.first_stage_features import (
+from reranker.rerank.features import (
     COMPUTABLE_IN_PROCESS,
     PROVIDED_BY_BASE,
     dense_cosines,
     features_from_stage_scores,
     require_features,
 )
+from reranker.rerank.heads import PREDICTED_PREFIX, predicted_feature
+from reranker.rerank.scorer import PairScorer, ScoreTimeout
 from reranker.retrieval.first_stage import MODES, FirstStage, Hit, HybridOptions
-from reranker.scoring import PairScorer, ScoreTimeout
 from reranker.signals import FeatureBatch, SignalConfig, extract
-from reranker.task_heads import PREDICTED_PREFIX, predicted_feature
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -542,7 +542,7 @@ class QueryPath:
     """A failing scorer gives the first-stage order (``degraded``) instead of an error."""
     scorer_urls: tuple[str, ...] = ()
     """Rerank endpoints to score through instead of loading ``model`` (see
-    :mod:`reranker.remote_scorer`)."""
+    :mod:`reranker.rerank.remote`)."""
     cascade_model: Path | None = None
     """A cascade's student (an exported cross-encoder from `reranker distill`): it scores the
     whole window, the full model only its top ``cascade_k``; ``None`` = no cascade."""
@@ -552,8 +552,8 @@ class QueryPath:
 
 def scorer_for(path: QueryPath) -> PairScorer:
     """The cross-encoder ``path`` names, behind the logit cache when it has one."""
-    from reranker.remote_scorer import RemoteScorer
-    from reranker.scoring import CachedScorer, ServedScorer, load_scorer
+    from reranker.rerank.remote import RemoteScorer
+    from reranker.rerank.scorer import CachedScorer, ServedScorer, load_scorer
 
     scorer: ServedScorer
     if path.scorer_urls:
@@ -579,7 +579,7 @@ def cascade_for(path: QueryPath, full: PairScorer | None = None) -> Cascade | No
         if path.cascade_k is not None:
             raise ConfigError("a cascade k needs a cascade model (cascade_model)")
         return None
-    from reranker.scoring import CachedScorer, load_scorer
+    from reranker.rerank.scorer import CachedScorer, load_scorer
 
     k = path.cascade_k if path.cascade_k is not None else DEFAULT_CASCADE_K
     if not 1 <= k <= path.window:
