@@ -31,7 +31,7 @@ import numpy as np
 from hidden_signals import ceiling_ndcg  # benchmarks/, this script's folder
 from popularity_probe import ridge_predict
 
-from reranker.ltr import FeatureSet, fit_blend, read_features
+from reranker.training.ltr import FeatureSet, fit_blend, read_features
 
 SE = Path(__file__).resolve().parents[2] / "shared" / "data" / "stackexchange"
 FEATURE = "predicted_clickthrough"

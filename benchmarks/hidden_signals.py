@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from reranker.blend import fit_linear
+from reranker.blend.fit import fit_linear
 from reranker.corpus import load_qrels
 from reranker.evaluation import score_run
-from reranker.ltr import FeatureSet, fit_blend, read_features
+from reranker.training.ltr import FeatureSet, fit_blend, read_features
 from reranker.rerank.heads import CLICK_HEAD, PREDICTED_PREFIX, predicted_feature
 
 DEV_FRACTION = 0.3

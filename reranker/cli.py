@@ -24,12 +24,12 @@ from reranker.errors import RerankerError
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
-    from reranker.blend import Blend, LinearBlend
+    from reranker.blend.blends import Blend, LinearBlend
+    from reranker.blend.signals import SignalConfig
     from reranker.evaluation import RunFunction
     from reranker.rerank.pipeline import Cascade, QueryPath
     from reranker.rerank.scorer import PairScorer
     from reranker.retrieval.embedder import Embedder
-    from reranker.signals import SignalConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -1664,14 +1664,14 @@ def ltr_log_features(
     """
     from tqdm import tqdm
 
-    from reranker.blend import feature_names_for
+    from reranker.blend.features import feature_names_for
+    from reranker.blend.signals import PRESETS, load_signal_config
     from reranker.es.indexing import default_cache
     from reranker.evaluation import ensure_dataset_index, judged_queries, query_vectors
-    from reranker.ltr import log_features
     from reranker.rerank.heads import predicted_feature
     from reranker.rerank.pipeline import QueryPath, build_pipeline
     from reranker.rerank.scorer import CachedScorer
-    from reranker.signals import PRESETS, load_signal_config
+    from reranker.training.ltr import log_features
 
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
     config = (
@@ -1786,9 +1786,10 @@ def ltr_fit(
     never trained on: `ltr log-features --split dev` (for SciFact, the part of train that
     training holds out).
     """
-    from reranker.blend import BASE_FEATURES, RELEVANCE, LinearBlend, save_blend
+    from reranker.blend.blends import LinearBlend, save_blend
+    from reranker.blend.features import BASE_FEATURES, RELEVANCE
     from reranker.errors import ConfigError
-    from reranker.ltr import fit_blend, pool_features, read_features
+    from reranker.training.ltr import fit_blend, pool_features, read_features
 
     if dev_features is not None and dev_fraction is not None:
         raise ConfigError("give --dev or --dev-fraction, not both")
@@ -1856,7 +1857,7 @@ def _features_meta(paths: Sequence[Path]) -> dict[str, Any]:
 
 def _record_default_blend(model_dir: Path, blend: LinearBlend, fit_card: dict[str, Any]) -> None:
     from export.card import record_default_blend
-    from reranker.blend import BASE_FEATURES
+    from reranker.blend.features import BASE_FEATURES
     from reranker.models import CROSS_ENCODER_CARD
 
     weights = {name: float(blend.weights.get(name, 0.0)) for name in BASE_FEATURES}
@@ -1929,15 +1930,10 @@ def _blend_and_signals(
 ) -> tuple[Any, Any]:
     """The signal config and the blend for `blend` mode (see eval's --blend/--signals);
     ``--blend model`` is the cross-encoder's default blend, from its card."""
-    from reranker.blend import (
-        LinearBlend,
-        feature_names_for,
-        load_blend,
-        parse_weights,
-        read_blend_card,
-    )
+    from reranker.blend.blends import LinearBlend, load_blend, parse_weights, read_blend_card
+    from reranker.blend.features import feature_names_for
+    from reranker.blend.signals import PRESETS, load_signal_config
     from reranker.errors import ConfigError
-    from reranker.signals import PRESETS, load_signal_config
 
     if not blend:
         raise ConfigError("mode blend needs --blend (a blend file, weights, or `model`)")

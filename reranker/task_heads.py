@@ -4,7 +4,7 @@ A first-stage-aware model (:mod:`reranker.first_stage_aware`) may carry one head
 :data:`~reranker.rerank.heads.SIGNAL_HEADS` beside its relevance score. Each head regresses, from
 the (query, document)
 text alone, the value the blend would read for that signal: the dataset's signal preset
-(:data:`reranker.signals.PRESETS`) turns each document's stored fields into features in
+(:data:`reranker.blend.signals.PRESETS`) turns each document's stored fields into features in
 [0, 1] (popularity = saturation of the Stack Exchange ``Score``; authority = saturation of the
 author's reputation or of the paper's citations; freshness = exponential decay of the age), and
 the head's sigmoid output is fitted to them with a mean squared error. A document whose signal
@@ -140,7 +140,7 @@ def signal_targets(
 ) -> SignalTargets:
     """Targets of ``heads`` for every document of ``dataset`` from its signal preset (a dataset
     without a preset gets no usable target); ``held_out`` documents are masked."""
-    from reranker.signals import PRESETS, extract
+    from reranker.blend.signals import PRESETS, extract
 
     sources = document_sources(dataset)
     ids = list(sources)

@@ -17,16 +17,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from reranker.blend import (
-    Blend,
-    LinearBlend,
-    feature_names_for,
-    load_blend,
-    read_blend_card,
-)
+from reranker.blend.blends import Blend, LinearBlend, load_blend, read_blend_card
+from reranker.blend.features import feature_names_for
+from reranker.blend.signals import NO_SIGNALS, SignalConfig, load_signal_config
 from reranker.errors import ConfigError, ModelError
 from reranker.proxy.errors import bad_request
-from reranker.signals import NO_SIGNALS, SignalConfig, load_signal_config
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from reranker.blend import Blend, blend_version, build_feature_batch
+from reranker.blend.blends import Blend, blend_version
+from reranker.blend.features import build_feature_batch
+from reranker.blend.signals import FeatureBatch, SignalConfig, extract
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SearchError
 from reranker.rerank.features import (
@@ -32,7 +34,6 @@ from reranker.rerank.features import (
 from reranker.rerank.heads import PREDICTED_PREFIX, predicted_feature
 from reranker.rerank.scorer import PairScorer, ScoreTimeout
 from reranker.retrieval.first_stage import MODES, FirstStage, Hit, HybridOptions
-from reranker.signals import FeatureBatch, SignalConfig, extract
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch

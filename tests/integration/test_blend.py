@@ -8,14 +8,15 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from reranker.blend import feature_names_for, parse_weights
+from reranker.blend.blends import parse_weights
+from reranker.blend.features import feature_names_for
+from reranker.blend.signals import SCIFACT
 from reranker.corpus import CorpusSource
 from reranker.es.indexing import LoadOptions, index_corpus
 from reranker.rerank.pipeline import Pipeline
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
 from reranker.retrieval.first_stage import FirstStage
-from reranker.signals import SCIFACT
 from tests.integration.conftest import write_jsonl
 
 pytestmark = pytest.mark.integration

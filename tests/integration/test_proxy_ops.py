@@ -23,7 +23,7 @@ import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
-from reranker.blend import LinearBlend, save_blend
+from reranker.blend.blends import LinearBlend, save_blend
 from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.scorer import Scorer

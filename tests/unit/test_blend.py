@@ -16,28 +16,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from reranker.blend import (
+from reranker.blend.blends import (
     Blend,
     LambdaMartBlend,
     LinearBlend,
     blend_from_dict,
     blend_version,
-    build_feature_batch,
-    build_features,
-    feature_names_for,
-    fit_lambdamart,
-    fit_linear,
-    group_sizes,
     load_blend,
-    minmax,
-    ndcg_at_k,
     parse_weights,
     read_blend_card,
     save_blend,
-    sigmoid,
 )
+from reranker.blend.features import build_feature_batch, build_features, feature_names_for, minmax
+from reranker.blend.fit import fit_lambdamart, fit_linear, group_sizes, ndcg_at_k
+from reranker.blend.signals import SCIFACT, FeatureBatch
 from reranker.errors import ConfigError, ModelError
-from reranker.signals import SCIFACT, FeatureBatch
+from reranker.numeric import sigmoid
 
 NAMES = ("relevance", "first_stage", "authority")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reranker.blend import LinearBlend
+from reranker.blend.blends import LinearBlend
 from reranker.cli import main
 from reranker.errors import ConfigError, ModelError, SearchError
 from reranker.proxy.errors import ProxyError

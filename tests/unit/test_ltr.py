@@ -10,7 +10,7 @@ import pytest
 from click.testing import Result
 
 from reranker.errors import SourceError
-from reranker.ltr import fit_blend, pool_features, read_features
+from reranker.training.ltr import fit_blend, pool_features, read_features
 
 
 def write_features(path: Path, queries: int, per_query: int = 3) -> Path:

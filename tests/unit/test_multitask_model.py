@@ -174,7 +174,7 @@ def test_the_scorer_reads_the_heads_in_the_same_call_as_torch_computes_them(
 def test_a_blend_reading_predicted_signals_gets_them_from_the_heads(
     multitask_export: Path,
 ) -> None:
-    from reranker.blend import LinearBlend
+    from reranker.blend.blends import LinearBlend
     from reranker.rerank.pipeline import Pipeline
     from reranker.rerank.scorer import Scorer
     from reranker.retrieval.first_stage import Hit
@@ -196,7 +196,7 @@ def test_a_blend_reading_predicted_signals_gets_them_from_the_heads(
 
 @pytest.mark.slow
 def test_a_blend_reading_a_head_the_model_lacks_is_refused(multitask_export: Path) -> None:
-    from reranker.blend import LinearBlend
+    from reranker.blend.blends import LinearBlend
     from reranker.rerank.pipeline import Pipeline
 
     shipped = Path(__file__).resolve().parents[2] / "models" / "reranker-minilm-l6-aware"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from reranker.blend import LinearBlend
+from reranker.blend.blends import LinearBlend
 from reranker.errors import ModelError, SearchError
 from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.first_stage import Hit

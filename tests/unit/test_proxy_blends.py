@@ -10,13 +10,13 @@ import httpx
 import numpy as np
 import pytest
 
-from reranker.blend import LinearBlend, save_blend
+from reranker.blend.blends import LinearBlend, save_blend
+from reranker.blend.signals import NO_SIGNALS, SCIFACT, STACKEXCHANGE
 from reranker.errors import ConfigError, ModelError
 from reranker.proxy import ProxySettings, create_app
 from reranker.proxy.blends import BlendCatalog, load_named_blend, parse_pairs
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.reload import smoke_test
-from reranker.signals import NO_SIGNALS, SCIFACT, STACKEXCHANGE
 from tests.unit.test_proxy_app import assert_es_error, settings
 
 pytestmark = pytest.mark.anyio

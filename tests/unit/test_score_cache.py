@@ -125,7 +125,7 @@ def test_signal_heads_are_cached_with_their_logit_under_their_own_key() -> None:
 
 
 def test_a_blend_reading_predicted_signals_is_served_from_the_cache_the_second_time() -> None:
-    from reranker.blend import LinearBlend
+    from reranker.blend.blends import LinearBlend
     from reranker.rerank.pipeline import Pipeline
     from reranker.retrieval.first_stage import Hit
 

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reranker.errors import ConfigError
-from reranker.signals import (
+from reranker.blend.signals import (
     PRESETS,
     SCIFACT,
     STACKEXCHANGE,
@@ -34,6 +33,7 @@ from reranker.signals import (
     to_number,
     transform_values,
 )
+from reranker.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LN2 = math.log(2.0)

@@ -124,8 +124,8 @@ def test_the_signal_loss_ignores_masked_rows() -> None:
 
 
 def test_predictions_join_the_signal_columns_and_a_hit_without_one_is_flagged() -> None:
+    from reranker.blend.signals import FeatureBatch
     from reranker.rerank.pipeline import RankedHit, with_predictions
-    from reranker.signals import FeatureBatch
 
     def hit(doc: str, predicted: dict[str, float] | None) -> RankedHit:
         return RankedHit(doc, 0.0, None, 1, 0.0, predicted=predicted)

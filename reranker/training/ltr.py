@@ -8,7 +8,8 @@ order::
      "defaults": ["freshness"]}
 
 ``label`` is the qrels grade (0 when unjudged), ``rank`` the first-stage rank, ``features`` the
-blend's inputs (see :func:`reranker.blend.build_feature_batch`) and ``defaults`` the features
+blend's inputs (see :func:`reranker.blend.features.build_feature_batch`) and ``defaults`` the
+features
 that fell back to their configured default for this document.
 """
 
@@ -22,19 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from reranker.blend import (
-    Blend,
-    LinearBlend,
-    build_feature_batch,
-    fit_lambdamart,
-    fit_linear,
-    group_sizes,
-    ndcg_at_k,
-)
+from reranker.blend.blends import Blend, LinearBlend
+from reranker.blend.features import build_feature_batch
+from reranker.blend.fit import fit_lambdamart, fit_linear, group_sizes, ndcg_at_k
+from reranker.blend.signals import SignalConfig, extract
 from reranker.corpus import Qrels, held_out_ids
 from reranker.errors import SourceError
 from reranker.rerank.pipeline import Pipeline, with_predictions
-from reranker.signals import SignalConfig, extract
 
 
 def log_features(
