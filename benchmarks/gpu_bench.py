@@ -10,7 +10,7 @@
    100 SciFact pairs, ONNX Runtime fp32 on the CPU beside fp32 and fp16 on CUDA.
 3. **Window-100 latency.** The first ``--queries`` SciFact test queries (300: all of them),
    each with its top ``--window`` (100) candidates from an in-process BM25
-   (:class:`reranker.training_data.BM25`, the corpus in memory; Elasticsearch is not needed
+   (:class:`reranker.training.data.BM25`, the corpus in memory; Elasticsearch is not needed
    for a scoring latency), scored one window per call (``Scorer.score_query``: tokenisation,
    batching, the model, the scores back). Batch sizes are tried on the first windows and the
    fastest is timed over all windows, with IO binding and then without. Per-window p50, p95,
@@ -246,7 +246,7 @@ def make_scorer(
 def bm25_windows(data: Path, queries: int, window: int) -> tuple[list[tuple[str, list[str]]], str]:
     """``(query text, top-``window`` passages)`` for the first ``queries`` test queries."""
     from reranker.corpus import CorpusSource, load_qrels, load_queries, passage_text
-    from reranker.training_data import BM25
+    from reranker.training.data import BM25
 
     texts = load_queries(data)
     qrels = load_qrels(data, "test")
@@ -255,7 +255,7 @@ def bm25_windows(data: Path, queries: int, window: int) -> tuple[list[tuple[str,
     index = BM25(passages)
     windows = [(texts[q], [passages[i] for i, _ in index.top_k(texts[q], window)]) for q in ids]
     note = (
-        f"first stage: in-process BM25 (reranker.training_data.BM25, k1 {index.k1}, "
+        f"first stage: in-process BM25 (reranker.training.data.BM25, k1 {index.k1}, "
         f"b {index.b}) over the {len(passages)} passages of {data}/corpus.jsonl, top {window} "
         "per query; Elasticsearch not used (only scoring is timed)"
     )

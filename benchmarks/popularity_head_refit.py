@@ -23,9 +23,9 @@ from scipy.stats import spearmanr
 from signal_heads import judged_pairs
 
 from reranker.corpus import passage_text
-from reranker.first_stage_aware import load_aware
-from reranker.task_heads import document_sources, judged_documents, signal_targets
-from reranker.training_data import _read_jsonl, read_qrels
+from reranker.training.first_stage_aware import load_aware
+from reranker.training.heads import document_sources, judged_documents, signal_targets
+from reranker.training.data import _read_jsonl, read_qrels
 
 SE = Path(__file__).resolve().parents[2] / "shared" / "data" / "stackexchange"
 

@@ -1473,7 +1473,7 @@ def window_cmd(
     from reranker.rerank.pipeline import QueryPath, build_pipeline
     from reranker.rerank.scorer import load_scorer
     from reranker.retrieval.embedder import Embedder
-    from reranker.train import ranking_metrics
+    from reranker.training.cross_encoder import ranking_metrics
 
     baseline = baseline or SHIPPED_MODELS_DIR / "reranker-minilm-l6"
     model = model or SHIPPED_MODELS_DIR / "reranker-minilm-l6-aware"

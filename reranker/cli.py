@@ -1062,7 +1062,7 @@ def train_cmd(
     import logging
 
     from reranker.errors import ConfigError
-    from reranker.task_heads import parse_heads, parse_loss_weights
+    from reranker.training.heads import parse_heads, parse_loss_weights
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -1081,7 +1081,7 @@ def train_cmd(
             click_events, click_min_examinations,
         )  # fmt: skip
         return
-    from reranker.train import TrainConfig, train
+    from reranker.training.cross_encoder import TrainConfig, train
 
     config = TrainConfig(
         train_files=list(data),
@@ -1133,7 +1133,7 @@ def _train_aware(
     click_min_examinations: float = 2.0,
 ) -> None:
     from reranker.config import Settings
-    from reranker.first_stage_aware import AwareTrainConfig, train_aware
+    from reranker.training.first_stage_aware import AwareTrainConfig, train_aware
 
     config = AwareTrainConfig(
         datasets=list(data),
@@ -1259,14 +1259,14 @@ def distill_cmd(
     """
     import logging
 
-    from reranker.distill import (
+    from reranker.es.indexing import default_cache
+    from reranker.training.distill import (
         DistillConfig,
         check_output_dir,
         distill,
         load_teacher,
         query_splits,
     )
-    from reranker.es.indexing import default_cache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
@@ -1371,7 +1371,7 @@ def train_embedder_cmd(
     """
     import logging
 
-    from reranker.embedder_train import EMBEDDER_DIR, EmbedderTrainConfig, train_embedder
+    from reranker.training.embedder import EMBEDDER_DIR, EmbedderTrainConfig, train_embedder
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for dataset in datasets:

@@ -148,7 +148,7 @@ def judgments_cmd(
     """
     from reranker import judgments as j
     from reranker.corpus import load_queries
-    from reranker.training_data import read_qrels
+    from reranker.training.data import read_qrels
 
     if min_impressions < 1:
         raise ConfigError("--min-impressions must be at least 1")

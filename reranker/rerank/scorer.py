@@ -342,7 +342,7 @@ class Scorer:
     @property
     def signal_heads(self) -> tuple[str, ...]:
         """The multi-task model's signal heads (named ONNX outputs beside ``logits``; see
-        :mod:`reranker.task_heads`); empty for a single-task model."""
+        :mod:`reranker.training.heads`); empty for a single-task model."""
         return self._signal_heads
 
     @property

@@ -16,7 +16,7 @@ from reranker.cli import main
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.distill import (  # noqa: E402  (after the importorskip of torch)
+from reranker.training.distill import (  # noqa: E402  (after the importorskip of torch)
     CandidateGroup,
     DistillConfig,
     sample_ranks,
@@ -24,7 +24,7 @@ from reranker.distill import (  # noqa: E402  (after the importorskip of torch)
     teacher_record,
     train_student,
 )
-from reranker.losses import listwise_kl_loss, margin_mse_loss  # noqa: E402
+from reranker.training.losses import listwise_kl_loss, margin_mse_loss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = REPO / "models" / "reranker-minilm-l6"
@@ -102,9 +102,9 @@ def test_an_occupied_output_needs_overwrite(tmp_path: Path) -> None:
 
 
 def test_more_layers_than_the_base_has_is_refused(tmp_path: Path) -> None:
-    from reranker.distill import load_student
     from reranker.errors import ConfigError
     from reranker.models import shipped_weights_dir
+    from reranker.training.distill import load_student
 
     with pytest.raises(ConfigError, match="has 6 layers"):
         load_student(shipped_weights_dir(), 7)
@@ -187,8 +187,8 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
     from scipy.stats import spearmanr
 
     from export.onnx_export import export_cross_encoder
-    from reranker.distill import load_teacher
     from reranker.rerank.scorer import Scorer
+    from reranker.training.distill import load_teacher
 
     teacher = load_teacher(TEACHER)
     groups = scifact_groups(queries=10, others=5)
@@ -235,7 +235,7 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
 
 
 def test_held_out_metrics_score_the_cascade_with_the_teachers_order_of_the_students_top_k() -> None:
-    from reranker.distill import held_out_metrics
+    from reranker.training.distill import held_out_metrics
 
     group = CandidateGroup(
         dataset="d",

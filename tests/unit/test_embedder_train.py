@@ -14,15 +14,15 @@ from click.testing import CliRunner
 
 from reranker.cli import main
 from reranker.config import Settings
-from reranker.embedder_train import (
+from reranker.errors import ConfigError, ModelError
+from reranker.retrieval.embedder import Embedder
+from reranker.training.embedder import (
     EmbedderTrainConfig,
     Example,
     query_batches,
     training_examples,
 )
-from reranker.errors import ConfigError, ModelError
-from reranker.losses import in_batch_loss
-from reranker.retrieval.embedder import Embedder
+from reranker.training.losses import in_batch_loss
 
 WINDOW = [f"d{i}" for i in range(40)]
 

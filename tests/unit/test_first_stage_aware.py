@@ -16,7 +16,7 @@ from reranker.rerank.features import FEATURE_NAMES
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.first_stage_aware import (  # noqa: E402
+from reranker.training.first_stage_aware import (  # noqa: E402
     FirstStageAwareModel,
     QueryWindow,
     _load_encoder,
@@ -172,7 +172,7 @@ def _tiny_beir(folder: Path, scifact: Path, queries_wanted: int = 12) -> Path:
 
 
 def _tiny_config(data: Path, tmp_path: Path, base: Path, **overrides: Any) -> Any:
-    from reranker.first_stage_aware import AwareTrainConfig
+    from reranker.training.first_stage_aware import AwareTrainConfig
 
     settings: dict[str, Any] = {
         "datasets": [data],
@@ -194,7 +194,7 @@ def _tiny_config(data: Path, tmp_path: Path, base: Path, **overrides: Any) -> An
 def test_a_tiny_run_keeps_the_best_held_out_checkpoint_and_records_it(
     tmp_path: Path, minilm_weights_dir: Path
 ) -> None:
-    from reranker.first_stage_aware import train_aware
+    from reranker.training.first_stage_aware import train_aware
 
     scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
     if not scifact.is_dir():
@@ -243,7 +243,7 @@ def test_a_tiny_multi_task_run_trains_the_signal_heads_and_records_them(
 ) -> None:
     import shutil
 
-    from reranker.first_stage_aware import train_aware
+    from reranker.training.first_stage_aware import train_aware
 
     scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
     if not scifact.is_dir():

@@ -15,7 +15,7 @@ from reranker.rerank.features import FEATURE_NAMES
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.first_stage_aware import (  # noqa: E402
+from reranker.training.first_stage_aware import (  # noqa: E402
     AwareTrainConfig,
     FirstStageAwareModel,
     _load_encoder,
@@ -97,7 +97,7 @@ def test_a_checkpoint_missing_a_heads_weights_is_refused(
 def test_continuing_a_multi_task_model_without_its_heads_is_refused(
     multitask_dir: Path, tmp_path: Path
 ) -> None:
-    from reranker.first_stage_aware import _initial_model
+    from reranker.training.first_stage_aware import _initial_model
 
     config = AwareTrainConfig(datasets=[tmp_path], output_dir=tmp_path / "out")
     with pytest.raises(ConfigError, match="authority"):
@@ -107,7 +107,7 @@ def test_continuing_a_multi_task_model_without_its_heads_is_refused(
 def test_a_single_task_model_gets_fresh_heads_when_a_run_asks_for_them(
     minilm_weights_dir: Path, tmp_path: Path
 ) -> None:
-    from reranker.first_stage_aware import _initial_model
+    from reranker.training.first_stage_aware import _initial_model
 
     tokenizer, encoder = _load_encoder(minilm_weights_dir, "eager")
     save_aware(FirstStageAwareModel(encoder), tokenizer, tmp_path / "single")

@@ -12,7 +12,7 @@ import pytest
 
 from reranker.errors import ConfigError, SourceError
 from reranker.rerank.heads import CLICK_HEAD, SIGNAL_HEADS, predicted_feature
-from reranker.task_heads import (
+from reranker.training.heads import (
     click_loss,
     click_targets,
     document_sources,
@@ -112,7 +112,7 @@ def test_scifact_signals_are_joined_from_signals_jsonl_and_it_has_no_popularity(
 
 def test_the_signal_loss_ignores_masked_rows() -> None:
     torch = pytest.importorskip("torch")
-    from reranker.task_heads import signal_loss
+    from reranker.training.heads import signal_loss
 
     predictions = {"popularity": torch.tensor([[0.9], [0.2], [0.5]])}
     targets = np.array([[0.0], [0.2], [0.5]], dtype=np.float32)
@@ -202,7 +202,7 @@ def test_the_click_loss_is_the_cross_entropy_of_the_usable_pairs_only() -> None:
 
 def test_the_click_through_head_and_click_events_come_together(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from reranker.first_stage_aware import AwareTrainConfig
+    from reranker.training.first_stage_aware import AwareTrainConfig
 
     events = write_click_events(tmp_path / "events.jsonl")
     common = {"datasets": [tmp_path], "output_dir": tmp_path / "out"}

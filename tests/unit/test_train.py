@@ -1,4 +1,5 @@
-"""Tests of reranker/train.py: data loading, the test-split guards, BM25, a tiny real training
+"""Tests of reranker/training/cross_encoder.py: data loading, the test-split guards, BM25, a tiny
+real training
 run with the shipped MiniLM weights, resume, and model-folder errors."""
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from reranker import train as tr  # noqa: E402
-from reranker import training_data as td  # noqa: E402
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError  # noqa: E402
-from reranker.losses import listwise_loss  # noqa: E402
+from reranker.training import cross_encoder as tr  # noqa: E402
+from reranker.training import data as td  # noqa: E402
+from reranker.training.losses import listwise_loss  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCIFACT_TRIPLES = SHARED / "train" / "scifact_train_triples.jsonl"

@@ -46,9 +46,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, SourceError
-from reranker.losses import in_batch_loss
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
-from reranker.train import (
+from reranker.training.cross_encoder import (
     _quiet_transformers,
     _versions,
     cpu_supports_bf16,
@@ -57,7 +56,8 @@ from reranker.train import (
     ranking_metrics,
     seed_everything,
 )
-from reranker.training_data import BM25, _read_jsonl, read_qrels
+from reranker.training.data import BM25, _read_jsonl, read_qrels
+from reranker.training.losses import in_batch_loss
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Signal heads: what the multi-task cross-encoder learns besides relevance, and from what.
 
-A first-stage-aware model (:mod:`reranker.first_stage_aware`) may carry one head per signal of
+A first-stage-aware model (:mod:`reranker.training.first_stage_aware`) may carry one head per
+signal of
 :data:`~reranker.rerank.heads.SIGNAL_HEADS` beside its relevance score. Each head regresses, from
 the (query, document)
 text alone, the value the blend would read for that signal: the dataset's signal preset
@@ -117,7 +118,7 @@ class SignalTargets:
 def document_sources(dataset: Path) -> dict[str, dict[str, Any]]:
     """Each document's ``_source`` as the index would hold it: the corpus row with
     ``signals.jsonl`` (when the dataset has one) merged in by ``_id``."""
-    from reranker.training_data import _read_jsonl
+    from reranker.training.data import _read_jsonl
 
     sources = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
     extra = dataset / "signals.jsonl"

@@ -67,8 +67,7 @@ from transformers import (
 
 from reranker.batching import head_scores, pad_rows, plan_batches
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
-from reranker.losses import listwise_loss
-from reranker.training_data import (
+from reranker.training.data import (
     DevSet,
     Pair,
     PairSet,
@@ -76,6 +75,7 @@ from reranker.training_data import (
     listwise_groups,
     load_training_pairs,
 )
+from reranker.training.losses import listwise_loss
 
 logger = logging.getLogger(__name__)
 

@@ -50,10 +50,9 @@ from tqdm.auto import tqdm
 from reranker.batching import head_scores, plan_batches
 from reranker.corpus import load_qrels, load_queries, passage_text
 from reranker.errors import ConfigError, ModelError, SourceError
-from reranker.losses import listwise_kl_loss, margin_mse_loss
 from reranker.models import load_tokenizer, sha256_file, shipped_weights_dir
 from reranker.rerank.pipeline import cascade_order, cascade_split
-from reranker.train import (
+from reranker.training.cross_encoder import (
     TRAIN_INFO_FILE,
     Feature,
     _collate,
@@ -67,6 +66,7 @@ from reranker.train import (
     ranking_metrics,
     seed_everything,
 )
+from reranker.training.losses import listwise_kl_loss, margin_mse_loss
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch

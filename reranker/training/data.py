@@ -1,7 +1,8 @@
 """Training data of the cross-encoder: labelled pairs from triples files and BEIR qrels, the
 in-process BM25 that mines negatives and dev candidates, and dev sets.
 
-Pure Python and NumPy (no torch): see :mod:`reranker.train` for the loop that uses them.
+Pure Python and NumPy (no torch): see :mod:`reranker.training.cross_encoder` for the loop that uses
+them.
 """
 
 from __future__ import annotations

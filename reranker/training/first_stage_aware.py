@@ -44,7 +44,6 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, ModelError, SourceError
-from reranker.losses import listwise_loss
 from reranker.rerank.features import (
     FEATURE_NAMES,
     NORMALIZATION,
@@ -52,16 +51,7 @@ from reranker.rerank.features import (
 )
 from reranker.rerank.heads import CLICK_HEAD, DOCUMENT_HEADS, RELEVANCE
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
-from reranker.task_heads import (
-    ClickTargets,
-    SignalTargets,
-    click_loss,
-    click_targets,
-    judged_documents,
-    signal_loss,
-    signal_targets,
-)
-from reranker.train import (
+from reranker.training.cross_encoder import (
     _autocast,
     _collate,
     _encode,
@@ -74,7 +64,17 @@ from reranker.train import (
     score_pairs,
     seed_everything,
 )
-from reranker.training_data import BM25, _read_jsonl, read_qrels
+from reranker.training.data import BM25, _read_jsonl, read_qrels
+from reranker.training.heads import (
+    ClickTargets,
+    SignalTargets,
+    click_loss,
+    click_targets,
+    judged_documents,
+    signal_loss,
+    signal_targets,
+)
+from reranker.training.losses import listwise_loss
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class FirstStageAwareModel(torch.nn.Module):
 
     With ``signal_heads`` (names from :data:`~reranker.rerank.heads.SIGNAL_HEADS`) the same pooled
     output also feeds one linear head per signal, squashed into [0, 1] like the signal features
-    the blend reads (:mod:`reranker.task_heads`): one shared encoder, one head per task."""
+    the blend reads (:mod:`reranker.training.heads`): one shared encoder, one head per task."""
 
     def __init__(
         self, encoder: Any, *, initial_scale: float = 5.0, signal_heads: Sequence[str] = ()
@@ -423,7 +423,7 @@ class AwareTrainConfig:
     """Also evaluate (and keep the best checkpoint) every this many steps, not only per
     epoch: on a CPU an epoch is an hour."""
     signal_heads: tuple[str, ...] = ()
-    """Multi-task: signal heads trained beside relevance (:mod:`reranker.task_heads`)."""
+    """Multi-task: signal heads trained beside relevance (:mod:`reranker.training.heads`)."""
     loss_weights: dict[str, float] | None = None
     """Per head (``relevance`` and each signal head); 1.0 where not given."""
     click_events: Path | None = None
@@ -442,7 +442,7 @@ class AwareTrainConfig:
             raise ConfigError("group_size ≥ 2, groups_per_step ≥ 1 and epochs ≥ 1 are required")
         if not 0 <= self.hard_negatives < self.group_size:
             raise ConfigError("hard_negatives must be below group_size")
-        from reranker.task_heads import parse_heads, parse_loss_weights
+        from reranker.training.heads import parse_heads, parse_loss_weights
 
         self.signal_heads = parse_heads(",".join((RELEVANCE, *self.signal_heads)))
         given = ",".join(f"{k}={v}" for k, v in (self.loss_weights or {}).items())
