@@ -80,7 +80,7 @@ def cross_fitted(dev: FeatureSet, only: list[str]) -> float:
 
 def main() -> None:
     from reranker.corpus import passage_text
-    from reranker.judgments import count_clicks, fit_pbm, read_events_file
+    from reranker.feedback.judgments import count_clicks, fit_pbm, read_events_file
     from reranker.training.heads import document_sources
     from reranker.training.data import _read_jsonl
 

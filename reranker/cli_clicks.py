@@ -146,8 +146,8 @@ def judgments_cmd(
     all; put it in a BEIR folder's qrels/ to use it with `train`, `ltr` and `eval`
     (e.g. --dataset D --output D/qrels/clicks.tsv, then `reranker eval D --split clicks`).
     """
-    from reranker import judgments as j
     from reranker.corpus import load_queries
+    from reranker.feedback import judgments as j
     from reranker.training.data import read_qrels
 
     if min_impressions < 1:
@@ -264,11 +264,11 @@ def simulate_clicks_cmd(
 ) -> None:
     """Simulated users (not real ones) search DATASET's SPLIT queries through the proxy and
     post impressions and clicks to its /_reranker/events: position bias (1/k)^eta, clicks
-    by qrels grade plus noise, seeded. See reranker.click_sim for the model."""
+    by qrels grade plus noise, seeded. See reranker.feedback.click_sim for the model."""
     import httpx
 
-    from reranker.click_sim import UserModel, pick_queries, simulate
     from reranker.corpus import load_qrels, load_queries
+    from reranker.feedback.click_sim import UserModel, pick_queries, simulate
 
     try:
         probs = tuple(float(p) for p in click_probs.split(","))
@@ -306,7 +306,7 @@ def simulate_clicks_cmd(
         user_model={"eta": eta, "click_probs": list(probs), "noise": noise, "seed": seed},
     )
     if output is not None:
-        from reranker.judgments import write_atomically
+        from reranker.feedback.judgments import write_atomically
 
         write_atomically(output, json.dumps(result, indent=2) + "\n")
     _echo_json(result)

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reranker.feedback.ubi import MAX_ID_CHARS, ubi_timestamp
 from reranker.proxy import errors
 from reranker.proxy.jsonbody import JSON_WHITESPACE, BodyError, loads_strict
-from reranker.proxy.ubi import MAX_ID_CHARS, ShownQuery, UbiLog, ubi_timestamp
+from reranker.proxy.ubi import ShownQuery, UbiLog
 
 #: UBI 1.3.0's ``action_name`` values (the schema's enum)
 ACTIONS = ("impression", "click", "click_through", "add_to_cart", "purchase", "watch", "view")

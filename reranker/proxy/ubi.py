@@ -40,6 +40,15 @@ from typing import Any
 from elasticsearch import ApiError, AsyncElasticsearch
 
 from reranker.es.mappings import load_mapping_file
+from reranker.feedback.ubi import (
+    EXT_NAME,
+    MAX_ID_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_USER_QUERY_CHARS,
+    OBJECT_ID_FIELD,
+    REQUEST_FIELDS,
+    ubi_timestamp,
+)
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.metrics import ProxyMetrics
@@ -48,29 +57,6 @@ from reranker.proxy.request_log import RequestLog
 from reranker.proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)
-
-#: the ``ext`` section UBI reads and answers
-EXT_NAME = "ubi"
-REQUEST_FIELDS = (
-    "query_id",
-    "user_query",
-    "client_id",
-    "application",
-    "query_attributes",
-    "object_id_field",
-)
-#: UBI's limit on ids (``maxLength`` 100 in the schema, ``ignore_above`` 100 in the mapping)
-MAX_ID_CHARS = 100
-MAX_USER_QUERY_CHARS = 4096
-MAX_QUERY_CHARS = 10_000
-#: the only ``object_id_field`` the proxy records: hit ids are ``_id``
-OBJECT_ID_FIELD = "_id"
-
-
-def ubi_timestamp(when: datetime) -> str:
-    """UTC with milliseconds and ``Z`` (UBI's ``strict_date_time``)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-
 
 def load_templates(queries_index: str, events_index: str) -> dict[str, dict[str, Any]]:
     """The index templates from ``es_mappings/ubi-*-template.json`` for the two indices, by

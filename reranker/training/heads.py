@@ -23,7 +23,8 @@ The click-through head (:data:`~reranker.rerank.heads.CLICK_HEAD`) is popularity
 the chance that a
 user who looks at the document, for this query, clicks it. Its targets are per (query,
 document) pair, not per document: the attractiveness the position-based click model
-(:func:`reranker.judgments.fit_pbm`, the EM fit ``reranker judgments --model pbm`` uses) puts
+(:func:`reranker.feedback.judgments.fit_pbm`, the EM fit ``reranker judgments --model pbm`` uses)
+puts
 on each pair of the click events it is given, for the pairs it thinks were examined at least
 ``min_examinations`` times, and only for the training queries (events of any other query are
 ignored). Its loss is the binary cross-entropy of its sigmoid against that attractiveness: the
@@ -176,7 +177,7 @@ class ClickTargets:
         self, queries: Sequence[str], doc_ids: Sequence[str]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Targets and usable mask for the pairs ``zip(queries, doc_ids)``."""
-        from reranker.judgments import normalise_query
+        from reranker.feedback.judgments import normalise_query
 
         values = np.zeros(len(doc_ids), dtype=np.float32)
         usable = np.zeros(len(doc_ids), dtype=bool)
@@ -203,7 +204,7 @@ def click_targets(
     lines, as ``reranker judgments --events`` reads them) and keep the pairs of
     ``training_queries`` (texts) examined at least ``min_examinations`` times; a
     :class:`SourceError` when none is left."""
-    from reranker.judgments import count_clicks, fit_pbm, normalise_query, read_events_file
+    from reranker.feedback.judgments import count_clicks, fit_pbm, normalise_query, read_events_file
 
     if min_examinations < 0:
         raise ConfigError("the click-through head's minimum examinations must be ≥ 0")

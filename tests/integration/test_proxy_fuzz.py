@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reranker.es.node import NodeStatus
+from reranker.feedback.ubi import ubi_timestamp
 from reranker.proxy import create_app
-from reranker.proxy.ubi import ubi_timestamp
 from reranker.rerank.scorer import Scorer
 from tests.integration.test_proxy import proxy_settings
 

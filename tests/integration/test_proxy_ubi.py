@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from elasticsearch import Elasticsearch
 
 from reranker.cli import main
-from reranker.click_sim import UserModel, simulate
 from reranker.corpus import load_qrels, load_queries
 from reranker.es.node import NodeStatus
+from reranker.feedback.click_sim import UserModel, simulate
 from reranker.proxy import ProxySettings
 from tests.conftest import es_settings
 from tests.integration.conftest import SCIFACT

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reranker.click_sim import UserModel, pick_queries, simulate
 from reranker.errors import ConfigError
+from reranker.feedback.click_sim import UserModel, pick_queries, simulate
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from reranker.cli import main
 from reranker.corpus import load_qrels
 from reranker.errors import ConfigError, SourceError
-from reranker.judgments import (
+from reranker.feedback.judgments import (
     ClickCounts,
     agreement,
     count_clicks,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from reranker.errors import ConfigError
+from reranker.feedback.ubi import ubi_timestamp
 from reranker.proxy import ProxySettings
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.events import Event, Rejection, check_against, check_event, read_batch
@@ -26,7 +27,6 @@ from reranker.proxy.ubi import (
     query_document,
     shown_from_document,
     split_ubi,
-    ubi_timestamp,
 )
 from tests.unit.test_proxy_app import assert_es_error, proxy_client, settings
 

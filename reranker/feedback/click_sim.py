@@ -1,5 +1,5 @@
 """A click simulator — synthetic users, **simulated clicks**, no real behaviour — to check that
-click judgments (:mod:`reranker.judgments`) recover known relevance.
+click judgments (:mod:`reranker.feedback.judgments`) recover known relevance.
 
 Simulated users issue a dataset's queries through the proxy (with UBI on), look at the
 ranked list with a position bias and click with a probability set by the qrels grade of each
@@ -39,10 +39,10 @@ from typing import Any
 import httpx
 
 from reranker.errors import ConfigError, SearchError
-from reranker.proxy.ubi import ubi_timestamp
+from reranker.feedback.ubi import ubi_timestamp
 
 RANKERS = ("bm25", "rerank")
-NOTE = "simulated clicks: synthetic users (reranker.click_sim), not real behaviour"
+NOTE = "simulated clicks: synthetic users (reranker.feedback.click_sim), not real behaviour"
 
 
 @dataclass(frozen=True)

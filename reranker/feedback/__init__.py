@@ -1,0 +1,1 @@
+"""Behaviour: the UBI schema, judgments from clicks, and a click simulator."""
