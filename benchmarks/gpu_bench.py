@@ -418,7 +418,7 @@ def bench_scorer(
     model: Path, data: Path, out: Path, *, pairs: int, repeats: int, threads: int
 ) -> dict[str, Any]:
     """``reranker bench scorer --no-torch --io-binding`` in this process; its JSON."""
-    from reranker.bench import scorer_cmd
+    from reranker.cli.bench import scorer_cmd
 
     args = [
         "--model",

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from reranker.config import Settings
 from reranker.corpus import passage_text
 from reranker.es.client import make_client
-from reranker.evaluation import judged_queries, score_run
+from reranker.evaluation.runs import judged_queries
+from reranker.metrics import score_run
 from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.features import dense_cosines
 from reranker.rerank.scorer import default_model_dir, load_scorer

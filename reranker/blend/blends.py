@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkab
 import numpy as np
 import numpy.typing as npt
 
+from reranker.blend.features import MAX_WEIGHT, FloatArray, check_names, sanitize
 from reranker.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     import lightgbm
-from reranker.blend.features import MAX_WEIGHT, FloatArray, check_names, sanitize
 
 FORMAT = "reranker-blend"
 FORMAT_VERSION = 1

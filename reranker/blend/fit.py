@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from reranker.blend.blends import LambdaMartBlend, LinearBlend, lightgbm_module
+from reranker.blend.features import RELEVANCE, FloatArray, IntArray, check_names, sanitize
 from reranker.errors import ConfigError
 
 if TYPE_CHECKING:
     pass
-from reranker.blend.blends import LambdaMartBlend, LinearBlend, lightgbm_module
-from reranker.blend.features import RELEVANCE, FloatArray, IntArray, check_names, sanitize
 
 STEPS = (0.002, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from reranker.corpus import Qrels
 from reranker.errors import ConfigError, MalformedLineError, SourceError
+from reranker.metrics import ndcg_at_10
 
 CLICK_ACTIONS = ("click", "click_through")
 IMPRESSION_ACTIONS = ("impression",)
@@ -654,8 +655,6 @@ def _list_quality(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
     """Per judged query, its documents ranked by click score, scored against ``truth``:
     NDCG@10 (every relevant document of the query counts, shown or not), and the share of the
     queries' relevant pairs that the judgments grade ≥ 1 (recovered)."""
-    import ir_measures
-
     queries = [q for q in judgments.scores if q in truth]
     if not queries:
         return {}
@@ -663,7 +662,7 @@ def _list_quality(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
     recovered = sum(judgments.qrels[q].get(d, 0) > 0 for q, d in relevant)
     run = {q: {d: float(s) for d, s in judgments.scores[q].items()} for q in queries}
     qrels = {q: {d: int(g) for d, g in truth[q].items()} for q in queries}
-    ndcg = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
+    ndcg = ndcg_at_10(qrels, run)
     return {
         "ndcg@10_of_click_ranked_lists": round(float(ndcg), 4),
         "relevant_pairs_of_judged_queries": len(relevant),

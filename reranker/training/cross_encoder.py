@@ -67,6 +67,7 @@ from transformers import (
 
 from reranker.batching import head_scores, pad_rows, plan_batches
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError
+from reranker.metrics import ranking_metrics
 from reranker.training.data import (
     DevSet,
     Pair,
@@ -266,17 +267,6 @@ class TrainResult:
     """The content of ``train_info.json``."""
     seconds: float
     """Wall time of this call."""
-
-
-def ranking_metrics(
-    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
-) -> dict[str, float]:
-    """``nDCG@10`` and ``RR@10`` with ``ir_measures``."""
-    import ir_measures
-
-    measures = [ir_measures.nDCG @ 10, ir_measures.RR @ 10]
-    values = ir_measures.calc_aggregate(measures, qrels, run)
-    return {str(m): float(v) for m, v in values.items()}
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from reranker.batching import head_scores, plan_batches
 from reranker.corpus import load_qrels, load_queries, passage_text
 from reranker.errors import ConfigError, ModelError, SourceError
+from reranker.metrics import ranking_metrics
 from reranker.models import load_tokenizer, sha256_file, shipped_weights_dir
 from reranker.rerank.pipeline import cascade_order, cascade_split
 from reranker.training.cross_encoder import (
@@ -63,7 +64,6 @@ from reranker.training.cross_encoder import (
     cpu_supports_bf16,
     load_cross_encoder,
     loss_curve,
-    ranking_metrics,
     seed_everything,
 )
 from reranker.training.losses import listwise_kl_loss, margin_mse_loss
@@ -667,7 +667,7 @@ def distill(
     Each dataset's ``beir-<name>`` index is (re)built first when it is missing or holds another
     corpus or another embedder's vectors (:func:`ensure_dataset_index`, as ``eval`` does), so
     the mined hybrid candidates never come from query vectors of a foreign embedding space."""
-    from reranker.evaluation import ensure_dataset_index
+    from reranker.evaluation.runs import ensure_dataset_index
     from reranker.rerank.scorer import CachedScorer
 
     teacher_scorer = load_teacher(config.teacher)

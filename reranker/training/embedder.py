@@ -46,6 +46,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, SourceError
+from reranker.metrics import ranking_metrics
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.training.cross_encoder import (
     _quiet_transformers,
@@ -53,7 +54,6 @@ from reranker.training.cross_encoder import (
     cpu_supports_bf16,
     default_base_model,
     linear_warmup_schedule,
-    ranking_metrics,
     seed_everything,
 )
 from reranker.training.data import BM25, _read_jsonl, read_qrels

@@ -44,6 +44,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, ModelError, SourceError
+from reranker.metrics import ranking_metrics
 from reranker.rerank.features import (
     FEATURE_NAMES,
     NORMALIZATION,
@@ -60,7 +61,6 @@ from reranker.training.cross_encoder import (
     cpu_supports_bf16,
     default_base_model,
     linear_warmup_schedule,
-    ranking_metrics,
     score_pairs,
     seed_everything,
 )

@@ -9,14 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from reranker.batching import padded_tokens, plan_batches
-from reranker.bench import (
-    ModelDims,
-    flops_per_pair,
-    median_ms,
-    select_pairs,
-)
 from reranker.cli import main
 from reranker.errors import SourceError
+from reranker.evaluation.peaks import ModelDims, flops_per_pair
+from reranker.evaluation.speed import median_ms, select_pairs
 
 SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
 MINILM = {"layers": 6, "hidden": 384, "ffn": 1536}
@@ -145,7 +141,7 @@ def test_bench_scorer_end_to_end_writes_json_for_all_backends(
 
 
 def test_the_window_ladder_changes_one_thing_per_step() -> None:
-    from reranker.bench import WindowStep, window_ladder
+    from reranker.evaluation.speed import WindowStep, window_ladder
 
     plain, aware = Path("plain"), Path("aware")
     assert window_ladder(plain, aware, [256, 192], 20) == [

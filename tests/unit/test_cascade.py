@@ -526,7 +526,7 @@ def test_a_bm25_window_gets_the_dense_feature_from_the_embedder() -> None:
 
 
 def test_eval_reranks_with_the_first_stage_cascade_unless_told_otherwise() -> None:
-    from reranker.cli import _default_cascade
+    from reranker.cli.eval import _default_cascade
 
     def chosen(model: str | None, k: int | None, modes: list[str], record: bool = False) -> Any:
         got, k = _default_cascade(Path(model) if model else None, k, modes, record, 100)
@@ -552,7 +552,7 @@ def test_a_search_may_ask_for_the_whole_window_where_a_cascade_is_the_default() 
 
 
 def test_serve_defaults_to_the_first_stage_cascade_of_20(monkeypatch: pytest.MonkeyPatch) -> None:
-    from reranker.cli import _serve_cascade_defaults
+    from reranker.cli.serve import _serve_cascade_defaults
 
     monkeypatch.delenv("RERANKER_PROXY_DEFAULT_CASCADE", raising=False)
     served = _serve_cascade_defaults(ProxySettings(), None)

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reranker.cli import serve_cmd
+from reranker.cli.serve import serve_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "tests" / "data" / "compose-spec" / "compose-spec.json"

@@ -196,7 +196,7 @@ def test_percentiles_match_numpy() -> None:
 
 
 def test_bench_scorer_no_torch_needs_a_model() -> None:
-    from reranker.bench import scorer_cmd
+    from reranker.cli.bench import scorer_cmd
 
     result = CliRunner().invoke(scorer_cmd, ["--no-torch", "--dataset", str(REPO)])
     assert result.exit_code != 0

@@ -311,7 +311,7 @@ def test_a_malformed_event_line_is_an_error_naming_it_and_an_old_file_stays(
 
 
 def test_click_qrels_in_a_beir_folder_are_read_by_train_eval_and_ltr(tmp_path: Path) -> None:
-    from reranker.evaluation import judged_queries
+    from reranker.evaluation.runs import judged_queries
     from reranker.training.data import load_training_pairs
 
     dataset = tmp_path / "clicks-ds"

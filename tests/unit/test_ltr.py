@@ -115,7 +115,7 @@ def _fit_into_card(tmp_path: Path, model: Path, *options: str) -> Result:
 
 
 def test_fit_with_card_records_a_default_blend_that_blend_model_applies(tmp_path: Path) -> None:
-    from reranker.cli import _blend_and_signals
+    from reranker.cli.eval import _blend_and_signals
 
     model = _model_card(tmp_path / "model")
     result = _fit_into_card(tmp_path, model, "--kind", "linear", "--only", "relevance,first_stage")
@@ -137,7 +137,7 @@ def test_fit_with_card_refuses_a_blend_that_reads_signals(tmp_path: Path) -> Non
 
 
 def test_blend_model_without_a_default_in_the_card_is_a_clear_error(tmp_path: Path) -> None:
-    from reranker.cli import _blend_and_signals
+    from reranker.cli.eval import _blend_and_signals
     from reranker.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no default blend"):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from reranker.bench import choose_max_length, length_curve, parse_lengths
 from reranker.cli import main
 from reranker.errors import ConfigError
+from reranker.evaluation.lengths import choose_max_length, length_curve, parse_lengths
 from reranker.rerank.pipeline import QueryPath, scorer_for
 from reranker.rerank.scorer import CachedScorer, LruScores, Scorer, length_tag
 

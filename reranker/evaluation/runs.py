@@ -9,20 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ir_measures
 from elasticsearch import Elasticsearch
-from ir_measures import RR, R, nDCG
 from tqdm import tqdm
 
 from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
 from reranker.errors import SearchError, SourceError
 from reranker.es import mappings
 from reranker.es.indexing import IndexResult, LoadOptions, index_corpus, source_digest
+from reranker.metrics import MEASURES
 from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
 from reranker.retrieval.first_stage import FirstStage, HybridOptions
 
-MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 # A judged query with no hits still counts (as zero) only if it appears in the run.
 NO_HIT = "__no_hit__"
 
@@ -71,11 +69,6 @@ def judged_queries(
     if limit:
         queries = dict(list(queries.items())[:limit])
     return queries, {qid: qrels[qid] for qid in queries}
-
-
-def score_run(run: Run, qrels: Qrels) -> dict[str, float]:
-    metrics = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, run)
-    return {name: float(metrics[measure]) for name, measure in MEASURES.items()}
 
 
 def collect_run(

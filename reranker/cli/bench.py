@@ -1,0 +1,743 @@
+"""Speed benchmarks of the cross-encoder (``reranker bench ...``): measurements, not tests.
+
+``reranker bench scorer`` reranks the same real (query, passage) pairs from SciFact with several
+backends in one process and reports, per backend, the median wall time of the whole window
+(tokenisation included), pairs per second and the arithmetic rate it reached, next to the
+machine's measured matrix-multiply peak:
+
+- ``torch-fp32``: transformers ``AutoModelForSequenceClassification`` in eager PyTorch;
+- ``torch-bf16``: the same under CPU bf16 autocast, when the CPU supports bf16;
+- ``ort-fp32`` / ``ort-int8``: :class:`reranker.rerank.scorer.Scorer` on the exported ONNX variants;
+- ``ort-cuda-fp32`` / ``ort-cuda-fp16``: the same on CUDA, when this onnxruntime build has it
+  (``--io-binding``: through IO binding).
+
+``--no-torch`` leaves the torch backends out (no checkpoint needed, ``--model`` required):
+how ``benchmarks/gpu.sh`` runs it on a GPU machine that has no checkpoint.
+
+Every backend follows the Scorer's batching policy: pairs sorted by length, batches of at most
+``--batch-size`` pairs and 4096 padded tokens, each padded only to its own longest pair.
+Repeats are interleaved (each repeat runs every backend once, in turn) so that background load
+on a shared machine hits all backends alike; each backend runs once untimed first.
+
+Without ``--checkpoint`` the model is the shipped all-MiniLM-L6-v2 body with a fresh one-label
+head (seeded): speed does not depend on the head's values, so an untrained head measures the
+same as a fine-tuned one. Without ``--model`` that checkpoint is exported (fp32 and int8) to a
+temporary folder first, so torch and ONNX Runtime run the very same weights.
+
+FLOPs: a BERT-style encoder of L layers, width h and feed-forward width f spends about
+``L·2·(4h² + 2hf)·n + L·4·h·n²`` FLOPs on a sequence of n tokens (projections, feed-forward,
+then the two attention matmuls); for MiniLM-L6 ≈ 21.2M·n + 9216·n². "Useful" GFLOP/s counts
+each pair's real tokens, "padded" GFLOP/s the tokens actually fed (rows × batch width).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from reranker.errors import RerankerError
+from reranker.evaluation.lengths import length_curve, pair_lengths, parse_lengths
+from reranker.evaluation.peaks import ModelDims, load_average, machine_info, measure_peaks
+from reranker.evaluation.speed import (
+    DEFAULT_DATASET,
+    GAP_S,
+    HEAD_SEED,
+    MAX_BATCH_TOKENS,
+    MAX_LENGTH,
+    Backend,
+    Pair,
+    TorchRunner,
+    bench_tokenizer,
+    card_source,
+    check_dataset,
+    collect_results,
+    first_runs,
+    format_table,
+    make_fresh_head_checkpoint,
+    median_ms,
+    ort_backends,
+    percentile_ms,
+    quiet_transformers,
+    require_torch,
+    say,
+    select_pairs,
+    timed_repeats,
+    torch_backends,
+    window_ladder,
+)
+from reranker.models import (
+    CROSS_ENCODER_CARD,
+    read_card,
+    shipped_weights_dir,
+    write_json_atomic,
+)
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks (speed), not tests."""
+
+
+def _resolve_checkpoint(
+    checkpoint: Path | None, model: Path | None, tmp: Path, notes: list[str]
+) -> tuple[Path, str]:
+    """The checkpoint the torch backends run (and the export starts from), and a note."""
+    if checkpoint is not None:
+        return checkpoint, f"--checkpoint {checkpoint}"
+    if model is not None:
+        source = card_source(model)
+        if source is not None:
+            return source, f"{source}, the checkpoint named in {model}'s card"
+        notes.append(
+            f"{model}'s card names no checkpoint that is still there: torch runs the shipped "
+            "MiniLM with a fresh head, which may not be the same network as the ONNX model"
+        )
+    weights = shipped_weights_dir()
+    say(f"building a fresh one-label head on {weights} (seed {HEAD_SEED})")
+    made = make_fresh_head_checkpoint(weights, tmp / "checkpoint")
+    return made, (
+        f"shipped all-MiniLM-L6-v2 ({weights}) with a fresh one-label head "
+        f"(seed {HEAD_SEED}; speed does not depend on the head's values)"
+    )
+
+
+def _timing_options(command: Any) -> Any:
+    """The options every timing command shares: where the pairs come from, how many, how
+    often, on how many threads, in what batches, and where the JSON goes."""
+    options = [
+        click.option(
+            "--dataset",
+            type=click.Path(path_type=Path),
+            default=DEFAULT_DATASET,
+            show_default=True,
+            help="BEIR folder the pairs come from.",
+        ),
+        click.option(
+            "--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True
+        ),
+        click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True),
+        click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option(
+            "--output",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Write the results as JSON here.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@bench.command("scorer")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An exported cross-encoder folder (reranker.json); default: export --checkpoint "
+    "(fp32 + int8) to a temporary folder.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A Hugging Face sequence-classification folder for the torch backends (and the export); "
+    "default: the checkpoint named in --model's card, else the shipped all-MiniLM-L6-v2 body "
+    "with a fresh one-label head.",
+)
+@_timing_options
+@click.option(
+    "--torch/--no-torch",
+    "use_torch",
+    default=True,
+    show_default=True,
+    help="--no-torch: ONNX Runtime backends only (no checkpoint needed; needs --model).",
+)
+@click.option(
+    "--io-binding",
+    is_flag=True,
+    help="Run the CUDA backends through IO binding (inputs put on the GPU once per batch).",
+)
+def scorer_cmd(
+    model: Path | None,
+    checkpoint: Path | None,
+    dataset: Path,
+    n_pairs: int,
+    repeats: int,
+    threads: int,
+    batch_size: int,
+    output: Path | None,
+    use_torch: bool,
+    io_binding: bool,
+) -> None:
+    """Rerank real SciFact pairs with torch, ONNX Runtime fp32 and int8 side by side.
+
+    Interleaved repeats, median wall time per backend (tokenisation included), useful and
+    padded GFLOP/s against the measured matmul peak. Progress goes to stderr, the table to
+    stdout.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _check_inputs(dataset, model, checkpoint)
+    if use_torch:
+        require_torch()
+        import torch
+
+        torch.set_num_threads(threads)
+    elif model is None:
+        raise click.ClickException("--no-torch needs --model (an exported model folder)")
+
+    load_before = load_average()
+    notes: list[str] = []
+    selection = select_pairs(dataset, n_pairs)
+    pairs = list(selection.pairs)
+    if len(pairs) < n_pairs:
+        notes.append(f"the corpus gave only {len(pairs)} pairs of the {n_pairs} asked for")
+    say(
+        f"{len(pairs)} pairs: query {selection.query_id} ({len(selection.relevant)} relevant "
+        f"docs) from {dataset}"
+    )
+
+    with (
+        quiet_transformers() if use_torch else contextlib.nullcontext(),
+        tempfile.TemporaryDirectory(prefix="reranker-bench-") as tmp_name,
+    ):
+        tmp = Path(tmp_name)
+        source_note = "not run (--no-torch)"
+        if use_torch:
+            checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
+        model_dir, onnx_note = _onnx_model(model, checkpoint, tmp, pairs)
+        say(f"ONNX model: {onnx_note}")
+        backends = _all_backends(
+            checkpoint if use_torch else None, model_dir, threads, batch_size, notes, io_binding
+        )
+        ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
+        max_length = int(ort_fp32.info["scorer"].max_length)
+
+        say("measuring matmul peaks ...")
+        peaks, peak_notes = measure_peaks(threads)
+        notes += peak_notes
+        say("  " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+        first_runs(backends, pairs, notes)
+        peak_samples, load_per_repeat = timed_repeats(backends, pairs, repeats, threads, peaks)
+        peaks = {kind: max(sample.get(kind, 0.0) for sample in peak_samples) for kind in peaks}
+        load_after = load_average()
+
+        results = collect_results(backends, pairs, peaks, max_length, notes)
+        lengths = results.pop("_lengths")
+
+    payload: dict[str, Any] = {
+        "pairs": len(pairs),
+        "backends": results,
+        "peak_gflops": peaks,
+        "threads": threads,
+        "batch_size": batch_size,
+        "max_batch_tokens": MAX_BATCH_TOKENS,
+        "max_length": max_length,
+        "repeats": repeats,
+        "mean_tokens": round(float(np.mean(lengths)), 1),
+        "tokens": {"min": int(min(lengths)), "max": int(max(lengths)), "sum": int(sum(lengths))},
+        "peak_gflops_samples": peak_samples,
+        # the median sample: what the matmul reached under the run's typical background load
+        "peak_gflops_median": {
+            kind: round(float(statistics.median(x.get(kind, 0.0) for x in peak_samples)), 1)
+            for kind in peaks
+        },
+        "truncated_pairs": int(ort_fp32.info["scorer"].last_stats.truncated),
+        "load_1min_per_repeat": load_per_repeat,
+        "machine": {
+            **machine_info(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+        "dataset": {
+            "path": str(dataset),
+            "query_id": selection.query_id,
+            "relevant": list(selection.relevant),
+            "doc_ids": list(selection.doc_ids),
+        },
+        "model": {"torch": source_note, "onnx": onnx_note},
+        "notes": notes,
+    }
+    _report(payload, results, lengths, output)
+
+
+def _check_inputs(dataset: Path, model: Path | None, checkpoint: Path | None) -> None:
+    """Clear errors for the command's inputs before any slow work."""
+    check_dataset(dataset)
+    if model is not None:
+        read_card(model, CROSS_ENCODER_CARD)
+    if checkpoint is not None and not (checkpoint / "config.json").is_file():
+        raise click.ClickException(
+            f"--checkpoint {checkpoint} is not a Hugging Face checkpoint folder (no config.json)"
+        )
+
+
+def _onnx_model(
+    model: Path | None, checkpoint: Path | None, tmp: Path, pairs: Sequence[Pair]
+) -> tuple[Path, str]:
+    """The exported model the ONNX backends run, and a note: ``--model``, else ``checkpoint``
+    exported (fp32 + int8, fp16 with CUDA) into ``tmp``."""
+    if model is not None:
+        return model, f"--model {model}"
+    assert checkpoint is not None  # --no-torch needs --model
+    import onnxruntime as ort
+
+    from export.onnx_export import export_cross_encoder
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    say(f"exporting {checkpoint} to a temporary folder (fp32 + int8) ...")
+    started = time.perf_counter()
+    model_dir = export_cross_encoder(
+        checkpoint,
+        tmp / "onnx",
+        int8=True,
+        fp16=cuda,
+        parity_pairs=pairs[:8],
+        name="bench",
+    )
+    return model_dir, (
+        f"exported from the same checkpoint to a temporary folder "
+        f"({time.perf_counter() - started:.0f} s), int8 = dynamic per-channel"
+    )
+
+
+def _all_backends(
+    checkpoint: Path | None,
+    model_dir: Path,
+    threads: int,
+    batch_size: int,
+    notes: list[str],
+    io_binding: bool = False,
+) -> list[Backend]:
+    """The torch backends on ``checkpoint`` (none without one: ``--no-torch``) and the ONNX
+    ones on ``model_dir``; torch tokenises at the ONNX model's ``max_length`` when that is
+    below :data:`MAX_LENGTH`."""
+    backends = (
+        torch_backends(checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes)
+        if checkpoint is not None
+        else []
+    )
+    backends += ort_backends(
+        model_dir, threads=threads, batch_size=batch_size, notes=notes, io_binding=io_binding
+    )
+    ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
+    max_length = int(ort_fp32.info["scorer"].max_length)
+    if max_length != MAX_LENGTH and checkpoint is not None:
+        # a model with fewer positions: tokenise torch's pairs the same way
+        for b in backends:
+            if isinstance(b.run, TorchRunner):
+                b.run.tokenizer = bench_tokenizer(checkpoint, max_length)
+    return backends
+
+
+def _report(
+    payload: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    lengths: Sequence[int],
+    output: Path | None,
+) -> None:
+    """The summary and the table on stdout; the JSON into ``output`` when given."""
+    max_length, threads = payload["max_length"], payload["threads"]
+    load = payload["machine"]
+    click.echo(
+        f"{payload['pairs']} pairs, mean {payload['mean_tokens']} tokens (max {max(lengths)}, "
+        f"{payload['truncated_pairs']} cut at {max_length}), "
+        f"{threads} threads, batch ≤ {payload['batch_size']}, median of {payload['repeats']}; "
+        f"load average {load['load_average_before']} → {load['load_average_after']}"
+    )
+    peaks = payload["peak_gflops"]
+    click.echo("matmul peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+    click.echo(f"torch: {payload['model']['torch']}\nonnx: {payload['model']['onnx']}")
+    click.echo(format_table(results))
+    for note in payload["notes"]:
+        click.echo(f"note: {note}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        say(f"wrote {output}")
+
+
+@bench.command("lengths")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An exported cross-encoder folder [default: RERANKER_MODEL or the shipped model].",
+)
+@click.option("--variant", default="int8", show_default=True, help="Exported variant to run.")
+@click.option(
+    "--lengths",
+    default="128,192,256,320",
+    show_default=True,
+    help="Comma-separated max lengths, one Scorer each.",
+)
+@_timing_options
+def lengths_cmd(
+    model: Path | None,
+    variant: str,
+    lengths: str,
+    dataset: Path,
+    n_pairs: int,
+    repeats: int,
+    threads: int,
+    batch_size: int,
+    output: Path | None,
+) -> None:
+    """Time the same real SciFact pairs through the ONNX scorer at several max lengths.
+
+    One :class:`~reranker.rerank.scorer.Scorer` per length (same model, variant, threads and
+    batching); each runs once untimed, then ``--repeats`` interleaved rounds time every length
+    in turn; the median wall time per length (tokenisation included), with the tokens fed,
+    the pairs cut and the FLOP estimate. A first-stage-aware model gets the same seeded
+    random features at every length (they change its scores, not its cost).
+    """
+    from reranker.rerank.scorer import CPU, Scorer, default_model_dir
+
+    chosen = parse_lengths(lengths)
+    check_dataset(dataset)
+    model_dir = model or default_model_dir()
+    read_card(model_dir, CROSS_ENCODER_CARD)
+    dims = ModelDims.from_config(model_dir)
+    load_before = load_average()
+    selection = select_pairs(dataset, n_pairs)
+    pairs = list(selection.pairs)
+    say(f"{len(pairs)} pairs: query {selection.query_id} from {dataset}")
+    backends: list[Backend] = []
+    for length in chosen:
+        try:
+            s = Scorer(
+                model_dir,
+                providers=[CPU],
+                variant=variant,
+                threads=threads,
+                max_batch_size=batch_size,
+                max_batch_tokens=MAX_BATCH_TOKENS,  # the Scorer's default, as eval and serve run
+                max_length=length,
+            )
+        except RerankerError as exc:
+            raise click.ClickException(f"max length {length}: {exc}") from exc
+        if s.max_length != length:
+            raise click.ClickException(
+                f"max length {length} is beyond {model_dir}'s position limit ({s.max_length})"
+            )
+        run = s.score
+        if s.feature_names:  # a first-stage-aware model: its cost does not depend on the values
+            features = np.random.default_rng(0).random(
+                (len(pairs), len(s.feature_names)), dtype=np.float32
+            )
+            run = functools.partial(s.score, features=features)
+        backends.append(Backend(name=f"len{length}", run=run, dims=dims, info={"scorer": s}))
+    for b in backends:
+        b.scores = np.asarray(b.run(pairs), dtype=np.float32)
+    load_per_repeat: list[float] = []
+    for r in range(repeats):
+        for b in backends:
+            time.sleep(GAP_S)
+            started = time.perf_counter()
+            b.run(pairs)
+            b.seconds.append(time.perf_counter() - started)
+        load_per_repeat.extend(load_average()[:1])
+        say(
+            f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
+        )
+    reference = next((b for b in backends if b.info["scorer"].max_length == MAX_LENGTH), None)
+    rows: dict[str, dict[str, Any]] = {}
+    for b in backends:
+        s = b.info["scorer"]
+        stats = s.last_stats
+        ms = median_ms(b.seconds)
+        useful = sum(dims.flops(n) for n in pair_lengths(s, pairs))
+        row: dict[str, Any] = {
+            "max_length": s.max_length,
+            "ms": round(ms, 1),
+            "pairs_per_s": round(len(pairs) / (ms / 1000.0), 2),
+            "runs_ms": [round(x * 1000.0, 1) for x in b.seconds],
+            "tokens": stats.tokens,
+            "mean_tokens": round(stats.tokens / max(1, stats.pairs), 1),
+            "padded_tokens": stats.padded_tokens,
+            "truncated_pairs": stats.truncated,
+            "gflop": round(useful / 1e9, 2),
+            "gflops": round(useful / (ms / 1000.0) / 1e9, 2),
+        }
+        if reference is not None and reference.scores is not None and b.scores is not None:
+            ref_ms = median_ms(reference.seconds)
+            row["ms_vs_256"] = round(ms / ref_ms, 3)
+            row["max_abs_diff_vs_256"] = round(float(np.abs(b.scores - reference.scores).max()), 4)
+        rows[b.name] = row
+    payload: dict[str, Any] = {
+        "model": str(model_dir),
+        "variant": variant,
+        "pairs": len(pairs),
+        "threads": threads,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "results": list(rows.values()),  # a list: in the order of --lengths
+        "load_1min_per_repeat": load_per_repeat,
+        "machine": {
+            **machine_info(),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+        },
+        "dataset": {
+            "path": str(dataset),
+            "query_id": selection.query_id,
+            "doc_ids": list(selection.doc_ids),
+        },
+    }
+    click.echo(
+        f"{len(pairs)} pairs, {variant}, {threads} threads, batch ≤ {batch_size}, median of "
+        f"{repeats} interleaved repeats; load average {load_before} → {load_average()}"
+    )
+    click.echo(f"{'length':>7}{'ms':>9}{'pairs/s':>9}{'mean tok':>10}{'cut':>5}{'GFLOP':>8}")
+    for row in rows.values():
+        click.echo(
+            f"{row['max_length']:>7}{row['ms']:>9.1f}{row['pairs_per_s']:>9.1f}"
+            f"{row['mean_tokens']:>10.1f}{row['truncated_pairs']:>5}{row['gflop']:>8.2f}"
+        )
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        say(f"wrote {output}")
+
+
+@bench.command("length-curve")
+@click.argument("evals", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--speed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A `bench lengths --output` result: ms per 100 pairs per length.",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The cross-encoder folder whose card to update [default: RERANKER_MODEL or the "
+    "shipped model].",
+)
+@click.option("--note", default=None, help="What else ran on the machine, for the card.")
+@click.option(
+    "--write/--dry-run",
+    default=False,
+    show_default=True,
+    help="--write: record the curve as the card's max_length_curve and set its max_length "
+    "to the chosen length (the card hashes the other files only, so they stay valid).",
+)
+def length_curve_cmd(
+    evals: tuple[Path, ...],
+    speed: Path | None,
+    model: Path | None,
+    note: str | None,
+    write: bool,
+) -> None:
+    """NDCG@10 against max length from `reranker eval --max-length N --output` results, and
+    the length chosen: the shortest within 0.005 NDCG@10 of 256 on every dataset."""
+    from reranker.rerank.scorer import default_model_dir
+
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in evals]
+    timing = json.loads(speed.read_text(encoding="utf-8")) if speed else None
+    curve = length_curve(runs, timing)
+    if note:
+        curve["note"] = note
+    model_dir = model or default_model_dir()
+    card = read_card(model_dir, CROSS_ENCODER_CARD)
+    variant_file = (card.get("variants") or {}).get(curve["variant"], {}).get("file", "")
+    version = card.get("version") or str(card["files"].get(variant_file, ""))[:12]
+    if (card.get("name"), version) != (curve["model"], curve["model_version"]):
+        raise click.ClickException(f"the eval results are not of the model in {model_dir}")
+    click.echo(json.dumps(curve, indent=2))
+    if write:
+        card["max_length_curve"] = curve
+        card["max_length"] = curve["chosen"]
+        write_json_atomic(model_dir / CROSS_ENCODER_CARD, card)
+        say(f"wrote max_length_curve and max_length {curve['chosen']} into {model_dir}")
+
+
+@bench.command("window")
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_DATASET,
+    show_default=True,
+    help="BEIR folder whose test queries are searched (indexed by `reranker eval` first).",
+)
+@click.option("--index", default=None, help="Alias to search [default: beir-<dataset>].")
+@click.option("--queries", "n_queries", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--window", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The model the ladder starts from [default: the shipped reranker-minilm-l6].",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The model it ends with [default: the shipped reranker-minilm-l6-aware].",
+)
+@click.option(
+    "--lengths",
+    default="256,192",
+    show_default=True,
+    help="Max lengths of --model, one step each, in order.",
+)
+@click.option(
+    "--cascade-k",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="The last step: the first stage ranks the window, --model rescores its top K.",
+)
+@click.option("--variant", default="int8", show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results as JSON here.",
+)
+@click.pass_context
+def window_cmd(
+    ctx: click.Context,
+    dataset: Path,
+    index: str | None,
+    n_queries: int,
+    window: int,
+    baseline: Path | None,
+    model: Path | None,
+    lengths: str,
+    cascade_k: int,
+    variant: str,
+    output: Path | None,
+) -> None:
+    """Time the reranking of whole first-stage windows, one change at a time.
+
+    Each of --queries test queries is searched once (hybrid top --window, from the index
+    `reranker eval` built); then every step of the ladder reranks that same window, the steps
+    interleaved query by query, with no score cache: the baseline model; --model at each of
+    --lengths; --model with the first stage as a cascade's cheap level (its top --cascade-k
+    rescored). Reported per step: p50 and p90 milliseconds per window (tokenisation,
+    features and ordering included; the search is not), the ratio to the baseline and to the
+    step before (that change's share), and NDCG@10 over these queries (a small sample:
+    `reranker eval` gives the full figures).
+    """
+    from reranker.es.client import make_client
+    from reranker.evaluation.runs import judged_queries
+    from reranker.metrics import ranking_metrics
+    from reranker.models import SHIPPED_MODELS_DIR
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.scorer import load_scorer
+    from reranker.retrieval.embedder import Embedder
+
+    baseline = baseline or SHIPPED_MODELS_DIR / "reranker-minilm-l6"
+    model = model or SHIPPED_MODELS_DIR / "reranker-minilm-l6-aware"
+    chosen = parse_lengths(lengths)
+    check_dataset(dataset)
+    if cascade_k > window:
+        raise click.BadParameter(f"must be at most --window ({window})", param_hint="--cascade-k")
+    queries, qrels = judged_queries(dataset, "test", limit=n_queries)
+    alias = index or f"beir-{dataset.name.lower()}"
+    client = make_client(ctx.obj)
+    encoder = Embedder.default(ctx.obj)
+    steps = window_ladder(baseline, model, chosen, cascade_k)
+    pipelines = []
+    for step in steps:
+        scorer = load_scorer(step.model, variant, max_length=step.max_length)  # as serve loads
+        path = QueryPath(
+            index=alias,
+            window=window,
+            model=step.model,
+            variant=variant,
+            max_length=step.max_length,
+            cascade_model=Path("first-stage") if step.cascade_k else None,
+            cascade_k=step.cascade_k,
+        )
+        pipelines.append(build_pipeline(path, client, encoder, scorer=scorer))
+    stage = pipelines[0].first_stage
+    assert stage is not None
+    vectors = dict(zip(queries, stage.embed(list(queries.values())), strict=True))
+    windows = {
+        qid: stage.search(text, "hybrid", window, hybrid=pipelines[0].hybrid, vector=vectors[qid])
+        for qid, text in queries.items()
+    }
+    say(f"{len(windows)} windows of up to {window} from {alias}; {len(steps)} steps")
+    load_before = load_average()
+    for pipeline in pipelines:  # one untimed window each: sessions warm
+        first = next(iter(queries))
+        pipeline.rerank(queries[first], windows[first], k=10)
+    seconds: list[list[float]] = [[] for _ in steps]
+    runs: list[dict[str, dict[str, float]]] = [{} for _ in steps]
+    for n, (qid, text) in enumerate(queries.items(), start=1):
+        for i, pipeline in enumerate(pipelines):
+            time.sleep(GAP_S)
+            started = time.perf_counter()
+            result = pipeline.rerank(text, windows[qid], k=window)
+            seconds[i].append(time.perf_counter() - started)
+            if result.degraded is not None:
+                raise click.ClickException(f"{steps[i].name}: {result.degraded.reason}")
+            runs[i][qid] = {h.id: float(len(result.hits) - r) for r, h in enumerate(result.hits)}
+        if n % 10 == 0 or n == len(queries):
+            say(
+                f"{n}/{len(queries)} windows: "
+                + ", ".join(
+                    f"{s.name} {percentile_ms(seconds[i], 50):.0f} ms" for i, s in enumerate(steps)
+                )
+            )
+    rows = []
+    for i, step in enumerate(steps):
+        length = getattr(pipelines[i].scorer, "max_length", None)
+        p50 = percentile_ms(seconds[i], 50)
+        row: dict[str, Any] = {
+            "step": step.name,
+            "model": str(step.model),
+            "max_length": length,
+            "cascade_k": step.cascade_k,
+            "p50_ms": round(p50, 1),
+            "p90_ms": round(percentile_ms(seconds[i], 90), 1),
+            "mean_ms": round(float(np.mean(seconds[i])) * 1000.0, 1),
+            "ndcg@10": round(ranking_metrics(qrels, runs[i])["nDCG@10"], 4),
+        }
+        row["x_baseline"] = round(p50 / percentile_ms(seconds[0], 50), 3)
+        row["x_previous"] = round(p50 / percentile_ms(seconds[max(0, i - 1)], 50), 3)
+        rows.append(row)
+    payload: dict[str, Any] = {
+        "dataset": str(dataset),
+        "index": alias,
+        "queries": len(queries),
+        "window": window,
+        "variant": variant,
+        "score_cache": False,
+        "results": rows,
+        "machine": {**machine_info(), "load_average_before": load_before, "after": load_average()},
+    }
+    click.echo(
+        f"{len(queries)} windows of {window} ({alias}), {variant}, no score cache; "
+        f"load average {load_before} → {load_average()}"
+    )
+    click.echo(f"{'step':<28}{'p50 ms':>9}{'p90 ms':>9}{'x base':>8}{'x prev':>8}{'NDCG@10':>9}")
+    for row in rows:
+        click.echo(
+            f"{row['step']:<28}{row['p50_ms']:>9.1f}{row['p90_ms']:>9.1f}"
+            f"{row['x_baseline']:>8.3f}{row['x_previous']:>8.3f}{row['ndcg@10']:>9.4f}"
+        )
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        say(f"wrote {output}")

@@ -1,0 +1,180 @@
+"""What the commands share: the group class that maps errors to exit codes, and the options and
+loaders several commands use."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from elasticsearch import ConnectionError as ESConnectionError
+
+from reranker.config import Settings
+from reranker.errors import RerankerError
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
+    from reranker.retrieval.embedder import Embedder
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  unexpected failure
+  2  bad usage or settings
+  3  Elasticsearch node not started or not reachable
+  4  unreadable or malformed input
+  5  indexing failed (the live alias is untouched)
+  6  search failed
+  7  model could not be loaded
+"""
+
+
+#: packages of the ``train`` extra: commands that train, export or time torch need them
+TRAIN_EXTRA = frozenset({"torch", "transformers", "onnx", "safetensors"})
+
+
+class RerankerGroup(click.Group):
+    """Turns the package's errors into one line on stderr and a meaningful exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] not in TRAIN_EXTRA:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(
+                f"error: `reranker {command}` needs the train extra ({exc.name} is not "
+                "installed); install it with ./scripts/setup --train "
+                "(or: pip install -e '.[train]')",
+                err=True,
+            )
+            sys.exit(2)
+        except (RerankerError, ESConnectionError) as exc:
+            unreachable = unreachable_cause(exc)
+            if unreachable is not None:
+                # whichever step met it (a search, indexing, evaluation), an unreachable
+                # cluster is exit 3, as documented
+                settings: Settings | None = ctx.obj
+                url = settings.es_url if settings else "Elasticsearch"
+                click.echo(
+                    f"error: cannot reach {url} ({unreachable}); "
+                    "start the local node with `reranker es up` or set RERANKER_ES_URL",
+                    err=True,
+                )
+                sys.exit(3)
+            assert isinstance(exc, RerankerError)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+def unreachable_cause(exc: BaseException) -> str | None:
+    """The message of the connection failure (refused, timed out, name not resolved) that
+    ``exc`` is or was raised from, if any."""
+    from elastic_transport import ConnectionTimeout
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ESConnectionError | ConnectionTimeout):
+            return str(getattr(current, "message", current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def es_client(ctx: click.Context) -> Elasticsearch:
+    from reranker.es.client import make_client
+
+    settings: Settings = ctx.obj
+    return make_client(settings)
+
+
+def query_embedder(ctx: click.Context) -> Embedder:
+    from reranker.retrieval.embedder import Embedder
+
+    return Embedder.default(ctx.obj)
+
+
+def default_model_dir() -> Path:
+    """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
+    from reranker.rerank.scorer import default_model_dir as scoring_default
+
+    return scoring_default()
+
+
+def scorer_url_option(command: Any) -> Any:
+    return click.option(
+        "--scorer-url",
+        "scorer_urls",
+        multiple=True,
+        help="Score through this rerank endpoint (`reranker serve --scorer-only` or a "
+        "text-embeddings-inference server) instead of loading a model; repeatable: requests "
+        "are spread across them, with fail-over [serve: env RERANKER_PROXY_SCORER_URLS, "
+        "comma-separated].",
+    )(command)
+
+
+def load_cli_scorer(model: Path | None, variant: str | None) -> Any:
+    from reranker.rerank.scorer import load_scorer
+
+    return load_scorer(model, variant)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def hybrid_options(func: F) -> F:
+    func = click.option(
+        "--fusion",
+        type=click.Choice(["rrf", "linear"]),
+        default="linear",
+        show_default=True,
+        help="How BM25 and kNN lists are fused. Linear (min-max, 1:1) beat RRF on SciFact, "
+        "Stack Exchange and TREC DL, and lost to it on DBpedia "
+        "(docs/experiments/first-stage.md).",
+    )(func)
+    func = click.option("--rank-constant", default=60, show_default=True, help="RRF constant.")(
+        func
+    )
+    func = click.option(
+        "--normalization",
+        type=click.Choice(["minmax", "zscore", "l2"]),
+        default="minmax",
+        show_default=True,
+        help="Score normalisation for linear fusion.",
+    )(func)
+    func = click.option(
+        "--weights",
+        default=None,
+        help="Fusion weights, lexical,dense [default: 0.7,1 for linear fusion (chosen on dev "
+        "queries), 1,1 for RRF].",
+    )(func)
+    return func
+
+
+def parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: str | None) -> Any:
+    from reranker.errors import ConfigError
+    from reranker.retrieval.first_stage import HybridOptions
+
+    if weights is None:
+        return HybridOptions(
+            fusion=fusion,  # type: ignore[arg-type]
+            rank_constant=rank_constant,
+            normalization=normalization,  # type: ignore[arg-type]
+        )
+    try:
+        lexical, dense = (float(w) for w in weights.split(","))
+    except ValueError:
+        raise ConfigError(f"--weights {weights!r}: expected two numbers, e.g. 1,1") from None
+    return HybridOptions(
+        fusion=fusion,  # type: ignore[arg-type]
+        rank_constant=rank_constant,
+        normalization=normalization,  # type: ignore[arg-type]
+        weights=(lexical, dense),
+    )

@@ -1,0 +1,102 @@
+"""``reranker index`` and ``reranker reindex``: a corpus into a new versioned index, then the alias
+swap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reranker.cli.common import es_client, query_embedder
+
+# --------------------------------------------------------------------------- index
+
+
+@click.command("index")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--alias", required=True, help="Alias the new index is published under.")
+@click.option(
+    "--extra",
+    "extra",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="JSONL of extra fields joined on _id (e.g. signals.jsonl); repeatable.",
+)
+@click.option(
+    "--skip-malformed/--abort-on-malformed",
+    default=False,
+    show_default=True,
+    help="Skip malformed lines (each reported) or stop at the first one.",
+)
+@click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def index_cmd(
+    ctx: click.Context,
+    source: Path,
+    alias: str,
+    extra: tuple[Path, ...],
+    skip_malformed: bool,
+    keep_old: bool,
+    progress: bool,
+) -> None:
+    """Index SOURCE (a BEIR folder or a JSONL file) into a new versioned index behind ALIAS.
+
+    Documents are embedded (ONNX all-MiniLM-L6-v2), bulk-loaded into <alias>-<timestamp>,
+    counted, and only then is the alias swapped atomically. Any failure leaves the alias
+    and its current index untouched. Re-running on the same source gives the same result.
+    """
+    from reranker.corpus import CorpusSource
+    from reranker.es.indexing import LoadOptions, default_cache, index_corpus
+
+    corpus = CorpusSource.open(source, extra=extra)
+    client = es_client(ctx)
+    embedder = query_embedder(ctx)
+    result = index_corpus(
+        client,
+        corpus,
+        alias,
+        embedder,
+        cache=default_cache(ctx.obj.home, embedder),
+        skip_malformed=skip_malformed,
+        options=LoadOptions(keep_previous=keep_old, progress=progress),
+    )
+    for skipped in result.skipped:
+        click.echo(f"skipped {skipped}", err=True)
+    _report_index(result)
+
+
+@click.command("reindex")
+@click.option("--alias", required=True, help="Alias whose index is rebuilt.")
+@click.option("--re-embed", is_flag=True, help="Recompute embeddings instead of copying them.")
+@click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def reindex_cmd(
+    ctx: click.Context, alias: str, re_embed: bool, keep_old: bool, progress: bool
+) -> None:
+    """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
+    mappings, and swap the alias the same safe way as `index`."""
+    from reranker.es.indexing import LoadOptions, default_cache, reindex_alias
+
+    client = es_client(ctx)
+    embedder = query_embedder(ctx)
+    result = reindex_alias(
+        client,
+        alias,
+        embedder,
+        cache=default_cache(ctx.obj.home, embedder),
+        re_embed=re_embed,
+        options=LoadOptions(keep_previous=keep_old, progress=progress),
+    )
+    _report_index(result)
+
+
+def _report_index(result: Any) -> None:
+    previous = ", ".join(result.previous) or "none"
+    fate = "deleted" if result.deleted_previous else "kept"
+    click.echo(
+        f"{result.alias} → {result.index}: {result.documents} documents in "
+        f"{result.seconds:.1f}s (previous: {previous}, {fate if result.previous else 'n/a'})"
+    )

@@ -1,0 +1,118 @@
+"""``reranker search``: one query through the first stage (and the reranker with ``--rerank``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reranker.cli.common import es_client, hybrid_options, parse_hybrid, query_embedder
+from reranker.config import MODEL_VARIANTS
+
+
+def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
+    """Refuse kNN with query vectors of another embedding space than the index's (the
+    embedder ``reranker index`` recorded in its ``_meta``; an index without one passes)."""
+    from reranker.errors import ConfigError
+    from reranker.es.mappings import index_meta
+
+    try:
+        recorded = index_meta(client, alias).get("embedder")
+    except Exception:  # not readable here: the search itself reports what is wrong
+        return
+    if recorded and recorded != model_id:
+        raise ConfigError(
+            f"{alias} was embedded with {recorded}, and this command embeds queries with "
+            f"{model_id}: pass the index's embedder (--embedder), reindex, or use --mode bm25"
+        )
+
+
+@click.command("search")
+@click.argument("text")
+@click.option("--alias", required=True, help="Index or alias to search.")
+@click.option(
+    "--mode", type=click.Choice(["bm25", "dense", "hybrid"]), default="hybrid", show_default=True
+)
+@click.option("--k", default=10, show_default=True, help="Number of hits.")
+@hybrid_options
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON lines.")
+@click.option(
+    "--rerank/--no-rerank",
+    default=False,
+    show_default=True,
+    help="Rerank the first stage's top --window with the cross-encoder.",
+)
+@click.option("--window", default=100, show_default=True, help="Candidates to rerank.")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Cross-encoder.")
+@click.option("--variant", type=click.Choice(MODEL_VARIANTS), default=None, help="Precision.")
+@click.option(
+    "--cascade-k",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="With --rerank: the cross-encoder rescores the first stage's top K of the window, "
+    "the rest keep their first-stage order (chosen on dev queries); 0 scores the whole window.",
+)
+@click.pass_context
+def search_cmd(
+    ctx: click.Context,
+    text: str,
+    alias: str,
+    mode: str,
+    k: int,
+    fusion: str,
+    rank_constant: int,
+    normalization: str,
+    weights: str,
+    as_json: bool,
+    rerank: bool,
+    window: int,
+    model: Path | None,
+    variant: str | None,
+    cascade_k: int,
+) -> None:
+    """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
+    --rerank, the top --window of that first stage reordered by the cross-encoder."""
+    from reranker.rerank.pipeline import FIRST_STAGE_STUDENT, QueryPath, build_pipeline
+
+    cascade = rerank and 0 < cascade_k < window
+    path = QueryPath(
+        index=alias,
+        base=mode,
+        window=window if rerank else k,
+        hybrid=parse_hybrid(fusion, rank_constant, normalization, weights),
+        rerank=rerank,
+        model=model,
+        variant=variant,
+        cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
+        cascade_k=cascade_k if cascade else None,
+    )
+    # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
+    encoder = query_embedder(ctx) if mode != "bm25" or rerank else None
+    client = es_client(ctx)
+    if encoder is not None and mode != "bm25":
+        _check_index_embedder(client, alias, encoder.model_id)
+    pipeline = build_pipeline(path, client, encoder)
+    result = pipeline.search(text, k=k)
+    if result.degraded:
+        click.echo(f"warning: {result.degraded}", err=True)
+    for rank, hit in enumerate(result.hits, start=1):
+        source = hit.source or {}
+        if as_json:
+            row = {
+                "rank": rank,
+                "_id": hit.id,
+                "_score": hit.score,
+                "first_stage_rank": hit.first_stage_rank,
+                "stages": hit.stage_scores,
+                "title": source.get("title"),
+            }
+            if hit.relevance is not None:
+                row["relevance"] = hit.relevance
+            click.echo(json.dumps(row))
+        else:
+            label = (source.get("title") or source.get("text") or "").replace("\n", " ")[:90]
+            moved = f"(was {hit.first_stage_rank:>3})" if rerank else ""
+            click.echo(f"{rank:>3}. {hit.score:10.4f} {moved} {hit.id:<24} {label}")
