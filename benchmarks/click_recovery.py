@@ -9,11 +9,13 @@ editorial qrels.
 
 It starts ``reranker serve --ubi`` in a child process (against ``RERANKER_ES_URL``, fresh UBI
 index names for this run, the shipped cross-encoder), and per dataset: simulated users
-(:mod:`reranker.feedback.click_sim`: position bias ``(1/k)^eta``, click probability by qrels grade plus
+(:mod:`reranker.feedback.click_sim`: position bias ``(1/k)^eta``, click probability by qrels grade
+plus
 noise, seeded) search a seeded sample of the *train* queries, alternately BM25 (passed
 through) and reranked, and post impressions and clicks to ``POST /_reranker/events``; once
 Elasticsearch holds every accepted event, the events are read back from ``ubi_events`` and
-judged by ``pbm``, ``coec`` and ``ctr`` (:mod:`reranker.feedback.judgments`, as ``reranker judgments``
+judged by ``pbm``, ``coec`` and ``ctr`` (:mod:`reranker.feedback.judgments`, as ``reranker
+judgments``
 does), and each set of judgments is compared with the train qrels (unjudged = 0) over the
 pairs it judged: Kendall's τ-b of score against grade, precision of the top-scored pairs,
 whether each query's top-scored document is relevant, and agreement of the grades.
@@ -37,11 +39,11 @@ import httpx
 from elasticsearch import NotFoundError
 from load import free_port, healthy_proxy  # benchmarks/load.py (this script's folder)
 
-from reranker.feedback import judgments as j
-from reranker.feedback.click_sim import NOTE, RANKERS, UserModel, pick_queries, simulate
 from reranker.config import Settings
 from reranker.corpus import load_qrels, load_queries
 from reranker.es.client import make_client
+from reranker.feedback import judgments as j
+from reranker.feedback.click_sim import NOTE, RANKERS, UserModel, pick_queries, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

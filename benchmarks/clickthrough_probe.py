@@ -46,7 +46,7 @@ def pooled(model_dir: Path, texts: list[tuple[str, str]], cache: Path) -> np.nda
     import torch
     from popularity_head_refit import pooled_and_head
 
-    from reranker.training.first_stage_aware import load_aware
+    from reranker.training.aware_model import load_aware
 
     torch.set_num_threads(2)
     model, tokenizer = load_aware(model_dir)
@@ -81,8 +81,8 @@ def cross_fitted(dev: FeatureSet, only: list[str]) -> float:
 def main() -> None:
     from reranker.corpus import passage_text
     from reranker.feedback.judgments import count_clicks, fit_pbm, read_events_file
-    from reranker.training.heads import document_sources
     from reranker.training.data import _read_jsonl
+    from reranker.training.heads import document_sources
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("events", type=Path)

@@ -46,8 +46,8 @@ import numpy as np
 from reranker.blend.fit import fit_linear
 from reranker.corpus import load_qrels
 from reranker.metrics import score_run
-from reranker.training.ltr import FeatureSet, fit_blend, read_features
 from reranker.rerank.heads import CLICK_HEAD, PREDICTED_PREFIX, predicted_feature
+from reranker.training.ltr import FeatureSet, fit_blend, read_features
 
 DEV_FRACTION = 0.3
 CEILING_RESTARTS = 6

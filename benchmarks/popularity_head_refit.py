@@ -23,9 +23,9 @@ from scipy.stats import spearmanr
 from signal_heads import judged_pairs
 
 from reranker.corpus import passage_text
-from reranker.training.first_stage_aware import load_aware
-from reranker.training.heads import document_sources, judged_documents, signal_targets
+from reranker.training.aware_model import load_aware
 from reranker.training.data import _read_jsonl, read_qrels
+from reranker.training.heads import document_sources, judged_documents, signal_targets
 
 SE = Path(__file__).resolve().parents[2] / "shared" / "data" / "stackexchange"
 

@@ -38,8 +38,8 @@ from scipy.stats import spearmanr
 from reranker.corpus import passage_text
 from reranker.rerank.features import FEATURE_NAMES
 from reranker.rerank.scorer import Scorer
-from reranker.training.heads import document_sources
 from reranker.training.data import _read_jsonl, read_qrels
+from reranker.training.heads import document_sources
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -514,7 +514,7 @@ def _heads_card(checkpoint_dir: Path, names: Sequence[str]) -> dict[str, Any]:
 
 def _load_aware_if_any(checkpoint_dir: Path) -> Any:
     """The first-stage-aware model saved in ``checkpoint_dir``, or None for a plain one."""
-    from reranker.training.first_stage_aware import is_aware_checkpoint, load_aware
+    from reranker.training.aware_model import is_aware_checkpoint, load_aware
 
     if not is_aware_checkpoint(checkpoint_dir):
         return None

@@ -47,7 +47,7 @@ def doctor_cmd(ctx: click.Context, model: Path | None) -> None:
         f"{embedder_dir} ({'assembled' if embedder_dir.is_dir() else 'assembled on first use'})",
     )
     try:
-        from reranker.es.node import find_java_home
+        from reranker.es.distribution import find_java_home
 
         line("jdk", str(find_java_home()))
     except RerankerError as exc:

@@ -33,7 +33,8 @@ def _node_options(func: F) -> F:
 
 
 def _node(port: int, version: str | None, heap: str | None = None, *, security: bool = True) -> Any:
-    from reranker.es.node import DEFAULT_ES_VERSION, LocalNode
+    from reranker.es.distribution import DEFAULT_ES_VERSION
+    from reranker.es.node import LocalNode
 
     kwargs: dict[str, Any] = {
         "port": port,

@@ -73,9 +73,9 @@ def ltr_log_features(
     from reranker.blend.signals import PRESETS, load_signal_config
     from reranker.es.indexing import default_cache
     from reranker.evaluation.runs import ensure_dataset_index, judged_queries, query_vectors
+    from reranker.rerank.cache import CachedScorer
     from reranker.rerank.heads import predicted_feature
     from reranker.rerank.pipeline import QueryPath, build_pipeline
-    from reranker.rerank.scorer import CachedScorer
     from reranker.training.ltr import log_features
 
     queries, qrels = judged_queries(dataset, split, limit=max_queries)

@@ -199,7 +199,8 @@ def train_cmd(
             click_events, click_min_examinations,
         )  # fmt: skip
         return
-    from reranker.training.cross_encoder import TrainConfig, train
+    from reranker.training.cross_encoder import train
+    from reranker.training.cross_encoder_config import TrainConfig
 
     config = TrainConfig(
         train_files=list(data),

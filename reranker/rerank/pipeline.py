@@ -553,8 +553,9 @@ class QueryPath:
 
 def scorer_for(path: QueryPath) -> PairScorer:
     """The cross-encoder ``path`` names, behind the logit cache when it has one."""
+    from reranker.rerank.cache import CachedScorer
     from reranker.rerank.remote import RemoteScorer
-    from reranker.rerank.scorer import CachedScorer, ServedScorer, load_scorer
+    from reranker.rerank.scorer import ServedScorer, load_scorer
 
     scorer: ServedScorer
     if path.scorer_urls:
@@ -580,7 +581,8 @@ def cascade_for(path: QueryPath, full: PairScorer | None = None) -> Cascade | No
         if path.cascade_k is not None:
             raise ConfigError("a cascade k needs a cascade model (cascade_model)")
         return None
-    from reranker.rerank.scorer import CachedScorer, load_scorer
+    from reranker.rerank.cache import CachedScorer
+    from reranker.rerank.scorer import load_scorer
 
     k = path.cascade_k if path.cascade_k is not None else DEFAULT_CASCADE_K
     if not 1 <= k <= path.window:

@@ -53,20 +53,18 @@ from reranker.errors import ConfigError, ModelError, SourceError
 from reranker.metrics import ranking_metrics
 from reranker.models import load_tokenizer, sha256_file, shipped_weights_dir
 from reranker.rerank.pipeline import cascade_order, cascade_split
-from reranker.training.cross_encoder import (
-    TRAIN_INFO_FILE,
-    Feature,
-    _collate,
-    _environment,
-    _quiet_transformers,
+from reranker.training.checkpoints import check_checkpoint_dir, load_cross_encoder
+from reranker.training.cross_encoder_config import TRAIN_INFO_FILE
+from reranker.training.dev import Feature, collate
+from reranker.training.losses import listwise_kl_loss, margin_mse_loss
+from reranker.training.toolbox import (
     adamw_with_warmup,
-    check_checkpoint_dir,
     cpu_supports_bf16,
-    load_cross_encoder,
+    environment,
     loss_curve,
+    quiet_transformers,
     seed_everything,
 )
-from reranker.training.losses import listwise_kl_loss, margin_mse_loss
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -426,7 +424,7 @@ def student_scores(
     model.train(False)
     with torch.inference_mode():
         for chunk in plan_batches([len(ids) for ids, _ in flat], batch_size, None):
-            batch = _collate([flat[i] for i in chunk], 0, device)
+            batch = collate([flat[i] for i in chunk], 0, device)
             with _autocast(device, bf16):
                 logits = model(**batch).logits
             out[chunk] = head_scores(logits.float()).cpu().numpy()
@@ -476,7 +474,7 @@ def save_student(model: PreTrainedModel, base: Path, teacher_tokenizer: Path, ou
     out.mkdir(parents=True, exist_ok=True)
     model.config.id2label = {0: "relevance"}
     model.config.label2id = {"relevance": 0}
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
         tokenizer = AutoTokenizer.from_pretrained(str(base), local_files_only=True)
         tokenizer.save_pretrained(out)
@@ -571,7 +569,7 @@ def train_student(
             "threads": torch.get_num_threads(),
             "seconds": round(time.monotonic() - started, 1),
             "config": config.to_json(),
-            **_environment(),
+            **environment(),
         }
         (config.output_dir / TRAIN_INFO_FILE).write_text(
             json.dumps(info, indent=2) + "\n", encoding="utf-8"
@@ -591,7 +589,7 @@ def train_student(
                 rows = [f for i in chosen for f in train_features[i]]
                 sizes = [len(train_features[i]) for i in chosen]
                 target = torch.cat([teacher_logits[i] for i in chosen]).to(device)
-                batch = _collate(rows, 0, device)
+                batch = collate(rows, 0, device)
                 with _autocast(device, bf16):
                     logits = head_scores(model(**batch).logits.float())
                 loss: Any
@@ -668,7 +666,7 @@ def distill(
     corpus or another embedder's vectors (:func:`ensure_dataset_index`, as ``eval`` does), so
     the mined hybrid candidates never come from query vectors of a foreign embedding space."""
     from reranker.evaluation.runs import ensure_dataset_index
-    from reranker.rerank.scorer import CachedScorer
+    from reranker.rerank.cache import CachedScorer
 
     teacher_scorer = load_teacher(config.teacher)
     teacher = teacher_record(teacher_scorer)

@@ -48,16 +48,16 @@ from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text
 from reranker.errors import ConfigError, SourceError
 from reranker.metrics import ranking_metrics
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
-from reranker.training.cross_encoder import (
-    _quiet_transformers,
-    _versions,
-    cpu_supports_bf16,
-    default_base_model,
-    linear_warmup_schedule,
-    seed_everything,
-)
+from reranker.training.cross_encoder_config import default_base_model
 from reranker.training.data import BM25, _read_jsonl, read_qrels
 from reranker.training.losses import in_batch_loss
+from reranker.training.toolbox import (
+    cpu_supports_bf16,
+    linear_warmup_schedule,
+    package_versions,
+    quiet_transformers,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class _BiEncoder:
     """Mean-pooled, unit-length embeddings of a Hugging Face encoder."""
 
     def __init__(self, folder: Path, config: EmbedderTrainConfig) -> None:
-        with _quiet_transformers():
+        with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         self.config = config
@@ -431,7 +431,7 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
         "selection": "best mean held-out NDCG@10 of the hybrid list (linear, min-max, top 100)",
         "history": history,
         "chosen": best,
-        "versions": _versions(),
+        "versions": package_versions(),
     }
     (checkpoint / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     from export.onnx_export import add_encoder_int8, export_encoder

@@ -30,7 +30,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,33 +38,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
-from reranker.errors import ConfigError, ModelError, SourceError
+from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, split_queries
+from reranker.errors import ConfigError, SourceError
 from reranker.metrics import ranking_metrics
 from reranker.rerank.features import (
     FEATURE_NAMES,
     NORMALIZATION,
-    features_from_stage_scores,
 )
 from reranker.rerank.heads import CLICK_HEAD, DOCUMENT_HEADS, RELEVANCE
-from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
-from reranker.training.cross_encoder import (
-    _autocast,
-    _collate,
-    _encode,
-    _quiet_transformers,
-    _versions,
-    cpu_supports_bf16,
-    default_base_model,
-    linear_warmup_schedule,
-    score_pairs,
-    seed_everything,
+from reranker.training.aware_model import (
+    FirstStageAwareModel,
+    is_aware_checkpoint,
+    load_aware,
+    load_pretrained_encoder,
+    save_aware,
 )
-from reranker.training.data import BM25, _read_jsonl, read_qrels
+from reranker.training.cross_encoder_config import default_base_model
+from reranker.training.data import read_qrels
+from reranker.training.dev import collate, encode_pairs, score_pairs
 from reranker.training.heads import (
     ClickTargets,
     SignalTargets,
@@ -75,311 +69,17 @@ from reranker.training.heads import (
     signal_targets,
 )
 from reranker.training.losses import listwise_loss
+from reranker.training.mining import Group, HybridData, listwise_hybrid_groups, mine_hybrid_windows
+from reranker.training.toolbox import (
+    autocast,
+    cpu_supports_bf16,
+    linear_warmup_schedule,
+    package_versions,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
-
-AWARE_CONFIG_FILE = "first_stage_aware.json"
-HEAD_FILE = "head.safetensors"
 TRAIN_INFO_FILE = "train_info.json"
-
-
-# --------------------------------------------------------------------------------------------
-# the model
-
-
-class FirstStageAwareModel(torch.nn.Module):
-    """``first_stage · w + head(mean-pooled encoder output)``; see the module docstring.
-
-    With ``signal_heads`` (names from :data:`~reranker.rerank.heads.SIGNAL_HEADS`) the same pooled
-    output also feeds one linear head per signal, squashed into [0, 1] like the signal features
-    the blend reads (:mod:`reranker.training.heads`): one shared encoder, one head per task."""
-
-    def __init__(
-        self, encoder: Any, *, initial_scale: float = 5.0, signal_heads: Sequence[str] = ()
-    ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        hidden = int(encoder.config.hidden_size)
-        self.head = torch.nn.Linear(hidden, 1)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-        start = torch.zeros(len(FEATURE_NAMES))
-        start[FEATURE_NAMES.index("fused")] = initial_scale
-        self.feature_weights = torch.nn.Parameter(start)
-        self.signal_heads = torch.nn.ModuleDict(
-            {name: torch.nn.Linear(hidden, 1) for name in signal_heads}
-        )
-
-    @property
-    def signal_head_names(self) -> tuple[str, ...]:
-        return tuple(self.signal_heads.keys())
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        first_stage: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits of shape ``(batch, 1)``."""
-        return self.forward_heads(input_ids, attention_mask, token_type_ids, first_stage)[0]
-
-    def forward_heads(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        first_stage: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Relevance logits ``(batch, 1)`` and each signal head's prediction ``(batch, 1)``."""
-        if first_stage is None:
-            raise ModelError("a first-stage-aware model needs the first_stage input")
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)).float()
-        correction = self.head(pooled).squeeze(-1)
-        # a Mul + ReduceSum, not a MatMul: dynamic int8 quantisation leaves it exact
-        prior = (first_stage.float() * self.feature_weights).sum(dim=-1)
-        logits: torch.Tensor = (prior + correction).unsqueeze(-1)
-        signals = {name: torch.sigmoid(head(pooled)) for name, head in self.signal_heads.items()}
-        return logits, signals
-
-
-def is_aware_checkpoint(folder: Path) -> bool:
-    return (Path(folder) / AWARE_CONFIG_FILE).is_file()
-
-
-def save_aware(model: FirstStageAwareModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
-        model.encoder.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    save_file(
-        {
-            "head.weight": model.head.weight.detach().cpu().contiguous(),
-            "head.bias": model.head.bias.detach().cpu().contiguous(),
-            "feature_weights": model.feature_weights.detach().cpu().contiguous(),
-            **{
-                key: tensor.detach().cpu().contiguous()
-                for key, tensor in model.signal_heads.state_dict(prefix="signal_heads.").items()
-            },
-        },
-        str(out / HEAD_FILE),
-    )
-    (out / AWARE_CONFIG_FILE).write_text(
-        json.dumps(
-            {
-                "kind": "first-stage-aware-cross-encoder",
-                "features": list(FEATURE_NAMES),
-                "normalization": NORMALIZATION,
-                "pooling": "mean",
-                "feature_weights": [float(v) for v in model.feature_weights.detach().cpu()],
-                "signal_heads": list(model.signal_head_names),
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-
-
-def load_aware(
-    folder: Path, *, attn_implementation: str | None = "eager"
-) -> tuple[FirstStageAwareModel, PreTrainedTokenizerBase]:
-    """A saved first-stage-aware model (encoder, tokenizer, head and feature weights)."""
-    folder = Path(folder)
-    if not is_aware_checkpoint(folder):
-        raise ModelError(f"{folder}: not a first-stage-aware checkpoint ({AWARE_CONFIG_FILE})")
-    config = json.loads((folder / AWARE_CONFIG_FILE).read_text(encoding="utf-8"))
-    if tuple(config.get("features", ())) != FEATURE_NAMES:
-        raise ModelError(
-            f"{folder}: features {config.get('features')} differ from {list(FEATURE_NAMES)}"
-        )
-    heads = config.get("signal_heads", [])
-    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
-        raise ModelError(f"{folder}: signal_heads must be a list of names, got {heads!r}")
-    tokenizer, encoder = _load_encoder(folder, attn_implementation)
-    model = FirstStageAwareModel(encoder, signal_heads=heads)
-    state = load_file(str(folder / HEAD_FILE))
-    try:
-        model.load_state_dict(state, strict=False)  # the encoder came with _load_encoder
-        missing = {k for k, _ in model.named_parameters() if not k.startswith("encoder.")}
-        if missing - set(state):
-            raise KeyError(", ".join(sorted(missing - set(state))))
-    except (KeyError, RuntimeError) as exc:
-        raise ModelError(f"{folder}/{HEAD_FILE}: missing or misshapen head weights: {exc}") from exc
-    return model, tokenizer
-
-
-def _load_encoder(folder: Path, attn: str | None) -> tuple[PreTrainedTokenizerBase, Any]:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        overrides: dict[str, Any] = {"attn_implementation": attn} if attn else {}
-        with _quiet_transformers():
-            encoder = AutoModel.from_pretrained(
-                str(folder), local_files_only=True, add_pooling_layer=False, **overrides
-            )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise ModelError(f"{folder}: cannot load the encoder: {exc}") from exc
-    return tokenizer, encoder
-
-
-# --------------------------------------------------------------------------------------------
-# hybrid candidates, mined in process
-
-
-@dataclass
-class QueryWindow:
-    """One query's candidate window in first-stage order, with its features and labels."""
-
-    query_id: str
-    query: str
-    doc_ids: list[str]
-    features: np.ndarray
-    grades: list[int]
-
-
-@dataclass
-class HybridData:
-    """A BEIR dataset's windows for some queries, plus the first stage's own metrics."""
-
-    name: str
-    passages: dict[str, str]
-    windows: list[QueryWindow]
-    qrels: dict[str, dict[str, int]]
-    recall: float
-    """Fraction of judged-relevant documents inside the window."""
-    targets: SignalTargets | None = None
-    """Signal heads' targets per document (multi-task training only)."""
-
-
-def _embed(texts: Sequence[str], embedder: Any, cache_dir: Path | None) -> np.ndarray:
-    from reranker.retrieval.embed_cache import EmbeddingCache, encode_with_cache
-
-    cache = EmbeddingCache(cache_dir, embedder.model_id) if cache_dir is not None else None
-    try:
-        return encode_with_cache(embedder, list(texts), cache)
-    finally:
-        if cache is not None:
-            cache.close()
-
-
-def mine_hybrid_windows(
-    dataset: Path,
-    splits: Mapping[str, dict[str, dict[str, int]]],
-    *,
-    window: int = 100,
-    depth: int = 100,
-    cache_dir: Path | None = None,
-) -> dict[str, HybridData]:
-    """Hybrid top-``window`` for each query of each split's qrels (the corpus is read, indexed
-    and embedded once): BM25 top-``depth`` and dense top-``depth``, fused and turned into
-    features by the same functions serving uses (:func:`~reranker.retrieval.first_stage.fuse`,
-    linear
-    min-max fusion; :func:`~reranker.rerank.features.features_from_stage_scores`)."""
-    from reranker.retrieval.embedder import Embedder
-
-    corpus_rows = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
-    queries = {
-        str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(dataset / "queries.jsonl")
-    }
-    doc_ids = list(corpus_rows)
-    passages = {d: passage_text(corpus_rows[d]) for d in doc_ids}
-    texts = [passages[d] for d in doc_ids]
-    bm25 = BM25(texts)
-    embedder = Embedder.default()
-    doc_vectors = _embed(texts, embedder, cache_dir)
-    options = HybridOptions(fusion="linear", depth=depth)
-    out: dict[str, HybridData] = {}
-    for split, qrels in splits.items():
-        qids = [q for q in qrels if q in queries]
-        query_vectors = _embed([queries[q] for q in qids], embedder, cache_dir)
-        windows = []
-        found = total = 0
-        for qid, qvec in zip(qids, query_vectors, strict=True):
-            lexical = [Hit(doc_ids[i], s) for i, s in bm25.top_k(queries[qid], depth)]
-            cosine = doc_vectors @ qvec
-            dense = [
-                Hit(doc_ids[i], float(cosine[i]))
-                for i in np.argsort(-cosine, kind="stable")[:depth]
-            ]
-            hits = fuse(lexical, dense, options, window)
-            features = features_from_stage_scores(
-                [h.score for h in hits], [h.stage_scores for h in hits]
-            )
-            judged = qrels[qid]
-            relevant = {d for d, g in judged.items() if g > 0}
-            found += len(relevant & {h.id for h in hits})
-            total += len(relevant)
-            windows.append(
-                QueryWindow(
-                    query_id=qid,
-                    query=queries[qid],
-                    doc_ids=[h.id for h in hits],
-                    features=features.values,
-                    grades=[judged.get(h.id, 0) for h in hits],
-                )
-            )
-        out[split] = HybridData(
-            name=dataset.name,
-            passages=passages,
-            windows=windows,
-            qrels={q: qrels[q] for q in qids},
-            recall=found / total if total else 0.0,
-        )
-    return out
-
-
-@dataclass
-class Group:
-    query: str
-    doc_ids: list[str]
-    features: np.ndarray
-    """rows in group order; the first member is the positive"""
-
-
-def listwise_hybrid_groups(
-    windows: Sequence[QueryWindow],
-    *,
-    group_size: int,
-    hard: int,
-    skip_around: int,
-    hard_depth: int,
-    seed: int,
-) -> list[Group]:
-    """Per positive inside its window: the positive, ``hard`` negatives from ranks
-    1..``hard_depth`` that are at least ``skip_around + 1`` ranks away from every positive,
-    and the rest from deeper in the window."""
-    rng = random.Random(seed)
-    groups = []
-    for w in windows:
-        positive_ranks = [r for r, g in enumerate(w.grades) if g > 0]
-        if not positive_ranks:
-            continue
-        negatives = [r for r, g in enumerate(w.grades) if g <= 0]
-        near = {
-            r
-            for p in positive_ranks
-            for r in range(p - skip_around, p + skip_around + 1)
-            if r not in positive_ranks
-        }
-        top = [r for r in negatives if r < hard_depth and r not in near]
-        deep = [r for r in negatives if r >= hard_depth]
-        for p in positive_ranks:
-            picked = rng.sample(top, min(hard, len(top)))
-            rest = group_size - 1 - len(picked)
-            picked += rng.sample(deep, min(rest, len(deep)))
-            if len(picked) < group_size - 1:
-                spare = [r for r in negatives if r not in picked]
-                picked += rng.sample(spare, min(group_size - 1 - len(picked), len(spare)))
-            if not picked:
-                continue
-            rows = [p, *picked]
-            groups.append(Group(w.query, [w.doc_ids[r] for r in rows], w.features[rows]))
-    return groups
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,7 +341,7 @@ def _initial_model(
         for name in fresh:  # fresh heads on a continued model
             model.signal_heads[name] = torch.nn.Linear(hidden, 1)
         return model.to(device), tokenizer, fresh
-    tokenizer, encoder = _load_encoder(base, attn)
+    tokenizer, encoder = load_pretrained_encoder(base, attn)
     model = FirstStageAwareModel(
         encoder, initial_scale=config.initial_scale, signal_heads=config.signal_heads
     )
@@ -688,11 +388,11 @@ class _Trainer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         queries = [g.query for g, _ in chosen for _ in g.doc_ids]
         texts = [self.passages[f"{name}/{d}"] for g, name in chosen for d in g.doc_ids]
-        encoded = _encode(self.tokenizer, queries, texts, self.config.max_length)
-        batch = _collate(encoded, pad, self.device)
+        encoded = encode_pairs(self.tokenizer, queries, texts, self.config.max_length)
+        batch = collate(encoded, pad, self.device)
         features = np.concatenate([g.features for g, _ in chosen])
         batch["first_stage"] = torch.from_numpy(features).to(self.device)
-        with _autocast(self.device, self.bf16):
+        with autocast(self.device, self.bf16):
             logits, predicted = self.model.forward_heads(**batch)
         logits = logits.float().reshape(-1)
         losses = {RELEVANCE: listwise_loss(logits, [len(g.doc_ids) for g, _ in chosen])}
@@ -860,7 +560,7 @@ def _train_info(
         "loss": "listwise softmax CE (1 positive + group_size-1 hybrid negatives)",
         "config": settings,
         "command": list(sys.argv),
-        "versions": _versions(),
+        "versions": package_versions(),
         "bf16": bf16,
         "device": str(device),
     }
@@ -924,15 +624,4 @@ def _finish(out: Path, info: dict[str, Any]) -> None:
             shutil.copytree(item, target)
 
 
-__all__ = [
-    "AWARE_CONFIG_FILE",
-    "AwareTrainConfig",
-    "FirstStageAwareModel",
-    "is_aware_checkpoint",
-    "listwise_hybrid_groups",
-    "load_aware",
-    "mine_hybrid_windows",
-    "save_aware",
-    "score_aware",
-    "train_aware",
-]
+__all__ = ["AwareTrainConfig", "score_aware", "train_aware"]

@@ -12,7 +12,8 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from reranker.errors import NodeError
-from reranker.es.node import CLUSTER_NAME, DEFAULT_ES_VERSION, LocalNode, NodeStatus
+from reranker.es.distribution import DEFAULT_ES_VERSION
+from reranker.es.node import CLUSTER_NAME, LocalNode, NodeStatus
 from tests.conftest import es_client_for
 
 pytestmark = pytest.mark.integration

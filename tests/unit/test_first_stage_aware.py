@@ -16,21 +16,20 @@ from reranker.rerank.features import FEATURE_NAMES
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.training.first_stage_aware import (  # noqa: E402
+from reranker.training.aware_model import (  # noqa: E402
     FirstStageAwareModel,
-    QueryWindow,
-    _load_encoder,
-    listwise_hybrid_groups,
     load_aware,
+    load_pretrained_encoder,
     save_aware,
-    score_aware,
 )
+from reranker.training.first_stage_aware import score_aware  # noqa: E402
+from reranker.training.mining import QueryWindow, listwise_hybrid_groups  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def aware_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained first-stage-aware model over the shipped MiniLM, saved."""
-    tokenizer, encoder = _load_encoder(minilm_weights_dir, "eager")
+    tokenizer, encoder = load_pretrained_encoder(minilm_weights_dir, "eager")
     model = FirstStageAwareModel(encoder, initial_scale=5.0)
     out = tmp_path_factory.mktemp("aware")
     save_aware(model, tokenizer, out)

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from reranker.cli import main
 from reranker.errors import ConfigError
 from reranker.evaluation.lengths import choose_max_length, length_curve, parse_lengths
+from reranker.rerank.cache import CachedScorer, LruScores
 from reranker.rerank.pipeline import QueryPath, scorer_for
-from reranker.rerank.scorer import CachedScorer, LruScores, Scorer, length_tag
+from reranker.rerank.scorer import Scorer, length_tag
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "reranker-minilm-l6"

@@ -15,13 +15,13 @@ from reranker.rerank.features import FEATURE_NAMES
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.training.first_stage_aware import (  # noqa: E402
-    AwareTrainConfig,
+from reranker.training.aware_model import (  # noqa: E402
     FirstStageAwareModel,
-    _load_encoder,
     load_aware,
+    load_pretrained_encoder,
     save_aware,
 )
+from reranker.training.first_stage_aware import AwareTrainConfig  # noqa: E402
 
 HEADS = ("popularity", "authority", "freshness")
 PAIRS = [
@@ -37,7 +37,7 @@ def _features(rows: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def multitask_dir(minilm_weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer, encoder = _load_encoder(minilm_weights_dir, "eager")
+    tokenizer, encoder = load_pretrained_encoder(minilm_weights_dir, "eager")
     model = FirstStageAwareModel(encoder, signal_heads=HEADS)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_a_single_task_model_gets_fresh_heads_when_a_run_asks_for_them(
 ) -> None:
     from reranker.training.first_stage_aware import _initial_model
 
-    tokenizer, encoder = _load_encoder(minilm_weights_dir, "eager")
+    tokenizer, encoder = load_pretrained_encoder(minilm_weights_dir, "eager")
     save_aware(FirstStageAwareModel(encoder), tokenizer, tmp_path / "single")
     config = AwareTrainConfig(
         datasets=[tmp_path], output_dir=tmp_path / "out", signal_heads=("popularity",)

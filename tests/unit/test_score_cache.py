@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from reranker.rerank.scorer import CachedScorer, LruScores
+from reranker.rerank.cache import CachedScorer, LruScores
 
 
 class CountingScorer:

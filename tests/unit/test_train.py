@@ -20,8 +20,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from reranker.errors import ConfigError, ModelError, RerankerError, SourceError  # noqa: E402
 from reranker.metrics import ranking_metrics  # noqa: E402
+from reranker.training import checkpoints  # noqa: E402
 from reranker.training import cross_encoder as tr  # noqa: E402
+from reranker.training import cross_encoder_config as cfg  # noqa: E402
 from reranker.training import data as td  # noqa: E402
+from reranker.training import dev as dev_scoring  # noqa: E402
 from reranker.training.losses import listwise_loss  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -151,7 +154,7 @@ def test_test_split_is_refused(tmp_path: Path) -> None:
         td.resolve_source(qrels, "train")
     with pytest.raises(SourceError, match="refusing to use a test split"):
         td.build_dev_set(qrels)
-    config = tr.TrainConfig(train_files=[qrels], output_dir=tmp_path / "out")
+    config = cfg.TrainConfig(train_files=[qrels], output_dir=tmp_path / "out")
     with pytest.raises(SourceError, match="test split"):
         tr.train(config, progress=False)
 
@@ -223,31 +226,31 @@ def test_dev_set_candidates_are_judged_plus_bm25(tmp_path: Path) -> None:
 def test_checkpoint_folder_without_weights_or_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     with pytest.raises(ModelError, match="does not exist"):
-        tr.check_checkpoint_dir(folder)
+        checkpoints.check_checkpoint_dir(folder)
     folder.mkdir()
     with pytest.raises(ModelError, match=r"config\.json missing"):
-        tr.check_checkpoint_dir(folder)
+        checkpoints.check_checkpoint_dir(folder)
     (folder / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ModelError, match="no model weights"):
-        tr.check_checkpoint_dir(folder)
+        checkpoints.check_checkpoint_dir(folder)
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="no tokenizer files"):
-        tr.check_checkpoint_dir(folder)
+        checkpoints.check_checkpoint_dir(folder)
     triples = _write_jsonl(tmp_path / "t.jsonl", [_triple("q", "A", "B")])
-    config = tr.TrainConfig(train_files=[triples], output_dir=tmp_path / "out", base_model=folder)
+    config = cfg.TrainConfig(train_files=[triples], output_dir=tmp_path / "out", base_model=folder)
     with pytest.raises(ModelError, match="no tokenizer files"):
         tr.train(config, progress=False)
 
 
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown loss"):
-        tr.TrainConfig(train_files=[tmp_path], output_dir=tmp_path, loss="pairwise")  # type: ignore[arg-type]
+        cfg.TrainConfig(train_files=[tmp_path], output_dir=tmp_path, loss="pairwise")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="group_size"):
-        tr.TrainConfig(train_files=[tmp_path], output_dir=tmp_path, loss="listwise", group_size=32)
+        cfg.TrainConfig(train_files=[tmp_path], output_dir=tmp_path, loss="listwise", group_size=32)
     with pytest.raises(ConfigError, match="batch_size"):
-        tr.TrainConfig(train_files=[tmp_path], output_dir=tmp_path, batch_size=0)
+        cfg.TrainConfig(train_files=[tmp_path], output_dir=tmp_path, batch_size=0)
     with pytest.raises(ConfigError, match="no training files"):
-        tr.TrainConfig(train_files=[], output_dir=tmp_path)
+        cfg.TrainConfig(train_files=[], output_dir=tmp_path)
 
 
 def test_occupied_output_dir_needs_resume_or_overwrite(tmp_path: Path) -> None:
@@ -256,9 +259,11 @@ def test_occupied_output_dir_needs_resume_or_overwrite(tmp_path: Path) -> None:
     out.mkdir()
     (out / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(RerankerError, match="already holds a model"):
-        tr.train(tr.TrainConfig(train_files=[triples], output_dir=out), progress=False)
+        tr.train(cfg.TrainConfig(train_files=[triples], output_dir=out), progress=False)
     with pytest.raises(RerankerError, match="cannot resume"):
-        tr.train(tr.TrainConfig(train_files=[triples], output_dir=out, resume=True), progress=False)
+        tr.train(
+            cfg.TrainConfig(train_files=[triples], output_dir=out, resume=True), progress=False
+        )
 
 
 # ---------------------------------------------------------------------------- real training
@@ -276,7 +281,7 @@ def small_triples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _bce(model: Any, tokenizer: Any, pairs: list[td.Pair], max_length: int) -> float:
     texts = [(p.query, p.passage) for p in pairs]
-    logits = torch.tensor(tr.score_pairs(model, tokenizer, texts, max_length=max_length))
+    logits = torch.tensor(dev_scoring.score_pairs(model, tokenizer, texts, max_length=max_length))
     labels = torch.tensor([p.label for p in pairs])
     return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
 
@@ -286,7 +291,7 @@ def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
     small_triples: Path, tmp_path: Path
 ) -> None:
     dev_qrels = _beir(tmp_path / "toy", split="dev")
-    config = tr.TrainConfig(
+    config = cfg.TrainConfig(
         train_files=[small_triples],
         output_dir=tmp_path / "out",
         max_length=48,
@@ -300,7 +305,7 @@ def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
     data = td.load_training_pairs([small_triples])
     fixed = data.pairs[:48]  # a fixed evaluation batch (it is also trained on)
     torch.manual_seed(0)
-    before_model, tokenizer, fresh = tr.load_cross_encoder(tr.default_base_model())
+    before_model, tokenizer, fresh = checkpoints.load_cross_encoder(cfg.default_base_model())
     assert fresh
     before = _bce(before_model, tokenizer, fixed, config.max_length)
 
@@ -308,7 +313,7 @@ def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
 
     assert result.steps == 24 and len(result.losses) == 24
     assert result.pairs == len(data.pairs)
-    after_model, tokenizer, fresh = tr.load_cross_encoder(result.checkpoint)
+    after_model, tokenizer, fresh = checkpoints.load_cross_encoder(result.checkpoint)
     assert not fresh  # the trained head was saved and is loaded back
     after = _bce(after_model, tokenizer, fixed, config.max_length)
     assert after < 0.75 * before, (before, after)
@@ -323,7 +328,7 @@ def test_tiny_run_lowers_the_loss_and_saves_a_loadable_model(
     # dev NDCG after each finished epoch (10 steps each) and at the final step
     assert [m["step"] for m in result.dev_metrics] == [10, 20, 24]
     assert 0 <= info["dev_metrics"][-1]["nDCG@10"] <= 1
-    assert not (result.checkpoint / tr.CHECKPOINT_DIRNAME).exists()
+    assert not (result.checkpoint / checkpoints.CHECKPOINT_DIRNAME).exists()
     tokenizer_config = json.loads((result.checkpoint / "tokenizer_config.json").read_text())
     assert tokenizer_config["model_max_length"] == 48
 
@@ -356,13 +361,13 @@ def test_listwise_loss_is_the_softmax_cross_entropy_of_each_group() -> None:
 def _listwise(model: Any, tokenizer: Any, pairs: list[td.Pair], groups: list[list[int]]) -> float:
     flat = [i for group in groups for i in group]
     texts = [(pairs[i].query, pairs[i].passage) for i in flat]
-    logits = torch.tensor(tr.score_pairs(model, tokenizer, texts, max_length=48))
+    logits = torch.tensor(dev_scoring.score_pairs(model, tokenizer, texts, max_length=48))
     return float(listwise_loss(logits, [len(g) for g in groups]))
 
 
 @pytest.mark.slow
 def test_tiny_listwise_run_lowers_its_loss(small_triples: Path, tmp_path: Path) -> None:
-    config = tr.TrainConfig(
+    config = cfg.TrainConfig(
         train_files=[small_triples],
         output_dir=tmp_path / "out",
         loss="listwise",
@@ -376,14 +381,14 @@ def test_tiny_listwise_run_lowers_its_loss(small_triples: Path, tmp_path: Path) 
     data = td.load_training_pairs([small_triples])
     groups = td.listwise_groups(data.pairs, 4, config.seed)
     torch.manual_seed(0)
-    model, tokenizer, _ = tr.load_cross_encoder(tr.default_base_model())
+    model, tokenizer, _ = checkpoints.load_cross_encoder(cfg.default_base_model())
     before = _listwise(model, tokenizer, data.pairs, groups)
 
     result = tr.train(config, progress=False)
 
     assert result.steps == 24 and result.info["loss"] == "listwise"
     assert result.info["group_size"] == 4 and result.info["groups"] == len(groups)
-    trained, tokenizer, _ = tr.load_cross_encoder(result.checkpoint)
+    trained, tokenizer, _ = checkpoints.load_cross_encoder(result.checkpoint)
     after = _listwise(trained, tokenizer, data.pairs, groups)
     assert after < 0.9 * before, (before, after)  # measured 1.387 → 1.146
 
@@ -402,7 +407,7 @@ def test_resume_continues_from_the_saved_step(small_triples: Path, tmp_path: Pat
         "save_every": 3,
         "lr": 5e-5,
     }
-    reference = tr.train(tr.TrainConfig(output_dir=tmp_path / "a", **common), progress=False)
+    reference = tr.train(cfg.TrainConfig(output_dir=tmp_path / "a", **common), progress=False)
 
     def stop_at_4(step: int, loss: float) -> None:
         if step == 4:
@@ -410,22 +415,24 @@ def test_resume_continues_from_the_saved_step(small_triples: Path, tmp_path: Pat
 
     out = tmp_path / "b"
     with pytest.raises(_Stop):
-        tr.train(tr.TrainConfig(output_dir=out, **common), progress=False, on_step=stop_at_4)
-    state = torch.load(out / tr.CHECKPOINT_DIRNAME / tr.TRAINER_STATE_FILE, weights_only=False)
+        tr.train(cfg.TrainConfig(output_dir=out, **common), progress=False, on_step=stop_at_4)
+    state = torch.load(
+        out / checkpoints.CHECKPOINT_DIRNAME / checkpoints.TRAINER_STATE_FILE, weights_only=False
+    )
     assert state["step"] == 3
 
     # a changed setting is refused rather than silently mixed into the old run
     with pytest.raises(RerankerError, match=r"changed \(lr\)"):
         tr.train(
-            tr.TrainConfig(output_dir=out, resume=True, **{**common, "lr": 1e-4}), progress=False
+            cfg.TrainConfig(output_dir=out, resume=True, **{**common, "lr": 1e-4}), progress=False
         )
     # starting afresh over it needs overwrite=True
     with pytest.raises(RerankerError, match="already holds"):
-        tr.train(tr.TrainConfig(output_dir=out, **common), progress=False)
+        tr.train(cfg.TrainConfig(output_dir=out, **common), progress=False)
 
     seen: list[int] = []
     resumed = tr.train(
-        tr.TrainConfig(output_dir=out, resume=True, **common),
+        cfg.TrainConfig(output_dir=out, resume=True, **common),
         progress=False,
         on_step=lambda step, loss: seen.append(step),
     )
@@ -433,4 +440,4 @@ def test_resume_continues_from_the_saved_step(small_triples: Path, tmp_path: Pat
     assert resumed.steps == 6 and len(resumed.losses) == 6
     assert resumed.losses == pytest.approx(reference.losses, rel=1e-3, abs=1e-4)
     assert resumed.info["resumed"] is True
-    assert not (out / tr.CHECKPOINT_DIRNAME).exists()
+    assert not (out / checkpoints.CHECKPOINT_DIRNAME).exists()
