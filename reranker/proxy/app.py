@@ -18,32 +18,26 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from elastic_transport import HttpxAsyncHttpNode
 from elasticsearch import AsyncElasticsearch
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from reranker.config import MODEL_VARIANTS
-from reranker.errors import ConfigError
-from reranker.es.client import client_options
 from reranker.proxy import errors
 from reranker.proxy.candidates import search_es
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.events import accept_events
-from reranker.proxy.http import parse_body, require_api_key
+from reranker.proxy.http import parse_body, read_body, require_api_key
 from reranker.proxy.limits import Admission, CircuitBreaker
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
-from reranker.proxy.msearch import SearchItem, parse_msearch
+from reranker.proxy.msearch import SearchItem, msearch_error, parse_msearch
 from reranker.proxy.msearch import concurrency as msearch_concurrency
 from reranker.proxy.reload import EncoderFactory, LoadedModels, ModelLoader, ScorerFactory
 from reranker.proxy.request import (
@@ -55,10 +49,10 @@ from reranker.proxy.request import (
 )
 from reranker.proxy.request_log import RequestLog
 from reranker.proxy.rerank import Answer, RerankHandler, SearchRequest
-from reranker.proxy.rerank_api import RerankApi
 from reranker.proxy.scoped import ScopedAccess
 from reranker.proxy.settings import ProxySettings
 from reranker.proxy.ubi import UbiLog, UbiParams
+from reranker.proxy.upstream import check_forwarded_headers, client_params, make_async_client
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +60,15 @@ COMPAT_JSON = "application/vnd.elasticsearch+json;compatible-with=9"
 PRODUCT_HEADER = {"X-Elastic-Product": "Elasticsearch"}
 
 
-def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
-    """The proxy's client: the shared auth/TLS options, httpx transport (no aiohttp needed),
-    no retry on timeout (the request's deadline is already spent)."""
-    options = client_options(settings.es)
-    options.update(retry_on_timeout=False, max_retries=1)
-    if "ssl_assert_fingerprint" in options:
-        # httpx cannot pin a certificate; elastic-transport's aiohttp node can
-        try:
-            from elastic_transport import AiohttpHttpNode
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    """One search answered: a status and an answer body (with its request-log document when
+    it was reranked), or Elasticsearch's own response, streamed as it came."""
 
-            return AsyncElasticsearch(settings.es.es_url, node_class=AiohttpHttpNode, **options)
-        except (ImportError, ValueError) as exc:
-            raise ConfigError(
-                "the proxy pins the cluster's certificate fingerprint only with aiohttp "
-                f"installed (pip install aiohttp), or give RERANKER_ES_CA_CERTS instead ({exc})"
-            ) from None
-    return AsyncElasticsearch(settings.es.es_url, node_class=HttpxAsyncHttpNode, **options)
+    status: int
+    answer: Any
+    logged: dict[str, Any] | None = None
+    streamed: Response | None = None
 
 
 class Proxy:
@@ -350,38 +336,65 @@ class Proxy:
         started = time.perf_counter()
         kind = "search"  # until the body says: passthrough or rerank
 
-        async def handle(request: Request) -> Response:
+        def said(value: str) -> None:
             nonlocal kind
+            kind = value
+
+        async def handle(request: Request) -> Response:
             self._check_api_key(request)
             index = request.path_params["index"]
             self._check_index(index)
             raw = await self._read_body(request)
             body = self._parse_body(raw)
             params = client_params(request)
-            check_hits(body, params, self.settings.max_hits)
-            body, ubi = await self._ubi_begin(body)
-            try:
-                rest, spec_raw = split_rerank(body)
-                check_no_scroll(body, params)
-                if spec_raw is None:
-                    kind = "passthrough"
-                    if ubi is None:
-                        return await self._passthrough(request, index, raw, params)
-                    upstream = raw if ubi[1] else json.dumps(body).encode()
-                    status, plain = await self._search_upstream(request, index, upstream, params)
-                    self._ubi_finish(request, ubi, index, body, params, status, plain)
-                    return self.respond(request, plain, status)
-                kind = "rerank"
-                search = SearchRequest(request, index, rest, params, started)
-                answer, logged = await self._rerank(search, spec_raw)
-                self._ubi_finish(request, ubi, index, body, params, 200, answer)
-            finally:
-                self._ubi_release(ubi)
-            response = self.respond(request, answer)
-            self._submit_log(logged, response.status_code)
+            outcome = await self._one_search(
+                request, index, body, raw, params, started, stream=True, kind=said
+            )
+            if outcome.streamed is not None:
+                return outcome.streamed
+            response = self.respond(request, outcome.answer, outcome.status)
+            self._submit_log(outcome.logged, response.status_code)
             return response
 
         return await self.guarded(request, handle, lambda: kind)
+
+    async def _one_search(
+        self,
+        request: Request,
+        index: str,
+        body: dict[str, Any],
+        raw: bytes,
+        params: dict[str, str],
+        started: float,
+        *,
+        stream: bool = False,
+        kind: Callable[[str], None] = lambda _: None,
+    ) -> SearchOutcome:
+        """One search, the body of ``_search`` or one ``_msearch`` item: passed through to
+        Elasticsearch without ``rerank`` (``stream``: its response as it came, when nothing
+        needs reading), reranked with it; its UBI ``query_id`` is held meanwhile and recorded
+        once it answered. ``kind`` hears which of the two it is once the body says."""
+        check_hits(body, params, self.settings.max_hits)
+        body, ubi = await self._ubi_begin(body)
+        try:
+            rest, spec_raw = split_rerank(body)
+            check_no_scroll(body, params)
+            if spec_raw is None:
+                kind("passthrough")
+                if stream and ubi is None:
+                    streamed = await self._passthrough(request, index, raw, params)
+                    return SearchOutcome(streamed.status_code, None, streamed=streamed)
+                upstream = raw if ubi is None or ubi[1] else json.dumps(body).encode()
+                status, plain = await self._search_upstream(request, index, upstream, params)
+                self._ubi_finish(request, ubi, index, body, params, status, plain)
+                return SearchOutcome(status, plain)
+            kind("rerank")
+            search = SearchRequest(request, index, rest, params, started)
+            answer, logged = await self._rerank(search, spec_raw)
+            self._ubi_finish(request, ubi, index, body, params, 200, answer)
+            return SearchOutcome(200, answer, logged)
+        finally:
+            self._ubi_release(ubi)
 
     async def msearch(self, request: Request) -> Response:
         """``_msearch``: every search answered on its own (reranked where it has ``rerank``);
@@ -446,28 +459,12 @@ class Proxy:
             self._check_index(item.index)
             if item.error is not None:
                 raise item.error
-            check_hits(item.body, item.params, self.settings.max_hits)
-            body, ubi = await self._ubi_begin(item.body)
-            try:
-                rest, spec_raw = split_rerank(body)
-                check_no_scroll(body, item.params)
-                if spec_raw is None:
-                    upstream = item.raw_body if ubi is None or ubi[1] else json.dumps(body).encode()
-                    status, plain = await self._search_upstream(
-                        request, item.index, upstream, item.params
-                    )
-                    if not isinstance(plain, dict):
-                        raise errors.bad_gateway(
-                            "Elasticsearch answered a search with a non-object"
-                        )
-                    self._ubi_finish(request, ubi, item.index, body, item.params, status, plain)
-                    return {**plain, "status": status}, None
-                search = SearchRequest(request, item.index, rest, item.params, started)
-                answer, logged = await self._rerank(search, spec_raw)
-                self._ubi_finish(request, ubi, item.index, body, item.params, 200, answer)
-                return {**answer, "status": 200}, logged
-            finally:
-                self._ubi_release(ubi)
+            outcome = await self._one_search(
+                request, item.index, item.body, item.raw_body, item.params, started
+            )
+            if not isinstance(outcome.answer, dict):
+                raise errors.bad_gateway("Elasticsearch answered a search with a non-object")
+            return {**outcome.answer, "status": outcome.status}, outcome.logged
         except ProxyError as exc:
             return msearch_error(exc), None
         except Exception:
@@ -610,30 +607,9 @@ class Proxy:
         return headers
 
     async def _read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise errors.too_large(limit)
-            except ValueError:
-                raise errors.bad_request("Content-Length is not a number") from None
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise errors.too_large(limit)
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise ProxyError(
-                408,
-                "request_timeout_exception",
-                f"the request body did not arrive within {self.settings.body_timeout_s:g} s",
-            ) from None
-        return b"".join(chunks)
+        return await read_body(
+            request, self.settings.max_body_bytes, timeout_s=self.settings.body_timeout_s
+        )
 
     # ------------------------------------------------------------------ pass-through
 
@@ -694,150 +670,9 @@ def remote_scorer_factory(settings: ProxySettings) -> ScorerFactory:
     return build
 
 
-def msearch_error(exc: ProxyError) -> dict[str, Any]:
-    """A failed search's ``responses`` entry: its ES-shaped error body with its status."""
-    return {**exc.body(), "status": exc.status}
-
-
 def _scrolls(item: SearchItem) -> bool:
     try:
         check_no_scroll(item.body, item.params)
     except ProxyError:
         return True
     return False
-
-
-#: the longest ``X-Opaque-Id`` forwarded to Elasticsearch: a longer one made it answer
-#: ``too_long_http_header_exception`` and left the pooled connection hung for other clients
-MAX_OPAQUE_ID = 256
-#: the longest ``Authorization`` header passed through (an API key or basic credentials)
-MAX_AUTHORIZATION = 4096
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-#: query parameters never forwarded: Elasticsearch's Java stack traces are internals
-DROPPED_PARAMS = ("error_trace",)
-
-
-def check_forwarded_headers(request: Request) -> None:
-    """400 for a header the proxy would forward to Elasticsearch that is too long or not
-    printable ASCII (``X-Opaque-Id``, ``Authorization``): it must never reach the shared
-    connections, and a non-ASCII one could not be sent at all."""
-    for name, limit in (("x-opaque-id", MAX_OPAQUE_ID), ("authorization", MAX_AUTHORIZATION)):
-        value = request.headers.get(name)
-        if value is None:
-            continue
-        if len(value) > limit:
-            raise errors.bad_request(f"the [{name}] header is longer than {limit} characters")
-        if not _PRINTABLE_ASCII.fullmatch(value):
-            raise errors.bad_request(f"the [{name}] header must be printable ASCII")
-
-
-def client_params(request: Request) -> dict[str, str]:
-    """The URL parameters a search forwards: ``error_trace`` dropped (no stack traces to
-    clients); ``format`` other than JSON refused (the proxy reads and answers JSON only)."""
-    params = {k: v for k, v in request.query_params.items() if k not in DROPPED_PARAMS}
-    response_format = params.pop("format", None)
-    if response_format is not None and response_format.lower() != "json":
-        raise errors.bad_request(
-            f"[format] {response_format[:20]!r} is not supported: this proxy answers JSON only"
-        )
-    return params
-
-
-def create_app(
-    settings: ProxySettings,
-    *,
-    scorer_factory: ScorerFactory | None = None,
-    encoder_factory: EncoderFactory | None = None,
-    es_client: AsyncElasticsearch | None = None,
-    load_in_background: bool = True,
-    model_loader: ModelLoader | None = None,
-) -> Starlette:
-    """The proxy as an ASGI app.
-
-    ``scorer_factory`` builds the cross-encoder :class:`Scorer` and ``encoder_factory`` the
-    query embedder (for ``rerank.hybrid.dense``); both run in a thread at start-up, in the
-    background by default (``/_health`` answers 503 until the scorer is loaded, and reranked
-    searches fail open meanwhile). ``es_client`` replaces the client made from
-    ``settings.es`` (it is then not closed by the app). The :class:`Proxy` is at
-    ``app.state.proxy``.
-    """
-    proxy = Proxy(
-        settings,
-        scorer_factory=scorer_factory,
-        encoder_factory=encoder_factory,
-        es_client=es_client,
-        load_in_background=load_in_background,
-        model_loader=model_loader,
-    )
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, HTTPException) and exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "GET, POST")
-            error = errors.method_not_allowed(request.method, request.url.path, allowed)
-        elif isinstance(exc, HTTPException) and exc.status_code == 404:
-            error = errors.not_found(request.url.path)
-        else:
-            if not isinstance(exc, HTTPException):
-                log.error("unexpected failure", exc_info=exc)
-            error = errors.internal_error()
-        proxy.metrics.requests.labels("other", str(error.status)).inc()
-        return proxy.error(request, error)
-
-    routes = [
-        Route("/_health", proxy.health, methods=["GET"]),
-        Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
-        Route("/_reranker/reload", proxy.reload_endpoint, methods=["POST"]),
-    ]
-    if not settings.scorer_only:
-        routes += [
-            # User Behavior Insights events (reranker.proxy.events)
-            Route("/_reranker/events", proxy.events_endpoint, methods=["POST"]),
-            Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
-            Route("/_msearch", proxy.msearch, methods=["GET", "POST"]),
-            Route("/{index}/_msearch", proxy.msearch, methods=["GET", "POST"]),
-        ]
-    # the standard rerank endpoints (TEI, Cohere): reranker/proxy/rerank_api.py
-    routes += RerankApi(proxy).routes()
-    app = Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: http_error},
-        lifespan=proxy.lifespan,
-    )
-    app.state.proxy = proxy
-    return app
-
-
-def serve(
-    settings: ProxySettings,
-    *,
-    scorer_factory: ScorerFactory | None = None,
-    encoder_factory: EncoderFactory | None = None,
-    model_loader: ModelLoader | None = None,
-    log_level: str = "info",
-    access_log: bool = False,
-    json_logs: bool = True,
-) -> None:
-    """Run the proxy with uvicorn on ``settings.host:settings.port`` until interrupted;
-    SIGHUP (or ``POST /_reranker/reload``) reloads the model when ``model_loader`` is given."""
-    import uvicorn
-
-    from reranker.proxy.logs import log_config
-
-    app = create_app(
-        settings,
-        scorer_factory=scorer_factory,
-        encoder_factory=encoder_factory,
-        model_loader=model_loader,
-    )
-    from reranker.proxy.connections import protocol_with_header_timeout
-
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=protocol_with_header_timeout(settings.header_timeout_s),
-        log_level=log_level,
-        log_config=log_config(log_level, json_logs),
-        access_log=access_log,
-        server_header=False,
-    )

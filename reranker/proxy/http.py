@@ -1,13 +1,16 @@
-"""HTTP helpers shared by the proxy's routes and the rerank API: client keys and bodies."""
+"""HTTP helpers shared by the proxy's routes and the rerank API: client keys and bodies
+(read within limits of size and time, parsed strictly)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
 from starlette.requests import Request
 
 from reranker.proxy import errors
+from reranker.proxy.errors import ProxyError
 from reranker.proxy.jsonbody import loads_strict
 
 
@@ -33,3 +36,31 @@ def parse_body(raw: bytes, *, max_depth: int = 64, max_digits: int = 40) -> dict
     if not isinstance(body, dict):
         raise errors.parse_error("request body must be a JSON object")
     return body
+
+
+async def read_body(request: Request, limit: int, *, timeout_s: float) -> bytes:
+    """The request body, at most ``limit`` bytes (413 beyond, before reading it where
+    ``Content-Length`` says so), arrived within ``timeout_s`` (408 otherwise)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise errors.too_large(limit)
+        except ValueError:
+            raise errors.bad_request("Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise errors.too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProxyError(
+            408,
+            "request_timeout_exception",
+            f"the request body did not arrive within {timeout_s:g} s",
+        ) from None
+    return b"".join(chunks)

@@ -186,3 +186,8 @@ def _param_value(value: Any, key: str, number: int) -> str:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return ",".join(value)
     raise bad_request(f"line {number}: [{key}] must be a string, number or boolean")
+
+
+def msearch_error(exc: ProxyError) -> dict[str, Any]:
+    """A failed search's ``responses`` entry: its ES-shaped error body with its status."""
+    return {**exc.body(), "status": exc.status}

@@ -15,28 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
-from reranker.errors import ConfigError, ModelError
+from reranker.errors import ConfigError
 from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
 from reranker.proxy import errors
+from reranker.proxy.answer import STAGES, answer_model, log_document, search_answer, stage_timings
 from reranker.proxy.blends import BlendCatalog, NamedBlend
-from reranker.proxy.candidates import FirstStageResult, read_hits, search_es, split_key
+from reranker.proxy.candidates import FirstStageResult, read_hits, search_es
 from reranker.proxy.errors import ProxyError
+from reranker.proxy.gate import ScoringFailure, ScoringGate
 from reranker.proxy.limits import (
-    DEFAULT_TOKENS_PER_PAIR,
     Admission,
     CircuitBreaker,
-    Saturated,
     Ticket,
     estimated_tokens,
 )
@@ -49,7 +47,6 @@ from reranker.proxy.request import (
     SourceFilter,
     check_compatible,
     extract_query_text,
-    filter_source,
     first_stage_source,
     knn_filter,
     page,
@@ -68,11 +65,10 @@ from reranker.rerank.pipeline import (
     Pipeline,
     PipelineResult,
     QueryPath,
-    RankedHit,
     build_pipeline,
     check_cascade_models,
 )
-from reranker.rerank.scorer import PairScorer, ScoreTimeout, ServedScorer
+from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder
 from reranker.retrieval.first_stage import Hit, fuse
 from reranker.retrieval.queries import knn_clause
@@ -84,11 +80,6 @@ SCORER_MARGIN = 0.2
 #: the dense_vector field kNN searches; probed (field caps) for the hybrid default
 EMBEDDING_FIELD = "embedding"
 EMBEDDINGS_PROBE_TTL_S = 60.0
-#: a timeout counts as the scorer's fault only when, at the measured rate, the window needed
-#: at most this share of the time it had (the scorer then ran over twice as slow as measured)
-FAIR_TIMEOUT_SHARE = 0.5
-#: the stages whose time is measured (the rest of a request's time is its overhead)
-STAGES = ("embed", "es", "rerank", "blend", "scorer_queue")
 
 #: with ``fail_open: false``, the error each kind of degradation becomes (the metrics label
 #: is the kind itself)
@@ -107,10 +98,6 @@ UpstreamHeaders = Callable[[Request], dict[str, str]]
 Answer = tuple[dict[str, Any], dict[str, Any] | None]
 """A reranked search's answer, and its request-log document (``None``: not logged)."""
 T = TypeVar("T")
-
-
-class QueueExpired(ScoreTimeout):
-    """A scoring call whose request's deadline passed before the scorer got to it."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +199,7 @@ class RerankHandler:
         self.catalog = BlendCatalog(settings.signals, settings.blends)
         self.executor = ThreadPoolExecutor(settings.scorer_workers, "reranker-scorer")
         self.embed_executor = ThreadPoolExecutor(1, "reranker-embed")
+        self.gate = ScoringGate(settings, metrics, admission, breaker, self.executor)
         self._searcher = searcher
         self._upstream_headers = upstream_headers
         #: index expression → (when probed, usable for kNN, the other embedder its vectors
@@ -288,7 +276,7 @@ class RerankHandler:
         pairs already in the score cache cost nothing."""
         scoring = self.models.scorer is not None
         expected = round(spec.window * self.admission.tokens_per_pair)  # texts not known yet
-        return self.admit_or_429(
+        return self.gate.admit_or_429(
             scoring=scoring, tokens=expected, budget_s=self._scorer_budget_s(spec)
         )
 
@@ -313,16 +301,6 @@ class RerankHandler:
                 f"{budget_s * 1000:.0f} ms left for scoring; lower the window or raise the "
                 "timeout"
             )
-
-    def admit_or_429(self, *, scoring: bool, tokens: int, budget_s: float) -> Ticket:
-        """An admission ticket, or the 429 (counted) when the proxy is saturated."""
-        try:
-            ticket = self.admission.admit(scoring=scoring, tokens=tokens, budget_s=budget_s)
-        except Saturated as exc:
-            self.metrics.rejected.inc()
-            raise errors.saturated(str(exc), self.settings.retry_after_s) from None
-        self.metrics.in_flight.set(self.admission.in_flight)
-        return ticket
 
     async def _index_embeddings(self, index: str) -> tuple[bool, str | None]:
         """Whether kNN with this proxy's embedder suits the index (the hybrid default wherever
@@ -631,7 +609,7 @@ class RerankHandler:
             return window.unscored(Degraded("timeout", message)), {}
         submitted_at = time.perf_counter()
         budget_at_submit = deadline - time.monotonic()
-        called = await self.call_scorer(
+        called = await self.gate.call_scorer(
             lambda: scoring.rerank(text, candidates, k=spec.window, deadline=deadline),
             tokens=tokens,
             timeout_ms=spec.timeout_ms,
@@ -642,302 +620,14 @@ class RerankHandler:
         if called.result is not None:
             result = called.result
             waited = (time.perf_counter() - submitted_at) * 1000
-            if self._accept(result, spec, budget_at_submit, tokens, len(uncached)):
+            if self.gate.accept(result, spec.timeout_ms, budget_at_submit, tokens, len(uncached)):
                 scored = result.timings_ms.get("rerank", 0.0)
                 return result, {"rerank": scored, "scorer_queue": max(0.0, waited - scored)}
             failure = ScoringFailure("reranker error: invalid output (non-finite scores)")
         assert failure is not None
-        self.count_failure(failure)
+        self.gate.count_failure(failure)
         why = Degraded("timeout" if failure.timed_out else "error", failure.reason)
         if not spec.fail_open:
             raise FAIL_CLOSED[why.kind](failure.reason)
         result = window.first_stage_order(why)
         return result, {"scorer_queue": (time.perf_counter() - submitted_at) * 1000}
-
-    async def call_scorer(
-        self,
-        work: Callable[[], T],
-        *,
-        tokens: int,
-        timeout_ms: int,
-        deadline: float,
-        ticket: Ticket,
-    ) -> Called[T]:
-        """Run ``work`` (a scoring call of ``tokens`` estimated tokens,
-        :func:`~reranker.proxy.limits.estimated_tokens`, whose breaker slot the caller has
-        claimed) in the scorer's pool and wait for it until ``deadline`` plus the grace: its
-        result, or why it gave none (the caller tells the breaker, see :meth:`count_failure`,
-        since what counts as a failure is the caller's to say). A request cancelled meanwhile
-        releases its breaker slot. Shared by the ``_search`` handler and the rerank API."""
-        budget_s = deadline - time.monotonic()
-        future = self.submit(work, deadline, ticket)
-        wait_s = max(0.0, deadline - time.monotonic()) + self.settings.scorer_grace_ms / 1000
-        try:
-            result = await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
-        except Exception as exc:
-            return Called(None, self._failure(exc, tokens, timeout_ms, budget_s))
-        except BaseException:  # cancelled (the client went away): not the scorer's fault
-            self.breaker.release()
-            raise
-        return Called(result, None)
-
-    def count_failure(self, failure: ScoringFailure) -> None:
-        """Tell the breaker about a call that gave no usable scores: a failure only when it was
-        the scorer's fault."""
-        if failure.scorers_fault:
-            self.breaker.failure()
-        else:
-            self.breaker.release()
-
-    def submit(self, work: Callable[[], T], deadline: float, ticket: Ticket) -> asyncio.Future[T]:
-        """``work`` queued on the scorer's pool (refused there if the deadline passed while it
-        waited); the ticket's scoring slot is freed when the call ends, even one the request
-        stopped waiting for."""
-
-        def call() -> T:
-            if time.monotonic() >= deadline:  # abandoned while queued: do not score at all
-                raise QueueExpired("the deadline passed while waiting for the scorer")
-            return work()
-
-        future = asyncio.get_running_loop().run_in_executor(self.executor, call)
-        ticket.submitted = True
-
-        def finished(done: asyncio.Future[T]) -> None:
-            ticket.scoring_done()
-            if not done.cancelled():
-                done.exception()  # retrieved, so an abandoned call logs no warning
-
-        future.add_done_callback(finished)
-        return future
-
-    def _failure(
-        self, exc: Exception, tokens: int, timeout_ms: int, budget_s: float
-    ) -> ScoringFailure:
-        """What a scoring call that raised (or that the request stopped waiting for) was."""
-        if isinstance(exc, TimeoutError):
-            reason = f"reranker timeout: no scores within {timeout_ms} ms"
-            fault = self.timeout_is_scorers_fault(tokens, timeout_ms, budget_s)
-            return ScoringFailure(reason, True, fault)
-        if isinstance(exc, ModelError):  # fail_open is false, or the call expired in the queue
-            timed_out = isinstance(exc, ScoreTimeout)
-            if isinstance(exc, QueueExpired):  # overload, not a broken model
-                at_fault = False
-            elif timed_out:
-                at_fault = self.timeout_is_scorers_fault(tokens, timeout_ms, budget_s)
-            else:
-                at_fault = True
-            reason = f"reranker {'timeout' if timed_out else 'error'}: {exc}"
-            return ScoringFailure(reason, timed_out, at_fault)
-        # a scorer bug (e.g. a wrong number of scores): fail open too
-        log.error("the scoring call failed unexpectedly", exc_info=exc)
-        return ScoringFailure(f"reranker error: unexpected {type(exc).__name__}")
-
-    def _accept(
-        self, result: PipelineResult, spec: RerankSpec, budget_s: float, tokens: int, pairs: int
-    ) -> bool:
-        """Whether a finished call's scores can be served (all finite); records its rate (the
-        ``tokens`` of the ``pairs`` the model had to score: cached ones cost nothing) and tells
-        the breaker how it went."""
-        if "rerank" in result.timings_ms and not result.degraded:
-            self.admission.record(tokens, result.timings_ms["rerank"] / 1000, pairs)
-        if not all(h.relevance is None or math.isfinite(h.relevance) for h in result.hits):
-            return False
-        if not result.degraded:
-            self.breaker.success()
-        elif result.degraded.kind != "timeout" or self.timeout_is_scorers_fault(
-            tokens, spec.timeout_ms, budget_s
-        ):
-            self.breaker.failure()
-        else:  # its deadline passed mid-window: the request's own budget, not a fault
-            self.breaker.release()
-        return True
-
-    def timeout_is_scorers_fault(self, tokens: int, timeout_ms: int, budget_s: float) -> bool:
-        """Whether a scoring call of ``tokens`` estimated tokens that missed its deadline
-        counts against the scorer (the circuit breaker): only when it should have fitted its
-        budget with room to spare at the measured tokens/s. A request whose own size or
-        ``timeout_ms`` made the timeout inevitable never counts, so no client can open the
-        circuit for the others; and since work is measured in tokens, no client can make
-        long windows look cheap by having many tiny texts scored first. Before any call was
-        measured, only requests at the proxy's defaults (or smaller) count."""
-        needed_s = self.admission.seconds_for(tokens)
-        if needed_s is None:
-            return (
-                tokens <= self.settings.default_window * DEFAULT_TOKENS_PER_PAIR
-                and timeout_ms >= self.settings.default_timeout_ms
-            )
-        return needed_s <= FAIR_TIMEOUT_SHARE * budget_s
-
-
-@dataclass(frozen=True)
-class ScoringFailure:
-    """Why a scoring call gave no usable scores, and whether the breaker counts it."""
-
-    reason: str
-    timed_out: bool = False
-    scorers_fault: bool = True
-
-
-@dataclass(frozen=True)
-class Called(Generic[T]):
-    """A scoring call's outcome: its result, or why there is none."""
-
-    result: T | None
-    failure: ScoringFailure | None
-
-
-def stage_timings(
-    first: FirstStageResult, result: PipelineResult, rerank_ms: dict[str, float], started: float
-) -> dict[str, float]:
-    """Milliseconds per stage, the total since ``started`` and the overhead (the rest)."""
-    total_ms = (time.perf_counter() - started) * 1000
-    timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
-    if "blend" in result.timings_ms:
-        timings["blend"] = result.timings_ms["blend"]
-    overhead = total_ms
-    for stage in STAGES:
-        overhead -= timings.get(stage, 0.0)
-    timings["overhead"] = max(0.0, overhead)
-    return timings
-
-
-def answer_model(scorer: ServedScorer | None) -> dict[str, Any] | None:
-    """The model an answer names (``rerank.model``)."""
-    if scorer is None:
-        return None
-    return {"id": scorer.model_id, "version": scorer.version, "variant": scorer.variant}
-
-
-def search_answer(
-    first: FirstStageResult,
-    result: PipelineResult,
-    plan: Plan,
-    timings: dict[str, float],
-    degraded: str | None,
-    scorer: ServedScorer | None,
-) -> dict[str, Any]:
-    """The Elasticsearch search response: the requested page of the reranked window (with
-    ``_rerank`` per hit when explained), Elasticsearch's totals, aggregations and
-    suggestions, and the ``rerank`` summary."""
-    spec, pages = plan.spec, plan.pages
-    window_hits = result.hits
-    hits = [
-        answer_hit(first, hit, rank, plan)
-        for rank, hit in enumerate(
-            window_hits[pages.start : pages.start + pages.size], start=pages.start + 1
-        )
-    ]
-    lexical = first.lexical.body
-    timed_out = first.lexical.timed_out or bool(first.dense and first.dense.timed_out)
-    answer: dict[str, Any] = {
-        "took": round(timings["total"]),
-        "timed_out": timed_out,
-        "_shards": first.lexical.shards,
-        "hits": {
-            "total": lexical.get("hits", {}).get("total"),
-            "max_score": max((h.score for h in window_hits), default=None),
-            "hits": hits,
-        },
-    }
-    for key in ("aggregations", "suggest"):
-        if key in lexical:
-            answer[key] = lexical[key]
-    answer["rerank"] = {
-        "model": answer_model(scorer),
-        "query_text": plan.text,
-        "window": spec.window,
-        "candidates": len(window_hits),
-        "first_stage": "hybrid" if first.dense is not None else "bm25",
-        **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
-        "blend": result.blend,
-        **({"cascade": result.cascade} if result.cascade is not None else {}),
-        "took_ms": {k: round(v, 3) for k, v in timings.items()},
-        "degraded": degraded,
-    }
-    return answer
-
-
-def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -> dict[str, Any]:
-    """One hit of the answer: Elasticsearch's own hit, the final ``_score``, the filtered
-    ``_source`` and, when explained, how the rank came about (``_rerank``)."""
-    out = dict(first.raw_hit(hit.id))
-    index, doc_id = split_key(hit.id)
-    out["_index"], out["_id"], out["_score"] = index, doc_id, hit.score
-    out.pop("_source", None)
-    filtered = filter_source(hit.source, plan.sources)
-    if filtered is not None:
-        out["_source"] = filtered
-    if plan.spec.explain:
-        out["_rerank"] = {
-            "rank": rank,
-            "first_stage_rank": hit.first_stage_rank,
-            "first_stage_score": hit.first_stage_score,
-            "stage_scores": dict(hit.stage_scores),
-            "cross_encoder_logit": hit.relevance,
-            "final_score": hit.score,
-        }
-        if hit.student is not None:  # a cascade: the student's logit (null logit: not rescored)
-            out["_rerank"]["student_logit"] = hit.student
-        if hit.explanation is not None:
-            out["_rerank"]["blend"] = hit.explanation
-    return out
-
-
-def log_document(
-    index: str,
-    text: str,
-    spec: RerankSpec,
-    pages: Page,
-    result: PipelineResult,
-    timings: dict[str, float],
-    degraded: str | None,
-    answer: dict[str, Any],
-    *,
-    top: int = 10,
-    degraded_kind: str | None = None,
-) -> dict[str, Any]:
-    """The request-log document (see ``es_mappings/logs-template.json``)."""
-    model = answer["rerank"]["model"]
-    logged: list[dict[str, Any]] = []
-    for rank, hit in enumerate(result.hits[:top], start=1):
-        hit_index, doc_id = split_key(hit.id)
-        logged.append(
-            {
-                "_id": doc_id,
-                "_index": hit_index,
-                "rank": rank,
-                "first_stage_rank": hit.first_stage_rank,
-                "moved": hit.first_stage_rank - rank,
-                "score": hit.score,
-                "first_stage_score": hit.first_stage_score,
-                "logit": hit.relevance,
-                **(
-                    {
-                        "contributions": {
-                            name: item["contribution"]
-                            for name, item in hit.explanation["features"].items()
-                        }
-                    }
-                    if hit.explanation is not None
-                    else {}
-                ),
-            }
-        )
-    return {
-        "@timestamp": datetime.now(UTC).isoformat(),
-        "index": index,
-        "query_text": text,
-        "window": spec.window,
-        "candidates": len(result.hits),
-        "from": pages.start,
-        "size": pages.size,
-        "first_stage": answer["rerank"]["first_stage"],
-        "fusion": answer["rerank"].get("fusion"),
-        "blend": answer["rerank"].get("blend"),
-        "status": 200,  # replaced by the status actually sent (Proxy._submit_log)
-        "model": {"id": model["id"], "version": model["version"]} if model else None,
-        "took_ms": {k: round(v, 3) for k, v in timings.items()},
-        "degraded": degraded,
-        "degraded_kind": degraded_kind,
-        "hits": logged,
-    }

@@ -66,7 +66,7 @@ import reranker
 from reranker.batching import logits_or_probabilities
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
-from reranker.proxy.http import require_api_key
+from reranker.proxy.http import read_body, require_api_key
 from reranker.proxy.jsonbody import BodyError, loads_strict
 from reranker.proxy.limits import estimated_tokens
 from reranker.rerank.features import features_for_texts
@@ -90,8 +90,6 @@ class Proxy(Protocol):
     breaker: CircuitBreaker
     admission: Admission
     metrics: ProxyMetrics
-
-    async def _read_body(self, request: Request) -> bytes: ...
 
     async def guarded(
         self,
@@ -374,8 +372,10 @@ class RerankApi:
         started = time.perf_counter()
         try:
             self.check_key(request)
-            raw = await self.proxy._read_body(request)
             settings = self.proxy.settings
+            raw = await read_body(
+                request, settings.max_body_bytes, timeout_s=settings.body_timeout_s
+            )
             try:
                 body = loads_strict(
                     raw, max_depth=settings.max_json_depth, max_digits=settings.max_number_digits
@@ -424,7 +424,7 @@ class RerankApi:
         timeout_ms = settings.default_timeout_ms
         pairs = [(call.query, text) for text in call.texts]
         tokens = estimated_tokens(pairs, getattr(scorer, "max_length", None))
-        ticket = handler.admit_or_429(scoring=True, tokens=tokens, budget_s=timeout_ms / 1000)
+        ticket = handler.gate.admit_or_429(scoring=True, tokens=tokens, budget_s=timeout_ms / 1000)
         try:
             if not self.proxy.breaker.allow():
                 raise errors.reranker_unavailable(
@@ -462,12 +462,12 @@ class RerankApi:
                 return scores
 
             submitted = time.perf_counter()
-            called = await handler.call_scorer(
+            called = await handler.gate.call_scorer(
                 work, tokens=tokens, timeout_ms=timeout_ms, deadline=deadline, ticket=ticket
             )
             if called.result is None:
                 assert called.failure is not None
-                handler.count_failure(called.failure)
+                handler.gate.count_failure(called.failure)
                 if called.failure.timed_out:
                     raise errors.reranker_timeout(called.failure.reason)
                 raise ProxyError(FAILED_DEPENDENCY, "backend", called.failure.reason)

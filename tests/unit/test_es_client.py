@@ -10,7 +10,7 @@ from reranker.config import Settings
 from reranker.errors import ConfigError
 from reranker.es.client import client_options, make_client
 from reranker.proxy import ProxySettings
-from reranker.proxy.app import make_async_client
+from reranker.proxy.upstream import make_async_client
 
 FINGERPRINT = ":".join(["AB"] * 32)
 
