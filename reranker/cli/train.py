@@ -378,13 +378,8 @@ def distill_cmd(
     import logging
 
     from reranker.es.indexing import default_cache
-    from reranker.training.distill import (
-        DistillConfig,
-        check_output_dir,
-        distill,
-        load_teacher,
-        query_splits,
-    )
+    from reranker.training.distill import DistillConfig, check_output_dir, distill
+    from reranker.training.distill_data import load_teacher, query_splits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search

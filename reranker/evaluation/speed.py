@@ -25,6 +25,7 @@ from reranker.models import (
     checkpoint_tokenizer,
     load_tokenizer,
     read_card,
+    write_json_atomic,
 )
 
 if TYPE_CHECKING:
@@ -561,3 +562,59 @@ def window_ladder(
 
 def percentile_ms(seconds: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds, dtype=np.float64), q)) * 1000.0
+
+
+def all_backends(
+    checkpoint: Path | None,
+    model_dir: Path,
+    threads: int,
+    batch_size: int,
+    notes: list[str],
+    io_binding: bool = False,
+) -> list[Backend]:
+    """The torch backends on ``checkpoint`` (none without one: ``--no-torch``) and the ONNX
+    ones on ``model_dir``; torch tokenises at the ONNX model's ``max_length`` when that is
+    below :data:`MAX_LENGTH`."""
+    backends = (
+        torch_backends(checkpoint, max_length=MAX_LENGTH, batch_size=batch_size, notes=notes)
+        if checkpoint is not None
+        else []
+    )
+    backends += ort_backends(
+        model_dir, threads=threads, batch_size=batch_size, notes=notes, io_binding=io_binding
+    )
+    ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
+    max_length = int(ort_fp32.info["scorer"].max_length)
+    if max_length != MAX_LENGTH and checkpoint is not None:
+        # a model with fewer positions: tokenise torch's pairs the same way
+        for b in backends:
+            if isinstance(b.run, TorchRunner):
+                b.run.tokenizer = bench_tokenizer(checkpoint, max_length)
+    return backends
+
+
+def print_report(
+    payload: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    lengths: Sequence[int],
+    output: Path | None,
+) -> None:
+    """The summary and the table on stdout; the JSON into ``output`` when given."""
+    max_length, threads = payload["max_length"], payload["threads"]
+    load = payload["machine"]
+    click.echo(
+        f"{payload['pairs']} pairs, mean {payload['mean_tokens']} tokens (max {max(lengths)}, "
+        f"{payload['truncated_pairs']} cut at {max_length}), "
+        f"{threads} threads, batch ≤ {payload['batch_size']}, median of {payload['repeats']}; "
+        f"load average {load['load_average_before']} → {load['load_average_after']}"
+    )
+    peaks = payload["peak_gflops"]
+    click.echo("matmul peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+    click.echo(f"torch: {payload['model']['torch']}\nonnx: {payload['model']['onnx']}")
+    click.echo(format_table(results))
+    for note in payload["notes"]:
+        click.echo(f"note: {note}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output, payload)
+        say(f"wrote {output}")

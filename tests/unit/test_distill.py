@@ -16,13 +16,12 @@ from reranker.cli import main
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.training.distill import (  # noqa: E402  (after the importorskip of torch)
+from reranker.training.distill import DistillConfig, train_student  # noqa: E402
+from reranker.training.distill_data import (  # noqa: E402  (after the importorskip of torch)
     CandidateGroup,
-    DistillConfig,
     sample_ranks,
     score_groups,
     teacher_record,
-    train_student,
 )
 from reranker.training.losses import listwise_kl_loss, margin_mse_loss  # noqa: E402
 
@@ -188,7 +187,7 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
 
     from export.onnx_export import export_cross_encoder
     from reranker.rerank.scorer import Scorer
-    from reranker.training.distill import load_teacher
+    from reranker.training.distill_data import load_teacher
 
     teacher = load_teacher(TEACHER)
     groups = scifact_groups(queries=10, others=5)
