@@ -34,6 +34,24 @@ from reranker.config import Settings
 from reranker.es.client import client_options
 from reranker.es.node import LocalNode, NodeStatus
 
+#: the shared benchmarks beside the repository (``../shared/data``; ``RERANKER_DATA`` overrides)
+DATA = Path(
+    os.environ.get("RERANKER_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+).resolve()
+SCIFACT = DATA / "scifact"
+
+
+def require_data(path: Path) -> Path:
+    """``path``, a file or folder of the shared data. Where it is missing a test is skipped on a
+    developer's machine but fails in CI (``CI`` set): CI must run what the data tests check."""
+    if path.exists():
+        return path
+    message = f"shared data not found: {path}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI runs every data test; fetch ../shared/data)")
+    pytest.skip(message)
+
+
 # Tests that stop the session node run after every other test (they are in test_node.py).
 RUN_LAST = ("test_down_stops_the_process_and_status_says_not_running",)
 

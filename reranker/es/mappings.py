@@ -6,6 +6,7 @@ import copy
 import json
 from datetime import UTC, datetime
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
 
 from reranker.errors import IndexingError
 
-MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "es_mappings"
+#: ``es_mappings/``, installed with the package (a checkout's own folder in an editable install)
+MAPPINGS_DIR = Path(str(files("es_mappings")))
 
 
 @cache

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
+from reranker.es.node import NodeStatus
+from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
+from tests.conftest import es_settings
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared BEIR data sits beside the checkout; RERANKER_DATA points elsewhere.
@@ -114,3 +122,88 @@ def index_docs(
         client, CorpusSource.open(path), alias, embedder, options=LoadOptions(progress=False)
     )
     return alias
+
+
+QUERY = {"match": {"text": "human cells protein expression disease"}}
+
+
+QUERY_TEXT = "human cells protein expression disease"
+
+
+@pytest.fixture(scope="module")
+def proxy_alias(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, object]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    alias = f"proxytest-{uuid.uuid4().hex[:8]}"
+    index_docs(es_client, embedder, scifact_docs, alias, tmp_path_factory.mktemp("proxy-docs"))
+    yield alias
+    delete_indices_named_after(es_client, alias)
+    es_client.options(ignore_status=404).indices.delete_index_template(name=f"{alias}-logs")
+
+
+def proxy_settings(es_node: NodeStatus, alias: str, **overrides: Any) -> ProxySettings:
+    values: dict[str, Any] = {
+        "es": es_settings(es_node.url),
+        "allowed_indices": (f"{alias}*",),
+        "max_window": 50,
+        "default_window": 20,
+        "default_timeout_ms": 30_000,
+    }
+    values.update(overrides)
+    return ProxySettings(**values)
+
+
+@asynccontextmanager
+async def running(
+    settings: ProxySettings, scorer: Scorer | None, embedder: Embedder | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        settings,
+        scorer_factory=(lambda: scorer) if scorer is not None else None,
+        encoder_factory=(lambda: embedder) if embedder is not None else None,
+        load_in_background=False,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://proxy", timeout=60
+        ) as http:
+            yield http
+
+
+def start_scorer(port: int) -> subprocess.Popen[bytes]:
+    # the survivor takes all CLIENTS at once after its peer dies: its own admission bounds
+    # (default queue 16) would answer 429 to some, which is not the fail-over under test
+    bounds = {
+        "RERANKER_PROXY_MAX_IN_FLIGHT": str(CLIENTS + 4),
+        "RERANKER_PROXY_MAX_SCORER_QUEUE": str(CLIENTS + 4),
+    }
+    env = {**os.environ, "PYTHONPATH": str(REPO), **bounds}
+    command = [sys.executable, "-c", "from reranker.cli import main; main()", "serve"]
+    command += ["--scorer-only", "--model", str(SHIPPED), "--variant", "int8"]
+    command += ["--port", str(port), "--log-format", "text"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], limit_s: float = 90) -> None:
+    give_up = time.monotonic() + limit_s
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            raise RuntimeError(f"scorer at {url} exited: {stderr[-2000:]}")
+        try:
+            if httpx.get(f"{url}/_health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"scorer at {url} did not become healthy")
+
+
+SHIPPED = REPO / "models" / "reranker-minilm-l6"
+
+
+CLIENTS = 20

@@ -129,7 +129,7 @@ def test_eval_through_a_remote_scorer_ranks_exactly_as_the_model_in_process(
     import httpx
 
     from tests.conftest import free_port
-    from tests.integration.test_remote_scorers import start_scorer, wait_healthy
+    from tests.integration.conftest import start_scorer, wait_healthy
 
     alias = "test-eval-remote-scorer"
     port = free_port()

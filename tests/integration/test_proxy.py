@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -22,16 +20,19 @@ from elasticsearch import BadRequestError, Elasticsearch
 
 from reranker.errors import ModelError
 from reranker.es.node import NodeStatus
-from reranker.proxy import ProxySettings, create_app
+from reranker.proxy import create_app
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from tests.conftest import es_settings, serving_over_http
-from tests.integration.conftest import delete_indices_named_after, index_docs
+from tests.conftest import serving_over_http
+from tests.integration.conftest import (
+    QUERY,
+    QUERY_TEXT,
+    proxy_settings,
+    running,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
-QUERY = {"match": {"text": "human cells protein expression disease"}}
-QUERY_TEXT = "human cells protein expression disease"
 
 
 @pytest.fixture
@@ -42,18 +43,6 @@ def anyio_backend() -> str:
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def proxy_alias(
-    es_client: Elasticsearch,
-    embedder: Embedder,
-    scifact_docs: list[dict[str, object]],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    alias = f"proxytest-{uuid.uuid4().hex[:8]}"
-    index_docs(es_client, embedder, scifact_docs, alias, tmp_path_factory.mktemp("proxy-docs"))
-    yield alias
-    delete_indices_named_after(es_client, alias)
-    es_client.options(ignore_status=404).indices.delete_index_template(name=f"{alias}-logs")
 
 
 class FailingScorer(Scorer):
@@ -103,34 +92,8 @@ class SlowScorer(Scorer):
         return self.inner.score(pairs, **kwargs)
 
 
-def proxy_settings(es_node: NodeStatus, alias: str, **overrides: Any) -> ProxySettings:
-    values: dict[str, Any] = {
-        "es": es_settings(es_node.url),
-        "allowed_indices": (f"{alias}*",),
-        "max_window": 50,
-        "default_window": 20,
-        "default_timeout_ms": 30_000,
-    }
-    values.update(overrides)
-    return ProxySettings(**values)
 
 
-@asynccontextmanager
-async def running(
-    settings: ProxySettings, scorer: Scorer | None, embedder: Embedder | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        settings,
-        scorer_factory=(lambda: scorer) if scorer is not None else None,
-        encoder_factory=(lambda: embedder) if embedder is not None else None,
-        load_in_background=False,
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://proxy", timeout=60
-        ) as http:
-            yield http
 
 
 @pytest.fixture

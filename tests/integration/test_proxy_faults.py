@@ -26,9 +26,14 @@ from reranker.es.node import LocalNode, NodeStatus
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
 from tests.conftest import es_client_for, es_settings, free_port
-from tests.integration.conftest import delete_indices_named_after, index_docs
-from tests.integration.test_proxy import QUERY, proxy_settings, running
-from tests.unit.test_proxy_app import assert_es_error
+from tests.helpers import assert_es_error
+from tests.integration.conftest import (
+    QUERY,
+    delete_indices_named_after,
+    index_docs,
+    proxy_settings,
+    running,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -32,7 +32,7 @@ from reranker.es.node import NodeStatus
 from reranker.feedback.ubi import ubi_timestamp
 from reranker.proxy import create_app
 from reranker.rerank.scorer import Scorer
-from tests.integration.test_proxy import proxy_settings
+from tests.integration.conftest import proxy_settings
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,7 @@ import pytest
 from reranker.es.node import NodeStatus
 from reranker.rerank.scorer import Scorer
 from tests.conftest import free_port
-from tests.integration.test_proxy import QUERY, proxy_settings, running
-from tests.integration.test_proxy import proxy_alias as proxy_alias  # the indexed fixture
-from tests.integration.test_remote_scorers import wait_healthy
+from tests.integration.conftest import QUERY, proxy_settings, running, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

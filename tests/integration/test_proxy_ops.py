@@ -29,8 +29,13 @@ from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
 from tests.conftest import free_port
-from tests.integration.conftest import REPO, delete_indices_named_after, index_docs
-from tests.integration.test_proxy import QUERY, proxy_settings
+from tests.integration.conftest import (
+    QUERY,
+    REPO,
+    delete_indices_named_after,
+    index_docs,
+    proxy_settings,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -29,7 +29,7 @@ from reranker.proxy import ProxySettings, create_app
 from reranker.proxy.app import Proxy
 from reranker.proxy.errors import REFUSED_BY_ELASTICSEARCH
 from reranker.rerank.scorer import Scorer
-from tests.integration.test_proxy import proxy_settings
+from tests.integration.conftest import proxy_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -27,8 +27,7 @@ from reranker.es.node import NodeStatus
 from reranker.feedback.click_sim import UserModel, simulate
 from reranker.proxy import ProxySettings
 from tests.conftest import es_settings
-from tests.integration.conftest import SCIFACT
-from tests.integration.test_proxy import running
+from tests.integration.conftest import SCIFACT, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -5,9 +5,7 @@ rest (its peer's in-flight calls fail over to it)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +15,18 @@ import pytest
 
 from reranker.es.node import NodeStatus
 from tests.conftest import free_port
-from tests.integration.test_proxy import QUERY, proxy_settings, running
-from tests.integration.test_proxy import proxy_alias as proxy_alias  # the indexed fixture
+from tests.integration.conftest import (
+    CLIENTS,
+    QUERY,
+    proxy_settings,
+    running,
+    start_scorer,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "models" / "reranker-minilm-l6"
-CLIENTS = 20
 ROUNDS = 3
 
 
@@ -33,33 +35,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def start_scorer(port: int) -> subprocess.Popen[bytes]:
-    # the survivor takes all CLIENTS at once after its peer dies: its own admission bounds
-    # (default queue 16) would answer 429 to some, which is not the fail-over under test
-    bounds = {
-        "RERANKER_PROXY_MAX_IN_FLIGHT": str(CLIENTS + 4),
-        "RERANKER_PROXY_MAX_SCORER_QUEUE": str(CLIENTS + 4),
-    }
-    env = {**os.environ, "PYTHONPATH": str(REPO), **bounds}
-    command = [sys.executable, "-c", "from reranker.cli import main; main()", "serve"]
-    command += ["--scorer-only", "--model", str(SHIPPED), "--variant", "int8"]
-    command += ["--port", str(port), "--log-format", "text"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], limit_s: float = 90) -> None:
-    give_up = time.monotonic() + limit_s
-    while time.monotonic() < give_up:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"scorer at {url} exited: {stderr[-2000:]}")
-        try:
-            if httpx.get(f"{url}/_health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"scorer at {url} did not become healthy")
 
 
 @pytest.fixture

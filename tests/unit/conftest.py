@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_data
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -65,7 +67,8 @@ def scifact_pairs() -> list[tuple[str, str]]:
     """Up to 100 real (query, abstract) pairs from SciFact test: judged docs plus others."""
     pairs = load_scifact_pairs()
     if not pairs:
-        pytest.skip("SciFact data not found beside the repository")
+        require_data(SCIFACT / "corpus.jsonl")
+        pytest.fail("no SciFact test pairs could be read")
     return pairs
 
 

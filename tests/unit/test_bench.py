@@ -13,14 +13,14 @@ from reranker.cli import main
 from reranker.errors import SourceError
 from reranker.evaluation.peaks import ModelDims, flops_per_pair
 from reranker.evaluation.speed import median_ms, select_pairs
+from tests.conftest import require_data
 
 SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
 MINILM = {"layers": 6, "hidden": 384, "ffn": 1536}
 
 
 def _need_scifact() -> Path:
-    if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip("SciFact data not found beside the repository")
+    require_data(SCIFACT / "corpus.jsonl")
     return SCIFACT
 
 

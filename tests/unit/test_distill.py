@@ -24,6 +24,7 @@ from reranker.training.distill_data import (  # noqa: E402  (after the importors
     teacher_record,
 )
 from reranker.training.losses import listwise_kl_loss, margin_mse_loss  # noqa: E402
+from tests.conftest import require_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = REPO / "models" / "reranker-minilm-l6"
@@ -181,8 +182,7 @@ def scifact_groups(queries: int, others: int) -> list[CandidateGroup]:
 def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
     tmp_path: Path,
 ) -> None:
-    if not (SCIFACT / "qrels" / "train.tsv").is_file():
-        pytest.skip("SciFact data not found beside the repository")
+    require_data(SCIFACT / "qrels" / "train.tsv")
     from scipy.stats import spearmanr
 
     from export.onnx_export import export_cross_encoder

@@ -23,6 +23,7 @@ from reranker.training.embedder import (
     training_examples,
 )
 from reranker.training.losses import in_batch_loss
+from tests.conftest import require_data
 
 WINDOW = [f"d{i}" for i in range(40)]
 
@@ -110,8 +111,7 @@ SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scif
 def tiny_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 SciFact train queries (no dev split: 20 % are held out), their abstracts and 100
     others."""
-    if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip("SciFact data not found beside the repository")
+    require_data(SCIFACT / "corpus.jsonl")
     folder = tmp_path_factory.mktemp("tiny-beir")
     rows = [
         line.split("\t") for line in (SCIFACT / "qrels" / "train.tsv").read_text().splitlines()[1:]

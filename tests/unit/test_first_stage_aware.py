@@ -24,6 +24,7 @@ from reranker.training.aware_model import (  # noqa: E402
 )
 from reranker.training.first_stage_aware import score_aware  # noqa: E402
 from reranker.training.mining import QueryWindow, listwise_hybrid_groups  # noqa: E402
+from tests.conftest import SCIFACT, require_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +196,7 @@ def test_a_tiny_run_keeps_the_best_held_out_checkpoint_and_records_it(
 ) -> None:
     from reranker.training.first_stage_aware import train_aware
 
-    scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
-    if not scifact.is_dir():
-        pytest.skip("shared SciFact data not present")
+    scifact = require_data(SCIFACT)
     data = _tiny_beir(tmp_path / "tiny", scifact)
     config = _tiny_config(data, tmp_path, minilm_weights_dir, max_steps=3, eval_every=2)
     info = train_aware(config, progress=False)
@@ -244,9 +243,7 @@ def test_a_tiny_multi_task_run_trains_the_signal_heads_and_records_them(
 
     from reranker.training.first_stage_aware import train_aware
 
-    scifact = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "scifact"
-    if not scifact.is_dir():
-        pytest.skip("shared SciFact data not present")
+    scifact = require_data(SCIFACT)
     data = _tiny_beir(tmp_path / "scifact", scifact)  # named so that its signal preset applies
     shutil.copy2(scifact / "signals.jsonl", data / "signals.jsonl")
     config = _tiny_config(

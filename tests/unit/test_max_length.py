@@ -20,6 +20,7 @@ from reranker.evaluation.lengths import choose_max_length, length_curve, parse_l
 from reranker.rerank.cache import CachedScorer, LruScores
 from reranker.rerank.pipeline import QueryPath, scorer_for
 from reranker.rerank.scorer import Scorer, length_tag
+from tests.conftest import require_data
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "reranker-minilm-l6"
@@ -227,8 +228,7 @@ def test_parse_lengths_refuses_nonsense(text: str) -> None:
 
 @pytest.mark.slow
 def test_bench_lengths_times_each_length_on_real_pairs(tmp_path: Path) -> None:
-    if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip("SciFact data not found beside the repository")
+    require_data(SCIFACT / "corpus.jsonl")
     out = tmp_path / "lengths.json"
     result = CliRunner().invoke(
         main,
@@ -246,8 +246,7 @@ def test_bench_lengths_times_each_length_on_real_pairs(tmp_path: Path) -> None:
 
 
 def test_bench_lengths_refuses_a_length_beyond_the_position_limit() -> None:
-    if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip("SciFact data not found beside the repository")
+    require_data(SCIFACT / "corpus.jsonl")
     result = CliRunner().invoke(
         main,
         ["bench", "lengths", "--model", str(SHIPPED), "--lengths", "600", "--pairs", "2",
@@ -311,8 +310,7 @@ def test_length_curve_gathers_eval_results_and_refuses_mixed_setups() -> None:
 
 
 def test_bench_lengths_times_a_first_stage_aware_model(tmp_path: Path) -> None:
-    if not (SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip("SciFact data not found beside the repository")
+    require_data(SCIFACT / "corpus.jsonl")
     out = tmp_path / "lengths.json"
     aware = SHIPPED.parent / "reranker-minilm-l6-aware"
     result = CliRunner().invoke(

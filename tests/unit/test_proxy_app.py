@@ -16,11 +16,12 @@ import pytest
 from starlette.requests import Request
 
 from reranker.config import Settings
-from reranker.proxy import ProxySettings, create_app
+from reranker.proxy import create_app
 from reranker.proxy.candidates import FirstStageResult, read_hits
 from reranker.proxy.errors import ProxyError, error_body
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.request_log import RequestLog
+from tests.helpers import assert_es_error, closed_port, proxy_client, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -30,17 +31,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
-def settings(**overrides: Any) -> ProxySettings:
-    es = Settings(es_url=f"http://127.0.0.1:{closed_port()}", request_timeout_s=2)
-    values: dict[str, Any] = {"es": es, "allowed_indices": ("docs-*",), "max_body_bytes": 4096}
-    values.update(overrides)
-    return ProxySettings(**values)
 
 
 @pytest.fixture
@@ -49,24 +41,8 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@asynccontextmanager
-async def proxy_client(proxy_settings: ProxySettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(proxy_settings, load_in_background=False)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
-            yield http
 
 
-def assert_es_error(response: httpx.Response, status: int, error_type: str | None = None) -> None:
-    assert response.status_code == status
-    assert response.headers["x-elastic-product"] == "Elasticsearch"
-    body = response.json()
-    assert body["status"] == status
-    assert set(body["error"]) >= {"root_cause", "type", "reason"}
-    assert body["error"]["root_cause"][0]["type"] == body["error"]["type"]
-    if error_type:
-        assert body["error"]["type"] == error_type
 
 
 def test_error_body_has_elasticsearchs_shape() -> None:

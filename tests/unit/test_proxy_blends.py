@@ -17,7 +17,7 @@ from reranker.proxy import ProxySettings, create_app
 from reranker.proxy.blends import BlendCatalog, load_named_blend, parse_pairs
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.reload import smoke_test
-from tests.unit.test_proxy_app import assert_es_error, settings
+from tests.helpers import assert_es_error, settings
 
 pytestmark = pytest.mark.anyio
 

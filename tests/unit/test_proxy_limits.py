@@ -12,14 +12,7 @@ from reranker.proxy.limits import (
     Saturated,
     estimated_tokens,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 def test_breaker_opens_after_the_configured_consecutive_failures() -> None:

@@ -28,7 +28,7 @@ from reranker.proxy.ubi import (
     shown_from_document,
     split_ubi,
 )
-from tests.unit.test_proxy_app import assert_es_error, proxy_client, settings
+from tests.helpers import assert_es_error, proxy_client, settings
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ import pytest
 
 from reranker.errors import ModelError
 from reranker.rerank.remote import RemoteScorer, scores_by_index
-from tests.unit.test_proxy_limits import Clock
+from tests.helpers import Clock
 
 INFO = {"model_id": "xenc", "model_version": "v1", "variant": "int8", "max_client_batch_size": 100}
 

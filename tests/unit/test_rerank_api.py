@@ -23,20 +23,12 @@ from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.features import features_for_texts
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
+from tests.helpers import QUERY, SHIPPED, SHIPPED_AWARE, TEXTS
 
 pytestmark = pytest.mark.anyio
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "models" / "reranker-minilm-l6"
-SHIPPED_AWARE = REPO / "models" / "reranker-minilm-l6-aware"
 
-QUERY = "what is a qubit in quantum computing"
-TEXTS = [
-    "Malted barley provides the sugars that yeast ferments into alcohol.",
-    "A qubit is the basic unit of quantum information, a two-level quantum system.",
-    "Paris is the capital of France.",
-    "Quantum computers use qubits, which can be in a superposition of 0 and 1.",
-]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from reranker.config import Settings
 from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.scorer import Scorer
 from tests.conftest import serving_over_http
-from tests.unit.test_rerank_api import QUERY, SHIPPED, TEXTS
+from tests.helpers import QUERY, SHIPPED, TEXTS
 
 README = (Path(__file__).resolve().parents[2] / "docs" / "rerank-api.md").read_text(
     encoding="utf-8"

@@ -34,6 +34,7 @@ from reranker.blend.signals import (
     transform_values,
 )
 from reranker.errors import ConfigError
+from tests.conftest import require_data
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LN2 = math.log(2.0)
@@ -428,10 +429,9 @@ def test_fit_pivots_median_of_positive_values() -> None:
     )
 
 
-@pytest.mark.skipif(
-    not (DATA / "stackexchange" / "corpus.jsonl").is_file(), reason="shared data not present"
-)
 def test_presets_on_real_documents() -> None:
+    require_data(DATA / "stackexchange" / "corpus.jsonl")
+    require_data(DATA / "scifact" / "signals.jsonl")
     docs: list[dict[str, Any]] = []
     with (DATA / "stackexchange" / "corpus.jsonl").open(encoding="utf-8") as handle:
         for line in handle:

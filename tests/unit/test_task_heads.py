@@ -20,6 +20,7 @@ from reranker.training.heads import (
     parse_loss_weights,
     signal_targets,
 )
+from tests.conftest import require_data
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -101,8 +102,8 @@ def test_a_dataset_without_a_preset_has_no_usable_target(tmp_path: Path) -> None
     assert signal_targets(folder, ("popularity",)).counts() == {"popularity": 0}
 
 
-@pytest.mark.skipif(not (SHARED / "scifact").is_dir(), reason="shared SciFact data not present")
 def test_scifact_signals_are_joined_from_signals_jsonl_and_it_has_no_popularity() -> None:
+    require_data(SHARED / "scifact")
     sources = document_sources(SHARED / "scifact")
     assert sources["4983"]["signals"]["citations"] == 756
     counts = signal_targets(SHARED / "scifact", ("popularity", "authority")).counts()

@@ -26,6 +26,7 @@ from reranker.training import cross_encoder_config as cfg  # noqa: E402
 from reranker.training import data as td  # noqa: E402
 from reranker.training import dev as dev_scoring  # noqa: E402
 from reranker.training.losses import listwise_loss  # noqa: E402
+from tests.conftest import require_data  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCIFACT_TRIPLES = SHARED / "train" / "scifact_train_triples.jsonl"
@@ -183,8 +184,8 @@ def test_triples_with_test_query_ids_are_refused(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.skipif(not SCIFACT_TRIPLES.is_file(), reason="shared data not present")
 def test_shared_triples_pass_the_test_query_check() -> None:
+    require_data(SCIFACT_TRIPLES)
     data = td.load_training_pairs([SCIFACT_TRIPLES])
     checked = data.stats["files"][0]["test_qrels_checked"]
     assert checked and checked[0].endswith("scifact/qrels/test.tsv")
@@ -272,8 +273,7 @@ def test_occupied_output_dir_needs_resume_or_overwrite(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def small_triples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 60 SciFact train triples (real data; 75 distinct pairs)."""
-    if not SCIFACT_TRIPLES.is_file():
-        pytest.skip("shared data not present")
+    require_data(SCIFACT_TRIPLES)
     with SCIFACT_TRIPLES.open(encoding="utf-8") as handle:
         rows = [json.loads(next(handle)) for _ in range(60)]
     return _write_jsonl(tmp_path_factory.mktemp("data") / "small.jsonl", rows)

@@ -1,0 +1,36 @@
+"""The repository's shape, kept: modules small enough to read, a short README, and tests that
+share helpers through helper modules rather than through each other."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MAX_MODULE_LINES = 700
+MAX_README_LINES = 150
+
+
+def test_no_module_of_the_package_is_over_700_lines() -> None:
+    long = {
+        str(path.relative_to(REPO)): n
+        for path in (REPO / "reranker").rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_the_readme_fits_in_150_lines() -> None:
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= MAX_README_LINES
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    offenders = []
+    for path in (REPO / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                last = node.module.rsplit(".", 1)[-1]
+                if node.module.startswith("tests.") and re.match(r"test_", last):
+                    offenders.append(f"{path.relative_to(REPO)}: {node.module}")
+    assert offenders == []
