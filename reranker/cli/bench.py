@@ -50,7 +50,6 @@ from reranker.errors import RerankerError
 from reranker.evaluation.lengths import length_curve, pair_lengths, parse_lengths
 from reranker.evaluation.peaks import ModelDims, load_average, machine_info, measure_peaks
 from reranker.evaluation.speed import (
-    DEFAULT_DATASET,
     GAP_S,
     HEAD_SEED,
     MAX_BATCH_TOKENS,
@@ -119,9 +118,8 @@ def _timing_options(command: Any) -> Any:
         click.option(
             "--dataset",
             type=click.Path(path_type=Path),
-            default=DEFAULT_DATASET,
-            show_default=True,
-            help="BEIR folder the pairs come from.",
+            required=True,
+            help="BEIR folder the pairs come from (e.g. ../shared/data/scifact).",
         ),
         click.option(
             "--pairs", "n_pairs", type=click.IntRange(min=1), default=100, show_default=True
@@ -515,8 +513,7 @@ def length_curve_cmd(
 @click.option(
     "--dataset",
     type=click.Path(path_type=Path),
-    default=DEFAULT_DATASET,
-    show_default=True,
+    required=True,
     help="BEIR folder whose test queries are searched (indexed by `reranker eval` first).",
 )
 @click.option("--index", default=None, help="Alias to search [default: beir-<dataset>].")

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 Pair = tuple[str, str]
 
-DEFAULT_DATASET = Path("../shared/data/scifact")
 #: padded tokens per batch, the Scorer's default (a batch of 16 pairs of 256 tokens fits)
 MAX_BATCH_TOKENS = 4096
 #: sequence length the Scorer truncates to by default

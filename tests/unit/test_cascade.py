@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from reranker.blend.blends import LinearBlend
 from reranker.cli import main
-from reranker.errors import ConfigError, ModelError, SearchError
+from reranker.errors import ConfigError, SearchError
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.request import parse_rerank
 from reranker.proxy.settings import ProxySettings
@@ -28,6 +28,7 @@ from reranker.rerank.pipeline import (
     check_cascade_models,
 )
 from reranker.retrieval.first_stage import Hit
+from tests.fakes import FakeScorer
 
 # --------------------------------------------------------------------------- pure ordering
 
@@ -81,21 +82,14 @@ class ListedFirstStage:
         ]
 
 
-class TableScorer:
+class TableScorer(FakeScorer):
     """Scores a passage from a table; records what it was asked; raises if told to."""
 
-    feature_names: tuple[str, ...] = ()
-
     def __init__(self, name: str, table: dict[str, float], fail: bool = False) -> None:
-        self.model_id = name
+        super().__init__(name, fail=fail)
         self.table = table
-        self.fail = fail
-        self.calls: list[list[str]] = []
 
-    def score(self, pairs: Sequence[tuple[str, str]], **_: Any) -> np.ndarray:
-        self.calls.append([p for _, p in pairs])
-        if self.fail:
-            raise ModelError(f"{self.model_id} exploded")
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
         return np.array([self.table[p] for _, p in pairs], dtype=np.float32)
 
 
@@ -181,15 +175,14 @@ def test_a_failing_model_fails_open_to_the_first_stage_order(failing: str) -> No
 class FeatureScorer(TableScorer):
     """A first-stage-aware stand-in: records the feature rows it was given."""
 
-    feature_names = ("fused",)
-
     def __init__(self, name: str, table: dict[str, float]) -> None:
         super().__init__(name, table)
-        self.features: list[np.ndarray] = []
+        self.feature_names = ("fused",)
+        self.rows: list[np.ndarray] = []
 
-    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
-        self.features.append(np.asarray(kwargs["features"]))
-        return super().score(pairs)
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
+        self.rows.append(np.asarray(features))
+        return super().scores(pairs, features)
 
 
 class ScoredFirstStage(ListedFirstStage):
@@ -236,7 +229,7 @@ def test_a_first_stage_aware_full_model_reads_its_heads_rows_of_the_windows_feat
     result = cascaded.search("q", k=6)
     assert full.calls == [["a", "b"]]
     # normalised over the whole window, as without a cascade
-    np.testing.assert_array_equal(full.features[0], plain.features[0][:2])
+    np.testing.assert_array_equal(full.rows[0], plain.rows[0][:2])
     assert [h.id for h in result.hits] == ["a", "b", "c", "d", "e", "f"]
 
 
@@ -508,7 +501,9 @@ class EchoVectors:
 
 
 class DenseAwareScorer(FeatureScorer):
-    feature_names = ("fused", "bm25", "dense")
+    def __init__(self, name: str, table: dict[str, float]) -> None:
+        super().__init__(name, table)
+        self.feature_names = ("fused", "bm25", "dense")
 
 
 def test_a_bm25_window_gets_the_dense_feature_from_the_embedder() -> None:
@@ -519,10 +514,10 @@ def test_a_bm25_window_gets_the_dense_feature_from_the_embedder() -> None:
     pipeline = Pipeline(stage, full, base="bm25", window=6, encoder=EchoVectors())  # type: ignore[arg-type]
     assert pipeline.uncached_pairs("q", stage.search("q", "bm25", 6)) != []
     pipeline.search("q", k=6)
-    dense = full.features[0][:, 2]
+    dense = full.rows[0][:, 2]
     # b (0.9) highest, f (0.0) lowest: min-max of the cosines, in window order a..f
     np.testing.assert_allclose(dense, [0.2 / 0.9, 1.0, 0.5 / 0.9, 0.1 / 0.9, 0.3 / 0.9, 0.0])
-    assert full.features[0][0, 0] == 1.0  # fused: still the BM25 order that built the window
+    assert full.rows[0][0, 0] == 1.0  # fused: still the BM25 order that built the window
 
 
 def test_eval_reranks_with_the_first_stage_cascade_unless_told_otherwise() -> None:

@@ -21,6 +21,7 @@ from reranker.rerank.cache import CachedScorer, LruScores
 from reranker.rerank.pipeline import QueryPath, scorer_for
 from reranker.rerank.scorer import Scorer, length_tag
 from tests.conftest import require_data
+from tests.fakes import FakeScorer
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "reranker-minilm-l6"
@@ -79,32 +80,14 @@ def test_a_query_path_with_a_max_length_and_scorer_urls_is_refused() -> None:
 # --------------------------------------------------------------------------- the cache identity
 
 
-class LengthScorer:
+class LengthScorer(FakeScorer):
     """Scores a pair by its passage length times its max length; counts what it ran."""
 
-    model_id = "fake"
-    version = "v1"
-    variant = "int8"
-    provider = "cpu"
-    feature_names: tuple[str, ...] = ()
-
     def __init__(self, max_length: int | None) -> None:
-        self.max_length = max_length
-        self.pairs_run = 0
+        super().__init__(max_length=max_length)
 
-    def score(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        *,
-        sigmoid: bool = False,
-        deadline: float | None = None,
-        features: np.ndarray | None = None,
-    ) -> np.ndarray:
-        self.pairs_run += len(pairs)
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
         return np.array([float(len(p) * (self.max_length or 1)) for _, p in pairs], np.float32)
-
-    def warmup(self) -> None:
-        return None
 
 
 def test_the_default_length_keeps_the_old_cache_file_name() -> None:

@@ -12,6 +12,7 @@ from reranker.blend.blends import LinearBlend
 from reranker.errors import ModelError, SearchError
 from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.first_stage import Hit
+from tests.fakes import FakeScorer
 
 
 class ListedFirstStage:
@@ -27,18 +28,11 @@ class ListedFirstStage:
         ]
 
 
-class LengthScorer:
+class LengthScorer(FakeScorer):
     """Scores a pair by its passage's length; raises if told to."""
 
-    model_id = "length"
-
     def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-
-    def score(self, pairs: Sequence[tuple[str, str]], **_: Any) -> np.ndarray:
-        if self.fail:
-            raise ModelError("model exploded")
-        return np.array([len(p) for _, p in pairs], dtype=np.float32)
+        super().__init__("model", fail=fail)
 
 
 DOCS = [("a", "x"), ("b", "xxx"), ("c", "xx")]
@@ -106,12 +100,12 @@ def test_a_blend_without_a_scorer_is_refused() -> None:
 class ShortScorer(LengthScorer):
     """Returns one score too few."""
 
-    def score(self, pairs: Sequence[tuple[str, str]], **_: Any) -> np.ndarray:
-        return super().score(pairs)[:-1]
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
+        return super().scores(pairs, features)[:-1]
 
 
 class NanScorer(LengthScorer):
-    def score(self, pairs: Sequence[tuple[str, str]], **_: Any) -> np.ndarray:
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
         return np.full(len(pairs), np.nan, dtype=np.float32)
 
 
@@ -123,19 +117,15 @@ def test_invalid_scorer_output_fails_open(scorer: LengthScorer) -> None:
     assert result.degraded.reason.startswith("reranker error")
 
 
-class FeatureReadingScorer:
+class FeatureReadingScorer(FakeScorer):
     """A first-stage-aware stand-in: its score is the fused feature; it keeps what it got."""
 
-    model_id = "aware"
-    feature_names = ("fused", "bm25", "dense")
-
     def __init__(self) -> None:
-        self.features: np.ndarray | None = None
+        super().__init__("aware", feature_names=("fused", "bm25", "dense"))
 
-    def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
-        self.features = kwargs["features"]
-        assert self.features is not None
-        return np.asarray(self.features[:, 0], dtype=np.float32)
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
+        assert features is not None
+        return np.asarray(features[:, 0], dtype=np.float32)
 
 
 class StagedFirstStage:

@@ -17,6 +17,7 @@ from reranker.proxy import ProxySettings, create_app
 from reranker.proxy.blends import BlendCatalog, load_named_blend, parse_pairs
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.reload import smoke_test
+from tests.fakes import FakeScorer
 from tests.helpers import assert_es_error, settings
 
 pytestmark = pytest.mark.anyio
@@ -103,19 +104,15 @@ def test_pairs_from_the_command_line() -> None:
         parse_pairs(["just-a-path.json"], "blend")
 
 
-class FixedScorer:
-    """Pure-logic stand-in with the Scorer's identity attributes."""
-
-    model_id, version, variant, provider = "fixed", "v1", "fp32", "CPUExecutionProvider"
+class FixedScorer(FakeScorer):
+    """Gives the same scores whatever it is asked."""
 
     def __init__(self, scores: list[float]) -> None:
-        self.scores = np.asarray(scores, dtype=np.float32)
+        super().__init__("fixed")
+        self.fixed = np.asarray(scores, dtype=np.float32)
 
-    def warmup(self) -> None:
-        pass
-
-    def score(self, pairs: Any, **kwargs: Any) -> np.ndarray:
-        return self.scores
+    def scores(self, pairs: Any, features: np.ndarray | None) -> np.ndarray:
+        return self.fixed
 
 
 def test_smoke_test_wants_the_answer_above_the_off_topic_passage() -> None:

@@ -9,28 +9,17 @@ import numpy as np
 import pytest
 
 from reranker.rerank.cache import CachedScorer, LruScores
+from tests.fakes import FakeScorer
 
 
-class CountingScorer:
+class CountingScorer(FakeScorer):
     """Scores a pair by its passage length (plus the features' sum); counts what it ran."""
 
-    model_id = "fake"
-    variant = "int8"
-
     def __init__(self, version: str = "v1", feature_names: tuple[str, ...] = ()) -> None:
+        super().__init__(feature_names=feature_names)
         self.version = version
-        self.feature_names = feature_names
-        self.pairs_run = 0
 
-    def score(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        *,
-        sigmoid: bool = False,
-        deadline: float | None = None,
-        features: np.ndarray | None = None,
-    ) -> np.ndarray:
-        self.pairs_run += len(pairs)
+    def scores(self, pairs: Sequence[tuple[str, str]], features: np.ndarray | None) -> np.ndarray:
         scores = np.array([float(len(p)) for _, p in pairs], dtype=np.float32)
         if features is not None:
             scores += np.asarray(features, dtype=np.float32).sum(axis=1)
