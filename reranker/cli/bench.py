@@ -78,6 +78,7 @@ from reranker.models import (
     shipped_weights_dir,
     write_json_atomic,
 )
+from reranker.rerank.capabilities import max_length_of
 
 # --------------------------------------------------------------------------------------------
 # the command
@@ -640,7 +641,7 @@ def window_cmd(
             )
     rows = []
     for i, step in enumerate(steps):
-        length = getattr(pipelines[i].scorer, "max_length", None)
+        length = max_length_of(pipelines[i].scorer)
         p50 = percentile_ms(seconds[i], 50)
         row: dict[str, Any] = {
             "step": step.name,

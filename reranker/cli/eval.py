@@ -28,6 +28,7 @@ from reranker.cli.common import (
     query_embedder,
     scorer_url_option,
 )
+from reranker.rerank.capabilities import FromFolder, max_length_of
 
 # --------------------------------------------------------------------------- eval
 
@@ -217,7 +218,7 @@ def eval_cmd(
         )
         scorer = scorer_for(path)  # a CachedScorer unless --no-score-cache
         cascade = cascade_for(path, scorer)
-        length = getattr(scorer, "max_length", None)
+        length = max_length_of(scorer)
         at = f", max length {length}" if length else ""
         click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}{at}", err=True)
         if cascade is not None:
@@ -227,7 +228,7 @@ def eval_cmd(
                 f"{cascade.k}",
                 err=True,
             )
-        model_dir = getattr(scorer, "model_dir", None)  # none for a remote scorer
+        model_dir = scorer.model_dir if isinstance(scorer, FromFolder) else None  # not remote
         blend_choice = _eval_blend(wanted, blend, signals, dataset.name, model_dir)
         runners.update(
             _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors, cascade)
@@ -295,7 +296,7 @@ def _scorer_summary(scorer: Any, rerank_base: str, window: int) -> dict[str, Any
         "model": scorer.model_id,
         "version": scorer.version,
         "variant": scorer.variant,
-        "max_length": getattr(scorer, "max_length", None),
+        "max_length": max_length_of(scorer),
         "rerank_base": rerank_base,
         "window": window,
     }

@@ -53,6 +53,7 @@ from reranker.proxy.scoped import ScopedAccess
 from reranker.proxy.settings import ProxySettings
 from reranker.proxy.ubi import UbiLog, UbiParams
 from reranker.proxy.upstream import check_forwarded_headers, client_params, make_async_client
+from reranker.rerank.remote import RemoteScorer
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +176,8 @@ class Proxy:
                 await self._es.close()
                 self._es = None
             self.reranking.close()
-            closing = getattr(self.models.scorer, "close", None)
-            if callable(closing):  # a remote scorer's HTTP client and health thread
-                await asyncio.to_thread(closing)
+            if isinstance(self.models.scorer, RemoteScorer):  # its HTTP client, health thread
+                await asyncio.to_thread(self.models.scorer.close)
 
     async def reload_endpoint(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
@@ -541,8 +541,8 @@ class Proxy:
 
     def _remote_endpoints(self) -> list[dict[str, Any]]:
         """Each remote scorer endpoint's breaker state and counters (none for a local model)."""
-        describe = getattr(self.models.scorer, "describe", None)
-        return list(describe()) if callable(describe) else []
+        scorer = self.models.scorer
+        return scorer.describe() if isinstance(scorer, RemoteScorer) else []
 
     def _check_api_key(self, request: Request) -> None:
         if self.settings.api_keys:
@@ -654,7 +654,6 @@ class Proxy:
 def remote_scorer_factory(settings: ProxySettings) -> ScorerFactory:
     """Builds the :class:`~reranker.rerank.remote.RemoteScorer` over ``settings.scorer_urls``:
     waits up to 30 s for a first endpoint to answer ``/info``, then health-checks every 5 s."""
-    from reranker.rerank.remote import RemoteScorer
 
     def build() -> RemoteScorer:
         return RemoteScorer(

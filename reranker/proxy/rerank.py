@@ -54,6 +54,7 @@ from reranker.proxy.request import (
     source_filter,
 )
 from reranker.proxy.settings import ProxySettings
+from reranker.rerank.capabilities import max_length_of
 from reranker.rerank.features import (
     COMPUTABLE_IN_PROCESS,
     FeatureUnavailable,
@@ -347,7 +348,7 @@ class RerankHandler:
         computable = COMPUTABLE_IN_PROCESS if self.models.encoder is not None else frozenset()
         try:
             require_features(
-                getattr(scorer, "feature_names", ()),
+                scorer.feature_names,
                 "hybrid" if dense else "bm25",
                 computable=tuple(computable),
             )
@@ -597,7 +598,7 @@ class RerankHandler:
             # every pair's score is in memory: no model call, so no queue and no breaker
             result = scoring.rerank(text, candidates, k=spec.window)
             return result, {"rerank": result.timings_ms.get("rerank", 0.0), "scorer_queue": 0.0}
-        tokens = estimated_tokens(uncached, getattr(scorer, "max_length", None))
+        tokens = estimated_tokens(uncached, max_length_of(scorer))
         self._refuse_unscorable(spec, len(uncached), tokens)
         ticket.resize(tokens)
         if not self.breaker.allow():

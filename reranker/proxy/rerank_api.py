@@ -69,6 +69,8 @@ from reranker.proxy.errors import ProxyError
 from reranker.proxy.http import read_body, require_api_key
 from reranker.proxy.jsonbody import BodyError, loads_strict
 from reranker.proxy.limits import estimated_tokens
+from reranker.rerank.cache import CachedScorer
+from reranker.rerank.capabilities import Batching, max_length_of
 from reranker.rerank.features import features_for_texts
 from reranker.rerank.pipeline import cascade_scores, cascade_split, check_scores
 
@@ -410,7 +412,7 @@ class RerankApi:
                 f"reranker unavailable: model not loaded ({models.unavailable_reason()})"
             )
         encoder = models.encoder
-        aware = bool(tuple(getattr(scorer, "feature_names", ())))
+        aware = bool(scorer.feature_names)
         if aware and encoder is None:
             raise ProxyError(
                 FAILED_DEPENDENCY,
@@ -423,7 +425,7 @@ class RerankApi:
         settings = self.proxy.settings
         timeout_ms = settings.default_timeout_ms
         pairs = [(call.query, text) for text in call.texts]
-        tokens = estimated_tokens(pairs, getattr(scorer, "max_length", None))
+        tokens = estimated_tokens(pairs, max_length_of(scorer))
         ticket = handler.gate.admit_or_429(scoring=True, tokens=tokens, budget_s=timeout_ms / 1000)
         try:
             if not self.proxy.breaker.allow():
@@ -472,7 +474,8 @@ class RerankApi:
                     raise errors.reranker_timeout(called.failure.reason)
                 raise ProxyError(FAILED_DEPENDENCY, "backend", called.failure.reason)
             self.proxy.breaker.success()
-            scored = getattr(cached, "pairs_scored", len(pairs))  # cached pairs cost nothing
+            # cached pairs cost nothing
+            scored = cached.pairs_scored if isinstance(cached, CachedScorer) else len(pairs)
             self.proxy.admission.record(round(tokens * scored / len(pairs)), took[0], scored)
             stages = self.proxy.metrics.stage_seconds
             stages.labels("rerank").observe(took[0])
@@ -518,16 +521,16 @@ class RerankApi:
             raise errors.reranker_unavailable(
                 f"reranker unavailable: model not loaded ({models.unavailable_reason()})"
             )
-        variant = str(getattr(scorer, "variant", ""))
+        variant = scorer.variant
         return {
             "model_id": scorer.model_id,
-            "model_sha": getattr(scorer, "version", None),
+            "model_sha": scorer.version,
             "model_dtype": DTYPES.get(variant, variant),
             "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
             "max_concurrent_requests": settings.max_in_flight,
-            "max_input_length": getattr(scorer, "max_length", None),
-            "max_batch_tokens": getattr(scorer, "max_batch_tokens", None),
-            "max_batch_requests": getattr(scorer, "max_batch_size", None),
+            "max_input_length": max_length_of(scorer),
+            "max_batch_tokens": scorer.max_batch_tokens if isinstance(scorer, Batching) else None,
+            "max_batch_requests": scorer.max_batch_size if isinstance(scorer, Batching) else None,
             "max_client_batch_size": settings.max_window,
             "auto_truncate": True,
             "tokenization_workers": settings.scorer_workers,
@@ -535,10 +538,10 @@ class RerankApi:
             "sha": None,
             "docker_label": None,
             # beyond TEI's Info
-            "model_version": getattr(scorer, "version", None),
+            "model_version": scorer.version,
             "variant": variant,
-            "provider": getattr(scorer, "provider", None),
-            "first_stage_features": list(getattr(scorer, "feature_names", ())),
+            "provider": scorer.provider,
+            "first_stage_features": list(scorer.feature_names),
             "limits": {
                 "max_documents": settings.max_window,
                 "max_body_bytes": settings.max_body_bytes,

@@ -15,6 +15,7 @@ import numpy as np
 from reranker.batching import (
     logits_or_probabilities,
 )
+from reranker.rerank.capabilities import signal_heads_of
 from reranker.rerank.scorer import ServedScorer, length_tag
 from reranker.retrieval.embed_cache import EmbeddingCache
 
@@ -162,7 +163,7 @@ class CachedScorer:
         return self.cache.missing(self._with_heads(keys) if with_signals else keys)
 
     def _with_heads(self, keys: list[str]) -> list[str]:
-        heads = ",".join(getattr(self.scorer, "signal_heads", ()))
+        heads = ",".join(signal_heads_of(self.scorer))
         return [f"{key}\x1fheads={heads}" for key in keys]
 
     def score_with_signals(
@@ -174,7 +175,7 @@ class CachedScorer:
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """:meth:`Scorer.score_with_signals` behind the cache: a pair's logit and its heads'
         predictions are stored together, under their own key."""
-        heads: tuple[str, ...] = tuple(getattr(self.scorer, "signal_heads", ()))
+        heads: tuple[str, ...] = signal_heads_of(self.scorer)
         columns = self._columns(features)
 
         def compute(rows: list[int]) -> np.ndarray:

@@ -24,6 +24,7 @@ from reranker.blend.features import build_feature_batch
 from reranker.blend.signals import FeatureBatch, SignalConfig, extract
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SearchError
+from reranker.rerank.capabilities import Carded, ScoreMemory, max_length_of, signal_heads_of
 from reranker.rerank.features import (
     COMPUTABLE_IN_PROCESS,
     PROVIDED_BY_BASE,
@@ -175,9 +176,9 @@ def check_cascade_models(full: PairScorer, student: PairScorer | None) -> None:
     (``None``) leads any full model."""
     if student is None:
         return
-    if tuple(getattr(student, "feature_names", ())):
+    if student.feature_names:
         raise ConfigError(f"the cascade model {student.model_id} is first-stage-aware")
-    cards = [getattr(model, "card", None) for model in (full, student)]
+    cards = [model.card if isinstance(model, Carded) else None for model in (full, student)]
     if not all(isinstance(card, dict) for card in cards):
         raise ConfigError(
             "a cascade needs both models loaded locally, to compare their tokenizers "
@@ -193,7 +194,7 @@ def check_cascade_models(full: PairScorer, student: PairScorer | None) -> None:
             f"{full.model_id} (tokenizer.json sha256 {str(student_tok)[:12]} vs "
             f"{str(full_tok)[:12]}): distil it from that model (`reranker distill`)"
         )
-    lengths = [getattr(m, "max_length", None) or c.get("max_length") for m, c in
+    lengths = [max_length_of(m) or c.get("max_length") for m, c in
                ((full, full_card), (student, student_card))]  # fmt: skip
     if lengths[0] != lengths[1]:
         raise ConfigError(
@@ -248,7 +249,7 @@ class Pipeline:
         self.explain = explain
         if blend is not None and scorer is None:
             raise SearchError("a blend needs the cross-encoder's scores; no scorer was given")
-        needed = tuple(getattr(scorer, "feature_names", ())) if scorer is not None else ()
+        needed = tuple(scorer.feature_names) if scorer is not None else ()
         computable = tuple(COMPUTABLE_IN_PROCESS) if encoder is not None else ()
         require_features(needed, base, computable=computable)
         self.needs_features = bool(needed)
@@ -257,7 +258,7 @@ class Pipeline:
         self.computes_dense = "dense" in needed and "dense" not in PROVIDED_BY_BASE.get(
             base, frozenset()
         )
-        self.signal_heads: tuple[str, ...] = tuple(getattr(scorer, "signal_heads", ()) or ())
+        self.signal_heads: tuple[str, ...] = signal_heads_of(scorer)
         wanted = [
             n[len(PREDICTED_PREFIX) :]
             for n in (blend.feature_names if blend is not None else ())
@@ -436,9 +437,9 @@ class Pipeline:
         score is not in the scorer's memory (all of them for a scorer without one; none means
         reranking costs no model call). The proxy admits and times a search by these, not by
         its window, and serves a fully cached one without the scorer's queue."""
-        uncached = getattr(self.scorer, "uncached", None)
+        memory = self.scorer if isinstance(self.scorer, ScoreMemory) else None
         if (
-            uncached is None
+            memory is None
             or (self.cascade is not None and self.cascade.scorer is not None)
             or self.computes_dense
         ):
@@ -447,11 +448,11 @@ class Pipeline:
             return [(text, self.passage(h)) for h in candidates]
         pairs, features = self.scorer_inputs(text, candidates)
         if self.cascade is None:
-            rows = uncached(pairs, features, with_signals=self.predict_signals)
+            rows = memory.uncached(pairs, features, with_signals=self.predict_signals)
             return [pairs[i] for i in rows]
         head, _ = cascade_split([h.score for h in candidates], self.cascade.k)
         head_pairs = [pairs[i] for i in head]
-        rows = uncached(head_pairs, None if features is None else features[head])
+        rows = memory.uncached(head_pairs, None if features is None else features[head])
         return [head_pairs[i] for i in rows]
 
     def _features(

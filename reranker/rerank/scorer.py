@@ -54,6 +54,7 @@ from reranker.models import (
     read_card,
     verify_files,
 )
+from reranker.rerank.capabilities import PositionLimited, max_length_of
 from reranker.rerank.heads import SIGNAL_HEADS
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,10 @@ def length_tag(scorer: object) -> str:
     length the old caches were written at (:data:`LEGACY_MAX_LENGTH`, or a shorter position
     limit) or when the scorer does not say (a remote one that does not report it), else
     ``len<N>``: scores at one length are never read back for another."""
-    length = getattr(scorer, "max_length", None)
+    length = max_length_of(scorer)
     if not isinstance(length, int):
         return ""
-    positions = getattr(scorer, "max_positions", None)
+    positions = scorer.max_positions if isinstance(scorer, PositionLimited) else None
     legacy = min(LEGACY_MAX_LENGTH, positions) if isinstance(positions, int) else LEGACY_MAX_LENGTH
     return "" if length == legacy else f"len{length}"
 
