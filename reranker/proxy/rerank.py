@@ -29,6 +29,7 @@ from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
 from reranker.proxy import errors
 from reranker.proxy.answer import STAGES, answer_model, log_document, search_answer, stage_timings
 from reranker.proxy.blends import BlendCatalog, NamedBlend
+from reranker.proxy.budget import Budget, scorer_share_s
 from reranker.proxy.candidates import FirstStageResult, read_hits, search_es
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.gate import ScoringFailure, ScoringGate
@@ -76,8 +77,6 @@ from reranker.retrieval.queries import knn_clause
 
 log = logging.getLogger(__name__)
 
-#: Admission assumes the first stage uses up to this fraction of a request's deadline.
-SCORER_MARGIN = 0.2
 #: the dense_vector field kNN searches; probed (field caps) for the hybrid default
 EMBEDDING_FIELD = "embedding"
 EMBEDDINGS_PROBE_TTL_S = 60.0
@@ -278,13 +277,8 @@ class RerankHandler:
         scoring = self.models.scorer is not None
         expected = round(spec.window * self.admission.tokens_per_pair)  # texts not known yet
         return self.gate.admit_or_429(
-            scoring=scoring, tokens=expected, budget_s=self._scorer_budget_s(spec)
+            scoring=scoring, tokens=expected, budget_s=scorer_share_s(spec.timeout_ms)
         )
-
-    @staticmethod
-    def _scorer_budget_s(spec: RerankSpec) -> float:
-        """What the scorer can expect: the request's timeout less Elasticsearch's usual share."""
-        return spec.timeout_ms / 1000 * (1 - SCORER_MARGIN)
 
     def _refuse_unscorable(self, spec: RerankSpec, uncached: int, tokens: int) -> None:
         """400 when, at the measured rate, the ``uncached`` pairs of this window (those the
@@ -292,7 +286,7 @@ class RerankHandler:
         needed_s = self.admission.seconds_for(tokens)
         if needed_s is None:
             return
-        budget_s = self._scorer_budget_s(spec)
+        budget_s = scorer_share_s(spec.timeout_ms)
         if needed_s > budget_s:
             raise errors.bad_request(
                 f"[rerank.window] {spec.window} cannot be scored within [rerank.timeout_ms] "
@@ -402,16 +396,16 @@ class RerankHandler:
         self, search: SearchRequest, plan: Plan, ticket: Ticket, *, logged: bool
     ) -> Answer:
         spec = plan.spec
-        deadline = time.monotonic() + spec.timeout_ms / 1000
+        budget = Budget.start(spec.timeout_ms, self.settings.es_budget_fraction)
         try:
-            first = await self._first_stage(search, spec, plan.sources, plan.text, deadline)
+            first = await self._first_stage(search, spec, plan.sources, plan.text, budget)
             degraded = first.degraded()
             if spec.dense and first.dense is None:
                 message = "dense retrieval unavailable: the embedder is not loaded"
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             window = replace(window, encoder=self.models.encoder)
-            result, rerank_ms = await self._score(window, first, deadline, ticket)
+            result, rerank_ms = await self._score(window, first, budget, ticket)
         finally:
             if not ticket.submitted:  # else the scoring call frees its slot when it ends
                 ticket.scoring_done()
@@ -500,27 +494,23 @@ class RerankHandler:
         spec: RerankSpec,
         sources: SourceFilter,
         text: str,
-        deadline: float,
+        budget: Budget,
     ) -> FirstStageResult:
-        budget_ms = max(1, int(spec.timeout_ms * self.settings.es_budget_fraction))
         source = first_stage_source(sources, spec.fields)
         forwarded = {k: v for k, v in search.params.items() if k not in CONSUMED_PARAMS}
         headers = self._upstream_headers(search.request)
         searcher = await self._searcher()
         body = search.body
         lexical_body = {k: v for k, v in body.items() if k not in ("from", "size", "_source")}
-        lexical_body.update(size=spec.window, _source=source, timeout=f"{budget_ms}ms")
+        lexical_body.update(size=spec.window, _source=source, timeout=budget.es_timeout)
         timings: dict[str, float] = {}
 
-        def remaining() -> float:
-            return deadline - time.monotonic()
-
         async def lexical() -> Any:
-            if remaining() <= 0:
+            if budget.expired():
                 raise errors.upstream_timeout("no time left for the first stage")
             _, answer = await search_es(
                 searcher, search.index, lexical_body, params=forwarded, headers=headers,
-                timeout_s=remaining(),
+                timeout_s=budget.remaining_s(),
             )  # fmt: skip
             return answer
 
@@ -539,14 +529,14 @@ class RerankHandler:
                 "knn": clause,
                 "size": spec.window,
                 "_source": source,
-                "timeout": f"{budget_ms}ms",
+                "timeout": budget.es_timeout,
             }
-            if remaining() <= 0:
+            if budget.expired():
                 raise errors.upstream_timeout("no time left for the kNN search")
             _, answer = await search_es(
                 searcher, search.index, dense_body,
                 params={k: v for k, v in forwarded.items() if k != "q"},
-                headers=headers, timeout_s=remaining(),
+                headers=headers, timeout_s=budget.remaining_s(),
             )  # fmt: skip
             return answer
 
@@ -571,7 +561,7 @@ class RerankHandler:
     # ------------------------------------------------------------------ scoring
 
     async def _score(
-        self, window: Window, first: FirstStageResult, deadline: float, ticket: Ticket
+        self, window: Window, first: FirstStageResult, budget: Budget, ticket: Ticket
     ) -> tuple[PipelineResult, dict[str, float]]:
         """Rerank the window through its pipeline in the scorer's pool; fail open here when
         the scorer is bypassed, fails or overruns. Returns the result and stage timings."""
@@ -604,17 +594,17 @@ class RerankHandler:
         if not self.breaker.allow():
             message = "circuit open: the cross-encoder failed repeatedly"
             return window.unscored(Degraded("circuit_open", message)), {}
-        if time.monotonic() >= deadline:
+        if budget.expired():
             self.breaker.release()
             message = "reranker timeout: no time left after the first stage"
             return window.unscored(Degraded("timeout", message)), {}
         submitted_at = time.perf_counter()
-        budget_at_submit = deadline - time.monotonic()
+        budget_at_submit = budget.remaining_s()
         called = await self.gate.call_scorer(
-            lambda: scoring.rerank(text, candidates, k=spec.window, deadline=deadline),
+            lambda: scoring.rerank(text, candidates, k=spec.window, deadline=budget.deadline),
             tokens=tokens,
             timeout_ms=spec.timeout_ms,
-            deadline=deadline,
+            deadline=budget.deadline,
             ticket=ticket,
         )
         failure = called.failure
