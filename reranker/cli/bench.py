@@ -40,12 +40,14 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from reranker.cli.bench_window import window_cmd
 from reranker.errors import RerankerError
 from reranker.evaluation.lengths import length_curve, pair_lengths, parse_lengths
 from reranker.evaluation.peaks import ModelDims, load_average, machine_info, measure_peaks
@@ -63,14 +65,12 @@ from reranker.evaluation.speed import (
     first_runs,
     make_fresh_head_checkpoint,
     median_ms,
-    percentile_ms,
     print_report,
     quiet_transformers,
     require_torch,
     say,
     select_pairs,
     timed_repeats,
-    window_ladder,
 )
 from reranker.models import (
     CROSS_ENCODER_CARD,
@@ -78,7 +78,6 @@ from reranker.models import (
     shipped_weights_dir,
     write_json_atomic,
 )
-from reranker.rerank.capabilities import max_length_of
 
 # --------------------------------------------------------------------------------------------
 # the command
@@ -140,6 +139,22 @@ def _timing_options(command: Any) -> Any:
     return command
 
 
+@dataclass(frozen=True)
+class ScorerBenchArgs:
+    """``scorer_cmd``'s options, as click parsed them."""
+
+    model: Path | None
+    checkpoint: Path | None
+    dataset: Path
+    n_pairs: int
+    repeats: int
+    threads: int
+    batch_size: int
+    output: Path | None
+    use_torch: bool
+    io_binding: bool
+
+
 @bench.command("scorer")
 @click.option(
     "--model",
@@ -169,68 +184,66 @@ def _timing_options(command: Any) -> Any:
     is_flag=True,
     help="Run the CUDA backends through IO binding (inputs put on the GPU once per batch).",
 )
-def scorer_cmd(
-    model: Path | None,
-    checkpoint: Path | None,
-    dataset: Path,
-    n_pairs: int,
-    repeats: int,
-    threads: int,
-    batch_size: int,
-    output: Path | None,
-    use_torch: bool,
-    io_binding: bool,
-) -> None:
+def scorer_cmd(**options: Any) -> None:
     """Rerank real SciFact pairs with torch, ONNX Runtime fp32 and int8 side by side.
 
     Interleaved repeats, median wall time per backend (tokenisation included), useful and
     padded GFLOP/s against the measured matmul peak. Progress goes to stderr, the table to
     stdout.
     """
+    run_scorer_bench(ScorerBenchArgs(**options))
+
+
+def run_scorer_bench(a: ScorerBenchArgs) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    _check_inputs(dataset, model, checkpoint)
-    if use_torch:
+    _check_inputs(a.dataset, a.model, a.checkpoint)
+    if a.use_torch:
         require_torch()
         import torch
 
-        torch.set_num_threads(threads)
-    elif model is None:
+        torch.set_num_threads(a.threads)
+    elif a.model is None:
         raise click.ClickException("--no-torch needs --model (an exported model folder)")
 
     load_before = load_average()
     notes: list[str] = []
-    selection = select_pairs(dataset, n_pairs)
+    selection = select_pairs(a.dataset, a.n_pairs)
     pairs = list(selection.pairs)
-    if len(pairs) < n_pairs:
-        notes.append(f"the corpus gave only {len(pairs)} pairs of the {n_pairs} asked for")
+    if len(pairs) < a.n_pairs:
+        notes.append(f"the corpus gave only {len(pairs)} pairs of the {a.n_pairs} asked for")
     say(
         f"{len(pairs)} pairs: query {selection.query_id} ({len(selection.relevant)} relevant "
-        f"docs) from {dataset}"
+        f"docs) from {a.dataset}"
     )
 
     with (
-        quiet_transformers() if use_torch else contextlib.nullcontext(),
+        quiet_transformers() if a.use_torch else contextlib.nullcontext(),
         tempfile.TemporaryDirectory(prefix="reranker-bench-") as tmp_name,
     ):
         tmp = Path(tmp_name)
-        source_note = "not run (--no-torch)"
-        if use_torch:
-            checkpoint, source_note = _resolve_checkpoint(checkpoint, model, tmp, notes)
-        model_dir, onnx_note = _onnx_model(model, checkpoint, tmp, pairs)
+        checkpoint, source_note = a.checkpoint, "not run (--no-torch)"
+        if a.use_torch:
+            checkpoint, source_note = _resolve_checkpoint(a.checkpoint, a.model, tmp, notes)
+        model_dir, onnx_note = _onnx_model(a.model, checkpoint, tmp, pairs)
         say(f"ONNX model: {onnx_note}")
         backends = all_backends(
-            checkpoint if use_torch else None, model_dir, threads, batch_size, notes, io_binding
+            checkpoint if a.use_torch else None,
+            model_dir,
+            a.threads,
+            a.batch_size,
+            notes,
+            a.io_binding,
         )
         ort_fp32 = next(b for b in backends if b.name == "ort-fp32")
         max_length = int(ort_fp32.info["scorer"].max_length)
 
         say("measuring matmul peaks ...")
-        peaks, peak_notes = measure_peaks(threads)
+        peaks, peak_notes = measure_peaks(a.threads)
         notes += peak_notes
         say("  " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
         first_runs(backends, pairs, notes)
-        peak_samples, load_per_repeat = timed_repeats(backends, pairs, repeats, threads, peaks)
+        peak_samples, load_per_repeat = timed_repeats(backends, pairs, a.repeats, a.threads, peaks)
         peaks = {kind: max(sample.get(kind, 0.0) for sample in peak_samples) for kind in peaks}
         load_after = load_average()
 
@@ -241,11 +254,11 @@ def scorer_cmd(
         "pairs": len(pairs),
         "backends": results,
         "peak_gflops": peaks,
-        "threads": threads,
-        "batch_size": batch_size,
+        "threads": a.threads,
+        "batch_size": a.batch_size,
         "max_batch_tokens": MAX_BATCH_TOKENS,
         "max_length": max_length,
-        "repeats": repeats,
+        "repeats": a.repeats,
         "mean_tokens": round(float(np.mean(lengths)), 1),
         "tokens": {"min": int(min(lengths)), "max": int(max(lengths)), "sum": int(sum(lengths))},
         "peak_gflops_samples": peak_samples,
@@ -262,7 +275,7 @@ def scorer_cmd(
             "load_average_after": load_after,
         },
         "dataset": {
-            "path": str(dataset),
+            "path": str(a.dataset),
             "query_id": selection.query_id,
             "relevant": list(selection.relevant),
             "doc_ids": list(selection.doc_ids),
@@ -270,7 +283,7 @@ def scorer_cmd(
         "model": {"torch": source_note, "onnx": onnx_note},
         "notes": notes,
     }
-    print_report(payload, results, lengths, output)
+    print_report(payload, results, lengths, a.output)
 
 
 def _check_inputs(dataset: Path, model: Path | None, checkpoint: Path | None) -> None:
@@ -313,6 +326,21 @@ def _onnx_model(
     )
 
 
+@dataclass(frozen=True)
+class LengthsBenchArgs:
+    """``lengths_cmd``'s options, as click parsed them."""
+
+    model: Path | None
+    variant: str
+    lengths: str
+    dataset: Path
+    n_pairs: int
+    repeats: int
+    threads: int
+    batch_size: int
+    output: Path | None
+
+
 @bench.command("lengths")
 @click.option(
     "--model",
@@ -328,17 +356,7 @@ def _onnx_model(
     help="Comma-separated max lengths, one Scorer each.",
 )
 @_timing_options
-def lengths_cmd(
-    model: Path | None,
-    variant: str,
-    lengths: str,
-    dataset: Path,
-    n_pairs: int,
-    repeats: int,
-    threads: int,
-    batch_size: int,
-    output: Path | None,
-) -> None:
+def lengths_cmd(**options: Any) -> None:
     """Time the same real SciFact pairs through the ONNX scorer at several max lengths.
 
     One :class:`~reranker.rerank.scorer.Scorer` per length (same model, variant, threads and
@@ -347,26 +365,30 @@ def lengths_cmd(
     the pairs cut and the FLOP estimate. A first-stage-aware model gets the same seeded
     random features at every length (they change its scores, not its cost).
     """
+    run_lengths_bench(LengthsBenchArgs(**options))
+
+
+def run_lengths_bench(a: LengthsBenchArgs) -> None:
     from reranker.rerank.scorer import CPU, Scorer, default_model_dir
 
-    chosen = parse_lengths(lengths)
-    check_dataset(dataset)
-    model_dir = model or default_model_dir()
+    chosen = parse_lengths(a.lengths)
+    check_dataset(a.dataset)
+    model_dir = a.model or default_model_dir()
     read_card(model_dir, CROSS_ENCODER_CARD)
     dims = ModelDims.from_config(model_dir)
     load_before = load_average()
-    selection = select_pairs(dataset, n_pairs)
+    selection = select_pairs(a.dataset, a.n_pairs)
     pairs = list(selection.pairs)
-    say(f"{len(pairs)} pairs: query {selection.query_id} from {dataset}")
+    say(f"{len(pairs)} pairs: query {selection.query_id} from {a.dataset}")
     backends: list[Backend] = []
     for length in chosen:
         try:
             s = Scorer(
                 model_dir,
                 providers=[CPU],
-                variant=variant,
-                threads=threads,
-                max_batch_size=batch_size,
+                variant=a.variant,
+                threads=a.threads,
+                max_batch_size=a.batch_size,
                 max_batch_tokens=MAX_BATCH_TOKENS,  # the Scorer's default, as eval and serve run
                 max_length=length,
             )
@@ -386,7 +408,7 @@ def lengths_cmd(
     for b in backends:
         b.scores = np.asarray(b.run(pairs), dtype=np.float32)
     load_per_repeat: list[float] = []
-    for r in range(repeats):
+    for r in range(a.repeats):
         for b in backends:
             time.sleep(GAP_S)
             started = time.perf_counter()
@@ -394,7 +416,7 @@ def lengths_cmd(
             b.seconds.append(time.perf_counter() - started)
         load_per_repeat.extend(load_average()[:1])
         say(
-            f"repeat {r + 1}/{repeats}: "
+            f"repeat {r + 1}/{a.repeats}: "
             + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
         )
     reference = next((b for b in backends if b.info["scorer"].max_length == MAX_LENGTH), None)
@@ -423,11 +445,11 @@ def lengths_cmd(
         rows[b.name] = row
     payload: dict[str, Any] = {
         "model": str(model_dir),
-        "variant": variant,
+        "variant": a.variant,
         "pairs": len(pairs),
-        "threads": threads,
-        "batch_size": batch_size,
-        "repeats": repeats,
+        "threads": a.threads,
+        "batch_size": a.batch_size,
+        "repeats": a.repeats,
         "results": list(rows.values()),  # a list: in the order of --lengths
         "load_1min_per_repeat": load_per_repeat,
         "machine": {
@@ -436,14 +458,14 @@ def lengths_cmd(
             "load_average_after": load_average(),
         },
         "dataset": {
-            "path": str(dataset),
+            "path": str(a.dataset),
             "query_id": selection.query_id,
             "doc_ids": list(selection.doc_ids),
         },
     }
     click.echo(
-        f"{len(pairs)} pairs, {variant}, {threads} threads, batch ≤ {batch_size}, median of "
-        f"{repeats} interleaved repeats; load average {load_before} → {load_average()}"
+        f"{len(pairs)} pairs, {a.variant}, {a.threads} threads, batch ≤ {a.batch_size}, median of "
+        f"{a.repeats} interleaved repeats; load average {load_before} → {load_average()}"
     )
     click.echo(f"{'length':>7}{'ms':>9}{'pairs/s':>9}{'mean tok':>10}{'cut':>5}{'GFLOP':>8}")
     for row in rows.values():
@@ -451,10 +473,10 @@ def lengths_cmd(
             f"{row['max_length']:>7}{row['ms']:>9.1f}{row['pairs_per_s']:>9.1f}"
             f"{row['mean_tokens']:>10.1f}{row['truncated_pairs']:>5}{row['gflop']:>8.2f}"
         )
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output, payload)
-        say(f"wrote {output}")
+    if a.output is not None:
+        a.output.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(a.output, payload)
+        say(f"wrote {a.output}")
 
 
 @bench.command("length-curve")
@@ -510,173 +532,4 @@ def length_curve_cmd(
         say(f"wrote max_length_curve and max_length {curve['chosen']} into {model_dir}")
 
 
-@bench.command("window")
-@click.option(
-    "--dataset",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="BEIR folder whose test queries are searched (indexed by `reranker eval` first).",
-)
-@click.option("--index", default=None, help="Alias to search [default: beir-<dataset>].")
-@click.option("--queries", "n_queries", type=click.IntRange(min=1), default=40, show_default=True)
-@click.option("--window", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option(
-    "--baseline",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The model the ladder starts from [default: the shipped reranker-minilm-l6].",
-)
-@click.option(
-    "--model",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The model it ends with [default: the shipped reranker-minilm-l6-aware].",
-)
-@click.option(
-    "--lengths",
-    default="256,192",
-    show_default=True,
-    help="Max lengths of --model, one step each, in order.",
-)
-@click.option(
-    "--cascade-k",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="The last step: the first stage ranks the window, --model rescores its top K.",
-)
-@click.option("--variant", default="int8", show_default=True)
-@click.option(
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the results as JSON here.",
-)
-@click.pass_context
-def window_cmd(
-    ctx: click.Context,
-    dataset: Path,
-    index: str | None,
-    n_queries: int,
-    window: int,
-    baseline: Path | None,
-    model: Path | None,
-    lengths: str,
-    cascade_k: int,
-    variant: str,
-    output: Path | None,
-) -> None:
-    """Time the reranking of whole first-stage windows, one change at a time.
-
-    Each of --queries test queries is searched once (hybrid top --window, from the index
-    `reranker eval` built); then every step of the ladder reranks that same window, the steps
-    interleaved query by query, with no score cache: the baseline model; --model at each of
-    --lengths; --model with the first stage as a cascade's cheap level (its top --cascade-k
-    rescored). Reported per step: p50 and p90 milliseconds per window (tokenisation,
-    features and ordering included; the search is not), the ratio to the baseline and to the
-    step before (that change's share), and NDCG@10 over these queries (a small sample:
-    `reranker eval` gives the full figures).
-    """
-    from reranker.es.client import make_client
-    from reranker.evaluation.runs import judged_queries
-    from reranker.metrics import ranking_metrics
-    from reranker.models import SHIPPED_MODELS_DIR
-    from reranker.rerank.pipeline import QueryPath, build_pipeline
-    from reranker.rerank.scorer import load_scorer
-    from reranker.retrieval.embedder import Embedder
-
-    baseline = baseline or SHIPPED_MODELS_DIR / "reranker-minilm-l6"
-    model = model or SHIPPED_MODELS_DIR / "reranker-minilm-l6-aware"
-    chosen = parse_lengths(lengths)
-    check_dataset(dataset)
-    if cascade_k > window:
-        raise click.BadParameter(f"must be at most --window ({window})", param_hint="--cascade-k")
-    queries, qrels = judged_queries(dataset, "test", limit=n_queries)
-    alias = index or f"beir-{dataset.name.lower()}"
-    client = make_client(ctx.obj)
-    encoder = Embedder.default(ctx.obj)
-    steps = window_ladder(baseline, model, chosen, cascade_k)
-    pipelines = []
-    for step in steps:
-        scorer = load_scorer(step.model, variant, max_length=step.max_length)  # as serve loads
-        path = QueryPath(
-            index=alias,
-            window=window,
-            model=step.model,
-            variant=variant,
-            max_length=step.max_length,
-            cascade_model=Path("first-stage") if step.cascade_k else None,
-            cascade_k=step.cascade_k,
-        )
-        pipelines.append(build_pipeline(path, client, encoder, scorer=scorer))
-    stage = pipelines[0].first_stage
-    assert stage is not None
-    vectors = dict(zip(queries, stage.embed(list(queries.values())), strict=True))
-    windows = {
-        qid: stage.search(text, "hybrid", window, hybrid=pipelines[0].hybrid, vector=vectors[qid])
-        for qid, text in queries.items()
-    }
-    say(f"{len(windows)} windows of up to {window} from {alias}; {len(steps)} steps")
-    load_before = load_average()
-    for pipeline in pipelines:  # one untimed window each: sessions warm
-        first = next(iter(queries))
-        pipeline.rerank(queries[first], windows[first], k=10)
-    seconds: list[list[float]] = [[] for _ in steps]
-    runs: list[dict[str, dict[str, float]]] = [{} for _ in steps]
-    for n, (qid, text) in enumerate(queries.items(), start=1):
-        for i, pipeline in enumerate(pipelines):
-            time.sleep(GAP_S)
-            started = time.perf_counter()
-            result = pipeline.rerank(text, windows[qid], k=window)
-            seconds[i].append(time.perf_counter() - started)
-            if result.degraded is not None:
-                raise click.ClickException(f"{steps[i].name}: {result.degraded.reason}")
-            runs[i][qid] = {h.id: float(len(result.hits) - r) for r, h in enumerate(result.hits)}
-        if n % 10 == 0 or n == len(queries):
-            say(
-                f"{n}/{len(queries)} windows: "
-                + ", ".join(
-                    f"{s.name} {percentile_ms(seconds[i], 50):.0f} ms" for i, s in enumerate(steps)
-                )
-            )
-    rows = []
-    for i, step in enumerate(steps):
-        length = max_length_of(pipelines[i].scorer)
-        p50 = percentile_ms(seconds[i], 50)
-        row: dict[str, Any] = {
-            "step": step.name,
-            "model": str(step.model),
-            "max_length": length,
-            "cascade_k": step.cascade_k,
-            "p50_ms": round(p50, 1),
-            "p90_ms": round(percentile_ms(seconds[i], 90), 1),
-            "mean_ms": round(float(np.mean(seconds[i])) * 1000.0, 1),
-            "ndcg@10": round(ranking_metrics(qrels, runs[i])["nDCG@10"], 4),
-        }
-        row["x_baseline"] = round(p50 / percentile_ms(seconds[0], 50), 3)
-        row["x_previous"] = round(p50 / percentile_ms(seconds[max(0, i - 1)], 50), 3)
-        rows.append(row)
-    payload: dict[str, Any] = {
-        "dataset": str(dataset),
-        "index": alias,
-        "queries": len(queries),
-        "window": window,
-        "variant": variant,
-        "score_cache": False,
-        "results": rows,
-        "machine": {**machine_info(), "load_average_before": load_before, "after": load_average()},
-    }
-    click.echo(
-        f"{len(queries)} windows of {window} ({alias}), {variant}, no score cache; "
-        f"load average {load_before} → {load_average()}"
-    )
-    click.echo(f"{'step':<28}{'p50 ms':>9}{'p90 ms':>9}{'x base':>8}{'x prev':>8}{'NDCG@10':>9}")
-    for row in rows:
-        click.echo(
-            f"{row['step']:<28}{row['p50_ms']:>9.1f}{row['p90_ms']:>9.1f}"
-            f"{row['x_baseline']:>8.3f}{row['x_previous']:>8.3f}{row['ndcg@10']:>9.4f}"
-        )
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output, payload)
-        say(f"wrote {output}")
+bench.add_command(window_cmd)

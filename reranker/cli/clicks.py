@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,28 @@ from reranker.errors import ConfigError
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@dataclass(frozen=True)
+class JudgmentsArgs:
+    """``judgments_cmd``'s options, as click parsed them."""
+
+    output: Path
+    events_file: Path | None
+    events_index: str
+    application: str | None
+    dataset: Path | None
+    queries_output: Path | None
+    model_name: str
+    min_impressions: int
+    thresholds: str | None
+    max_position: int | None
+    max_session_searches: int
+    min_examinations: float
+    prior_strength: float
+    iterations: int
+    compare: Path | None
+    report: Path | None
 
 
 @click.command("judgments")
@@ -119,25 +142,7 @@ def _echo_json(value: Any) -> None:
     help="Also write the summary as JSON here.",
 )
 @click.pass_context
-def judgments_cmd(
-    ctx: click.Context,
-    output: Path,
-    events_file: Path | None,
-    events_index: str,
-    application: str | None,
-    dataset: Path | None,
-    queries_output: Path | None,
-    model_name: str,
-    min_impressions: int,
-    thresholds: str | None,
-    max_position: int | None,
-    max_session_searches: int,
-    min_examinations: float,
-    prior_strength: float,
-    iterations: int,
-    compare: Path | None,
-    report: Path | None,
-) -> None:
+def judgments_cmd(ctx: click.Context, /, **options: Any) -> None:
     """Graded qrels from UBI impression and click events, by a click model.
 
     Searches are grouped into queries by their user_query; a (query, document) pair shown at
@@ -146,54 +151,58 @@ def judgments_cmd(
     all; put it in a BEIR folder's qrels/ to use it with `train`, `ltr` and `eval`
     (e.g. --dataset D --output D/qrels/clicks.tsv, then `reranker eval D --split clicks`).
     """
+    run_judgments(ctx, JudgmentsArgs(**options))
+
+
+def run_judgments(ctx: click.Context, a: JudgmentsArgs) -> None:
     from reranker.corpus import load_queries
     from reranker.feedback import judgments as j
     from reranker.training.data import read_qrels
 
-    if min_impressions < 1:
+    if a.min_impressions < 1:
         raise ConfigError("--min-impressions must be at least 1")
-    cuts = j.parse_thresholds(thresholds) if thresholds else j.DEFAULT_THRESHOLDS[model_name]
-    queries = load_queries(dataset) if dataset is not None else None
-    truth = read_qrels(compare) if compare is not None else None
-    if events_file is not None:
-        events = j.read_events_file(events_file)
+    cuts = j.parse_thresholds(a.thresholds) if a.thresholds else j.DEFAULT_THRESHOLDS[a.model_name]
+    queries = load_queries(a.dataset) if a.dataset is not None else None
+    truth = read_qrels(a.compare) if a.compare is not None else None
+    if a.events_file is not None:
+        events = j.read_events_file(a.events_file)
     else:
         from reranker.es.client import make_client
 
         settings: Settings = ctx.obj
-        events = j.read_events_es(make_client(settings), events_index, application=application)
+        events = j.read_events_es(make_client(settings), a.events_index, application=a.application)
     counts, seen = j.count_clicks(
-        events, max_position=max_position, max_session_searches=max_session_searches
+        events, max_position=a.max_position, max_session_searches=a.max_session_searches
     )
     j.require_impressions(counts, seen)
     options: dict[str, Any] = {}
-    if model_name == "pbm":
-        options = {"iterations": iterations, "prior_strength": prior_strength}
-    fitted = j.fit(model_name, counts, **options)
+    if a.model_name == "pbm":
+        options = {"iterations": a.iterations, "prior_strength": a.prior_strength}
+    fitted = j.fit(a.model_name, counts, **options)
     judged = j.judge(
         counts,
         fitted,
-        min_impressions=min_impressions,
+        min_impressions=a.min_impressions,
         thresholds=cuts,
         dataset_queries=queries,
-        min_examinations=min_examinations,
+        min_examinations=a.min_examinations,
     )
-    if queries_output is not None:
+    if a.queries_output is not None:
         ids, _ = j.query_ids_for(sorted({t for t, _ in counts.impressions()}), queries)
         kept = {text: qid for text, qid in ids.items() if qid in judged.qrels}
-        j.write_atomically(queries_output, j.queries_text(kept))
-    j.write_atomically(output, j.qrels_text(judged.qrels))
+        j.write_atomically(a.queries_output, j.queries_text(kept))
+    j.write_atomically(a.output, j.qrels_text(judged.qrels))
     grades: dict[str, int] = {}
     for docs in judged.qrels.values():
         for value in docs.values():
             grades[str(value)] = grades.get(str(value), 0) + 1
     summary: dict[str, Any] = {
-        "output": str(output),
-        "model": model_name,
+        "output": str(a.output),
+        "model": a.model_name,
         "thresholds": list(cuts),
-        "min_impressions": min_impressions,
-        "min_examinations": min_examinations,
-        "max_session_searches": max_session_searches,
+        "min_impressions": a.min_impressions,
+        "min_examinations": a.min_examinations,
+        "max_session_searches": a.max_session_searches,
         "events": seen.events,
         "searches": seen.searches,
         "impressions": seen.impressions,
@@ -207,13 +216,13 @@ def judgments_cmd(
         "grades": dict(sorted(grades.items())),
         "by_position": {str(k): round(v, 4) for k, v in fitted.positions.items()},
         "em": {"iterations": fitted.iterations, "converged": fitted.converged}
-        if model_name == "pbm"
+        if a.model_name == "pbm"
         else None,
     }
     if truth is not None:
         summary["agreement"] = j.agreement(judged, truth)
-    if report is not None:
-        j.write_atomically(report, json.dumps(summary, indent=2) + "\n")
+    if a.report is not None:
+        j.write_atomically(a.report, json.dumps(summary, indent=2) + "\n")
     _echo_json(summary)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
     from reranker.blend.blends import Blend
     from reranker.blend.signals import SignalConfig
-    from reranker.evaluation.runs import RunFunction
+    from reranker.evaluation.runs import EvalReport, RunFunction
     from reranker.rerank.pipeline import Cascade, QueryPath
     from reranker.rerank.scorer import PairScorer
     from reranker.retrieval.embedder import Embedder
@@ -31,6 +32,37 @@ from reranker.cli.common import (
 from reranker.rerank.capabilities import FromFolder, max_length_of
 
 # --------------------------------------------------------------------------- eval
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """``eval_cmd``'s options, as click parsed them."""
+
+    dataset: Path
+    split: str
+    modes: str
+    alias: str | None
+    depth: int
+    fusion: str
+    rank_constant: int
+    normalization: str
+    weights: str
+    window: int
+    rerank_base: str
+    model: Path | None
+    variant: str | None
+    max_length: int | None
+    scorer_urls: tuple[str, ...]
+    cascade_model: Path | None
+    cascade_k: int | None
+    reindex: bool
+    output: Path | None
+    blend: str | None
+    signals: str | None
+    max_queries: int | None
+    record: bool
+    score_cache: bool
+    progress: bool
 
 
 @click.command("eval")
@@ -122,39 +154,17 @@ from reranker.rerank.capabilities import FromFolder, max_length_of
 )
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
-def eval_cmd(
-    ctx: click.Context,
-    dataset: Path,
-    split: str,
-    modes: str,
-    alias: str | None,
-    depth: int,
-    fusion: str,
-    rank_constant: int,
-    normalization: str,
-    weights: str,
-    window: int,
-    rerank_base: str,
-    model: Path | None,
-    variant: str | None,
-    max_length: int | None,
-    scorer_urls: tuple[str, ...],
-    cascade_model: Path | None,
-    cascade_k: int | None,
-    reindex: bool,
-    output: Path | None,
-    blend: str | None,
-    signals: str | None,
-    max_queries: int | None,
-    record: bool,
-    score_cache: bool,
-    progress: bool,
-) -> None:
+def eval_cmd(ctx: click.Context, /, **options: Any) -> None:
     """Evaluate retrieval on a BEIR-layout DATASET: NDCG@10, MRR@10 and Recall@100 per mode.
 
     Indexes the corpus first if the alias does not already hold it (signals.jsonl beside the
     corpus is joined in), then runs every judged query of the split through every mode.
     """
+    run_eval(ctx, EvalArgs(**options))
+
+
+def run_eval(ctx: click.Context, a: EvalArgs) -> None:
+    """``reranker eval``: check the options, index the dataset if needed, run every mode."""
     from reranker.es.indexing import default_cache
     from reranker.evaluation.runs import (
         EvalReport,
@@ -165,23 +175,25 @@ def eval_cmd(
         query_vectors,
     )
     from reranker.metrics import score_run
-    from reranker.rerank.pipeline import QueryPath, cascade_for, scorer_for
+    from reranker.rerank.pipeline import QueryPath
     from reranker.retrieval.first_stage import FirstStage
 
-    wanted = _eval_modes(modes, depth)
-    _check_max_length(max_length, wanted, model, scorer_urls)
-    if scorer_urls and record:
+    wanted = _eval_modes(a.modes, a.depth)
+    _check_max_length(a.max_length, wanted, a.model, a.scorer_urls)
+    if a.scorer_urls and a.record:
         from reranker.errors import ConfigError
 
         raise ConfigError(
             "--record writes into a local model's card: use --model, not --scorer-url"
         )
-    cascade_model, cascade_k = _default_cascade(cascade_model, cascade_k, wanted, record, window)
-    _check_cascade_options(cascade_model, cascade_k, window, wanted, record)
-    hybrid = parse_hybrid(fusion, rank_constant, normalization, weights)
-    dataset = dataset.resolve() if dataset.exists() else dataset
-    queries, qrels = judged_queries(dataset, split, limit=max_queries)
-    alias = alias or f"beir-{dataset.name.lower()}"
+    cascade_model, cascade_k = _default_cascade(
+        a.cascade_model, a.cascade_k, wanted, a.record, a.window
+    )
+    _check_cascade_options(cascade_model, cascade_k, a.window, wanted, a.record)
+    hybrid = parse_hybrid(a.fusion, a.rank_constant, a.normalization, a.weights)
+    dataset = a.dataset.resolve() if a.dataset.exists() else a.dataset
+    queries, qrels = judged_queries(dataset, a.split, limit=a.max_queries)
+    alias = a.alias or f"beir-{dataset.name.lower()}"
 
     client = es_client(ctx)
     embedder = query_embedder(ctx)
@@ -191,67 +203,86 @@ def eval_cmd(
         alias,
         embedder,
         cache=default_cache(ctx.obj.home, embedder),
-        force=reindex,
-        progress=progress,
+        force=a.reindex,
+        progress=a.progress,
     )
     if built is not None:
         click.echo(f"indexed {built.documents} documents into {built.index}", err=True)
 
     stage = FirstStage(client, alias, embedder)
     vectors = query_vectors(stage, queries)
-    runners = first_stage_runners(stage, queries, depth=depth, hybrid=hybrid, vectors=vectors)
-    scorer: Any = None
-    cascade = None
+    runners = first_stage_runners(stage, queries, depth=a.depth, hybrid=hybrid, vectors=vectors)
+    reranking = None
     if {"rerank", "blend"} & set(wanted):
         path = QueryPath(
             index=alias,
-            base=rerank_base,
-            window=window,
+            base=a.rerank_base,
+            window=a.window,
             hybrid=hybrid,
-            model=model,
-            variant=variant,
-            max_length=max_length,
-            score_cache=ctx.obj.home / "scores" if score_cache else None,
-            scorer_urls=scorer_urls,
+            model=a.model,
+            variant=a.variant,
+            max_length=a.max_length,
+            score_cache=ctx.obj.home / "scores" if a.score_cache else None,
+            scorer_urls=a.scorer_urls,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
         )
-        scorer = scorer_for(path)  # a CachedScorer unless --no-score-cache
-        cascade = cascade_for(path, scorer)
-        length = max_length_of(scorer)
-        at = f", max length {length}" if length else ""
-        click.echo(f"reranking {rerank_base} top-{window} with {scorer!r}{at}", err=True)
-        if cascade is not None:
-            cheap = cascade.scorer if cascade.scorer is not None else "the first stage"
-            click.echo(
-                f"cascade: {cheap!r} ranks the window, the cross-encoder rescores its top "
-                f"{cascade.k}",
-                err=True,
-            )
-        model_dir = scorer.model_dir if isinstance(scorer, FromFolder) else None  # not remote
-        blend_choice = _eval_blend(wanted, blend, signals, dataset.name, model_dir)
+        reranking = _reranking(a, path, wanted, dataset.name)
+        scorer, blend_choice, cascade = reranking
         runners.update(
             _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors, cascade)
         )
-    report = EvalReport(dataset=dataset.name, split=split, queries=len(queries), index=alias)
+    report = EvalReport(dataset=dataset.name, split=a.split, queries=len(queries), index=alias)
     for mode in wanted:
-        run, ms = collect_run(queries, runners[mode], progress=progress, label=mode)
+        run, ms = collect_run(queries, runners[mode], progress=a.progress, label=mode)
         report.results[mode] = score_run(run, qrels)
         report.timings_ms[mode] = ms
     click.echo(report.table())
-    if output:
+    _report(a, report, dataset.name, reranking)
+
+
+def _reranking(
+    a: EvalArgs, path: QueryPath, wanted: list[str], dataset: str
+) -> tuple[Any, tuple[SignalConfig | None, Blend | None], Cascade | None]:
+    """The scorer (a CachedScorer unless --no-score-cache), the blend and the cascade that
+    rerank, each said on stderr."""
+    from reranker.rerank.pipeline import cascade_for, scorer_for
+
+    scorer = scorer_for(path)
+    cascade = cascade_for(path, scorer)
+    length = max_length_of(scorer)
+    at = f", max length {length}" if length else ""
+    click.echo(f"reranking {a.rerank_base} top-{a.window} with {scorer!r}{at}", err=True)
+    if cascade is not None:
+        cheap = cascade.scorer if cascade.scorer is not None else "the first stage"
+        click.echo(
+            f"cascade: {cheap!r} ranks the window, the cross-encoder rescores its top {cascade.k}",
+            err=True,
+        )
+    model_dir = scorer.model_dir if isinstance(scorer, FromFolder) else None  # not remote
+    blend_choice = _eval_blend(wanted, a.blend, a.signals, dataset, model_dir)
+    return scorer, blend_choice, cascade
+
+
+def _report(
+    a: EvalArgs, report: EvalReport, dataset: str, reranking: tuple[Any, Any, Any] | None
+) -> None:
+    """The JSON report (``--output``), and the reranked figures in the model's card
+    (``--record``)."""
+    scorer, _, cascade = reranking if reranking is not None else (None, None, None)
+    if a.output:
         payload = report.as_json()
         if scorer is not None:
-            payload["cross_encoder"] = _scorer_summary(scorer, rerank_base, window)
+            payload["cross_encoder"] = _scorer_summary(scorer, a.rerank_base, a.window)
         if cascade is not None:
             payload["cascade"] = {"model": cascade.student_id, "k": cascade.k}
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    if record and "rerank" in report.results:
+        a.output.parent.mkdir(parents=True, exist_ok=True)
+        a.output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {a.output}", err=True)
+    if a.record and scorer is not None and "rerank" in report.results:
         from reranker.rerank.scorer import length_tag
 
-        key = f"{dataset.name}/{split}/{rerank_base}-top{window}/{scorer.variant}"
+        key = f"{dataset}/{a.split}/{a.rerank_base}-top{a.window}/{scorer.variant}"
         tag = length_tag(scorer)  # results at another length than the card's old 256
         _record_in_card(scorer, f"{key}/{tag}" if tag else key, report.results["rerank"])
 

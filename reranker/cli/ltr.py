@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,23 @@ def ltr() -> None:
     """
 
 
+@dataclass(frozen=True)
+class LogFeaturesArgs:
+    """``ltr_log_features``'s options, as click parsed them."""
+
+    dataset: Path
+    split: str
+    output: Path
+    alias: str | None
+    window: int
+    rerank_base: str
+    signals: str | None
+    model: Path | None
+    variant: str | None
+    max_queries: int | None
+    progress: bool
+
+
 @ltr.command("log-features")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--split", default="train", show_default=True)
@@ -46,20 +64,7 @@ def ltr() -> None:
 @click.option("--max-queries", type=int, default=None, help="Only the first N judged queries.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
-def ltr_log_features(
-    ctx: click.Context,
-    dataset: Path,
-    split: str,
-    output: Path,
-    alias: str | None,
-    window: int,
-    rerank_base: str,
-    signals: str | None,
-    model: Path | None,
-    variant: str | None,
-    max_queries: int | None,
-    progress: bool,
-) -> None:
+def ltr_log_features(ctx: click.Context, /, **options: Any) -> None:
     """Write the blend's features of every window candidate of DATASET's judged queries.
 
     One JSON object per candidate (qid, doc_id, label, rank, features, defaults); a
@@ -67,6 +72,10 @@ def ltr_log_features(
     A multi-task model (`train --heads`) adds its heads' predictions as the features
     predicted_<head>, so a blend can be fitted for documents whose signals are missing.
     """
+    run_log_features(ctx, LogFeaturesArgs(**options))
+
+
+def run_log_features(ctx: click.Context, a: LogFeaturesArgs) -> None:
     from tqdm import tqdm
 
     from reranker.blend.features import feature_names_for
@@ -78,30 +87,30 @@ def ltr_log_features(
     from reranker.rerank.pipeline import QueryPath, build_pipeline
     from reranker.training.ltr import log_features
 
-    queries, qrels = judged_queries(dataset, split, limit=max_queries)
+    queries, qrels = judged_queries(a.dataset, a.split, limit=a.max_queries)
     config = (
-        load_signal_config(signals)
-        if signals
-        else PRESETS.get(dataset.name.lower(), PRESETS["none"])
+        load_signal_config(a.signals)
+        if a.signals
+        else PRESETS.get(a.dataset.name.lower(), PRESETS["none"])
     )
     names = feature_names_for(config)
-    alias = alias or f"beir-{dataset.name.lower()}"
+    alias = a.alias or f"beir-{a.dataset.name.lower()}"
     client = es_client(ctx)
     embedder = query_embedder(ctx)
     ensure_dataset_index(
         client,
-        dataset,
+        a.dataset,
         alias,
         embedder,
         cache=default_cache(ctx.obj.home, embedder),
-        progress=progress,
+        progress=a.progress,
     )
     path = QueryPath(
         index=alias,
-        base=rerank_base,
-        window=window,
-        model=model,
-        variant=variant,
+        base=a.rerank_base,
+        window=a.window,
+        model=a.model,
+        variant=a.variant,
         score_cache=ctx.obj.home / "scores",
         source_fields=("title", "text", *config.source_fields),
     )
@@ -112,28 +121,28 @@ def ltr_log_features(
     if pipeline.signal_heads:  # a multi-task model: its heads' predictions are features too
         pipeline.predict_signals = True
         names = (*names, *(predicted_feature(h) for h in pipeline.signal_heads))
-    vectors = query_vectors(pipeline.first_stage, queries) if rerank_base != "bm25" else {}
-    output.parent.mkdir(parents=True, exist_ok=True)
+    vectors = query_vectors(pipeline.first_stage, queries) if a.rerank_base != "bm25" else {}
+    a.output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
-    with output.open("w", encoding="utf-8") as handle:
-        ordered = tqdm(queries.items(), desc="features", unit="q", disable=not progress)
+    with a.output.open("w", encoding="utf-8") as handle:
+        ordered = tqdm(queries.items(), desc="features", unit="q", disable=not a.progress)
         for query_id, text in ordered:
             for row in log_features(pipeline, {query_id: text}, qrels, names, config, vectors):
                 handle.write(json.dumps(row) + "\n")
                 rows += 1
     meta = {
-        "dataset": dataset.name,
-        "split": split,
+        "dataset": a.dataset.name,
+        "split": a.split,
         "queries": len(queries),
-        "window": window,
-        "rerank_base": rerank_base,
+        "window": a.window,
+        "rerank_base": a.rerank_base,
         "signals": config.to_dict(),
         "features": list(names),
         "model": f"{scorer.model_id}@{scorer.version}/{scorer.variant}",
     }
-    meta_path = output.with_name(output.name + ".meta.json")
+    meta_path = a.output.with_name(a.output.name + ".meta.json")
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    click.echo(f"wrote {rows} rows for {len(queries)} queries to {output}")
+    click.echo(f"wrote {rows} rows for {len(queries)} queries to {a.output}")
 
 
 @ltr.command("fit")

@@ -4,6 +4,7 @@ ONNX."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +14,38 @@ from reranker.cli.common import es_client, query_embedder
 from reranker.config import Settings
 
 # --------------------------------------------------------------------------- model path
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """``train_cmd``'s options, as click parsed them."""
+
+    data: tuple[Path, ...]
+    output_dir: Path
+    base_model: Path | None
+    max_length: int
+    batch_size: int
+    lr: float
+    epochs: int
+    max_steps: int | None
+    exclude_source: tuple[str, ...]
+    dev: Path | None
+    loss: str
+    group_size: int
+    negatives_per_positive: int
+    bm25_depth: int
+    first_stage_aware: bool
+    head_lr: float
+    dev_fraction: float
+    eval_every: int | None
+    heads: str
+    loss_weights: str | None
+    click_events: Path | None
+    click_min_examinations: float
+    threads: int | None
+    seed: int
+    resume: bool
+    overwrite: bool
 
 
 @click.command("train")
@@ -124,34 +157,7 @@ from reranker.config import Settings
 @click.option("--seed", default=13, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint-last.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
-def train_cmd(
-    data: tuple[Path, ...],
-    output_dir: Path,
-    base_model: Path | None,
-    max_length: int,
-    batch_size: int,
-    lr: float,
-    epochs: int,
-    max_steps: int | None,
-    exclude_source: tuple[str, ...],
-    dev: Path | None,
-    loss: str,
-    group_size: int,
-    negatives_per_positive: int,
-    bm25_depth: int,
-    first_stage_aware: bool,
-    head_lr: float,
-    dev_fraction: float,
-    eval_every: int | None,
-    heads: str,
-    loss_weights: str | None,
-    click_events: Path | None,
-    click_min_examinations: float,
-    threads: int | None,
-    seed: int,
-    resume: bool,
-    overwrite: bool,
-) -> None:
+def train_cmd(**options: Any) -> None:
     """Fine-tune a cross-encoder (BertForSequenceClassification, one label) on DATA with
     pointwise binary cross-entropy or a listwise softmax loss over hard negatives.
 
@@ -177,6 +183,10 @@ def train_cmd(
     `reranker export` writes the heads as named outputs; a blend reads them as
     predicted_<head>.
     """
+    run_train(TrainArgs(**options))
+
+
+def run_train(a: TrainArgs) -> None:
     import logging
 
     from reranker.errors import ConfigError
@@ -184,43 +194,39 @@ def train_cmd(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        signal_heads = parse_heads(heads)
-        weights = parse_loss_weights(loss_weights, signal_heads)
+        signal_heads = parse_heads(a.heads)
+        weights = parse_loss_weights(a.loss_weights, signal_heads)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    if (signal_heads or loss_weights or click_events) and not first_stage_aware:
+    if (signal_heads or a.loss_weights or a.click_events) and not a.first_stage_aware:
         raise click.UsageError(
             "--heads, --loss-weights and --click-events need --first-stage-aware"
         )
-    if first_stage_aware:
-        _train_aware(
-            data, output_dir, base_model, max_length, lr, head_lr, epochs, max_steps,
-            group_size, dev_fraction, eval_every, threads, seed, signal_heads, weights,
-            click_events, click_min_examinations,
-        )  # fmt: skip
+    if a.first_stage_aware:
+        _train_aware(a, signal_heads, weights)
         return
     from reranker.training.cross_encoder import train
     from reranker.training.cross_encoder_config import TrainConfig
 
     config = TrainConfig(
-        train_files=list(data),
-        output_dir=output_dir,
-        base_model=base_model,
-        max_length=max_length,
-        batch_size=batch_size,
-        lr=lr,
-        epochs=epochs,
-        max_steps=max_steps,
-        exclude_sources=list(exclude_source),
-        dev=dev,
-        loss=cast(Any, loss),
-        group_size=group_size,
-        negatives_per_positive=negatives_per_positive,
-        bm25_depth=bm25_depth,
-        threads=threads,
-        seed=seed,
-        resume=resume,
-        overwrite=overwrite,
+        train_files=list(a.data),
+        output_dir=a.output_dir,
+        base_model=a.base_model,
+        max_length=a.max_length,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        epochs=a.epochs,
+        max_steps=a.max_steps,
+        exclude_sources=list(a.exclude_source),
+        dev=a.dev,
+        loss=cast(Any, a.loss),
+        group_size=a.group_size,
+        negatives_per_positive=a.negatives_per_positive,
+        bm25_depth=a.bm25_depth,
+        threads=a.threads,
+        seed=a.seed,
+        resume=a.resume,
+        overwrite=a.overwrite,
     )
     result = train(config, progress=True)
     click.echo(
@@ -233,52 +239,64 @@ def train_cmd(
 
 
 def _train_aware(
-    data: tuple[Path, ...],
-    output_dir: Path,
-    base_model: Path | None,
-    max_length: int,
-    lr: float,
-    head_lr: float,
-    epochs: int,
-    max_steps: int | None,
-    group_size: int,
-    dev_fraction: float,
-    eval_every: int | None,
-    threads: int | None,
-    seed: int,
-    signal_heads: tuple[str, ...] = (),
-    loss_weights: dict[str, float] | None = None,
-    click_events: Path | None = None,
-    click_min_examinations: float = 2.0,
+    a: TrainArgs, signal_heads: tuple[str, ...], loss_weights: dict[str, float] | None
 ) -> None:
     from reranker.training.first_stage_aware import AwareTrainConfig, train_aware
 
     config = AwareTrainConfig(
-        datasets=list(data),
-        output_dir=output_dir,
-        base_model=base_model,
-        max_length=max_length,
-        lr=lr,
-        head_lr=head_lr,
-        epochs=epochs,
-        max_steps=max_steps,
-        group_size=group_size,
-        dev_fraction=dev_fraction,
-        eval_every=eval_every,
-        threads=threads,
-        seed=seed,
+        datasets=list(a.data),
+        output_dir=a.output_dir,
+        base_model=a.base_model,
+        max_length=a.max_length,
+        lr=a.lr,
+        head_lr=a.head_lr,
+        epochs=a.epochs,
+        max_steps=a.max_steps,
+        group_size=a.group_size,
+        dev_fraction=a.dev_fraction,
+        eval_every=a.eval_every,
+        threads=a.threads,
+        seed=a.seed,
         cache_dir=Settings.from_env().home / "embeddings",
         signal_heads=signal_heads,
         loss_weights=loss_weights,
-        click_events=click_events,
-        click_min_examinations=click_min_examinations,
+        click_events=a.click_events,
+        click_min_examinations=a.click_min_examinations,
     )
     info = train_aware(config, progress=True)
     chosen = info["chosen"]
     click.echo(
         f"trained {info['steps']} steps in {info['seconds'] / 60:.1f} min; kept the checkpoint "
-        f"of step {int(chosen['step'])} (held-out NDCG@10 {json.dumps(chosen)}) in {output_dir}"
+        f"of step {int(chosen['step'])} (held-out NDCG@10 {json.dumps(chosen)}) in {a.output_dir}"
     )
+
+
+@dataclass(frozen=True)
+class DistillArgs:
+    """``distill_cmd``'s options, as click parsed them."""
+
+    teacher: Path
+    datasets: tuple[Path, ...]
+    output_dir: Path
+    layers: int
+    base_model: Path | None
+    loss: str
+    temperature: float
+    window: int
+    top: int
+    sampled: int
+    queries_per_step: int
+    lr: float
+    epochs: int
+    max_steps: int | None
+    eval_every: int
+    cascade_k: int
+    dev_max_queries: int
+    max_queries: int | None
+    threads: int | None
+    seed: int
+    overwrite: bool
+    progress: bool
 
 
 @click.command("distill")
@@ -333,31 +351,7 @@ def _train_aware(
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
-def distill_cmd(
-    ctx: click.Context,
-    teacher: Path,
-    datasets: tuple[Path, ...],
-    output_dir: Path,
-    layers: int,
-    base_model: Path | None,
-    loss: str,
-    temperature: float,
-    window: int,
-    top: int,
-    sampled: int,
-    queries_per_step: int,
-    lr: float,
-    epochs: int,
-    max_steps: int | None,
-    eval_every: int,
-    cascade_k: int,
-    dev_max_queries: int,
-    max_queries: int | None,
-    threads: int | None,
-    seed: int,
-    overwrite: bool,
-    progress: bool,
-) -> None:
+def distill_cmd(ctx: click.Context, /, **options: Any) -> None:
     """Distil a small cross-encoder (a cascade's student) from TEACHER, an exported model
     folder, on the train queries of the BEIR DATASETS.
 
@@ -375,6 +369,10 @@ def distill_cmd(
     data, loss, held-out curve); `reranker export OUTPUT MODEL_DIR --int8` makes it servable,
     and `reranker eval --cascade-model MODEL_DIR --cascade-k K` measures the cascade.
     """
+    run_distill(ctx, DistillArgs(**options))
+
+
+def run_distill(ctx: click.Context, a: DistillArgs) -> None:
     import logging
 
     from reranker.es.indexing import default_cache
@@ -384,27 +382,27 @@ def distill_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one line per search
     config = DistillConfig(
-        teacher=teacher,
-        datasets=list(datasets),
-        output_dir=output_dir,
-        layers=layers,
-        base_model=base_model,
-        loss=cast(Any, loss),
-        temperature=temperature,
-        window=window,
-        top=top,
-        sampled=sampled,
-        queries_per_step=queries_per_step,
-        lr=lr,
-        epochs=epochs,
-        max_steps=max_steps,
-        eval_every=eval_every,
-        cascade_k=cascade_k,
-        dev_max_queries=dev_max_queries,
-        max_queries=max_queries,
-        threads=threads,
-        seed=seed,
-        overwrite=overwrite,
+        teacher=a.teacher,
+        datasets=list(a.datasets),
+        output_dir=a.output_dir,
+        layers=a.layers,
+        base_model=a.base_model,
+        loss=cast(Any, a.loss),
+        temperature=a.temperature,
+        window=a.window,
+        top=a.top,
+        sampled=a.sampled,
+        queries_per_step=a.queries_per_step,
+        lr=a.lr,
+        epochs=a.epochs,
+        max_steps=a.max_steps,
+        eval_every=a.eval_every,
+        cascade_k=a.cascade_k,
+        dev_max_queries=a.dev_max_queries,
+        max_queries=a.max_queries,
+        threads=a.threads,
+        seed=a.seed,
+        overwrite=a.overwrite,
     )
     # everything that needs no Elasticsearch is checked before connecting
     for dataset in config.datasets:
@@ -418,13 +416,13 @@ def distill_cmd(
         embedder,
         score_cache=ctx.obj.home / "scores",
         embedding_cache=default_cache(ctx.obj.home, embedder),
-        progress=progress,
+        progress=a.progress,
     )
     chosen = info["distillation"]["chosen"] or {}
     click.echo(
-        f"distilled a {layers}-layer student in {info['seconds'] / 60:.1f} min "
+        f"distilled a {a.layers}-layer student in {info['seconds'] / 60:.1f} min "
         f"({info['steps']} steps); kept step {chosen.get('step')} "
-        f"(held-out {json.dumps(chosen.get('datasets', {}))}) in {output_dir}"
+        f"(held-out {json.dumps(chosen.get('datasets', {}))}) in {a.output_dir}"
     )
 
 
