@@ -139,18 +139,24 @@ def _timing_options(command: Any) -> Any:
     return command
 
 
-@dataclass(frozen=True)
-class ScorerBenchArgs:
-    """``scorer_cmd``'s options, as click parsed them."""
+@dataclass(frozen=True, kw_only=True)
+class TimingArgs:
+    """The options every timing command shares (:func:`_timing_options`)."""
 
-    model: Path | None
-    checkpoint: Path | None
     dataset: Path
     n_pairs: int
     repeats: int
     threads: int
     batch_size: int
     output: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScorerBenchArgs(TimingArgs):
+    """``bench scorer``'s options, as click parsed them."""
+
+    model: Path | None
+    checkpoint: Path | None
     use_torch: bool
     io_binding: bool
 
@@ -326,19 +332,13 @@ def _onnx_model(
     )
 
 
-@dataclass(frozen=True)
-class LengthsBenchArgs:
-    """``lengths_cmd``'s options, as click parsed them."""
+@dataclass(frozen=True, kw_only=True)
+class LengthsBenchArgs(TimingArgs):
+    """``bench lengths``' options, as click parsed them."""
 
     model: Path | None
     variant: str
     lengths: str
-    dataset: Path
-    n_pairs: int
-    repeats: int
-    threads: int
-    batch_size: int
-    output: Path | None
 
 
 @bench.command("lengths")
