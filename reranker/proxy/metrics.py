@@ -88,6 +88,11 @@ class ProxyMetrics:
             registry=r,
         )
         self.model = Info("reranker_proxy_model", "The cross-encoder being served.", registry=r)
+        self._define_logs(r)
+        self._define_ubi(r)
+
+    def _define_logs(self, r: CollectorRegistry) -> None:
+        """The request log's documents: written, dropped."""
         self.log_written = Counter(
             "reranker_proxy_log_documents_written",
             "Request-log documents indexed.",
@@ -99,6 +104,9 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+
+    def _define_ubi(self, r: CollectorRegistry) -> None:
+        """User Behavior Insights: query ids given, events by outcome, documents written."""
         self.ubi_queries = Counter(
             "reranker_proxy_ubi_queries",
             "Searches given a User Behavior Insights query_id (their query documents queued "

@@ -80,6 +80,8 @@ if TYPE_CHECKING:
     from reranker.proxy.reload import LoadedModels
     from reranker.proxy.rerank import RerankHandler
     from reranker.proxy.settings import ProxySettings
+    from reranker.rerank.scorer import ServedScorer
+    from reranker.retrieval.embed_cache import TextEncoder
 
 
 class Proxy(Protocol):
@@ -406,21 +408,8 @@ class RerankApi:
         """One score per text, in the caller's order: admitted, in the scorer's pool, under
         the deadline and the breaker; a :class:`ProxyError` when it cannot be had."""
         models = self.proxy.models
-        scorer = models.scorer
-        if scorer is None:
-            raise errors.reranker_unavailable(
-                f"reranker unavailable: model not loaded ({models.unavailable_reason()})"
-            )
-        encoder = models.encoder
-        aware = bool(scorer.feature_names)
-        if aware and encoder is None:
-            raise ProxyError(
-                FAILED_DEPENDENCY,
-                "model_type",
-                f"the cross-encoder {scorer.model_id} is first-stage-aware: it reads the dense "
-                "score, which this server computes with its embedder, and the embedder is not "
-                f"loaded ({models.encoder_error or self._encoder_state()})",
-            )
+        scorer, encoder = self._served()
+        aware = encoder is not None and bool(scorer.feature_names)
         handler = self.proxy.reranking
         settings = self.proxy.settings
         timeout_ms = settings.default_timeout_ms
@@ -488,6 +477,27 @@ class RerankApi:
                 ticket.scoring_done()
             ticket.release()
             self.proxy.metrics.in_flight.set(self.proxy.admission.in_flight)
+
+    def _served(self) -> tuple[ServedScorer, TextEncoder | None]:
+        """The scorer this server serves, and the embedder when the scorer reads the dense
+        score (503 without a scorer; 424 for a first-stage-aware one without its embedder)."""
+        models = self.proxy.models
+        scorer = models.scorer
+        if scorer is None:
+            raise errors.reranker_unavailable(
+                f"reranker unavailable: model not loaded ({models.unavailable_reason()})"
+            )
+        if not scorer.feature_names:
+            return scorer, None
+        if models.encoder is None:
+            raise ProxyError(
+                FAILED_DEPENDENCY,
+                "model_type",
+                f"the cross-encoder {scorer.model_id} is first-stage-aware: it reads the dense "
+                "score, which this server computes with its embedder, and the embedder is not "
+                f"loaded ({models.encoder_error or self._encoder_state()})",
+            )
+        return scorer, models.encoder
 
     def cascade_k(self, texts: int) -> int | None:
         """The cascade a first-stage-aware model's request gets: the proxy's default k

@@ -266,34 +266,9 @@ class Scorer:
         if self._budget < 2:
             raise ModelError(f"max_length {self.max_length} leaves no room for text")
 
-        chosen = self._choose_providers(providers)
-        try:
-            self._session = open_session(
-                self.model_dir / onnx_name, providers=chosen, threads=threads
-            )
-        except ModelError as exc:
-            if chosen == [CPU]:
-                raise
-            warnings.warn(
-                f"{chosen[0]} failed to start ({exc}); falling back to {CPU}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            chosen = [CPU]
-            self._session = open_session(
-                self.model_dir / onnx_name, providers=chosen, threads=threads
-            )
-        active = self._session.get_providers()
-        self._provider = active[0] if active else CPU
-        if chosen[0] != CPU and self._provider != chosen[0]:
-            warnings.warn(
-                f"{chosen[0]} is installed but could not be used (drivers or libraries missing); "
-                f"scoring runs on {self._provider}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if variant == "fp16" and self._provider == CPU:
-            log.warning("the fp16 variant is meant for CUDA; on CPU it is slower than fp32")
+        self._session, self._provider = self._open_session(
+            self.model_dir / onnx_name, providers, threads, variant
+        )
         self._inputs = [i.name for i in self._session.get_inputs()]
         outputs = [o.name for o in self._session.get_outputs()]
         self._output = "logits" if "logits" in outputs else outputs[0]
@@ -310,6 +285,37 @@ class Scorer:
         self._lock = threading.Lock()
         self._stats = ScoreStats()
         self._last = ScoreStats()
+
+    def _open_session(
+        self, onnx_path: Path, providers: Sequence[str] | None, threads: int | None, variant: str
+    ) -> tuple[ort.InferenceSession, str]:
+        """The ONNX Runtime session on the best provider that starts (CPU as the fallback, with
+        a warning), and the provider it runs on."""
+        chosen = self._choose_providers(providers)
+        try:
+            session = open_session(onnx_path, providers=chosen, threads=threads)
+        except ModelError as exc:
+            if chosen == [CPU]:
+                raise
+            warnings.warn(
+                f"{chosen[0]} failed to start ({exc}); falling back to {CPU}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            chosen = [CPU]
+            session = open_session(onnx_path, providers=chosen, threads=threads)
+        active = session.get_providers()
+        provider = active[0] if active else CPU
+        if chosen[0] != CPU and provider != chosen[0]:
+            warnings.warn(
+                f"{chosen[0]} is installed but could not be used (drivers or libraries missing); "
+                f"scoring runs on {provider}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if variant == "fp16" and provider == CPU:
+            log.warning("the fp16 variant is meant for CUDA; on CPU it is slower than fp32")
+        return session, provider
 
     # ------------------------------------------------------------------ description
 
