@@ -378,35 +378,8 @@ def train_student(
             write_info(step)  # a run stopped later still leaves an exportable checkpoint
 
     def write_info(step: int) -> dict[str, Any]:
-        info = {
-            "format": 1,
-            "kind": "cross-encoder",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "base_model": f"{base} (first {config.layers} layers)",
-            "max_length": max_length,
-            "loss": config.loss,
-            "distillation": {
-                "teacher": teacher,
-                "layers": config.layers,
-                "loss": config.loss,
-                "temperature": config.temperature if config.loss == "listwise-kl" else None,
-                "data": data or {},
-                "steps": step,
-                "steps_planned": total,
-                "chosen": best,
-                "selection": f"held-out NDCG@10 of the cascade at k={config.cascade_k} "
-                "(mean over datasets; ties: lower KL)",
-            },
-            "steps": step,
-            "held_out": curve,
-            "loss_curve": loss_curve(losses, 50),
-            "device": str(device),
-            "bf16": bf16,
-            "threads": torch.get_num_threads(),
-            "seconds": round(time.monotonic() - started, 1),
-            "config": config.to_json(),
-            **environment(),
-        }
+        run = {"teacher": teacher, "data": data or {}, "steps": step, "steps_planned": total}
+        info = _info(config, base, max_length, run, best, curve, losses, (device, bf16), started)
         (config.output_dir / TRAIN_INFO_FILE).write_text(
             json.dumps(info, indent=2) + "\n", encoding="utf-8"
         )
@@ -425,21 +398,12 @@ def train_student(
                 rows = [f for i in chosen for f in train_features[i]]
                 sizes = [len(train_features[i]) for i in chosen]
                 target = torch.cat([teacher_logits[i] for i in chosen]).to(device)
-                batch = collate(rows, 0, device)
-                with autocast(device, bf16):
-                    logits = head_scores(model(**batch).logits.float())
-                loss: Any
-                if config.loss == "margin-mse":
-                    loss = margin_mse_loss(logits.float(), target, sizes)
-                else:
-                    loss = listwise_kl_loss(logits.float(), target, sizes, config.temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                losses.append(
+                    _step(
+                        model, (optimizer, scheduler), rows, sizes, target, config, (device, bf16)
+                    )
+                )
                 step += 1
-                losses.append(float(loss.detach()))
                 recent = losses[-50:]
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", refresh=False)
@@ -453,6 +417,78 @@ def train_student(
         evaluate(step)
     info = write_info(step)
     return info
+
+
+def _step(
+    model: PreTrainedModel,
+    optimizers: tuple[Any, Any],
+    rows: list[Feature],
+    sizes: list[int],
+    target: torch.Tensor,
+    config: DistillConfig,
+    where: tuple[torch.device, bool],
+) -> float:
+    """One optimizer step on the queries whose candidate rows are ``rows``; its loss."""
+    optimizer, scheduler = optimizers
+    device, bf16 = where
+    batch = collate(rows, 0, device)
+    with autocast(device, bf16):
+        logits = head_scores(model(**batch).logits.float())
+    loss: Any
+    if config.loss == "margin-mse":
+        loss = margin_mse_loss(logits.float(), target, sizes)
+    else:
+        loss = listwise_kl_loss(logits.float(), target, sizes, config.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def _info(
+    config: DistillConfig,
+    base: Path,
+    max_length: int,
+    run: dict[str, Any],
+    best: dict[str, Any] | None,
+    curve: list[dict[str, Any]],
+    losses: list[float],
+    where: tuple[torch.device, bool],
+    started: float,
+) -> dict[str, Any]:
+    """``train_info.json`` of a distillation run so far."""
+    device, bf16 = where
+    return {
+        "format": 1,
+        "kind": "cross-encoder",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": f"{base} (first {config.layers} layers)",
+        "max_length": max_length,
+        "loss": config.loss,
+        "distillation": {
+            "teacher": run["teacher"],
+            "layers": config.layers,
+            "loss": config.loss,
+            "temperature": config.temperature if config.loss == "listwise-kl" else None,
+            "data": run["data"],
+            "steps": run["steps"],
+            "steps_planned": run["steps_planned"],
+            "chosen": best,
+            "selection": f"held-out NDCG@10 of the cascade at k={config.cascade_k} "
+            "(mean over datasets; ties: lower KL)",
+        },
+        "steps": run["steps"],
+        "held_out": curve,
+        "loss_curve": loss_curve(losses, 50),
+        "device": str(device),
+        "bf16": bf16,
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.monotonic() - started, 1),
+        "config": config.to_json(),
+        **environment(),
+    }
 
 
 def _evaluate(

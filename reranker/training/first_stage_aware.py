@@ -79,6 +79,8 @@ from reranker.training.toolbox import (
 )
 
 log = logging.getLogger(__name__)
+#: steps between progress lines in the log
+LOG_EVERY = 50
 TRAIN_INFO_FILE = "train_info.json"
 
 
@@ -494,19 +496,11 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
             head_losses.append(trainer.last_losses or {})
             step += 1
             bar.update(1)
-            if step % 50 == 0:
-                pairs = 50 * config.groups_per_step * config.group_size
-                rate = pairs / (time.monotonic() - window_started)
+            if step % LOG_EVERY == 0:
+                _log_progress(
+                    model, config, (step, total, epoch), losses, head_losses, window_started
+                )
                 window_started = time.monotonic()
-                weights = [round(float(v), 3) for v in model.feature_weights.detach()]
-                per_head = {
-                    k: round(float(np.mean([h[k] for h in head_losses[-50:]])), 4)
-                    for k in head_losses[-1]
-                }
-                log.info(
-                    "step %d/%d epoch %d loss %.4f %s w %s %.1f pairs/s",
-                    step, total, epoch, float(np.mean(losses[-50:])), per_head, weights, rate,
-                )  # fmt: skip
             if config.eval_every and step % config.eval_every == 0:
                 checkpoint(step, epoch + start / max(1, len(groups)))
         if not dev_curve or dev_curve[-1]["step"] != float(step):
@@ -521,6 +515,29 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     info["seconds"] = round(time.monotonic() - started, 1)
     _finish(out, info)
     return info
+
+
+def _log_progress(
+    model: FirstStageAwareModel,
+    config: AwareTrainConfig,
+    where: tuple[int, int, int],
+    losses: list[float],
+    head_losses: list[dict[str, float]],
+    since: float,
+) -> None:
+    """The last :data:`LOG_EVERY` steps: mean loss (and each head's), the feature weights,
+    and pairs per second since ``since``."""
+    step, total, epoch = where
+    rate = LOG_EVERY * config.groups_per_step * config.group_size / (time.monotonic() - since)
+    weights = [round(float(v), 3) for v in model.feature_weights.detach()]
+    per_head = {
+        k: round(float(np.mean([h[k] for h in head_losses[-LOG_EVERY:]])), 4)
+        for k in head_losses[-1]
+    }
+    log.info(
+        "step %d/%d epoch %d loss %.4f %s w %s %.1f pairs/s",
+        step, total, epoch, float(np.mean(losses[-LOG_EVERY:])), per_head, weights, rate,
+    )  # fmt: skip
 
 
 def _train_info(
