@@ -92,6 +92,19 @@ class SimulationReport:
     clicks_by_position: dict[int, int] = field(default_factory=dict)
     relevant_shown: int = 0
 
+    def count_session(
+        self, ranker: str, shown: int, grades: Sequence[int], clicks: Sequence[bool]
+    ) -> None:
+        """One session's search: what it showed, how much of it was relevant, its clicks."""
+        self.searches += 1
+        self.searches_by_ranker[ranker] = self.searches_by_ranker.get(ranker, 0) + 1
+        self.impressions += shown
+        self.relevant_shown += sum(1 for g in grades if g > 0)
+        for position, clicked in enumerate(clicks, start=1):
+            if clicked:
+                self.clicks += 1
+                self.clicks_by_position[position] = self.clicks_by_position.get(position, 0) + 1
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "note": NOTE,
@@ -187,66 +200,23 @@ async def simulate(
     Events the proxy refuses with ``queue_full`` are sent again, up to ``resend_attempts``
     times, after ``resend_backoff_s`` doubling each time; sessions wait meanwhile (the full
     queue slows the simulated users down). Those still refused then count as rejected."""
-    if sessions < 1 or size < 1 or batch_size < 1 or concurrency < 1:
-        raise ConfigError("sessions, size, batch size and concurrency must be at least 1")
-    if resend_attempts < 0 or resend_backoff_s < 0:
-        raise ConfigError("resend attempts and back-off must not be negative")
-    if not rankers:
-        raise ConfigError("no ranker to simulate")
-    for ranker in rankers:
-        search_body(ranker, "x", size, window, {})  # unknown names fail before any search
+    _check_options(min(sessions, size, batch_size, concurrency), resend_attempts, resend_backoff_s)
+    _check_rankers(rankers, size, window)
     model = model or UserModel()
     report = SimulationReport()
     pending: list[dict[str, Any]] = []
-    gate = asyncio.Semaphore(concurrency)
-    lock = asyncio.Lock()
+    gate, lock = asyncio.Semaphore(concurrency), asyncio.Lock()
 
     async def flush() -> None:
         while pending:  # batches of at most batch_size events (the proxy has a limit)
             batch, pending[:] = pending[:batch_size], pending[batch_size:]
-            await post(batch)
-
-    async def post(batch: list[dict[str, Any]]) -> None:
-        report.events_posted += len(batch)
-        for attempt in range(resend_attempts + 1):
-            refused = await send(batch, final=attempt == resend_attempts)
-            if not refused:
-                return
-            # back off, then send only what the full queue refused (the rest is stored)
-            await asyncio.sleep(resend_backoff_s * 2**attempt)
-            report.events_resent += len(refused)
-            batch = refused
-
-    async def send(batch: list[dict[str, Any]], *, final: bool) -> list[dict[str, Any]]:
-        """Post ``batch``; the events refused with ``queue_full`` (counted when ``final``)."""
-        body = "".join(_json_line(event) for event in batch)
-        response = await http.post(
-            "/_reranker/events",
-            content=body.encode("utf-8"),
-            headers={**(headers or {}), "content-type": "application/x-ndjson"},
-        )
-        if response.status_code != 200:
-            raise SearchError(
-                f"POST /_reranker/events answered {response.status_code}: {response.text[:300]}"
-            )
-        answer = response.json()
-        report.accepted += int(answer["accepted"])
-        refused: list[dict[str, Any]] = []
-        for event, item in zip(batch, answer["items"], strict=True):
-            if "error" not in item:
-                continue
-            kind = item["error"]["type"]
-            if kind == "queue_full" and not final:
-                refused.append(event)
-            else:
-                report.rejected[kind] = report.rejected.get(kind, 0) + 1
-        return refused
+            await _post_events(http, batch, headers, report, resend_attempts, resend_backoff_s)
 
     async def run(query_id: str, text: str, number: int) -> None:
         rng = random.Random(f"{seed}:{query_id}:{number}")
         ranker = rankers[number % len(rankers)]
-        ubi = {"user_query": text, "client_id": f"sim-user-{rng.randrange(10**9)}"}
-        ubi["application"] = application
+        user = f"sim-user-{rng.randrange(10**9)}"
+        ubi = {"user_query": text, "client_id": user, "application": application}
         body = search_body(ranker, text, size, window, ubi)
         async with gate:
             response = await http.post(f"/{index}/_search", json=body, headers=headers)
@@ -269,16 +239,7 @@ async def simulate(
             rng=rng,
         )
         async with lock:
-            report.searches += 1
-            report.searches_by_ranker[ranker] = report.searches_by_ranker.get(ranker, 0) + 1
-            report.impressions += len(hits)
-            report.relevant_shown += sum(1 for g in grades if g > 0)
-            for position, clicked in enumerate(clicks, start=1):
-                if clicked:
-                    report.clicks += 1
-                    report.clicks_by_position[position] = (
-                        report.clicks_by_position.get(position, 0) + 1
-                    )
+            report.count_session(ranker, len(hits), grades, clicks)
             pending.extend(events)
             if len(pending) >= batch_size:
                 await flush()
@@ -289,6 +250,73 @@ async def simulate(
     async with lock:
         await flush()
     return report
+
+
+def _check_options(smallest_count: int, resend_attempts: int, resend_backoff_s: float) -> None:
+    if smallest_count < 1:
+        raise ConfigError("sessions, size, batch size and concurrency must be at least 1")
+    if resend_attempts < 0 or resend_backoff_s < 0:
+        raise ConfigError("resend attempts and back-off must not be negative")
+
+
+def _check_rankers(rankers: Sequence[str], size: int, window: int) -> None:
+    if not rankers:
+        raise ConfigError("no ranker to simulate")
+    for ranker in rankers:
+        search_body(ranker, "x", size, window, {})  # unknown names fail before any search
+
+
+async def _post_events(
+    http: httpx.AsyncClient,
+    batch: list[dict[str, Any]],
+    headers: Mapping[str, str] | None,
+    report: SimulationReport,
+    resend_attempts: int,
+    resend_backoff_s: float,
+) -> None:
+    """Post ``batch``, sending again what a full queue refused, with back-off."""
+    report.events_posted += len(batch)
+    for attempt in range(resend_attempts + 1):
+        refused = await _send_events(http, batch, headers, report, final=attempt == resend_attempts)
+        if not refused:
+            return
+        # back off, then send only what the full queue refused (the rest is stored)
+        await asyncio.sleep(resend_backoff_s * 2**attempt)
+        report.events_resent += len(refused)
+        batch = refused
+
+
+async def _send_events(
+    http: httpx.AsyncClient,
+    batch: list[dict[str, Any]],
+    headers: Mapping[str, str] | None,
+    report: SimulationReport,
+    *,
+    final: bool,
+) -> list[dict[str, Any]]:
+    """Post ``batch``; the events refused with ``queue_full`` (counted when ``final``)."""
+    body = "".join(_json_line(event) for event in batch)
+    response = await http.post(
+        "/_reranker/events",
+        content=body.encode("utf-8"),
+        headers={**(headers or {}), "content-type": "application/x-ndjson"},
+    )
+    if response.status_code != 200:
+        raise SearchError(
+            f"POST /_reranker/events answered {response.status_code}: {response.text[:300]}"
+        )
+    answer = response.json()
+    report.accepted += int(answer["accepted"])
+    refused: list[dict[str, Any]] = []
+    for event, item in zip(batch, answer["items"], strict=True):
+        if "error" not in item:
+            continue
+        kind = item["error"]["type"]
+        if kind == "queue_full" and not final:
+            refused.append(event)
+        else:
+            report.rejected[kind] = report.rejected.get(kind, 0) + 1
+    return refused
 
 
 def _json_line(event: Mapping[str, Any]) -> str:

@@ -454,19 +454,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     total = math.ceil(len(first) / config.groups_per_step) * config.epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    optimizer, scheduler = _optimizer(model, config, total)
-    trainer = _Trainer(
-        model=model,
-        tokenizer=tokenizer,
-        config=config,
-        passages={f"{d.name}/{k}": v for d in train_windows for k, v in d.passages.items()},
-        device=device,
-        bf16=bf16,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        targets={d.name: d.targets for d in train_windows if d.targets is not None},
-        clicks=clicks,
-    )
+    trainer = _make_trainer(model, tokenizer, config, train_windows, (device, bf16), total, clicks)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     dev_curve = [trainer.evaluate(devs, 0)]
@@ -515,6 +503,32 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     info["seconds"] = round(time.monotonic() - started, 1)
     _finish(out, info)
     return info
+
+
+def _make_trainer(
+    model: FirstStageAwareModel,
+    tokenizer: Any,
+    config: AwareTrainConfig,
+    train_windows: Sequence[HybridData],
+    where: tuple[torch.device, bool],
+    total: int,
+    clicks: ClickTargets | None,
+) -> _Trainer:
+    """The trainer of ``total`` steps over the train windows' passages and signal targets."""
+    device, bf16 = where
+    optimizer, scheduler = _optimizer(model, config, total)
+    return _Trainer(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        passages={f"{d.name}/{k}": v for d in train_windows for k, v in d.passages.items()},
+        device=device,
+        bf16=bf16,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        targets={d.name: d.targets for d in train_windows if d.targets is not None},
+        clicks=clicks,
+    )
 
 
 def _log_progress(
