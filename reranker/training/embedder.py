@@ -309,6 +309,94 @@ def _dev_scores(
 # training
 
 
+def _examples(
+    encoder: _BiEncoder, corpus: _Corpus, docs: Any, config: EmbedderTrainConfig
+) -> list[Example]:
+    """The corpus's training examples: each judged query's positive with hard negatives from
+    its dense window as the embedder ranks it before training."""
+    windows = _windows(encoder, corpus, corpus.train, lexical=False, docs=docs)
+    examples = [
+        example
+        for qid, hits in windows.items()
+        for example in training_examples(
+            corpus.queries[qid],
+            [h.id for h in hits],
+            corpus.train[qid],
+            depth=config.hard_negative_depth,
+            skip=config.skip_around_positive,
+        )
+        if example.hard_negatives
+    ]
+    log.info("%s: %d training examples", corpus.name, len(examples))
+    return examples
+
+
+def _relevant(corpus: _Corpus) -> dict[str, set[str]]:
+    """Each train query's text → its relevant documents (in-batch positives are not negatives)."""
+    return {corpus.queries[q]: {d for d, g in j.items() if g > 0} for q, j in corpus.train.items()}
+
+
+def _step(
+    encoder: _BiEncoder,
+    corpus: _Corpus,
+    batch: list[Example],
+    relevant_texts: dict[str, set[str]],
+    rng: random.Random,
+    config: EmbedderTrainConfig,
+    optimizers: tuple[Any, Any],
+) -> float:
+    """One step of in-batch training with one sampled hard negative per query; its loss."""
+    optimizer, schedule = optimizers
+    encoder.model.train()
+    negatives = [rng.choice(e.hard_negatives) for e in batch]
+    doc_ids = [e.positive for e in batch] + negatives
+    queries = encoder.embed([e.query for e in batch], config.query_max_length)
+    passages = encoder.embed([corpus.passages[d] for d in doc_ids], config.passage_max_length)
+    relevant = torch.tensor(
+        [[d in relevant_texts.get(e.query, ()) for d in doc_ids] for e in batch]
+    )
+    loss = in_batch_loss(queries, passages, relevant, config.scale)
+    optimizer.zero_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return float(loss.item())
+
+
+def _info(
+    config: EmbedderTrainConfig,
+    base: Path,
+    corpora: list[_Corpus],
+    examples: dict[str, list[Example]],
+    run: dict[str, Any],
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+) -> dict[str, Any]:
+    """The training info written beside the checkpoint and the export."""
+    return {
+        "kind": "embedder",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": str(base),
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "datasets": {
+            c.name: {
+                "train_queries": len(c.train),
+                "dev_queries": len(c.dev),
+                "examples": len(examples[c.name]),
+            }
+            for c in corpora
+        },
+        "steps": run["steps"],
+        "steps_per_epoch": run["steps_per_epoch"],
+        "seconds": round(run["seconds"], 1),
+        "selection": "best mean held-out NDCG@10 of the hybrid list (linear, min-max, top 100)",
+        "history": history,
+        "chosen": best,
+        "versions": package_versions(),
+    }
+
+
 def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[str, Any]:
     """Fine-tune, keep the best held-out checkpoint, export it; returns the training info
     (also written to ``output/train_info.json``)."""
@@ -324,26 +412,8 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
     examples: dict[str, list[Example]] = {}
     start_vectors = [_corpus_vectors(encoder, corpus) for corpus in corpora]
     for corpus, docs in zip(corpora, start_vectors, strict=True):
-        windows = _windows(encoder, corpus, corpus.train, lexical=False, docs=docs)
-        examples[corpus.name] = [
-            example
-            for qid, hits in windows.items()
-            for example in training_examples(
-                corpus.queries[qid],
-                [h.id for h in hits],
-                corpus.train[qid],
-                depth=config.hard_negative_depth,
-                skip=config.skip_around_positive,
-            )
-            if example.hard_negatives
-        ]
-        log.info("%s: %d training examples", corpus.name, len(examples[corpus.name]))
-    relevant_texts = {
-        corpus.name: {
-            corpus.queries[q]: {d for d, g in j.items() if g > 0} for q, j in corpus.train.items()
-        }
-        for corpus in corpora
-    }
+        examples[corpus.name] = _examples(encoder, corpus, docs, config)
+    relevant_texts = {corpus.name: _relevant(corpus) for corpus in corpora}
 
     def epoch_plan() -> list[tuple[_Corpus, list[Example]]]:
         plan = [
@@ -374,28 +444,11 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
             for corpus, batch in epoch_plan():
                 if step >= total:
                     break
-                encoder.model.train()
-                negatives = [rng.choice(e.hard_negatives) for e in batch]
-                doc_ids = [e.positive for e in batch] + negatives
-                queries = encoder.embed([e.query for e in batch], config.query_max_length)
-                passages = encoder.embed(
-                    [corpus.passages[d] for d in doc_ids], config.passage_max_length
-                )
-                relevant = torch.tensor(
-                    [
-                        [d in relevant_texts[corpus.name].get(e.query, ()) for d in doc_ids]
-                        for e in batch
-                    ]
-                )
-                loss = in_batch_loss(queries, passages, relevant, config.scale)
-                optimizer.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
+                relevant = relevant_texts[corpus.name]
+                loss = _step(encoder, corpus, batch, relevant, rng, config, (optimizer, schedule))
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}")
             scores = {"step": step, **_dev_scores(encoder, corpora)}
             history.append(scores)
             log.info("held-out hybrid NDCG@10 after step %d: %s", step, scores)
@@ -412,27 +465,8 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
         if checkpoint.exists():
             shutil.rmtree(checkpoint)
         shutil.copytree(base, checkpoint)
-    info: dict[str, Any] = {
-        "kind": "embedder",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base_model": str(base),
-        "config": json.loads(json.dumps(asdict(config), default=str)),
-        "datasets": {
-            c.name: {
-                "train_queries": len(c.train),
-                "dev_queries": len(c.dev),
-                "examples": len(examples[c.name]),
-            }
-            for c in corpora
-        },
-        "steps": step,
-        "steps_per_epoch": per_epoch,
-        "seconds": round(time.perf_counter() - started, 1),
-        "selection": "best mean held-out NDCG@10 of the hybrid list (linear, min-max, top 100)",
-        "history": history,
-        "chosen": best,
-        "versions": package_versions(),
-    }
+    run = {"steps": step, "steps_per_epoch": per_epoch, "seconds": time.perf_counter() - started}
+    info = _info(config, base, corpora, examples, run, history, best)
     (checkpoint / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     from export.onnx_export import add_encoder_int8, export_encoder
 
