@@ -334,7 +334,8 @@ def train_student(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    device, bf16 = _device(config)
+    where = _device(config)
+    device, bf16 = where
     base = config.base_model if config.base_model is not None else shipped_weights_dir()
     tokenizer_json = Path(teacher["path"]) / "tokenizer.json"
     max_length = int(teacher["max_length"])
@@ -343,24 +344,8 @@ def train_student(
     train_features = encode_groups(train_groups, tokenizer_json, max_length)
     dev_features = encode_groups(dev_groups, tokenizer_json, max_length)
     teacher_logits = [torch.from_numpy(g.teacher.astype(np.float32)) for g in train_groups]
-    steps_per_epoch = -(-len(train_groups) // config.queries_per_step)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    optimizer, scheduler = adamw_with_warmup(
-        model,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        total_steps=total,
-    )
-    log.info(
-        "distilling %d-layer student of %s from %s: %d train queries (%d pairs), %d held-out, "
-        "%s loss, %d steps of %d queries, device %s, bf16 %s, threads %d",
-        config.layers, base, teacher["model_id"], len(train_groups),
-        sum(len(g.passages) for g in train_groups), len(dev_groups), config.loss, total,
-        config.queries_per_step, device, bf16, torch.get_num_threads(),
-    )  # fmt: skip
+    source = f"{config.layers}-layer student of {base} from {teacher['model_id']}"
+    total, optimizers = _plan(model, config, train_groups, len(dev_groups), source, where)
     losses: list[float] = []
     curve: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -387,22 +372,16 @@ def train_student(
 
     model.train()
     step = 0
-    bar = tqdm(total=total, desc="distil", unit="step", disable=not progress)
-    with bar:
+    with tqdm(total=total, desc="distil", unit="step", disable=not progress) as bar:
         for epoch in range(config.epochs):
             order = np.random.default_rng([config.seed, epoch]).permutation(len(train_groups))
             for start in range(0, len(order), config.queries_per_step):
                 if step >= total:
                     break
                 chosen = order[start : start + config.queries_per_step].tolist()
-                rows = [f for i in chosen for f in train_features[i]]
-                sizes = [len(train_features[i]) for i in chosen]
-                target = torch.cat([teacher_logits[i] for i in chosen]).to(device)
-                losses.append(
-                    _step(
-                        model, (optimizer, scheduler), rows, sizes, target, config, (device, bf16)
-                    )
-                )
+                group_rows = [train_features[i] for i in chosen]
+                targets = [teacher_logits[i] for i in chosen]
+                losses.append(_step(model, optimizers, group_rows, targets, config, where))
                 step += 1
                 recent = losses[-50:]
                 bar.update(1)
@@ -415,22 +394,53 @@ def train_student(
         save_student(model, base, tokenizer_json, config.output_dir)
     elif not curve or curve[-1]["step"] != step:
         evaluate(step)
-    info = write_info(step)
-    return info
+    return write_info(step)
+
+
+def _plan(
+    model: PreTrainedModel,
+    config: DistillConfig,
+    train_groups: Sequence[CandidateGroup],
+    dev: int,
+    source: str,
+    where: tuple[torch.device, bool],
+) -> tuple[int, tuple[Any, Any]]:
+    """The steps to run, and the optimizer with its schedule over them (said in the log)."""
+    steps_per_epoch = -(-len(train_groups) // config.queries_per_step)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    log.info(
+        "distilling %s: %d train queries (%d pairs), %d held-out, %s loss, %d steps of %d "
+        "queries, device %s, bf16 %s, threads %d",
+        source, len(train_groups), sum(len(g.passages) for g in train_groups), dev, config.loss,
+        total, config.queries_per_step, where[0], where[1], torch.get_num_threads(),
+    )  # fmt: skip
+    optimizer, scheduler = adamw_with_warmup(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        total_steps=total,
+    )
+    return total, (optimizer, scheduler)
 
 
 def _step(
     model: PreTrainedModel,
     optimizers: tuple[Any, Any],
-    rows: list[Feature],
-    sizes: list[int],
-    target: torch.Tensor,
+    group_rows: list[list[Feature]],
+    targets: list[torch.Tensor],
     config: DistillConfig,
     where: tuple[torch.device, bool],
 ) -> float:
-    """One optimizer step on the queries whose candidate rows are ``rows``; its loss."""
+    """One optimizer step on some queries' candidate rows and the teacher's logits of them;
+    its loss."""
     optimizer, scheduler = optimizers
     device, bf16 = where
+    rows = [row for group in group_rows for row in group]
+    sizes = [len(group) for group in group_rows]
+    target = torch.cat(targets).to(device)
     batch = collate(rows, 0, device)
     with autocast(device, bf16):
         logits = head_scores(model(**batch).logits.float())
