@@ -369,7 +369,7 @@ def lengths_cmd(**options: Any) -> None:
 
 
 def run_lengths_bench(a: LengthsBenchArgs) -> None:
-    from reranker.rerank.scorer import CPU, Scorer, default_model_dir
+    from reranker.rerank.scorer import default_model_dir
 
     chosen = parse_lengths(a.lengths)
     check_dataset(a.dataset)
@@ -380,31 +380,7 @@ def run_lengths_bench(a: LengthsBenchArgs) -> None:
     selection = select_pairs(a.dataset, a.n_pairs)
     pairs = list(selection.pairs)
     say(f"{len(pairs)} pairs: query {selection.query_id} from {a.dataset}")
-    backends: list[Backend] = []
-    for length in chosen:
-        try:
-            s = Scorer(
-                model_dir,
-                providers=[CPU],
-                variant=a.variant,
-                threads=a.threads,
-                max_batch_size=a.batch_size,
-                max_batch_tokens=MAX_BATCH_TOKENS,  # the Scorer's default, as eval and serve run
-                max_length=length,
-            )
-        except RerankerError as exc:
-            raise click.ClickException(f"max length {length}: {exc}") from exc
-        if s.max_length != length:
-            raise click.ClickException(
-                f"max length {length} is beyond {model_dir}'s position limit ({s.max_length})"
-            )
-        run = s.score
-        if s.feature_names:  # a first-stage-aware model: its cost does not depend on the values
-            features = np.random.default_rng(0).random(
-                (len(pairs), len(s.feature_names)), dtype=np.float32
-            )
-            run = functools.partial(s.score, features=features)
-        backends.append(Backend(name=f"len{length}", run=run, dims=dims, info={"scorer": s}))
+    backends = [_length_backend(model_dir, length, a, dims, pairs) for length in chosen]
     for b in backends:
         b.scores = np.asarray(b.run(pairs), dtype=np.float32)
     load_per_repeat: list[float] = []
@@ -422,26 +398,7 @@ def run_lengths_bench(a: LengthsBenchArgs) -> None:
     reference = next((b for b in backends if b.info["scorer"].max_length == MAX_LENGTH), None)
     rows: dict[str, dict[str, Any]] = {}
     for b in backends:
-        s = b.info["scorer"]
-        stats = s.last_stats
-        ms = median_ms(b.seconds)
-        useful = sum(dims.flops(n) for n in pair_lengths(s, pairs))
-        row: dict[str, Any] = {
-            "max_length": s.max_length,
-            "ms": round(ms, 1),
-            "pairs_per_s": round(len(pairs) / (ms / 1000.0), 2),
-            "runs_ms": [round(x * 1000.0, 1) for x in b.seconds],
-            "tokens": stats.tokens,
-            "mean_tokens": round(stats.tokens / max(1, stats.pairs), 1),
-            "padded_tokens": stats.padded_tokens,
-            "truncated_pairs": stats.truncated,
-            "gflop": round(useful / 1e9, 2),
-            "gflops": round(useful / (ms / 1000.0) / 1e9, 2),
-        }
-        if reference is not None and reference.scores is not None and b.scores is not None:
-            ref_ms = median_ms(reference.seconds)
-            row["ms_vs_256"] = round(ms / ref_ms, 3)
-            row["max_abs_diff_vs_256"] = round(float(np.abs(b.scores - reference.scores).max()), 4)
+        row = _length_row(b, dims, pairs, reference)
         rows[b.name] = row
     payload: dict[str, Any] = {
         "model": str(model_dir),
@@ -477,6 +434,65 @@ def run_lengths_bench(a: LengthsBenchArgs) -> None:
         a.output.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(a.output, payload)
         say(f"wrote {a.output}")
+
+
+def _length_backend(
+    model_dir: Path, length: int, a: LengthsBenchArgs, dims: ModelDims, pairs: list[Pair]
+) -> Backend:
+    """The ONNX scorer at max length ``length`` (a first-stage-aware one fed random
+    features: its cost does not depend on their values)."""
+    from reranker.rerank.scorer import CPU, Scorer
+
+    try:
+        s = Scorer(
+            model_dir,
+            providers=[CPU],
+            variant=a.variant,
+            threads=a.threads,
+            max_batch_size=a.batch_size,
+            max_batch_tokens=MAX_BATCH_TOKENS,  # the Scorer's default, as eval and serve run
+            max_length=length,
+        )
+    except RerankerError as exc:
+        raise click.ClickException(f"max length {length}: {exc}") from exc
+    if s.max_length != length:
+        raise click.ClickException(
+            f"max length {length} is beyond {model_dir}'s position limit ({s.max_length})"
+        )
+    run = s.score
+    if s.feature_names:  # a first-stage-aware model: its cost does not depend on the values
+        features = np.random.default_rng(0).random(
+            (len(pairs), len(s.feature_names)), dtype=np.float32
+        )
+        run = functools.partial(s.score, features=features)
+    return Backend(name=f"len{length}", run=run, dims=dims, info={"scorer": s})
+
+
+def _length_row(
+    b: Backend, dims: ModelDims, pairs: list[Pair], reference: Backend | None
+) -> dict[str, Any]:
+    """One length's row: time, throughput, tokens, FLOPs, and the scores' distance to 256's."""
+    s = b.info["scorer"]
+    stats = s.last_stats
+    ms = median_ms(b.seconds)
+    useful = sum(dims.flops(n) for n in pair_lengths(s, pairs))
+    row: dict[str, Any] = {
+        "max_length": s.max_length,
+        "ms": round(ms, 1),
+        "pairs_per_s": round(len(pairs) / (ms / 1000.0), 2),
+        "runs_ms": [round(x * 1000.0, 1) for x in b.seconds],
+        "tokens": stats.tokens,
+        "mean_tokens": round(stats.tokens / max(1, stats.pairs), 1),
+        "padded_tokens": stats.padded_tokens,
+        "truncated_pairs": stats.truncated,
+        "gflop": round(useful / 1e9, 2),
+        "gflops": round(useful / (ms / 1000.0) / 1e9, 2),
+    }
+    if reference is not None and reference.scores is not None and b.scores is not None:
+        ref_ms = median_ms(reference.seconds)
+        row["ms_vs_256"] = round(ms / ref_ms, 3)
+        row["max_abs_diff_vs_256"] = round(float(np.abs(b.scores - reference.scores).max()), 4)
+    return row
 
 
 @bench.command("length-curve")
