@@ -201,17 +201,7 @@ def scorer_cmd(**options: Any) -> None:
 
 
 def run_scorer_bench(a: ScorerBenchArgs) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    _check_inputs(a.dataset, a.model, a.checkpoint)
-    if a.use_torch:
-        require_torch()
-        import torch
-
-        torch.set_num_threads(a.threads)
-    elif a.model is None:
-        raise click.ClickException("--no-torch needs --model (an exported model folder)")
-
+    _prepare_scorer_bench(a)
     load_before = load_average()
     notes: list[str] = []
     selection = select_pairs(a.dataset, a.n_pairs)
@@ -290,6 +280,20 @@ def run_scorer_bench(a: ScorerBenchArgs) -> None:
         "notes": notes,
     }
     print_report(payload, results, lengths, a.output)
+
+
+def _prepare_scorer_bench(a: ScorerBenchArgs) -> None:
+    """Offline transformers, the inputs checked, torch's threads (or a model for --no-torch)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _check_inputs(a.dataset, a.model, a.checkpoint)
+    if a.use_torch:
+        require_torch()
+        import torch
+
+        torch.set_num_threads(a.threads)
+    elif a.model is None:
+        raise click.ClickException("--no-torch needs --model (an exported model folder)")
 
 
 def _check_inputs(dataset: Path, model: Path | None, checkpoint: Path | None) -> None:

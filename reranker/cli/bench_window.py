@@ -15,6 +15,7 @@ from reranker.evaluation.lengths import parse_lengths
 from reranker.evaluation.peaks import load_average, machine_info
 from reranker.evaluation.speed import (
     GAP_S,
+    WindowStep,
     check_dataset,
     percentile_ms,
     say,
@@ -103,10 +104,7 @@ def window_cmd(ctx: click.Context, /, **options: Any) -> None:
 def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
     from reranker.es.client import make_client
     from reranker.evaluation.runs import judged_queries
-    from reranker.metrics import ranking_metrics
     from reranker.models import SHIPPED_MODELS_DIR
-    from reranker.rerank.pipeline import QueryPath, build_pipeline
-    from reranker.rerank.scorer import load_scorer
     from reranker.retrieval.embedder import Embedder
 
     baseline = a.baseline or SHIPPED_MODELS_DIR / "reranker-minilm-l6"
@@ -120,19 +118,7 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
     client = make_client(ctx.obj)
     encoder = Embedder.default(ctx.obj)
     steps = window_ladder(baseline, model, chosen, a.cascade_k)
-    pipelines = []
-    for step in steps:
-        scorer = load_scorer(step.model, a.variant, max_length=step.max_length)  # as serve loads
-        path = QueryPath(
-            index=alias,
-            window=a.window,
-            model=step.model,
-            variant=a.variant,
-            max_length=step.max_length,
-            cascade_model=Path("first-stage") if step.cascade_k else None,
-            cascade_k=step.cascade_k,
-        )
-        pipelines.append(build_pipeline(path, client, encoder, scorer=scorer))
+    pipelines = [_pipeline(step, a, alias, client, encoder) for step in steps]
     stage = pipelines[0].first_stage
     assert stage is not None
     vectors = dict(zip(queries, stage.embed(list(queries.values())), strict=True))
@@ -163,23 +149,7 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
                     f"{s.name} {percentile_ms(seconds[i], 50):.0f} ms" for i, s in enumerate(steps)
                 )
             )
-    rows = []
-    for i, step in enumerate(steps):
-        length = max_length_of(pipelines[i].scorer)
-        p50 = percentile_ms(seconds[i], 50)
-        row: dict[str, Any] = {
-            "step": step.name,
-            "model": str(step.model),
-            "max_length": length,
-            "cascade_k": step.cascade_k,
-            "p50_ms": round(p50, 1),
-            "p90_ms": round(percentile_ms(seconds[i], 90), 1),
-            "mean_ms": round(float(np.mean(seconds[i])) * 1000.0, 1),
-            "ndcg@10": round(ranking_metrics(qrels, runs[i])["nDCG@10"], 4),
-        }
-        row["x_baseline"] = round(p50 / percentile_ms(seconds[0], 50), 3)
-        row["x_previous"] = round(p50 / percentile_ms(seconds[max(0, i - 1)], 50), 3)
-        rows.append(row)
+    rows = _rows(steps, pipelines, seconds, runs, qrels)
     payload: dict[str, Any] = {
         "dataset": str(a.dataset),
         "index": alias,
@@ -204,3 +174,52 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
         a.output.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(a.output, payload)
         say(f"wrote {a.output}")
+
+
+def _pipeline(step: WindowStep, a: WindowBenchArgs, alias: str, client: Any, encoder: Any) -> Any:
+    """The pipeline of one step of the ladder, its scorer loaded as ``serve`` loads it."""
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
+    from reranker.rerank.scorer import load_scorer
+
+    scorer = load_scorer(step.model, a.variant, max_length=step.max_length)  # as serve loads
+    path = QueryPath(
+        index=alias,
+        window=a.window,
+        model=step.model,
+        variant=a.variant,
+        max_length=step.max_length,
+        cascade_model=Path("first-stage") if step.cascade_k else None,
+        cascade_k=step.cascade_k,
+    )
+    return build_pipeline(path, client, encoder, scorer=scorer)
+
+
+def _rows(
+    steps: list[WindowStep],
+    pipelines: list[Any],
+    seconds: list[list[float]],
+    runs: list[dict[str, dict[str, float]]],
+    qrels: Any,
+) -> list[dict[str, Any]]:
+    """Each step's latency (p50, p90, mean; ratios to the baseline and the step before) and
+    NDCG@10 on the windows it reranked."""
+    from reranker.metrics import ranking_metrics
+
+    rows = []
+    for i, step in enumerate(steps):
+        length = max_length_of(pipelines[i].scorer)
+        p50 = percentile_ms(seconds[i], 50)
+        row: dict[str, Any] = {
+            "step": step.name,
+            "model": str(step.model),
+            "max_length": length,
+            "cascade_k": step.cascade_k,
+            "p50_ms": round(p50, 1),
+            "p90_ms": round(percentile_ms(seconds[i], 90), 1),
+            "mean_ms": round(float(np.mean(seconds[i])) * 1000.0, 1),
+            "ndcg@10": round(ranking_metrics(qrels, runs[i])["nDCG@10"], 4),
+        }
+        row["x_baseline"] = round(p50 / percentile_ms(seconds[0], 50), 3)
+        row["x_previous"] = round(p50 / percentile_ms(seconds[max(0, i - 1)], 50), 3)
+        rows.append(row)
+    return rows

@@ -1,5 +1,5 @@
-"""The repository's shape, kept: modules small enough to read, a short README, and tests that
-share helpers through helper modules rather than through each other."""
+"""The repository's shape, kept: modules and functions small enough to read, a short README,
+and tests that share helpers through helper modules rather than through each other."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 MAX_MODULE_LINES = 700
 MAX_README_LINES = 150
+MAX_FUNCTION_LINES = 80
 
 
 def test_no_module_of_the_package_is_over_700_lines() -> None:
@@ -19,6 +20,17 @@ def test_no_module_of_the_package_is_over_700_lines() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def test_no_function_of_the_package_is_over_80_lines() -> None:
+    long = []
+    for path in (REPO / "reranker").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}: {node.name} ({lines} lines)")
+    assert long == []
 
 
 def test_the_readme_fits_in_150_lines() -> None:
