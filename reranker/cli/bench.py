@@ -52,7 +52,6 @@ from reranker.errors import RerankerError
 from reranker.evaluation.lengths import length_curve, pair_lengths, parse_lengths
 from reranker.evaluation.peaks import ModelDims, load_average, machine_info, measure_peaks
 from reranker.evaluation.speed import (
-    GAP_S,
     HEAD_SEED,
     MAX_BATCH_TOKENS,
     MAX_LENGTH,
@@ -387,18 +386,7 @@ def run_lengths_bench(a: LengthsBenchArgs) -> None:
     backends = [_length_backend(model_dir, length, a, dims, pairs) for length in chosen]
     for b in backends:
         b.scores = np.asarray(b.run(pairs), dtype=np.float32)
-    load_per_repeat: list[float] = []
-    for r in range(a.repeats):
-        for b in backends:
-            time.sleep(GAP_S)
-            started = time.perf_counter()
-            b.run(pairs)
-            b.seconds.append(time.perf_counter() - started)
-        load_per_repeat.extend(load_average()[:1])
-        say(
-            f"repeat {r + 1}/{a.repeats}: "
-            + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
-        )
+    _, load_per_repeat = timed_repeats(backends, pairs, a.repeats)
     reference = next((b for b in backends if b.info["scorer"].max_length == MAX_LENGTH), None)
     rows: dict[str, dict[str, Any]] = {}
     for b in backends:

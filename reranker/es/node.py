@@ -270,13 +270,7 @@ class LocalNode:
         answer = ask_node(self.url, creds=self.credentials)
         if answer is not None and self._is_ours(answer, pid):
             if answer.health in {"green", "yellow"}:
-                return self._status(
-                    True,
-                    pid,
-                    answer.version,
-                    f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
-                    f"health {answer.health})",
-                )
+                return self._running(pid, answer)
             return self._status(
                 False,
                 pid,
@@ -365,6 +359,15 @@ class LocalNode:
         )
 
     # -- internals
+    def _running(self, pid: int, answer: NodeAnswer) -> NodeStatus:
+        return self._status(
+            True,
+            pid,
+            answer.version,
+            f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
+            f"health {answer.health})",
+        )
+
     def _status(
         self, running: bool, pid: int | None, version: str | None, message: str
     ) -> NodeStatus:
@@ -615,13 +618,7 @@ class LocalNode:
                 and self._is_ours(answer, pid)
                 and answer.health in {"green", "yellow"}
             ):
-                return self._status(
-                    True,
-                    pid,
-                    answer.version,
-                    f"Elasticsearch {answer.version} runs at {self.url} (pid {pid}, "
-                    f"health {answer.health})",
-                )
+                return self._running(pid, answer)
             if answer is not None and answer.cluster_name not in (None, CLUSTER_NAME):
                 raise NodeError(describe_other(self.port, answer))
             if time.monotonic() > deadline:

@@ -440,13 +440,14 @@ def timed_repeats(
     backends: Sequence[Backend],
     pairs: Sequence[Pair],
     repeats: int,
-    threads: int,
-    peaks: dict[str, float],
+    threads: int | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> tuple[list[dict[str, float]], list[float]]:
     """``repeats`` rounds, each timing every backend once in turn (into ``Backend.seconds``)
-    and sampling the matmul peaks again between rounds; returns the peak samples (``peaks``
-    first) and the 1-minute load average after each round."""
-    peak_samples = [peaks]
+    and, given ``peaks`` and ``threads``, sampling the matmul peaks again between rounds;
+    returns the peak samples (``peaks`` first) and the 1-minute load average after each
+    round."""
+    peak_samples = [peaks] if peaks is not None else []
     load_per_repeat: list[float] = []
     for r in range(repeats):
         for b in backends:
@@ -459,7 +460,7 @@ def timed_repeats(
             f"repeat {r + 1}/{repeats}: "
             + ", ".join(f"{b.name} {b.seconds[-1] * 1000:.0f} ms" for b in backends)
         )
-        if r + 1 < repeats:
+        if peaks is not None and threads is not None and r + 1 < repeats:
             # sample the peaks again between rounds: the best sample is the least disturbed
             peak_samples.append(measure_peaks(threads, repeats=2)[0])
     return peak_samples, load_per_repeat
