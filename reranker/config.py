@@ -58,6 +58,8 @@ class Settings:
     request_timeout_s: float = 30.0
     home: Path = field(default_factory=reranker_home)
     embedder: Path | None = None
+    #: the key remote rerank endpoints want (``--scorer-url``; the proxy's setting of the name)
+    scorer_api_key: str | None = field(default=None, repr=False)
     """An embedder folder (``reranker train-embedder``'s ``embedder/``) to use instead of the
     shipped all-MiniLM-L6-v2 for indexing and queries (``--embedder``, ``RERANKER_EMBEDDER``)."""
 
@@ -93,6 +95,7 @@ class Settings:
             "embedder": Path(os.environ["RERANKER_EMBEDDER"])
             if os.environ.get("RERANKER_EMBEDDER")
             else None,
+            "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["es_api_key"] and not values["es_username"]:

@@ -224,6 +224,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             max_length=a.max_length,
             score_cache=ctx.obj.home / "scores" if a.score_cache else None,
             scorer_urls=a.scorer_urls,
+            scorer_api_key=ctx.obj.scorer_api_key,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
         )

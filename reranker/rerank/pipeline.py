@@ -10,7 +10,6 @@ calls :meth:`Pipeline.search`, the proxy (which runs its own async first stage)
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -545,6 +544,8 @@ class QueryPath:
     scorer_urls: tuple[str, ...] = ()
     """Rerank endpoints to score through instead of loading ``model`` (see
     :mod:`reranker.rerank.remote`)."""
+    scorer_api_key: str | None = field(default=None, repr=False)
+    """The key those endpoints want (``Settings.scorer_api_key``)."""
     cascade_model: Path | None = None
     """A cascade's student (an exported cross-encoder from `reranker distill`): it scores the
     whole window, the full model only its top ``cascade_k``; ``None`` = no cascade."""
@@ -564,9 +565,7 @@ def scorer_for(path: QueryPath) -> PairScorer:
             raise ConfigError(
                 "a max length applies to a local model: a remote scorer truncates at its own"
             )
-        scorer = RemoteScorer(
-            path.scorer_urls, api_key=os.environ.get("RERANKER_PROXY_SCORER_API_KEY")
-        )
+        scorer = RemoteScorer(path.scorer_urls, api_key=path.scorer_api_key)
     else:
         scorer = load_scorer(path.model, path.variant, max_length=path.max_length)
     if path.score_cache is None:
