@@ -376,7 +376,8 @@ def run_distill(ctx: click.Context, a: DistillArgs) -> None:
     import logging
 
     from reranker.es.indexing import default_cache
-    from reranker.training.distill import DistillConfig, check_output_dir, distill
+    from reranker.training.distill import check_output_dir, distill
+    from reranker.training.distill_config import DistillConfig
     from reranker.training.distill_data import load_teacher, query_splits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

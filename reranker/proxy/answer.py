@@ -4,13 +4,16 @@ explanation, its stage timings, and the request-log document Kibana reads."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from reranker.proxy.blends import NamedBlend
 from reranker.proxy.candidates import FirstStageResult, split_key
 from reranker.proxy.request import (
     Page,
     RerankSpec,
+    SourceFilter,
     filter_source,
 )
 from reranker.rerank.pipeline import (
@@ -19,8 +22,18 @@ from reranker.rerank.pipeline import (
 )
 from reranker.rerank.scorer import ServedScorer
 
-if TYPE_CHECKING:
-    from reranker.proxy.rerank import Plan
+
+@dataclass(frozen=True)
+class Plan:
+    """What an admitted search will do: its validated spec, the page shown, the source
+    filter, the query text the cross-encoder reads and the blend that orders the window."""
+
+    spec: RerankSpec
+    pages: Page
+    sources: SourceFilter
+    text: str
+    blend: NamedBlend | None
+
 
 #: the stages whose time is measured (the rest of a request's time is its overhead)
 STAGES = ("embed", "es", "rerank", "blend", "scorer_queue")

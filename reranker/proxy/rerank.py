@@ -27,7 +27,14 @@ from starlette.requests import Request
 from reranker.errors import ConfigError
 from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
 from reranker.proxy import errors
-from reranker.proxy.answer import STAGES, answer_model, log_document, search_answer, stage_timings
+from reranker.proxy.answer import (
+    STAGES,
+    Plan,
+    answer_model,
+    log_document,
+    search_answer,
+    stage_timings,
+)
 from reranker.proxy.blends import BlendCatalog, NamedBlend
 from reranker.proxy.budget import Budget, scorer_share_s
 from reranker.proxy.candidates import FirstStageResult, read_hits, search_es
@@ -43,7 +50,6 @@ from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.reload import LoadedModels
 from reranker.proxy.request import (
     CONSUMED_PARAMS,
-    Page,
     RerankSpec,
     SourceFilter,
     check_compatible,
@@ -109,18 +115,6 @@ class SearchRequest:
     body: dict[str, Any]
     params: dict[str, str]
     started: float  # time.perf_counter() when the search arrived
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What an admitted search will do: its validated spec, the page shown, the source
-    filter, the query text the cross-encoder reads and the blend that orders the window."""
-
-    spec: RerankSpec
-    pages: Page
-    sources: SourceFilter
-    text: str
-    blend: NamedBlend | None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from reranker.rerank.scorer import PairScorer, Scorer
     from reranker.retrieval.embed_cache import TextEncoder
-    from reranker.training.distill import DistillConfig
+    from reranker.training.distill_config import DistillConfig
 
 
 @dataclass

@@ -47,7 +47,8 @@ class ForeignEmbedder:
 def test_distill_rebuilds_an_index_of_another_embedders_vectors_before_mining(
     es_client: Elasticsearch, embedder: Embedder, tmp_path: Path
 ) -> None:
-    from reranker.training.distill import DistillConfig, distill
+    from reranker.training.distill import distill
+    from reranker.training.distill_config import DistillConfig
 
     dataset = write_mini_scifact(tmp_path / f"distillmini{uuid.uuid4().hex[:8]}", "train", 12, 60)
     alias = f"beir-{dataset.name}"

@@ -16,7 +16,8 @@ from reranker.cli import main
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reranker.training.distill import DistillConfig, train_student  # noqa: E402
+from reranker.training.distill import train_student  # noqa: E402
+from reranker.training.distill_config import DistillConfig  # noqa: E402
 from reranker.training.distill_data import (  # noqa: E402  (after the importorskip of torch)
     CandidateGroup,
     sample_ranks,
