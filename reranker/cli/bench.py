@@ -70,6 +70,7 @@ from reranker.evaluation.speed import (
     say,
     select_pairs,
     timed_repeats,
+    write_report,
 )
 from reranker.models import (
     CROSS_ENCODER_CARD,
@@ -422,10 +423,7 @@ def run_lengths_bench(a: LengthsBenchArgs) -> None:
             f"{row['max_length']:>7}{row['ms']:>9.1f}{row['pairs_per_s']:>9.1f}"
             f"{row['mean_tokens']:>10.1f}{row['truncated_pairs']:>5}{row['gflop']:>8.2f}"
         )
-    if a.output is not None:
-        a.output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(a.output, payload)
-        say(f"wrote {a.output}")
+    write_report(a.output, payload)
 
 
 def _length_backend(

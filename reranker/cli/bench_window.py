@@ -20,9 +20,7 @@ from reranker.evaluation.speed import (
     percentile_ms,
     say,
     window_ladder,
-)
-from reranker.models import (
-    write_json_atomic,
+    write_report,
 )
 from reranker.rerank.capabilities import max_length_of
 
@@ -170,10 +168,7 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
             f"{row['step']:<28}{row['p50_ms']:>9.1f}{row['p90_ms']:>9.1f}"
             f"{row['x_baseline']:>8.3f}{row['x_previous']:>8.3f}{row['ndcg@10']:>9.4f}"
         )
-    if a.output is not None:
-        a.output.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(a.output, payload)
-        say(f"wrote {a.output}")
+    write_report(a.output, payload)
 
 
 def _pipeline(step: WindowStep, a: WindowBenchArgs, alias: str, client: Any, encoder: Any) -> Any:

@@ -614,6 +614,11 @@ def print_report(
     click.echo(format_table(results))
     for note in payload["notes"]:
         click.echo(f"note: {note}")
+    write_report(output, payload)
+
+
+def write_report(output: Path | None, payload: dict[str, Any]) -> None:
+    """A benchmark's JSON into ``output`` (its folder made), when one is given."""
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output, payload)
