@@ -43,6 +43,7 @@ from reranker.config import Settings
 from reranker.corpus import load_qrels, load_queries
 from reranker.es.client import make_client
 from reranker.feedback import judgments as j
+from reranker.feedback.agreement import agreement
 from reranker.feedback.click_sim import NOTE, RANKERS, UserModel, pick_queries, simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def judge_all(
             "queries_judged": len(judged.qrels),
             "grades": dict(sorted(grades.items())),
             "by_position": {str(k): round(v, 4) for k, v in fitted.positions.items()},
-            "agreement": j.agreement(judged, truth),
+            "agreement": agreement(judged, truth),
         }
         if model == "pbm":
             out[key]["em"] = {"iterations": fitted.iterations, "converged": fitted.converged}
@@ -146,7 +147,7 @@ def judge_all(
     )
     out[f"ctr_same_pairs_as_pbm_min_examinations_{min_examinations:g}"] = {
         "pairs_judged": same.pairs_kept,
-        "agreement": j.agreement(same, truth),
+        "agreement": agreement(same, truth),
     }
     return out
 

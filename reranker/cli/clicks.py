@@ -34,6 +34,7 @@ class JudgmentsArgs:
     thresholds: str | None
     max_position: int | None
     max_session_searches: int
+    max_owner_share: float
     min_examinations: float
     prior_strength: float
     iterations: int
@@ -113,6 +114,15 @@ class JudgmentsArgs:
     "one search per query.",
 )
 @click.option(
+    "--max-owner-share",
+    type=click.FloatRange(min=0.5, max=1.0, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Where several proxy clients (API keys) searched a query, the most of its searches "
+    "one client may hold (0.5 to below 1); its later ones are dropped. A query only one "
+    "client searched is kept whole.",
+)
+@click.option(
     "--min-examinations",
     type=float,
     default=0.0,
@@ -157,6 +167,7 @@ def judgments_cmd(ctx: click.Context, /, **options: Any) -> None:
 def run_judgments(ctx: click.Context, a: JudgmentsArgs) -> None:
     from reranker.corpus import load_queries
     from reranker.feedback import judgments as j
+    from reranker.feedback.agreement import agreement
     from reranker.training.data import read_qrels
 
     if a.min_impressions < 1:
@@ -172,7 +183,10 @@ def run_judgments(ctx: click.Context, a: JudgmentsArgs) -> None:
         settings: Settings = ctx.obj
         events = j.read_events_es(make_client(settings), a.events_index, application=a.application)
     counts, seen = j.count_clicks(
-        events, max_position=a.max_position, max_session_searches=a.max_session_searches
+        events,
+        max_position=a.max_position,
+        max_session_searches=a.max_session_searches,
+        max_owner_share=a.max_owner_share,
     )
     j.require_impressions(counts, seen)
     options: dict[str, Any] = {}
@@ -203,6 +217,7 @@ def run_judgments(ctx: click.Context, a: JudgmentsArgs) -> None:
         "min_impressions": a.min_impressions,
         "min_examinations": a.min_examinations,
         "max_session_searches": a.max_session_searches,
+        "max_owner_share": a.max_owner_share,
         "events": seen.events,
         "searches": seen.searches,
         "impressions": seen.impressions,
@@ -220,7 +235,7 @@ def run_judgments(ctx: click.Context, a: JudgmentsArgs) -> None:
         else None,
     }
     if truth is not None:
-        summary["agreement"] = j.agreement(judged, truth)
+        summary["agreement"] = agreement(judged, truth)
     if a.report is not None:
         j.write_atomically(a.report, json.dumps(summary, indent=2) + "\n")
     _echo_json(summary)

@@ -52,7 +52,6 @@ import numpy as np
 
 from reranker.corpus import Qrels
 from reranker.errors import ConfigError, MalformedLineError, SourceError
-from reranker.metrics import ndcg_at_10
 
 CLICK_ACTIONS = ("click", "click_through")
 IMPRESSION_ACTIONS = ("impression",)
@@ -66,9 +65,23 @@ DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
 DEFAULT_MIN_IMPRESSIONS = 10
 #: a session with more searches than this in the events is taken for a bot and dropped
 DEFAULT_MAX_SESSION_SEARCHES = 100
+#: where several proxy clients searched a query, the most of its counted searches one client
+#: may hold (its searches beyond that, the latest first, are dropped): no client outvotes the
+#: others together, however many sessions it invents
+DEFAULT_MAX_OWNER_SHARE = 0.5
 
 Pair = tuple[str, str]
 """(query text, document id)"""
+#: what :func:`count_clicks` reads of an event (who made it weighs as much as what it says)
+EVENT_FIELDS = (
+    "query_id",
+    "action_name",
+    "user_query",
+    "event_attributes",
+    "session_id",
+    "client_id",
+    "reranker.owner",
+)
 
 
 def normalise_query(text: str) -> str:
@@ -122,7 +135,7 @@ def read_events_es(
             index=index,
             query={"query": {"bool": {"filter": filters}}},
             size=2000,
-            _source_includes=["query_id", "action_name", "user_query", "event_attributes"],
+            _source_includes=[*EVENT_FIELDS],
         ):
             yield hit["_source"]
     except NotFoundError:
@@ -215,14 +228,17 @@ def count_clicks(
     *,
     max_position: int | None = None,
     max_session_searches: int | None = DEFAULT_MAX_SESSION_SEARCHES,
+    max_owner_share: float | None = DEFAULT_MAX_OWNER_SHARE,
 ) -> tuple[ClickCounts, EventReport]:
     """Per search: the results shown (impressions, and clicks, which imply them) and whether
     each was clicked; summed per (pair, position).
 
     Each session weighs at most one search per query: its first (a session that searches the
     same words again, or a client replaying one, does not multiply its votes). A session with
-    more than ``max_session_searches`` searches is taken for a bot and dropped whole. Both are
-    counted in the report's ``skipped``."""
+    more than ``max_session_searches`` searches is taken for a bot and dropped whole. Where
+    several proxy clients (owners) searched a query, none keeps more than ``max_owner_share``
+    of its searches (:func:`cap_owner_shares`). All three are counted in the report's
+    ``skipped``."""
     report = EventReport()
     shown: dict[str, dict[str, int]] = {}  # query_id → object → position
     clicked: dict[str, set[str]] = {}
@@ -251,12 +267,34 @@ def count_clicks(
                 report.clicks_without_impression += 1
             clicked.setdefault(query_id, set()).add(object_id)
         results.setdefault(object_id, ordinal)
+    kept = _one_search_per_session(shown, texts, sessions, max_session_searches, report)
+    if max_owner_share is not None:
+        kept = cap_owner_shares(kept, max_owner_share, report)
+    counts = ClickCounts()
+    for query_id, text, _ in kept:
+        report.searches += 1
+        hits = clicked.get(query_id, set())
+        for object_id, position in shown[query_id].items():
+            counts.add((text, object_id), position, object_id in hits)
+            report.impressions += 1
+            report.clicks += int(object_id in hits)
+    return counts, report
+
+
+def _one_search_per_session(
+    shown: Mapping[str, Any],
+    texts: Mapping[str, str],
+    sessions: Mapping[str, tuple[str, str]],
+    max_session_searches: int | None,
+    report: EventReport,
+) -> list[tuple[str, str, str]]:
+    """(query id, query text, owner) of the searches that count, in the order first seen."""
     searches_of: dict[tuple[str, str], int] = {}
     for session in sessions.values():
         searches_of[session] = searches_of.get(session, 0) + 1
     counted: set[tuple[str, tuple[str, str]]] = set()  # (query text, session)
-    counts = ClickCounts()
-    for query_id, results in shown.items():
+    kept: list[tuple[str, str, str]] = []
+    for query_id in shown:
         text = texts.get(query_id)
         if text is None:
             report.skip("search without user_query")
@@ -269,13 +307,38 @@ def count_clicks(
             report.skip("repeat of a query in one session")
             continue
         counted.add((text, session))
-        report.searches += 1
-        hits = clicked.get(query_id, set())
-        for object_id, position in results.items():
-            counts.add((text, object_id), position, object_id in hits)
-            report.impressions += 1
-            report.clicks += int(object_id in hits)
-    return counts, report
+        kept.append((query_id, text, session[0]))
+    return kept
+
+
+def cap_owner_shares(
+    searches: Sequence[tuple[str, str, str]], share: float, report: EventReport
+) -> list[tuple[str, str, str]]:
+    """``searches`` ((query id, text, owner), in order) less each owner's searches beyond its
+    cap for that query text: at most ``share / (1 - share)`` times the other owners' searches
+    of it together (so at most ``share`` of them), and at least one. ``share`` is at least
+    0.5, so only a majority is ever cut and the others are kept whole. A query only one owner
+    searched is left whole (its data is all there is; a proxy without keys has one owner)."""
+    if not 0.5 <= share < 1.0:
+        raise ValueError(f"max_owner_share must be at least 0.5 and below 1, got {share}")
+    per_text: dict[str, dict[str, int]] = {}
+    for _, text, owner in searches:
+        owners = per_text.setdefault(text, {})
+        owners[owner] = owners.get(owner, 0) + 1
+    taken: dict[tuple[str, str], int] = {}
+    kept: list[tuple[str, str, str]] = []
+    for search in searches:
+        _, text, owner = search
+        owners = per_text[text]
+        if len(owners) > 1:
+            others = sum(owners.values()) - owners[owner]
+            cap = max(1, math.floor(share / (1.0 - share) * others + 1e-9))
+            if taken.get((text, owner), 0) >= cap:
+                report.skip(f"searches of one client beyond {share:g} of a query's")
+                continue
+        taken[(text, owner)] = taken.get((text, owner), 0) + 1
+        kept.append(search)
+    return kept
 
 
 def require_impressions(counts: ClickCounts, report: EventReport) -> None:
@@ -550,121 +613,3 @@ def queries_text(ids: Mapping[str, str]) -> str:
     """``queries.jsonl`` lines for {query text: id}."""
     rows = sorted((query_id, text) for text, query_id in ids.items())
     return "".join(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n" for q, t in rows)
-
-
-# --------------------------------------------------------------------------- agreement
-
-
-def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's τ-b of two paired samples (ties corrected); ``None`` when either is
-    constant. O(n²) in chunks: fine for the tens of thousands of pairs judged here."""
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
-    size = len(a)
-    concordant = discordant = ties_a = ties_b = 0.0
-    chunk = max(1, 1_000_000 // max(size, 1))
-    for start in range(0, size, chunk):
-        rows = slice(start, min(start + chunk, size))
-        da = np.sign(a[rows, None] - a[None, :])
-        db = np.sign(b[rows, None] - b[None, :])
-        upper = np.arange(size)[None, :] > np.arange(rows.start, rows.stop)[:, None]
-        product = (da * db)[upper]
-        concordant += float(np.sum(product > 0))
-        discordant += float(np.sum(product < 0))
-        ties_a += float(np.sum((da == 0)[upper] & (db != 0)[upper]))
-        ties_b += float(np.sum((db == 0)[upper] & (da != 0)[upper]))
-    denominator = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
-    if denominator == 0:
-        return None
-    return (concordant - discordant) / denominator
-
-
-def agreement(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
-    """How the click judgments agree with editorial qrels (``truth``; unjudged = grade 0),
-    over the judged pairs of queries ``truth`` has."""
-    scores: list[float] = []
-    grades: list[int] = []
-    given: list[int] = []
-    per_query_tau: list[float] = []
-    top_relevant = 0
-    queries = 0
-    for query_id, judged in sorted(judgments.scores.items()):
-        if query_id not in truth:
-            continue
-        queries += 1
-        docs = sorted(judged)
-        q_scores = [judged[d] for d in docs]
-        q_truth = [max(0, truth[query_id].get(d, 0)) for d in docs]
-        scores.extend(q_scores)
-        grades.extend(q_truth)
-        given.extend(judgments.qrels[query_id][d] for d in docs)
-        tau = kendall_tau_b(q_scores, q_truth)
-        if tau is not None:
-            per_query_tau.append(tau)
-        best = max(range(len(docs)), key=lambda i: (q_scores[i], -i))
-        top_relevant += int(q_truth[best] > 0)
-    if not scores:
-        return {"queries": 0, "pairs": 0}
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    relevant = np.asarray(grades)[order] > 0
-    total_relevant = int(relevant.sum())
-    precision_at: dict[str, float] = {}
-    for k in (10, 50, 100, 200, 500):
-        if k <= len(scores):
-            precision_at[str(k)] = round(float(relevant[:k].mean()), 4)
-    positive = np.asarray(given) > 0
-    truly = np.asarray(grades) > 0
-    confusion: dict[str, dict[str, int]] = {}
-    for judged_grade, true_grade in zip(given, grades, strict=True):
-        row = confusion.setdefault(str(true_grade), {})
-        row[str(judged_grade)] = row.get(str(judged_grade), 0) + 1
-    global_tau = kendall_tau_b(scores, grades)
-    by_grade: dict[int, list[float]] = {}
-    for score, true_grade in zip(scores, grades, strict=True):
-        by_grade.setdefault(true_grade, []).append(score)
-    return {
-        "queries": queries,
-        "pairs": len(scores),
-        "relevant_pairs": total_relevant,
-        "kendall_tau_b": None if global_tau is None else round(global_tau, 4),
-        "kendall_tau_b_per_query_mean": (
-            round(float(np.mean(per_query_tau)), 4) if per_query_tau else None
-        ),
-        "queries_with_tau": len(per_query_tau),
-        "top_pair_precision": precision_at,
-        "r_precision": (
-            round(float(relevant[:total_relevant].mean()), 4) if total_relevant else None
-        ),
-        "top1_relevant": round(top_relevant / queries, 4),
-        "graded_positive_precision": (
-            round(float(truly[positive].mean()), 4) if positive.any() else None
-        ),
-        "graded_positive_recall": (
-            round(float(positive[truly].mean()), 4) if truly.any() else None
-        ),
-        "exact_grade_agreement": round(float(np.mean(np.asarray(given) == np.asarray(grades))), 4),
-        "mean_score_by_true_grade": {
-            str(g): round(float(np.mean(v)), 4) for g, v in sorted(by_grade.items())
-        },
-        "confusion_true_by_judged": confusion,
-        **_list_quality(judgments, truth),
-    }
-
-
-def _list_quality(judgments: Judgments, truth: Qrels) -> dict[str, Any]:
-    """Per judged query, its documents ranked by click score, scored against ``truth``:
-    NDCG@10 (every relevant document of the query counts, shown or not), and the share of the
-    queries' relevant pairs that the judgments grade ≥ 1 (recovered)."""
-    queries = [q for q in judgments.scores if q in truth]
-    if not queries:
-        return {}
-    relevant = [(q, d) for q in queries for d, g in truth[q].items() if g > 0]
-    recovered = sum(judgments.qrels[q].get(d, 0) > 0 for q, d in relevant)
-    run = {q: {d: float(s) for d, s in judgments.scores[q].items()} for q in queries}
-    qrels = {q: {d: int(g) for d, g in truth[q].items()} for q in queries}
-    ndcg = ndcg_at_10(qrels, run)
-    return {
-        "ndcg@10_of_click_ranked_lists": round(float(ndcg), 4),
-        "relevant_pairs_of_judged_queries": len(relevant),
-        "relevant_pairs_recovered": round(recovered / len(relevant), 4) if relevant else None,
-    }

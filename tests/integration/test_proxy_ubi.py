@@ -479,3 +479,52 @@ async def test_a_flood_of_events_for_one_search_stops_at_its_quota(
     refused = [i for i in items if i["status"] == 429]
     assert len(refused) == 10
     assert {i["error"]["type"] for i in refused} == {"search_event_quota"}
+
+
+async def test_a_client_inventing_sessions_cannot_outgrade_what_other_clients_clicked(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str], events_index: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Alice's 4 users click the second hit; Mallory, in 12 invented sessions of one key,
+    clicks the first. Without a cap on one client's share the first would be graded above."""
+    alice = {"authorization": "ApiKey alice-key-123"}
+    mallory = {"authorization": "ApiKey mallory-key-456"}
+    settings = settings_for(
+        es_node, names, api_keys=("alice-key-123", "mallory-key-456"), ubi_events_index=events_index
+    )
+    search = {"query": QUERY, "size": 2, "ext": {"ubi": {"user_query": TEXT}}}
+    async with serving(settings) as http:
+        for who, sessions, clicked in ((alice, 4, 2), (mallory, 12, 1)):
+            for session in range(sessions):
+                answer = await http.post(f"/{names['docs']}/_search", json=search, headers=who)
+                query_id = answer.json()["ext"]["ubi"]["query_id"]
+                hits = [h["_id"] for h in answer.json()["hits"]["hits"]]
+                extra = {"session_id": f"{who['authorization'][7:12]}-{session}"}
+                posted = await http.post(
+                    "/_reranker/events",
+                    content=ndjson(
+                        ubi_event(query_id, "impression", hits[0], 1, **extra),
+                        ubi_event(query_id, "impression", hits[1], 2, **extra),
+                        ubi_event(query_id, "click", hits[clicked - 1], clicked, **extra),
+                    ),
+                    headers=who,
+                )
+                assert posted.json()["accepted"] == 3
+    es_client.indices.refresh(index=events_index)
+    output = tmp_path / "clicks.tsv"
+    result = CliRunner().invoke(
+        main,
+        [
+            "--es-url", es_node.url, "judgments", "--events-index", events_index,
+            "--model", "ctr", "--min-impressions", "1", "--output", str(output),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["searches"] == 8  # Mallory keeps as many as the others together
+    grades = {
+        doc: int(g)
+        for _, doc, g in (r.split("\t") for r in output.read_text().split("\n")[1:] if r)
+    }
+    forged, truth = hits
+    assert grades[forged] <= grades[truth]

@@ -14,16 +14,15 @@ from click.testing import CliRunner
 from reranker.cli import main
 from reranker.corpus import load_qrels
 from reranker.errors import ConfigError, SourceError
+from reranker.feedback.agreement import agreement, kendall_tau_b
 from reranker.feedback.judgments import (
     ClickCounts,
-    agreement,
     count_clicks,
     fit_coec,
     fit_ctr,
     fit_pbm,
     grade,
     judge,
-    kendall_tau_b,
     parse_thresholds,
 )
 
@@ -360,3 +359,50 @@ def test_a_session_with_more_searches_than_a_person_makes_is_dropped_whole() -> 
     assert report.skipped == {"search of a session with over 5 searches": 6}
     _, unbounded = count_clicks(bot + person, max_session_searches=None)
     assert unbounded.searches == 7
+
+
+def forged_and_honest(forgers: int, honest: int) -> list[dict[str, Any]]:
+    """A forging client (key-m), in many invented sessions, is shown "forged" then "truth" and
+    clicks "forged"; honest users of another client (key-h) were shown the same and clicked
+    "truth"."""
+    forged = [
+        e
+        for i in range(forgers)
+        for e in (event("impression", f"m{i}", "forged", 1, session=f"m{i}", owner="key-m"),
+                  event("impression", f"m{i}", "truth", 2, session=f"m{i}", owner="key-m"),
+                  event("click", f"m{i}", "forged", 1, session=f"m{i}", owner="key-m"))
+    ]  # fmt: skip
+    honest_events = [
+        e
+        for i in range(honest)
+        for e in (event("impression", f"h{i}", "forged", 1, session=f"h{i}", owner="key-h"),
+                  event("impression", f"h{i}", "truth", 2, session=f"h{i}", owner="key-h"),
+                  event("click", f"h{i}", "truth", 2, session=f"h{i}", owner="key-h"))
+    ]  # fmt: skip
+    return forged + honest_events
+
+
+def test_one_client_holds_at_most_its_share_of_a_querys_searches() -> None:
+    counts, report = count_clicks(forged_and_honest(forgers=12, honest=4))
+    assert report.searches == 8  # the forger keeps as many as the others together (share 0.5)
+    assert counts.clicks() == {("q one", "forged"): 4, ("q one", "truth"): 4}
+    assert report.skipped == {"searches of one client beyond 0.5 of a query's": 8}
+    _, higher = count_clicks(forged_and_honest(forgers=12, honest=4), max_owner_share=0.75)
+    assert higher.searches == 16  # 0.75 / 0.25 × 4 = 12: all the forger's are kept
+    with pytest.raises(ValueError, match="at least 0.5"):
+        count_clicks(forged_and_honest(forgers=1, honest=1), max_owner_share=0.2)
+
+
+def test_a_forging_client_cannot_outgrade_what_other_clients_clicked() -> None:
+    counts, _ = count_clicks(forged_and_honest(forgers=12, honest=4))
+    for fitted in (fit_ctr(counts), fit_pbm(counts)):  # the forger is held to a draw at most
+        assert fitted.scores[("q one", "forged")] <= fitted.scores[("q one", "truth")]
+    unbounded, _ = count_clicks(forged_and_honest(forgers=12, honest=4), max_owner_share=None)
+    for fitted in (fit_ctr(unbounded), fit_pbm(unbounded)):  # what the forger got uncapped
+        assert fitted.scores[("q one", "forged")] > fitted.scores[("q one", "truth")]
+
+
+def test_a_query_only_one_client_searched_keeps_all_its_searches() -> None:
+    counts, report = count_clicks(forged_and_honest(forgers=12, honest=0))
+    assert report.searches == 12
+    assert counts.clicks() == {("q one", "forged"): 12, ("q one", "truth"): 0}
