@@ -492,9 +492,10 @@ class Proxy:
                     "RERANKER_PROXY_UBI=true)",
                 )
             raw = await self._read_body(request)
-            return self.respond(
-                request, await accept_events(self.ubi, raw, owner=self._owner(request))
-            )
+            owner = self._owner(request)
+            address = f"address:{request.client.host}" if request.client else None
+            answer = await accept_events(self.ubi, raw, owner=owner, client=owner or address)
+            return self.respond(request, answer)
 
         return await self.guarded(request, handle, lambda: "events")
 

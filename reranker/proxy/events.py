@@ -366,10 +366,14 @@ def check_against(
     return None
 
 
-async def accept_events(ubi: UbiLog, raw: bytes, *, owner: str | None = None) -> dict[str, Any]:
+async def accept_events(
+    ubi: UbiLog, raw: bytes, *, owner: str | None = None, client: str | None = None
+) -> dict[str, Any]:
     """Check every event of the batch ``raw`` and queue the good ones; the answer's body.
     An event for a search another client (``owner``) made is refused as if the query id were
-    unknown: its answer says nothing about what that search showed."""
+    unknown: its answer says nothing about what that search showed. Each event that passes
+    its checks spends one of ``client``'s quota (its owner, else its address): none left is
+    429 ``client_event_quota``."""
     started = time.perf_counter()
     settings = ubi.settings
     entries = read_batch(
@@ -400,6 +404,14 @@ async def accept_events(ubi: UbiLog, raw: bytes, *, owner: str | None = None) ->
                     "search_event_quota",
                     f"query {entry.query_id} already has {per_search} events, this proxy's "
                     "limit for one search",
+                )
+            if outcome is None and not ubi.quotas.take(client or owner or ""):
+                outcome = Rejection(
+                    429,
+                    "client_event_quota",
+                    f"this client sent events faster than {settings.ubi_client_events_per_s:g} "
+                    f"a second for longer than a burst of {settings.ubi_max_events}; send this "
+                    f"event again in {ubi.quotas.retry_after_s():.2g} s",
                 )
             if outcome is None and shown is not None:
                 doc = dict(entry.doc)

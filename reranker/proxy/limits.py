@@ -1,8 +1,10 @@
-"""Backpressure and the scorer's circuit breaker (both in-process, event-loop side)."""
+"""Backpressure, per-client quotas and the scorer's circuit breaker (in-process, event-loop
+side)."""
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 #: characters per token assumed when a pair's cost is estimated without tokenising it
@@ -20,6 +22,47 @@ def estimated_tokens(pairs: Sequence[tuple[str, str]], max_length: int | None) -
     texts cost what they cost, and cannot make a window of abstracts look cheap."""
     cap = max_length or 512
     return sum(min(cap, (len(q) + len(p)) // CHARS_PER_TOKEN + SPECIAL_TOKENS) for q, p in pairs)
+
+
+class ClientQuotas:
+    """A token bucket per client: ``rate_per_s`` tokens a second, up to ``burst`` saved.
+
+    :meth:`take` spends one of a client's tokens, or says there is none. The clients are
+    remembered least recently used first and at most ``max_clients`` of them (a forgotten one
+    comes back with a full bucket, as a new client would), so memory stays bounded whatever
+    the number of keys or addresses seen. Event-loop side: no locks.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_per_s <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError("rate_per_s, burst and max_clients must be positive")
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def take(self, client: str) -> bool:
+        """Spend one of ``client``'s tokens; ``False`` (nothing spent) when it has none."""
+        now = self._clock()
+        tokens, then = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate_per_s)
+        allowed = tokens >= 1.0
+        self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def retry_after_s(self) -> float:
+        """How long a client that was refused waits for its next token."""
+        return 1.0 / self.rate_per_s
 
 
 class CircuitBreaker:

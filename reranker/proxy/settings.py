@@ -160,6 +160,11 @@ class ProxySettings:
     ubi_max_events_per_search: int = 100
     """Most events accepted for one search, all actions together (429 ``search_event_quota``
     beyond): a flood for one query id cannot fill the shared write queue or the judgments."""
+    ubi_client_events_per_s: float = 20.0
+    """Events one client (its API key; its address on a proxy without keys) may have
+    accepted per second, on average; a client may save up to ``ubi_max_events`` of them for a
+    burst. Beyond: 429 ``client_event_quota`` for that event, so no client fills the shared
+    write queue for the others, however many searches it makes."""
     ubi_cache_bytes: int = 64 << 20
     """Bytes the remembered searches may take (hit ids and bookkeeping, estimated); the least
     recently used are forgotten first (and read back from ``ubi_queries_index`` if needed)."""
@@ -196,6 +201,8 @@ class ProxySettings:
             raise ConfigError("default_window must not exceed max_window")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ConfigError("default_timeout_ms must not exceed max_timeout_ms")
+        if not self.ubi_client_events_per_s > 0:
+            raise ConfigError("proxy setting ubi_client_events_per_s must be positive")
         if not 0.0 < self.es_budget_fraction < 1.0:
             raise ConfigError("es_budget_fraction must be between 0 and 1")
         if self.score_cache_size < 0:
@@ -263,6 +270,7 @@ class ProxySettings:
             "ubi_queries_index": os.environ.get("RERANKER_PROXY_UBI_QUERIES_INDEX")
             or "ubi_queries",
             "ubi_events_index": os.environ.get("RERANKER_PROXY_UBI_EVENTS_INDEX") or "ubi_events",
+            "ubi_client_events_per_s": _env_float("RERANKER_PROXY_UBI_CLIENT_EVENTS_PER_S", 20.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

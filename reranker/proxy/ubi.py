@@ -51,12 +51,14 @@ from reranker.feedback.ubi import (
 )
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
+from reranker.proxy.limits import ClientQuotas
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.request import extract_query_text
 from reranker.proxy.request_log import RequestLog
 from reranker.proxy.settings import ProxySettings
 
 log = logging.getLogger(__name__)
+
 
 def load_templates(queries_index: str, events_index: str) -> dict[str, dict[str, Any]]:
     """The index templates from ``es_mappings/ubi-*-template.json`` for the two indices, by
@@ -349,6 +351,8 @@ class UbiLog:
         self.queries_index = settings.ubi_queries_index
         self.events_index = settings.ubi_events_index
         self.shown = ShownQueries(settings.ubi_cache_size, settings.ubi_cache_bytes)
+        #: events accepted per client over time (:attr:`ProxySettings.ubi_client_events_per_s`)
+        self.quotas = ClientQuotas(settings.ubi_client_events_per_s, settings.ubi_max_events)
         #: query ids of searches begun and not yet finished (two at once may not share one)
         self._pending: set[str] = set()
 

@@ -34,15 +34,12 @@ from tests.integration.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 
 
 # ------------------------------------------------------------------ fixtures
-
-
 
 
 class FailingScorer(Scorer):
@@ -90,10 +87,6 @@ class SlowScorer(Scorer):
     def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
         time.sleep(self.pause_s)
         return self.inner.score(pairs, **kwargs)
-
-
-
-
 
 
 @pytest.fixture

@@ -528,3 +528,44 @@ async def test_a_client_inventing_sessions_cannot_outgrade_what_other_clients_cl
     }
     forged, truth = hits
     assert grades[forged] <= grades[truth]
+
+
+async def test_a_client_over_its_event_rate_is_refused_and_the_others_are_not(
+    es_node: NodeStatus, names: dict[str, str]
+) -> None:
+    alice = {"authorization": "ApiKey alice-key-123"}
+    mallory = {"authorization": "ApiKey mallory-key-456"}
+    settings = settings_for(
+        es_node, names, api_keys=("alice-key-123", "mallory-key-456"),
+        ubi_max_events=10, ubi_client_events_per_s=0.01,
+    )  # fmt: skip
+
+    sent = iter(range(1000))  # each event its own millisecond: none is a duplicate
+
+    def flood(query_id: str, count: int) -> bytes:
+        return ndjson(
+            *(
+                {**ubi_event(query_id, "purchase", "x", 1), "event_attributes": {}}
+                | {"timestamp": f"{now()[:-4]}{next(sent):03d}Z"}
+                for _ in range(count)
+            )
+        )
+
+    async with serving(settings) as http:
+        ids = {}
+        for name, who in (("alice", alice), ("mallory", mallory)):
+            search = await http.post(
+                f"/{names['docs']}/_search", json={"query": QUERY, "size": 2}, headers=who
+            )
+            ids[name] = search.json()["ext"]["ubi"]["query_id"]
+        first = await http.post(
+            "/_reranker/events", content=flood(ids["mallory"], 8), headers=mallory
+        )
+        second = await http.post(
+            "/_reranker/events", content=flood(ids["mallory"], 5), headers=mallory
+        )
+        honest = await http.post("/_reranker/events", content=flood(ids["alice"], 3), headers=alice)
+    assert first.json()["accepted"] == 8
+    assert [i["status"] for i in second.json()["items"]] == [202, 202, 429, 429, 429]
+    assert {i["error"]["type"] for i in second.json()["items"][2:]} == {"client_event_quota"}
+    assert honest.json()["accepted"] == 3

@@ -35,10 +35,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-
-
-
-
 @pytest.fixture
 def scorers() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
     ports = [free_port(), free_port()]

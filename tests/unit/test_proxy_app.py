@@ -31,18 +31,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-
-
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with proxy_client(settings()) as http:
         yield http
-
-
-
-
 
 
 def test_error_body_has_elasticsearchs_shape() -> None:

@@ -9,6 +9,7 @@ from reranker.proxy.limits import (
     SPECIAL_TOKENS,
     Admission,
     CircuitBreaker,
+    ClientQuotas,
     Saturated,
     estimated_tokens,
 )
@@ -149,3 +150,22 @@ def test_work_is_estimated_in_tokens_capped_per_pair_at_the_models_length() -> N
     assert estimated_tokens(abstracts, 256) == 10 * 256
     # a thousand one-letter texts cost about what 12 abstracts cost, not 100 times more
     assert estimated_tokens(tiny, 256) < 2 * estimated_tokens(abstracts, 256)
+
+
+def test_a_client_quota_refills_at_its_rate_up_to_its_burst() -> None:
+    now = [0.0]
+    quotas = ClientQuotas(rate_per_s=2.0, burst=3, clock=lambda: now[0])
+    assert [quotas.take("a") for _ in range(4)] == [True, True, True, False]
+    assert quotas.take("b")  # another client has its own bucket
+    now[0] += 0.5  # one token back
+    assert [quotas.take("a") for _ in range(2)] == [True, False]
+    now[0] += 100.0  # never more than the burst
+    assert [quotas.take("a") for _ in range(4)] == [True, True, True, False]
+
+
+def test_client_quotas_remember_a_bounded_number_of_clients() -> None:
+    quotas = ClientQuotas(rate_per_s=0.001, burst=1, max_clients=2)
+    assert quotas.take("a") and quotas.take("b") and quotas.take("c")
+    assert len(quotas._buckets) == 2
+    assert quotas.take("a")  # forgotten, so back with a full bucket
+    assert not quotas.take("c")

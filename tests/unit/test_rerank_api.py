@@ -30,7 +30,6 @@ pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
