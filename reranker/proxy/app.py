@@ -39,7 +39,13 @@ from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.msearch import SearchItem, msearch_error, parse_msearch
 from reranker.proxy.msearch import concurrency as msearch_concurrency
-from reranker.proxy.reload import EncoderFactory, LoadedModels, ModelLoader, ScorerFactory
+from reranker.proxy.reload import (
+    EncoderFactory,
+    LoadedModels,
+    ModelLoader,
+    ScorerFactory,
+    thaw_heap,
+)
 from reranker.proxy.request import (
     asked_hits,
     check_hits,
@@ -178,6 +184,7 @@ class Proxy:
             self.reranking.close()
             if isinstance(self.models.scorer, RemoteScorer):  # its HTTP client, health thread
                 await asyncio.to_thread(self.models.scorer.close)
+            thaw_heap()
 
     async def reload_endpoint(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
