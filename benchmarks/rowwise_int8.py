@@ -1,9 +1,13 @@
 """Per-token int8 (export/rowwise_int8.py) against the shipped per-tensor int8, side by side.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/rowwise_int8.py [--output FILE]
+    PYTHONPATH=. .venv/bin/python benchmarks/rowwise_int8.py --per-tensor DIR [--output FILE]
 
-Rewrites ``models/reranker-minilm-l6/model.int8.onnx`` into a temporary copy of the folder
-(card sha256 updated), then, with the same Scorer settings for both:
+``DIR`` is a model folder with a per-tensor int8 variant: the shipped one as it was before its
+conversion, e.g. ``mkdir -p /tmp/pt && cp models/reranker-minilm-l6/{config,tokenizer}.json
+/tmp/pt && git show 552f263:models/reranker-minilm-l6/model.int8.onnx > /tmp/pt/model.int8.onnx
+&& git show 552f263:models/reranker-minilm-l6/reranker.json > /tmp/pt/reranker.json``.
+Converts a temporary copy of it (``export.rowwise_int8.convert_folder``), then, with the same
+Scorer settings for both:
 
 - batch spread: 5 SciFact pairs, each scored alone and in 20 random batches of 16 (random
   batchmates, some truncated); the largest difference of a pair's logit across them;
@@ -18,7 +22,6 @@ Quality on a full test split is ``reranker eval`` with ``--model`` the rewritten
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import shutil
@@ -29,23 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from export.rowwise_int8 import rowwise_int8
+from export.rowwise_int8 import convert_folder
 from reranker.rerank.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "reranker-minilm-l6"
 CORPUS = REPO.parent / "shared" / "data" / "scifact" / "corpus.jsonl"
 QUERY = "vitamin D deficiency and multiple sclerosis risk"
 
 
-def rewritten_copy(folder: Path) -> Path:
+def rewritten_copy(per_tensor: Path, folder: Path) -> Path:
     target = folder / "reranker-minilm-l6-rowwise"
-    shutil.copytree(SHIPPED, target)
-    rowwise_int8(SHIPPED / "model.int8.onnx", target / "model.int8.onnx")
-    card = json.loads((target / "reranker.json").read_text("utf-8"))
-    digest = hashlib.sha256((target / "model.int8.onnx").read_bytes()).hexdigest()
-    card["files"]["model.int8.onnx"] = digest
-    (target / "reranker.json").write_text(json.dumps(card, indent=2), "utf-8")
+    shutil.copytree(per_tensor, target)
+    convert_folder(target)
     return target
 
 
@@ -68,6 +66,7 @@ def batch_spread(scorer: Scorer, pairs: list[tuple[str, str]], texts: list[str])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-tensor", type=Path, required=True)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     with CORPUS.open(encoding="utf-8") as lines:
@@ -76,8 +75,8 @@ def main() -> None:
     pairs = [(QUERY, t) for t in texts[:100]]
     with tempfile.TemporaryDirectory() as work:
         models = {
-            "per_tensor": Scorer(SHIPPED, variant="int8"),
-            "per_token": Scorer(rewritten_copy(Path(work)), variant="int8"),
+            "per_tensor": Scorer(args.per_tensor, variant="int8"),
+            "per_token": Scorer(rewritten_copy(args.per_tensor, Path(work)), variant="int8"),
         }
         for scorer in models.values():
             scorer.warmup()

@@ -168,16 +168,69 @@ def _dequantized_product(
     return casts[0], apply, product, weight_scale
 
 
+#: the card key recording that a shipped variant was rewritten in place, and from what
+CONVERTED = "converted_from_per_tensor"
+
+
+def convert_folder(folder: Path, variant: str = "int8") -> dict[str, str]:
+    """Rewrite a model folder's ``variant`` in place into the per-token form and update its
+    card (the file's sha256, the variant's description, and what it was converted from).
+    Written next to the original and renamed over it, so a failure leaves the folder as it was.
+    Returns the variant's new card entry. :class:`ModelError` when the folder has no such
+    variant or it is already per token."""
+    import hashlib
+    import json
+    import os
+
+    from reranker.models import write_json_atomic
+
+    card_path = folder / "reranker.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    entry = (card.get("variants") or {}).get(variant)
+    if not isinstance(entry, dict) or "file" not in entry:
+        raise ModelError(f"{folder} has no {variant!r} variant")
+    if DESCRIPTION in str(entry.get("quantization", "")):
+        raise ModelError(f"{folder}'s {variant} variant already quantises per token")
+    source = folder / str(entry["file"])
+    partial = source.with_name(source.name + ".rowwise-partial")
+    try:
+        rowwise_int8(source, partial)
+        digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+        entry[CONVERTED] = {
+            "sha256": card["files"][source.name],
+            "parity_max_abs_diff": entry.pop("parity_max_abs_diff", None),
+        }
+        entry["quantization"] = f"{entry.get('quantization', 'dynamic')}; {DESCRIPTION}"
+        card["files"][source.name] = digest
+        if card.get("version"):
+            card["version"] = digest[:12]
+        os.replace(partial, source)
+    finally:
+        partial.unlink(missing_ok=True)
+    write_json_atomic(card_path, card)
+    return dict(entry)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m export.rowwise_int8 SOURCE.onnx TARGET.onnx``: rewrite one graph (the
-    model folder's card is not touched: its sha256 of the variant must be updated to load)."""
+    model folder's card is not touched: its sha256 of the variant must be updated to load);
+    ``python -m export.rowwise_int8 --model-dir DIR``: rewrite a folder's int8 variant in
+    place, card included (:func:`convert_folder`)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
+    usage = (
+        "usage: python -m export.rowwise_int8 SOURCE.onnx TARGET.onnx\n"
+        "       python -m export.rowwise_int8 --model-dir DIR"
+    )
     if len(args) != 2:
-        print("usage: python -m export.rowwise_int8 SOURCE.onnx TARGET.onnx", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     try:
+        if args[0] == "--model-dir":
+            convert_folder(Path(args[1]))
+            print(f"{args[1]}: the int8 variant now quantises its activations per token")
+            return 0
         count = rowwise_int8(Path(args[0]), Path(args[1]))
     except (ModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
