@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import signal
@@ -31,10 +30,11 @@ from starlette.responses import Response
 from reranker.config import MODEL_VARIANTS
 from reranker.proxy import errors
 from reranker.proxy.candidates import search_es
+from reranker.proxy.clients import check_request_share, client_of, fair_shares, owner_of
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.events import accept_events
 from reranker.proxy.http import parse_body, read_body, require_api_key
-from reranker.proxy.limits import Admission, CircuitBreaker
+from reranker.proxy.limits import CURRENT_CLIENT, Admission, CircuitBreaker
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.msearch import SearchItem, msearch_error, parse_msearch
@@ -100,7 +100,8 @@ class Proxy:
         self.settings = settings
         self.load_in_background = load_in_background
         self.metrics = ProxyMetrics()
-        self.admission = Admission(settings.max_in_flight, settings.max_scorer_queue)
+        scorer_share, self.request_share = fair_shares(settings)
+        self.admission = Admission(settings.max_in_flight, settings.max_scorer_queue, scorer_share)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooloff_s)
         self.models = LoadedModels(
             settings,
@@ -257,14 +258,18 @@ class Proxy:
         """Runs a handler; a :class:`ProxyError` becomes its ES-shaped answer and anything
         else an ES-shaped 500 without internals (the traceback goes to the log only).
         The answer is counted under ``kind()`` (read once the handler is done)."""
+        client = CURRENT_CLIENT.set(client_of(request, self.settings))
         try:
             check_forwarded_headers(request)
+            await check_request_share(self.request_share, request, self.settings)
             response = await handler(request)
         except ProxyError as exc:
             response = self.error(request, exc)
         except Exception:
             log.exception("unexpected failure on %s %s", request.method, request.url.path)
             response = self.error(request, errors.internal_error())
+        finally:
+            CURRENT_CLIENT.reset(client)
         self.metrics.requests.labels(kind(), str(response.status_code)).inc()
         return response
 
@@ -499,9 +504,10 @@ class Proxy:
                     "RERANKER_PROXY_UBI=true)",
                 )
             raw = await self._read_body(request)
-            owner = self._owner(request)
-            address = f"address:{request.client.host}" if request.client else None
-            answer = await accept_events(self.ubi, raw, owner=owner, client=owner or address)
+            owner = owner_of(request, self.settings)
+            answer = await accept_events(
+                self.ubi, raw, owner=owner, client=client_of(request, self.settings)
+            )
             return self.respond(request, answer)
 
         return await self.guarded(request, handle, lambda: "events")
@@ -534,16 +540,9 @@ class Proxy:
         """A search answered with 200 gets its ``query_id`` and query document, owned by
         the client that made it."""
         if ubi is not None and self.ubi is not None and status == 200 and isinstance(answer, dict):
-            self.ubi.finish(ubi[0], index, body, params, answer, owner=self._owner(request))
-
-    def _owner(self, request: Request) -> str | None:
-        """Who the client is, for binding behaviour data to it: a digest of the proxy API key
-        it authenticated with (the key itself is never stored); ``None`` on a proxy without
-        keys, where clients are indistinguishable."""
-        if not self.settings.api_keys:
-            return None
-        _, _, key = request.headers.get("authorization", "").partition(" ")
-        return "key-" + hashlib.sha256(key.strip().encode()).hexdigest()[:16]
+            self.ubi.finish(
+                ubi[0], index, body, params, answer, owner=owner_of(request, self.settings)
+            )
 
     # ------------------------------------------------------------------ input
 

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 from reranker.errors import ModelError
 from reranker.proxy import errors
 from reranker.proxy.limits import (
+    CURRENT_CLIENT,
     DEFAULT_TOKENS_PER_PAIR,
     Admission,
     CircuitBreaker,
@@ -80,9 +81,13 @@ class ScoringGate:
         self.executor = executor
 
     def admit_or_429(self, *, scoring: bool, tokens: int, budget_s: float) -> Ticket:
-        """An admission ticket, or the 429 (counted) when the proxy is saturated."""
+        """An admission ticket, or the 429 (counted) when the proxy is saturated or the
+        request's client (:data:`~reranker.proxy.limits.CURRENT_CLIENT`) is over its fair
+        share of the scorer."""
         try:
-            ticket = self.admission.admit(scoring=scoring, tokens=tokens, budget_s=budget_s)
+            ticket = self.admission.admit(
+                scoring=scoring, tokens=tokens, budget_s=budget_s, client=CURRENT_CLIENT.get()
+            )
         except Saturated as exc:
             self.metrics.rejected.inc()
             raise errors.saturated(str(exc), self.settings.retry_after_s) from None

@@ -3,9 +3,11 @@ side)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 
 #: characters per token assumed when a pair's cost is estimated without tokenising it
 #: (WordPiece over English text: about 4), and the special tokens every pair adds
@@ -13,6 +15,10 @@ CHARS_PER_TOKEN = 4
 SPECIAL_TOKENS = 3
 #: tokens per pair assumed before any scoring call was measured
 DEFAULT_TOKENS_PER_PAIR = 128
+#: a client is never over its fair share of the cross-encoder with less decayed work than it
+#: scores in this many seconds (at the measured rate): honest clients searching now and then
+#: are never refused because the others happened to be quiet
+FAIR_SHARE_FLOOR_S = 3.0
 
 
 def estimated_tokens(pairs: Sequence[tuple[str, str]], max_length: int | None) -> int:
@@ -22,6 +28,81 @@ def estimated_tokens(pairs: Sequence[tuple[str, str]], max_length: int | None) -
     texts cost what they cost, and cannot make a window of abstracts look cheap."""
     cap = max_length or 512
     return sum(min(cap, (len(q) + len(p)) // CHARS_PER_TOKEN + SPECIAL_TOKENS) for q, p in pairs)
+
+
+#: who the request being handled comes from (its API key's digest, else its address): set by
+#: the app for each request, read where quotas and fair shares are counted
+CURRENT_CLIENT: ContextVar[str | None] = ContextVar("reranker_proxy_client", default=None)
+
+
+class FairShare:
+    """Each client's share of recent work (the cross-encoder's tokens, or the proxy's
+    requests), decayed with a time constant of ``horizon_s``.
+
+    While two or more clients have used it within ``horizon_s``, a client whose share of the
+    decayed work is above ``burst`` times its equal share (``burst / clients``, at most all
+    of it) is over its fair share (:meth:`over`), and the proxy refuses its requests (429)
+    until the others catch up. One client alone is never limited, and a client that used
+    nothing within ``horizon_s`` is never refused: a heavy client can slow the others by its
+    fair share, not more.
+    """
+
+    def __init__(
+        self,
+        horizon_s: float = 10.0,
+        burst: float = 2.0,
+        *,
+        what: str = "the cross-encoder's recent work",
+        floor: float = 0.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if horizon_s <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError("horizon_s must be positive, burst at least 1, max_clients >= 1")
+        self.what = what
+        #: decayed work below which a client is never over its share: a client that did
+        #: little lately is not limited, however few the others did
+        self.floor = floor
+        self.horizon_s = horizon_s
+        self.burst = burst
+        self.max_clients = max_clients
+        self._clock = clock
+        self._used: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def _recent(self, now: float) -> dict[str, float]:
+        """The decayed work of each client seen within ``horizon_s`` (the active ones);
+        forgets the others."""
+        current: dict[str, float] = {}
+        for client, (tokens, then) in list(self._used.items()):
+            if now - then > self.horizon_s:
+                del self._used[client]
+            else:
+                current[client] = tokens * math.exp(-(now - then) / self.horizon_s)
+        return current
+
+    def charge(self, client: str, tokens: float) -> None:
+        """``client`` is having ``tokens`` tokens scored (negative: fewer than charged)."""
+        now = self._clock()
+        used, then = self._used.pop(client, (0.0, now))
+        used = used * math.exp(-(now - then) / self.horizon_s) + tokens
+        self._used[client] = (max(0.0, used), now)
+        while len(self._used) > self.max_clients:
+            self._used.popitem(last=False)
+
+    def over(self, client: str) -> str | None:
+        """Why ``client`` is over its fair share now, or ``None``."""
+        current = self._recent(self._clock())
+        total = sum(current.values())
+        if len(current) < 2 or current.get(client, 0.0) <= max(self.floor, 0.0) or total <= 0:
+            return None
+        share = current[client] / total
+        allowed = min(1.0, self.burst / len(current))
+        if share <= allowed:
+            return None
+        return (
+            f"this client had {share:.0%} of {self.what}, above its fair "
+            f"share ({allowed:.0%}) while {len(current) - 1} other client(s) use it"
+        )
 
 
 class ClientQuotas:
@@ -155,9 +236,13 @@ class Admission:
     #: weight of the newest measurement in the moving averages (rate, tokens per pair)
     RATE_SMOOTHING = 0.2
 
-    def __init__(self, max_in_flight: int, max_scorer_queue: int) -> None:
+    def __init__(
+        self, max_in_flight: int, max_scorer_queue: int, fair: FairShare | None = None
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.max_scorer_queue = max_scorer_queue
+        #: each client's share of the scorer's recent work (``None``: no per-client limit)
+        self.fair = fair
         self._in_flight = 0
         self._backlog = 0
         self._backlog_tokens = 0
@@ -177,6 +262,8 @@ class Admission:
             self.tokens_per_s += self.RATE_SMOOTHING * (rate - self.tokens_per_s)
         if pairs > 0:
             self.tokens_per_pair += self.RATE_SMOOTHING * (tokens / pairs - self.tokens_per_pair)
+        if self.fair is not None:
+            self.fair.floor = self.tokens_per_s * FAIR_SHARE_FLOOR_S
 
     def seconds_for(self, tokens: int) -> float | None:
         """Seconds ``tokens`` take at the measured rate (``None`` before any measurement)."""
@@ -194,7 +281,18 @@ class Admission:
     def scorer_backlog(self) -> int:
         return self._backlog
 
-    def admit(self, *, scoring: bool, tokens: int = 0, budget_s: float | None = None) -> Ticket:
+    def admit(
+        self,
+        *,
+        scoring: bool,
+        tokens: int = 0,
+        budget_s: float | None = None,
+        client: str | None = None,
+    ) -> Ticket:
+        if scoring and client is not None and self.fair is not None:
+            unfair = self.fair.over(client)
+            if unfair is not None:
+                raise Saturated(unfair)
         if self._in_flight >= self.max_in_flight:
             raise Saturated(f"{self._in_flight} reranked requests in flight")
         if scoring and self._backlog >= self.max_scorer_queue:
@@ -210,7 +308,9 @@ class Admission:
         if scoring:
             self._backlog += 1
             self._backlog_tokens += tokens
-        return Ticket(self, scoring, tokens)
+            if client is not None and self.fair is not None:
+                self.fair.charge(client, tokens)
+        return Ticket(self, scoring, tokens, client)
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -224,8 +324,11 @@ class Ticket:
     """One admitted request: ``release()`` when it answers, ``scoring_done()`` when its scoring
     (if any) is over. Both are idempotent."""
 
-    def __init__(self, admission: Admission, scoring: bool, tokens: int = 0) -> None:
+    def __init__(
+        self, admission: Admission, scoring: bool, tokens: int = 0, client: str | None = None
+    ) -> None:
         self._admission = admission
+        self._client = client
         self._released = False
         self._scoring = scoring
         self._tokens = tokens
@@ -242,6 +345,9 @@ class Ticket:
         those the score cache answers): the backlog counts those."""
         if self._scoring and tokens != self._tokens:
             self._admission._backlog_tokens += tokens - self._tokens
+            fair = self._admission.fair
+            if self._client is not None and fair is not None:
+                fair.charge(self._client, tokens - self._tokens)
             self._tokens = tokens
 
     def scoring_done(self) -> None:

@@ -160,6 +160,12 @@ class ProxySettings:
     ubi_max_events_per_search: int = 100
     """Most events accepted for one search, all actions together (429 ``search_event_quota``
     beyond): a flood for one query id cannot fill the shared write queue or the judgments."""
+    fair_share_burst: float = 2.0
+    """While several clients (API keys; addresses without keys) use the cross-encoder, one
+    whose share of its work over the last ``fair_share_horizon_s`` is above this many times
+    its equal share is refused (429) until the others catch up; ``0`` turns it off
+    (:class:`~reranker.proxy.limits.FairShare`)."""
+    fair_share_horizon_s: float = 10.0
     ubi_client_events_per_s: float = 20.0
     """Events one client (its API key; its address on a proxy without keys) may have
     accepted per second, on average; a client may save up to ``ubi_max_events`` of them for a
@@ -201,6 +207,13 @@ class ProxySettings:
             raise ConfigError("default_window must not exceed max_window")
         if self.default_timeout_ms > self.max_timeout_ms:
             raise ConfigError("default_timeout_ms must not exceed max_timeout_ms")
+        if self.fair_share_burst and not (
+            self.fair_share_burst >= 1.0 and self.fair_share_horizon_s > 0
+        ):
+            raise ConfigError(
+                "proxy setting fair_share_burst must be 0 (off) or at least 1, and "
+                "fair_share_horizon_s positive"
+            )
         if not self.ubi_client_events_per_s > 0:
             raise ConfigError("proxy setting ubi_client_events_per_s must be positive")
         if not 0.0 < self.es_budget_fraction < 1.0:
@@ -271,6 +284,7 @@ class ProxySettings:
             or "ubi_queries",
             "ubi_events_index": os.environ.get("RERANKER_PROXY_UBI_EVENTS_INDEX") or "ubi_events",
             "ubi_client_events_per_s": _env_float("RERANKER_PROXY_UBI_CLIENT_EVENTS_PER_S", 20.0),
+            "fair_share_burst": _env_float("RERANKER_PROXY_FAIR_SHARE_BURST", 2.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

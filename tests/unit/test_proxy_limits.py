@@ -10,6 +10,7 @@ from reranker.proxy.limits import (
     Admission,
     CircuitBreaker,
     ClientQuotas,
+    FairShare,
     Saturated,
     estimated_tokens,
 )
@@ -169,3 +170,43 @@ def test_client_quotas_remember_a_bounded_number_of_clients() -> None:
     assert len(quotas._buckets) == 2
     assert quotas.take("a")  # forgotten, so back with a full bucket
     assert not quotas.take("c")
+
+
+def test_one_client_alone_is_never_over_its_fair_share() -> None:
+    fair = FairShare(horizon_s=10.0, burst=2.0, clock=lambda: 0.0)
+    fair.charge("batch-job", 1_000_000)
+    assert fair.over("batch-job") is None
+
+
+def test_a_client_above_twice_its_equal_share_is_over_while_others_use_the_scorer() -> None:
+    now = [0.0]
+    fair = FairShare(horizon_s=10.0, burst=2.0, clock=lambda: now[0])
+    for honest in ("a", "b", "c"):
+        fair.charge(honest, 1000)
+    fair.charge("heavy", 2000)  # 2000 / 5000 = 40%, under 2 / 4 = 50%
+    assert fair.over("heavy") is None
+    fair.charge("heavy", 2000)  # 4000 / 7000 = 57%
+    assert "fair share" in (fair.over("heavy") or "")
+    assert fair.over("a") is None
+    now[0] += 11.0  # nobody used it within the horizon: nobody counts as active any more
+    assert fair.over("heavy") is None
+
+
+def test_admission_refuses_scoring_to_a_client_over_its_fair_share_and_only_to_it() -> None:
+    admission = Admission(8, 8, FairShare(horizon_s=10.0, burst=1.0))
+    admission.admit(scoring=True, tokens=100, client="a").release()
+    admission.admit(scoring=True, tokens=900, client="heavy").release()
+    with pytest.raises(Saturated, match="fair share"):
+        admission.admit(scoring=True, tokens=100, client="heavy")
+    admission.admit(scoring=True, tokens=100, client="a").release()
+    admission.admit(scoring=False, client="heavy").release()  # a pass-through costs no scoring
+
+
+def test_a_client_with_little_recent_work_is_never_over_its_share() -> None:
+    fair = FairShare(horizon_s=10.0, burst=2.0, floor=20.0, clock=lambda: 0.0)
+    fair.charge("quiet", 1)
+    fair.charge("quieter", 1)
+    fair.charge("occasional", 15)  # 88% of very little
+    assert fair.over("occasional") is None
+    fair.charge("occasional", 10)  # above the floor, and 93% (allowed: 2 / 3)
+    assert fair.over("occasional") is not None
