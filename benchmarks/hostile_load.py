@@ -142,7 +142,8 @@ async def honest_client(
                 posted = await http.post("/_reranker/events", content=ndjson(*rows))
                 seen.events_posted += len(rows)
                 if posted.status_code != 200:
-                    seen.event_refusals[f"batch {posted.status_code}"] += len(rows)
+                    reason = posted.json().get("error", {}).get("reason", "")[:100]
+                    seen.event_refusals[f"batch {posted.status_code}: {reason}"] += len(rows)
                 for item in posted.json().get("items", []):
                     if item.get("status") == 202:
                         seen.events_accepted += 1

@@ -49,7 +49,10 @@ def fair_shares(settings: ProxySettings) -> tuple[FairShare | None, FairShare | 
     if not settings.fair_share_burst:
         return None, None
     horizon, burst = settings.fair_share_horizon_s, settings.fair_share_burst
-    return FairShare(horizon, burst), FairShare(horizon, burst, what="the proxy's recent requests")
+    requests = FairShare(
+        horizon, burst, what="the proxy's recent requests", floor=REQUEST_SHARE_FLOOR
+    )
+    return FairShare(horizon, burst), requests
 
 
 async def check_request_share(

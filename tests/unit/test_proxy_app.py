@@ -341,3 +341,20 @@ async def test_the_heartbeat_counts_cpu_work_that_holds_the_loop() -> None:
     assert held.cpu_s >= 0.12
     with pytest.raises(AssertionError, match="CPU"):
         held.check()
+
+
+async def test_a_client_flooding_the_proxy_waits_then_gets_429s_and_the_others_do_not() -> None:
+    keys = ("key-a-0001", "key-b-0002", "key-flood-3")
+    async with proxy_client(settings(api_keys=keys)) as http:
+
+        async def events(key: str) -> httpx.Response:
+            return await http.post("/_reranker/events", headers={"authorization": f"ApiKey {key}"})
+
+        for key in keys[:2]:
+            assert (await events(key)).status_code == 404  # UBI is off here
+        answers = [await events(keys[2]) for _ in range(25)]
+        statuses = [a.status_code for a in answers]
+        assert statuses[:20] == [404] * 20  # under the floor: never refused
+        assert statuses[-1] == 429
+        assert "fair share" in answers[-1].json()["error"]["reason"]
+        assert (await events(keys[0])).status_code == 404  # the others are served as before
