@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +33,8 @@ from tests.integration.conftest import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -669,6 +672,39 @@ async def test_a_repeated_search_is_scored_from_the_cache_without_queueing(
     }
     assert lookups == {"hit": 10.0, "miss": 10.0}
     assert "reranker_proxy_score_cache_pairs 10.0" in metrics
+
+
+async def test_a_rerank_call_among_junk_texts_cannot_change_what_a_search_ranks(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, embedder: Embedder
+) -> None:
+    """Issue 25, item 9: with the shipped int8 model a pair's score does not depend on its
+    batchmates, so what a ``/rerank`` call among junk texts caches is what a search would
+    have computed. (With the per-tensor int8 that shipped before, the cached scores moved by
+    up to 0.59 and reordered the search.)"""
+    scorer = Scorer(REPO / "models" / "reranker-minilm-l6", variant="int8", threads=1)
+    settings = proxy_settings(es_node, proxy_alias)
+    async with running(settings, scorer, embedder) as http:  # a fresh cache: nothing poisoned
+        clean = (await http.post(f"/{proxy_alias}/_search", json=rerank_body())).json()
+    hits = [hit["_id"] for hit in clean["hits"]["hits"]]
+    docs = es_client.mget(index=proxy_alias, ids=hits)["docs"]
+    passages = [f"{d['_source']['title']} {d['_source']['text']}".strip() for d in docs]
+    junk = [f"junk {i} " * (i + 1) for i in range(15)]
+    async with running(settings, scorer, embedder) as http:
+        for passage in passages:  # one real passage among 15 junk texts, each cached
+            cached = await http.post(
+                "/rerank", json={"query": QUERY_TEXT, "texts": [passage, *junk]}
+            )
+            assert cached.status_code == 200
+        after = (await http.post(f"/{proxy_alias}/_search", json=rerank_body())).json()
+        metrics = (await http.get("/metrics")).text
+    # 10 passages and 15 junk texts missed once; the search missed none
+    assert 'reranker_proxy_score_cache_lookups_total{result="miss"} 25.0' in metrics
+    assert [h["_id"] for h in after["hits"]["hits"]] == hits
+    np.testing.assert_allclose(
+        [h["_score"] for h in after["hits"]["hits"]],
+        [h["_score"] for h in clean["hits"]["hits"]],
+        atol=1e-4,
+    )
 
 
 async def test_a_cache_size_of_zero_turns_the_cache_off(
