@@ -201,6 +201,18 @@ def open_session(
         raise ModelError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from exc
 
 
+def cls_pool(hidden: np.ndarray) -> np.ndarray:
+    """The first token's vector ([CLS]), L2-normalised (float32): BGE's pooling."""
+    first = hidden[:, 0, :].astype(np.float32)
+    norms = np.linalg.norm(first, axis=1, keepdims=True)
+    result: np.ndarray = (first / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return result
+
+
+#: how an encoder's card may say its token vectors become one vector
+POOLINGS = ("mean", "cls")
+
+
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean of token vectors over the attention mask, then L2-normalised (float32)."""
     weights = mask[..., None].astype(np.float32)

@@ -124,3 +124,23 @@ async def heartbeat(period_s: float = 0.005) -> AsyncIterator[LoopHeld]:
         await asyncio.sleep(period_s * 2)  # one more tick: a hold at the block's end counts
     finally:
         task.cancel()
+
+
+def per_tensor_int8(model_dir: Path, target: Path) -> Path:
+    """``model_dir``'s int8 graph as ``quantize_dynamic`` writes it (one activation scale per
+    tensor), rebuilt from its weights: what the shipped cross-encoders were before their
+    conversion to per-token scales (``export/rowwise_int8.py``)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export.dequantize import dequantize_graph
+
+    fp32, _ = dequantize_graph(onnx.load(str(model_dir / "model.int8.onnx")))
+    onnx.save(fp32, str(target.with_suffix(".fp32.onnx")))
+    quantize_dynamic(
+        str(target.with_suffix(".fp32.onnx")),
+        str(target),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+    )
+    return target

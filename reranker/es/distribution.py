@@ -180,13 +180,6 @@ def find_java_home(min_major: int = MIN_JAVA_MAJOR) -> Path:
 # -------------------------------------------------------------------------- distribution
 
 
-def _maven_zip(repo: Path, version: str) -> Path:
-    return (
-        repo.joinpath(*MAVEN_GROUP.split("."), MAVEN_ARTIFACT, version)
-        / f"{MAVEN_ARTIFACT}-{version}.zip"
-    )
-
-
 def output_tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -203,24 +196,34 @@ def _mvn_summary(output: str) -> str:
 
 
 def fetch_distribution_zip(version: str, progress: Progress | None = None) -> Path:
-    """The distribution zip in ``~/.m2/repository``, fetched with ``mvn`` when absent.
+    """The Elasticsearch distribution zip in ``~/.m2/repository``, fetched when absent."""
+    return fetch_maven_artifact(MAVEN_GROUP, MAVEN_ARTIFACT, version, "zip", progress)
+
+
+def fetch_maven_artifact(
+    group: str, artifact: str, version: str, packaging: str, progress: Progress | None = None
+) -> Path:
+    """An artifact's file in ``~/.m2/repository``, fetched with ``mvn`` when absent.
 
     ``-Dmaven.repo.local`` pins Maven to that folder: Maven otherwise resolves ``~`` from the
-    passwd entry, not ``$HOME``, and a custom ``localRepository`` would hide where the zip went.
+    passwd entry, not ``$HOME``, and a custom ``localRepository`` would hide where the file
+    went.
     """
     repo = Path.home() / ".m2" / "repository"
-    cached = _maven_zip(repo, version)
+    cached = (
+        repo.joinpath(*group.split("."), artifact, version) / f"{artifact}-{version}.{packaging}"
+    )
     if cached.is_file():
         return cached
+    coordinates = f"{group}:{artifact}:{version}:{packaging}"
     mvn = shutil.which("mvn")
     if mvn is None:
         raise NodeError(
-            f"Maven (mvn) is not on PATH; it fetches Elasticsearch {version} from Maven Central "
-            f"(install maven, or put the zip at {cached})"
+            f"Maven (mvn) is not on PATH; it fetches {coordinates} from Maven Central "
+            f"(install maven, or put the file at {cached})"
         )
-    artifact = f"{MAVEN_GROUP}:{MAVEN_ARTIFACT}:{version}:zip"
     if progress:
-        progress(f"fetching Elasticsearch {version} from Maven Central ({artifact})")
+        progress(f"fetching {coordinates} from Maven Central")
     command = [
         mvn,
         "-B",
@@ -228,16 +231,16 @@ def fetch_distribution_zip(version: str, progress: Progress | None = None) -> Pa
         "-U",  # retry even if an earlier failure was cached in the local repository
         f"-Dmaven.repo.local={repo}",
         "dependency:get",
-        f"-Dartifact={artifact}",
+        f"-Dartifact={coordinates}",
         "-Dtransitive=false",
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise NodeError(f"mvn did not fetch {artifact} within 30 minutes") from exc
+        raise NodeError(f"mvn did not fetch {coordinates} within 30 minutes") from exc
     if done.returncode != 0:
         raise NodeError(
-            f"mvn could not fetch {artifact} (exit {done.returncode}; is Maven Central "
+            f"mvn could not fetch {coordinates} (exit {done.returncode}; is Maven Central "
             f"reachable?): {_mvn_summary(done.stdout + done.stderr)}"
         )
     if not cached.is_file():

@@ -77,7 +77,7 @@ from reranker.rerank.pipeline import (
     check_cascade_models,
 )
 from reranker.rerank.scorer import PairScorer
-from reranker.retrieval.embed_cache import TextEncoder
+from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.first_stage import Hit, fuse
 from reranker.retrieval.queries import knn_clause
 
@@ -513,7 +513,9 @@ class RerankHandler:
             assert encoder is not None
             loop = asyncio.get_running_loop()
             began = time.perf_counter()
-            vectors = await loop.run_in_executor(self.embed_executor, encoder.encode, [text])
+            vectors = await loop.run_in_executor(
+                self.embed_executor, encode_queries, encoder, [text]
+            )
             timings["embed"] = (time.perf_counter() - began) * 1000
             clause = knn_clause([float(x) for x in vectors[0]], spec.window)
             constraint = knn_filter(body.get("query"))

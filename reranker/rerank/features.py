@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from reranker.errors import SearchError
+from reranker.retrieval.embed_cache import encode_queries
 
 if TYPE_CHECKING:
     from reranker.retrieval.embed_cache import TextEncoder
@@ -123,8 +124,9 @@ def unavailable_features(
 
 def dense_cosines(encoder: TextEncoder, query: str, passages: Sequence[str]) -> np.ndarray:
     """Cosine similarity of ``query`` with each passage under ``encoder`` (unit vectors)."""
-    vectors = encoder.encode([query, *passages])
-    return np.asarray(vectors[1:] @ vectors[0], dtype=np.float32)
+    question = encode_queries(encoder, [query])[0]
+    vectors = encoder.encode(list(passages))
+    return np.asarray(vectors @ question, dtype=np.float32).reshape(len(passages))
 
 
 def features_for_texts(encoder: TextEncoder, query: str, passages: Sequence[str]) -> WindowFeatures:

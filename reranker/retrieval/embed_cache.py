@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,25 @@ class TextEncoder(Protocol):
     def encode(
         self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
     ) -> np.ndarray: ...
+
+
+@runtime_checkable
+class QueryEncoder(Protocol):
+    """An encoder that embeds queries differently from documents (an instruction before
+    them): :class:`Embedder` is one."""
+
+    def encode_queries(
+        self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray: ...
+
+
+def encode_queries(encoder: Any, texts: Sequence[str]) -> np.ndarray:
+    """``texts`` embedded as queries: with the encoder's query instruction where it has one
+    (:class:`QueryEncoder`), else as any text."""
+    if isinstance(encoder, QueryEncoder):
+        return encoder.encode_queries(texts)
+    result: np.ndarray = encoder.encode(texts)
+    return result
 
 
 class EmbeddingCache:

@@ -33,10 +33,12 @@ from reranker.errors import ModelError
 from reranker.models import (
     EMBEDDER_CACHE_NAME,
     ENCODER_CARD,
+    POOLINGS,
     SHIPPED_ENCODER_GRAPH,
     SHIPPED_MODEL_NAME,
     SHIPPED_MODELS_DIR,
     SHIPPED_PACKAGE_PIN,
+    cls_pool,
     config_max_positions,
     load_tokenizer,
     mean_pool,
@@ -109,6 +111,14 @@ class Embedder:
             raise ModelError(f"max_length must be at least 2, got {max_length}")
         self.max_length = min(max_length, config_max_positions(self.model_dir))
         self.card: dict[str, Any] = card
+        self.pooling = str(card.get("pooling", "mean"))
+        if self.pooling not in POOLINGS:
+            raise ModelError(
+                f"{self.model_dir}: unknown pooling {self.pooling!r}; expected {POOLINGS}"
+            )
+        #: put before each query (not documents) by :meth:`encode_queries`, as the model was
+        #: trained (BGE: "Represent this sentence for searching relevant passages: ")
+        self.query_prefix = str(card.get("query_prefix", ""))
         self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
         self._session = open_session(
             self.model_dir / onnx_name, providers=["CPUExecutionProvider"], threads=threads
@@ -159,6 +169,15 @@ class Embedder:
                     bar.update(len(rows))
         return out
 
+    def encode_queries(
+        self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        """:meth:`encode` of the texts as queries: each after the card's ``query_prefix``."""
+        items = check_texts(texts)
+        return self.encode(
+            [self.query_prefix + t for t in items], batch_size=batch_size, progress=progress
+        )
+
     def _run(self, encodings: Sequence[Any]) -> np.ndarray:
         arrays = pad_encodings(encodings)
         feed = {name: arrays[name] for name in self._inputs}
@@ -168,7 +187,11 @@ class Embedder:
             raise ModelError(
                 f"embedding model failed on a batch of {len(encodings)}: {exc}"
             ) from exc
-        pooled = mean_pool(np.asarray(hidden), arrays["attention_mask"])
+        hidden = np.asarray(hidden)
+        if self.pooling == "cls":
+            pooled = cls_pool(hidden)
+        else:
+            pooled = mean_pool(hidden, arrays["attention_mask"])
         if not np.isfinite(pooled).all():
             raise ModelError("embedding model returned non-finite values")
         return pooled

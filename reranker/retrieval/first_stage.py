@@ -11,7 +11,7 @@ from elasticsearch.exceptions import ApiError, TransportError
 
 from reranker.errors import SearchError
 from reranker.retrieval import fusion
-from reranker.retrieval.embed_cache import TextEncoder
+from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.fusion import NORMALIZATIONS, Normalization
 from reranker.retrieval.queries import TEXT_FIELDS, bm25_query, knn_clause
 
@@ -146,7 +146,7 @@ class FirstStage:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self.encoder is None:
             raise SearchError("dense retrieval needs an embedder; none was given")
-        return [row.tolist() for row in self.encoder.encode(list(texts))]
+        return [row.tolist() for row in encode_queries(self.encoder, list(texts))]
 
     def _run(self, body: dict[str, Any], k: int, stage: str) -> list[Hit]:
         try:

@@ -37,7 +37,7 @@ DOCS: list[dict[str, Any]] = [
     {
         "_id": "landmark",
         "title": "Vitamin D status in a large cohort",
-        "text": "Serum vitamin D was measured in a cohort followed for fractures.",
+        "text": "Serum vitamin D was measured in a cohort of adults.",
         "signals": {"citations": 25000, "year": 2002},
     },
 ]

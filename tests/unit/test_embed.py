@@ -238,3 +238,48 @@ def test_assembly_from_weights_that_differ_names_the_package_and_keeps_the_old_f
         assemble_encoder(SHIPPED_ENCODER_GRAPH, weights, target)
     assert sorted(p.name for p in target.iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cache")]
+
+
+def _with_card(source: Path, target: Path, **fields: Any) -> Path:
+    shutil.copytree(source, target)
+    card = json.loads((target / "card.json").read_text(encoding="utf-8"))
+    card.update(fields)
+    (target / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    return target
+
+
+def test_a_card_with_cls_pooling_embeds_the_first_tokens_vector(
+    minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    from reranker.batching import pad_encodings
+
+    folder = _with_card(minilm_assembled_dir, tmp_path / "cls", pooling="cls")
+    embedder = Embedder(folder, threads=1)
+    text = "Vitamin D and bone density in older adults."
+    got = embedder.encode([text])[0]
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    arrays = pad_encodings([embedder._tokenizer.encode(text)])
+    hidden = session.run(None, {i.name: arrays[i.name] for i in session.get_inputs()})[0]
+    first = hidden[0, 0] / np.linalg.norm(hidden[0, 0])
+    np.testing.assert_allclose(got, first, atol=1e-5)
+    mean = Embedder(minilm_assembled_dir, threads=1).encode([text])[0]
+    assert float(got @ mean) < 0.999  # not the mean of the tokens
+
+
+def test_queries_get_the_cards_instruction_and_documents_do_not(
+    minilm_assembled_dir: Path, tmp_path: Path
+) -> None:
+    from reranker.retrieval.embed_cache import encode_queries
+
+    prefix = "Represent this sentence for searching relevant passages: "
+    folder = _with_card(minilm_assembled_dir, tmp_path / "prefixed", query_prefix=prefix)
+    embedder = Embedder(folder, threads=1)
+    query = "vitamin D deficiency"
+    np.testing.assert_allclose(
+        encode_queries(embedder, [query]), embedder.encode([prefix + query]), atol=1e-6
+    )
+    assert float(embedder.encode_queries([query])[0] @ embedder.encode([query])[0]) < 0.99
+    with pytest.raises(ModelError, match="unknown pooling"):
+        Embedder(_with_card(minilm_assembled_dir, tmp_path / "bad", pooling="max"))

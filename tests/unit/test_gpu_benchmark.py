@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from reranker.rerank.scorer import Scorer
+from tests.helpers import per_tensor_int8
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_SH = REPO / "benchmarks" / "gpu.sh"
@@ -255,12 +256,10 @@ def test_a_per_token_int8_graph_dequantises_to_the_same_fp32_model(tmp_path: Pat
     from export.dequantize import QUANTIZED_OPS, dequantize_graph
     from export.rowwise_int8 import rowwise_int8
 
-    rowwise_int8(SHIPPED / "model.int8.onnx", tmp_path / "rowwise.onnx")
+    per_tensor = per_tensor_int8(SHIPPED, tmp_path / "per-tensor.onnx")
+    rowwise_int8(per_tensor, tmp_path / "rowwise.onnx")
     graphs = {}
-    for name, source in (
-        ("per-tensor", SHIPPED / "model.int8.onnx"),
-        ("per-token", tmp_path / "rowwise.onnx"),
-    ):
+    for name, source in (("per-tensor", per_tensor), ("per-token", tmp_path / "rowwise.onnx")):
         graph, counts = dequantize_graph(onnx.load(str(source)))
         assert counts["matmuls"] == 38
         assert not {n.op_type for n in graph.graph.node} & QUANTIZED_OPS

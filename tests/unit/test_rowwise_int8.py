@@ -16,6 +16,7 @@ import pytest
 from export.rowwise_int8 import convert_folder, rowwise_int8
 from reranker.errors import ModelError
 from reranker.rerank.scorer import Scorer
+from tests.helpers import per_tensor_int8
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "reranker-minilm-l6"
@@ -40,20 +41,9 @@ def per_tensor_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import hashlib
     import json
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from export.dequantize import dequantize_graph
-
     folder = tmp_path_factory.mktemp("per-tensor") / "model"
     shutil.copytree(SHIPPED, folder)
-    fp32, _ = dequantize_graph(onnx.load(str(SHIPPED / "model.int8.onnx")))
-    onnx.save(fp32, str(folder / "fp32.onnx"))
-    quantize_dynamic(
-        str(folder / "fp32.onnx"),
-        str(folder / "model.int8.onnx"),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-    )
+    per_tensor_int8(SHIPPED, folder / "model.int8.onnx")
     card = json.loads((folder / "reranker.json").read_text("utf-8"))
     digest = hashlib.sha256((folder / "model.int8.onnx").read_bytes()).hexdigest()
     card["files"]["model.int8.onnx"] = digest
