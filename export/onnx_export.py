@@ -40,7 +40,13 @@ from export.parity import (
     torch_outputs,
 )
 from reranker.errors import ModelError
-from reranker.models import CROSS_ENCODER_CARD, ENCODER_CARD, checkpoint_tokenizer, mean_pool
+from reranker.models import (
+    CROSS_ENCODER_CARD,
+    ENCODER_CARD,
+    checkpoint_tokenizer,
+    encoder_conventions,
+    mean_pool,
+)
 from reranker.rerank.features import FEATURE_NAMES, NORMALIZATION
 
 if TYPE_CHECKING:
@@ -371,7 +377,7 @@ def export_encoder(
                 "source": {"path": str(checkpoint_dir), "sha256": source_hashes(checkpoint_dir)},
                 "max_length": length,
                 "dim": int(getattr(config, "hidden_size", 0)),
-                "pooling": "mean",
+                **encoder_conventions(checkpoint_dir),
                 "normalize": True,
                 "inputs": accepted,
                 "outputs": ["last_hidden_state"],

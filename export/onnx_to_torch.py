@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from reranker.errors import ModelError, RerankerError
-from reranker.models import ENCODER_CARD, read_card, write_json_atomic
+from reranker.models import ENCODER_CARD, ENCODER_CONVENTIONS, read_card, write_json_atomic
 
 #: the largest difference allowed between the graph's and the rebuilt model's token vectors
 PARITY_TOLERANCE = 1e-4
@@ -131,7 +131,7 @@ def to_hugging_face(encoder_dir: Path, target: Path) -> float:
             k: card[k] for k in ("name", "pooling", "query_prefix", "source") if k in card
         }
         write_json_atomic(
-            staging / "reranker-source.json",
+            staging / ENCODER_CONVENTIONS,
             {**source, "rebuilt_from": str(onnx_path.name), "parity_max_abs_diff": difference},
         )
         if target.exists():

@@ -211,6 +211,25 @@ def cls_pool(hidden: np.ndarray) -> np.ndarray:
 
 #: how an encoder's card may say its token vectors become one vector
 POOLINGS = ("mean", "cls")
+#: beside a Hugging Face encoder folder (a training base or checkpoint): how it embeds, which
+#: the weights do not say (``pooling``, ``query_prefix``; absent: mean pooling, no prefix)
+ENCODER_CONVENTIONS = "reranker-source.json"
+
+
+def encoder_conventions(folder: Path) -> dict[str, str]:
+    """``pooling`` and ``query_prefix`` of the Hugging Face encoder in ``folder``
+    (:data:`ENCODER_CONVENTIONS`; mean pooling and no prefix when the file is absent)."""
+    path = folder / ENCODER_CONVENTIONS
+    found: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path} is not readable JSON: {exc}") from exc
+    pooling = str(found.get("pooling", "mean"))
+    if pooling not in POOLINGS:
+        raise ModelError(f"{path}: unknown pooling {pooling!r}; expected {POOLINGS}")
+    return {"pooling": pooling, "query_prefix": str(found.get("query_prefix", ""))}
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ from transformers import AutoModel, AutoTokenizer
 from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
 from reranker.errors import ConfigError, SourceError
 from reranker.metrics import ranking_metrics
+from reranker.models import ENCODER_CONVENTIONS, encoder_conventions, write_json_atomic
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.training.cross_encoder_config import default_base_model
 from reranker.training.data import BM25, _read_jsonl, read_qrels
@@ -224,12 +225,15 @@ def _hybrid_window(
 
 
 class _BiEncoder:
-    """Mean-pooled, unit-length embeddings of a Hugging Face encoder."""
+    """Unit-length embeddings of a Hugging Face encoder, pooled as its folder says (mean, or
+    [CLS] for BGE; :func:`~reranker.models.encoder_conventions`), queries after its
+    instruction."""
 
     def __init__(self, folder: Path, config: EmbedderTrainConfig) -> None:
         with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        self.conventions = encoder_conventions(folder)
         self.config = config
         self.bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
 
@@ -242,9 +246,21 @@ class _BiEncoder:
                 hidden = self.model(**batch).last_hidden_state
         else:
             hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.conventions["pooling"] == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def as_queries(self, texts: Sequence[str]) -> list[str]:
+        """``texts`` with the encoder's query instruction before each."""
+        return [self.conventions["query_prefix"] + t for t in texts]
+
+    def save(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        write_json_atomic(folder / ENCODER_CONVENTIONS, self.conventions)
 
     @torch.no_grad()
     def encode(
@@ -280,7 +296,9 @@ def _windows(
     if docs is None:
         docs = _corpus_vectors(encoder, corpus)
     qids = list(split)
-    vectors = encoder.encode([corpus.queries[q] for q in qids], config.query_max_length)
+    vectors = encoder.encode(
+        encoder.as_queries([corpus.queries[q] for q in qids]), config.query_max_length
+    )
     out = {}
     for qid, vector in zip(qids, vectors, strict=True):
         words = (
@@ -350,7 +368,7 @@ def _step(
     encoder.model.train()
     negatives = [rng.choice(e.hard_negatives) for e in batch]
     doc_ids = [e.positive for e in batch] + negatives
-    queries = encoder.embed([e.query for e in batch], config.query_max_length)
+    queries = encoder.embed(encoder.as_queries([e.query for e in batch]), config.query_max_length)
     passages = encoder.embed([corpus.passages[d] for d in doc_ids], config.passage_max_length)
     relevant = torch.tensor(
         [[d in relevant_texts.get(e.query, ()) for d in doc_ids] for e in batch]
@@ -456,8 +474,7 @@ def train_embedder(config: EmbedderTrainConfig, progress: bool = True) -> dict[s
                 best = scores
                 if checkpoint.exists():
                     shutil.rmtree(checkpoint)
-                encoder.model.save_pretrained(checkpoint)
-                encoder.tokenizer.save_pretrained(checkpoint)
+                encoder.save(checkpoint)
             if step >= total:
                 break
     if best["step"] == 0:

@@ -90,7 +90,9 @@ def mine_hybrid_windows(
     out: dict[str, HybridData] = {}
     for split, qrels in splits.items():
         qids = [q for q in qrels if q in queries]
-        query_vectors = _embed([queries[q] for q in qids], embedder, cache_dir)
+        query_vectors = _embed(
+            [embedder.query_prefix + queries[q] for q in qids], embedder, cache_dir
+        )
         windows = []
         found = total = 0
         for qid, qvec in zip(qids, query_vectors, strict=True):

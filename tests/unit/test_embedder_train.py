@@ -186,3 +186,36 @@ def test_an_embedder_stamp_keeps_the_tail_of_a_long_id() -> None:
     assert embedder_stamp("all-MiniLM-L6-v2@53aa51172d14") == "all-MiniLM-L6-v2@53aa51172d14"
     long = "a-very-long-embedder-name-for-some-corpus-v2@0123456789ab/int8"
     assert len(embedder_stamp(long)) == 50 and embedder_stamp(long).endswith("@0123456789ab/int8")
+
+
+def test_a_base_that_pools_by_cls_with_a_query_instruction_trains_and_exports_as_such(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from export.onnx_export import export_encoder
+    from reranker.models import ENCODER_CONVENTIONS, encoder_conventions, shipped_weights_dir
+    from reranker.training.embedder import EmbedderTrainConfig, _BiEncoder
+
+    base = tmp_path / "base"
+    shutil.copytree(shipped_weights_dir(), base)
+    conventions = {"pooling": "cls", "query_prefix": "query: "}
+    (base / ENCODER_CONVENTIONS).write_text(json.dumps(conventions), encoding="utf-8")
+    encoder = _BiEncoder(base, EmbedderTrainConfig(datasets=[tmp_path], output=tmp_path))
+    assert encoder.as_queries(["vitamin D"]) == ["query: vitamin D"]
+    text = "Vitamin D and bone density."
+    got = encoder.embed([text], 64)
+    model, tokenizer = (
+        AutoModel.from_pretrained(str(base)),
+        AutoTokenizer.from_pretrained(str(base)),
+    )
+    with torch.no_grad():
+        first = model(**tokenizer([text], return_tensors="pt")).last_hidden_state[:, 0]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(first, dim=-1), atol=1e-5, rtol=0)
+    encoder.save(tmp_path / "checkpoint")
+    assert encoder_conventions(tmp_path / "checkpoint") == conventions
+    exported = Embedder(export_encoder(tmp_path / "checkpoint", tmp_path / "onnx"), threads=1)
+    assert (exported.pooling, exported.query_prefix) == ("cls", "query: ")
+    np.testing.assert_allclose(exported.encode([text]), got.detach().numpy(), atol=1e-4)
