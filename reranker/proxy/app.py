@@ -258,10 +258,11 @@ class Proxy:
         """Runs a handler; a :class:`ProxyError` becomes its ES-shaped answer and anything
         else an ES-shaped 500 without internals (the traceback goes to the log only).
         The answer is counted under ``kind()`` (read once the handler is done)."""
-        client = CURRENT_CLIENT.set(client_of(request, self.settings))
+        who = client_of(request, self.settings)
+        client = CURRENT_CLIENT.set(who)
         try:
             check_forwarded_headers(request)
-            await check_request_share(self.request_share, request, self.settings)
+            await check_request_share(self.request_share, request, who, self.settings)
             response = await handler(request)
         except ProxyError as exc:
             response = self.error(request, exc)
@@ -505,9 +506,7 @@ class Proxy:
                 )
             raw = await self._read_body(request)
             owner = owner_of(request, self.settings)
-            answer = await accept_events(
-                self.ubi, raw, owner=owner, client=client_of(request, self.settings)
-            )
+            answer = await accept_events(self.ubi, raw, owner=owner, client=CURRENT_CLIENT.get())
             return self.respond(request, answer)
 
         return await self.guarded(request, handle, lambda: "events")

@@ -56,15 +56,15 @@ def fair_shares(settings: ProxySettings) -> tuple[FairShare | None, FairShare | 
 
 
 async def check_request_share(
-    share: FairShare | None, request: Request, settings: ProxySettings
+    share: FairShare | None, request: Request, client: str, settings: ProxySettings
 ) -> None:
     """Count this request against its client's share of the proxy's requests (one, plus one
-    per 64 KiB of body). A client over its fair share while others are served gets a 429
-    after waiting ``retry_after_s``, before its body is read: a loop of refused requests
-    then costs the proxy nothing. Health and metrics are not counted."""
+    per 64 KiB of body); ``client`` is :func:`client_of` the request. A client over its fair
+    share while others are served gets a 429 after waiting ``retry_after_s``, before its body
+    is read: a loop of refused requests then costs the proxy nothing. Health and metrics are
+    not counted."""
     if share is None or request.url.path in UNMETERED_PATHS:
         return
-    client = client_of(request, settings)
     unfair = share.over(client)
     if unfair is not None:
         await asyncio.sleep(settings.retry_after_s)
