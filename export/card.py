@@ -45,6 +45,45 @@ def read_training_info(checkpoint_dir: Path) -> dict[str, Any] | None:
     return info or None
 
 
+def distillation_entry(training: dict[str, Any] | None) -> dict[str, Any]:
+    """A distilled student's ``distillation`` card entry (teacher, layers, loss, data, the
+    chosen held-out step), from ``train_info.json`` of ``reranker distill``; empty otherwise."""
+    info = (training or {}).get("train_info")
+    distilled = info.get("distillation") if isinstance(info, dict) else None
+    if not isinstance(distilled, dict):
+        return {}
+    keys = ("teacher", "layers", "loss", "temperature", "data", "steps", "chosen", "selection")
+    summary = {k: distilled[k] for k in keys if k in distilled}
+    return {"distillation": summary} if summary else {}
+
+
+def signal_heads_card(checkpoint_dir: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The card's account of a multi-task model's signal heads: each named output, what it
+    predicts, and how it was trained (from ``train_info.json``)."""
+    from reranker.rerank.heads import CLICK_HEAD, predicted_feature
+
+    info = (read_training_info(checkpoint_dir) or {}).get("train_info", {}).get("heads", {})
+
+    def predicts(name: str) -> str:
+        if name == CLICK_HEAD:
+            return (
+                "the chance that a user who looks at the document clicks it, for this query "
+                "(the click model's attractiveness), in [0, 1] (sigmoid), from the text alone"
+            )
+        return (
+            f"the {name} signal feature of the dataset's preset, in [0, 1] (sigmoid), from the "
+            "text alone"
+        )
+
+    return {
+        "outputs": {
+            name: {"predicts": predicts(name), "blend_feature": predicted_feature(name)}
+            for name in names
+        },
+        "training": info,
+    }
+
+
 def source_hashes(checkpoint_dir: Path) -> dict[str, str]:
     """sha256 of the weight files of a checkpoint (what the export was made from)."""
     hashes: dict[str, str] = {}

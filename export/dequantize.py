@@ -118,163 +118,202 @@ def _unfused_skip_norm(node: onnx.NodeProto) -> list[onnx.NodeProto]:
     return nodes
 
 
-def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """The fp32 graph of a dynamically quantised one (see the module's doc), and counts of
-    what was rewritten. :class:`ModelError` when a quantised op is left that no pattern
-    covers (the graph came from another quantiser)."""
-    import onnx
-    from onnx import numpy_helper
+class _Rewrite:
+    """One :func:`dequantize_graph` rewrite: the graph's wiring as it was read, and what the
+    rewrite removes, replaces and adds. Nothing touches the graph until :meth:`install`, so a
+    graph the rewrite refuses is left as it was."""
 
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    producer: dict[str, onnx.NodeProto] = {}
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.output:
-            producer[name] = node
-        for name in node.input:
-            consumers[name].append(node)
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.inits = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.removed: set[int] = set()
+        self.replaced: dict[int, onnx.NodeProto | list[onnx.NodeProto]] = {}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.counts = {"matmuls": 0, "gathers": 0}
 
-    def array(name: str) -> np.ndarray:
-        if name not in inits:
+    def array(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        if name not in self.inits:
             raise ModelError(f"dequantise: {name} is not a constant of the graph")
-        return numpy_helper.to_array(inits[name])
+        return numpy_helper.to_array(self.inits[name])
 
-    def only_consumer(name: str, op: str) -> onnx.NodeProto:
-        users = consumers.get(name, [])
+    def only_consumer(self, name: str, op: str) -> onnx.NodeProto:
+        users = self.consumers.get(name, [])
         if len(users) != 1 or users[0].op_type != op:
             found = ", ".join(u.op_type for u in users) or "nothing"
             raise ModelError(f"dequantise: {name} feeds {found}, expected one {op}")
         return users[0]
 
-    removed: set[int] = set()
-    replaced: dict[int, onnx.NodeProto | list[onnx.NodeProto]] = {}
-    new_inits: list[onnx.TensorProto] = []
-    counts = {"matmuls": 0, "gathers": 0}
-
     def fp32_matmul(
-        node: onnx.NodeProto, activations: str, w_q: str, w_zp: str, w_scale: str, output: str
+        self, node: onnx.NodeProto, activations: str, w_q: str, w_zp: str, w_scale: str, output: str
     ) -> onnx.NodeProto:
         """An fp32 ``MatMul`` of ``activations`` by the dequantised weight, into ``output``."""
-        weight = _dequantized(array(w_q), array(w_zp), array(w_scale), axis=-1)
+        from onnx import helper, numpy_helper
+
+        weight = _dequantized(self.array(w_q), self.array(w_zp), self.array(w_scale), axis=-1)
         weight_name = f"{w_q.removesuffix('_quantized')}_dequantized"
-        new_inits.append(numpy_helper.from_array(weight, weight_name))
-        return onnx.helper.make_node(
+        self.new_inits.append(numpy_helper.from_array(weight, weight_name))
+        return helper.make_node(
             "MatMul", [activations, weight_name], [output], name=f"{node.name or weight_name}_fp32"
         )
 
-    for node in graph.node:
-        if node.op_type == "MatMulInteger":
-            if len(node.input) != 4:
-                raise ModelError(f"dequantise: {node.name} has no zero points")
-            a_q, w_q, a_zp, w_zp = node.input
-            quantize = producer.get(a_q)
-            if quantize is None or quantize.op_type != "DynamicQuantizeLinear":
-                raise ModelError(f"dequantise: {node.name}'s input is not dynamically quantised")
-            if quantize.output[2] != a_zp:
-                raise ModelError(f"dequantise: {node.name}'s zero point is not its input's")
-            cast = only_consumer(node.output[0], "Cast")
-            scale_mul = only_consumer(cast.output[0], "Mul")
-            scales_name = next(i for i in scale_mul.input if i != cast.output[0])
-            scales = producer.get(scales_name)
-            if scales is None or scales.op_type != "Mul" or quantize.output[1] not in scales.input:
-                raise ModelError(f"dequantise: {node.name}'s output scale is not a_scale · w_scale")
-            w_scale = next(i for i in scales.input if i != quantize.output[1])
-            replaced[id(node)] = fp32_matmul(
-                node, quantize.input[0], w_q, w_zp, w_scale, scale_mul.output[0]
-            )
-            removed.update({id(cast), id(scale_mul)})
-            if len(consumers[scales.output[0]]) == 1:
-                removed.add(id(scales))
-            counts["matmuls"] += 1
-        elif node.op_type == "MatMulIntegerToFloat":
-            # export/rowwise_int8.py's per-token form: MatMulIntegerToFloat(q, w, 1, w_scale,
-            # 128, w_zp) → Mul(token scale), q = QuantizeLinear(x, token scale, 128)
-            a_q, w_q, _, w_scale, _, w_zp = (list(node.input) + [""] * 6)[:6]
-            quantize = producer.get(a_q)
-            if quantize is None or quantize.op_type != "QuantizeLinear":
-                raise ModelError(f"dequantise: {node.name}'s input is not quantised per token")
-            token_mul = only_consumer(node.output[0], "Mul")
-            replaced[id(node)] = fp32_matmul(
-                node, quantize.input[0], w_q, w_zp, w_scale, token_mul.output[0]
-            )
-            removed.add(id(token_mul))
-            counts["matmuls"] += 1
-        elif node.op_type == "DequantizeLinear":
-            source, scale, zero_point = (list(node.input) + [""] * 3)[:3]
-            axis = _attr_int(node, "axis", 1)
-            zp = array(zero_point) if zero_point else np.zeros((), dtype=np.int8)
-            if source in inits:  # a constant: fold it
-                table = _dequantized(array(source), zp, array(scale), axis)
-                new_inits.append(numpy_helper.from_array(table, node.output[0]))
-                removed.add(id(node))
-                counts["gathers"] += 1
-                continue
-            gather = producer.get(source)
-            if gather is None or gather.op_type != "Gather" or gather.input[0] not in inits:
-                raise ModelError(f"dequantise: {node.name} reads neither a constant nor a Gather")
-            if len(consumers[source]) != 1:
-                raise ModelError(f"dequantise: {source} has other readers than {node.name}")
-            if np.asarray(array(scale)).size != 1:
-                raise ModelError(f"dequantise: {node.name} has a per-axis scale after a Gather")
-            table = _dequantized(array(gather.input[0]), zp, array(scale), axis)
-            table_name = f"{gather.input[0].removesuffix('_quantized')}_dequantized"
-            new_inits.append(numpy_helper.from_array(table, table_name))
-            replaced[id(gather)] = onnx.helper.make_node(
-                "Gather",
-                [table_name, *gather.input[1:]],
-                [node.output[0]],
-                name=f"{gather.name or table_name}_fp32",
-                axis=_attr_int(gather, "axis", 0),
-            )
-            removed.add(id(node))
-            counts["gathers"] += 1
+    def quantized_ops(self) -> None:
+        """Plan the rewrite of every quantised op, in the graph's order."""
+        for node in self.graph.node:
+            if node.op_type == "MatMulInteger":
+                self.matmul_integer(node)
+            elif node.op_type == "MatMulIntegerToFloat":
+                self.matmul_integer_to_float(node)
+            elif node.op_type == "DequantizeLinear":
+                self.dequantize_linear(node)
 
-    def embedding_lookup(name: str) -> bool:
-        node = producer.get(name)
+    def matmul_integer(self, node: onnx.NodeProto) -> None:
+        """``DynamicQuantizeLinear → MatMulInteger → Cast → Mul(a_scale · w_scale)``."""
+        if len(node.input) != 4:
+            raise ModelError(f"dequantise: {node.name} has no zero points")
+        a_q, w_q, a_zp, w_zp = node.input
+        quantize = self.producer.get(a_q)
+        if quantize is None or quantize.op_type != "DynamicQuantizeLinear":
+            raise ModelError(f"dequantise: {node.name}'s input is not dynamically quantised")
+        if quantize.output[2] != a_zp:
+            raise ModelError(f"dequantise: {node.name}'s zero point is not its input's")
+        cast = self.only_consumer(node.output[0], "Cast")
+        scale_mul = self.only_consumer(cast.output[0], "Mul")
+        scales_name = next(i for i in scale_mul.input if i != cast.output[0])
+        scales = self.producer.get(scales_name)
+        if scales is None or scales.op_type != "Mul" or quantize.output[1] not in scales.input:
+            raise ModelError(f"dequantise: {node.name}'s output scale is not a_scale · w_scale")
+        w_scale = next(i for i in scales.input if i != quantize.output[1])
+        self.replaced[id(node)] = self.fp32_matmul(
+            node, quantize.input[0], w_q, w_zp, w_scale, scale_mul.output[0]
+        )
+        self.removed.update({id(cast), id(scale_mul)})
+        if len(self.consumers[scales.output[0]]) == 1:
+            self.removed.add(id(scales))
+        self.counts["matmuls"] += 1
+
+    def matmul_integer_to_float(self, node: onnx.NodeProto) -> None:
+        """export/rowwise_int8.py's per-token form: ``MatMulIntegerToFloat(q, w, 1, w_scale,
+        128, w_zp) → Mul(token scale)``, ``q = QuantizeLinear(x, token scale, 128)``."""
+        a_q, w_q, _, w_scale, _, w_zp = (list(node.input) + [""] * 6)[:6]
+        quantize = self.producer.get(a_q)
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            raise ModelError(f"dequantise: {node.name}'s input is not quantised per token")
+        token_mul = self.only_consumer(node.output[0], "Mul")
+        self.replaced[id(node)] = self.fp32_matmul(
+            node, quantize.input[0], w_q, w_zp, w_scale, token_mul.output[0]
+        )
+        self.removed.add(id(token_mul))
+        self.counts["matmuls"] += 1
+
+    def dequantize_linear(self, node: onnx.NodeProto) -> None:
+        """A dequantised constant (folded), or ``Gather(int8 table) → DequantizeLinear``."""
+        from onnx import helper, numpy_helper
+
+        source, scale, zero_point = (list(node.input) + [""] * 3)[:3]
+        axis = _attr_int(node, "axis", 1)
+        zp = self.array(zero_point) if zero_point else np.zeros((), dtype=np.int8)
+        if source in self.inits:
+            table = _dequantized(self.array(source), zp, self.array(scale), axis)
+            self.new_inits.append(numpy_helper.from_array(table, node.output[0]))
+            self.removed.add(id(node))
+            self.counts["gathers"] += 1
+            return
+        gather = self.producer.get(source)
+        if gather is None or gather.op_type != "Gather" or gather.input[0] not in self.inits:
+            raise ModelError(f"dequantise: {node.name} reads neither a constant nor a Gather")
+        if len(self.consumers[source]) != 1:
+            raise ModelError(f"dequantise: {source} has other readers than {node.name}")
+        if np.asarray(self.array(scale)).size != 1:
+            raise ModelError(f"dequantise: {node.name} has a per-axis scale after a Gather")
+        table = _dequantized(self.array(gather.input[0]), zp, self.array(scale), axis)
+        table_name = f"{gather.input[0].removesuffix('_quantized')}_dequantized"
+        self.new_inits.append(numpy_helper.from_array(table, table_name))
+        self.replaced[id(gather)] = helper.make_node(
+            "Gather",
+            [table_name, *gather.input[1:]],
+            [node.output[0]],
+            name=f"{gather.name or table_name}_fp32",
+            axis=_attr_int(gather, "axis", 0),
+        )
+        self.removed.add(id(node))
+        self.counts["gathers"] += 1
+
+    def is_embedding_lookup(self, name: str) -> bool:
+        node = self.producer.get(name)
         return node is not None and node.op_type in {"Gather", "DequantizeLinear"}
 
-    for node in graph.node:
-        if node.op_type == "SkipLayerNormalization" and all(
-            embedding_lookup(i)
-            or (
-                getattr(producer.get(i), "op_type", "") == "Add"
-                and all(embedding_lookup(j) for j in producer[i].input)
-            )
-            for i in node.input[:2]
-        ):
-            # the embeddings' sum and norm: unfused again, so that the fp16 conversion's
-            # optimiser (and ONNX Runtime's own) can fuse EmbedLayerNormalization, as they
-            # do on an export from a checkpoint
-            replaced[id(node)] = _unfused_skip_norm(node)
-            counts["embedding_norms_unfused"] = counts.get("embedding_norms_unfused", 0) + 1
+    def embedding_norms(self) -> None:
+        """Plan the unfusing of the embeddings' sum and norm, so that the fp16 conversion's
+        optimiser (and ONNX Runtime's own) can fuse EmbedLayerNormalization, as they do on an
+        export from a checkpoint."""
+        for node in self.graph.node:
+            if node.op_type == "SkipLayerNormalization" and all(
+                self.is_embedding_lookup(i)
+                or (
+                    getattr(self.producer.get(i), "op_type", "") == "Add"
+                    and all(self.is_embedding_lookup(j) for j in self.producer[i].input)
+                )
+                for i in node.input[:2]
+            ):
+                self.replaced[id(node)] = _unfused_skip_norm(node)
+                self.counts["embedding_norms_unfused"] = (
+                    self.counts.get("embedding_norms_unfused", 0) + 1
+                )
 
-    kept: list[onnx.NodeProto] = []
-    for n in graph.node:
-        if id(n) not in removed:
-            new = replaced.get(id(n), n)
-            kept.extend(new if isinstance(new, list) else [new])
-    # the quantisations nobody reads any more (DynamicQuantizeLinear, or a per-token chain)
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {name for n in kept for name in n.input} | outputs
-        alive = [n for n in kept if any(o in read for o in n.output if o)]
-        if len(alive) == len(kept):
-            break
-        kept = alive
-    left = sorted({n.op_type for n in kept if n.op_type in QUANTIZED_OPS})
+    def rewritten_nodes(self) -> list[onnx.NodeProto]:
+        """The graph's nodes with the plan applied, less the quantisations nobody reads any
+        more (DynamicQuantizeLinear, or a per-token chain)."""
+        kept: list[onnx.NodeProto] = []
+        for n in self.graph.node:
+            if id(n) not in self.removed:
+                new = self.replaced.get(id(n), n)
+                kept.extend(new if isinstance(new, list) else [new])
+        outputs = {o.name for o in self.graph.output}
+        while True:
+            read = {name for n in kept for name in n.input} | outputs
+            alive = [n for n in kept if any(o in read for o in n.output if o)]
+            if len(alive) == len(kept):
+                return kept
+            kept = alive
+
+    def install(self, nodes: list[onnx.NodeProto]) -> None:
+        """Put ``nodes`` and the new initializers in the graph; drop the unread initializers."""
+        graph = self.graph
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(self.new_inits)
+        read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+        unused = [t for t in graph.initializer if t.name not in read]
+        for tensor in unused:
+            graph.initializer.remove(tensor)
+        self.counts["initializers_dropped"] = len(unused)
+
+
+def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The fp32 graph of a dynamically quantised one (see the module's doc), and counts of
+    what was rewritten. :class:`ModelError` when a quantised op is left that no pattern
+    covers (the graph came from another quantiser)."""
+    import onnx
+
+    rewrite = _Rewrite(model.graph)
+    rewrite.quantized_ops()
+    rewrite.embedding_norms()
+    nodes = rewrite.rewritten_nodes()
+    left = sorted({n.op_type for n in nodes if n.op_type in QUANTIZED_OPS})
     if left:
         raise ModelError(f"dequantise: the graph still has {', '.join(left)} after the rewrite")
-    del graph.node[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(new_inits)
-    read = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    unused = [t for t in graph.initializer if t.name not in read]
-    for tensor in unused:
-        graph.initializer.remove(tensor)
-    counts["initializers_dropped"] = len(unused)
+    rewrite.install(nodes)
     onnx.checker.check_model(model)
-    return model, counts
+    return model, rewrite.counts
 
 
 def fp16_from_int8(model_dir: Path, out_dir: Path, *, name: str | None = None) -> Path:

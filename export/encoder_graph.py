@@ -22,7 +22,7 @@ import shutil
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from reranker.models import (
     shipped_weights_dir,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 #: files the graph needs from the checkpoint folder beside it (checked by sha256 at assembly)
 CHECKPOINT_FILES = (WEIGHTS_FILE, "tokenizer.json", "config.json")
@@ -120,6 +123,75 @@ def point_into_weights(model: Any, offsets: dict[str, tuple[str, list[int], int,
     return pointed
 
 
+def _served_parity(
+    wrapped: torch.nn.Module,
+    accepted: list[str],
+    checkpoint_dir: Path,
+    graph: Path,
+    work: Path,
+    length: int,
+) -> float:
+    """The largest difference of mean-pooled embeddings between torch and ``graph`` run
+    beside a copy of the checkpoint's files in ``work``, exactly as it is served;
+    :class:`ModelError` over :data:`FP32_TOLERANCE`."""
+    for name in CHECKPOINT_FILES:
+        shutil.copy2(checkpoint_dir / name, work / name)
+    shutil.copy2(graph, work / FP32_FILE)
+    tokenizer = make_tokenizer(work / "tokenizer.json", length)
+    batches = parity_batches(tokenizer, list(_DEFAULT_PARITY_TEXTS))
+    ref = torch_outputs(wrapped, batches, accepted)
+    got = onnx_outputs(work / FP32_FILE, batches)
+    parity = max(
+        float(np.abs(mean_pool(r, b["attention_mask"]) - mean_pool(g, b["attention_mask"])).max())
+        for r, g, b in zip(ref, got, batches, strict=True)
+    )
+    if not parity <= FP32_TOLERANCE:
+        raise ModelError(f"ONNX embeddings differ from torch by {parity:.2e}")
+    return parity
+
+
+def _graph_card(
+    config: Any,
+    max_length: int,
+    accepted: list[str],
+    files: dict[str, str],
+    *,
+    pointed: int,
+    parity: float,
+) -> dict[str, Any]:
+    """The graph's card: the checkpoint's files by sha256, and its one fp32 variant, whose
+    ``pointed`` weights all lie in :data:`WEIGHTS_FILE`."""
+    return {
+        "format": 1,
+        "kind": "encoder",
+        "name": SHIPPED_MODEL_NAME,
+        "base_model": f"sentence-transformers/{SHIPPED_MODEL_NAME}",
+        "dim": int(config.hidden_size),
+        "max_length": max_length,
+        "pooling": "mean",
+        "normalize": True,
+        "inputs": accepted,
+        "outputs": ["last_hidden_state"],
+        "opset": OPSET,
+        "files": dict(sorted(files.items())),
+        "source": {
+            "package": SHIPPED_PACKAGE_PIN,
+            "sha256": {WEIGHTS_FILE: files[WEIGHTS_FILE]},
+            "licence": "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2 model card)",
+        },
+        "variants": {
+            "fp32": {
+                "file": FP32_FILE,
+                "external_data": WEIGHTS_FILE,
+                "weights_in_graph": 0,
+                "weights_in_external_data": pointed,
+                "parity": parity,
+            }
+        },
+        "exporter": exporter_versions(),
+    }
+
+
 def export_encoder_graph(checkpoint_dir: Path, out_dir: Path, *, max_length: int = 256) -> Path:
     """Write ``out_dir/model.onnx`` (weight-free) and ``card.json`` for the encoder in
     ``checkpoint_dir`` (a folder with ``model.safetensors``, ``tokenizer.json``,
@@ -154,54 +226,12 @@ def export_encoder_graph(checkpoint_dir: Path, out_dir: Path, *, max_length: int
         graph = onnx.load(str(work / FP32_FILE))
         pointed = point_into_weights(graph, safetensors_offsets(checkpoint_dir / WEIGHTS_FILE))
         onnx.save(graph, str(out / FP32_FILE))
-        # parity: the graph beside a copy of the weights, exactly as it is served
-        for name in CHECKPOINT_FILES:
-            shutil.copy2(checkpoint_dir / name, work / name)
-        shutil.copy2(out / FP32_FILE, work / FP32_FILE)
-        tokenizer = make_tokenizer(work / "tokenizer.json", _max_length(config, max_length))
-        batches = parity_batches(tokenizer, list(_DEFAULT_PARITY_TEXTS))
-        ref = torch_outputs(wrapped, batches, accepted)
-        got = onnx_outputs(work / FP32_FILE, batches)
-        parity = max(
-            float(
-                np.abs(mean_pool(r, b["attention_mask"]) - mean_pool(g, b["attention_mask"])).max()
-            )
-            for r, g, b in zip(ref, got, batches, strict=True)
-        )
-        if not parity <= FP32_TOLERANCE:
-            raise ModelError(f"ONNX embeddings differ from torch by {parity:.2e}")
+        length = _max_length(config, max_length)
+        parity = _served_parity(wrapped, accepted, checkpoint_dir, out / FP32_FILE, work, length)
         shutil.rmtree(work)
         files = {name: sha256_file(checkpoint_dir / name) for name in CHECKPOINT_FILES}
         files[FP32_FILE] = sha256_file(out / FP32_FILE)
-        card = {
-            "format": 1,
-            "kind": "encoder",
-            "name": SHIPPED_MODEL_NAME,
-            "base_model": f"sentence-transformers/{SHIPPED_MODEL_NAME}",
-            "dim": int(config.hidden_size),
-            "max_length": _max_length(config, max_length),
-            "pooling": "mean",
-            "normalize": True,
-            "inputs": accepted,
-            "outputs": ["last_hidden_state"],
-            "opset": OPSET,
-            "files": dict(sorted(files.items())),
-            "source": {
-                "package": SHIPPED_PACKAGE_PIN,
-                "sha256": {WEIGHTS_FILE: files[WEIGHTS_FILE]},
-                "licence": "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2 model card)",
-            },
-            "variants": {
-                "fp32": {
-                    "file": FP32_FILE,
-                    "external_data": WEIGHTS_FILE,
-                    "weights_in_graph": 0,
-                    "weights_in_external_data": pointed,
-                    "parity": parity,
-                }
-            },
-            "exporter": exporter_versions(),
-        }
+        card = _graph_card(config, length, accepted, files, pointed=pointed, parity=parity)
         write_json_atomic(out / ENCODER_CARD, card)
     return Path(out_dir)
 

@@ -29,14 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.card import read_training_info, source_hashes, write_card
+from export.card import (
+    distillation_entry,
+    read_training_info,
+    signal_heads_card,
+    source_hashes,
+    write_card,
+)
 from export.parity import (
     DEFAULT_PARITY_PAIRS,
+    OutputParity,
     make_tokenizer,
-    onnx_all_outputs,
     onnx_outputs,
     parity_batches,
-    torch_all_outputs,
     torch_outputs,
 )
 from reranker.errors import ModelError
@@ -476,46 +481,8 @@ def _convert_fp16(fused_fp32: Path, target: Path, *, num_heads: int, hidden: int
         model.save_model_to_file(str(target), use_external_data_format=False)
 
 
-def _distillation(training: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A distilled student's summary for its card (teacher, layers, loss, data, the chosen
-    held-out step), from ``train_info.json`` of ``reranker distill``; ``None`` otherwise."""
-    info = (training or {}).get("train_info")
-    distilled = info.get("distillation") if isinstance(info, dict) else None
-    if not isinstance(distilled, dict):
-        return None
-    keys = ("teacher", "layers", "loss", "temperature", "data", "steps", "chosen", "selection")
-    return {k: distilled[k] for k in keys if k in distilled}
-
-
 def _has_heads(model: Any) -> bool:
     return bool(getattr(model, "signal_head_names", ()))
-
-
-def _heads_card(checkpoint_dir: Path, names: Sequence[str]) -> dict[str, Any]:
-    """The card's account of a multi-task model's signal heads: each named output, what it
-    predicts, and how it was trained (from ``train_info.json``)."""
-    from reranker.rerank.heads import CLICK_HEAD, predicted_feature
-
-    info = (read_training_info(checkpoint_dir) or {}).get("train_info", {}).get("heads", {})
-
-    def predicts(name: str) -> str:
-        if name == CLICK_HEAD:
-            return (
-                "the chance that a user who looks at the document clicks it, for this query "
-                "(the click model's attractiveness), in [0, 1] (sigmoid), from the text alone"
-            )
-        return (
-            f"the {name} signal feature of the dataset's preset, in [0, 1] (sigmoid), from the "
-            "text alone"
-        )
-
-    return {
-        "outputs": {
-            name: {"predicts": predicts(name), "blend_feature": predicted_feature(name)}
-            for name in names
-        },
-        "training": info,
-    }
 
 
 def _load_aware_if_any(checkpoint_dir: Path) -> Any:
@@ -526,6 +493,114 @@ def _load_aware_if_any(checkpoint_dir: Path) -> Any:
         return None
     model, _ = load_aware(checkpoint_dir)
     return model.eval()
+
+
+def _load_cross_encoder(checkpoint_dir: Path) -> tuple[Any, list[str]]:
+    """The model saved in ``checkpoint_dir`` (first-stage-aware, else a plain
+    sequence-classification one) and the inputs its graph takes."""
+    from transformers import AutoModelForSequenceClassification
+
+    aware = _load_aware_if_any(checkpoint_dir)
+    if aware is not None:
+        return aware, [*_accepted_inputs(aware.encoder), "first_stage"]
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(checkpoint_dir), local_files_only=True, attn_implementation="eager"
+        ).eval()
+    except Exception as exc:  # transformers raises many types here
+        raise ModelError(
+            f"{checkpoint_dir}: cannot load a sequence-classification model: {exc}"
+        ) from exc
+    return model, _accepted_inputs(model)
+
+
+def _cross_encoder_batches(
+    tokenizer_json: Path, length: int, pairs: Sequence[tuple[str, ...]], *, aware: bool
+) -> list[dict[str, np.ndarray]]:
+    """The parity pairs as batches; a first-stage-aware model's also get (seeded) random
+    first-stage features."""
+    batches = parity_batches(make_tokenizer(tokenizer_json, length), pairs)  # type: ignore[arg-type]
+    if aware:
+        rng = np.random.default_rng(0)
+        for batch in batches:
+            rows = batch["input_ids"].shape[0]
+            batch["first_stage"] = rng.random((rows, len(FEATURE_NAMES)), dtype=np.float32)
+    return batches
+
+
+def _parity_entries(parity: OutputParity, path: Path) -> dict[str, Any]:
+    """The card's parity entries of one variant: the logits', and the signal heads' if any."""
+    diffs = parity.max_diffs(path)
+    logits = diffs.pop("logits")
+    return {"parity_max_abs_diff": logits} | ({"heads_parity_max_abs_diff": diffs} if diffs else {})
+
+
+def _fp32_variant(parity: OutputParity, out: Path, fused: dict[str, int] | None) -> dict[str, Any]:
+    """The fp32 variant's card entry; :class:`ModelError` when its logits or signal heads
+    differ from torch by more than :data:`FP32_TOLERANCE`."""
+    entries = _parity_entries(parity, out / FP32_FILE)
+    diff = entries["parity_max_abs_diff"]
+    if not diff <= FP32_TOLERANCE:
+        raise ModelError(f"ONNX fp32 logits differ from torch by {diff:.2e} (> {FP32_TOLERANCE:g})")
+    head_diffs = entries.get("heads_parity_max_abs_diff", {})
+    if not all(d <= FP32_TOLERANCE for d in head_diffs.values()):
+        raise ModelError(f"ONNX fp32 signal heads differ from torch: {head_diffs}")
+    return {"file": FP32_FILE, "fused": fused, **entries}
+
+
+def _int8_variant(
+    parity: OutputParity, raw: Path, out: Path, work: Path, *, heads: int, hidden: int
+) -> dict[str, Any]:
+    """Write ``model.int8.onnx`` from the raw export; its card entry."""
+    from export.rowwise_int8 import DESCRIPTION as rowwise_description
+
+    started = time.perf_counter()
+    _quantize_int8(raw, out / INT8_FILE, work, num_heads=heads, hidden=hidden)
+    entry = {
+        "file": INT8_FILE,
+        "quantization": "dynamic, per-channel, QInt8 weights; " + rowwise_description,
+        **_parity_entries(parity, out / INT8_FILE),
+    }
+    log.info("int8 variant took %.1f s", time.perf_counter() - started)
+    return entry
+
+
+def _fp16_variant(parity: OutputParity, out: Path, *, heads: int, hidden: int) -> dict[str, Any]:
+    """Write ``model.fp16.onnx`` from the fused fp32 graph; its card entry."""
+    if not (heads and hidden):
+        raise ModelError("fp16 conversion needs num_attention_heads and hidden_size")
+    _convert_fp16(out / FP32_FILE, out / FP16_FILE, num_heads=heads, hidden=hidden)
+    entry: dict[str, Any] = {"file": FP16_FILE, "for": "CUDAExecutionProvider"}
+    try:
+        entry["parity_max_abs_diff"] = parity.max_diffs(out / FP16_FILE)["logits"]
+    except Exception as exc:  # CPU may lack fp16 kernels; CUDA is the target
+        entry["parity_max_abs_diff"] = None
+        entry["parity_note"] = f"not checked on CPU: {exc}"[:300]
+    return entry
+
+
+def _first_stage_card(aware: Any) -> dict[str, Any]:
+    """The card's account of the first-stage features a first-stage-aware model reads."""
+    weights = [float(v) for v in aware.feature_weights.detach()]
+    return {"names": list(FEATURE_NAMES), "normalization": NORMALIZATION, "weights": weights}
+
+
+def _model_card(
+    checkpoint_dir: Path, model: Any, config: Any, accepted: list[str], *, aware: bool
+) -> dict[str, Any]:
+    """The card's account of the graph's labels, inputs and named outputs, with a
+    first-stage-aware model's features and a multi-task model's signal heads."""
+    return {
+        "num_labels": 1 if aware else int(getattr(config, "num_labels", 1)),
+        "inputs": accepted,
+        "outputs": _output_names(model, "logits"),
+        **({"first_stage_features": _first_stage_card(model)} if aware else {}),
+        **(
+            {"signal_heads": signal_heads_card(checkpoint_dir, model.signal_head_names)}
+            if _has_heads(model)
+            else {}
+        ),
+    }
 
 
 def export_cross_encoder(
@@ -553,32 +628,14 @@ def export_cross_encoder(
     recorded in the card, not enforced: judge them by the ranking quality they cost.
     """
     _require_torch()
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     checkpoint_dir = _check_checkpoint(checkpoint_dir)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     config = AutoConfig.from_pretrained(str(checkpoint_dir), local_files_only=True)
-    aware = _load_aware_if_any(checkpoint_dir)
-    feature_card: dict[str, Any] | None = None
-    if aware is not None:
-        model = aware
-        accepted = [*_accepted_inputs(model.encoder), "first_stage"]
-        feature_card = {
-            "names": list(FEATURE_NAMES),
-            "normalization": NORMALIZATION,
-            "weights": [float(v) for v in aware.feature_weights.detach()],
-        }
-    else:
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(checkpoint_dir), local_files_only=True, attn_implementation="eager"
-            ).eval()
-        except Exception as exc:  # transformers raises many types here
-            raise ModelError(
-                f"{checkpoint_dir}: cannot load a sequence-classification model: {exc}"
-            ) from exc
-        accepted = _accepted_inputs(model)
+    model, accepted = _load_cross_encoder(checkpoint_dir)
+    is_aware = "first_stage" in accepted
     length = _max_length(config, max_length)
     heads, hidden = _model_dims(config)
     pairs = [tuple(p) for p in (parity_pairs or DEFAULT_PARITY_PAIRS)]
@@ -590,70 +647,14 @@ def export_cross_encoder(
         raw, fused = _export_graph(model, config, accepted, "logits", work, out)
         _write_tokenizer(checkpoint_dir, out)
         shutil.copy2(checkpoint_dir / "config.json", out / "config.json")
-
-        tokenizer = make_tokenizer(out / "tokenizer.json", length)
-        batches = parity_batches(tokenizer, pairs)  # type: ignore[arg-type]
-        if aware is not None:
-            rng = np.random.default_rng(0)
-            for batch in batches:
-                rows = batch["input_ids"].shape[0]
-                batch["first_stage"] = rng.random((rows, len(FEATURE_NAMES)), dtype=np.float32)
-        outputs = _output_names(model, "logits")
-        reference = torch_all_outputs(_wrap(model, accepted, "logits"), batches, accepted)
-
-        def max_diffs(path: Path) -> dict[str, float]:
-            """Per named output (``logits``, then each signal head), the largest difference
-            from torch over the parity batches: one session, one run per batch."""
-            got = onnx_all_outputs(path, batches)
-            return {
-                name: max(
-                    float(np.abs(r[j] - g[j].astype(np.float32)).max())
-                    for r, g in zip(reference, got, strict=True)
-                )
-                for j, name in enumerate(outputs)
-            }
-
-        def parity(path: Path) -> dict[str, Any]:
-            """The card's parity entries of one variant."""
-            diffs = max_diffs(path)
-            logits = diffs.pop("logits")
-            return {"parity_max_abs_diff": logits} | (
-                {"heads_parity_max_abs_diff": diffs} if diffs else {}
-            )
-
-        variants: dict[str, dict[str, Any]] = {}
-        fp32_parity = parity(out / FP32_FILE)
-        fp32_diff = fp32_parity["parity_max_abs_diff"]
-        if not fp32_diff <= FP32_TOLERANCE:
-            raise ModelError(
-                f"ONNX fp32 logits differ from torch by {fp32_diff:.2e} (> {FP32_TOLERANCE:g})"
-            )
-        fp32_heads = fp32_parity.get("heads_parity_max_abs_diff", {})
-        if not all(d <= FP32_TOLERANCE for d in fp32_heads.values()):
-            raise ModelError(f"ONNX fp32 signal heads differ from torch: {fp32_heads}")
-        variants["fp32"] = {"file": FP32_FILE, "fused": fused, **fp32_parity}
+        batches = _cross_encoder_batches(out / "tokenizer.json", length, pairs, aware=is_aware)
+        wrapped = _wrap(model, accepted, "logits")
+        parity = OutputParity(wrapped, accepted, batches, _output_names(model, "logits"))
+        variants = {"fp32": _fp32_variant(parity, out, fused)}
         if int8:
-            from export.rowwise_int8 import DESCRIPTION as rowwise_description
-
-            t0 = time.perf_counter()
-            _quantize_int8(raw, out / INT8_FILE, work, num_heads=heads, hidden=hidden)
-            variants["int8"] = {
-                "file": INT8_FILE,
-                "quantization": "dynamic, per-channel, QInt8 weights; " + rowwise_description,
-                **parity(out / INT8_FILE),
-            }
-            log.info("int8 variant took %.1f s", time.perf_counter() - t0)
+            variants["int8"] = _int8_variant(parity, raw, out, work, heads=heads, hidden=hidden)
         if fp16:
-            if not (heads and hidden):
-                raise ModelError("fp16 conversion needs num_attention_heads and hidden_size")
-            _convert_fp16(out / FP32_FILE, out / FP16_FILE, num_heads=heads, hidden=hidden)
-            entry: dict[str, Any] = {"file": FP16_FILE, "for": "CUDAExecutionProvider"}
-            try:
-                entry["parity_max_abs_diff"] = max_diffs(out / FP16_FILE)["logits"]
-            except Exception as exc:  # CPU may lack fp16 kernels; CUDA is the target
-                entry["parity_max_abs_diff"] = None
-                entry["parity_note"] = f"not checked on CPU: {exc}"[:300]
-            variants["fp16"] = entry
+            variants["fp16"] = _fp16_variant(parity, out, heads=heads, hidden=hidden)
         shutil.rmtree(work)
         training = read_training_info(checkpoint_dir)
         write_card(
@@ -666,19 +667,11 @@ def export_cross_encoder(
                 "base_model": _base_model(checkpoint_dir, base_model),
                 "source": {"path": str(checkpoint_dir), "sha256": source_hashes(checkpoint_dir)},
                 "max_length": length,
-                "num_labels": 1 if aware is not None else int(getattr(config, "num_labels", 1)),
-                "inputs": accepted,
-                "outputs": _output_names(model, "logits"),
-                **({"first_stage_features": feature_card} if feature_card else {}),
-                **(
-                    {"signal_heads": _heads_card(checkpoint_dir, model.signal_head_names)}
-                    if _has_heads(model)
-                    else {}
-                ),
+                **_model_card(checkpoint_dir, model, config, accepted, aware=is_aware),
                 "variants": variants,
                 "parity": {"pairs": len(pairs), "tolerance_fp32": FP32_TOLERANCE},
                 "training": training,
-                **({"distillation": _distillation(training)} if _distillation(training) else {}),
+                **distillation_entry(training),
                 "export_seconds": round(time.perf_counter() - started, 1),
             },
         )

@@ -97,3 +97,31 @@ def parity_batches(
     batches = [batch_arrays(tokenizer, inputs)]
     batches.extend(batch_arrays(tokenizer, inputs[i : i + 1]) for i in range(min(3, len(inputs))))
     return batches
+
+
+class OutputParity:
+    """The largest differences of exported graphs' named outputs from the wrapped torch
+    model's, over the same batches: torch runs once; each graph in one session, one run per
+    batch."""
+
+    def __init__(
+        self,
+        wrapped: torch.nn.Module,
+        accepted: Sequence[str],
+        batches: Sequence[dict[str, np.ndarray]],
+        outputs: Sequence[str],
+    ) -> None:
+        self.batches = batches
+        self.outputs = list(outputs)
+        self.reference = torch_all_outputs(wrapped, batches, accepted)
+
+    def max_diffs(self, onnx_path: Path) -> dict[str, float]:
+        """Per named output (in the graph's order), the largest absolute difference."""
+        got = onnx_all_outputs(onnx_path, self.batches)
+        return {
+            name: max(
+                float(np.abs(r[j] - g[j].astype(np.float32)).max())
+                for r, g in zip(self.reference, got, strict=True)
+            )
+            for j, name in enumerate(self.outputs)
+        }
