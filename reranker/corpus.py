@@ -108,14 +108,35 @@ class CorpusSource:
         return merged
 
 
-def parse_document(line: str) -> Document:
-    """One corpus line → a document; ``ValueError`` says what is wrong with it."""
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The non-blank lines of a JSONL file as JSON objects, with 1-based line numbers; a line
+    that is not one is a :class:`MalformedLineError`, a file that cannot be read a
+    :class:`SourceError`."""
     try:
-        doc = json.loads(line)
+        for line_number, line in _numbered_lines(path):
+            try:
+                row = parse_object(line)
+            except ValueError as exc:
+                raise MalformedLineError(str(path), line_number, str(exc)) from None
+            yield line_number, row
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc}") from exc
+
+
+def parse_object(line: str) -> dict[str, Any]:
+    """One JSONL line → its JSON object; ``ValueError`` says what is wrong with it."""
+    try:
+        row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def parse_document(line: str) -> Document:
+    """One corpus line → a document; ``ValueError`` says what is wrong with it."""
+    doc = parse_object(line)
     doc_id = doc.get("_id", doc.get("id"))
     if isinstance(doc_id, int) and not isinstance(doc_id, bool):
         doc_id = str(doc_id)

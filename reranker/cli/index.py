@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from reranker.cli.common import es_client, query_embedder
+from reranker.cli.common import indexing_tools
 
 # --------------------------------------------------------------------------- index
 
@@ -48,17 +48,16 @@ def index_cmd(
     and its current index untouched. Re-running on the same source gives the same result.
     """
     from reranker.corpus import CorpusSource
-    from reranker.es.indexing import LoadOptions, default_cache, index_corpus
+    from reranker.es.indexing import LoadOptions, index_corpus
 
     corpus = CorpusSource.open(source, extra=extra)
-    client = es_client(ctx)
-    embedder = query_embedder(ctx)
+    client, embedder, cache = indexing_tools(ctx)
     result = index_corpus(
         client,
         corpus,
         alias,
         embedder,
-        cache=default_cache(ctx.obj.home, embedder),
+        cache=cache,
         skip_malformed=skip_malformed,
         options=LoadOptions(keep_previous=keep_old, progress=progress),
     )
@@ -78,15 +77,14 @@ def reindex_cmd(
 ) -> None:
     """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
     mappings, and swap the alias the same safe way as `index`."""
-    from reranker.es.indexing import LoadOptions, default_cache, reindex_alias
+    from reranker.es.indexing import LoadOptions, reindex_alias
 
-    client = es_client(ctx)
-    embedder = query_embedder(ctx)
+    client, embedder, cache = indexing_tools(ctx)
     result = reindex_alias(
         client,
         alias,
         embedder,
-        cache=default_cache(ctx.obj.home, embedder),
+        cache=cache,
         re_embed=re_embed,
         options=LoadOptions(keep_previous=keep_old, progress=progress),
     )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from reranker.cli.common import RerankerGroup, es_client, query_embedder
+from reranker.cli.common import RerankerGroup, indexing_tools
 from reranker.config import MODEL_VARIANTS
 
 if TYPE_CHECKING:
@@ -80,7 +80,6 @@ def run_log_features(ctx: click.Context, a: LogFeaturesArgs) -> None:
 
     from reranker.blend.features import feature_names_for
     from reranker.blend.signals import PRESETS, load_signal_config
-    from reranker.es.indexing import default_cache
     from reranker.evaluation.runs import ensure_dataset_index, judged_queries, query_vectors
     from reranker.rerank.cache import CachedScorer
     from reranker.rerank.heads import predicted_feature
@@ -95,14 +94,13 @@ def run_log_features(ctx: click.Context, a: LogFeaturesArgs) -> None:
     )
     names = feature_names_for(config)
     alias = a.alias or f"beir-{a.dataset.name.lower()}"
-    client = es_client(ctx)
-    embedder = query_embedder(ctx)
+    client, embedder, cache = indexing_tools(ctx)
     ensure_dataset_index(
         client,
         a.dataset,
         alias,
         embedder,
-        cache=default_cache(ctx.obj.home, embedder),
+        cache=cache,
         progress=a.progress,
     )
     path = QueryPath(

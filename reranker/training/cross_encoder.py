@@ -55,7 +55,7 @@ from transformers import (
 )
 
 from reranker.batching import head_scores
-from reranker.errors import ConfigError, SourceError
+from reranker.errors import SourceError
 from reranker.training.checkpoints import (
     check_checkpoint_dir,
     load_cross_encoder,
@@ -83,12 +83,13 @@ from reranker.training.toolbox import (
     TrainProgress,
     adamw_with_warmup,
     autocast,
-    cpu_supports_bf16,
+    backward_step,
     environment,
     epoch_batches,
     file_sha256,
     loss_curve,
     quiet_transformers,
+    resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -96,22 +97,6 @@ from reranker.training.toolbox import (
 
 logger = logging.getLogger(__name__)
 """One tokenised pair: input ids, and token type ids where the model uses them (int32)."""
-
-
-def _resolve_device(config: TrainConfig) -> tuple[torch.device, bool]:
-    if config.device is not None:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {config.device!r} asked for, but CUDA is not available")
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.bf16 is not None:
-        bf16 = config.bf16
-    elif device.type == "cuda":
-        bf16 = bool(torch.cuda.is_bf16_supported())
-    else:
-        bf16 = cpu_supports_bf16()
-    return device, bf16
 
 
 def _fingerprint(config: TrainConfig, data_digest: str, base: Path) -> dict[str, Any]:
@@ -307,12 +292,9 @@ class _Run:
             loss = listwise_loss(logits, [len(unit) for unit in chosen])
         else:
             loss = self.loss_fn(logits, self.plan.labels[indices].to(self.device))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+        return backward_step(
+            loss, self.model, (self.optimizer, self.scheduler), self.config.max_grad_norm
+        )
 
     def train_epochs(
         self, show_progress: bool, on_step: Callable[[int, float], None] | None
@@ -402,7 +384,7 @@ def train(
     checkpoint_dir = prepare_output_dir(config)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    device, bf16 = _resolve_device(config)
+    device, bf16 = resolve_device(config.bf16, config.device)
     attn = config.attn_implementation or ("eager" if device.type == "cpu" else None)
     seed_everything(config.seed)
 

@@ -8,18 +8,18 @@ them.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from reranker.corpus import read_jsonl
 from reranker.errors import SourceError
 
 FORBIDDEN_SPLITS = frozenset({"test"})
@@ -134,23 +134,6 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        with Path(path).open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
-                if not isinstance(row, dict):
-                    raise SourceError(f"{path}:{number}: expected a JSON object")
-                yield number, row
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc}") from exc
-
-
 def doc_text(doc: dict[str, Any]) -> str:
     """Passage text of a BEIR document: ``title + ". " + text`` (as in the training triples)."""
     title = str(doc.get("title") or "").strip()
@@ -161,10 +144,8 @@ def doc_text(doc: dict[str, Any]) -> str:
 def load_beir(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
     """A BEIR folder's ``(corpus {doc_id: passage}, queries {query_id: text})``."""
     folder = Path(folder)
-    corpus = {str(row["_id"]): doc_text(row) for _, row in _read_jsonl(folder / "corpus.jsonl")}
-    queries = {
-        str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(folder / "queries.jsonl")
-    }
+    corpus = {str(row["_id"]): doc_text(row) for _, row in read_jsonl(folder / "corpus.jsonl")}
+    queries = {str(row["_id"]): str(row["text"]) for _, row in read_jsonl(folder / "queries.jsonl")}
     return corpus, queries
 
 
@@ -221,7 +202,7 @@ def _triples_pairs(
     by_source: Counter[str] = Counter()
     query_ids: dict[str, set[str]] = {}
     before = len(collector.pairs)
-    for number, row in _read_jsonl(path):
+    for number, row in read_jsonl(path):
         missing = [key for key in ("query", "positive", "negative") if not row.get(key)]
         if missing:
             raise SourceError(f"{path}:{number}: missing or empty {', '.join(missing)}")

@@ -67,10 +67,11 @@ from reranker.training.losses import listwise_kl_loss, margin_mse_loss
 from reranker.training.toolbox import (
     adamw_with_warmup,
     autocast,
-    cpu_supports_bf16,
+    backward_step,
     environment,
     loss_curve,
     quiet_transformers,
+    resolve_device,
     seed_everything,
 )
 
@@ -179,15 +180,6 @@ def student_scores(
     return groups
 
 
-def _device(config: DistillConfig) -> tuple[torch.device, bool]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.bf16 is not None:
-        return device, config.bf16
-    if device.type == "cuda":
-        return device, bool(torch.cuda.is_bf16_supported())
-    return device, cpu_supports_bf16()
-
-
 def load_student(base: Path, layers: int) -> PreTrainedModel:
     """The first ``layers`` layers of ``base`` with a fresh one-label head."""
     check_checkpoint_dir(base)
@@ -234,7 +226,7 @@ def train_student(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    where = _device(config)
+    where = resolve_device(config.bf16)
     device, bf16 = where
     base = config.base_model if config.base_model is not None else shipped_weights_dir()
     tokenizer_json = Path(teacher["path"]) / "tokenizer.json"
@@ -336,7 +328,6 @@ def _step(
 ) -> float:
     """One optimizer step on some queries' candidate rows and the teacher's logits of them;
     its loss."""
-    optimizer, scheduler = optimizers
     device, bf16 = where
     rows = [row for group in group_rows for row in group]
     sizes = [len(group) for group in group_rows]
@@ -349,12 +340,7 @@ def _step(
         loss = margin_mse_loss(logits.float(), target, sizes)
     else:
         loss = listwise_kl_loss(logits.float(), target, sizes, config.temperature)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    return float(loss.detach())
+    return backward_step(loss, model, optimizers, config.max_grad_norm)
 
 
 def _info(

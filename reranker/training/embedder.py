@@ -44,15 +44,22 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from reranker.corpus import DEV_HOLDOUT_FRACTION, DEV_HOLDOUT_SEED, passage_text, split_queries
+from reranker.corpus import (
+    DEV_HOLDOUT_FRACTION,
+    DEV_HOLDOUT_SEED,
+    passage_text,
+    read_jsonl,
+    split_queries,
+)
 from reranker.errors import ConfigError, SourceError
 from reranker.metrics import ranking_metrics
 from reranker.models import ENCODER_CONVENTIONS, encoder_conventions, write_json_atomic
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.training.cross_encoder_config import default_base_model
-from reranker.training.data import BM25, _read_jsonl, read_qrels
+from reranker.training.data import BM25, read_qrels
 from reranker.training.losses import in_batch_loss
 from reranker.training.toolbox import (
+    backward_step,
     cpu_supports_bf16,
     linear_warmup_schedule,
     package_versions,
@@ -191,8 +198,8 @@ def _load_corpus(dataset: Path, config: EmbedderTrainConfig) -> _Corpus:
         dev = read_qrels(qrels_dir / "dev.tsv")
     else:
         train, dev = split_queries(train, config.dev_fraction, config.split_seed)
-    rows = {str(r["_id"]): r for _, r in _read_jsonl(dataset / "corpus.jsonl")}
-    queries = {str(r["_id"]): str(r["text"]) for _, r in _read_jsonl(dataset / "queries.jsonl")}
+    rows = {str(r["_id"]): r for _, r in read_jsonl(dataset / "corpus.jsonl")}
+    queries = {str(r["_id"]): str(r["text"]) for _, r in read_jsonl(dataset / "queries.jsonl")}
     doc_ids = list(rows)
     passages = {d: passage_text(rows[d]) for d in doc_ids}
     corpus = _Corpus(
@@ -364,7 +371,6 @@ def _step(
     optimizers: tuple[Any, Any],
 ) -> float:
     """One step of in-batch training with one sampled hard negative per query; its loss."""
-    optimizer, schedule = optimizers
     encoder.model.train()
     negatives = [rng.choice(e.hard_negatives) for e in batch]
     doc_ids = [e.positive for e in batch] + negatives
@@ -374,12 +380,7 @@ def _step(
         [[d in relevant_texts.get(e.query, ()) for d in doc_ids] for e in batch]
     )
     loss = in_batch_loss(queries, passages, relevant, config.scale)
-    optimizer.zero_grad()
-    loss.backward()  # type: ignore[no-untyped-call]
-    torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
-    return float(loss.item())
+    return backward_step(loss, encoder.model, optimizers, 1.0)
 
 
 def _info(

@@ -72,9 +72,10 @@ from reranker.training.losses import listwise_loss
 from reranker.training.mining import Group, HybridData, listwise_hybrid_groups, mine_hybrid_windows
 from reranker.training.toolbox import (
     autocast,
-    cpu_supports_bf16,
+    backward_step,
     linear_warmup_schedule,
     package_versions,
+    resolve_device,
     seed_everything,
 )
 
@@ -227,15 +228,6 @@ def _refuse_test_overlap(
     leaked = set(qrels) & set(test)
     if leaked:
         raise SourceError(f"{dataset}: {len(leaked)} train queries are test queries")
-
-
-def _resolve_device(config: AwareTrainConfig) -> tuple[torch.device, bool]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if config.bf16 is not None:
-        return device, config.bf16
-    if device.type == "cuda":
-        return device, bool(torch.cuda.is_bf16_supported())
-    return device, cpu_supports_bf16()
 
 
 def _load_data(config: AwareTrainConfig) -> tuple[list[HybridData], list[_DevData]]:
@@ -412,12 +404,9 @@ class _Trainer:
         weights = self.config.loss_weights or {}
         loss: Any = sum(weights.get(k, 1.0) * v for k, v in losses.items())
         self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+        return backward_step(
+            loss, self.model, (self.optimizer, self.scheduler), self.config.max_grad_norm
+        )
 
     def evaluate(self, devs: Sequence[_DevData], step: int) -> dict[str, float]:
         values = {
@@ -443,7 +432,7 @@ def train_aware(config: AwareTrainConfig, progress: bool = True) -> dict[str, An
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    device, bf16 = _resolve_device(config)
+    device, bf16 = resolve_device(config.bf16)
     base = config.base_model or default_base_model()
     train_windows, devs = _load_data(config)
     clicks = _click_targets(config, train_windows)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from reranker.corpus import read_jsonl
 from reranker.errors import ConfigError, SourceError
 from reranker.rerank.heads import (
     HEAD_NAMES,
@@ -119,12 +120,10 @@ class SignalTargets:
 def document_sources(dataset: Path) -> dict[str, dict[str, Any]]:
     """Each document's ``_source`` as the index would hold it: the corpus row with
     ``signals.jsonl`` (when the dataset has one) merged in by ``_id``."""
-    from reranker.training.data import _read_jsonl
-
-    sources = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
+    sources = {str(row["_id"]): row for _, row in read_jsonl(dataset / "corpus.jsonl")}
     extra = dataset / "signals.jsonl"
     if extra.is_file():
-        for number, row in _read_jsonl(extra):
+        for number, row in read_jsonl(extra):
             if "_id" not in row:
                 raise SourceError(f"{extra}:{number}: no _id")
             doc = sources.get(str(row["_id"]))

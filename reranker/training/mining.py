@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from reranker.corpus import passage_text
+from reranker.corpus import passage_text, read_jsonl
 from reranker.rerank.features import (
     features_from_stage_scores,
 )
 from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
-from reranker.training.data import BM25, _read_jsonl
+from reranker.training.data import BM25
 from reranker.training.heads import (
     SignalTargets,
 )
@@ -76,9 +76,9 @@ def mine_hybrid_windows(
     min-max fusion; :func:`~reranker.rerank.features.features_from_stage_scores`)."""
     from reranker.retrieval.embedder import Embedder
 
-    corpus_rows = {str(row["_id"]): row for _, row in _read_jsonl(dataset / "corpus.jsonl")}
+    corpus_rows = {str(row["_id"]): row for _, row in read_jsonl(dataset / "corpus.jsonl")}
     queries = {
-        str(row["_id"]): str(row["text"]) for _, row in _read_jsonl(dataset / "queries.jsonl")
+        str(row["_id"]): str(row["text"]) for _, row in read_jsonl(dataset / "queries.jsonl")
     }
     doc_ids = list(corpus_rows)
     passages = {d: passage_text(corpus_rows[d]) for d in doc_ids}

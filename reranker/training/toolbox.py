@@ -1,5 +1,6 @@
 """What every trainer here shares: device and bf16 set-up, autocast, seeding and RNG state,
-the AdamW optimizer with linear warm-up, versions and fingerprints for the model card."""
+the AdamW optimizer with linear warm-up and its step, versions and fingerprints for the model
+card."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from reranker.errors import ConfigError
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
@@ -51,6 +54,23 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_device(bf16: bool | None, device: str | None = None) -> tuple[torch.device, bool]:
+    """The device to train on (``device`` if given, else CUDA where there is one, else the CPU)
+    and whether to autocast to bfloat16 there (``bf16`` if given, else where the hardware has
+    it natively)."""
+    if device is not None:
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but CUDA is not available")
+    else:
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if bf16 is not None:
+        return chosen, bf16
+    if chosen.type == "cuda":
+        return chosen, bool(torch.cuda.is_bf16_supported())
+    return chosen, cpu_supports_bf16()
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +202,23 @@ def adamw_with_warmup(
     optimizer = torch.optim.AdamW(grouped, lr=lr)
     warmup = int(warmup_ratio * total_steps)
     return optimizer, linear_warmup_schedule(optimizer, warmup, total_steps)
+
+
+def backward_step(
+    loss: Any,
+    model: torch.nn.Module,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
+    max_grad_norm: float,
+) -> float:
+    """One optimizer step on ``loss`` (a scalar tensor): gradients afresh, their norm clipped
+    to ``max_grad_norm``, then the optimizer's and its schedule's steps; the loss's value."""
+    optimizer, scheduler = optimizers
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
 
 
 @dataclass

@@ -14,6 +14,7 @@ from reranker.corpus import (
     load_qrels,
     parse_document,
     passage_text,
+    read_jsonl,
     split_queries,
 )
 from reranker.errors import MalformedLineError, SourceError
@@ -54,6 +55,19 @@ def test_malformed_line_is_reported_with_its_line_number(tmp_path: Path) -> None
         source.count()
     assert caught.value.line_number == 3
     assert "docs.jsonl:3" in str(caught.value)
+
+
+def test_read_jsonl_numbers_objects_and_names_bad_lines(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "rows.jsonl", ['{"a": 1}', "", '{"b": 2}'])
+    assert list(read_jsonl(path)) == [(1, {"a": 1}), (3, {"b": 2})]
+    write_lines(path, ['{"a": 1}', "[1, 2]"])
+    with pytest.raises(MalformedLineError, match=r"rows.jsonl:2: expected a JSON object"):
+        list(read_jsonl(path))
+    path.write_bytes(b"{not json\n")
+    with pytest.raises(MalformedLineError, match=r"rows.jsonl:1: invalid JSON"):
+        list(read_jsonl(path))
+    with pytest.raises(SourceError, match="cannot read"):
+        list(read_jsonl(tmp_path / "missing.jsonl"))
 
 
 def test_skip_malformed_reports_and_keeps_the_rest(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def test_malformed_triples_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"bad.jsonl:1: missing or empty negative"):
         td.load_training_pairs([bad])
     bad.write_text("{not json\n", encoding="utf-8")
-    with pytest.raises(SourceError, match=r"bad.jsonl:1: not valid JSON"):
+    with pytest.raises(SourceError, match=r"bad.jsonl:1: invalid JSON"):
         td.load_training_pairs([bad])
     with pytest.raises(SourceError, match="no such file"):
         td.load_training_pairs([tmp_path / "missing.jsonl"])
