@@ -47,6 +47,7 @@ from typing import Any
 import click
 import numpy as np
 
+from reranker.cli.bench_diversity import diversity_cmd
 from reranker.cli.bench_window import window_cmd
 from reranker.errors import RerankerError
 from reranker.evaluation.lengths import length_curve, pair_lengths, parse_lengths
@@ -539,3 +540,4 @@ def length_curve_cmd(
 
 
 bench.add_command(window_cmd)
+bench.add_command(diversity_cmd)

@@ -17,6 +17,7 @@ from reranker.errors import RerankerError
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
+    from reranker.retrieval.embed_cache import EmbeddingCache
     from reranker.retrieval.embedder import Embedder
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,6 +102,16 @@ def query_embedder(ctx: click.Context) -> Embedder:
     return Embedder.default(ctx.obj)
 
 
+def indexing_tools(ctx: click.Context) -> tuple[Elasticsearch, Embedder, EmbeddingCache]:
+    """What indexing a corpus needs: the client, the query embedder, and the cache of that
+    embedder's document vectors in ``RERANKER_HOME``."""
+    from reranker.es.indexing import default_cache
+
+    client = es_client(ctx)
+    embedder = query_embedder(ctx)
+    return client, embedder, default_cache(ctx.obj.home, embedder)
+
+
 def default_model_dir() -> Path:
     """The cross-encoder used when none is named: ``RERANKER_MODEL``, else the shipped one."""
     from reranker.rerank.scorer import default_model_dir as scoring_default
@@ -156,6 +167,36 @@ def hybrid_options(func: F) -> F:
         "queries), 1,1 for RRF].",
     )(func)
     return func
+
+
+def diversity_options(func: F) -> F:
+    """``--diversity LAMBDA`` and ``--duplicate-threshold`` (see :func:`parse_diversity`)."""
+    func = click.option(
+        "--diversity",
+        type=click.FloatRange(0.0, 1.0),
+        default=None,
+        help="Reorder the reranked window by MMR with the documents' stored embeddings: "
+        "λ · relevance − (1 − λ) · redundancy (1 keeps the order; see "
+        "docs/experiments/diversity.md for the trade-off).",
+    )(func)
+    func = click.option(
+        "--duplicate-threshold",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=None,
+        help="With --diversity: hits whose cosine to a hit above reaches this go last.",
+    )(func)
+    return func
+
+
+def parse_diversity(lam: float | None, duplicate_threshold: float | None) -> Any:
+    """The :class:`~reranker.rerank.diversity.Diversity` the two options ask for, or ``None``."""
+    from reranker.rerank.diversity import Diversity
+
+    if lam is None:
+        if duplicate_threshold is not None:
+            raise click.BadParameter("needs --diversity", param_hint="--duplicate-threshold")
+        return None
+    return Diversity(lam, duplicate_threshold)
 
 
 def parse_hybrid(fusion: str, rank_constant: int, normalization: str, weights: str | None) -> Any:

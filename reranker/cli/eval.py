@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 
 from reranker.cli.common import (
     default_model_dir,
-    es_client,
+    diversity_options,
     hybrid_options,
+    indexing_tools,
+    parse_diversity,
     parse_hybrid,
-    query_embedder,
     scorer_url_option,
 )
 from reranker.rerank.capabilities import FromFolder, max_length_of
@@ -62,6 +63,8 @@ class EvalArgs:
     max_queries: int | None
     record: bool
     score_cache: bool
+    diversity: float | None
+    duplicate_threshold: float | None
     progress: bool
 
 
@@ -152,6 +155,7 @@ class EvalArgs:
     help="Keep the cross-encoder's logits in RERANKER_HOME/scores, so a re-run scores nothing; "
     "--no-score-cache scores every pair again (e.g. to time or check a scorer).",
 )
+@diversity_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def eval_cmd(ctx: click.Context, /, **options: Any) -> None:
@@ -165,7 +169,6 @@ def eval_cmd(ctx: click.Context, /, **options: Any) -> None:
 
 def run_eval(ctx: click.Context, a: EvalArgs) -> None:
     """``reranker eval``: check the options, index the dataset if needed, run every mode."""
-    from reranker.es.indexing import default_cache
     from reranker.evaluation.runs import (
         EvalReport,
         collect_run,
@@ -179,30 +182,19 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
     from reranker.retrieval.first_stage import FirstStage
 
     wanted = _eval_modes(a.modes, a.depth)
-    _check_max_length(a.max_length, wanted, a.model, a.scorer_urls)
-    if a.scorer_urls and a.record:
-        from reranker.errors import ConfigError
-
-        raise ConfigError(
-            "--record writes into a local model's card: use --model, not --scorer-url"
-        )
-    cascade_model, cascade_k = _default_cascade(
-        a.cascade_model, a.cascade_k, wanted, a.record, a.window
-    )
-    _check_cascade_options(cascade_model, cascade_k, a.window, wanted, a.record)
+    cascade_model, cascade_k = _checked_options(a, wanted)
     hybrid = parse_hybrid(a.fusion, a.rank_constant, a.normalization, a.weights)
     dataset = a.dataset.resolve() if a.dataset.exists() else a.dataset
     queries, qrels = judged_queries(dataset, a.split, limit=a.max_queries)
     alias = a.alias or f"beir-{dataset.name.lower()}"
 
-    client = es_client(ctx)
-    embedder = query_embedder(ctx)
+    client, embedder, cache = indexing_tools(ctx)
     built = ensure_dataset_index(
         client,
         dataset,
         alias,
         embedder,
-        cache=default_cache(ctx.obj.home, embedder),
+        cache=cache,
         force=a.reindex,
         progress=a.progress,
     )
@@ -213,6 +205,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
     vectors = query_vectors(stage, queries)
     runners = first_stage_runners(stage, queries, depth=a.depth, hybrid=hybrid, vectors=vectors)
     reranking = None
+    redundancy: dict[str, list[float]] = {}  # ILS@10 per query, with --diversity
     if {"rerank", "blend"} & set(wanted):
         path = QueryPath(
             index=alias,
@@ -227,19 +220,41 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             scorer_api_key=ctx.obj.scorer_api_key,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
+            diversity=parse_diversity(a.diversity, a.duplicate_threshold),
         )
         reranking = _reranking(a, path, wanted, dataset.name)
         scorer, blend_choice, cascade = reranking
         runners.update(
-            _rerank_runners(wanted, path, client, embedder, scorer, blend_choice, vectors, cascade)
+            _rerank_runners(
+                wanted, path, client, embedder, scorer, blend_choice, vectors, cascade, redundancy
+            )
         )
     report = EvalReport(dataset=dataset.name, split=a.split, queries=len(queries), index=alias)
     for mode in wanted:
         run, ms = collect_run(queries, runners[mode], progress=a.progress, label=mode)
         report.results[mode] = score_run(run, qrels)
         report.timings_ms[mode] = ms
+        if redundancy.get(mode):
+            report.results[mode]["ils@10"] = sum(redundancy[mode]) / len(redundancy[mode])
     click.echo(report.table())
     _report(a, report, dataset.name, reranking)
+
+
+def _checked_options(a: EvalArgs, wanted: list[str]) -> tuple[Path | None, int | None]:
+    """The options checked against each other before anything is loaded or searched; the
+    cascade to run, as (model, k)."""
+    _check_max_length(a.max_length, wanted, a.model, a.scorer_urls)
+    if a.scorer_urls and a.record:
+        from reranker.errors import ConfigError
+
+        raise ConfigError(
+            "--record writes into a local model's card: use --model, not --scorer-url"
+        )
+    cascade_model, cascade_k = _default_cascade(
+        a.cascade_model, a.cascade_k, wanted, a.record, a.window
+    )
+    _check_cascade_options(cascade_model, cascade_k, a.window, wanted, a.record)
+    return cascade_model, cascade_k
 
 
 def _reranking(
@@ -418,9 +433,11 @@ def _rerank_runners(
     blend_choice: tuple[SignalConfig | None, Blend | None],
     vectors: dict[str, list[float]],
     cascade: Cascade | None = None,
+    redundancy: dict[str, list[float]] | None = None,
 ) -> dict[str, RunFunction]:
     """The ``rerank`` and ``blend`` modes' runners (those wanted), one pipeline each from the
-    one builder, sharing ``scorer``."""
+    one builder, sharing ``scorer``; with diversity, each query's ILS@10 into
+    ``redundancy[mode]``."""
     from reranker.evaluation.runs import pipeline_runner
     from reranker.rerank.pipeline import build_pipeline
 
@@ -437,7 +454,10 @@ def _rerank_runners(
                 signals=signal_config,
                 cascade=cascade,
             )
-            runners[mode] = pipeline_runner(pipeline, vectors)
+            sink = None
+            if redundancy is not None and path.diversity is not None:
+                sink = redundancy.setdefault(mode, [])
+            runners[mode] = pipeline_runner(pipeline, vectors, redundancy=sink)
     return runners
 
 

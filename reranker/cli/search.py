@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from reranker.cli.common import es_client, hybrid_options, parse_hybrid, query_embedder
+from reranker.cli.common import (
+    diversity_options,
+    es_client,
+    hybrid_options,
+    parse_diversity,
+    parse_hybrid,
+    query_embedder,
+)
 from reranker.config import MODEL_VARIANTS
 
 
@@ -55,6 +62,7 @@ def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
     help="With --rerank: the cross-encoder rescores the first stage's top K of the window, "
     "the rest keep their first-stage order (chosen on dev queries); 0 scores the whole window.",
 )
+@diversity_options
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -72,6 +80,8 @@ def search_cmd(
     model: Path | None,
     variant: str | None,
     cascade_k: int,
+    diversity: float | None,
+    duplicate_threshold: float | None,
 ) -> None:
     """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
     --rerank, the top --window of that first stage reordered by the cross-encoder."""
@@ -88,6 +98,7 @@ def search_cmd(
         variant=variant,
         cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
         cascade_k=cascade_k if cascade else None,
+        diversity=parse_diversity(diversity, duplicate_threshold),
     )
     # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
     encoder = query_embedder(ctx) if mode != "bm25" or rerank else None

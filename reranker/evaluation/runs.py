@@ -106,13 +106,22 @@ def first_stage_runners(
     }
 
 
-def pipeline_runner(pipeline: Pipeline, vectors: Mapping[str, list[float]]) -> RunFunction:
-    """The reranking pipeline as a run function: its whole window, in its final order."""
+def pipeline_runner(
+    pipeline: Pipeline,
+    vectors: Mapping[str, list[float]],
+    *,
+    redundancy: list[float] | None = None,
+) -> RunFunction:
+    """The reranking pipeline as a run function: its whole window, in its final order; with
+    ``redundancy``, each query's ILS@10 appended to it (the hits carry their embeddings)."""
+    from reranker.evaluation.diversity import top_redundancy
 
     def run(query_id: str, text: str) -> dict[str, float]:
         result = pipeline.search(text, k=pipeline.window, vector=vectors.get(query_id))
         if result.degraded:
             raise SearchError(f"query {query_id}: {result.degraded}")
+        if redundancy is not None:
+            redundancy.append(top_redundancy(result.hits))
         return {h.id: h.score for h in result.hits}
 
     return run

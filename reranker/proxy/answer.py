@@ -104,6 +104,7 @@ def search_answer(
         **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
         "blend": result.blend,
         **({"cascade": result.cascade} if result.cascade is not None else {}),
+        **({"diversity": result.diversity} if result.diversity is not None else {}),
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
         "degraded": degraded,
     }
@@ -133,6 +134,17 @@ def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -
             out["_rerank"]["student_logit"] = hit.student
         if hit.explanation is not None:
             out["_rerank"]["blend"] = hit.explanation
+        if hit.diversity is not None:
+            out["_rerank"]["diversity"] = diversity_explained(hit.diversity)
+    return out
+
+
+def diversity_explained(why: dict[str, Any]) -> dict[str, Any]:
+    """A hit's MMR explanation, its ``duplicate_of`` as the duplicated hit's index and id."""
+    out = dict(why)
+    if "duplicate_of" in out:
+        index, doc_id = split_key(str(out["duplicate_of"]))
+        out["duplicate_of"] = {"_index": index, "_id": doc_id}
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from reranker.errors import SearchError
 from reranker.proxy.errors import ProxyError, bad_request
 from reranker.proxy.settings import ProxySettings
+from reranker.rerank.diversity import DEFAULT_LAMBDA, Diversity
 from reranker.retrieval.first_stage import HybridOptions
 
 RERANK_FIELDS = (
@@ -25,7 +26,9 @@ RERANK_FIELDS = (
     "timeout_ms",
     "fail_open",
     "cascade",
+    "diversity",
 )
+DIVERSITY_FIELDS = ("lambda", "duplicate_threshold")
 HYBRID_FIELDS = ("dense", "fusion", "rank_constant", "weights", "normalization")
 #: body keys that make no sense when the proxy orders the hits itself
 CONFLICTING_BODY_KEYS = ("sort", "search_after", "rescore", "collapse", "retriever", "pit")
@@ -69,6 +72,9 @@ class RerankSpec:
     cascade_default: bool = True
     """No ``cascade`` was given: the proxy's default cascade (``default_cascade``) may apply;
     ``"cascade": false`` asks for the whole window."""
+    diversity: Diversity | None = None
+    """MMR over the reranked window with the index's embeddings; ``None``: the reranked
+    order."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,28 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         blend=raw.get("blend"),
         cascade=cascade,
         cascade_default=cascade_default,
+        diversity=_parse_diversity(raw.get("diversity")),
     )
+
+
+def _parse_diversity(raw: Any) -> Diversity | None:
+    """``true`` (the default lambda), ``false``/absent, or ``{"lambda": x,
+    "duplicate_threshold": y}``."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return Diversity(DEFAULT_LAMBDA)
+    if not isinstance(raw, dict):
+        raise bad_request(f"[rerank.diversity] must be true, false or an object, got {_kind(raw)}")
+    _no_unknown(raw, DIVERSITY_FIELDS, "rerank.diversity")
+    lam = raw.get("lambda", DEFAULT_LAMBDA)
+    threshold = raw.get("duplicate_threshold")
+    if not _is_number(lam) or (threshold is not None and not _is_number(threshold)):
+        raise bad_request("[rerank.diversity] lambda and duplicate_threshold must be numbers")
+    try:
+        return Diversity(float(lam), None if threshold is None else float(threshold))
+    except SearchError as exc:
+        raise bad_request(f"[rerank.diversity] {exc}") from None
 
 
 def _parse_hybrid(raw: Any, window: int) -> tuple[bool | None, HybridOptions]:

@@ -37,7 +37,7 @@ from reranker.proxy.answer import (
 )
 from reranker.proxy.blends import BlendCatalog, NamedBlend
 from reranker.proxy.budget import Budget, scorer_share_s
-from reranker.proxy.candidates import FirstStageResult, read_hits, search_es
+from reranker.proxy.candidates import FirstStageResult, read_hits, search_es, split_key
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.gate import ScoringFailure, ScoringGate
 from reranker.proxy.limits import (
@@ -79,7 +79,7 @@ from reranker.rerank.pipeline import (
 from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.first_stage import Hit, fuse
-from reranker.retrieval.queries import knn_clause
+from reranker.retrieval.queries import knn_clause, read_vectors, vectors_query
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class Window:
             rerank=scorer is not None,
             passage_fields=self.spec.fields,
             fail_open=self.spec.fail_open,
+            diversity=self.spec.diversity,
         )
         named = self.blend
         return build_pipeline(
@@ -399,6 +400,8 @@ class RerankHandler:
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             window = replace(window, encoder=self.models.encoder)
+            if spec.diversity is not None:
+                await self._attach_vectors(search, window.candidates, budget)
             result, rerank_ms = await self._score(window, first, budget, ticket)
         finally:
             if not ticket.submitted:  # else the scoring call frees its slot when it ends
@@ -553,6 +556,31 @@ class RerankHandler:
             max(result.lexical.took, result.dense.took if result.dense else 0)
         )
         return result
+
+    async def _attach_vectors(
+        self, search: SearchRequest, candidates: Sequence[Hit], budget: Budget
+    ) -> None:
+        """The candidates' stored embeddings, for diversity: one search by (index, id) with
+        the client's own credentials; 400 when the index holds none."""
+        if not candidates:
+            return
+        if budget.expired():
+            raise errors.upstream_timeout("no time left to fetch the embeddings for diversity")
+        _, answer = await search_es(
+            await self._searcher(), search.index,
+            vectors_query(split_key(h.id) for h in candidates),
+            headers=self._upstream_headers(search.request), timeout_s=budget.remaining_s(),
+        )  # fmt: skip
+        try:
+            found = read_vectors(answer)
+        except (KeyError, TypeError, ValueError):
+            raise errors.bad_gateway("Elasticsearch's answer holds no readable vectors") from None
+        if not found:
+            raise errors.bad_request(
+                f"[rerank.diversity] needs the documents' embeddings; [{search.index}] has none"
+            )
+        for hit in candidates:
+            hit.vector = found.get(split_key(hit.id))
 
     # ------------------------------------------------------------------ scoring
 

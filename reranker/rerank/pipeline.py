@@ -24,6 +24,7 @@ from reranker.blend.signals import FeatureBatch, SignalConfig, extract
 from reranker.corpus import passage_text
 from reranker.errors import ConfigError, ModelError, SearchError
 from reranker.rerank.capabilities import Carded, ScoreMemory, max_length_of, signal_heads_of
+from reranker.rerank.diversity import Diversity, diversify
 from reranker.rerank.features import (
     COMPUTABLE_IN_PROCESS,
     PROVIDED_BY_BASE,
@@ -65,6 +66,8 @@ class RankedHit:
     features: dict[str, float] | None = None  # the blend's inputs, by name
     predicted: dict[str, float] | None = None  # a multi-task model's signal heads, by head
     explanation: dict[str, Any] | None = None  # each feature's value and contribution
+    vector: list[float] | None = None  # the stored embedding (diversity reads it)
+    diversity: dict[str, Any] | None = None  # its MMR relevance, redundancy and penalty
 
 
 DegradedKind = Literal["timeout", "error", "unavailable", "circuit_open", "es_partial"]
@@ -95,6 +98,8 @@ class PipelineResult:
     feature; empty unless the model reads first-stage features."""
     cascade: dict[str, Any] | None = None
     """With a cascade: the student's id and ``k`` (how many hits the full model rescored)."""
+    diversity: dict[str, Any] | None = None
+    """With diversity: its lambda and duplicate threshold."""
 
 
 def check_scores(scores: np.ndarray, expected: int) -> None:
@@ -227,11 +232,13 @@ class Pipeline:
         cascade: Cascade | None = None,
         predict_signals: bool = False,
         encoder: TextEncoder | None = None,
+        diversity: Diversity | None = None,
     ) -> None:
         """``predict_signals`` reads a multi-task model's signal heads into each hit's
         ``predicted`` (a blend reading ``predicted_*`` features turns it on itself).
         ``encoder`` computes the dense score a first-stage-aware model reads where the first
-        stage gave none (a BM25-only search)."""
+        stage gave none (a BM25-only search). ``diversity`` reorders the final window by MMR
+        over the hits' stored vectors (:mod:`reranker.rerank.diversity`)."""
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
         if window < 1:
@@ -272,6 +279,7 @@ class Pipeline:
             )
         self.predict_signals = bool(wanted) or (predict_signals and bool(self.signal_heads))
         self.cascade = cascade
+        self.diversity = diversity
         if cascade is not None:
             if scorer is None:
                 raise SearchError("a cascade needs the full model; no scorer was given")
@@ -312,17 +320,7 @@ class Pipeline:
         """Rerank candidates a first stage already fetched (in its order): cross-encoder,
         then the blend; fail open as :meth:`search` does."""
         timings: dict[str, float] = {}
-        hits = [
-            RankedHit(
-                id=h.id,
-                score=h.score,
-                source=h.source,
-                first_stage_rank=rank,
-                first_stage_score=h.score,
-                stage_scores=dict(h.stage_scores),
-            )
-            for rank, h in enumerate(candidates, start=1)
-        ]
+        hits = ranked_hits(candidates)
         degraded = None
         missing: dict[str, int] = {}
         if self.scorer is not None and hits:
@@ -365,8 +363,22 @@ class Pipeline:
                         self._apply_blend(hits, logits)
                         timings["blend"] = (time.perf_counter() - started) * 1000
                     hits.sort(key=lambda h: (-h.score, h.first_stage_rank))
+        if self.diversity is not None:
+            started = time.perf_counter()
+            hits = diversify(hits, self.diversity, explain=self.explain)
+            timings["diversity"] = (time.perf_counter() - started) * 1000
+        return self._result(hits[:k], timings, degraded, missing)
+
+    def _result(
+        self,
+        hits: list[RankedHit],
+        timings: dict[str, float],
+        degraded: Degraded | None,
+        missing: dict[str, int],
+    ) -> PipelineResult:
+        """The reranked ``hits`` with what this pipeline is (model, blend, cascade, diversity)."""
         return PipelineResult(
-            hits=hits[:k],
+            hits=hits,
             window=self.window,
             timings_ms=timings,
             degraded=degraded,
@@ -378,6 +390,7 @@ class Pipeline:
                 if self.cascade is not None
                 else None
             ),
+            diversity=self.diversity.describe() if self.diversity is not None else None,
         )
 
     def _cascade(
@@ -495,6 +508,22 @@ class Pipeline:
         return " ".join(str(source.get(f) or "").strip() for f in self.fields).strip()
 
 
+def ranked_hits(candidates: Sequence[Hit]) -> list[RankedHit]:
+    """The candidates as ranked hits, their first-stage rank and score kept."""
+    return [
+        RankedHit(
+            id=h.id,
+            score=h.score,
+            source=h.source,
+            first_stage_rank=rank,
+            first_stage_score=h.score,
+            stage_scores=dict(h.stage_scores),
+            vector=h.vector,
+        )
+        for rank, h in enumerate(candidates, start=1)
+    ]
+
+
 def with_predictions(
     signals: FeatureBatch | None, hits: Sequence[RankedHit]
 ) -> FeatureBatch | None:
@@ -551,6 +580,9 @@ class QueryPath:
     whole window, the full model only its top ``cascade_k``; ``None`` = no cascade."""
     cascade_k: int | None = None
     """How many of the student's top hits the full model rescores (1..``window``)."""
+    diversity: Diversity | None = None
+    """MMR over the final window with the index's embeddings; ``None`` = the reranked order
+    (λ = 1 still fetches the embeddings, to measure a list's redundancy)."""
 
 
 def scorer_for(path: QueryPath) -> PairScorer:
@@ -620,7 +652,13 @@ def build_pipeline(
     stage = None
     if client is not None:
         fields = [*path.source_fields, *(signals.source_fields if signals is not None else ())]
-        stage = FirstStage(client, path.index, encoder, with_source=list(dict.fromkeys(fields)))
+        stage = FirstStage(
+            client,
+            path.index,
+            encoder,
+            with_source=list(dict.fromkeys(fields)),
+            with_vectors=path.diversity is not None,
+        )
     if scorer is None and path.rerank:
         scorer = scorer_for(path)
     if cascade is None and path.rerank:
@@ -638,4 +676,5 @@ def build_pipeline(
         explain=explain,
         cascade=cascade if path.rerank else None,
         encoder=encoder,
+        diversity=path.diversity,
     )

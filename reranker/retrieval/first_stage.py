@@ -13,7 +13,13 @@ from reranker.errors import SearchError
 from reranker.retrieval import fusion
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.fusion import NORMALIZATIONS, Normalization
-from reranker.retrieval.queries import TEXT_FIELDS, bm25_query, knn_clause
+from reranker.retrieval.queries import (
+    TEXT_FIELDS,
+    bm25_query,
+    knn_clause,
+    read_vectors,
+    vectors_query,
+)
 
 Mode = Literal["bm25", "dense", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -28,6 +34,8 @@ class Hit:
     score: float
     source: dict[str, Any] | None = None
     stage_scores: dict[str, float] = field(default_factory=dict)
+    vector: list[float] | None = None
+    """The document's stored embedding, when the search asked for it (diversity)."""
 
 
 #: fusion weights (lexical, dense) when none are given: linear 0.7 : 1 ranked best on both dev
@@ -77,6 +85,7 @@ def fuse(lexical: Sequence[Hit], dense: Sequence[Hit], options: HybridOptions, k
                 id=doc_id,
                 score=fused[doc_id],
                 source=by_id[doc_id].source,
+                vector=by_id[doc_id].vector,
                 stage_scores={name: s for name, s in stages.items() if s is not None},
             )
         )
@@ -94,12 +103,15 @@ class FirstStage:
         *,
         fields: Sequence[str] = TEXT_FIELDS,
         with_source: bool | Sequence[str] = False,
+        with_vectors: bool = False,
     ) -> None:
+        """``with_vectors``: each hit carries its stored embedding (:meth:`attach_vectors`)."""
         self.client = client
         self.index = index
         self.encoder = encoder
         self.fields = tuple(fields)
         self.with_source = with_source
+        self.with_vectors = with_vectors
 
     def search(
         self,
@@ -117,10 +129,29 @@ class FirstStage:
         if not text.strip():
             raise SearchError("query text is empty")
         if mode == "bm25":
-            return self.bm25(text, k)
-        if mode == "dense":
-            return self.dense(text, k, vector=vector)
-        return self.hybrid(text, k, hybrid or HybridOptions(), vector=vector)
+            hits = self.bm25(text, k)
+        elif mode == "dense":
+            hits = self.dense(text, k, vector=vector)
+        else:
+            hits = self.hybrid(text, k, hybrid or HybridOptions(), vector=vector)
+        if self.with_vectors:
+            self.attach_vectors(hits)
+        return hits
+
+    def attach_vectors(self, hits: Sequence[Hit]) -> None:
+        """Give each hit its stored embedding (one search by id for the whole list; a
+        document without one keeps ``None``)."""
+        if not hits:
+            return
+        try:
+            response = self.client.search(
+                index=self.index, **vectors_query((None, h.id) for h in hits)
+            )
+        except (ApiError, TransportError) as exc:
+            raise SearchError(f"fetching embeddings from {self.index!r} failed: {exc}") from exc
+        by_id = {doc_id: vector for (_, doc_id), vector in read_vectors(response).items()}
+        for hit in hits:
+            hit.vector = by_id.get(hit.id)
 
     def bm25(self, text: str, k: int) -> list[Hit]:
         return self._run({"query": bm25_query(text, self.fields)}, k, "bm25")

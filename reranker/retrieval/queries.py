@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 TEXT_FIELDS: tuple[str, ...] = ("title", "text")
+#: the dense_vector field every index of ours holds (es_mappings/docs.json)
+VECTOR_FIELD = "embedding"
 
 
 def bm25_query(text: str, fields: Sequence[str] = TEXT_FIELDS) -> dict[str, Any]:
@@ -29,3 +32,37 @@ def knn_clause(
         "k": k,
         "num_candidates": min(candidates, 10_000),
     }
+
+
+def vectors_query(documents: Iterable[tuple[str | None, str]]) -> dict[str, Any]:
+    """A search body that returns the stored embeddings of ``documents`` ((index, id) pairs;
+    index ``None`` = whichever index the search targets), and nothing else. The vectors come
+    back under ``fields`` (Elasticsearch leaves them out of ``_source`` by default)."""
+    by_index: dict[str | None, list[str]] = defaultdict(list)
+    for index, doc_id in documents:
+        by_index[index].append(doc_id)
+    clauses: list[dict[str, Any]] = []
+    for index, ids in by_index.items():
+        clause: dict[str, Any] = {"ids": {"values": list(dict.fromkeys(ids))}}
+        if index is not None:
+            clause = {"bool": {"filter": [{"term": {"_index": index}}, clause]}}
+        clauses.append(clause)
+    return {
+        "query": {"bool": {"should": clauses, "minimum_should_match": 1}},
+        "size": sum(len(set(ids)) for ids in by_index.values()),
+        "_source": False,
+        "fields": [VECTOR_FIELD],
+    }
+
+
+def read_vectors(response: Any) -> dict[tuple[str, str], list[float]]:
+    """(index, id) → stored embedding, from the answer to :func:`vectors_query` (documents
+    without one are left out)."""
+    found = {}
+    for hit in response["hits"]["hits"]:
+        vector = (hit.get("fields") or {}).get(VECTOR_FIELD)
+        if isinstance(vector, list) and vector:
+            # a dense_vector comes back as a list of numbers (older releases: a list of one)
+            values = vector[0] if isinstance(vector[0], list) else vector
+            found[(str(hit["_index"]), str(hit["_id"]))] = [float(x) for x in values]
+    return found

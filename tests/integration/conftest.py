@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,32 @@ def proxy_alias(
     yield alias
     delete_indices_named_after(es_client, alias)
     es_client.options(ignore_status=404).indices.delete_index_template(name=f"{alias}-logs")
+
+
+@contextmanager
+def index_without_embeddings(client: Elasticsearch, name: str) -> Iterator[str]:
+    """Two plain documents in a fresh index ``name`` (no ``embedding`` field), deleted after."""
+    for i, text in enumerate(["human cells and protein expression", "disease in cells"]):
+        client.index(index=name, id=str(i), document={"title": "", "text": text})
+    client.indices.refresh(index=name)
+    try:
+        yield name
+    finally:
+        client.indices.delete(index=name)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def proxy(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The proxy over ``proxy_alias`` with the test cross-encoder and the default embedder."""
+    async with running(proxy_settings(es_node, proxy_alias), proxy_scorer, embedder) as http:
+        yield http
 
 
 def proxy_settings(es_node: NodeStatus, alias: str, **overrides: Any) -> ProxySettings:

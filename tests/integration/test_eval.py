@@ -270,3 +270,47 @@ def test_search_refuses_knn_with_another_embedder_than_the_index_was_built_with(
         assert same.exit_code == 0, same.output
     finally:
         delete_indices_named_after(es_client, alias)
+
+
+def test_eval_with_diversity_reports_redundancy_and_keeps_the_order_at_lambda_one(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    alias = "test-eval-diversity"
+    base = ["--es-url", es_node.url, "eval", str(mini_scifact), "--alias", alias]
+    base += ["--modes", "rerank", "--window", "20", "--max-queries", "8", "--no-progress"]
+    try:
+        reports = []
+        for extra in ([], ["--diversity", "1"], ["--diversity", "0.3"]):
+            output = tmp_path / f"eval-{len(reports)}.json"
+            result = CliRunner().invoke(main, [*base, *extra, "--output", str(output)])
+            assert result.exit_code == 0, result.output
+            reports.append(json.loads(output.read_text())["results"]["rerank"])
+        plain, kept, diverse = reports
+        assert "ils@10" not in plain
+        assert kept["ndcg@10"] == pytest.approx(plain["ndcg@10"])
+        assert 0.0 < diverse["ils@10"] < kept["ils@10"]
+        alone = CliRunner().invoke(main, [*base, "--duplicate-threshold", "0.9"])
+        assert alone.exit_code == 2 and "needs --diversity" in alone.output
+    finally:
+        delete_indices_named_after(es_client, alias)
+
+
+def test_bench_diversity_measures_ndcg_and_redundancy_against_lambda(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    alias = "test-bench-diversity"
+    output = tmp_path / "diversity.json"
+    args = ["--es-url", es_node.url, "bench", "diversity", "--dataset", str(mini_scifact)]
+    args += ["--alias", alias, "--split", "test", "--window", "20", "--max-queries", "6"]
+    args += ["--lambdas", "1,0.3", "--no-progress", "--output", str(output)]
+    try:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        report = json.loads(output.read_text())
+        at_one, at_low = report["curve"]
+        assert at_one == report["baseline"]
+        assert at_low["lambda"] == 0.3 and at_low["ils@10"] < at_one["ils@10"]
+        bad = CliRunner().invoke(main, [*args[:-2], "--lambdas", "1,2"])
+        assert bad.exit_code == 2 and "[0, 1]" in bad.output
+    finally:
+        delete_indices_named_after(es_client, alias)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tests.conftest import serving_over_http
 from tests.integration.conftest import (
     QUERY,
     QUERY_TEXT,
+    index_without_embeddings,
     proxy_settings,
     running,
 )
@@ -35,11 +36,6 @@ from tests.integration.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 # ------------------------------------------------------------------ fixtures
@@ -90,14 +86,6 @@ class SlowScorer(Scorer):
     def score(self, pairs: Sequence[tuple[str, str]], **kwargs: Any) -> np.ndarray:
         time.sleep(self.pause_s)
         return self.inner.score(pairs, **kwargs)
-
-
-@pytest.fixture
-async def proxy(
-    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(proxy_settings(es_node, proxy_alias), proxy_scorer, embedder) as http:
-        yield http
 
 
 def rerank_body(size: int = 10, **rerank: Any) -> dict[str, Any]:
@@ -252,17 +240,11 @@ async def test_an_index_with_embeddings_is_reranked_over_the_hybrid_list_by_defa
 async def test_an_index_without_embeddings_is_reranked_over_bm25_by_default(
     proxy: httpx.AsyncClient, proxy_alias: str, es_client: Elasticsearch
 ) -> None:
-    plain = f"{proxy_alias}-plain"
-    for i, text in enumerate(["human cells and protein expression", "disease in cells"]):
-        es_client.index(index=plain, id=str(i), document={"title": "", "text": text})
-    es_client.indices.refresh(index=plain)
-    try:
+    with index_without_embeddings(es_client, f"{proxy_alias}-plain") as plain:
         response = await proxy.post(f"/{plain}/_search", json=rerank_body())
         assert response.status_code == 200
         assert response.json()["rerank"]["first_stage"] == "bm25"
         assert response.json()["rerank"]["degraded"] is None
-    finally:
-        es_client.indices.delete(index=plain)
 
 
 async def test_an_index_embedded_by_another_model_gets_bm25_and_a_400_for_explicit_knn(

@@ -38,11 +38,6 @@ from tests.integration.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def rerank(window: int = 10, **rerank: Any) -> dict[str, Any]:
     return {"query": QUERY, "size": window, "rerank": {"window": window, **rerank}}
 

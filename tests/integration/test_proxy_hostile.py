@@ -29,11 +29,6 @@ SHIPPED = REPO / "models" / "reranker-minilm-l6"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def proxy(es_node: NodeStatus, proxy_alias: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = proxy_settings(es_node, proxy_alias, max_msearch_searches=5, max_hits=50)
     async with running(settings, None) as http:

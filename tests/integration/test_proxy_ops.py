@@ -43,11 +43,6 @@ SHIPPED = REPO / "models" / "reranker-minilm-l6"
 SCIFACT_FEATURES = ("relevance", "first_stage", "authority", "freshness")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def papers(
     es_client: Elasticsearch,

@@ -44,11 +44,6 @@ DOCS = [
 QUERY = {"match": {"text": "bone density calcium"}}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def indices(es_client: Elasticsearch) -> Iterator[tuple[str, str]]:
     """``(allowed prefix, forbidden index)``."""

@@ -35,11 +35,6 @@ TEXT = "human cells protein expression disease"
 QUERY = {"match": {"text": TEXT}}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def names(es_client: Elasticsearch, scifact_docs: list[dict[str, Any]]) -> Iterator[dict[str, str]]:
     """A fresh documents index and UBI index names; all deleted afterwards."""

@@ -31,11 +31,6 @@ ROUNDS = 3
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def scorers() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
     ports = [free_port(), free_port()]
     processes = [start_scorer(port) for port in ports]

@@ -21,6 +21,7 @@ from reranker.proxy.request import (
     split_rerank,
 )
 from reranker.proxy.settings import ProxySettings
+from reranker.rerank.diversity import DEFAULT_LAMBDA, Diversity
 
 SETTINGS = ProxySettings(max_window=200, default_window=100)
 
@@ -112,6 +113,39 @@ def test_hybrid_options_are_parsed_with_the_window_as_fusion_depth() -> None:
 def test_unknown_rerank_field_is_a_400_naming_it() -> None:
     error = refusal(parse_rerank, {"windw": 10}, SETTINGS)
     assert "windw" in error.reason
+
+
+def test_diversity_true_takes_the_default_lambda() -> None:
+    spec = parse_rerank({"diversity": True}, SETTINGS)
+    assert spec.diversity == Diversity(DEFAULT_LAMBDA)
+
+
+def test_diversity_object_gives_lambda_and_duplicate_threshold() -> None:
+    spec = parse_rerank({"diversity": {"lambda": 0.6, "duplicate_threshold": 0.97}}, SETTINGS)
+    assert spec.diversity == Diversity(0.6, 0.97)
+
+
+@pytest.mark.parametrize("off", [None, False])
+def test_no_diversity_keeps_the_reranked_order(off: Any) -> None:
+    assert parse_rerank({"diversity": off}, SETTINGS).diversity is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lambda": 1.5},
+        {"lambda": "0.5"},
+        {"lambda": True},
+        {"duplicate_threshold": 0},
+        {"lamda": 0.5},
+        "yes",
+        0.5,
+        [0.5],
+    ],
+)
+def test_a_bad_diversity_is_a_400(bad: Any) -> None:
+    error = refusal(parse_rerank, {"diversity": bad}, SETTINGS)
+    assert "diversity" in error.reason
 
 
 def test_unknown_hybrid_field_is_a_400() -> None:
