@@ -63,6 +63,7 @@ class EvalArgs:
     max_queries: int | None
     record: bool
     score_cache: bool
+    passages: str | None
     diversity: float | None
     duplicate_threshold: float | None
     progress: bool
@@ -155,6 +156,14 @@ class EvalArgs:
     help="Keep the cross-encoder's logits in RERANKER_HOME/scores, so a re-run scores nothing; "
     "--no-score-cache scores every pair again (e.g. to time or check a scorer).",
 )
+@click.option(
+    "--passages",
+    type=click.Choice(["max", "firstmax"]),
+    default=None,
+    help="Score documents longer than the cross-encoder reads by overlapping passages, "
+    "combined by their best (max) or the mean of the first and the best (firstmax) "
+    "[default: truncate].",
+)
 @diversity_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
@@ -220,6 +229,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             scorer_api_key=ctx.obj.scorer_api_key,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
+            passages=a.passages,  # type: ignore[arg-type]
             diversity=parse_diversity(a.diversity, a.duplicate_threshold),
         )
         reranking = _reranking(a, path, wanted, dataset.name)

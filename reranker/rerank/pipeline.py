@@ -33,6 +33,7 @@ from reranker.rerank.features import (
     require_features,
 )
 from reranker.rerank.heads import PREDICTED_PREFIX, predicted_feature
+from reranker.rerank.passages import Combine, by_passages
 from reranker.rerank.scorer import PairScorer, ScoreTimeout
 from reranker.retrieval.first_stage import MODES, FirstStage, Hit, HybridOptions
 
@@ -580,6 +581,9 @@ class QueryPath:
     whole window, the full model only its top ``cascade_k``; ``None`` = no cascade."""
     cascade_k: int | None = None
     """How many of the student's top hits the full model rescores (1..``window``)."""
+    passages: Combine | None = None
+    """Score documents longer than the model reads by overlapping passages, combined by
+    ``max`` or ``firstmax`` (:mod:`reranker.rerank.passages`); ``None`` = truncate."""
     diversity: Diversity | None = None
     """MMR over the final window with the index's embeddings; ``None`` = the reranked order
     (λ = 1 still fetches the embeddings, to measure a list's redundancy)."""
@@ -600,9 +604,14 @@ def scorer_for(path: QueryPath) -> PairScorer:
         scorer = RemoteScorer(path.scorer_urls, api_key=path.scorer_api_key)
     else:
         scorer = load_scorer(path.model, path.variant, max_length=path.max_length)
-    if path.score_cache is None:
-        return scorer
-    return CachedScorer.on_disk(scorer, path.score_cache)
+    served: PairScorer = scorer
+    if path.score_cache is not None:
+        served = CachedScorer.on_disk(scorer, path.score_cache)
+    if path.passages is not None:
+        if path.scorer_urls:
+            raise ConfigError("passages need a local model: a remote scorer truncates at its own")
+        served = by_passages(served, path.passages)
+    return served
 
 
 def cascade_for(path: QueryPath, full: PairScorer | None = None) -> Cascade | None:
