@@ -36,7 +36,7 @@ class Plan:
 
 
 #: the stages whose time is measured (the rest of a request's time is its overhead)
-STAGES = ("embed", "es", "rerank", "blend", "scorer_queue")
+STAGES = ("embed", "es", "rerank", "blend", "diversity", "scorer_queue")
 
 
 def stage_timings(
@@ -45,8 +45,9 @@ def stage_timings(
     """Milliseconds per stage, the total since ``started`` and the overhead (the rest)."""
     total_ms = (time.perf_counter() - started) * 1000
     timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
-    if "blend" in result.timings_ms:
-        timings["blend"] = result.timings_ms["blend"]
+    for stage in ("blend", "diversity"):
+        if stage in result.timings_ms:
+            timings[stage] = result.timings_ms[stage]
     overhead = total_ms
     for stage in STAGES:
         overhead -= timings.get(stage, 0.0)
@@ -178,6 +179,16 @@ def log_document(
                 "logit": hit.relevance,
                 **(
                     {
+                        "diversity_penalty": hit.diversity["penalty"],
+                        "duplicate_of": split_key(str(hit.diversity["duplicate_of"]))[1]
+                        if "duplicate_of" in hit.diversity
+                        else None,
+                    }
+                    if hit.diversity is not None
+                    else {}
+                ),
+                **(
+                    {
                         "contributions": {
                             name: item["contribution"]
                             for name, item in hit.explanation["features"].items()
@@ -199,6 +210,7 @@ def log_document(
         "first_stage": answer["rerank"]["first_stage"],
         "fusion": answer["rerank"].get("fusion"),
         "blend": answer["rerank"].get("blend"),
+        "diversity": answer["rerank"].get("diversity"),
         "status": 200,  # replaced by the status actually sent (Proxy._submit_log)
         "model": {"id": model["id"], "version": model["version"]} if model else None,
         "took_ms": {k: round(v, 3) for k, v in timings.items()},

@@ -401,7 +401,9 @@ class RerankHandler:
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             window = replace(window, encoder=self.models.encoder)
             if spec.diversity is not None:
+                began = time.perf_counter()
                 await self._attach_vectors(search, window.candidates, budget)
+                first.timings_ms["es"] += (time.perf_counter() - began) * 1000
             result, rerank_ms = await self._score(window, first, budget, ticket)
         finally:
             if not ticket.submitted:  # else the scoring call frees its slot when it ends

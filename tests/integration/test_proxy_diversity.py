@@ -56,6 +56,7 @@ async def test_lambda_one_keeps_the_reranked_order_and_explains_each_hit(
     assert ids(kept) == ids(plain)
     answer = kept.json()
     assert answer["rerank"]["diversity"] == {"lambda": 1.0, "duplicate_threshold": None}
+    assert answer["rerank"]["took_ms"]["diversity"] >= 0.0
     for hit in answer["hits"]["hits"]:
         why = hit["_rerank"]["diversity"]
         assert set(why) == {"relevance", "redundancy", "penalty", "mmr"}
@@ -138,3 +139,25 @@ async def test_a_bad_diversity_is_an_elasticsearch_shaped_400(
     assert response.status_code == 400
     assert response.json()["error"]["type"]
     assert "lambda" in response.json()["error"]["reason"]
+
+
+async def test_a_diversified_search_is_logged_with_its_lambda_and_penalties(
+    es_node: NodeStatus,
+    es_client: Elasticsearch,
+    proxy_alias: str,
+    proxy_scorer: Scorer,
+    embedder: Embedder,
+) -> None:
+    prefix = f"{proxy_alias}-divlogs"
+    settings = proxy_settings(
+        es_node, proxy_alias, request_log=True, log_index_prefix=prefix, log_flush_s=0.1
+    )
+    async with running(settings, proxy_scorer, embedder) as http:
+        response = await http.post(f"/{proxy_alias}/_search", json=body({"lambda": 0.4}))
+    assert response.status_code == 200
+    es_client.indices.refresh(index=f"{prefix}-*")
+    (doc,) = [h["_source"] for h in es_client.search(index=f"{prefix}-*")["hits"]["hits"]]
+    assert doc["diversity"] == {"lambda": 0.4, "duplicate_threshold": None}
+    penalties = [hit["diversity_penalty"] for hit in doc["hits"]]
+    assert penalties[0] == 0.0 and max(penalties) > 0.0
+    assert "diversity" in doc["took_ms"]
