@@ -82,7 +82,7 @@ def diversity_cmd(ctx: click.Context, /, **options: Any) -> None:
 
 def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
     from reranker.evaluation.diversity import curve_point
-    from reranker.evaluation.runs import ensure_dataset_index, judged_queries
+    from reranker.evaluation.runs import ensure_dataset_index, judged_queries, query_vectors
     from reranker.evaluation.speed import check_dataset, say, write_report
     from reranker.rerank.diversity import Diversity
     from reranker.rerank.pipeline import (
@@ -108,8 +108,10 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
         diversity=Diversity(1.0),  # the embeddings fetched, the order kept
     )
     pipeline = build_pipeline(path, client, encoder)
+    assert pipeline.first_stage is not None
+    vectors = query_vectors(pipeline.first_stage, queries)  # in one batch, as `eval` does
     windows = {
-        qid: pipeline.search(text, k=a.window).hits
+        qid: pipeline.search(text, k=a.window, vector=vectors.get(qid)).hits
         for qid, text in tqdm(queries.items(), desc="rerank", unit="q", disable=not a.progress)
     }
     points = [curve_point(windows, qrels, Diversity(lam, a.duplicate_threshold)) for lam in lambdas]
