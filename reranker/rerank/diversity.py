@@ -23,7 +23,7 @@ import numpy as np
 from reranker.errors import SearchError
 
 #: λ when diversity is asked for without one (see docs/experiments/diversity.md)
-DEFAULT_LAMBDA = 0.8
+DEFAULT_LAMBDA = 0.85
 
 
 @dataclass(frozen=True)
