@@ -46,6 +46,10 @@ def index_cmd(
     Documents are embedded (ONNX all-MiniLM-L6-v2), bulk-loaded into <alias>-<timestamp>,
     counted, and only then is the alias swapped atomically. Any failure leaves the alias
     and its current index untouched. Re-running on the same source gives the same result.
+
+    A run that was killed or interrupted (Ctrl-C) leaves its new index marked in progress;
+    running the same command again resumes it where it stopped, without embedding again
+    what was already loaded.
     """
     from reranker.corpus import CorpusSource
     from reranker.es.indexing import LoadOptions, index_corpus
@@ -98,3 +102,8 @@ def _report_index(result: Any) -> None:
         f"{result.alias} → {result.index}: {result.documents} documents in "
         f"{result.seconds:.1f}s (previous: {previous}, {fate if result.previous else 'n/a'})"
     )
+    if result.resumed_from:
+        click.echo(
+            f"resumed an interrupted run: {result.resumed_from} documents were already there, "
+            f"{result.loaded} embedded and loaded now"
+        )

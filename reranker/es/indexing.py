@@ -4,6 +4,14 @@ Order of work, and why: validate the whole source first (a malformed line aborts
 Elasticsearch is touched), create ``<alias>-<timestamp>``, embed and bulk-load in chunks,
 refresh, check the count, and only then swap the alias in one atomic request. Any failure
 before the swap deletes the new index and leaves the alias and its index as they were.
+
+A run that is killed (SIGKILL, a lost machine) or interrupted (Ctrl-C) instead leaves its new
+index behind, marked ``in_progress`` in its ``_meta``: running the same ``index`` again (same
+source files, same embedder, same alias) resumes it. It restarts at the first document of
+the source that the index lacks (ids checked in source order, :data:`RESUME_CHECK` at a time;
+the bulk requests go one after another, so what was loaded is a prefix of the source plus
+part of the request in flight), embeds and sends only from there, then counts and swaps as
+always. Documents are written by ``_id``, so one sent twice is still one.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +40,10 @@ from reranker.es import mappings
 from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder, encode_with_cache
 
 SOURCE_FIELDS_RESERVED = {"_id", "embedding"}
+#: source ids checked per request when finding where an interrupted load stopped
+RESUME_CHECK = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +55,10 @@ class IndexResult:
     previous: list[str] = field(default_factory=list)
     deleted_previous: bool = False
     seconds: float = 0.0
+    resumed_from: int = 0
+    """Documents an interrupted run had loaded, not read again (0: a fresh load)."""
+    loaded: int = 0
+    """Documents this run embedded and sent."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,8 @@ class LoadOptions:
     keep_previous: bool = False
     progress: bool = True
     bulk_max_retries: int = 5
+    bulk_chunk: int = 500
+    """Documents per bulk request."""
 
 
 def source_digest(source: CorpusSource) -> str:
@@ -94,6 +114,7 @@ def index_corpus(
         cache=cache,
         reuse_embeddings=False,
         options=options,
+        resumable=True,
     )
     result.skipped = report.skipped
     return result
@@ -155,53 +176,45 @@ def _load_and_swap(
     cache: EmbeddingCache | None,
     reuse_embeddings: bool,
     options: LoadOptions,
+    resumable: bool = False,
 ) -> IndexResult:
+    """Load into a new index (or resume an interrupted one), count, swap; see the module."""
     started = time.monotonic()
     previous = mappings.indices_behind_alias(client, alias)
-    analysis_name, analysis = mappings.choose_analysis(client)
-    new_index = mappings.versioned_index_name(client, alias)
-    body = mappings.documents_index_body(
-        analysis_name=analysis_name,
-        analysis=analysis,
-        dims=encoder.dim,
-        meta={
-            **meta,
-            "embedder": encoder.model_id,
-            "dims": encoder.dim,
-            "documents": expected,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "reranker_version": __version__,
-        },
-    )
+    full_meta = {
+        **meta,
+        "embedder": encoder.model_id,
+        "dims": encoder.dim,
+        "documents": expected,
+        "reranker_version": __version__,
+    }
+    new_index, resumed = _target_index(client, alias, encoder, full_meta, resumable)
     try:
-        client.indices.create(index=new_index, **body)
-    except (ApiError, TransportError) as exc:
-        raise IndexingError(f"could not create index {new_index}: {_reason(exc)}") from exc
-
-    try:
+        start = loaded_prefix(client, new_index, documents()) if resumed else 0
+        if resumed:
+            log.warning("resuming %s at document %d of %d", new_index, start, expected)
+        remaining = itertools.islice(documents(), start, None)
         actions = _actions(
-            new_index, documents(), encoder, cache, reuse_embeddings, options, expected
+            new_index, remaining, encoder, cache, reuse_embeddings, options, expected - start
         )
         loaded = _bulk_load(client, actions, options)
         client.indices.put_settings(index=new_index, settings={"index": {"refresh_interval": None}})
         client.indices.refresh(index=new_index)
         counted = int(client.count(index=new_index)["count"])
-        if counted != expected or loaded != expected:
+        if counted != expected or start + loaded != expected:
             raise IndexingError(
-                f"count check failed: read {expected} documents, loaded {loaded}, "
+                f"count check failed: read {expected} documents, loaded {start + loaded}, "
                 f"the new index holds {counted}"
             )
         mappings.swap_alias(client, alias, new_index, previous)
     except BaseException as exc:
-        _delete_quietly(client, new_index)
-        if isinstance(exc, IndexingError):
-            raise
-        if isinstance(exc, ApiError | TransportError):
-            raise IndexingError(
-                f"indexing into {new_index} failed: {_reason(exc)}; alias {alias!r} unchanged"
-            ) from exc
+        _abandon(client, new_index, alias, exc, keep=resumable)
         raise
-
+    if resumable:  # live now (an index behind an alias is never resumed); the flag is history
+        with contextlib.suppress(ApiError, TransportError):
+            current = mappings.index_meta(client, new_index)
+            current.pop("in_progress", None)
+            client.indices.put_mapping(index=new_index, meta={"reranker": current})
     deleted = False
     if previous and not options.keep_previous:
         client.indices.delete(index=",".join(previous), ignore_unavailable=True)
@@ -213,7 +226,95 @@ def _load_and_swap(
         previous=previous,
         deleted_previous=deleted,
         seconds=time.monotonic() - started,
+        resumed_from=start,
+        loaded=loaded,
     )
+
+
+def _target_index(
+    client: Elasticsearch,
+    alias: str,
+    encoder: TextEncoder,
+    meta: dict[str, Any],
+    resumable: bool,
+) -> tuple[str, bool]:
+    """The index to load into, and whether it is an interrupted load of this very source and
+    embedder (when ``resumable`` and one exists) rather than a new index."""
+    if resumable:
+        partial = unfinished_index(client, alias, meta)
+        if partial is not None:
+            return partial, True
+    analysis_name, analysis = mappings.choose_analysis(client)
+    new_index = mappings.versioned_index_name(client, alias)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    body = mappings.documents_index_body(
+        analysis_name=analysis_name,
+        analysis=analysis,
+        dims=encoder.dim,
+        meta={**meta, "created_at": created, **({"in_progress": True} if resumable else {})},
+    )
+    try:
+        client.indices.create(index=new_index, **body)
+    except (ApiError, TransportError) as exc:
+        raise IndexingError(f"could not create index {new_index}: {_reason(exc)}") from exc
+    return new_index, False
+
+
+def loaded_prefix(client: Elasticsearch, index: str, documents: Iterable[Document]) -> int:
+    """How many of ``documents``, from the first, ``index`` holds without a gap: where an
+    interrupted load resumes."""
+    client.indices.refresh(index=index)
+    done = 0
+    iterator = iter(documents)
+    while batch := [str(d["_id"]) for d in itertools.islice(iterator, RESUME_CHECK)]:
+        found = client.search(
+            index=index, query={"ids": {"values": batch}}, size=len(batch), source=False
+        )
+        present = {hit["_id"] for hit in found["hits"]["hits"]}
+        for doc_id in batch:
+            if doc_id not in present:
+                return done
+            done += 1
+    return done
+
+
+def unfinished_index(client: Elasticsearch, alias: str, meta: dict[str, Any]) -> str | None:
+    """The newest index an interrupted ``index`` run left for ``alias``: named like the
+    alias's versions, behind no alias, ``in_progress``, of the same source digest, embedder
+    and document count as ``meta``."""
+    try:
+        found = client.indices.get(index=f"{alias}-*", expand_wildcards="open")
+    except (ApiError, TransportError):
+        return None
+    version = re.compile(re.escape(alias) + r"-\d{14}(-\d+)?")
+    keys = ("source_sha256", "embedder", "documents")
+    matches = []
+    for name, body in found.items():
+        theirs = body.get("mappings", {}).get("_meta", {}).get("reranker", {})
+        if (
+            version.fullmatch(name)
+            and not body.get("aliases")
+            and theirs.get("in_progress")
+            and all(theirs.get(k) == meta.get(k) for k in keys)
+        ):
+            matches.append(name)
+    return max(matches) if matches else None
+
+
+def _abandon(
+    client: Elasticsearch, index: str, alias: str, exc: BaseException, *, keep: bool
+) -> None:
+    """After a failed load: an interruption of a resumable load keeps the new index (the
+    next run resumes it); anything else deletes it. The alias is never touched. Raises the
+    error an Elasticsearch failure means, else returns (the caller re-raises ``exc``)."""
+    if keep and isinstance(exc, KeyboardInterrupt | SystemExit):
+        log.warning("interrupted: %s kept; run the same command to resume", index)
+        return
+    _delete_quietly(client, index)
+    if isinstance(exc, ApiError | TransportError) and not isinstance(exc, IndexingError):
+        raise IndexingError(
+            f"indexing into {index} failed: {_reason(exc)}; alias {alias!r} unchanged"
+        ) from exc
 
 
 def _actions(
@@ -259,7 +360,7 @@ def _bulk_load(
     for ok, item in es_helpers.streaming_bulk(
         client,
         actions,
-        chunk_size=500,
+        chunk_size=options.bulk_chunk,
         max_retries=options.bulk_max_retries,
         initial_backoff=1,
         max_backoff=30,

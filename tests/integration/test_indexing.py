@@ -259,3 +259,94 @@ def test_count_mismatch_aborts_before_the_swap(
         )
     assert mappings.indices_behind_alias(es_client, alias) == [live.index]
     assert indices_named_after(es_client, alias) == [live.index]
+
+
+class CountingEncoder:
+    """The real embedder, counting the documents it was asked to embed."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.embedded = 0
+        self.dim = inner.dim
+        self.model_id = inner.model_id
+
+    def encode(self, texts: Any, **kwargs: Any) -> Any:
+        self.embedded += len(texts)
+        return self.inner.encode(texts, **kwargs)
+
+
+class InterruptedSource(CorpusSource):
+    """The corpus as on disk, but the load (the second reading: the first one checks every
+    line) stops with Ctrl-C after ``after`` documents."""
+
+    after = 0
+    readings = 0
+
+    def documents(self, **kwargs: Any) -> Any:
+        self.readings += 1
+        for n, doc in enumerate(super().documents(**kwargs)):
+            if n == self.after and self.readings > 1:
+                raise KeyboardInterrupt
+            yield doc
+
+
+SMALL_BULKS = LoadOptions(progress=False, chunk_size=20, bulk_chunk=20)
+
+
+def test_an_interrupted_index_run_resumes_without_embedding_what_was_loaded(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
+) -> None:
+    path = write_jsonl(tmp_path / "docs.jsonl", scifact_docs)
+    interrupted = InterruptedSource.open(path)
+    interrupted.after = 60
+    with pytest.raises(KeyboardInterrupt):
+        index_corpus(es_client, interrupted, alias, embedder, options=SMALL_BULKS)
+    assert mappings.indices_behind_alias(es_client, alias) == []
+    (partial,) = indices_named_after(es_client, alias)
+    assert mappings.index_meta(es_client, partial)["in_progress"] is True
+
+    counting = CountingEncoder(embedder)
+    result = index_corpus(es_client, CorpusSource.open(path), alias, counting, options=SMALL_BULKS)
+    assert result.index == partial
+    assert 20 <= result.resumed_from <= 60
+    assert result.loaded == counting.embedded == len(scifact_docs) - result.resumed_from
+    assert mappings.indices_behind_alias(es_client, alias) == [partial]
+    assert es_client.count(index=alias)["count"] == len(scifact_docs)
+    assert "in_progress" not in mappings.index_meta(es_client, partial)
+
+
+def test_an_unfinished_index_of_another_source_is_not_resumed(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
+) -> None:
+    first = write_jsonl(tmp_path / "first.jsonl", scifact_docs)
+    interrupted = InterruptedSource.open(first)
+    interrupted.after = 40
+    with pytest.raises(KeyboardInterrupt):
+        index_corpus(es_client, interrupted, alias, embedder, options=SMALL_BULKS)
+    (partial,) = indices_named_after(es_client, alias)
+    other = write_jsonl(tmp_path / "other.jsonl", scifact_docs[:30])
+    result = index_corpus(es_client, CorpusSource.open(other), alias, embedder, options=QUIET)
+    assert result.index != partial and result.resumed_from == 0
+    assert es_client.count(index=alias)["count"] == 30
+
+
+def test_a_failed_index_run_is_not_left_to_resume(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
+) -> None:
+    broken = [*scifact_docs[:30], {"_id": "bad", "title": "x", "text": "y", "signals": "oops"}]
+    path = write_jsonl(tmp_path / "docs.jsonl", broken)
+    with pytest.raises(IndexingError):
+        index_corpus(es_client, CorpusSource.open(path), alias, embedder, options=SMALL_BULKS)
+    assert indices_named_after(es_client, alias) == []
