@@ -293,6 +293,18 @@ class InterruptedSource(CorpusSource):
 SMALL_BULKS = LoadOptions(progress=False, chunk_size=20, bulk_chunk=20)
 
 
+def interrupted_load(
+    client: Elasticsearch, embedder: Embedder, path: Path, alias: str, after: int
+) -> str:
+    """Index ``path`` behind ``alias`` with Ctrl-C after ``after`` documents; the index left."""
+    interrupted = InterruptedSource.open(path)
+    interrupted.after = after
+    with pytest.raises(KeyboardInterrupt):
+        index_corpus(client, interrupted, alias, embedder, options=SMALL_BULKS)
+    (partial,) = indices_named_after(client, alias)
+    return partial
+
+
 def test_an_interrupted_index_run_resumes_without_embedding_what_was_loaded(
     es_client: Elasticsearch,
     embedder: Embedder,
@@ -301,12 +313,8 @@ def test_an_interrupted_index_run_resumes_without_embedding_what_was_loaded(
     alias: str,
 ) -> None:
     path = write_jsonl(tmp_path / "docs.jsonl", scifact_docs)
-    interrupted = InterruptedSource.open(path)
-    interrupted.after = 60
-    with pytest.raises(KeyboardInterrupt):
-        index_corpus(es_client, interrupted, alias, embedder, options=SMALL_BULKS)
+    partial = interrupted_load(es_client, embedder, path, alias, after=60)
     assert mappings.indices_behind_alias(es_client, alias) == []
-    (partial,) = indices_named_after(es_client, alias)
     assert mappings.index_meta(es_client, partial)["in_progress"] is True
 
     counting = CountingEncoder(embedder)
@@ -327,11 +335,7 @@ def test_an_unfinished_index_of_another_source_is_not_resumed(
     alias: str,
 ) -> None:
     first = write_jsonl(tmp_path / "first.jsonl", scifact_docs)
-    interrupted = InterruptedSource.open(first)
-    interrupted.after = 40
-    with pytest.raises(KeyboardInterrupt):
-        index_corpus(es_client, interrupted, alias, embedder, options=SMALL_BULKS)
-    (partial,) = indices_named_after(es_client, alias)
+    partial = interrupted_load(es_client, embedder, first, alias, after=40)
     other = write_jsonl(tmp_path / "other.jsonl", scifact_docs[:30])
     result = index_corpus(es_client, CorpusSource.open(other), alias, embedder, options=QUIET)
     assert result.index != partial and result.resumed_from == 0
