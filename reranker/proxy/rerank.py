@@ -233,9 +233,10 @@ class RerankHandler:
                 )
         # what the first stage will really give: kNN needs the embedder too
         dense = bool(spec.dense) and self.models.encoder is not None
-        if spec.dense and not dense and not self.models.loaded.is_set():
-            # the embedder is still loading: for a model that reads the dense score this is
-            # "not yet" (503, retry), not "never" (400)
+        if not dense and not self.models.loaded.is_set():
+            # the embedder is still loading (so kNN is off and the index's embeddings unknown):
+            # for a model that reads the dense score this is "not yet" (503, retry), not
+            # "never" (400)
             self._check_model_features(dense, loading=True)
         self._check_model_features(dense)
         blend = self.catalog.resolve(search.index, spec.blend)

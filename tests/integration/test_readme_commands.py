@@ -108,7 +108,9 @@ def test_the_readme_proxy_answers_the_readme_curl_body(
         while time.monotonic() < give_up and serve.poll() is None:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/_health", timeout=2).json()
-                if health.get("model", {}).get("loaded"):
+                if health.get("model", {}).get("loaded") and health.get("embedder", {}).get(
+                    "loaded"
+                ):
                     break
             except (httpx.HTTPError, ValueError):
                 pass

@@ -292,10 +292,13 @@ async def test_a_model_reading_the_dense_score_answers_503_while_the_embedder_lo
             assert models.scorer is not None and not models.loaded.is_set()
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
-                body = {"query": {"match": {"text": "x"}}, "rerank": {"hybrid": {"dense": True}}}
-                response = await http.post("/docs-1/_search", json=body)
-                assert_es_error(response, 503, "reranker_unavailable_exception")
-                assert "still loading" in response.json()["error"]["reason"]
+                # dense asked for, and the default (kNN wherever the index has embeddings,
+                # which cannot be known before the embedder is there)
+                for rerank in ({"hybrid": {"dense": True}}, {}):
+                    body = {"query": {"match": {"text": "x"}}, "rerank": rerank}
+                    response = await http.post("/docs-1/_search", json=body)
+                    assert_es_error(response, 503, "reranker_unavailable_exception")
+                    assert "still loading" in response.json()["error"]["reason"]
                 health = await http.get("/_health")
                 # the cluster is unreachable here too: the body says the embedder is what the
                 # model waits on, beside a loaded cross-encoder
