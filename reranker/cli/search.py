@@ -62,6 +62,12 @@ def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
     help="With --rerank: the cross-encoder rescores the first stage's top K of the window, "
     "the rest keep their first-stage order (chosen on dev queries); 0 scores the whole window.",
 )
+@click.option(
+    "--passages",
+    type=click.Choice(["max", "firstmax"]),
+    default=None,
+    help="With --rerank: score long documents by passages (docs/experiments/passages.md).",
+)
 @diversity_options
 @click.pass_context
 def search_cmd(
@@ -80,6 +86,7 @@ def search_cmd(
     model: Path | None,
     variant: str | None,
     cascade_k: int,
+    passages: str | None,
     diversity: float | None,
     duplicate_threshold: float | None,
 ) -> None:
@@ -98,6 +105,7 @@ def search_cmd(
         variant=variant,
         cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
         cascade_k=cascade_k if cascade else None,
+        passages=passages,  # type: ignore[arg-type]
         diversity=parse_diversity(diversity, duplicate_threshold),
     )
     # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)

@@ -106,6 +106,7 @@ def search_answer(
         "blend": result.blend,
         **({"cascade": result.cascade} if result.cascade is not None else {}),
         **({"diversity": result.diversity} if result.diversity is not None else {}),
+        **({"passages": spec.passages} if spec.passages is not None else {}),
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
         "degraded": degraded,
     }

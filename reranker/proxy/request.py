@@ -14,6 +14,7 @@ from reranker.errors import SearchError
 from reranker.proxy.errors import ProxyError, bad_request
 from reranker.proxy.settings import ProxySettings
 from reranker.rerank.diversity import DEFAULT_LAMBDA, Diversity
+from reranker.rerank.passages import COMBINES
 from reranker.retrieval.first_stage import HybridOptions
 
 RERANK_FIELDS = (
@@ -27,6 +28,7 @@ RERANK_FIELDS = (
     "fail_open",
     "cascade",
     "diversity",
+    "passages",
 )
 DIVERSITY_FIELDS = ("lambda", "duplicate_threshold")
 HYBRID_FIELDS = ("dense", "fusion", "rank_constant", "weights", "normalization")
@@ -75,6 +77,9 @@ class RerankSpec:
     diversity: Diversity | None = None
     """MMR over the reranked window with the index's embeddings; ``None``: the reranked
     order."""
+    passages: str | None = None
+    """Score long documents by passages, combined by ``max`` or ``firstmax``; ``None``:
+    truncate (:mod:`reranker.rerank.passages`)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,19 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         cascade=cascade,
         cascade_default=cascade_default,
         diversity=_parse_diversity(raw.get("diversity")),
+        passages=_parse_passages(raw.get("passages")),
     )
+
+
+def _parse_passages(raw: Any) -> str | None:
+    """``"max"``, ``"firstmax"``, or ``false``/absent (truncate)."""
+    if raw is None or raw is False:
+        return None
+    if raw not in COMBINES:
+        raise bad_request(
+            f"[rerank.passages] must be one of {', '.join(COMBINES)} or false, got {raw!r}"[:300]
+        )
+    return str(raw)
 
 
 def _parse_diversity(raw: Any) -> Diversity | None:

@@ -61,12 +61,13 @@ from reranker.proxy.request import (
     source_filter,
 )
 from reranker.proxy.settings import ProxySettings
-from reranker.rerank.capabilities import max_length_of
+from reranker.rerank.capabilities import FromFolder, max_length_of
 from reranker.rerank.features import (
     COMPUTABLE_IN_PROCESS,
     FeatureUnavailable,
     require_features,
 )
+from reranker.rerank.passages import PassageScorer
 from reranker.rerank.pipeline import (
     Cascade,
     Degraded,
@@ -239,6 +240,11 @@ class RerankHandler:
             # "never" (400)
             self._check_model_features(dense, loading=True)
         self._check_model_features(dense)
+        served = self.models.scorer
+        if spec.passages is not None and served is not None and not isinstance(served, FromFolder):
+            raise errors.bad_request(
+                "[rerank.passages] needs a local model: this proxy scores through remote scorers"
+            )
         blend = self.catalog.resolve(search.index, spec.blend)
         spec = self._with_default_cascade(spec, blend)
         if spec.cascade is not None:
@@ -602,6 +608,8 @@ class RerankHandler:
 
         spec = window.spec
         cached = self.models.cached(scorer)
+        if spec.passages is not None:
+            cached = self.models.by_passages(scorer, cached, spec.passages)
         student = self.models.student
         cascade = None
         if spec.cascade is not None and student is not None:
@@ -615,6 +623,8 @@ class RerankHandler:
             # every pair's score is in memory: no model call, so no queue and no breaker
             result = scoring.rerank(text, candidates, k=spec.window)
             return result, {"rerank": result.timings_ms.get("rerank", 0.0), "scorer_queue": 0.0}
+        if isinstance(cached, PassageScorer):  # each window of a long document is a pair
+            uncached = cached.expand(uncached, None)[0]
         tokens = estimated_tokens(uncached, max_length_of(scorer))
         self._refuse_unscorable(spec, len(uncached), tokens)
         ticket.resize(tokens)

@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from tokenizers import Tokenizer
 
-from reranker.errors import ConfigError
+from reranker.errors import ConfigError, ModelError
 from reranker.numeric import sigmoid as sigmoid_of
 from reranker.rerank.capabilities import FromFolder, ScoreMemory, max_length_of
 from reranker.rerank.scorer import PairScorer
@@ -155,7 +155,7 @@ class PassageScorer:
         return sorted({int(owner[row]) for row in missing})
 
     def score_with_signals(self, *args: Any, **kwargs: Any) -> Any:
-        raise ConfigError("a multi-task model's signal heads are not read passage by passage")
+        raise ModelError("a multi-task model's signal heads are not read passage by passage")
 
     def score(
         self,

@@ -148,6 +148,21 @@ def test_a_bad_diversity_is_a_400(bad: Any) -> None:
     assert "diversity" in error.reason
 
 
+@pytest.mark.parametrize("how", ["max", "firstmax"])
+def test_passages_name_how_a_documents_passages_combine(how: str) -> None:
+    assert parse_rerank({"passages": how}, SETTINGS).passages == how
+
+
+@pytest.mark.parametrize("off", [None, False])
+def test_no_passages_means_truncation(off: Any) -> None:
+    assert parse_rerank({"passages": off}, SETTINGS).passages is None
+
+
+@pytest.mark.parametrize("bad", ["sum", True, 1, ["max"]])
+def test_unknown_passages_are_a_400(bad: Any) -> None:
+    assert "passages" in refusal(parse_rerank, {"passages": bad}, SETTINGS).reason
+
+
 def test_unknown_hybrid_field_is_a_400() -> None:
     refusal(parse_rerank, {"hybrid": {"dense": True, "k": 3}}, SETTINGS)
 
