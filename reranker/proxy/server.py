@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from reranker.proxy import errors
 from reranker.proxy.app import Proxy
+from reranker.proxy.embed_api import EmbedApi
 from reranker.proxy.reload import EncoderFactory, ModelLoader, ScorerFactory
 from reranker.proxy.rerank_api import RerankApi
 from reranker.proxy.settings import ProxySettings
@@ -76,6 +77,8 @@ def create_app(
         ]
     # the standard rerank endpoints (TEI, Cohere): reranker/proxy/rerank_api.py
     routes += RerankApi(proxy).routes()
+    # TEI's /embed with the proxy's embedder (remote embedding): reranker/proxy/embed_api.py
+    routes += EmbedApi(proxy).routes()
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: http_error},

@@ -1,0 +1,106 @@
+"""TEI's ``POST /embed`` on the proxy: the vectors the embedder gives in process, TEI's shapes
+for answers and errors. The real default embedder, no Elasticsearch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from reranker.proxy import create_app
+from reranker.retrieval.embed_cache import encode_queries
+from reranker.retrieval.embedder import Embedder
+from tests.helpers import settings
+
+pytestmark = pytest.mark.anyio
+
+TEXTS = ["Vitamin D deficiency and bone fractures", "Gene expression in human cells", "x"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.default()
+
+
+async def client_for(embedder: Embedder, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        settings(**overrides), encoder_factory=lambda: embedder, load_in_background=False
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
+            yield http
+
+
+@pytest.fixture
+async def http(embedder: Embedder) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in client_for(embedder, max_window=8, default_window=8):
+        yield client
+
+
+async def test_embed_gives_the_vectors_of_the_embedder_in_process(
+    http: httpx.AsyncClient, embedder: Embedder
+) -> None:
+    response = await http.post("/embed", json={"inputs": TEXTS})
+    assert response.status_code == 200
+    assert np.abs(np.array(response.json()) - embedder.encode(TEXTS)).max() <= 1e-6
+
+
+async def test_one_string_is_one_vector(http: httpx.AsyncClient, embedder: Embedder) -> None:
+    response = await http.post("/embed", json={"inputs": TEXTS[0]})
+    (vector,) = response.json()
+    assert len(vector) == embedder.dim
+
+
+async def test_the_query_prompt_embeds_as_the_first_stage_embeds_queries(
+    http: httpx.AsyncClient, embedder: Embedder
+) -> None:
+    response = await http.post("/embed", json={"inputs": TEXTS, "prompt_name": "query"})
+    expected = encode_queries(embedder, TEXTS)
+    assert np.abs(np.array(response.json()) - expected).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"inputs": []}, 422),
+        ({"inputs": [1, 2]}, 422),
+        ({"texts": ["a"]}, 422),
+        ({"inputs": ["a"], "colour": 1}, 422),
+        ({"inputs": ["a"] * 9}, 413),
+        ({"inputs": ["a"], "normalize": False}, 400),
+        ({"inputs": ["a"], "prompt_name": "passage"}, 422),
+        (["a"], 422),
+    ],
+)
+async def test_a_request_outside_teis_embed_request_gets_teis_error_shape(
+    http: httpx.AsyncClient, body: Any, status: int
+) -> None:
+    response = await http.post("/embed", json=body)
+    assert response.status_code == status
+    assert set(response.json()) == {"error", "error_type"}
+
+
+async def test_embed_needs_a_client_key_when_the_proxy_has_keys(embedder: Embedder) -> None:
+    async for http in client_for(embedder, api_keys=("s3cret",)):
+        assert (await http.post("/embed", json={"inputs": "a"})).status_code == 401
+        keyed = {"authorization": "Bearer s3cret"}
+        assert (await http.post("/embed", json={"inputs": "a"}, headers=keyed)).status_code == 200
+
+
+async def test_without_an_embedder_embed_is_a_503() -> None:
+    app = create_app(settings(), load_in_background=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
+            response = await http.post("/embed", json={"inputs": "a"})
+    assert response.status_code == 503
+    assert "embedder" in response.json()["error"]
