@@ -35,8 +35,16 @@ def settings(**overrides: Any) -> ProxySettings:
 
 
 @asynccontextmanager
-async def proxy_client(proxy_settings: ProxySettings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(proxy_settings, load_in_background=False)
+async def proxy_client(
+    proxy_settings: ProxySettings, *, scorer: Any = None, encoder: Any = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the proxy app (its models loaded first, when given)."""
+    app = create_app(
+        proxy_settings,
+        scorer_factory=(lambda: scorer) if scorer is not None else None,
+        encoder_factory=(lambda: encoder) if encoder is not None else None,
+        load_in_background=False,
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:

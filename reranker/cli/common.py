@@ -188,6 +188,18 @@ def diversity_options(func: F) -> F:
     return func
 
 
+def passages_option(func: F) -> F:
+    """``--passages max|firstmax``: long documents scored by their passages."""
+    return click.option(
+        "--passages",
+        type=click.Choice(["max", "firstmax"]),
+        default=None,
+        help="Score documents longer than the cross-encoder reads by overlapping passages, "
+        "combined by their best (max) or the mean of the first and the best (firstmax) "
+        "[default: truncate; docs/experiments/passages.md].",
+    )(func)
+
+
 def parse_diversity(lam: float | None, duplicate_threshold: float | None) -> Any:
     """The :class:`~reranker.rerank.diversity.Diversity` the two options ask for, or ``None``."""
     from reranker.rerank.diversity import Diversity

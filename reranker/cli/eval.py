@@ -28,6 +28,7 @@ from reranker.cli.common import (
     indexing_tools,
     parse_diversity,
     parse_hybrid,
+    passages_option,
     scorer_url_option,
 )
 from reranker.rerank.capabilities import FromFolder, max_length_of
@@ -156,14 +157,7 @@ class EvalArgs:
     help="Keep the cross-encoder's logits in RERANKER_HOME/scores, so a re-run scores nothing; "
     "--no-score-cache scores every pair again (e.g. to time or check a scorer).",
 )
-@click.option(
-    "--passages",
-    type=click.Choice(["max", "firstmax"]),
-    default=None,
-    help="Score documents longer than the cross-encoder reads by overlapping passages, "
-    "combined by their best (max) or the mean of the first and the best (firstmax) "
-    "[default: truncate].",
-)
+@passages_option
 @diversity_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context

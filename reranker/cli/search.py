@@ -14,6 +14,7 @@ from reranker.cli.common import (
     hybrid_options,
     parse_diversity,
     parse_hybrid,
+    passages_option,
     query_embedder,
 )
 from reranker.config import MODEL_VARIANTS
@@ -62,12 +63,7 @@ def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
     help="With --rerank: the cross-encoder rescores the first stage's top K of the window, "
     "the rest keep their first-stage order (chosen on dev queries); 0 scores the whole window.",
 )
-@click.option(
-    "--passages",
-    type=click.Choice(["max", "firstmax"]),
-    default=None,
-    help="With --rerank: score long documents by passages (docs/experiments/passages.md).",
-)
+@passages_option
 @diversity_options
 @click.pass_context
 def search_cmd(

@@ -16,6 +16,7 @@ from reranker.corpus import CorpusSource, Qrels, load_qrels, load_queries
 from reranker.errors import SearchError, SourceError
 from reranker.es import mappings
 from reranker.es.indexing import IndexResult, LoadOptions, index_corpus, source_digest
+from reranker.evaluation.diversity import top_redundancy
 from reranker.metrics import MEASURES
 from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
@@ -114,7 +115,6 @@ def pipeline_runner(
 ) -> RunFunction:
     """The reranking pipeline as a run function: its whole window, in its final order; with
     ``redundancy``, each query's ILS@10 appended to it (the hits carry their embeddings)."""
-    from reranker.evaluation.diversity import top_redundancy
 
     def run(query_id: str, text: str) -> dict[str, float]:
         result = pipeline.search(text, k=pipeline.window, vector=vectors.get(query_id))

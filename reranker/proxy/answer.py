@@ -141,6 +141,12 @@ def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -
     return out
 
 
+def _logged_diversity(why: dict[str, Any]) -> dict[str, Any]:
+    """A hit's diversity as the request log keeps it: its penalty, and the ``_id`` it copies."""
+    copied = diversity_explained(why).get("duplicate_of")
+    return {"diversity_penalty": why["penalty"], "duplicate_of": copied and copied["_id"]}
+
+
 def diversity_explained(why: dict[str, Any]) -> dict[str, Any]:
     """A hit's MMR explanation, its ``duplicate_of`` as the duplicated hit's index and id."""
     out = dict(why)
@@ -178,16 +184,7 @@ def log_document(
                 "score": hit.score,
                 "first_stage_score": hit.first_stage_score,
                 "logit": hit.relevance,
-                **(
-                    {
-                        "diversity_penalty": hit.diversity["penalty"],
-                        "duplicate_of": split_key(str(hit.diversity["duplicate_of"]))[1]
-                        if "duplicate_of" in hit.diversity
-                        else None,
-                    }
-                    if hit.diversity is not None
-                    else {}
-                ),
+                **(_logged_diversity(hit.diversity) if hit.diversity is not None else {}),
                 **(
                     {
                         "contributions": {

@@ -29,7 +29,7 @@ from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.http import read_body
 from reranker.proxy.jsonbody import BodyError, loads_strict
-from reranker.proxy.rerank_api import Proxy, RerankApi, Tei, json_response, serde_kind
+from reranker.proxy.rerank_api import Proxy, Tei, check_client_key, json_response, serde_kind
 from reranker.retrieval.embed_cache import encode_queries
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ class EmbedApi:
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.keys = RerankApi(proxy)  # the same client keys as the rerank endpoints
 
     def routes(self) -> list[Route]:
         return [Route("/embed", self.embed, methods=["POST"])]
@@ -88,8 +87,8 @@ class EmbedApi:
         async def handle(request: Request) -> Response:
             dialect = Tei()
             try:
-                self.keys.check_key(request)
                 settings = self.proxy.settings
+                check_client_key(request, settings)  # the rerank endpoints' client keys
                 raw = await read_body(
                     request, settings.max_body_bytes, timeout_s=settings.body_timeout_s
                 )

@@ -16,15 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reranker.errors import ConfigError, ModelError
+from reranker.errors import ModelError
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
 from reranker.rerank.cache import CachedScorer, LruScores
-from reranker.rerank.capabilities import FromFolder, max_length_of
-from reranker.rerank.passages import PassageScorer, PassageSplitter
 from reranker.rerank.pipeline import check_scores, is_first_stage_student
 from reranker.rerank.scorer import PairScorer, ServedScorer
 from reranker.retrieval.embed_cache import TextEncoder
@@ -115,7 +113,6 @@ class LoadedModels:
         if self.score_cache is not None:
             metrics.watch_score_cache(self.score_cache)
         self.encoder: TextEncoder | None = None
-        self._splitters: dict[tuple[str, int], PassageSplitter] = {}
         self.model_error: str | None = None
         self.encoder_error: str | None = None
         self.loaded = asyncio.Event()
@@ -125,19 +122,6 @@ class LoadedModels:
     def cached(self, scorer: ServedScorer) -> PairScorer:
         """``scorer`` behind the proxy's pair-score cache, when there is one."""
         return scorer if self.score_cache is None else CachedScorer(scorer, self.score_cache)
-
-    def by_passages(self, scorer: ServedScorer, served: PairScorer, how: str) -> PassageScorer:
-        """``served`` (``scorer``, maybe behind the cache) reading long documents by passages
-        of ``scorer``'s tokenizer and length; one splitter (and its remembered boundaries)
-        per model. :class:`~reranker.errors.ConfigError` for a scorer without a folder."""
-        length = max_length_of(scorer)
-        if not isinstance(scorer, FromFolder) or length is None:
-            raise ConfigError("passages need a local model (its tokenizer and max length)")
-        key = (str(scorer.model_dir), length)
-        splitter = self._splitters.get(key)
-        if splitter is None:
-            splitter = self._splitters[key] = PassageSplitter.for_model(scorer.model_dir, length)
-        return PassageScorer(served, splitter, how)  # type: ignore[arg-type]
 
     def unavailable_reason(self) -> str:
         """Why there is no scorer: still loading, or the load's error."""

@@ -67,7 +67,7 @@ from reranker.rerank.features import (
     FeatureUnavailable,
     require_features,
 )
-from reranker.rerank.passages import PassageScorer
+from reranker.rerank.passages import PassageScorer, by_passages
 from reranker.rerank.pipeline import (
     Cascade,
     Degraded,
@@ -80,12 +80,11 @@ from reranker.rerank.pipeline import (
 from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.first_stage import Hit, fuse
-from reranker.retrieval.queries import knn_clause, read_vectors, vectors_query
+from reranker.retrieval.queries import VECTOR_FIELD, knn_clause, read_vectors, vectors_query
 
 log = logging.getLogger(__name__)
 
 #: the dense_vector field kNN searches; probed (field caps) for the hybrid default
-EMBEDDING_FIELD = "embedding"
 EMBEDDINGS_PROBE_TTL_S = 60.0
 
 #: with ``fail_open: false``, the error each kind of degradation becomes (the metrics label
@@ -314,9 +313,9 @@ class RerankHandler:
         try:
             searcher = await self._searcher()  # the client's own view of the index
             caps = await searcher.options(request_timeout=2.0).field_caps(
-                index=index, fields=EMBEDDING_FIELD, ignore_unavailable=True, allow_no_indices=True
+                index=index, fields=VECTOR_FIELD, ignore_unavailable=True, allow_no_indices=True
             )
-            types = caps.get("fields", {}).get(EMBEDDING_FIELD, {})
+            types = caps.get("fields", {}).get(VECTOR_FIELD, {})
             has = set(types) == {"dense_vector"}
             stamped = (types.get("dense_vector") or {}).get("meta", {}).get(EMBEDDER_META_KEY)
             ours = embedder_stamp(self.models.encoder.model_id)
@@ -609,7 +608,7 @@ class RerankHandler:
         spec = window.spec
         cached = self.models.cached(scorer)
         if spec.passages is not None:
-            cached = self.models.by_passages(scorer, cached, spec.passages)
+            cached = by_passages(scorer, spec.passages, served=cached)
         student = self.models.student
         cascade = None
         if spec.cascade is not None and student is not None:

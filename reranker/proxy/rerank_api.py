@@ -347,6 +347,13 @@ class Cohere(Dialect):
 # ----------------------------------------------------------------------------------- handlers
 
 
+def check_client_key(request: Request, settings: ProxySettings) -> None:
+    """The proxy's client keys, as ``ApiKey <key>`` or ``Bearer <key>`` (how TEI, Cohere's
+    SDK and Elasticsearch's inference services send a key)."""
+    if settings.api_keys:
+        require_api_key(request, settings.api_keys, schemes=("apikey", "bearer"))
+
+
 class RerankApi:
     """The rerank endpoints of one :class:`~reranker.proxy.app.Proxy`."""
 
@@ -398,11 +405,7 @@ class RerankApi:
         return answer
 
     def check_key(self, request: Request) -> None:
-        """The proxy's client keys, as ``ApiKey <key>`` or ``Bearer <key>`` (how TEI, Cohere's
-        SDK and Elasticsearch's inference services send a key)."""
-        keys = self.proxy.settings.api_keys
-        if keys:
-            require_api_key(request, keys, schemes=("apikey", "bearer"))
+        check_client_key(request, self.proxy.settings)
 
     async def score(self, call: RerankCall) -> np.ndarray:
         """One score per text, in the caller's order: admitted, in the scorer's pool, under

@@ -51,7 +51,8 @@ class Diversity:
 class Placement:
     """One hit's place in the diversified order and why: its scaled relevance, its largest
     cosine to a hit above it (``redundancy``), the penalty that cost it, its MMR value, and
-    the position (in the input) of the hit it duplicates, if it was collapsed."""
+    the position (in the input) of the hit it duplicates, if it was collapsed (which
+    :func:`diversify` explains by that hit's id)."""
 
     position: int
     relevance: float
@@ -61,15 +62,12 @@ class Placement:
     duplicate_of: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        found = {
+        return {
             "relevance": self.relevance,
             "redundancy": self.redundancy,
             "penalty": self.penalty,
             "mmr": self.mmr,
         }
-        if self.duplicate_of is not None:
-            found["duplicate_of"] = self.duplicate_of
-        return found
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -124,11 +122,10 @@ def mmr_order(
         )
         (collapsed if placement.duplicate_of is not None else placed).append(placement)
         if placement.duplicate_of is None:
-            closer = similarity[best] > redundancy
             threshold = diversity.duplicate_threshold
             if threshold is not None:
                 duplicate_of[left & (duplicate_of < 0) & (similarity[best] >= threshold)] = best
-            redundancy = np.where(closer, similarity[best], redundancy)
+            redundancy = np.maximum(redundancy, similarity[best])
     return placed + collapsed
 
 

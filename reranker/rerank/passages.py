@@ -14,6 +14,7 @@ A document that fits is one window, scored as before. Passage boundaries are kep
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -177,10 +178,18 @@ class PassageScorer:
         return sigmoid_of(out) if sigmoid else out
 
 
-def by_passages(scorer: PairScorer, how: Combine) -> PassageScorer:
-    """``scorer`` reading long documents by passages of its own tokenizer and length; only a
-    model loaded from a folder can (a remote scorer truncates where it likes)."""
+@functools.lru_cache(maxsize=8)
+def splitter_for(model_dir: Path, max_length: int) -> PassageSplitter:
+    """One splitter (and its remembered boundaries) per model folder and length."""
+    return PassageSplitter.for_model(model_dir, max_length)
+
+
+def by_passages(scorer: PairScorer, how: str, *, served: PairScorer | None = None) -> PassageScorer:
+    """``served`` (default ``scorer``; e.g. ``scorer`` behind a score cache) reading long
+    documents by passages of ``scorer``'s own tokenizer and length; only a model loaded from
+    a folder can (a remote scorer truncates where it likes)."""
     length = max_length_of(scorer)
     if not isinstance(scorer, FromFolder) or length is None:
         raise ConfigError("passages need a local model (its tokenizer and max length)")
-    return PassageScorer(scorer, PassageSplitter.for_model(scorer.model_dir, length), how)
+    splitter = splitter_for(Path(scorer.model_dir), length)
+    return PassageScorer(served or scorer, splitter, how)  # type: ignore[arg-type]

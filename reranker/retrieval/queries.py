@@ -27,7 +27,7 @@ def knn_clause(
     """Approximate nearest neighbours on ``embedding`` (HNSW), ``k`` hits."""
     candidates = max(num_candidates or 0, 2 * k, 100)
     return {
-        "field": "embedding",
+        "field": VECTOR_FIELD,
         "query_vector": [float(x) for x in vector],
         "k": k,
         "num_candidates": min(candidates, 10_000),
@@ -38,18 +38,18 @@ def vectors_query(documents: Iterable[tuple[str | None, str]]) -> dict[str, Any]
     """A search body that returns the stored embeddings of ``documents`` ((index, id) pairs;
     index ``None`` = whichever index the search targets), and nothing else. The vectors come
     back under ``fields`` (Elasticsearch leaves them out of ``_source`` by default)."""
-    by_index: dict[str | None, list[str]] = defaultdict(list)
+    by_index: dict[str | None, dict[str, None]] = defaultdict(dict)  # ordered, no repeats
     for index, doc_id in documents:
-        by_index[index].append(doc_id)
+        by_index[index][doc_id] = None
     clauses: list[dict[str, Any]] = []
     for index, ids in by_index.items():
-        clause: dict[str, Any] = {"ids": {"values": list(dict.fromkeys(ids))}}
+        clause: dict[str, Any] = {"ids": {"values": list(ids)}}
         if index is not None:
             clause = {"bool": {"filter": [{"term": {"_index": index}}, clause]}}
         clauses.append(clause)
     return {
         "query": {"bool": {"should": clauses, "minimum_should_match": 1}},
-        "size": sum(len(set(ids)) for ids in by_index.values()),
+        "size": sum(len(ids) for ids in by_index.values()),
         "_source": False,
         "fields": [VECTOR_FIELD],
     }

@@ -10,10 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from reranker.proxy import create_app
 from reranker.retrieval.embed_cache import encode_queries
 from reranker.retrieval.embedder import Embedder
-from tests.helpers import settings
+from tests.helpers import proxy_client, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -30,19 +29,10 @@ def embedder() -> Embedder:
     return Embedder.default()
 
 
-async def client_for(embedder: Embedder, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        settings(**overrides), encoder_factory=lambda: embedder, load_in_background=False
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
-            yield http
-
-
 @pytest.fixture
 async def http(embedder: Embedder) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in client_for(embedder, max_window=8, default_window=8):
+    limits = settings(max_window=8, default_window=8)
+    async with proxy_client(limits, encoder=embedder) as client:
         yield client
 
 
@@ -90,17 +80,14 @@ async def test_a_request_outside_teis_embed_request_gets_teis_error_shape(
 
 
 async def test_embed_needs_a_client_key_when_the_proxy_has_keys(embedder: Embedder) -> None:
-    async for http in client_for(embedder, api_keys=("s3cret",)):
+    async with proxy_client(settings(api_keys=("s3cret",)), encoder=embedder) as http:
         assert (await http.post("/embed", json={"inputs": "a"})).status_code == 401
         keyed = {"authorization": "Bearer s3cret"}
         assert (await http.post("/embed", json={"inputs": "a"}, headers=keyed)).status_code == 200
 
 
 async def test_without_an_embedder_embed_is_a_503() -> None:
-    app = create_app(settings(), load_in_background=False)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as http:
-            response = await http.post("/embed", json={"inputs": "a"})
+    async with proxy_client(settings()) as http:
+        response = await http.post("/embed", json={"inputs": "a"})
     assert response.status_code == 503
     assert "embedder" in response.json()["error"]

@@ -23,7 +23,7 @@ from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.features import features_for_texts
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from tests.helpers import QUERY, SHIPPED, SHIPPED_AWARE, TEXTS
+from tests.helpers import QUERY, SHIPPED, SHIPPED_AWARE, TEXTS, proxy_client
 
 pytestmark = pytest.mark.anyio
 
@@ -56,16 +56,8 @@ def api_settings(**overrides: Any) -> ProxySettings:
 async def serving(
     scorer: Any, settings: ProxySettings | None = None, encoder: Embedder | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        settings or api_settings(),
-        scorer_factory=(lambda: scorer) if scorer is not None else None,
-        encoder_factory=(lambda: encoder) if encoder is not None else None,
-        load_in_background=False,
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://scorer") as http:
-            yield http
+    async with proxy_client(settings or api_settings(), scorer=scorer, encoder=encoder) as http:
+        yield http
 
 
 @pytest.fixture
