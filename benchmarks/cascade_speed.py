@@ -22,7 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from reranker.rerank.pipeline import Cascade, Pipeline, check_cascade_models
+from reranker.rerank.cascade import Cascade, check_cascade_models
+from reranker.rerank.pipeline import Pipeline
 from reranker.rerank.scorer import Scorer, load_scorer
 from reranker.retrieval.first_stage import Hit
 

@@ -84,13 +84,9 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
     from reranker.evaluation.diversity import curve_point
     from reranker.evaluation.runs import ensure_dataset_index, judged_queries, query_vectors
     from reranker.evaluation.speed import check_dataset, say, write_report
+    from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT
     from reranker.rerank.diversity import Diversity
-    from reranker.rerank.pipeline import (
-        DEFAULT_CASCADE_K,
-        FIRST_STAGE_STUDENT,
-        QueryPath,
-        build_pipeline,
-    )
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     lambdas = parse_lambdas(a.lambdas)
     check_dataset(a.dataset)

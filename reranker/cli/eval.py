@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from reranker.blend.blends import Blend
     from reranker.blend.signals import SignalConfig
     from reranker.evaluation.runs import EvalReport, RunFunction
-    from reranker.rerank.pipeline import Cascade, QueryPath
+    from reranker.rerank.cascade import Cascade
+    from reranker.rerank.pipeline import QueryPath
     from reranker.rerank.scorer import PairScorer
     from reranker.retrieval.embedder import Embedder
 
@@ -375,7 +376,7 @@ def _default_cascade(
     default chosen on dev queries (the first stage as the cheap level, k = 20 or the window
     if smaller) wherever a cascade can apply (the rerank mode, without blend or --record)."""
     from reranker.errors import ConfigError
-    from reranker.rerank.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
+    from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
 
     if model is not None and str(model) == NO_CASCADE:
         if k is not None:
@@ -395,7 +396,7 @@ def _check_cascade_options(
 ) -> None:
     """``--cascade-model``/``--cascade-k`` checked before anything is loaded or searched."""
     from reranker.errors import ConfigError
-    from reranker.rerank.pipeline import is_first_stage_student
+    from reranker.rerank.cascade import is_first_stage_student
 
     if model is None:
         if k is not None:

@@ -14,6 +14,8 @@ from reranker.cli.es import es
 from reranker.cli.eval import eval_cmd
 from reranker.cli.index import index_cmd, reindex_cmd
 from reranker.cli.ltr import ltr
+from reranker.cli.personal import simulate_personal_cmd
+from reranker.cli.profiles import profiles
 from reranker.cli.search import search_cmd
 from reranker.cli.serve import serve_cmd
 from reranker.cli.train import distill_cmd, export_cmd, train_cmd, train_embedder_cmd
@@ -59,10 +61,12 @@ for command in (
     export_cmd,
     serve_cmd,
     ltr,
+    profiles,
     doctor_cmd,
     bench,
     judgments_cmd,
     simulate_clicks_cmd,
+    simulate_personal_cmd,
 ):
     main.add_command(command)
 

@@ -88,7 +88,8 @@ def search_cmd(
 ) -> None:
     """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
     --rerank, the top --window of that first stage reordered by the cross-encoder."""
-    from reranker.rerank.pipeline import FIRST_STAGE_STUDENT, QueryPath, build_pipeline
+    from reranker.rerank.cascade import FIRST_STAGE_STUDENT
+    from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     cascade = rerank and 0 < cascade_k < window
     path = QueryPath(

@@ -174,7 +174,7 @@ def _serve_cascade_defaults(settings: Any, cascade_k: int | None) -> Any:
     """The served defaults chosen on dev queries: the first stage as the cascade's cheap
     level and k = 20, unless the command line or the environment said otherwise (`none`
     for no cascade model, k = 0 for no default cascade)."""
-    from reranker.rerank.pipeline import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
+    from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT, NO_CASCADE
 
     model = settings.cascade_model
     if model is None:

@@ -210,7 +210,7 @@ async def simulate(
     async def flush() -> None:
         while pending:  # batches of at most batch_size events (the proxy has a limit)
             batch, pending[:] = pending[:batch_size], pending[batch_size:]
-            await _post_events(http, batch, headers, report, resend_attempts, resend_backoff_s)
+            await post_events(http, batch, headers, report, resend_attempts, resend_backoff_s)
 
     async def run(query_id: str, text: str, number: int) -> None:
         rng = random.Random(f"{seed}:{query_id}:{number}")
@@ -266,7 +266,7 @@ def _check_rankers(rankers: Sequence[str], size: int, window: int) -> None:
         search_body(ranker, "x", size, window, {})  # unknown names fail before any search
 
 
-async def _post_events(
+async def post_events(
     http: httpx.AsyncClient,
     batch: list[dict[str, Any]],
     headers: Mapping[str, str] | None,

@@ -11,6 +11,7 @@ REQUEST_FIELDS = (
     "query_id",
     "user_query",
     "client_id",
+    "user_id",
     "application",
     "query_attributes",
     "object_id_field",

@@ -36,7 +36,7 @@ class Plan:
 
 
 #: the stages whose time is measured (the rest of a request's time is its overhead)
-STAGES = ("embed", "es", "rerank", "blend", "diversity", "scorer_queue")
+STAGES = ("embed", "es", "rerank", "blend", "personal", "diversity", "scorer_queue")
 
 
 def stage_timings(
@@ -45,7 +45,7 @@ def stage_timings(
     """Milliseconds per stage, the total since ``started`` and the overhead (the rest)."""
     total_ms = (time.perf_counter() - started) * 1000
     timings = {**first.timings_ms, **rerank_ms, "total": total_ms}
-    for stage in ("blend", "diversity"):
+    for stage in ("blend", "personal", "diversity"):
         if stage in result.timings_ms:
             timings[stage] = result.timings_ms[stage]
     overhead = total_ms
@@ -107,6 +107,7 @@ def search_answer(
         **({"cascade": result.cascade} if result.cascade is not None else {}),
         **({"diversity": result.diversity} if result.diversity is not None else {}),
         **({"passages": spec.passages} if spec.passages is not None else {}),
+        **({"personalize": personalized(result)} if spec.personal_weight is not None else {}),
         "took_ms": {k: round(v, 3) for k, v in timings.items()},
         "degraded": degraded,
     }
@@ -138,7 +139,17 @@ def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -
             out["_rerank"]["blend"] = hit.explanation
         if hit.diversity is not None:
             out["_rerank"]["diversity"] = diversity_explained(hit.diversity)
+        if hit.personal is not None:
+            out["_rerank"]["personal"] = hit.personal
     return out
+
+
+def personalized(result: PipelineResult) -> dict[str, Any]:
+    """What ``rerank.personalize`` did: ``applied`` false for a user without a profile (the
+    unpersonalised order), else the weight and the clicks behind the profile."""
+    if result.personal is None:
+        return {"applied": False}
+    return {"applied": True, **result.personal}
 
 
 def _logged_diversity(why: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
@@ -39,6 +39,7 @@ from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.msearch import SearchItem, msearch_error, parse_msearch
 from reranker.proxy.msearch import concurrency as msearch_concurrency
+from reranker.proxy.profiles import profiles_refusal
 from reranker.proxy.reload import (
     EncoderFactory,
     LoadedModels,
@@ -120,6 +121,7 @@ class Proxy:
             self.breaker,
             searcher=self._searcher,
             upstream_headers=self._upstream_headers,
+            admin=lambda: self.es,
         )
         self._own_client = es_client is None
         self._es = es_client
@@ -388,6 +390,7 @@ class Proxy:
         needs reading), reranked with it; its UBI ``query_id`` is held meanwhile and recorded
         once it answered. ``kind`` hears which of the two it is once the body says."""
         check_hits(body, params, self.settings.max_hits)
+        self._check_index(index, params)
         body, ubi = await self._ubi_begin(body)
         try:
             rest, spec_raw = split_rerank(body)
@@ -402,7 +405,9 @@ class Proxy:
                 self._ubi_finish(request, ubi, index, body, params, status, plain)
                 return SearchOutcome(status, plain)
             kind("rerank")
-            search = SearchRequest(request, index, rest, params, started)
+            user = ubi[0].subject if ubi is not None else None
+            owner = owner_of(request, self.settings)
+            search = SearchRequest(request, index, rest, params, started, user, owner)
             answer, logged = await self._rerank(search, spec_raw)
             self._ubi_finish(request, ubi, index, body, params, 200, answer)
             return SearchOutcome(200, answer, logged)
@@ -441,7 +446,7 @@ class Proxy:
                 or asked_hits(item.body, item.params) > self.settings.max_hits
                 for item in items
             )
-            allowed = all(self._index_refusal(item.index) is None for item in items)
+            allowed = all(self._index_refusal(item.index, item.params) is None for item in items)
             if plain and allowed and not any(_scrolls(item) for item in items):
                 return await self._passthrough(
                     request, path_index or "", raw, url_params, endpoint="_msearch"
@@ -566,14 +571,18 @@ class Proxy:
             return False
         return True
 
-    def _index_refusal(self, index: str) -> str | None:
+    def _index_refusal(self, index: str, params: Mapping[str, str] | None = None) -> str | None:
+        """The part of ``index`` the allow-list refuses, or that reaches the profiles index."""
+        refused = profiles_refusal(index, params or {}, self.settings)
+        if refused is not None:
+            return refused
         return index_allowed(
             index, self.settings.allowed_indices, remote_clusters=self.settings.remote_clusters
         )
 
-    def _check_index(self, index: str) -> None:
+    def _check_index(self, index: str, params: Mapping[str, str] | None = None) -> None:
         """403 unless the allow-list (the proxy's second line) admits ``index``."""
-        refused = self._index_refusal(index)
+        refused = self._index_refusal(index, params)
         if refused is not None:
             raise errors.forbidden_index(refused)
 

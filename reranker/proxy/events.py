@@ -309,6 +309,21 @@ def _scalars(raw: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
 # --------------------------------------------------------------------------- against the search
 
 
+def stamp(shown: ShownQuery, now: datetime) -> dict[str, Any]:
+    """What the proxy adds to an accepted event (``reranker``): who made its search
+    (``owner``: judgments weigh clients by it), the user and index the search named (the
+    profile a click builds: never what the event itself claims) and when it was received
+    (the profile job reads events by it)."""
+    own: dict[str, Any] = {"received": ubi_timestamp(now)}
+    if shown.owner is not None:
+        own["owner"] = shown.owner
+    if shown.subject is not None:
+        own["subject"] = shown.subject
+    if shown.index is not None:
+        own["index"] = shown.index
+    return own
+
+
 def check_against(
     event: Event, shown: ShownQuery | None, now: datetime, skew: timedelta
 ) -> Rejection | None:
@@ -417,8 +432,7 @@ async def accept_events(
                 doc = dict(entry.doc)
                 if shown.user_query is not None:
                     doc["user_query"] = shown.user_query
-                if shown.owner is not None:  # judgments weigh clients by it
-                    doc["reranker"] = {"owner": shown.owner}
+                doc["reranker"] = stamp(shown, now)
                 if ubi.writer.submit_to(ubi.events_index, entry.doc_id, doc):
                     shown.seen.add(entry.key)
                     ubi.shown.grew(shown, EVENT_KEY_BYTES)

@@ -5,13 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.jsonbody import loads_strict
+
+if TYPE_CHECKING:
+    from reranker.proxy.settings import ProxySettings
+
+
+class GuardedProxy(Protocol):
+    """What every set of routes uses of the proxy that serves them (``proxy.app.Proxy``):
+    its settings, and its guard (metrics, fair shares, error shapes)."""
+
+    settings: ProxySettings
+
+    async def guarded(
+        self,
+        request: Request,
+        handler: Callable[[Request], Awaitable[Response]],
+        kind: Callable[[], str],
+    ) -> Response: ...
 
 
 def require_api_key(

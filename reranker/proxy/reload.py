@@ -23,7 +23,8 @@ from reranker.proxy.limits import CircuitBreaker
 from reranker.proxy.metrics import ProxyMetrics
 from reranker.proxy.settings import ProxySettings
 from reranker.rerank.cache import CachedScorer, LruScores
-from reranker.rerank.pipeline import check_scores, is_first_stage_student
+from reranker.rerank.cascade import is_first_stage_student
+from reranker.rerank.pipeline import check_scores
 from reranker.rerank.scorer import PairScorer, ServedScorer
 from reranker.retrieval.embed_cache import TextEncoder
 

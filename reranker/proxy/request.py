@@ -15,6 +15,7 @@ from reranker.proxy.errors import ProxyError, bad_request
 from reranker.proxy.settings import ProxySettings
 from reranker.rerank.diversity import DEFAULT_LAMBDA, Diversity
 from reranker.rerank.passages import COMBINES
+from reranker.rerank.personal import MAX_WEIGHT as MAX_PERSONAL_WEIGHT
 from reranker.retrieval.first_stage import HybridOptions
 
 RERANK_FIELDS = (
@@ -29,7 +30,9 @@ RERANK_FIELDS = (
     "cascade",
     "diversity",
     "passages",
+    "personalize",
 )
+PERSONALIZE_FIELDS = ("weight",)
 DIVERSITY_FIELDS = ("lambda", "duplicate_threshold")
 HYBRID_FIELDS = ("dense", "fusion", "rank_constant", "weights", "normalization")
 #: body keys that make no sense when the proxy orders the hits itself
@@ -80,6 +83,9 @@ class RerankSpec:
     passages: str | None = None
     """Score long documents by passages, combined by ``max`` or ``firstmax``; ``None``:
     truncate (:mod:`reranker.rerank.passages`)."""
+    personal_weight: float | None = None
+    """The personal feature's weight when the search asks for personalisation (the user's
+    profile, :mod:`reranker.rerank.personal`); ``None``: not personalised."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,27 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         cascade_default=cascade_default,
         diversity=_parse_diversity(raw.get("diversity")),
         passages=_parse_passages(raw.get("passages")),
+        personal_weight=_parse_personalize(raw.get("personalize"), settings.personal_weight),
     )
+
+
+def _parse_personalize(raw: Any, default: float) -> float | None:
+    """``true`` (the proxy's weight), ``false``/absent, or ``{"weight": w}``."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return default
+    if not isinstance(raw, dict):
+        raise bad_request(
+            f"[rerank.personalize] must be true, false or an object, got {_kind(raw)}"
+        )
+    _no_unknown(raw, PERSONALIZE_FIELDS, "rerank.personalize")
+    weight = raw.get("weight", default)
+    if not _is_number(weight) or not 0 <= float(weight) <= MAX_PERSONAL_WEIGHT:
+        raise bad_request(
+            f"[rerank.personalize.weight] must be a number between 0 and {MAX_PERSONAL_WEIGHT:g}"
+        )
+    return float(weight)
 
 
 def _parse_passages(raw: Any) -> str | None:

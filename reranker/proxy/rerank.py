@@ -47,6 +47,7 @@ from reranker.proxy.limits import (
     estimated_tokens,
 )
 from reranker.proxy.metrics import ProxyMetrics
+from reranker.proxy.profiles import read_profile
 from reranker.proxy.reload import LoadedModels
 from reranker.proxy.request import (
     CONSUMED_PARAMS,
@@ -62,20 +63,20 @@ from reranker.proxy.request import (
 )
 from reranker.proxy.settings import ProxySettings
 from reranker.rerank.capabilities import FromFolder, max_length_of
+from reranker.rerank.cascade import Cascade, check_cascade_models
 from reranker.rerank.features import (
     COMPUTABLE_IN_PROCESS,
     FeatureUnavailable,
     require_features,
 )
 from reranker.rerank.passages import PassageScorer, by_passages
+from reranker.rerank.personal import Personalization
 from reranker.rerank.pipeline import (
-    Cascade,
     Degraded,
     Pipeline,
     PipelineResult,
     QueryPath,
     build_pipeline,
-    check_cascade_models,
 )
 from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
@@ -115,6 +116,10 @@ class SearchRequest:
     body: dict[str, Any]
     params: dict[str, str]
     started: float  # time.perf_counter() when the search arrived
+    #: the user the search's ``ext.ubi`` named (``user_id``, else ``client_id``; UBI on only)
+    user: str | None = None
+    #: the proxy client that sent it (:func:`reranker.proxy.clients.owner_of`)
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ class Window:
     explain: bool
     #: the served embedder, for a first-stage-aware model's dense score where kNN gave none
     encoder: TextEncoder | None = None
+    #: the searching user's profile (``None``: not personalised)
+    personal: Personalization | None = None
 
     def pipeline(self, scorer: PairScorer | None, cascade: Cascade | None = None) -> Pipeline:
         """The search's pipeline, by the one builder; no scorer: the first-stage order."""
@@ -153,6 +160,7 @@ class Window:
             signals=named.signals if named is not None else None,
             explain=self.explain,
             cascade=cascade if scorer is not None else None,
+            personal=self.personal,
         )
 
     def first_stage_order(self, why: Degraded | None = None) -> PipelineResult:
@@ -185,6 +193,7 @@ class RerankHandler:
         *,
         searcher: Searcher,
         upstream_headers: UpstreamHeaders,
+        admin: Callable[[], AsyncElasticsearch] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -197,6 +206,7 @@ class RerankHandler:
         self.gate = ScoringGate(settings, metrics, admission, breaker, self.executor)
         self._searcher = searcher
         self._upstream_headers = upstream_headers
+        self._admin = admin  # the proxy's own client: profiles are read with it, never a client's
         #: index expression → (when probed, usable for kNN, the other embedder its vectors
         #: came from if not ours)
         self._embeddings_known: dict[str, tuple[float, bool, str | None]] = {}
@@ -218,6 +228,11 @@ class RerankHandler:
             return await self._without_hits(search, spec), None
         sources = source_filter(search.body, search.params)
         text = self._query_text(search, spec)
+        if spec.personal_weight is not None and search.user is None:
+            raise errors.bad_request(
+                "[rerank.personalize] needs to know the user: give [ext.ubi.user_id] (or "
+                "client_id) on a proxy with UBI on (--ubi)"
+            )
         if spec.dense and not self.settings.enable_dense:
             raise errors.bad_request("dense retrieval is switched off on this proxy")
         if spec.dense is None:
@@ -405,8 +420,9 @@ class RerankHandler:
                 message = "dense retrieval unavailable: the embedder is not loaded"
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
-            window = replace(window, encoder=self.models.encoder)
-            if spec.diversity is not None:
+            personal = await self._profile(search, spec, degraded)
+            window = replace(window, encoder=self.models.encoder, personal=personal)
+            if spec.diversity is not None or personal is not None:
                 began = time.perf_counter()
                 await self._attach_vectors(search, window.candidates, budget)
                 first.timings_ms["es"] += (time.perf_counter() - began) * 1000
@@ -565,11 +581,29 @@ class RerankHandler:
         )
         return result
 
+    async def _profile(
+        self, search: SearchRequest, spec: RerankSpec, degraded: list[Degraded]
+    ) -> Personalization | None:
+        """The searching user's profile on this index, read with the proxy's own credentials
+        by an id derived from (client, user, index): ``None`` when personalisation was not
+        asked for, or the user has no profile (or one older than the retention). An
+        unreadable profile gives the unpersonalised order, said in ``degraded``."""
+        if spec.personal_weight is None or search.user is None or self._admin is None:
+            return None
+        try:
+            return await read_profile(
+                self._admin(), self.settings, owner=search.owner, user=search.user,
+                index=search.index, weight=spec.personal_weight,
+            )  # fmt: skip
+        except Exception as exc:
+            degraded.append(Degraded("unavailable", f"the user's profile is unreadable: {exc}"))
+            return None
+
     async def _attach_vectors(
         self, search: SearchRequest, candidates: Sequence[Hit], budget: Budget
     ) -> None:
-        """The candidates' stored embeddings, for diversity: one search by (index, id) with
-        the client's own credentials; 400 when the index holds none."""
+        """The candidates' stored embeddings, for diversity and personalisation: one search
+        by (index, id) with the client's own credentials; 400 when the index holds none."""
         if not candidates:
             return
         if budget.expired():
@@ -585,7 +619,8 @@ class RerankHandler:
             raise errors.bad_gateway("Elasticsearch's answer holds no readable vectors") from None
         if not found:
             raise errors.bad_request(
-                f"[rerank.diversity] needs the documents' embeddings; [{search.index}] has none"
+                f"diversity and personalisation need the documents' embeddings; "
+                f"[{search.index}] has none"
             )
         for hit in candidates:
             hit.vector = found.get(split_key(hit.id))

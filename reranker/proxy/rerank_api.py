@@ -66,13 +66,14 @@ import reranker
 from reranker.batching import logits_or_probabilities
 from reranker.proxy import errors
 from reranker.proxy.errors import ProxyError
-from reranker.proxy.http import read_body, require_api_key
+from reranker.proxy.http import GuardedProxy, read_body, require_api_key
 from reranker.proxy.jsonbody import BodyError, loads_strict
 from reranker.proxy.limits import estimated_tokens
 from reranker.rerank.cache import CachedScorer
 from reranker.rerank.capabilities import Batching, max_length_of
+from reranker.rerank.cascade import cascade_scores, cascade_split
 from reranker.rerank.features import features_for_texts
-from reranker.rerank.pipeline import cascade_scores, cascade_split, check_scores
+from reranker.rerank.pipeline import check_scores
 
 if TYPE_CHECKING:
     from reranker.proxy.limits import Admission, CircuitBreaker
@@ -84,23 +85,15 @@ if TYPE_CHECKING:
     from reranker.retrieval.embed_cache import TextEncoder
 
 
-class Proxy(Protocol):
+class Proxy(GuardedProxy, Protocol):
     """What the rerank endpoints use of the proxy that serves them (``proxy.app.Proxy``):
     its settings, models, admission, breaker, metrics, scorer pool, body limit and guard."""
 
-    settings: ProxySettings
     models: LoadedModels
     reranking: RerankHandler
     breaker: CircuitBreaker
     admission: Admission
     metrics: ProxyMetrics
-
-    async def guarded(
-        self,
-        request: Request,
-        handler: Callable[[Request], Awaitable[Response]],
-        kind: Callable[[], str],
-    ) -> Response: ...
 
 
 log = logging.getLogger(__name__)

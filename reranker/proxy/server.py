@@ -15,6 +15,7 @@ from starlette.routing import Route
 from reranker.proxy import errors
 from reranker.proxy.app import Proxy
 from reranker.proxy.embed_api import EmbedApi
+from reranker.proxy.profiles import ProfilesApi
 from reranker.proxy.reload import EncoderFactory, ModelLoader, ScorerFactory
 from reranker.proxy.rerank_api import RerankApi
 from reranker.proxy.settings import ProxySettings
@@ -71,6 +72,8 @@ def create_app(
         routes += [
             # User Behavior Insights events (reranker.proxy.events)
             Route("/_reranker/events", proxy.events_endpoint, methods=["POST"]),
+            # a user's personalisation profiles (reranker.proxy.profiles)
+            *ProfilesApi(proxy).routes(),
             Route("/{index}/_search", proxy.search, methods=["GET", "POST"]),
             Route("/_msearch", proxy.msearch, methods=["GET", "POST"]),
             Route("/{index}/_msearch", proxy.msearch, methods=["GET", "POST"]),

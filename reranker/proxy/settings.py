@@ -8,7 +8,10 @@ from pathlib import Path
 
 from reranker.config import Settings, env_bool
 from reranker.errors import ConfigError
+from reranker.es.profiles import DEFAULT_PROFILES_INDEX, DEFAULT_RETENTION_DAYS
 from reranker.proxy.blends import parse_pairs
+from reranker.rerank.personal import DEFAULT_WEIGHT as DEFAULT_PERSONAL_WEIGHT
+from reranker.rerank.personal import MAX_WEIGHT as MAX_PERSONAL_WEIGHT
 
 
 def _env_int(name: str, default: int) -> int:
@@ -176,6 +179,14 @@ class ProxySettings:
     recently used are forgotten first (and read back from ``ubi_queries_index`` if needed)."""
     ubi_clock_skew_s: float = 60.0
     """How far an event's timestamp may lie in the future, or before its search."""
+    profiles_index: str = DEFAULT_PROFILES_INDEX
+    """Where the users' click profiles are (:mod:`reranker.es.profiles`; ``reranker profiles
+    update`` writes them): read with the proxy's own credentials for ``rerank.personalize``,
+    never searchable by a client through the proxy."""
+    personal_weight: float = DEFAULT_PERSONAL_WEIGHT
+    """The personal feature's weight when ``rerank.personalize`` is ``true``."""
+    profile_retention_days: float = DEFAULT_RETENTION_DAYS
+    """A profile not updated for this long is not used (and the update job deletes it)."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -232,7 +243,11 @@ class ProxySettings:
             raise ConfigError("an empty API key is not a key")
         if self.ubi_clock_skew_s < 0:
             raise ConfigError("ubi_clock_skew_s must be ≥ 0")
-        for name in (self.ubi_queries_index, self.ubi_events_index):
+        if not 0 <= self.personal_weight <= MAX_PERSONAL_WEIGHT:
+            raise ConfigError(f"personal_weight must be between 0 and {MAX_PERSONAL_WEIGHT:g}")
+        if not self.profile_retention_days > 0:
+            raise ConfigError("profile_retention_days must be positive")
+        for name in (self.ubi_queries_index, self.ubi_events_index, self.profiles_index):
             if not name or name != name.lower() or any(c in name for c in ' "*\\<|,>/?#:'):
                 raise ConfigError(f"{name!r} is not a valid Elasticsearch index name")
         if self.ubi_queries_index == self.ubi_events_index:
@@ -285,6 +300,14 @@ class ProxySettings:
             "ubi_events_index": os.environ.get("RERANKER_PROXY_UBI_EVENTS_INDEX") or "ubi_events",
             "ubi_client_events_per_s": _env_float("RERANKER_PROXY_UBI_CLIENT_EVENTS_PER_S", 20.0),
             "fair_share_burst": _env_float("RERANKER_PROXY_FAIR_SHARE_BURST", 2.0),
+            "profiles_index": os.environ.get("RERANKER_PROXY_PROFILES_INDEX")
+            or DEFAULT_PROFILES_INDEX,
+            "personal_weight": _env_float(
+                "RERANKER_PROXY_PERSONAL_WEIGHT", DEFAULT_PERSONAL_WEIGHT
+            ),
+            "profile_retention_days": _env_float(
+                "RERANKER_PROXY_PROFILE_RETENTION_DAYS", DEFAULT_RETENTION_DAYS
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "es" not in values:

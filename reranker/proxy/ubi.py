@@ -86,8 +86,15 @@ class UbiParams:
     """The client chose the ``query_id``."""
     user_query: str | None = None
     client_id: str | None = None
+    user_id: str | None = None
+    """Who searched, for personalisation (UBI 1.3.0's event ``user_id``; else ``client_id``)."""
     application: str | None = None
     query_attributes: dict[str, Any] | None = None
+
+    @property
+    def subject(self) -> str | None:
+        """The user a personal profile is kept for: ``user_id``, else ``client_id``."""
+        return self.user_id or self.client_id
 
 
 def split_ubi(body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
@@ -154,6 +161,7 @@ def parse_ubi(raw: Any) -> UbiParams:
         supplied=query_id is not None,
         user_query=user_query,
         client_id=_id_field(raw, "client_id"),
+        user_id=_id_field(raw, "user_id"),
         application=_id_field(raw, "application"),
         query_attributes=attributes,
     )
@@ -176,6 +184,10 @@ class ShownQuery:
     #: who made the search (:func:`reranker.proxy.app.client_owner`: a digest of the proxy
     #: API key it came with; ``None`` on a proxy without keys): only they may send its events
     owner: str | None = None
+    #: the user the search named (``ext.ubi.user_id``, else ``client_id``): clicks on it
+    #: build that user's profile on ``index``, the index expression searched
+    subject: str | None = None
+    index: str | None = None
     #: keys of the events accepted for it so far (duplicates are refused)
     seen: set[tuple[str, ...]] = field(default_factory=set)
 
@@ -292,6 +304,7 @@ def query_document(
         "user_query": shown.user_query,
         "query_attributes": params.query_attributes or {},
         "client_id": params.client_id,
+        "user_id": params.user_id,
         "application": params.application,
         "reranker": {
             "index": index,
@@ -327,6 +340,8 @@ def shown_from_document(source: Mapping[str, Any]) -> ShownQuery | None:
         client_id=source.get("client_id"),
         application=source.get("application"),
         owner=own.get("owner"),
+        subject=source.get("user_id") or source.get("client_id"),
+        index=own.get("index"),
     )
 
 
@@ -357,7 +372,8 @@ class UbiLog:
         self._pending: set[str] = set()
 
     async def start(self) -> None:
-        """Install the two index templates (best effort: the proxy starts regardless)."""
+        """Install the two index templates, and their new fields into indices that exist
+        (best effort: the proxy starts regardless)."""
         for name, template in load_templates(self.queries_index, self.events_index).items():
             try:
                 await self.client.options(request_timeout=10).indices.put_index_template(
@@ -365,6 +381,13 @@ class UbiLog:
                 )
             except Exception as exc:
                 log.warning("could not install the %s index template: %s", name, exc)
+            try:  # an index made by an older template gets the fields added since
+                client = self.client.options(request_timeout=10)
+                if await client.indices.exists(index=name):
+                    properties = template["template"]["mappings"]["properties"]
+                    await client.indices.put_mapping(index=name, properties=properties)
+            except Exception as exc:
+                log.warning("could not bring the %s mapping up to date: %s", name, exc)
 
     async def begin(self, body: dict[str, Any]) -> tuple[dict[str, Any], UbiParams]:
         """The body Elasticsearch gets (``ext.ubi`` taken off) and the search's UBI
@@ -444,6 +467,8 @@ class UbiLog:
             client_id=params.client_id,
             application=params.application,
             owner=owner,
+            subject=params.subject,
+            index=index,
         )
         if not self.shown.add(shown):
             log.warning("query_id %s was given to two searches at once", params.query_id)

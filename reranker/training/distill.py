@@ -50,7 +50,7 @@ from reranker.batching import head_scores, plan_batches
 from reranker.errors import ConfigError, ModelError, SourceError
 from reranker.metrics import ranking_metrics
 from reranker.models import load_tokenizer, shipped_weights_dir
-from reranker.rerank.pipeline import cascade_order, cascade_split
+from reranker.rerank.cascade import cascade_order, cascade_split
 from reranker.training.checkpoints import check_checkpoint_dir, load_cross_encoder
 from reranker.training.cross_encoder_config import TRAIN_INFO_FILE
 from reranker.training.dev import Feature, collate

@@ -18,15 +18,8 @@ from reranker.errors import ConfigError, SearchError
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.request import parse_rerank
 from reranker.proxy.settings import ProxySettings
-from reranker.rerank.pipeline import (
-    Cascade,
-    Pipeline,
-    QueryPath,
-    cascade_for,
-    cascade_order,
-    cascade_split,
-    check_cascade_models,
-)
+from reranker.rerank.cascade import Cascade, cascade_order, cascade_split, check_cascade_models
+from reranker.rerank.pipeline import Pipeline, QueryPath, cascade_for
 from reranker.retrieval.first_stage import Hit
 from tests.fakes import FakeScorer
 

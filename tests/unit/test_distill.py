@@ -225,7 +225,7 @@ def test_a_tiny_distillation_exports_a_student_that_agrees_with_its_teacher(
     assert card["distillation"]["teacher"]["model_id"] == teacher.model_id
     assert card["distillation"]["layers"] == 2
 
-    from reranker.rerank.pipeline import check_cascade_models
+    from reranker.rerank.cascade import check_cascade_models
 
     check_cascade_models(teacher, student)  # the same tokens: a valid cascade
     pairs = [pair for group in groups for pair in group.pairs]

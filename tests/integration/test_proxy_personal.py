@@ -1,0 +1,222 @@
+"""``"rerank": {"personalize": ...}`` through the proxy, on a real node: clicks accepted by
+``POST /_reranker/events`` become a user's profile (``reranker profiles update``), which moves
+documents like the ones clicked up for that user, and for nobody else."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from elasticsearch import Elasticsearch
+
+from reranker.cli import main
+from reranker.es.node import NodeStatus
+from reranker.es.profiles import update_profiles
+from reranker.proxy import ProxySettings
+from reranker.rerank.scorer import Scorer
+from reranker.retrieval.embedder import Embedder
+from tests.integration.conftest import QUERY, proxy_settings, running
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+ALICE_KEY, MALLORY_KEY = "alice-key-123", "mallory-key-456"
+ALICE = {"authorization": f"ApiKey {ALICE_KEY}"}
+MALLORY = {"authorization": f"ApiKey {MALLORY_KEY}"}
+
+
+@pytest.fixture
+def names(es_client: Elasticsearch) -> Iterator[dict[str, str]]:
+    """UBI and profiles indices of the test's own, deleted afterwards (templates too)."""
+    prefix = f"personaltest-{uuid.uuid4().hex[:8]}"
+    found = {k: f"{prefix}-{k}" for k in ("queries", "events", "profiles")}
+    yield found
+    es_client.options(ignore_status=404).indices.delete(
+        index=",".join(found.values()), expand_wildcards="all"
+    )
+    for name in found.values():
+        es_client.options(ignore_status=404).indices.delete_index_template(name=name)
+
+
+def settings(es_node: NodeStatus, alias: str, names: dict[str, str]) -> ProxySettings:
+    return proxy_settings(
+        es_node, alias, ubi=True, ubi_queries_index=names["queries"],
+        ubi_events_index=names["events"], profiles_index=names["profiles"],
+        api_keys=(ALICE_KEY, MALLORY_KEY), log_flush_s=0.1,
+    )  # fmt: skip
+
+
+def body(user: str | None, personalize: Any = None, *, explain: bool = False) -> dict[str, Any]:
+    rerank: dict[str, Any] = {"window": 20, "explain": explain}
+    if personalize is not None:
+        rerank["personalize"] = personalize
+    out: dict[str, Any] = {"query": QUERY, "size": 10, "_source": False, "rerank": rerank}
+    if user is not None:
+        out["ext"] = {"ubi": {"user_id": user, "client_id": f"browser-of-{user}"}}
+    return out
+
+
+async def search(
+    http: httpx.AsyncClient, alias: str, user: str | None, personalize: Any = None,
+    headers: dict[str, str] = ALICE, explain: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    response = await http.post(
+        f"/{alias}/_search", json=body(user, personalize, explain=explain), headers=headers
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def ranked(answer: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(hit["_id"], hit["_score"]) for hit in answer["hits"]["hits"]]
+
+
+async def click_last(http: httpx.AsyncClient, answer: dict[str, Any], times: int = 1) -> str:
+    """Click the last hit shown (``times`` clicks, one per search id) and return its id."""
+    hits = answer["hits"]["hits"]
+    doc, position = hits[-1]["_id"], len(hits)
+    event = {
+        "action_name": "click",
+        "query_id": answer["ext"]["ubi"]["query_id"],
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "session_id": "session-1",
+        "client_id": "whoever-the-event-claims",
+        "event_attributes": {"object": {"object_id": doc}, "position": {"ordinal": position}},
+    }
+    response = await http.post(
+        "/_reranker/events",
+        content=(json.dumps(event) + "\n").encode(),
+        headers={**ALICE, "content-type": "application/x-ndjson"},
+    )
+    assert response.status_code == 200 and response.json()["accepted"] == 1, response.text
+    return str(doc)
+
+
+def update(es_client: Elasticsearch, names: dict[str, str], clicks: int) -> dict[str, Any]:
+    """Wait for the proxy to have written ``clicks`` click events, then update profiles."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        es_client.options(ignore_status=404).indices.refresh(index=names["events"])
+        found = es_client.options(ignore_status=404).count(index=names["events"])
+        if found.get("count", 0) >= clicks:
+            break
+        time.sleep(0.2)
+    report = update_profiles(
+        es_client, events_index=names["events"], profiles_index=names["profiles"], settle_s=0
+    )
+    return report.__dict__
+
+
+async def test_a_user_without_a_profile_gets_exactly_the_unpersonalised_answer(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder,
+    names: dict[str, str],
+) -> None:  # fmt: skip
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        plain = await search(http, proxy_alias, "newcomer")
+        personal = await search(http, proxy_alias, "newcomer", True)
+    assert ranked(personal) == ranked(plain)
+    assert personal["rerank"]["personalize"] == {"applied": False}
+
+
+async def test_clicks_move_similar_documents_up_for_that_user_and_nobody_else(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer,
+    embedder: Embedder, names: dict[str, str],
+) -> None:  # fmt: skip
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        first = await search(http, proxy_alias, "alice-user")
+        clicked = await click_last(http, first)
+        plain_bob = await search(http, proxy_alias, "bob")
+        plain_alice_of_mallory = await search(http, proxy_alias, "alice-user", headers=MALLORY)
+    report = update(es_client, names, 1)
+    assert report["clicks_used"] == 1 and report["profiles_updated"] == 1
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        mine = await search(http, proxy_alias, "alice-user", {"weight": 5.0}, explain=True)
+        bob = await search(http, proxy_alias, "bob", {"weight": 5.0})
+        mallorys = await search(http, proxy_alias, "alice-user", {"weight": 5.0}, headers=MALLORY)
+    order = [doc for doc, _ in ranked(mine)]
+    assert order.index(clicked) < len(first["hits"]["hits"]) - 1  # it moved up
+    assert mine["rerank"]["personalize"] == {"applied": True, "weight": 5.0, "profile_clicks": 1}
+    top = mine["hits"]["hits"][order.index(clicked)]["_rerank"]["personal"]
+    assert top["similarity"] == pytest.approx(1.0, abs=1e-3)  # the clicked document itself
+    # another user of the same client, and the same user id under another client: untouched
+    assert ranked(bob) == ranked(plain_bob)
+    assert ranked(mallorys) == ranked(plain_alice_of_mallory)
+
+
+async def test_a_client_deletes_its_users_profile_and_cannot_delete_another_clients(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer,
+    embedder: Embedder, names: dict[str, str],
+) -> None:  # fmt: skip
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        await click_last(http, await search(http, proxy_alias, "carol"))
+    update(es_client, names, 1)
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        refused = await http.delete("/_reranker/profiles/carol")
+        by_mallory = await http.delete("/_reranker/profiles/carol", headers=MALLORY)
+        still = await search(http, proxy_alias, "carol", True)
+        by_alice = await http.delete("/_reranker/profiles/carol", headers=ALICE)
+        gone = await search(http, proxy_alias, "carol", True)
+    assert refused.status_code == 401
+    assert by_mallory.status_code == 200 and by_mallory.json() == {"deleted": 0}
+    assert still["rerank"]["personalize"]["applied"] is True
+    assert by_alice.json() == {"deleted": 1}
+    assert gone["rerank"]["personalize"] == {"applied": False}
+
+
+async def test_the_profiles_index_cannot_be_searched_through_the_proxy(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, names: dict[str, str]
+) -> None:
+    update(es_client, names, 0)  # the profiles index exists (a checkpoint document in it)
+    lax = dataclasses.replace(settings(es_node, proxy_alias, names), allowed_indices=("*",))
+    async with running(lax, None) as http:
+        by_name = await http.post(f"/{names['profiles']}/_search", json={}, headers=ALICE)
+        hidden = await http.post(
+            "/*/_search?expand_wildcards=all", json={"size": 100}, headers=ALICE
+        )
+        plain = await http.post("/*/_search", json={"size": 1000}, headers=ALICE)
+    assert by_name.status_code == 403
+    assert hidden.status_code == 403
+    assert plain.status_code == 200
+    assert all(h["_index"] != names["profiles"] for h in plain.json()["hits"]["hits"])
+
+
+async def test_personalisation_without_a_user_is_a_400(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder,
+    names: dict[str, str],
+) -> None:  # fmt: skip
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        response = await http.post(f"/{proxy_alias}/_search", json=body(None, True), headers=ALICE)
+    assert response.status_code == 400
+    assert "ext.ubi.user_id" in response.json()["error"]["reason"]
+
+
+def test_the_update_command_reads_only_what_is_new(
+    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
+) -> None:
+    def run() -> dict[str, Any]:
+        result = CliRunner().invoke(
+            main,
+            ["--es-url", es_node.url, "profiles", "update", "--events-index", names["events"],
+             "--profiles-index", names["profiles"]],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report: dict[str, Any] = json.loads(result.output)
+        return report
+
+    first, second = run(), run()
+    assert first["received_through"] <= second["received_through"]
+    assert second["clicks_read"] == 0
+    assert (
+        es_client.indices.get_settings(index=names["profiles"])[names["profiles"]]["settings"][
+            "index"
+        ]["hidden"]
+        == "true"
+    )
