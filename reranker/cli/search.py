@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from reranker.cli.common import (
     query_embedder,
 )
 from reranker.config import MODEL_VARIANTS
+
+if TYPE_CHECKING:
+    from reranker.rerank.personal import Personalization
 
 
 def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
@@ -35,6 +38,24 @@ def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
             f"{alias} was embedded with {recorded}, and this command embeds queries with "
             f"{model_id}: pass the index's embedder (--embedder), reindex, or use --mode bm25"
         )
+
+
+def _profile(
+    client: Any, index: str, key: tuple[str, str, str], weight: float | None
+) -> Personalization | None:
+    """The profile of ``key`` (owner, user, alias); ``None`` without one (the plain order,
+    said on stderr)."""
+    from reranker.es.profiles import profile_from_document, profile_id
+    from reranker.rerank.personal import DEFAULT_WEIGHT, Personalization
+
+    _, user, alias = key
+    answer = client.options(ignore_status=404).get(index=index, id=profile_id(*key))
+    profile = profile_from_document(answer.get("_source") or {})
+    direction = profile.direction() if profile is not None else None
+    if profile is None or direction is None:
+        click.echo(f"note: {user} has no profile on {alias}: not personalised", err=True)
+        return None
+    return Personalization(direction, DEFAULT_WEIGHT if weight is None else weight, profile.clicks)
 
 
 @click.command("search")
@@ -65,6 +86,32 @@ def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
 )
 @passages_option
 @diversity_options
+@click.option(
+    "--personalize",
+    "user",
+    default=None,
+    metavar="USER",
+    help="Rerank for USER: their click profile (`reranker profiles update`) pulls documents "
+    "like the ones they clicked up; a user without one gets the plain order.",
+)
+@click.option(
+    "--owner",
+    default="",
+    help="With --personalize: the proxy client whose user it is (its key digest; empty for a "
+    "proxy without keys).",
+)
+@click.option(
+    "--profiles-index",
+    default="reranker-profiles",
+    show_default=True,
+    help="With --personalize: where the profiles are.",
+)
+@click.option(
+    "--personal-weight",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="With --personalize: the personal feature's weight (default: the proxy's).",
+)
 @click.pass_context
 def search_cmd(
     ctx: click.Context,
@@ -85,6 +132,10 @@ def search_cmd(
     passages: str | None,
     diversity: float | None,
     duplicate_threshold: float | None,
+    user: str | None,
+    owner: str,
+    profiles_index: str,
+    personal_weight: float | None,
 ) -> None:
     """Search ALIAS: BM25 over title and text, kNN over the embedding, or both fused; with
     --rerank, the top --window of that first stage reordered by the cross-encoder."""
@@ -110,7 +161,10 @@ def search_cmd(
     client = es_client(ctx)
     if encoder is not None and mode != "bm25":
         _check_index_embedder(client, alias, encoder.model_id)
-    pipeline = build_pipeline(path, client, encoder)
+    personal = (
+        _profile(client, profiles_index, (owner, user, alias), personal_weight) if user else None
+    )
+    pipeline = build_pipeline(path, client, encoder, personal=personal)
     result = pipeline.search(text, k=k)
     if result.degraded:
         click.echo(f"warning: {result.degraded}", err=True)

@@ -11,7 +11,8 @@ attractiveness plus Gaussian noise.
 Three phases, on disjoint queries:
 
 1. **history**: every user searches ``history`` queries (unpersonalised) and clicks; the
-   events go through ``POST /_reranker/events``; then the profiles are updated from them
+   clicks go through ``POST /_reranker/events`` (refusals for a full queue or the client's
+   event rate are sent again, so none is lost); then the profiles are updated from them
    (:func:`reranker.es.profiles.update_profiles`).
 2. **fit**: every user searches ``fit`` more queries personalised with weight 0 and
    ``explain`` (each hit's scaled relevance and profile similarity) and clicks; the weight is
@@ -43,6 +44,8 @@ from reranker.feedback.click_sim import UserModel, post_events, session_events
 APPLICATION = "personal-simulator"
 #: how often a search the proxy refused as saturated (429) or unavailable (503) is sent again
 RETRIES = 6
+#: events refused for these reasons are sent again (after a back-off): none may be lost
+RESEND = frozenset({"queue_full", "client_event_quota"})
 NOTE = "simulated users with hidden topical preferences (reranker.evaluation.personal)"
 
 
@@ -125,6 +128,7 @@ class Simulation:
         self.gate = asyncio.Semaphore(plan.concurrency)
         self.events: list[dict[str, Any]] = []
         self.posted = 0
+        self.rejected: dict[str, int] = {}
         self.failed = 0
 
     def gains(self, query_id: str, user: SimUser, doc_ids: Sequence[str]) -> list[float]:
@@ -184,13 +188,19 @@ class Simulation:
         return ids, clicks, answer
 
     async def flush(self) -> None:
+        """Post the clicks gathered (profiles read only clicks), sending again what a full
+        queue or the client's event rate refused."""
         from reranker.feedback.click_sim import SimulationReport
 
         report = SimulationReport()
-        while self.events:
-            batch, self.events = self.events[:200], self.events[200:]
-            await post_events(self.http, batch, self.headers, report, 5, 0.05)
+        clicks = [e for e in self.events if e["action_name"] == "click"]
+        self.events = []
+        while clicks:
+            batch, clicks = clicks[:200], clicks[200:]
+            await post_events(self.http, batch, self.headers, report, 6, 0.5, RESEND)
         self.posted += report.accepted
+        for kind, count in report.rejected.items():
+            self.rejected[kind] = self.rejected.get(kind, 0) + count
 
 
 def assign(
@@ -265,7 +275,8 @@ async def run_simulation(
         "note": NOTE,
         "users": plan.users,
         "topics": len(topics),
-        "events_accepted": sim.posted,
+        "clicks_accepted": sim.posted,
+        "clicks_rejected": sim.rejected,
         "failed_searches": sim.failed,
         "profile_update": update,
         "fit_rows": len(rows),

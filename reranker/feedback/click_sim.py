@@ -273,11 +273,15 @@ async def post_events(
     report: SimulationReport,
     resend_attempts: int,
     resend_backoff_s: float,
+    resend: frozenset[str] = frozenset({"queue_full"}),
 ) -> None:
-    """Post ``batch``, sending again what a full queue refused, with back-off."""
+    """Post ``batch``, sending again what was refused for a reason in ``resend`` (a full
+    queue; a client over its event rate, for a simulation that must not lose any), with
+    back-off."""
     report.events_posted += len(batch)
     for attempt in range(resend_attempts + 1):
-        refused = await _send_events(http, batch, headers, report, final=attempt == resend_attempts)
+        final = attempt == resend_attempts
+        refused = await _send_events(http, batch, headers, report, final=final, resend=resend)
         if not refused:
             return
         # back off, then send only what the full queue refused (the rest is stored)
@@ -293,8 +297,10 @@ async def _send_events(
     report: SimulationReport,
     *,
     final: bool,
+    resend: frozenset[str] = frozenset({"queue_full"}),
 ) -> list[dict[str, Any]]:
-    """Post ``batch``; the events refused with ``queue_full`` (counted when ``final``)."""
+    """Post ``batch``; the events refused for a reason in ``resend`` (counted when
+    ``final``)."""
     body = "".join(_json_line(event) for event in batch)
     response = await http.post(
         "/_reranker/events",
@@ -312,7 +318,7 @@ async def _send_events(
         if "error" not in item:
             continue
         kind = item["error"]["type"]
-        if kind == "queue_full" and not final:
+        if kind in resend and not final:
             refused.append(event)
         else:
             report.rejected[kind] = report.rejected.get(kind, 0) + 1

@@ -197,6 +197,11 @@ def log_document(
                 "logit": hit.relevance,
                 **(_logged_diversity(hit.diversity) if hit.diversity is not None else {}),
                 **(
+                    {"personal_contribution": hit.personal["contribution"]}
+                    if hit.personal is not None
+                    else {}
+                ),
+                **(
                     {
                         "contributions": {
                             name: item["contribution"]
@@ -220,6 +225,7 @@ def log_document(
         "fusion": answer["rerank"].get("fusion"),
         "blend": answer["rerank"].get("blend"),
         "diversity": answer["rerank"].get("diversity"),
+        "personalize": answer["rerank"].get("personalize"),
         "status": 200,  # replaced by the status actually sent (Proxy._submit_log)
         "model": {"id": model["id"], "version": model["version"]} if model else None,
         "took_ms": {k: round(v, 3) for k, v in timings.items()},

@@ -584,7 +584,7 @@ def build_pipeline(
             path.index,
             encoder,
             with_source=list(dict.fromkeys(fields)),
-            with_vectors=path.diversity is not None,
+            with_vectors=path.diversity is not None or personal is not None,
         )
     if scorer is None and path.rerank:
         scorer = scorer_for(path)

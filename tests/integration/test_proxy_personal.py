@@ -5,6 +5,7 @@ documents like the ones clicked up for that user, and for nobody else."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 import uuid
@@ -220,3 +221,29 @@ def test_the_update_command_reads_only_what_is_new(
         ]["hidden"]
         == "true"
     )
+
+
+async def test_the_search_command_reranks_for_a_user_with_their_profile(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer,
+    embedder: Embedder, names: dict[str, str],
+) -> None:  # fmt: skip
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        clicked = await click_last(http, await search(http, proxy_alias, "dave"))
+    update(es_client, names, 1)
+    owner = "key-" + hashlib.sha256(ALICE_KEY.encode()).hexdigest()[:16]
+
+    def top(*extra: str) -> list[str]:
+        result = CliRunner().invoke(
+            main,
+            ["--es-url", es_node.url, "search", QUERY["match"]["text"], "--alias", proxy_alias,
+             "--mode", "hybrid", "--k", "20", "--json", *extra],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["_id"] for line in result.stdout.splitlines()]
+
+    personal = ["--profiles-index", names["profiles"], "--personal-weight", "5"]
+    plain = top()
+    mine = top("--personalize", "dave", "--owner", owner, *personal)
+    stranger = top("--personalize", "erin", "--owner", owner, *personal)
+    assert mine[0].endswith(clicked) and plain[0] != mine[0]
+    assert stranger == plain
