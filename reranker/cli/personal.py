@@ -107,6 +107,8 @@ def wait_and_update(client: Any, events_index: str, application: str, accepted: 
 @click.option("--later", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--preference", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="Attractiveness a document of the user's topic gains.")  # fmt: skip
+@click.option("--focus", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Probability a user's query is one of their topic's.")  # fmt: skip
 @click.option("--window", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=13, show_default=True)
 @click.option("--api-key", envvar="RERANKER_SIM_API_KEY", default=None, help="Proxy API key.")
@@ -127,7 +129,7 @@ def simulate_personal_cmd(ctx: click.Context, /, **o: Any) -> None:
     topics = load_topics(o["dataset"], o["topic_field"], o["clusters"], client, o["index"],
                          o["seed"])  # fmt: skip
     plan = Plan(users=o["users"], history=o["history"], fit=o["fit"], later=o["later"],
-                window=o["window"], seed=o["seed"])  # fmt: skip
+                window=o["window"], seed=o["seed"], focus=o["focus"])  # fmt: skip
     application = f"personal-sim-{uuid.uuid4().hex[:8]}"
     headers = {"authorization": f"ApiKey {o['api_key']}"} if o["api_key"] else None
     from reranker.corpus import load_qrels
@@ -150,7 +152,7 @@ def simulate_personal_cmd(ctx: click.Context, /, **o: Any) -> None:
 
     report = asyncio.run(run())
     report.update(dataset=str(o["dataset"]), splits=o["splits"], index=o["index"],
-                  preference=o["preference"], seed=o["seed"],
+                  preference=o["preference"], focus=o["focus"], seed=o["seed"],
                   topics_from=o["topic_field"] or f"k-means, {o['clusters']} clusters")  # fmt: skip
     text = json.dumps(report, indent=2)
     if o["output"] is not None:

@@ -3,10 +3,11 @@
 
 The user model extends :mod:`reranker.feedback.click_sim`'s: each simulated user has a
 favourite *topic* (a Stack Exchange site, or a cluster of the index's embeddings), hidden
-from the system. A document's attractiveness to a user is ``click_probs[grade]`` (its qrels
-grade for the query) plus ``preference`` when it is of the user's topic (capped at 1); a
-result at position ``k`` is examined with probability ``(1/k)^eta`` and clicked with its
-attractiveness plus Gaussian noise.
+from the system. A user's query is, with probability ``focus``, one of their topic's (a
+query's topic is its first relevant document's), else any. A document's attractiveness to a
+user is ``click_probs[grade]`` (its qrels grade for the query) plus ``preference`` when it is
+of the user's topic (capped at 1); a result at position ``k`` is examined with probability
+``(1/k)^eta`` and clicked with its attractiveness plus Gaussian noise.
 
 Three phases, on disjoint queries:
 
@@ -14,10 +15,10 @@ Three phases, on disjoint queries:
    clicks go through ``POST /_reranker/events`` (refusals for a full queue or the client's
    event rate are sent again, so none is lost); then the profiles are updated from them
    (:func:`reranker.es.profiles.update_profiles`).
-2. **fit**: every user searches ``fit`` more queries personalised with weight 0 and
-   ``explain`` (each hit's scaled relevance and profile similarity) and clicks; the weight is
-   learned from those clicks as blends are, by coordinate ascent on NDCG
-   (:func:`reranker.blend.fit.fit_linear`) over the columns ``relevance`` and ``personal``.
+2. **fit**: every user searches ``fit`` more queries, personalised with each weight of
+   :data:`ARMS` in turn (an A/B/n test); the weight whose sessions' clicks have the highest
+   mean DCG@10 is the one learned (position-biased clicks on a fixed order could not tell a
+   preferred document from a relevant one; clicks on orders that differ can).
 3. **later**: every user searches ``later`` test queries twice, unpersonalised and
    personalised with the learned weight. Reported: *clicks-NDCG@10*, the NDCG@10 of each
    ranking with the user's attractiveness of each document as its gain (the expected clicks
@@ -38,10 +39,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from reranker.blend.fit import fit_linear
 from reranker.feedback.click_sim import UserModel, post_events, session_events
 
 APPLICATION = "personal-simulator"
+#: the personal weights the fit sessions try, in turn (an A/B/n test read on clicks)
+ARMS = (0.0, 0.5, 1.0, 2.0, 4.0)
 #: how often a search the proxy refused as saturated (429) or unavailable (503) is sent again
 RETRIES = 6
 #: events refused for these reasons are sent again (after a back-off): none may be lost
@@ -84,6 +86,7 @@ class Plan:
     fit: int = 10
     later: int = 10
     new_users: int = 5
+    focus: float = 0.5
     size: int = 10
     window: int = 20
     seed: int = 13
@@ -130,6 +133,11 @@ class Simulation:
         self.posted = 0
         self.rejected: dict[str, int] = {}
         self.failed = 0
+
+    def query_topic(self, query_id: str) -> str | None:
+        """A query's topic: its first relevant document's."""
+        relevant = [d for d, g in self.qrels.get(query_id, {}).items() if g > 0]
+        return self.topics.get(relevant[0]) if relevant else None
 
     def gains(self, query_id: str, user: SimUser, doc_ids: Sequence[str]) -> list[float]:
         judged = self.qrels.get(query_id, {})
@@ -204,40 +212,44 @@ class Simulation:
 
 
 def assign(
-    users: Sequence[SimUser], queries: Sequence[tuple[str, str]], per_user: int, seed: int
+    users: Sequence[SimUser],
+    queries: Sequence[tuple[str, str]],
+    per_user: int,
+    seed: int,
+    focus: float = 0.0,
+    topic_of: Callable[[str], str | None] = lambda _: None,
 ) -> list[tuple[SimUser, tuple[str, str], int]]:
-    """Each user's ``per_user`` queries, drawn from ``queries`` without repeats per user."""
+    """Each user's ``per_user`` queries, without repeats per user: each drawn, with
+    probability ``focus``, from the queries of the user's favourite topic (``topic_of`` a
+    query id; while there are any left), else from all of them."""
     plan = []
     for user in users:
         rng = random.Random(f"{seed}:{user.id}")
-        chosen = rng.sample(list(queries), min(per_user, len(queries)))
+        mine = [q for q in queries if topic_of(q[0]) == user.favourite]
+        rng.shuffle(mine)
+        rest = list(queries)
+        rng.shuffle(rest)
+        chosen: list[tuple[str, str]] = []
+        while len(chosen) < min(per_user, len(queries)):
+            source = mine if mine and rng.random() < focus else rest
+            query = source.pop()
+            if query not in chosen:
+                chosen.append(query)
         plan += [(user, query, number) for number, query in enumerate(chosen)]
     return plan
 
 
-Row = tuple[float, float, bool, int, int]
-"""A fit-phase hit: scaled relevance, profile similarity, clicked, session, position."""
+def click_dcg(clicks: Sequence[bool], k: int = 10) -> float:
+    """DCG@k of a session's clicks (1 per clicked position): what an interleaving or A/B
+    test reads, higher when the clicked documents stand higher."""
+    return sum(1.0 / math.log2(i + 2) for i, clicked in enumerate(clicks[:k]) if clicked)
 
 
-def learned_weight(rows: Sequence[Row], examined: Callable[[int], float] = lambda _: 1.0) -> float:
-    """The personal weight learned from fit-phase rows: the ratio of the two weights
-    :func:`fit_linear` gives (0 when it is not positive, or no session had a click). A click
-    at a position examined with probability ``p`` counts ``1/p`` (inverse propensity: the
-    shown order put some documents where they were seldom looked at)."""
-    groups: dict[int, list[tuple[float, float, float]]] = {}
-    for relevance, similarity, clicked, session, position in rows:
-        label = math.log2(1.0 + (1.0 / examined(position) if clicked else 0.0))
-        groups.setdefault(session, []).append((relevance, similarity, label))
-    kept = [g for g in groups.values() if any(label > 0 for _, _, label in g)]
-    if not kept:
-        return 0.0
-    x = np.array([[r, s] for g in kept for r, s, _ in g])
-    y = np.array([label for g in kept for _, _, label in g])
-    blend = fit_linear(x, y, [len(g) for g in kept], ("relevance", "personal"))
-    relevance, personal = blend.weights["relevance"], blend.weights["personal"]
-    if relevance <= 0 or personal <= 0:
-        return 0.0
-    return float(min(100.0, personal / relevance))
+def chosen_weight(outcomes: Mapping[float, Sequence[float]]) -> float:
+    """The arm (weight) whose sessions had the highest mean click DCG; ties go to the
+    smaller weight, and an arm without sessions never wins."""
+    scored = [(float(np.mean(v)), -w, w) for w, v in outcomes.items() if len(v)]
+    return max(scored)[2] if scored else 0.0
 
 
 async def run_simulation(
@@ -251,23 +263,21 @@ async def run_simulation(
     plan = sim.plan
     topics = sorted(set(sim.topics.values()))
     users = make_users(topics, plan.users, plan.seed, "sim-person")
-    history = assign(users, splits["history"], plan.history, plan.seed)
+    history = assign(users, splits["history"], plan.history, plan.seed, plan.focus,
+                     sim.query_topic)  # fmt: skip
     await asyncio.gather(*(sim.session(u, q, n, None) for u, q, n in history))
     await sim.flush()
     update = await update_profiles(sim.posted)
-    fitted = assign(users, splits["fit"], plan.fit, plan.seed + 1)
-    answers = await asyncio.gather(*(sim.session(u, q, n, 0.0, explain=True) for u, q, n in fitted))
-    rows: list[Row] = []
-    for number, outcome in enumerate(answers):
-        if outcome is None:
-            continue
-        _, clicks, answer = outcome
-        shown = zip(answer["hits"]["hits"], clicks, strict=False)
-        for position, (hit, clicked) in enumerate(shown, start=1):
-            why = hit.get("_rerank", {}).get("personal")
-            if why is not None:
-                rows.append((why["relevance"], why["similarity"], clicked, number, position))
-    weight = learned_weight(rows, sim.model.clicks.examined)
+    fitted = assign(users, splits["fit"], plan.fit, plan.seed + 1, plan.focus, sim.query_topic)
+    arms = [ARMS[n % len(ARMS)] for _, _, n in fitted]  # each user tries every arm in turn
+    answers = await asyncio.gather(
+        *(sim.session(u, q, n, arm) for (u, q, n), arm in zip(fitted, arms, strict=True))
+    )
+    outcomes: dict[float, list[float]] = {arm: [] for arm in ARMS}
+    for arm, outcome in zip(arms, answers, strict=True):
+        if outcome is not None:
+            outcomes[arm].append(click_dcg(outcome[1]))
+    weight = chosen_weight(outcomes)
     later = await compare(sim, users, splits["later"], weight)
     newcomers = make_users(topics, plan.new_users, plan.seed, "sim-newcomer")
     fresh = await compare(sim, newcomers, splits["later"], weight)
@@ -279,7 +289,9 @@ async def run_simulation(
         "clicks_rejected": sim.rejected,
         "failed_searches": sim.failed,
         "profile_update": update,
-        "fit_rows": len(rows),
+        "fit_click_dcg_by_weight": {
+            str(arm): round(float(np.mean(v)), 4) if v else None for arm, v in outcomes.items()
+        },
         "learned_weight": weight,
         "later": later,
         "new_users": fresh,
@@ -292,7 +304,7 @@ async def compare(
     """``users``' later sessions, unpersonalised and personalised: mean clicks-NDCG@10 of
     each, and in how many sessions the two orders were identical."""
     plan = sim.plan
-    sessions = assign(users, queries, plan.later, plan.seed + 2)
+    sessions = assign(users, queries, plan.later, plan.seed + 2, plan.focus, sim.query_topic)
 
     async def both(user: SimUser, query: tuple[str, str]) -> tuple[float, float, bool, bool]:
         plain = await sim.search(user, query[1], None)

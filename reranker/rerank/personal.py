@@ -6,9 +6,8 @@ Each hit gets a ``personal`` feature, the cosine between its stored embedding an
 profile, and its final score becomes ``relevance + weight · personal``, where relevance is
 the hit's score (the cross-encoder's logit or the blend) min-max scaled over the window to
 [0, 1], as diversity scales it. A user without a profile gets no personal stage at all: the
-unpersonalised order and scores, exactly. The weight is learned on clicks
-(:func:`reranker.blend.fit.fit_linear` over the two columns, as blends are;
-docs/experiments/personalisation.md), or set per request.
+unpersonalised order and scores, exactly. The weight is learned on clicks (an A/B/n test
+over weights, docs/experiments/personalisation.md), or set per request.
 """
 
 from __future__ import annotations

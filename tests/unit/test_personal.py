@@ -21,9 +21,11 @@ from reranker.es.profiles import (
 from reranker.evaluation.personal import (
     PreferenceModel,
     SimUser,
+    assign,
+    chosen_weight,
+    click_dcg,
     clicks_ndcg,
     kmeans_topics,
-    learned_weight,
     make_users,
 )
 from reranker.proxy.errors import ProxyError
@@ -210,26 +212,28 @@ def test_users_favourites_spread_over_the_topics() -> None:
     assert sorted(favourites) == ["a", "a", "b", "b", "c", "c"]
 
 
-def test_the_learned_weight_is_positive_when_clicks_follow_the_profile() -> None:
-    rows = []
-    for session in range(40):  # the clicked hit is the most similar, not the most relevant
-        for rank, (relevance, similarity) in enumerate([(1.0, 0.1), (0.8, 0.9), (0.5, 0.2)]):
-            rows.append((relevance, similarity, rank == 1, session, rank + 1))
-    assert learned_weight(rows) > 0
+def test_click_dcg_is_higher_when_the_clicks_stand_higher() -> None:
+    assert click_dcg([True, False, False]) > click_dcg([False, False, True]) > 0
+    assert click_dcg([False] * 10) == 0.0
 
 
-def test_no_click_learns_no_weight() -> None:
-    assert learned_weight([(1.0, 0.5, False, 0, 1), (0.5, 0.2, False, 0, 2)]) == 0.0
+def test_the_weight_with_the_best_clicks_is_chosen() -> None:
+    assert chosen_weight({0.0: [0.5, 0.6], 1.0: [0.9, 0.8], 2.0: [0.4]}) == 1.0
 
 
-def test_a_click_low_on_the_page_counts_more_than_one_at_the_top() -> None:
-    # sessions where the top (relevant) hit and the third (similar) hit are clicked alike:
-    # unweighted, relevance explains the clicks; weighted by 1/p, the similar hit wins
-    rows = []
-    for session in range(30):
-        for rank, (relevance, similarity) in enumerate([(1.0, 0.1), (0.8, 0.2), (0.5, 0.9)]):
-            rows.append((relevance, similarity, rank in (0, 2), session, rank + 1))
-    assert learned_weight(rows, lambda k: 1.0 / k) > learned_weight(rows)
+def test_a_tie_goes_to_the_smaller_weight_and_an_empty_arm_never_wins() -> None:
+    assert chosen_weight({0.0: [0.5], 2.0: [0.5], 4.0: []}) == 0.0
+
+
+def test_users_search_their_own_topic_as_often_as_their_focus_says() -> None:
+    queries = [(f"q{i}", f"text {i}") for i in range(200)]
+    topic = {f"q{i}": "beer" if i % 4 == 0 else "ai" for i in range(200)}
+    user = SimUser("u", "beer")
+    focused = assign([user], queries, 40, 1, focus=1.0, topic_of=topic.get)
+    uniform = assign([user], queries, 40, 1, focus=0.0, topic_of=topic.get)
+    assert all(topic[q] == "beer" for _, (q, _), _ in focused)
+    assert sum(topic[q] == "beer" for _, (q, _), _ in uniform) < 20
+    assert len({q for _, q, _ in focused}) == 40  # no repeats
 
 
 def test_kmeans_separates_two_clear_topics() -> None:
