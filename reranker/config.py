@@ -10,6 +10,8 @@ Environment variables (all optional):
   credentials it generated (``RERANKER_HOME/credentials/elasticsearch-<port>.json``).
 - ``RERANKER_ES_CA_CERTS``: CA bundle for TLS;
   ``RERANKER_ES_VERIFY_CERTS=false`` turns certificate checks off.
+- ``RERANKER_EMBEDDER_URLS`` (comma-separated) and ``RERANKER_EMBEDDER_API_KEY``: embed
+  through these ``/embed`` endpoints when indexing and serving, instead of in process.
 """
 
 from __future__ import annotations
@@ -58,10 +60,18 @@ class Settings:
     request_timeout_s: float = 30.0
     home: Path = field(default_factory=reranker_home)
     embedder: Path | None = None
-    #: the key remote rerank endpoints want (``--scorer-url``; the proxy's setting of the name)
-    scorer_api_key: str | None = field(default=None, repr=False)
     """An embedder folder (``reranker train-embedder``'s ``embedder/``) to use instead of the
     shipped all-MiniLM-L6-v2 for indexing and queries (``--embedder``, ``RERANKER_EMBEDDER``)."""
+    #: the key remote rerank endpoints want (``--scorer-url``; the proxy's setting of the name)
+    scorer_api_key: str | None = field(default=None, repr=False)
+    embedder_urls: tuple[str, ...] = ()
+    """``/embed`` endpoints (``reranker serve --embedder-only``, text-embeddings-inference) that
+    ``reranker index`` and ``reranker serve`` embed through instead of loading the embedder
+    (``--embedder-url``, ``RERANKER_EMBEDDER_URLS`` comma-separated; see
+    :mod:`reranker.retrieval.remote_embedder`)."""
+    embedder_api_key: str | None = field(default=None, repr=False)
+    """Sent to those endpoints as ``Authorization: Bearer <key>``
+    (``RERANKER_EMBEDDER_API_KEY``)."""
 
     def __post_init__(self) -> None:
         parsed = urlparse(self.es_url)
@@ -96,6 +106,12 @@ class Settings:
             if os.environ.get("RERANKER_EMBEDDER")
             else None,
             "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
+            "embedder_urls": tuple(
+                url.strip()
+                for url in os.environ.get("RERANKER_EMBEDDER_URLS", "").split(",")
+                if url.strip()
+            ),
+            "embedder_api_key": os.environ.get("RERANKER_EMBEDDER_API_KEY") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["es_api_key"] and not values["es_username"]:

@@ -8,8 +8,11 @@ real :class:`~reranker.rerank.scorer.Scorer` instead.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
+import httpx
 import numpy as np
 
 from reranker.errors import ModelError
@@ -62,3 +65,41 @@ class FakeScorer:
 
     def warmup(self) -> None:
         return None
+
+
+class FakeEndpoints:
+    """HTTP endpoints ``http://a``, ``http://b``, ... for a remote client's pool (an
+    ``httpx.MockTransport`` handler): ``/info`` answers ``info[host]``, any other path
+    :meth:`answer` (what a subclass serves), unless ``mode[host]`` injects a fault: ``down``
+    (connection refused), ``500``/``429``/``400``, ``timeout``, or ``short`` (for
+    :meth:`answer` to drop an item)."""
+
+    def __init__(self, info: dict[str, Any], *hosts: str) -> None:
+        self.mode: dict[str, str] = dict.fromkeys(hosts, "ok")
+        self.info: dict[str, dict[str, Any]] = {h: json.loads(json.dumps(info)) for h in hosts}
+        self.calls: list[tuple[str, str]] = []  # (host, path)
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[httpx.Headers] = []
+
+    def answer(self, body: dict[str, Any], mode: str) -> httpx.Response:
+        raise NotImplementedError
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.calls.append((host, request.url.path))
+        self.headers.append(request.headers)
+        mode = self.mode[host]
+        if mode == "down":
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/info":
+            return httpx.Response(200, json=self.info[host])
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if mode in {"500", "429", "400"}:
+            return httpx.Response(int(mode), json={"error": f"injected {mode}"})
+        if mode == "timeout":
+            raise httpx.ReadTimeout("slow", request=request)
+        return self.answer(body, mode)
+
+    def hosts_called(self, path: str) -> list[str]:
+        return [host for host, called in self.calls if called == path]

@@ -17,8 +17,9 @@ from reranker.errors import RerankerError
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
-    from reranker.retrieval.embed_cache import EmbeddingCache
+    from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
     from reranker.retrieval.embedder import Embedder
+    from reranker.retrieval.remote_embedder import RemoteEmbedder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,13 +103,40 @@ def query_embedder(ctx: click.Context) -> Embedder:
     return Embedder.default(ctx.obj)
 
 
-def indexing_tools(ctx: click.Context) -> tuple[Elasticsearch, Embedder, EmbeddingCache]:
-    """What indexing a corpus needs: the client, the query embedder, and the cache of that
+def remote_embedder(
+    ctx: click.Context,
+    urls: tuple[str, ...] = (),
+    *,
+    timeout_s: float = 30.0,
+    health_interval_s: float = 0.0,
+) -> RemoteEmbedder | None:
+    """The embedder behind ``urls`` (``--embedder-url``), else behind ``RERANKER_EMBEDDER_URLS``;
+    ``None`` when neither names one. Waits up to 30 s for a first endpoint to answer."""
+    settings: Settings = ctx.obj
+    chosen = urls or settings.embedder_urls
+    if not chosen:
+        return None
+    from reranker.retrieval.remote_embedder import RemoteEmbedder
+
+    return RemoteEmbedder(
+        chosen,
+        api_key=settings.embedder_api_key,
+        timeout_s=timeout_s,
+        wait_s=30.0,
+        health_interval_s=health_interval_s,
+    )
+
+
+def indexing_tools(
+    ctx: click.Context, embedder_urls: tuple[str, ...] = ()
+) -> tuple[Elasticsearch, TextEncoder, EmbeddingCache]:
+    """What indexing a corpus needs: the client, the embedder (remote when ``embedder_urls``
+    or ``RERANKER_EMBEDDER_URLS`` name endpoints, else in process), and the cache of that
     embedder's document vectors in ``RERANKER_HOME``."""
     from reranker.es.indexing import default_cache
 
     client = es_client(ctx)
-    embedder = query_embedder(ctx)
+    embedder = remote_embedder(ctx, embedder_urls) or query_embedder(ctx)
     return client, embedder, default_cache(ctx.obj.home, embedder)
 
 
@@ -127,6 +155,18 @@ def scorer_url_option(command: Any) -> Any:
         help="Score through this rerank endpoint (`reranker serve --scorer-only` or a "
         "text-embeddings-inference server) instead of loading a model; repeatable: requests "
         "are spread across them, with fail-over [serve: env RERANKER_PROXY_SCORER_URLS, "
+        "comma-separated].",
+    )(command)
+
+
+def embedder_url_option(command: Any) -> Any:
+    return click.option(
+        "--embedder-url",
+        "embedder_urls",
+        multiple=True,
+        help="Embed through this /embed endpoint (`reranker serve --embedder-only` or a "
+        "text-embeddings-inference server) instead of loading the embedder; repeatable: "
+        "batches are spread across them, with fail-over [env RERANKER_EMBEDDER_URLS, "
         "comma-separated].",
     )(command)
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from reranker.rerank.cascade import Cascade
     from reranker.rerank.pipeline import QueryPath
     from reranker.rerank.scorer import PairScorer
-    from reranker.retrieval.embedder import Embedder
+    from reranker.retrieval.embed_cache import TextEncoder
 
 from reranker.cli.common import (
     default_model_dir,
@@ -433,7 +433,7 @@ def _rerank_runners(
     wanted: list[str],
     path: QueryPath,
     client: Elasticsearch,
-    embedder: Embedder,
+    embedder: TextEncoder,
     scorer: PairScorer,
     blend_choice: tuple[SignalConfig | None, Blend | None],
     vectors: dict[str, list[float]],

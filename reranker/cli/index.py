@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from reranker.cli.common import indexing_tools
+from reranker.cli.common import embedder_url_option, indexing_tools
 
 # --------------------------------------------------------------------------- index
 
@@ -31,6 +31,7 @@ from reranker.cli.common import indexing_tools
 )
 @click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@embedder_url_option
 @click.pass_context
 def index_cmd(
     ctx: click.Context,
@@ -40,12 +41,14 @@ def index_cmd(
     skip_malformed: bool,
     keep_old: bool,
     progress: bool,
+    embedder_urls: tuple[str, ...],
 ) -> None:
     """Index SOURCE (a BEIR folder or a JSONL file) into a new versioned index behind ALIAS.
 
-    Documents are embedded (ONNX all-MiniLM-L6-v2), bulk-loaded into <alias>-<timestamp>,
-    counted, and only then is the alias swapped atomically. Any failure leaves the alias
-    and its current index untouched. Re-running on the same source gives the same result.
+    Documents are embedded (ONNX all-MiniLM-L6-v2; through `reranker serve --embedder-only`
+    endpoints with --embedder-url), bulk-loaded into <alias>-<timestamp>, counted, and only
+    then is the alias swapped atomically. Any failure leaves the alias and its current index
+    untouched. Re-running on the same source gives the same result.
 
     A run that was killed or interrupted (Ctrl-C) leaves its new index marked in progress;
     running the same command again resumes it where it stopped, without embedding again
@@ -55,7 +58,7 @@ def index_cmd(
     from reranker.es.indexing import LoadOptions, index_corpus
 
     corpus = CorpusSource.open(source, extra=extra)
-    client, embedder, cache = indexing_tools(ctx)
+    client, embedder, cache = indexing_tools(ctx, embedder_urls)
     result = index_corpus(
         client,
         corpus,
@@ -75,15 +78,21 @@ def index_cmd(
 @click.option("--re-embed", is_flag=True, help="Recompute embeddings instead of copying them.")
 @click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@embedder_url_option
 @click.pass_context
 def reindex_cmd(
-    ctx: click.Context, alias: str, re_embed: bool, keep_old: bool, progress: bool
+    ctx: click.Context,
+    alias: str,
+    re_embed: bool,
+    keep_old: bool,
+    progress: bool,
+    embedder_urls: tuple[str, ...],
 ) -> None:
     """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
     mappings, and swap the alias the same safe way as `index`."""
     from reranker.es.indexing import LoadOptions, reindex_alias
 
-    client, embedder, cache = indexing_tools(ctx)
+    client, embedder, cache = indexing_tools(ctx, embedder_urls)
     result = reindex_alias(
         client,
         alias,

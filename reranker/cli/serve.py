@@ -11,8 +11,10 @@ import click
 
 from reranker.cli.common import (
     default_model_dir,
+    embedder_url_option,
     load_cli_scorer,
     query_embedder,
+    remote_embedder,
     scorer_url_option,
 )
 from reranker.config import MODEL_VARIANTS
@@ -73,7 +75,16 @@ from reranker.config import MODEL_VARIANTS
     help="Serve only the rerank API (POST /rerank, /v1/rerank, /v2/rerank, GET /info) with "
     "/_health, /metrics and reload: no Elasticsearch needed [env RERANKER_PROXY_SCORER_ONLY].",
 )
+@click.option(
+    "--embedder-only",
+    is_flag=True,
+    default=None,
+    help="Serve only the embedder (POST /embed, GET /info) with /_health and /metrics: no "
+    "cross-encoder, no Elasticsearch; what --embedder-url points at "
+    "[env RERANKER_PROXY_EMBEDDER_ONLY].",
+)
 @scorer_url_option
+@embedder_url_option
 @click.option(
     "--cascade-model",
     type=click.Path(path_type=Path),
@@ -108,7 +119,9 @@ def serve_cmd(
     blend_files: tuple[str, ...],
     model_roots: tuple[Path, ...],
     scorer_only: bool | None,
+    embedder_only: bool | None,
     scorer_urls: tuple[str, ...],
+    embedder_urls: tuple[str, ...],
     cascade_model: Path | None,
     cascade_k: int | None,
 ) -> None:
@@ -123,6 +136,8 @@ def serve_cmd(
     It also answers the standard rerank API, for Elasticsearch's and OpenSearch's inference
     services and for Cohere/TEI clients: POST /rerank (text-embeddings-inference), POST
     /v1/rerank and /v2/rerank (Cohere), GET /info. `--scorer-only` serves just those.
+    `--embedder-only` serves just the embedder (TEI's POST /embed), which `--embedder-url` of
+    `serve` and `index` embeds through.
     """
     from reranker.proxy import ProxySettings, serve
     from reranker.proxy.blends import parse_pairs
@@ -132,6 +147,7 @@ def serve_cmd(
         "host": host,
         "port": port,
         "scorer_only": scorer_only,
+        "embedder_only": embedder_only,
         "enable_dense": dense,
     }
     if allow:
@@ -161,13 +177,31 @@ def serve_cmd(
         settings,
         # remote scorers: the endpoints load (and reload) the model, not this process
         model_loader=None
-        if settings.scorer_urls
+        if settings.scorer_urls or settings.embedder_only
         else lambda folder, chosen: load_cli_scorer(folder or model, chosen or variant),
         # the embedder: kNN queries, and the dense score a first-stage-aware model reads where
-        # no kNN gave one (a BM25-only search, the rerank API)
-        encoder_factory=lambda: query_embedder(ctx),
+        # no kNN gave one (a BM25-only search, the rerank API); remote with --embedder-url
+        encoder_factory=_encoder_factory(ctx, settings, embedder_urls),
         json_logs=log_format == "json",
     )
+
+
+def _encoder_factory(ctx: click.Context, settings: Any, urls: tuple[str, ...]) -> Any:
+    """The served embedder: through ``urls`` (else ``RERANKER_EMBEDDER_URLS``) when they name
+    endpoints, health-checked every 5 s, each request within the proxy's default timeout;
+    else loaded here. An embedder-only server is an endpoint: it embeds in process."""
+    if settings.embedder_only and (urls or ctx.obj.embedder_urls):
+        raise click.UsageError(
+            "an embedder-only server embeds in process: drop --embedder-url "
+            "(and RERANKER_EMBEDDER_URLS)"
+        )
+
+    def build() -> Any:
+        timeout_s = settings.default_timeout_ms / 1000
+        remote = remote_embedder(ctx, urls, timeout_s=timeout_s, health_interval_s=5.0)
+        return remote or query_embedder(ctx)
+
+    return build
 
 
 def _serve_cascade_defaults(settings: Any, cascade_k: int | None) -> Any:

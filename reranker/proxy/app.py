@@ -33,7 +33,7 @@ from reranker.proxy.candidates import search_es
 from reranker.proxy.clients import check_request_share, client_of, fair_shares, owner_of
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.events import accept_events
-from reranker.proxy.http import parse_body, read_body, require_api_key
+from reranker.proxy.http import may_see_details, parse_body, read_body, require_api_key
 from reranker.proxy.limits import CURRENT_CLIENT, Admission, CircuitBreaker
 from reranker.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from reranker.proxy.metrics import ProxyMetrics
@@ -560,16 +560,7 @@ class Proxy:
             require_api_key(request, self.settings.api_keys)
 
     def _may_see_details(self, request: Request, public: bool) -> bool:
-        """Whether health details and metrics may be shown: always without keys configured,
-        else to a client or admin key (or to anyone when configured public)."""
-        keys = (*self.settings.api_keys, *self.settings.admin_api_keys)
-        if not keys or public:
-            return True
-        try:
-            require_api_key(request, keys)
-        except ProxyError:
-            return False
-        return True
+        return may_see_details(request, self.settings, public)
 
     def _index_refusal(self, index: str, params: Mapping[str, str] | None = None) -> str | None:
         """The part of ``index`` the allow-list refuses, or that reaches the profiles index."""

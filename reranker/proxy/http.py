@@ -46,6 +46,19 @@ def require_api_key(
         raise errors.unauthorized()
 
 
+def may_see_details(request: Request, settings: ProxySettings, public: bool) -> bool:
+    """Whether health details and metrics may be shown: always without keys configured,
+    else to a client or admin key (or to anyone when ``public``)."""
+    keys = (*settings.api_keys, *settings.admin_api_keys)
+    if not keys or public:
+        return True
+    try:
+        require_api_key(request, keys)
+    except ProxyError:
+        return False
+    return True
+
+
 def parse_body(raw: bytes, *, max_depth: int = 64, max_digits: int = 40) -> dict[str, Any]:
     """The request body as a JSON object (empty → ``{}``); 400 otherwise (see
     :func:`~reranker.proxy.jsonbody.loads_strict` for what is refused)."""

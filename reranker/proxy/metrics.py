@@ -137,9 +137,12 @@ class ProxyMetrics:
         """Export the pair-score cache's counters (read at scrape time)."""
         self.registry.register(ScoreCacheCollector(cache))
 
-    def watch_remote_endpoints(self, endpoints: Callable[[], list[dict[str, Any]]]) -> None:
-        """Export each remote scorer endpoint's counters (``endpoints()`` read at scrape time)."""
-        self.registry.register(RemoteEndpointCollector(endpoints))
+    def watch_remote_endpoints(
+        self, endpoints: Callable[[], list[dict[str, Any]]], role: str = "scorer"
+    ) -> None:
+        """Export each remote ``role`` (scorer, embedder) endpoint's counters (``endpoints()``
+        read at scrape time)."""
+        self.registry.register(RemoteEndpointCollector(endpoints, role))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -172,26 +175,27 @@ class ScoreCacheCollector(Collector):
 
 
 class RemoteEndpointCollector(Collector):
-    """``reranker_proxy_remote_scorer_*``: each remote scorer endpoint's requests, failures and
-    whether its breaker lets requests through (nothing when the model is in-process)."""
+    """``reranker_proxy_remote_scorer_*`` (``…_embedder_*`` for ``role`` embedder): each remote
+    endpoint's requests, failures and whether its breaker lets requests through (nothing when
+    the model is in-process)."""
 
-    def __init__(self, endpoints: Callable[[], list[dict[str, Any]]]) -> None:
+    def __init__(self, endpoints: Callable[[], list[dict[str, Any]]], role: str = "scorer") -> None:
         self.endpoints = endpoints
+        self.role = role
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        name, role = f"reranker_proxy_remote_{self.role}", self.role
         requests = CounterMetricFamily(
-            "reranker_proxy_remote_scorer_requests",
-            "Requests sent to a remote scorer endpoint.",
-            labels=["endpoint"],
+            f"{name}_requests", f"Requests sent to a remote {role} endpoint.", labels=["endpoint"]
         )
         failures = CounterMetricFamily(
-            "reranker_proxy_remote_scorer_failures",
-            "Requests a remote scorer endpoint failed (its breaker counted them).",
+            f"{name}_failures",
+            f"Requests a remote {role} endpoint failed (its breaker counted them).",
             labels=["endpoint"],
         )
         up = GaugeMetricFamily(
-            "reranker_proxy_remote_scorer_up",
-            "1 while a remote scorer endpoint's breaker is closed, else 0.",
+            f"{name}_up",
+            f"1 while a remote {role} endpoint's breaker is closed, else 0.",
             labels=["endpoint"],
         )
         for endpoint in self.endpoints():

@@ -12,7 +12,8 @@ Two wire formats, so that clients written for other rerankers work unchanged:
   "return_documents"}``, documents as strings or ``{"text", ...}`` →
   ``{"id", "results": [{"index", "relevance_score"(, "document")}], "meta"}``, errors
   ``{"id", "message"}``.
-- ``GET /info`` is TEI's model description, with this server's limits added.
+- ``GET /info`` is TEI's model description, with this server's limits added (and its
+  embedder's card, ``embedder``, when one is loaded: what a remote embedder reads).
 
 Every text gets a score, reported at the caller's own index (Elasticsearch fails a search when
 the count of scores differs from the count of documents); results come best first. Scores are
@@ -74,6 +75,7 @@ from reranker.rerank.capabilities import Batching, max_length_of
 from reranker.rerank.cascade import cascade_scores, cascade_split
 from reranker.rerank.features import features_for_texts
 from reranker.rerank.pipeline import check_scores
+from reranker.retrieval.remote_embedder import embedder_card
 
 if TYPE_CHECKING:
     from reranker.proxy.limits import Admission, CircuitBreaker
@@ -555,5 +557,9 @@ class RerankApi:
                 "max_in_flight": settings.max_in_flight,
                 "max_scorer_queue": settings.max_scorer_queue,
             },
-            "endpoints": ["/rerank", "/v1/rerank", "/v2/rerank"],
+            "endpoints": ["/rerank", "/v1/rerank", "/v2/rerank"]
+            + (["/embed"] if models.encoder is not None else []),
+            # the embedder /embed uses: what a remote embedder reads (reranker.retrieval
+            # .remote_embedder), absent while it is not loaded
+            **({"embedder": embedder_card(models.encoder)} if models.encoder is not None else {}),
         }

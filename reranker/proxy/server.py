@@ -3,7 +3,12 @@ process (:func:`serve`: uvicorn with the limits a hostile client meets)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 from starlette.applications import Starlette
@@ -19,8 +24,11 @@ from reranker.proxy.profiles import ProfilesApi
 from reranker.proxy.reload import EncoderFactory, ModelLoader, ScorerFactory
 from reranker.proxy.rerank_api import RerankApi
 from reranker.proxy.settings import ProxySettings
+from reranker.retrieval.remote_embedder import RemoteEmbedder
 
 log = logging.getLogger(__name__)
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 def create_app(
@@ -63,9 +71,26 @@ def create_app(
         proxy.metrics.requests.labels("other", str(error.status)).inc()
         return proxy.error(request, error)
 
+    # a remote embedder's endpoints (``--embedder-url``), beside the remote scorer's
+    proxy.metrics.watch_remote_endpoints(lambda: _embedder_endpoints(proxy), role="embedder")
+    app = Starlette(
+        routes=_routes(proxy, settings),
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+        lifespan=_closing_remote_embedder(proxy),
+    )
+    app.state.proxy = proxy
+    return app
+
+
+def _routes(proxy: Proxy, settings: ProxySettings) -> list[Route]:
+    embed_api = EmbedApi(proxy)
+    metrics = Route("/metrics", proxy.metrics_endpoint, methods=["GET"])
+    if settings.embedder_only:
+        # the embedder alone: no search, no rerank API, no cross-encoder to reload
+        return [metrics, *embed_api.embedder_only_routes()]
     routes = [
         Route("/_health", proxy.health, methods=["GET"]),
-        Route("/metrics", proxy.metrics_endpoint, methods=["GET"]),
+        metrics,
         Route("/_reranker/reload", proxy.reload_endpoint, methods=["POST"]),
     ]
     if not settings.scorer_only:
@@ -81,14 +106,29 @@ def create_app(
     # the standard rerank endpoints (TEI, Cohere): reranker/proxy/rerank_api.py
     routes += RerankApi(proxy).routes()
     # TEI's /embed with the proxy's embedder (remote embedding): reranker/proxy/embed_api.py
-    routes += EmbedApi(proxy).routes()
-    app = Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: http_error},
-        lifespan=proxy.lifespan,
-    )
-    app.state.proxy = proxy
-    return app
+    return routes + embed_api.routes()
+
+
+def _closing_remote_embedder(proxy: Proxy) -> Lifespan:
+    """The proxy's lifespan, and then a remote embedder's HTTP client and health thread
+    closed."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with proxy.lifespan(app):
+                yield
+        finally:
+            encoder = proxy.models.encoder
+            if isinstance(encoder, RemoteEmbedder):
+                await asyncio.to_thread(encoder.close)
+
+    return lifespan
+
+
+def _embedder_endpoints(proxy: Proxy) -> list[dict[str, Any]]:
+    encoder = proxy.models.encoder
+    return encoder.describe() if isinstance(encoder, RemoteEmbedder) else []
 
 
 def serve(

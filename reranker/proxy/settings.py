@@ -130,6 +130,12 @@ class ProxySettings:
     """Serve only the rerank API (``/rerank``, ``/v1/rerank``, ``/v2/rerank``, ``/info``) with
     health, metrics and reload: no Elasticsearch client, no ``_search`` (``reranker serve
     --scorer-only``; see :mod:`reranker.proxy.rerank_api`)."""
+    embedder_only: bool = False
+    """Serve only the embedder (``POST /embed``, ``GET /info`` of an embedding model,
+    ``/_health``, ``/metrics``; see :mod:`reranker.proxy.embed_api`): no cross-encoder, no
+    rerank API, no reload, and, as ``scorer_only``, no Elasticsearch (``reranker serve
+    --embedder-only``: the endpoint a :class:`~reranker.retrieval.remote_embedder.
+    RemoteEmbedder` embeds through). It sets ``scorer_only``, the mode without a cluster."""
     scorer_urls: tuple[str, ...] = ()
     """Rerank endpoints (``reranker serve --scorer-only`` or text-embeddings-inference) to score
     through instead of loading a model (``--scorer-url``; see :mod:`reranker.rerank.remote`)."""
@@ -189,6 +195,11 @@ class ProxySettings:
     """A profile not updated for this long is not used (and the update job deletes it)."""
 
     def __post_init__(self) -> None:
+        if self.embedder_only:
+            if self.scorer_urls:
+                raise ConfigError("an embedder-only server scores nothing: drop the scorer URLs")
+            # the proxy's mode without Elasticsearch, whose routes it narrows to the embedder's
+            object.__setattr__(self, "scorer_only", True)
         positive = {
             "port": self.port,
             "default_window": self.default_window,
@@ -288,6 +299,7 @@ class ProxySettings:
             "public_health_details": env_bool("RERANKER_PROXY_PUBLIC_HEALTH", False),
             "public_metrics": env_bool("RERANKER_PROXY_PUBLIC_METRICS", False),
             "scorer_only": env_bool("RERANKER_PROXY_SCORER_ONLY", False),
+            "embedder_only": env_bool("RERANKER_PROXY_EMBEDDER_ONLY", False),
             "scorer_urls": _env_list("RERANKER_PROXY_SCORER_URLS", ()),
             "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
             "cascade_model": Path(os.environ["RERANKER_PROXY_CASCADE_MODEL"])

@@ -24,18 +24,16 @@ any other 4xx is the request's own fault and raised at once.
 Health: with ``health_interval_s`` a daemon thread probes every endpoint's ``GET /info``; an
 answer closes an open breaker early (and a wrong model keeps the endpoint out), no answer
 opens it. :meth:`describe` gives each endpoint's state for ``/_health``.
-One scorer may be shared by threads (the proxy's scorer pool).
+One scorer may be shared by threads (the proxy's scorer pool). The endpoint machinery is
+:mod:`reranker.retrieval.endpoints`, shared with the remote embedder.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -44,53 +42,9 @@ import numpy as np
 from reranker.batching import logits_or_probabilities
 from reranker.errors import ModelError
 from reranker.rerank.scorer import ScoreTimeout, check_pairs
+from reranker.retrieval.endpoints import Endpoint, EndpointPool, ModelCheck, PoolOptions
 
 log = logging.getLogger(__name__)
-
-#: statuses that say the endpoint (not the request) failed: try another, count a failure
-ENDPOINT_FAILURES = frozenset({424, 500, 502, 503, 504})
-#: the status of an endpoint that is busy, not broken: try another, count nothing
-OVERLOADED = 429
-
-
-class EndpointFailure(Exception):
-    """One endpoint did not give usable scores; ``counts`` says whether its breaker hears of it."""
-
-    def __init__(self, reason: str, *, counts: bool = True) -> None:
-        super().__init__(reason)
-        self.counts = counts
-
-
-@dataclass
-class Endpoint:
-    """One rerank endpoint: its breaker and counters (guarded by the scorer's lock)."""
-
-    url: str
-    failures_to_open: int
-    cooloff_s: float
-    consecutive: int = 0
-    opened_at: float | None = None
-    trial_running: bool = False
-    #: the endpoint serves another model (found by a health check): never used until it doesn't
-    mismatch: str | None = None
-    in_flight: int = 0
-    requests: int = 0
-    failures: int = 0
-    last_error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def state(self, now: float) -> str:
-        """``closed``, ``open``, ``half-open`` or ``mismatch``."""
-        if self.mismatch is not None:
-            return "mismatch"
-        if self.opened_at is None:
-            return "closed"
-        return "open" if now - self.opened_at < self.cooloff_s else "half-open"
-
-    def open(self, now: float, reason: str) -> None:
-        self.opened_at = now
-        self.consecutive = max(self.consecutive, self.failures_to_open)
-        self.last_error = reason
 
 
 class RemoteScorer:
@@ -100,6 +54,8 @@ class RemoteScorer:
     Bearer <key>`` (how TEI and our rerank API take it). ``timeout_s`` bounds one HTTP
     request (the caller's ``deadline`` shortens it); ``wait_s`` is how long construction keeps
     asking ``/info`` until at least one endpoint answers. ``transport`` replaces httpx's (tests).
+    The endpoints, their breakers and health checks are a
+    :class:`~reranker.retrieval.endpoints.EndpointPool` (``pool``).
     """
 
     def __init__(
@@ -116,44 +72,21 @@ class RemoteScorer:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        cleaned = [u.strip().rstrip("/") for u in urls if u and u.strip()]
-        if not cleaned:
-            raise ModelError("a remote scorer needs at least one endpoint URL")
-        if len(set(cleaned)) != len(cleaned):
-            raise ModelError(f"an endpoint URL is given twice: {', '.join(cleaned)}")
-        for url in cleaned:
-            if not url.startswith(("http://", "https://")):
-                raise ModelError(f"scorer URL {url!r} must start with http:// or https://")
-        if failures < 1 or attempts < 1 or timeout_s <= 0:
-            raise ModelError("failures and attempts must be ≥ 1 and timeout_s > 0")
-        self.timeout_s = timeout_s
-        self.attempts = attempts
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._turn = itertools.count()
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            headers=headers,
-            timeout=timeout_s,
+        options = PoolOptions(
+            api_key=api_key,
+            timeout_s=timeout_s,
+            failures=failures,
+            cooloff_s=cooloff_s,
+            attempts=attempts,
+            wait_s=wait_s,
+            health_interval_s=health_interval_s,
             transport=transport,
-            limits=httpx.Limits(max_keepalive_connections=32, max_connections=64),
+            clock=clock,
         )
-        self.endpoints = [Endpoint(url, failures, cooloff_s) for url in cleaned]
-        self._info = self._first_infos(wait_s)
-        self.max_texts = min(
-            int(e.info.get("max_client_batch_size") or 1_000_000) for e in self._answering()
-        )
-        self._stop = threading.Event()
-        self._health: threading.Thread | None = None
-        if health_interval_s > 0:
-            self._health = threading.Thread(
-                target=self._health_loop,
-                args=(health_interval_s,),
-                name="reranker-remote-health",
-                daemon=True,
-            )
-            self._health.start()
-        log.info("remote scorer %s (%s) over %s", self.model_id, self.version, ", ".join(cleaned))
+        self.pool = EndpointPool(urls, role="scorer", check=RERANKER_CHECK, options=options)
+        self._info = self.pool.info
+        self.max_texts = self.pool.smallest("max_client_batch_size", 1_000_000)
+        log.info("remote scorer %s (%s) over %s", self.model_id, self.version, ", ".join(self.urls))
 
     # ------------------------------------------------------------------ description
 
@@ -184,35 +117,37 @@ class RemoteScorer:
 
     @property
     def urls(self) -> list[str]:
-        return [e.url for e in self.endpoints]
+        return self.pool.urls
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return self.pool.endpoints
+
+    @property
+    def timeout_s(self) -> float:
+        return self.pool.timeout_s
+
+    @property
+    def attempts(self) -> int:
+        return self.pool.attempts
 
     def __repr__(self) -> str:
         return f"RemoteScorer({self.model_id!r}, version={self.version!r}, endpoints={self.urls!r})"
 
     def describe(self) -> list[dict[str, Any]]:
         """Each endpoint's state and counters (``/_health``, ``/metrics``)."""
-        now = self._clock()
-        with self._lock:
-            return [
-                {
-                    "url": e.url,
-                    "state": e.state(now),
-                    "in_flight": e.in_flight,
-                    "requests": e.requests,
-                    "failures": e.failures,
-                    **({"last_error": e.last_error} if e.last_error else {}),
-                }
-                for e in self.endpoints
-            ]
+        return self.pool.describe()
+
+    def check_health(self) -> None:
+        """Ask every endpoint for ``/info``: an answer with the same model closes its breaker,
+        another model keeps it out (``mismatch``), no answer opens it."""
+        self.pool.check_health()
 
     def warmup(self) -> None:
         """Nothing to warm here: the endpoints were asked for ``/info`` at construction."""
 
     def close(self) -> None:
-        self._stop.set()
-        if self._health is not None:
-            self._health.join(timeout=5)
-        self._http.close()
+        self.pool.close()
 
     # ------------------------------------------------------------------ scoring
 
@@ -239,207 +174,14 @@ class RemoteScorer:
         return logits_or_probabilities(out, probabilities=sigmoid)
 
     def _rerank(self, query: str, texts: list[str], deadline: float | None) -> np.ndarray:
-        tried: list[Endpoint] = []
-        reasons: list[str] = []
-        for _ in range(self.attempts):
-            endpoint = self._pick(exclude=tried)
-            if endpoint is None:
-                break
-            tried.append(endpoint)
-            timeout = self.timeout_s
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._finish(endpoint, None)
-                    raise ScoreTimeout(
-                        "scoring passed its deadline before a remote scorer answered"
-                        + (f" ({'; '.join(reasons)})" if reasons else "")
-                    )
-                timeout = min(timeout, left)
-            try:
-                scores = self._post(endpoint, query, texts, timeout)
-            except EndpointFailure as exc:
-                reasons.append(f"{endpoint.url}: {exc}")
-                self._finish(endpoint, exc)
-                log.warning("remote scorer %s failed: %s", endpoint.url, exc)
-                continue
-            except BaseException:
-                self._finish(endpoint, None)
-                raise
-            self._finish(endpoint, True)
-            return scores
-        if not reasons:
-            raise ModelError("no remote scorer is available: every endpoint's breaker is open")
-        raise ModelError("no remote scorer answered: " + "; ".join(reasons))
-
-    def _post(self, endpoint: Endpoint, query: str, texts: list[str], timeout: float) -> np.ndarray:
         body = {"query": query, "texts": texts, "raw_scores": True, "truncate": True}
-        try:
-            response = self._http.post(f"{endpoint.url}/rerank", json=body, timeout=timeout)
-        except httpx.TimeoutException:
-            # cut short by the caller's deadline: not the endpoint's fault
-            own = timeout >= self.timeout_s
-            raise EndpointFailure(f"no answer within {timeout:.2f} s", counts=own) from None
-        except httpx.HTTPError as exc:
-            raise EndpointFailure(f"{type(exc).__name__}: {exc}") from None
-        status = response.status_code
-        if status == OVERLOADED:
-            raise EndpointFailure("429 overloaded", counts=False)
-        if status in ENDPOINT_FAILURES or status >= 500:
-            raise EndpointFailure(f"{status} {error_text(response)}")
-        if status != 200:
-            # the request's own fault (400, 413, 422) or a wrong key: no other endpoint helps
-            raise ModelError(
-                f"remote scorer {endpoint.url} refused: {status} {error_text(response)}"
-            )
-        try:
-            return scores_by_index(response.json(), len(texts))
-        except (ValueError, ModelError) as exc:
-            raise EndpointFailure(f"malformed answer: {exc}") from None
-
-    # ------------------------------------------------------------------ endpoints
-
-    def _pick(self, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
-        """A half-open endpoint whose one probe is free (claimed), else the closed endpoint with
-        the fewest requests in flight (round-robin among ties), else ``None``."""
-        now = self._clock()
-        with self._lock:
-            turn = next(self._turn)
-            count = len(self.endpoints)
-            rotated = [self.endpoints[(turn + i) % count] for i in range(count)]
-            candidates = [e for e in rotated if e not in exclude]
-            probes = [e for e in candidates if e.state(now) == "half-open" and not e.trial_running]
-            closed = [e for e in candidates if e.state(now) == "closed"]
-            if probes:  # a cooled-off endpoint gets its one trial (a failure fails over)
-                chosen = probes[0]
-                chosen.trial_running = True
-            elif closed:
-                chosen = min(closed, key=lambda e: e.in_flight)
-            else:
-                return None
-            chosen.in_flight += 1
-            chosen.requests += 1
-            return chosen
-
-    def _finish(self, endpoint: Endpoint, outcome: bool | EndpointFailure | None) -> None:
-        """``True``: it answered; a failure: count it (when it counts); ``None``: not its fault."""
-        now = self._clock()
-        with self._lock:
-            endpoint.in_flight -= 1
-            if outcome is True:
-                self._closed(endpoint)
-            elif isinstance(outcome, EndpointFailure) and outcome.counts:
-                self._failed(endpoint, now, str(outcome))
-            else:
-                endpoint.trial_running = False
-
-    @staticmethod
-    def _closed(endpoint: Endpoint) -> None:
-        endpoint.consecutive = 0
-        endpoint.opened_at = None
-        endpoint.trial_running = False
-
-    @staticmethod
-    def _failed(endpoint: Endpoint, now: float, reason: str) -> None:
-        endpoint.failures += 1
-        endpoint.consecutive += 1
-        endpoint.last_error = reason[:300]
-        if endpoint.trial_running or endpoint.consecutive >= endpoint.failures_to_open:
-            endpoint.opened_at = now
-        endpoint.trial_running = False
-
-    def _answering(self) -> list[Endpoint]:
-        return [e for e in self.endpoints if e.info]
-
-    def _fetch_info(self, endpoint: Endpoint) -> dict[str, Any]:
-        try:
-            response = self._http.get(f"{endpoint.url}/info", timeout=min(self.timeout_s, 5.0))
-        except httpx.HTTPError as exc:
-            raise EndpointFailure(f"GET /info: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200:
-            raise EndpointFailure(f"GET /info: {response.status_code} {error_text(response)}")
-        try:
-            info = response.json()
-        except ValueError:
-            raise EndpointFailure("GET /info did not answer JSON") from None
-        if not isinstance(info, dict):
-            raise EndpointFailure("GET /info did not answer an object")
-        return info
-
-    def _first_infos(self, wait_s: float) -> dict[str, Any]:
-        """Ask every endpoint for ``/info`` (until one answers or ``wait_s`` passes); check
-        they agree on the model and that it can be reached through ``/rerank``."""
-        give_up = time.monotonic() + wait_s
-        while True:
-            failures: list[str] = []
-            for endpoint in self.endpoints:
-                if endpoint.info:
-                    continue
-                try:
-                    endpoint.info = self._fetch_info(endpoint)
-                except EndpointFailure as exc:
-                    failures.append(f"{endpoint.url}: {exc}")
-                    endpoint.open(self._clock(), str(exc))
-                else:
-                    self._closed(endpoint)
-            if self._answering() or time.monotonic() >= give_up:
-                break
-            time.sleep(min(1.0, max(0.0, give_up - time.monotonic())))
-        answering = self._answering()
-        if not answering:
-            self._http.close()
-            raise ModelError("no remote scorer answered GET /info: " + "; ".join(failures))
-        first = answering[0]
-        for endpoint in answering:
-            features = endpoint.info.get("first_stage_features") or []
-            if features:
-                self._http.close()
-                raise ModelError(
-                    f"the remote model at {endpoint.url} is first-stage-aware (it reads "
-                    f"{', '.join(map(str, features))}), which a rerank request cannot carry; "
-                    "serve a plain cross-encoder there, or load the model in-process"
-                )
-            if not same_model(first.info, endpoint.info):
-                self._http.close()
-                raise ModelError(
-                    "remote scorers disagree on the model: "
-                    f"{first.url} serves {describe_model(first.info)}, "
-                    f"{endpoint.url} serves {describe_model(endpoint.info)}"
-                )
-        for failure in failures:
-            log.warning("remote scorer not answering yet (its breaker is open): %s", failure)
-        return first.info
-
-    # ------------------------------------------------------------------ health checks
-
-    def check_health(self) -> None:
-        """Ask every endpoint for ``/info``: an answer with the same model closes its breaker,
-        another model keeps it out (``mismatch``), no answer opens it."""
-        for endpoint in self.endpoints:
-            try:
-                info = self._fetch_info(endpoint)
-            except EndpointFailure as exc:
-                with self._lock:
-                    if endpoint.state(self._clock()) != "open":
-                        endpoint.open(self._clock(), str(exc))
-                continue
-            with self._lock:
-                endpoint.info = info
-                if same_model(self._info, info) and not info.get("first_stage_features"):
-                    if endpoint.mismatch is not None or endpoint.opened_at is not None:
-                        log.info("remote scorer %s is back", endpoint.url)
-                    endpoint.mismatch = None
-                    self._closed(endpoint)
-                else:
-                    endpoint.mismatch = f"serves {describe_model(info)}"
-                    endpoint.last_error = endpoint.mismatch
-
-    def _health_loop(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self.check_health()
-            except Exception:  # a health check must never kill its thread
-                log.exception("remote scorer health check failed")
+        return self.pool.request(
+            "/rerank",
+            body,
+            lambda answer: scores_by_index(answer, len(texts)),
+            deadline=deadline,
+            expired=ScoreTimeout,
+        )
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -450,23 +192,42 @@ def model_version(info: dict[str, Any]) -> str:
     return str(info.get("model_version") or info.get("model_sha") or "unknown")
 
 
-def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.get("model_id") == b.get("model_id") and model_version(a) == model_version(b)
+def served_model(info: dict[str, Any]) -> tuple[Any, str]:
+    """What every rerank endpoint must agree on: the model's id and version."""
+    return info.get("model_id"), model_version(info)
 
 
 def describe_model(info: dict[str, Any]) -> str:
     return f"{info.get('model_id')!s} version {model_version(info)}"
 
 
-def error_text(response: httpx.Response) -> str:
-    """The error an endpoint gave (TEI's ``error``, Cohere's ``message``), short."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("message") or body)[:200]
-    return str(body)[:200]
+def scoring_refusal(url: str, info: dict[str, Any]) -> str | None:
+    """Why the model at ``url`` cannot score through ``/rerank``: it is an embedding model
+    (TEI's ``model_type``; ``reranker serve --embedder-only``), or it reads first-stage
+    features, which a rerank request cannot carry."""
+    model_type = info.get("model_type")
+    if isinstance(model_type, dict) and "embedding" in model_type:
+        return (
+            f"{url} serves an embedding model ({info.get('model_id')!s}), not a reranker: "
+            "point --scorer-url at `reranker serve --scorer-only` or a TEI reranker"
+        )
+    features = info.get("first_stage_features") or []
+    if not features:
+        return None
+    return (
+        f"the remote model at {url} is first-stage-aware (it reads "
+        f"{', '.join(map(str, features))}), which a rerank request cannot carry; "
+        "serve a plain cross-encoder there, or load the model in-process"
+    )
+
+
+#: a rerank endpoint's model: its id and version must agree; an embedding or first-stage-aware
+#: model is refused
+RERANKER_CHECK = ModelCheck(
+    identity=served_model,
+    describe=describe_model,
+    refusal=scoring_refusal,
+)
 
 
 def scores_by_index(body: Any, count: int) -> np.ndarray:

@@ -1,5 +1,6 @@
 """TEI's ``POST /embed`` on the proxy: the vectors the embedder gives in process, TEI's shapes
-for answers and errors. The real default embedder, no Elasticsearch."""
+for answers and errors; ``--embedder-only`` (only /embed, /info, /_health, /metrics) and the
+embedder's card in ``/info``. The real default embedder, no Elasticsearch."""
 
 from __future__ import annotations
 
@@ -91,3 +92,86 @@ async def test_without_an_embedder_embed_is_a_503() -> None:
         response = await http.post("/embed", json={"inputs": "a"})
     assert response.status_code == 503
     assert "embedder" in response.json()["error"]
+
+
+# ------------------------------------------------------------------ --embedder-only
+
+
+@pytest.fixture
+async def embedder_only(embedder: Embedder) -> AsyncIterator[httpx.AsyncClient]:
+    only = settings(embedder_only=True, max_window=8, default_window=8)
+    async with proxy_client(only, encoder=embedder) as http:
+        yield http
+
+
+async def test_an_embedder_only_server_embeds_as_the_proxy_does(
+    embedder_only: httpx.AsyncClient, embedder: Embedder
+) -> None:
+    response = await embedder_only.post("/embed", json={"inputs": TEXTS})
+    assert np.abs(np.array(response.json()) - embedder.encode(TEXTS)).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/docs-1/_search"),
+        ("POST", "/rerank"),
+        ("POST", "/v2/rerank"),
+        ("POST", "/_reranker/reload"),
+        ("POST", "/_msearch"),
+    ],
+)
+async def test_an_embedder_only_server_has_no_search_rerank_or_reload_routes(
+    embedder_only: httpx.AsyncClient, method: str, path: str
+) -> None:
+    assert (await embedder_only.request(method, path, json={})).status_code == 404
+
+
+async def test_an_embedder_only_servers_info_names_the_embedder_in_teis_shape(
+    embedder_only: httpx.AsyncClient, embedder: Embedder
+) -> None:
+    info = (await embedder_only.get("/info")).json()
+    assert info["model_id"] == embedder.model_id
+    assert info["model_type"] == {"embedding": {"pooling": embedder.pooling}}
+    assert info["max_client_batch_size"] == 8
+    assert info["embedder"] == {
+        "model_id": embedder.model_id,
+        "dim": embedder.dim,
+        "max_input_length": embedder.max_length,
+        "query_prompt": "query",
+    }
+
+
+async def test_an_embedder_only_server_is_healthy_with_its_embedder_and_no_cluster(
+    embedder_only: httpx.AsyncClient, embedder: Embedder
+) -> None:
+    response = await embedder_only.get("/_health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["embedder"] == {"loaded": True, "id": embedder.model_id, "dim": embedder.dim}
+    assert body["elasticsearch"]["reachable"] is None
+    assert (await embedder_only.get("/metrics")).status_code == 200
+
+
+async def test_an_embedder_only_server_without_its_embedder_is_unhealthy() -> None:
+    async with proxy_client(settings(embedder_only=True)) as http:
+        assert (await http.get("/_health")).status_code == 503
+        assert (await http.get("/info")).status_code == 503
+
+
+def test_embedder_only_is_a_server_without_elasticsearch() -> None:
+    assert settings(embedder_only=True).scorer_only
+
+
+async def test_the_proxys_info_names_its_embedder_beside_the_cross_encoder(
+    embedder: Embedder,
+) -> None:
+    from reranker.rerank.scorer import load_scorer
+    from tests.helpers import SHIPPED
+
+    scorer = load_scorer(SHIPPED, "int8")
+    async with proxy_client(settings(scorer_only=True), scorer=scorer, encoder=embedder) as http:
+        info = (await http.get("/info")).json()
+    assert info["model_id"] == scorer.model_id
+    assert info["embedder"]["model_id"] == embedder.model_id
+    assert info["embedder"]["dim"] == embedder.dim

@@ -3,7 +3,6 @@ no sockets, no model; each fake answers /info and /rerank as TEI does, or fails 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
@@ -12,37 +11,20 @@ import pytest
 
 from reranker.errors import ModelError
 from reranker.rerank.remote import RemoteScorer, scores_by_index
+from tests.fakes import FakeEndpoints
 from tests.helpers import Clock
 
 INFO = {"model_id": "xenc", "model_version": "v1", "variant": "int8", "max_client_batch_size": 100}
 
 
-class Fakes:
+class Fakes(FakeEndpoints):
     """Endpoints ``http://a``, ``http://b``, ...: each scores a text by its length (so the
     expected logits are known), unless ``mode[host]`` says otherwise."""
 
     def __init__(self, *hosts: str) -> None:
-        self.mode: dict[str, str] = dict.fromkeys(hosts, "ok")
-        self.info: dict[str, dict[str, Any]] = {h: dict(INFO) for h in hosts}
-        self.calls: list[tuple[str, str]] = []  # (host, path)
-        self.bodies: list[dict[str, Any]] = []
-        self.headers: list[httpx.Headers] = []
+        super().__init__(INFO, *hosts)
 
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        self.calls.append((host, request.url.path))
-        self.headers.append(request.headers)
-        mode = self.mode[host]
-        if mode == "down":
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path == "/info":
-            return httpx.Response(200, json=self.info[host])
-        body = json.loads(request.content)
-        self.bodies.append(body)
-        if mode in {"500", "429", "400"}:
-            return httpx.Response(int(mode), json={"error": f"injected {mode}"})
-        if mode == "timeout":
-            raise httpx.ReadTimeout("slow", request=request)
+    def answer(self, body: dict[str, Any], mode: str) -> httpx.Response:
         texts = body["texts"]
         ranked = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         answer = [{"index": i, "score": float(len(texts[i]))} for i in ranked]
@@ -51,7 +33,7 @@ class Fakes:
         return httpx.Response(200, json=answer)
 
     def rerank_hosts(self) -> list[str]:
-        return [host for host, path in self.calls if path == "/rerank"]
+        return self.hosts_called("/rerank")
 
     def scorer(self, **options: Any) -> RemoteScorer:
         return RemoteScorer(
