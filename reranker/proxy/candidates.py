@@ -9,7 +9,7 @@ fusion, passage text and fail-open stay the pipeline's own code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -20,12 +20,14 @@ from elasticsearch import ApiError, AsyncElasticsearch
 
 from reranker.proxy.errors import (
     bad_gateway,
+    bad_request,
     from_elasticsearch,
     upstream_timeout,
     upstream_unavailable,
 )
 from reranker.rerank.pipeline import Degraded
 from reranker.retrieval.first_stage import Hit
+from reranker.retrieval.queries import read_vectors, vectors_query
 
 KEY_SEPARATOR = "\x1f"  # joins _index and _id: the same _id may live in two indices
 
@@ -76,6 +78,8 @@ class FirstStageResult:
     lexical: SearchResponse
     dense: SearchResponse | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: why kNN gave nothing though it was asked for (the query embedder failed)
+    dense_failure: str | None = None
 
     def raw_hit(self, key: str) -> dict[str, Any]:
         if key in self.lexical.raw_hits:
@@ -146,3 +150,31 @@ def read_hits(body: Any, stage: str) -> SearchResponse:
     except (KeyError, TypeError, ValueError):
         raise bad_gateway("Elasticsearch's search response has no readable hits") from None
     return SearchResponse(body=body, hits=hits, raw_hits=raw_hits)
+
+
+async def attach_vectors(
+    client: AsyncElasticsearch,
+    index: str,
+    candidates: Sequence[Hit],
+    *,
+    headers: Mapping[str, str],
+    timeout_s: float,
+) -> None:
+    """Set each candidate's ``vector`` to its stored embedding: one search by (index, id)
+    with ``client`` (the client's own credentials); 400 when the index holds none."""
+    if not candidates:
+        return
+    _, answer = await search_es(
+        client, index, vectors_query(split_key(h.id) for h in candidates),
+        headers=headers, timeout_s=timeout_s,
+    )  # fmt: skip
+    try:
+        found = read_vectors(answer)
+    except (KeyError, TypeError, ValueError):
+        raise bad_gateway("Elasticsearch's answer holds no readable vectors") from None
+    if not found:
+        raise bad_request(
+            f"diversity and personalisation need the documents' embeddings; [{index}] has none"
+        )
+    for hit in candidates:
+        hit.vector = found.get(split_key(hit.id))

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
-from reranker.errors import ConfigError
+from reranker.errors import ConfigError, ModelError
 from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
 from reranker.proxy import errors
 from reranker.proxy.answer import (
@@ -37,7 +37,12 @@ from reranker.proxy.answer import (
 )
 from reranker.proxy.blends import BlendCatalog, NamedBlend
 from reranker.proxy.budget import Budget, scorer_share_s
-from reranker.proxy.candidates import FirstStageResult, read_hits, search_es, split_key
+from reranker.proxy.candidates import (
+    FirstStageResult,
+    attach_vectors,
+    read_hits,
+    search_es,
+)
 from reranker.proxy.errors import ProxyError
 from reranker.proxy.gate import ScoringFailure, ScoringGate
 from reranker.proxy.limits import (
@@ -81,7 +86,7 @@ from reranker.rerank.pipeline import (
 from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.first_stage import Hit, fuse
-from reranker.retrieval.queries import VECTOR_FIELD, knn_clause, read_vectors, vectors_query
+from reranker.retrieval.queries import VECTOR_FIELD, knn_clause
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +207,9 @@ class RerankHandler:
         self.breaker = breaker
         self.catalog = BlendCatalog(settings.signals, settings.blends)
         self.executor = ThreadPoolExecutor(settings.scorer_workers, "reranker-scorer")
-        self.embed_executor = ThreadPoolExecutor(1, "reranker-embed")
+        # remote embedding waits on the network: overlap those calls as remote scoring does
+        embedders = 4 if settings.es.embedder_urls else 1
+        self.embed_executor = ThreadPoolExecutor(embedders, "reranker-embed")
         self.gate = ScoringGate(settings, metrics, admission, breaker, self.executor)
         self._searcher = searcher
         self._upstream_headers = upstream_headers
@@ -417,7 +424,8 @@ class RerankHandler:
             first = await self._first_stage(search, spec, plan.sources, plan.text, budget)
             degraded = first.degraded()
             if spec.dense and first.dense is None:
-                message = "dense retrieval unavailable: the embedder is not loaded"
+                why = first.dense_failure or "the embedder is not loaded"
+                message = f"dense retrieval unavailable: {why}"
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             personal = await self._profile(search, spec, degraded)
@@ -525,6 +533,7 @@ class RerankHandler:
         lexical_body = {k: v for k, v in body.items() if k not in ("from", "size", "_source")}
         lexical_body.update(size=spec.window, _source=source, timeout=budget.es_timeout)
         timings: dict[str, float] = {}
+        failures: list[str] = []
 
         async def lexical() -> Any:
             if budget.expired():
@@ -540,10 +549,15 @@ class RerankHandler:
             assert encoder is not None
             loop = asyncio.get_running_loop()
             began = time.perf_counter()
-            vectors = await loop.run_in_executor(
-                self.embed_executor, encode_queries, encoder, [text]
-            )
-            timings["embed"] = (time.perf_counter() - began) * 1000
+            try:
+                vectors = await loop.run_in_executor(
+                    self.embed_executor, encode_queries, encoder, [text]
+                )
+            except ModelError as exc:  # a remote embedder none of whose endpoints answered
+                failures.append(f"the query embedder failed: {exc}")
+                return None
+            finally:
+                timings["embed"] = (time.perf_counter() - began) * 1000
             clause = knn_clause([float(x) for x in vectors[0]], spec.window)
             constraint = knn_filter(body.get("query"))
             if constraint is not None:
@@ -575,6 +589,7 @@ class RerankHandler:
             lexical=read_hits(lexical_answer, "bm25"),
             dense=read_hits(dense_answer, "dense") if dense_answer is not None else None,
             timings_ms=timings,
+            dense_failure=failures[0] if failures else None,
         )
         timings["es_took"] = float(
             max(result.lexical.took, result.dense.took if result.dense else 0)
@@ -584,10 +599,8 @@ class RerankHandler:
     async def _profile(
         self, search: SearchRequest, spec: RerankSpec, degraded: list[Degraded]
     ) -> Personalization | None:
-        """The searching user's profile on this index, read with the proxy's own credentials
-        by an id derived from (client, user, index): ``None`` when personalisation was not
-        asked for, or the user has no profile (or one older than the retention). An
-        unreadable profile gives the unpersonalised order, said in ``degraded``."""
+        """The user's profile (:func:`~reranker.proxy.profiles.read_profile`); ``None``: not
+        asked for, or none. Unreadable: the unpersonalised order, said in ``degraded``."""
         if spec.personal_weight is None or search.user is None or self._admin is None:
             return None
         try:
@@ -602,28 +615,13 @@ class RerankHandler:
     async def _attach_vectors(
         self, search: SearchRequest, candidates: Sequence[Hit], budget: Budget
     ) -> None:
-        """The candidates' stored embeddings, for diversity and personalisation: one search
-        by (index, id) with the client's own credentials; 400 when the index holds none."""
-        if not candidates:
-            return
+        """The candidates' stored embeddings, for diversity and personalisation."""
         if budget.expired():
-            raise errors.upstream_timeout("no time left to fetch the embeddings for diversity")
-        _, answer = await search_es(
-            await self._searcher(), search.index,
-            vectors_query(split_key(h.id) for h in candidates),
+            raise errors.upstream_timeout("no time left to fetch the documents' embeddings")
+        await attach_vectors(
+            await self._searcher(), search.index, candidates,
             headers=self._upstream_headers(search.request), timeout_s=budget.remaining_s(),
         )  # fmt: skip
-        try:
-            found = read_vectors(answer)
-        except (KeyError, TypeError, ValueError):
-            raise errors.bad_gateway("Elasticsearch's answer holds no readable vectors") from None
-        if not found:
-            raise errors.bad_request(
-                f"diversity and personalisation need the documents' embeddings; "
-                f"[{search.index}] has none"
-            )
-        for hit in candidates:
-            hit.vector = found.get(split_key(hit.id))
 
     # ------------------------------------------------------------------ scoring
 
