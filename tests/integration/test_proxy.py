@@ -237,6 +237,30 @@ async def test_an_index_with_embeddings_is_reranked_over_the_hybrid_list_by_defa
     assert "embed" in answer["rerank"]["took_ms"]
 
 
+class FailingEmbedder:
+    """The served embedder as a remote one none of whose endpoints answers: it knows its
+    model (its id matches the index's stamp), but every query embedding fails."""
+
+    def __init__(self, real: Embedder) -> None:
+        self.model_id, self.dim = real.model_id, real.dim
+
+    def encode(self, texts: Sequence[str], **_: Any) -> np.ndarray:
+        raise ModelError("no embedder endpoint answered")
+
+
+async def test_a_failing_query_embedder_gives_bm25_candidates_and_says_why(
+    es_node: NodeStatus, proxy_alias: str, proxy_scorer: Scorer, embedder: Embedder
+) -> None:
+    settings = proxy_settings(es_node, proxy_alias)
+    async with running(settings, proxy_scorer, FailingEmbedder(embedder)) as http:  # type: ignore[arg-type]
+        response = await http.post(f"/{proxy_alias}/_search", json=rerank_body())
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["rerank"]["first_stage"] == "bm25"
+    assert "query embedder failed" in answer["rerank"]["degraded"]
+    assert answer["hits"]["hits"]
+
+
 async def test_an_index_without_embeddings_is_reranked_over_bm25_by_default(
     proxy: httpx.AsyncClient, proxy_alias: str, es_client: Elasticsearch
 ) -> None:
