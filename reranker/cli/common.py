@@ -229,15 +229,30 @@ def diversity_options(func: F) -> F:
 
 
 def passages_option(func: F) -> F:
-    """``--passages max|firstmax``: long documents scored by their passages."""
+    """``--passages max|firstmax|none``: long documents scored by their passages."""
     return click.option(
         "--passages",
-        type=click.Choice(["max", "firstmax"]),
+        type=click.Choice(["max", "firstmax", "none"]),
         default=None,
         help="Score documents longer than the cross-encoder reads by overlapping passages, "
-        "combined by their best (max) or the mean of the first and the best (firstmax) "
-        "[default: truncate; docs/experiments/passages.md].",
+        "combined by their best (max) or the mean of the first and the best (firstmax), or "
+        "truncate them (none) [default: the index's choice (`index --passages`), else "
+        "truncate; docs/experiments/passages.md].",
     )(func)
+
+
+def passages_for(client: Any, alias: str, asked: str | None) -> str | None:
+    """The combination a search of ``alias`` uses: ``asked`` (``none``: truncate), else the
+    one the index recorded at indexing, else none."""
+    if asked is not None:
+        return None if asked == "none" else asked
+    from reranker.es.mappings import PASSAGES_META_KEY, index_meta
+
+    try:
+        recorded = index_meta(client, alias).get(PASSAGES_META_KEY)
+    except Exception:  # no index yet (eval indexes it), or not readable: truncate
+        return None
+    return str(recorded) if recorded else None
 
 
 def parse_diversity(lam: float | None, duplicate_threshold: float | None) -> Any:

@@ -29,6 +29,7 @@ from reranker.cli.common import (
     indexing_tools,
     parse_diversity,
     parse_hybrid,
+    passages_for,
     passages_option,
     scorer_url_option,
 )
@@ -224,7 +225,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             scorer_api_key=ctx.obj.scorer_api_key,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
-            passages=a.passages,  # type: ignore[arg-type]
+            passages=passages_for(client, alias, a.passages),  # type: ignore[arg-type]
             diversity=parse_diversity(a.diversity, a.duplicate_threshold),
         )
         reranking = _reranking(a, path, wanted, dataset.name)

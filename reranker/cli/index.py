@@ -31,6 +31,14 @@ from reranker.cli.common import embedder_url_option, indexing_tools
 )
 @click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option(
+    "--passages",
+    type=click.Choice(["max", "firstmax"]),
+    default=None,
+    help="Searches of this index score documents longer than the cross-encoder reads by "
+    "overlapping passages unless they ask otherwise (recorded in the index's _meta; choose "
+    "on the corpus's dev queries: docs/experiments/passages.md) [default: truncate].",
+)
 @embedder_url_option
 @click.pass_context
 def index_cmd(
@@ -41,6 +49,7 @@ def index_cmd(
     skip_malformed: bool,
     keep_old: bool,
     progress: bool,
+    passages: str | None,
     embedder_urls: tuple[str, ...],
 ) -> None:
     """Index SOURCE (a BEIR folder or a JSONL file) into a new versioned index behind ALIAS.
@@ -66,7 +75,7 @@ def index_cmd(
         embedder,
         cache=cache,
         skip_malformed=skip_malformed,
-        options=LoadOptions(keep_previous=keep_old, progress=progress),
+        options=LoadOptions(keep_previous=keep_old, progress=progress, passages=passages),
     )
     for skipped in result.skipped:
         click.echo(f"skipped {skipped}", err=True)

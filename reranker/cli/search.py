@@ -14,6 +14,7 @@ from reranker.cli.common import (
     hybrid_options,
     parse_diversity,
     parse_hybrid,
+    passages_for,
     passages_option,
     query_embedder,
 )
@@ -143,6 +144,7 @@ def search_cmd(
     from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     cascade = rerank and 0 < cascade_k < window
+    client = es_client(ctx)
     path = QueryPath(
         index=alias,
         base=mode,
@@ -153,12 +155,11 @@ def search_cmd(
         variant=variant,
         cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
         cascade_k=cascade_k if cascade else None,
-        passages=passages,  # type: ignore[arg-type]
+        passages=passages_for(client, alias, passages) if rerank else None,  # type: ignore[arg-type]
         diversity=parse_diversity(diversity, duplicate_threshold),
     )
     # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
     encoder = query_embedder(ctx) if mode != "bm25" or rerank else None
-    client = es_client(ctx)
     if encoder is not None and mode != "bm25":
         _check_index_embedder(client, alias, encoder.model_id)
     personal = (

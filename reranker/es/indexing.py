@@ -70,6 +70,10 @@ class LoadOptions:
     bulk_max_retries: int = 5
     bulk_chunk: int = 500
     """Documents per bulk request."""
+    passages: str | None = None
+    """How searches of the new index score documents longer than the cross-encoder reads,
+    unless they say otherwise (``max``, ``firstmax``; recorded in its ``_meta``); ``None``:
+    they truncate."""
 
 
 def source_digest(source: CorpusSource) -> str:
@@ -103,6 +107,7 @@ def index_corpus(
         "source": str(source.corpus_path.resolve()),
         "extra": [str(p.resolve()) for p in source.extra_paths],
         "source_sha256": source_digest(source),
+        **({mappings.PASSAGES_META_KEY: options.passages} if options.passages else {}),
     }
     result = _load_and_swap(
         client,
@@ -136,7 +141,8 @@ def reindex_alias(
         raise IndexingError(f"alias {alias!r} does not exist; nothing to reindex")
     expected = int(client.count(index=alias)["count"])
     old_meta = mappings.index_meta(client, current[0])
-    meta = {k: v for k, v in old_meta.items() if k in {"source", "extra", "source_sha256"}}
+    kept = {"source", "extra", "source_sha256", mappings.PASSAGES_META_KEY}
+    meta = {k: v for k, v in old_meta.items() if k in kept}
     meta["reindexed_from"] = current
 
     def scanned() -> Iterator[Document]:

@@ -70,12 +70,20 @@ def documents_index_body(
         body["mappings"]["properties"]["embedding"]["meta"] = {
             EMBEDDER_META_KEY: embedder_stamp(str(meta["embedder"]))
         }
+    if meta.get(PASSAGES_META_KEY):
+        # the index's own default for long documents, read back the same way (field caps)
+        body["mappings"]["properties"]["text"]["meta"] = {
+            PASSAGES_META_KEY: str(meta[PASSAGES_META_KEY])
+        }
     body["mappings"]["_meta"] = {"reranker": {**meta, "analyzer": analysis_name}}
     return body
 
 
 #: the key of the embedder's id in the ``embedding`` field's mapping metadata
 EMBEDDER_META_KEY = "embedder"
+#: the key of the index's passage combination (``max``, ``firstmax``) in its ``_meta`` and in
+#: the ``text`` field's mapping metadata: long documents are scored by passages by default
+PASSAGES_META_KEY = "passages"
 #: Elasticsearch's limit on a field metadata value's length
 FIELD_META_MAX = 50
 

@@ -83,6 +83,8 @@ class RerankSpec:
     passages: str | None = None
     """Score long documents by passages, combined by ``max`` or ``firstmax``; ``None``:
     truncate (:mod:`reranker.rerank.passages`)."""
+    passages_given: bool = False
+    """The search said how to read long documents (else the index's recorded choice)."""
     personal_weight: float | None = None
     """The personal feature's weight when the search asks for personalisation (the user's
     profile, :mod:`reranker.rerank.personal`); ``None``: not personalised."""
@@ -174,6 +176,7 @@ def parse_rerank(raw: Any, settings: ProxySettings) -> RerankSpec:
         cascade_default=cascade_default,
         diversity=_parse_diversity(raw.get("diversity")),
         passages=_parse_passages(raw.get("passages")),
+        passages_given="passages" in raw,
         personal_weight=_parse_personalize(raw.get("personalize"), settings.personal_weight),
     )
 

@@ -25,7 +25,7 @@ from elasticsearch import AsyncElasticsearch
 from starlette.requests import Request
 
 from reranker.errors import ConfigError, ModelError
-from reranker.es.mappings import EMBEDDER_META_KEY, embedder_stamp
+from reranker.es.mappings import embedder_stamp
 from reranker.proxy import errors
 from reranker.proxy.answer import (
     STAGES,
@@ -52,6 +52,7 @@ from reranker.proxy.limits import (
     estimated_tokens,
 )
 from reranker.proxy.metrics import ProxyMetrics
+from reranker.proxy.probes import IndexProbes
 from reranker.proxy.profiles import read_profile
 from reranker.proxy.reload import LoadedModels
 from reranker.proxy.request import (
@@ -86,12 +87,9 @@ from reranker.rerank.pipeline import (
 from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.first_stage import Hit, fuse
-from reranker.retrieval.queries import VECTOR_FIELD, knn_clause
+from reranker.retrieval.queries import knn_clause
 
 log = logging.getLogger(__name__)
-
-#: the dense_vector field kNN searches; probed (field caps) for the hybrid default
-EMBEDDINGS_PROBE_TTL_S = 60.0
 
 #: with ``fail_open: false``, the error each kind of degradation becomes (the metrics label
 #: is the kind itself)
@@ -216,7 +214,7 @@ class RerankHandler:
         self._admin = admin  # the proxy's own client: profiles are read with it, never a client's
         #: index expression → (when probed, usable for kNN, the other embedder its vectors
         #: came from if not ours)
-        self._embeddings_known: dict[str, tuple[float, bool, str | None]] = {}
+        self.probes = IndexProbes(searcher)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -262,6 +260,8 @@ class RerankHandler:
             self._check_model_features(dense, loading=True)
         self._check_model_features(dense)
         served = self.models.scorer
+        if not spec.passages_given and isinstance(served, FromFolder):
+            spec = replace(spec, passages=await self.probes.passages(search.index))
         if spec.passages is not None and served is not None and not isinstance(served, FromFolder):
             raise errors.bad_request(
                 "[rerank.passages] needs a local model: this proxy scores through remote scorers"
@@ -321,40 +321,11 @@ class RerankHandler:
             )
 
     async def _index_embeddings(self, index: str) -> tuple[bool, str | None]:
-        """Whether kNN with this proxy's embedder suits the index (the hybrid default wherever
-        it does; docs/experiments/first-stage.md: hybrid recall@100 is above BM25's on every
-        dataset measured), and the other embedder the index's vectors came from when that is
-        why not. Probed with field caps, cached per index for a while."""
+        """Whether kNN suits the index, and the foreign embedder when it does not
+        (:meth:`~reranker.proxy.probes.IndexProbes.embeddings`)."""
         if not self.settings.enable_dense or self.models.encoder is None:
             return False, None
-        now = time.monotonic()
-        known = self._embeddings_known.get(index)
-        if known is not None and now - known[0] < EMBEDDINGS_PROBE_TTL_S:
-            return known[1], known[2]
-        foreign: str | None = None
-        try:
-            searcher = await self._searcher()  # the client's own view of the index
-            caps = await searcher.options(request_timeout=2.0).field_caps(
-                index=index, fields=VECTOR_FIELD, ignore_unavailable=True, allow_no_indices=True
-            )
-            types = caps.get("fields", {}).get(VECTOR_FIELD, {})
-            has = set(types) == {"dense_vector"}
-            stamped = (types.get("dense_vector") or {}).get("meta", {}).get(EMBEDDER_META_KEY)
-            ours = embedder_stamp(self.models.encoder.model_id)
-            if has and stamped and set(stamped) != {ours}:
-                # vectors of another embedding space: kNN with our query vectors would rank
-                # at random, so this index gets BM25 candidates
-                log.warning("%s was embedded with %s, this proxy embeds with %s: BM25 only",
-                            index, ", ".join(stamped), ours)  # fmt: skip
-                foreign = ", ".join(stamped)
-                has = False
-        except Exception as exc:  # no answer → BM25 only, never a failed search
-            log.warning("could not tell whether %s has embeddings: %s", index, exc)
-            return False, None
-        if len(self._embeddings_known) > 1024:
-            self._embeddings_known.clear()
-        self._embeddings_known[index] = (now, has, foreign)
-        return has, foreign
+        return await self.probes.embeddings(index, self.models.encoder.model_id)
 
     def _check_model_features(self, dense: bool, *, loading: bool = False) -> None:
         """400 when the loaded model reads a first-stage feature this search cannot give;

@@ -111,16 +111,21 @@ def proxy_scorer(proxy_xenc_dir: Path) -> Scorer:
 
 
 def index_docs(
-    client: Elasticsearch, embedder: Embedder, docs: list[dict[str, Any]], alias: str, folder: Path
+    client: Elasticsearch,
+    embedder: Embedder,
+    docs: list[dict[str, Any]],
+    alias: str,
+    folder: Path,
+    passages: str | None = None,
 ) -> str:
-    """Index ``docs`` behind ``alias`` with ``reranker index``'s code path; returns the alias."""
+    """Index ``docs`` behind ``alias`` with ``reranker index``'s code path (``passages``: the
+    index's recorded choice for long documents); returns the alias."""
     from reranker.corpus import CorpusSource
     from reranker.es.indexing import LoadOptions, index_corpus
 
     path = write_jsonl(folder / "docs.jsonl", docs)
-    index_corpus(
-        client, CorpusSource.open(path), alias, embedder, options=LoadOptions(progress=False)
-    )
+    options = LoadOptions(progress=False, passages=passages)
+    index_corpus(client, CorpusSource.open(path), alias, embedder, options=options)
     return alias
 
 

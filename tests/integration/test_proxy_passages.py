@@ -3,12 +3,27 @@ long documents scored by their passages."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
+from elasticsearch import Elasticsearch
 
-from tests.integration.conftest import QUERY
+from reranker.cli import main
+from reranker.es.mappings import index_meta
+from reranker.es.node import NodeStatus
+from reranker.rerank.scorer import Scorer
+from reranker.retrieval.embedder import Embedder
+from tests.integration.conftest import (
+    QUERY,
+    delete_indices_named_after,
+    index_docs,
+    proxy_settings,
+    running,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -48,3 +63,41 @@ async def test_unknown_passages_are_an_elasticsearch_shaped_400(
     response = await proxy.post(f"/{proxy_alias}/_search", json=body("sum"))
     assert response.status_code == 400
     assert "passages" in response.json()["error"]["reason"]
+
+
+@pytest.fixture(scope="module")
+def firstmax_alias(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """The test documents indexed with ``--passages firstmax``."""
+    alias = f"passagetest-{uuid.uuid4().hex[:8]}"
+    index_docs(es_client, embedder, scifact_docs[:40], alias, tmp_path_factory.mktemp("p"),
+               passages="firstmax")  # fmt: skip
+    yield alias
+    delete_indices_named_after(es_client, alias)
+
+
+async def test_an_index_recorded_with_passages_is_read_by_passages_unless_a_search_says_no(
+    es_node: NodeStatus, es_client: Elasticsearch, firstmax_alias: str, proxy_scorer: Scorer,
+    embedder: Embedder,
+) -> None:  # fmt: skip
+    assert index_meta(es_client, firstmax_alias)["passages"] == "firstmax"
+    unsaid = {"query": QUERY, "size": 5, "rerank": {"window": 10, "cascade": False}}
+    async with running(proxy_settings(es_node, firstmax_alias), proxy_scorer, embedder) as http:
+        recorded = await http.post(f"/{firstmax_alias}/_search", json=unsaid)
+        refused = await http.post(f"/{firstmax_alias}/_search", json=body(False))
+    assert recorded.status_code == 200 and recorded.json()["rerank"]["passages"] == "firstmax"
+    assert "passages" not in refused.json()["rerank"]
+
+
+def test_reindexing_keeps_the_recorded_passages(
+    es_node: NodeStatus, es_client: Elasticsearch, firstmax_alias: str
+) -> None:
+    result = CliRunner().invoke(
+        main, ["--es-url", es_node.url, "reindex", "--alias", firstmax_alias, "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert index_meta(es_client, firstmax_alias)["passages"] == "firstmax"

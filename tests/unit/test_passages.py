@@ -95,3 +95,26 @@ def test_each_passage_carries_its_documents_features(tokenizer: Tokenizer) -> No
 def test_an_unknown_combination_is_refused(tokenizer: Tokenizer) -> None:
     with pytest.raises(ConfigError, match="combination"):
         PassageScorer(FakeScorer(), PassageSplitter(tokenizer, 64), "sum")  # type: ignore[arg-type]
+
+
+def test_an_index_body_records_its_passages_where_field_caps_show_them() -> None:
+    from reranker.es.mappings import documents_index_body
+
+    body = documents_index_body(
+        analysis_name="core", analysis={}, dims=4, meta={"passages": "firstmax"}
+    )
+    assert body["mappings"]["properties"]["text"]["meta"] == {"passages": "firstmax"}
+    assert body["mappings"]["_meta"]["reranker"]["passages"] == "firstmax"
+    plain = documents_index_body(analysis_name="core", analysis={}, dims=4, meta={})
+    assert "meta" not in plain["mappings"]["properties"]["text"]
+
+
+def test_a_search_says_how_to_read_long_documents_before_the_index_does() -> None:
+    from reranker.cli.common import passages_for
+
+    class Unreachable:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError("the index was asked though the search said")
+
+    assert passages_for(Unreachable(), "docs", "max") == "max"
+    assert passages_for(Unreachable(), "docs", "none") is None
