@@ -103,6 +103,10 @@ def query_embedder(ctx: click.Context) -> Embedder:
     return Embedder.default(ctx.obj)
 
 
+#: how long one batch of documents may take an embedder endpoint when indexing
+INDEXING_EMBED_TIMEOUT_S = 120.0
+
+
 def remote_embedder(
     ctx: click.Context,
     urls: tuple[str, ...] = (),
@@ -136,7 +140,9 @@ def indexing_tools(
     from reranker.es.indexing import default_cache
 
     client = es_client(ctx)
-    embedder = remote_embedder(ctx, embedder_urls) or query_embedder(ctx)
+    # a batch of documents on a CPU endpoint takes seconds, more on a busy machine
+    remote = remote_embedder(ctx, embedder_urls, timeout_s=INDEXING_EMBED_TIMEOUT_S)
+    embedder = remote or query_embedder(ctx)
     return client, embedder, default_cache(ctx.obj.home, embedder)
 
 

@@ -22,7 +22,9 @@ must serve the same embedder id and dimension.
 
 Texts go in requests of at most ``max_batch`` (and at most the smallest
 ``max_client_batch_size`` the endpoints' ``/info`` gives; TEI's default, 32, where one does not
-say), ``concurrency`` of them at once so every endpoint is busy. Each request is spread and
+say), ``concurrency`` of them at once (one per endpoint by default: ``reranker serve`` embeds
+one batch at a time, so a second request would only queue there, its wait counted against
+its timeout). Each request is spread and
 fails over as :mod:`reranker.retrieval.endpoints` describes (the remote scorer's machinery: a
 breaker per endpoint, a retry on another, 429 moves on, health checks); a batch no endpoint
 embeds raises :class:`~reranker.errors.ModelError`.
@@ -174,7 +176,7 @@ class RemoteEmbedder:
         self.query_prompt = query_prompt
         #: texts per request: what every endpoint accepts, at most ``max_batch``
         self.batch = min(max_batch, self.pool.smallest("max_client_batch_size", TEI_CLIENT_BATCH))
-        self.concurrency = concurrency or 2 * len(self.pool.endpoints)
+        self.concurrency = concurrency or len(self.pool.endpoints)
         dim = card.get("dim")
         try:
             self.dim: int = dim if isinstance(dim, int) else self._measured_dim()
