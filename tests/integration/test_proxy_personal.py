@@ -4,6 +4,7 @@ documents like the ones clicked up for that user, and for nobody else."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -247,3 +248,35 @@ async def test_the_search_command_reranks_for_a_user_with_their_profile(
     stranger = top("--personalize", "erin", "--owner", owner, *personal)
     assert mine[0].endswith(clicked) and plain[0] != mine[0]
     assert stranger == plain
+
+
+async def test_the_simulation_runs_end_to_end_and_new_users_are_left_alone(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer,
+    embedder: Embedder, names: dict[str, str], scifact_docs: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """``reranker simulate-personal``'s phases, tiny: 3 users, topics from 2 clusters."""
+    from reranker.corpus import load_qrels, load_queries
+    from reranker.evaluation.personal import Plan, PreferenceModel, Simulation, run_simulation
+    from tests.integration.conftest import SCIFACT
+
+    indexed = {str(d["_id"]) for d in scifact_docs}
+    qrels = {q: g for q, g in load_qrels(SCIFACT, "train").items() if set(g) & indexed}
+    texts = load_queries(SCIFACT)
+    queries = [(q, texts[q]) for q in qrels][:12]
+    topics = {doc: f"topic-{i % 2}" for i, doc in enumerate(sorted(indexed))}
+    plan = Plan(users=3, history=3, fit=5, later=2, new_users=2, window=10, concurrency=2)
+    splits = {"history": queries[:4], "fit": queries[4:10], "later": queries[10:]}
+    lax = dataclasses.replace(settings(es_node, proxy_alias, names), api_keys=())
+    async with running(lax, proxy_scorer, embedder) as http:
+        sim = Simulation(http, proxy_alias, qrels, topics, PreferenceModel(), plan)
+
+        async def update_after(accepted: int) -> dict[str, Any]:
+            # in a thread: the proxy's writer shares this event loop and must flush meanwhile
+            return await asyncio.to_thread(update, es_client, names, accepted)
+
+        report = await run_simulation(sim, splits, update_after)
+    assert report["failed_searches"] == 0
+    assert report["profile_update"]["clicks_used"] == report["clicks_accepted"]
+    assert report["learned_weight"] in {0.0, 0.5, 1.0, 2.0, 4.0}
+    fresh = report["new_users"]
+    assert fresh["identical_orders"] == fresh["sessions"] and fresh["personalised_sessions"] == 0
