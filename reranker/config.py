@@ -4,7 +4,8 @@ Environment variables (all optional):
 
 - ``RERANKER_HOME``: cache for models, Elasticsearch distributions and local node data
   (default ``~/.cache/reranker``).
-- ``RERANKER_ES_URL``: the cluster (default: the local node, ``http://127.0.0.1:9200``).
+- ``RERANKER_ES_URL``: the cluster (default: the local node, ``http://127.0.0.1:9200``); several
+  nodes' URLs comma-separated (a local cluster's), between which the clients fail over.
 - ``RERANKER_ES_API_KEY`` or ``RERANKER_ES_USERNAME`` + ``RERANKER_ES_PASSWORD``: credentials.
   Without either, a loopback URL whose local node ``reranker es up`` secured uses the
   credentials it generated (``RERANKER_HOME/credentials/elasticsearch-<port>.json``).
@@ -74,9 +75,14 @@ class Settings:
     (``RERANKER_EMBEDDER_API_KEY``)."""
 
     def __post_init__(self) -> None:
-        parsed = urlparse(self.es_url)
-        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        if not self.es_urls:
             raise ConfigError(f"Elasticsearch URL {self.es_url!r} is not an http(s) URL")
+        for url in self.es_urls:
+            parsed = urlparse(url)
+            if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+                raise ConfigError(f"Elasticsearch URL {url!r} is not an http(s) URL")
+        if len({urlparse(url).scheme for url in self.es_urls}) > 1:
+            raise ConfigError(f"Elasticsearch URLs {self.es_url!r} mix http and https")
         if (self.es_username is None) != (self.es_password is None):
             raise ConfigError("set both RERANKER_ES_USERNAME and RERANKER_ES_PASSWORD, or neither")
         if self.es_api_key and self.es_username:
@@ -121,6 +127,12 @@ class Settings:
             if local is not None:
                 values["es_username"], values["es_password"] = local.username, local.password
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def es_urls(self) -> tuple[str, ...]:
+        """The nodes to talk to: ``es_url`` is one URL or several, comma-separated (a local
+        cluster's nodes, ``reranker es up --nodes N``), between which the clients fail over."""
+        return tuple(url.strip() for url in self.es_url.split(",") if url.strip())
 
     @property
     def models_dir(self) -> Path:

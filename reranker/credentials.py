@@ -67,9 +67,10 @@ def read_credentials(port: int, home: Path | None = None) -> LocalCredentials | 
 
 
 def credentials_for_url(url: str, home: Path | None = None) -> LocalCredentials | None:
-    """The local node's credentials when ``url`` is a loopback URL with a stored file."""
+    """The local node's credentials when ``url`` is a loopback URL with a stored file (of
+    several, comma-separated, the first: a local cluster's nodes share their credentials)."""
     try:
-        parsed = urlparse(url)
+        parsed = urlparse(url.split(",", 1)[0].strip())
         port = parsed.port or (443 if parsed.scheme == "https" else 9200)
     except ValueError:
         return None

@@ -13,6 +13,24 @@ from reranker.cli.common import embedder_url_option, indexing_tools
 # --------------------------------------------------------------------------- index
 
 
+def layout_options(command: Any) -> Any:
+    """``--shards`` and ``--replicas`` of the new index."""
+    command = click.option(
+        "--replicas",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Replicas of each shard [default: the template's, 0 on one node; 1 on a cluster "
+        "keeps the data when a node is lost].",
+    )(command)
+    return click.option(
+        "--shards",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Primary shards of the new index [default: the template's, 1; a cluster's choice "
+        "by size: docs/operations.md].",
+    )(command)
+
+
 @click.command("index")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--alias", required=True, help="Alias the new index is published under.")
@@ -39,6 +57,7 @@ from reranker.cli.common import embedder_url_option, indexing_tools
     "overlapping passages unless they ask otherwise (recorded in the index's _meta; choose "
     "on the corpus's dev queries: docs/experiments/passages.md) [default: truncate].",
 )
+@layout_options
 @embedder_url_option
 @click.pass_context
 def index_cmd(
@@ -50,6 +69,8 @@ def index_cmd(
     keep_old: bool,
     progress: bool,
     passages: str | None,
+    shards: int | None,
+    replicas: int | None,
     embedder_urls: tuple[str, ...],
 ) -> None:
     """Index SOURCE (a BEIR folder or a JSONL file) into a new versioned index behind ALIAS.
@@ -75,7 +96,13 @@ def index_cmd(
         embedder,
         cache=cache,
         skip_malformed=skip_malformed,
-        options=LoadOptions(keep_previous=keep_old, progress=progress, passages=passages),
+        options=LoadOptions(
+            keep_previous=keep_old,
+            progress=progress,
+            passages=passages,
+            shards=shards,
+            replicas=replicas,
+        ),
     )
     for skipped in result.skipped:
         click.echo(f"skipped {skipped}", err=True)
@@ -87,6 +114,7 @@ def index_cmd(
 @click.option("--re-embed", is_flag=True, help="Recompute embeddings instead of copying them.")
 @click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@layout_options
 @embedder_url_option
 @click.pass_context
 def reindex_cmd(
@@ -95,6 +123,8 @@ def reindex_cmd(
     re_embed: bool,
     keep_old: bool,
     progress: bool,
+    shards: int | None,
+    replicas: int | None,
     embedder_urls: tuple[str, ...],
 ) -> None:
     """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
@@ -108,7 +138,9 @@ def reindex_cmd(
         embedder,
         cache=cache,
         re_embed=re_embed,
-        options=LoadOptions(keep_previous=keep_old, progress=progress),
+        options=LoadOptions(
+            keep_previous=keep_old, progress=progress, shards=shards, replicas=replicas
+        ),
     )
     _report_index(result)
 

@@ -30,4 +30,4 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 def make_client(settings: Settings) -> Elasticsearch:
-    return Elasticsearch(settings.es_url, **client_options(settings))
+    return Elasticsearch(list(settings.es_urls), **client_options(settings))

@@ -70,6 +70,12 @@ class LoadOptions:
     bulk_max_retries: int = 5
     bulk_chunk: int = 500
     """Documents per bulk request."""
+    shards: int | None = None
+    """Primary shards of the new index (``None``: the template's); a cluster's choice by size
+    (docs/operations.md)."""
+    replicas: int | None = None
+    """Replicas of each shard (``None``: the template's); 1 on a cluster keeps the data when
+    a node is lost."""
     passages: str | None = None
     """How searches of the new index score documents longer than the cross-encoder reads,
     unless they say otherwise (``max``, ``firstmax``; recorded in its ``_meta``); ``None``:
@@ -194,7 +200,8 @@ def _load_and_swap(
         "documents": expected,
         "reranker_version": __version__,
     }
-    new_index, resumed = _target_index(client, alias, encoder, full_meta, resumable)
+    layout = (options.shards, options.replicas)
+    new_index, resumed = _target_index(client, alias, encoder, full_meta, resumable, layout)
     try:
         start = loaded_prefix(client, new_index, documents()) if resumed else 0
         if resumed:
@@ -243,6 +250,7 @@ def _target_index(
     encoder: TextEncoder,
     meta: dict[str, Any],
     resumable: bool,
+    layout: tuple[int | None, int | None] = (None, None),
 ) -> tuple[str, bool]:
     """The index to load into, and whether it is an interrupted load of this very source and
     embedder (when ``resumable`` and one exists) rather than a new index."""
@@ -258,6 +266,8 @@ def _target_index(
         analysis=analysis,
         dims=encoder.dim,
         meta={**meta, "created_at": created, **({"in_progress": True} if resumable else {})},
+        shards=layout[0],
+        replicas=layout[1],
     )
     try:
         client.indices.create(index=new_index, **body)

@@ -56,11 +56,22 @@ def choose_analysis(client: Elasticsearch) -> tuple[str, dict[str, Any]]:
 
 
 def documents_index_body(
-    *, analysis_name: str, analysis: dict[str, Any], dims: int, meta: dict[str, Any]
+    *,
+    analysis_name: str,
+    analysis: dict[str, Any],
+    dims: int,
+    meta: dict[str, Any],
+    shards: int | None = None,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
-    """Settings and mappings for a new documents index, with the load-time settings applied."""
+    """Settings and mappings for a new documents index, with the load-time settings applied;
+    ``shards`` and ``replicas`` override the template's counts when given."""
     body = copy.deepcopy(load_mapping_file("docs.json"))
     body["settings"]["index"]["analysis"] = analysis
+    if shards is not None:
+        body["settings"]["index"]["number_of_shards"] = shards
+    if replicas is not None:
+        body["settings"]["index"]["number_of_replicas"] = replicas
     # Refresh off during the bulk load; turned back on before the count check.
     body["settings"]["index"]["refresh_interval"] = "-1"
     body["mappings"]["properties"]["embedding"]["dims"] = dims

@@ -457,7 +457,34 @@ class LocalNode:
         (config / "jvm.options").write_text(
             render_jvm_options(stock, self.logs_dir, vector_module=vector)
         )
-        settings: dict[str, str | int | bool] = {
+        settings = self._settings(data)
+        for key in skip:
+            settings.pop(key, None)
+        (config / "elasticsearch.yml").write_text(render_settings(settings))
+        if self.security:
+            self._set_bootstrap_password(es_home, java_home, config)
+        else:
+            remove_credentials(self.port)
+        if run_as is not None:
+            self.node_dir.chmod(0o750)
+            for folder in (self.node_dir.parent, self.home):
+                folder.chmod(folder.stat().st_mode | 0o755)
+            chown_tree(self.node_dir, run_as)
+            if self.data_dir is not None:
+                chown_tree(self.data_dir, run_as)
+            # root keeps the lock file; the user only needs the rest
+            os.chown(self.node_dir / ".lock", 0, 0)
+            for path in (self.node_dir, data):
+                if not reachable_by(run_as, path / "x"):
+                    raise NodeError(
+                        f"{path} is not reachable by user {run_as.name} (a parent folder is "
+                        f"not searchable); choose a folder under /var/lib, /srv or /tmp"
+                    )
+
+    def _settings(self, data: Path) -> dict[str, str | int | bool]:
+        """``elasticsearch.yml``; a cluster member (:mod:`reranker.es.cluster`) swaps the
+        single-node discovery for seed hosts and turns transport TLS on."""
+        return {
             "cluster.name": CLUSTER_NAME,
             "node.name": f"reranker-{self.port}",
             "discovery.type": "single-node",
@@ -481,28 +508,6 @@ class LocalNode:
             "path.data": str(data),
             "path.logs": str(self.logs_dir),
         }
-        for key in skip:
-            settings.pop(key, None)
-        (config / "elasticsearch.yml").write_text(render_settings(settings))
-        if self.security:
-            self._set_bootstrap_password(es_home, java_home, config)
-        else:
-            remove_credentials(self.port)
-        if run_as is not None:
-            self.node_dir.chmod(0o750)
-            for folder in (self.node_dir.parent, self.home):
-                folder.chmod(folder.stat().st_mode | 0o755)
-            chown_tree(self.node_dir, run_as)
-            if self.data_dir is not None:
-                chown_tree(self.data_dir, run_as)
-            # root keeps the lock file; the user only needs the rest
-            os.chown(self.node_dir / ".lock", 0, 0)
-            for path in (self.node_dir, data):
-                if not reachable_by(run_as, path / "x"):
-                    raise NodeError(
-                        f"{path} is not reachable by user {run_as.name} (a parent folder is "
-                        f"not searchable); choose a folder under /var/lib, /srv or /tmp"
-                    )
 
     def _set_bootstrap_password(self, es_home: Path, java_home: Path, config: Path) -> None:
         """The ``elastic`` password in the keystore (``bootstrap.password``) and in the

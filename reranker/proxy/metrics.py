@@ -104,6 +104,12 @@ class ProxyMetrics:
             ["reason"],
             registry=r,
         )
+        self.log_bulk_retries = Counter(
+            "reranker_proxy_log_bulk_retries",
+            "Bulk requests of request-log and UBI documents sent again after a failure (the "
+            "cluster unreachable, a node lost, a shard not yet reassigned, 429).",
+            registry=r,
+        )
 
     def _define_ubi(self, r: CollectorRegistry) -> None:
         """User Behavior Insights: query ids given, events by outcome, documents written."""
@@ -122,13 +128,12 @@ class ProxyMetrics:
         )
         self.ubi_written = Counter(
             "reranker_proxy_ubi_documents_written",
-            "UBI query and event documents indexed.",
+            "UBI query and event documents indexed (or found stored already under their id).",
             registry=r,
         )
         self.ubi_dropped = Counter(
             "reranker_proxy_ubi_documents_dropped",
-            "UBI query and event documents dropped (queue full, indexing failed, duplicate "
-            "id), by reason.",
+            "UBI query and event documents dropped (queue full, indexing failed), by reason.",
             ["reason"],
             registry=r,
         )

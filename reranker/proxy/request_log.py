@@ -2,14 +2,23 @@
 ``<prefix>-YYYY.MM.DD`` (UTC), written in the background in bulk batches.
 
 :meth:`RequestLog.submit` never blocks and never raises: when the bounded queue is full the
-document is dropped and counted; a failed bulk request is counted as dropped too. Searching
-never waits for the log.
+document is dropped and counted. Searching never waits for the log.
+
+A bulk request that fails as a whole (the cluster unreachable, the node answering it killed,
+a timeout) is sent again, and so are the documents it refused for a passing reason (429; a
+5xx such as a shard whose primary was on a lost node and is not yet reassigned): up to
+``retries`` more times, with exponential back-off from ``backoff_s`` (each retry counted in
+``reranker_proxy_log_bulk_retries_total``); what still fails then is dropped and counted.
+A request-log document (no fixed ``_id``) may be written twice that way, which the log can
+afford. A UBI document refused because its ``_id`` is stored already (409) counts as written:
+it is in the index, put there by an attempt whose answer was lost, by Elasticsearch itself
+(a write it retries on the new primary after the old one failed mid-request finds the
+document it had written) or, for an event resent to a restarted proxy, by the first proxy.
 
 The same queue carries the User Behavior Insights documents (:mod:`reranker.proxy.ubi`):
 :meth:`RequestLog.submit_to` queues a document for a named index under a fixed ``_id`` (a
-``create``, so Elasticsearch refuses a second document with that id: counted as a
-``duplicate`` drop). Those documents are counted under their own metrics
-(``reranker_proxy_ubi_documents_*``).
+``create``, so Elasticsearch refuses a second document with that id). Those documents are
+counted under their own metrics (``reranker_proxy_ubi_documents_*``).
 """
 
 from __future__ import annotations
@@ -66,12 +75,18 @@ class RequestLog:
         batch_size: int = 200,
         flush_s: float = 1.0,
         install_template: bool = True,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
     ) -> None:
         self.client = client
         self.metrics = metrics
         self.prefix = prefix
         self.batch_size = batch_size
         self.flush_s = flush_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self.install_template = install_template
         self.queue: asyncio.Queue[Queued] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -141,6 +156,36 @@ class RequestLog:
                     self.queue.task_done()
 
     async def _write(self, batch: list[Queued]) -> None:
+        """Bulk ``batch``, sending again what failed for a passing reason (see the module)."""
+        pending = batch
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.metrics.log_bulk_retries.inc()
+                await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+            try:
+                # no retries in the client: this loop resends, and counts what it resends
+                response = await self.client.options(request_timeout=10, max_retries=0).bulk(
+                    operations=self._operations(pending)
+                )
+            except asyncio.CancelledError:
+                for item in pending:
+                    self._drop(1, "shutdown", item.stream)
+                raise
+            except Exception as exc:
+                log.warning(
+                    "request log: a bulk of %d documents failed (attempt %d of %d): %s",
+                    len(pending), attempt + 1, self.retries + 1, exc,
+                )  # fmt: skip
+                failed_reason = "bulk failed"
+            else:
+                pending = self._settle(pending, response)
+                failed_reason = "document rejected"
+            if not pending:
+                return
+        for item in pending:
+            self._drop(1, failed_reason, item.stream)
+
+    def _operations(self, batch: list[Queued]) -> list[dict[str, Any]]:
         operations: list[dict[str, Any]] = []
         for item in batch:
             if item.index is None:
@@ -152,26 +197,25 @@ class RequestLog:
             else:
                 operations.append({"create": {"_index": item.index, "_id": item.doc_id}})
             operations.append(item.doc)
-        try:
-            response = await self.client.options(request_timeout=10).bulk(operations=operations)
-        except Exception as exc:
-            log.warning("request log: a bulk of %d documents failed: %s", len(batch), exc)
-            for item in batch:
-                self._drop(1, "bulk failed", item.stream)
-            return
+        return operations
+
+    def _settle(self, batch: list[Queued], response: Any) -> list[Queued]:
+        """Count what the bulk answer settles; the documents to send again."""
         results: list[dict[str, Any]] = [
             next(iter(entry.values()), {}) for entry in response.get("items", [])
         ]
+        again: list[Queued] = []
         for item, result in zip(batch, results, strict=False):
             status = int(result.get("status", 500))
-            if status < 300:
+            if status < 300 or (status == 409 and item.index is not None):  # 409: stored
                 self._written(item.stream)
-            elif status == 409 and item.index is not None:
-                self._drop(1, "duplicate", item.stream)
+            elif status == 429 or status >= 500:
+                again.append(item)
             else:
                 self._drop(1, "document rejected", item.stream)
         for item in batch[len(results) :]:  # an answer with fewer items than sent
             self._drop(1, "document rejected", item.stream)
+        return again
 
     def _written(self, stream: str) -> None:
         self.written += 1

@@ -16,8 +16,9 @@ How:
 - the local node ``reranker es up`` runs (a loopback URL with generated credentials): its
   distribution cannot create the ``.security`` index, so a file-realm user
   ``reranker-proxy-<digest of the patterns>`` with a file role of the same privileges is
-  written into the node's config (:mod:`reranker.es.file_realm`); its password is derived
-  from the proxy's own secret, so restarts reuse it.
+  written into the node's config (:mod:`reranker.es.file_realm`; on a local cluster,
+  ``reranker es up --nodes N``, into every node's); its password is derived from the
+  proxy's own secret, so restarts reuse it.
 
 Without credentials of its own the proxy passes the client's ``Authorization`` on (the
 client's own Elasticsearch identity is authorised). ``scoped_credentials=False``
@@ -174,22 +175,28 @@ class ScopedAccess:
         return self.admin.options(api_key=str(answer["encoded"]))
 
     async def _file_realm_user(self, port: int, patterns: tuple[str, ...]) -> AsyncElasticsearch:
-        from reranker.es.node import LocalNode
+        from reranker.es.cluster import file_realm_of
 
         digest = patterns_digest(patterns)
         username, role = f"reranker-proxy-{digest}", f"reranker_proxy_{digest}"
         password = hmac.new(
             self._secret().encode(), f"file-realm:{username}".encode(), hashlib.sha256
         ).hexdigest()
-        realm = LocalNode(port=port).file_realm()
-        await asyncio.to_thread(realm.grant, username, password, role, role_descriptor(patterns))
+        realms = file_realm_of(port)  # a local cluster's: every node's
+        await asyncio.to_thread(realms.grant, username, password, role, role_descriptor(patterns))
         scoped = self.admin.options(basic_auth=(username, password))
         deadline = asyncio.get_running_loop().time() + FILE_REALM_WAIT_S
-        while True:  # Elasticsearch re-reads the files within its reload interval
+        accepted = 0
+        # Each node re-reads its files within its reload interval: as many acceptances in a
+        # row as there are nodes (the client takes its nodes in turn)
+        while accepted < len(realms):
             try:
                 await scoped.options(request_timeout=5).security.authenticate()
-                return scoped
+                accepted += 1
+                continue
             except ApiError as exc:
                 if exc.meta.status != 401 or asyncio.get_running_loop().time() > deadline:
                     raise
+            accepted = 0
             await asyncio.sleep(0.25)
+        return scoped

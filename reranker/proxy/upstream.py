@@ -25,13 +25,15 @@ def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
         try:
             from elastic_transport import AiohttpHttpNode
 
-            return AsyncElasticsearch(settings.es.es_url, node_class=AiohttpHttpNode, **options)
+            return AsyncElasticsearch(
+                list(settings.es.es_urls), node_class=AiohttpHttpNode, **options
+            )
         except (ImportError, ValueError) as exc:
             raise ConfigError(
                 "the proxy pins the cluster's certificate fingerprint only with aiohttp "
                 f"installed (pip install aiohttp), or give RERANKER_ES_CA_CERTS instead ({exc})"
             ) from None
-    return AsyncElasticsearch(settings.es.es_url, node_class=HttpxAsyncHttpNode, **options)
+    return AsyncElasticsearch(list(settings.es.es_urls), node_class=HttpxAsyncHttpNode, **options)
 
 
 #: the longest ``X-Opaque-Id`` forwarded to Elasticsearch: a longer one made it answer
