@@ -120,6 +120,11 @@ def remote_embedder(
     chosen = urls or settings.embedder_urls
     if not chosen:
         return None
+    if settings.embedder is not None:
+        raise click.UsageError(
+            "--embedder names a local embedder and --embedder-url (or RERANKER_EMBEDDER_URLS) "
+            "remote ones: give one of them"
+        )
     from reranker.retrieval.remote_embedder import RemoteEmbedder
 
     return RemoteEmbedder(

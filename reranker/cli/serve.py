@@ -190,6 +190,11 @@ def _encoder_factory(ctx: click.Context, settings: Any, urls: tuple[str, ...]) -
     """The served embedder: through ``urls`` (else ``RERANKER_EMBEDDER_URLS``) when they name
     endpoints, health-checked every 5 s, each request within the proxy's default timeout;
     else loaded here. An embedder-only server is an endpoint: it embeds in process."""
+    if (urls or ctx.obj.embedder_urls) and ctx.obj.embedder is not None:
+        raise click.UsageError(
+            "--embedder names a local embedder and --embedder-url (or RERANKER_EMBEDDER_URLS) "
+            "remote ones: give one of them"
+        )
     if settings.embedder_only and (urls or ctx.obj.embedder_urls):
         raise click.UsageError(
             "an embedder-only server embeds in process: drop --embedder-url "

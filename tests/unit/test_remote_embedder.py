@@ -5,6 +5,7 @@ endpoints (httpx.MockTransport): no sockets, no model; each fake answers /info a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -317,3 +318,18 @@ async def test_the_proxys_metrics_show_each_remote_embedder_endpoint() -> None:
         metrics = (await http.get("/metrics")).text
     assert 'reranker_proxy_remote_embedder_up{endpoint="http://a"} 1.0' in metrics
     assert 'reranker_proxy_remote_embedder_up{endpoint="http://b"} 0.0' in metrics
+
+
+def test_a_local_and_a_remote_embedder_at_once_is_a_usage_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reranker.cli import main
+
+    url = "http://127.0.0.1:9"
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"_id": "1", "title": "", "text": "a document"}\n', encoding="utf-8")
+    command = ["--es-url", url, "--embedder", str(tmp_path), "index", str(source),
+               "--alias", "docs", "--embedder-url", url]  # fmt: skip
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert "give one of them" in result.output
