@@ -46,17 +46,18 @@ def _profile(
 ) -> Personalization | None:
     """The profile of ``key`` (owner, user, alias); ``None`` without one (the plain order,
     said on stderr)."""
-    from reranker.es.profiles import profile_from_document, profile_id
-    from reranker.rerank.personal import DEFAULT_WEIGHT, Personalization
+    from reranker.es.profiles import DEFAULT_RETENTION_DAYS, profile_id
+    from reranker.rerank.personal import DEFAULT_WEIGHT, personalization_of
 
-    _, user, alias = key
+    owner, user, alias = key
     answer = client.options(ignore_status=404).get(index=index, id=profile_id(*key))
-    profile = profile_from_document(answer.get("_source") or {})
-    direction = profile.direction() if profile is not None else None
-    if profile is None or direction is None:
+    chosen = DEFAULT_WEIGHT if weight is None else weight
+    found = personalization_of(
+        answer.get("_source") or {}, (owner, user), chosen, DEFAULT_RETENTION_DAYS
+    )
+    if found is None:
         click.echo(f"note: {user} has no profile on {alias}: not personalised", err=True)
-        return None
-    return Personalization(direction, DEFAULT_WEIGHT if weight is None else weight, profile.clicks)
+    return found
 
 
 @click.command("search")

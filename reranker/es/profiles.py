@@ -187,12 +187,18 @@ def delete_where(client: Any, index: str, query: dict[str, Any]) -> int:
         found = client.search(index=index, query=query, size=MAX_DELETE, source=False)
     except NotFoundError:
         return 0
-    ids = [hit["_id"] for hit in found["hits"]["hits"]]
-    if not ids:
-        return 0
-    answer = client.bulk(
-        operations=[{"delete": {"_index": index, "_id": doc}} for doc in ids], refresh=True
-    )
+    operations = delete_operations(index, found)
+    return deleted(client.bulk(operations=operations, refresh=True)) if operations else 0
+
+
+def delete_operations(index: str, found: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The bulk operations that delete the hits of a search answer."""
+    hits = (found.get("hits") or {}).get("hits", [])
+    return [{"delete": {"_index": index, "_id": hit["_id"]}} for hit in hits]
+
+
+def deleted(answer: Mapping[str, Any]) -> int:
+    """How many documents a bulk of deletes removed."""
     return sum(1 for item in answer["items"] if item["delete"].get("result") == "deleted")
 
 

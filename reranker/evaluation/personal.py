@@ -69,12 +69,7 @@ class PreferenceModel:
         return min(1.0, self.clicks.attractiveness(grade) + bonus)
 
     def clicks_on(self, rng: random.Random, gains: Sequence[float]) -> list[bool]:
-        out = []
-        for position, gain in enumerate(gains, start=1):
-            looked = rng.random() < self.clicks.examined(position)
-            chance = min(1.0, max(0.0, gain + rng.gauss(0.0, self.clicks.noise)))
-            out.append(looked and rng.random() < chance)
-        return out
+        return self.clicks.clicks_on(rng, gains)
 
 
 @dataclass(frozen=True)

@@ -68,10 +68,15 @@ class UserModel:
     def session(
         self, rng: random.Random, grades: Sequence[int]
     ) -> list[bool]:  # clicked, per position from 1
+        return self.clicks_on(rng, [self.attractiveness(g) for g in grades])
+
+    def clicks_on(self, rng: random.Random, attractiveness: Sequence[float]) -> list[bool]:
+        """Clicked, per position from 1, on results of these attractivenesses (examined by
+        position, clicked by attractiveness plus noise)."""
         clicks = []
-        for position, value in enumerate(grades, start=1):
+        for position, value in enumerate(attractiveness, start=1):
             looked = rng.random() < self.examined(position)
-            chance = min(1.0, max(0.0, self.attractiveness(value) + rng.gauss(0.0, self.noise)))
+            chance = min(1.0, max(0.0, value + rng.gauss(0.0, self.noise)))
             clicks.append(looked and rng.random() < chance)
         return clicks
 

@@ -358,7 +358,7 @@ class Proxy:
         async def handle(request: Request) -> Response:
             self._check_api_key(request)
             index = request.path_params["index"]
-            self._check_index(index)
+            self._check_index(index, request.query_params)  # before the body is read
             raw = await self._read_body(request)
             body = self._parse_body(raw)
             params = client_params(request)
@@ -390,7 +390,6 @@ class Proxy:
         needs reading), reranked with it; its UBI ``query_id`` is held meanwhile and recorded
         once it answered. ``kind`` hears which of the two it is once the body says."""
         check_hits(body, params, self.settings.max_hits)
-        self._check_index(index, params)
         body, ubi = await self._ubi_begin(body)
         try:
             rest, spec_raw = split_rerank(body)
@@ -474,7 +473,7 @@ class Proxy:
         and its request-log document, if it was reranked."""
         started = time.perf_counter()
         try:
-            self._check_index(item.index)
+            self._check_index(item.index, item.params)
             if item.error is not None:
                 raise item.error
             outcome = await self._one_search(

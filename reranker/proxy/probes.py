@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
@@ -20,76 +20,66 @@ log = logging.getLogger(__name__)
 PROBE_TTL_S = 60.0
 #: indices remembered per probe before the memory is cleared
 MAX_REMEMBERED = 1024
-T = TypeVar("T")
 
 
 class IndexProbes:
-    """The probes of one proxy; ``searcher`` gives the client's own view of the cluster."""
+    """The probes of one proxy; ``searcher`` gives the client's own view of the cluster. One
+    field-caps request per index (``embedding`` and ``text`` together) answers both."""
 
     def __init__(self, searcher: Callable[[], Awaitable[AsyncElasticsearch]]) -> None:
         self._searcher = searcher
-        self._known: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._known: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._warned: set[str] = set()  # indices whose foreign embedder was logged
 
-    async def _cached(self, kind: str, index: str, probe: Callable[[], Awaitable[T]]) -> T:
+    async def _fields(self, index: str) -> dict[str, Any] | None:
+        """The field caps of ``embedding`` and ``text`` in ``index`` (cached a while);
+        ``None`` when Elasticsearch gave no answer (not cached: asked again next time)."""
         now = time.monotonic()
-        known = self._known.get((kind, index))
+        known = self._known.get(index)
         if known is not None and now - known[0] < PROBE_TTL_S:
-            value: T = known[1]
-            return value
-        value = await probe()
+            return known[1]
+        try:
+            caps = await (await self._searcher()).options(request_timeout=2.0).field_caps(
+                index=index, fields=[VECTOR_FIELD, "text"], ignore_unavailable=True,
+                allow_no_indices=True,
+            )  # fmt: skip
+        except Exception as exc:
+            log.warning("could not read the fields of %s: %s", index, exc)
+            return None
+        fields: dict[str, Any] = dict(caps.get("fields") or {})
         if len(self._known) > MAX_REMEMBERED:
             self._known.clear()
-        self._known[(kind, index)] = (now, value)
-        return value
+            self._warned.clear()
+        self._known[index] = (now, fields)
+        return fields
 
     async def embeddings(self, index: str, embedder_id: str) -> tuple[bool, str | None]:
         """Whether kNN with the embedder ``embedder_id`` suits the index (the hybrid default
         wherever it does; docs/experiments/first-stage.md: hybrid recall@100 is above BM25's
         on every dataset measured), and the other embedder the index's vectors came from when
         that is why not. No answer: BM25 only, never a failed search."""
-
-        async def probe() -> tuple[bool, str | None]:
-            try:
-                caps = await (await self._searcher()).options(request_timeout=2.0).field_caps(
-                    index=index, fields=VECTOR_FIELD, ignore_unavailable=True,
-                    allow_no_indices=True,
-                )  # fmt: skip
-            except Exception as exc:
-                log.warning("could not tell whether %s has embeddings: %s", index, exc)
-                return False, None
-            types = caps.get("fields", {}).get(VECTOR_FIELD, {})
-            has = set(types) == {"dense_vector"}
-            stamped = (types.get("dense_vector") or {}).get("meta", {}).get(EMBEDDER_META_KEY)
-            ours = embedder_stamp(embedder_id)
-            if has and stamped and set(stamped) != {ours}:
-                # vectors of another embedding space: kNN with our query vectors would rank
-                # at random, so this index gets BM25 candidates
+        fields = await self._fields(index)
+        if fields is None:
+            return False, None
+        types = fields.get(VECTOR_FIELD, {})
+        has = set(types) == {"dense_vector"}
+        stamped = (types.get("dense_vector") or {}).get("meta", {}).get(EMBEDDER_META_KEY)
+        ours = embedder_stamp(embedder_id)
+        if has and stamped and set(stamped) != {ours}:
+            # vectors of another embedding space: kNN with our query vectors would rank at
+            # random, so this index gets BM25 candidates
+            if index not in self._warned:
+                self._warned.add(index)
                 log.warning("%s was embedded with %s, this proxy embeds with %s: BM25 only",
                             index, ", ".join(stamped), ours)  # fmt: skip
-                return False, ", ".join(stamped)
-            return has, None
-
-        return await self._cached(f"embeddings:{embedder_id}", index, probe)
+            return False, ", ".join(stamped)
+        return has, None
 
     async def passages(self, index: str) -> str | None:
         """The passage combination ``index`` was indexed with (``reranker index --passages``,
         kept in the ``text`` field's metadata); ``None`` when it has none, the indices behind
         it disagree, or no answer came (truncate, never a failed search)."""
-
-        async def probe() -> str | None:
-            try:
-                caps = (
-                    await (await self._searcher())
-                    .options(request_timeout=2.0)
-                    .field_caps(
-                        index=index, fields="text", ignore_unavailable=True, allow_no_indices=True
-                    )
-                )
-            except Exception as exc:
-                log.warning("could not read how %s scores long documents: %s", index, exc)
-                return None
-            text = (caps.get("fields") or {}).get("text") or {}
-            found = (text.get("text") or {}).get("meta", {}).get(PASSAGES_META_KEY)
-            return str(found[0]) if isinstance(found, list) and len(found) == 1 else None
-
-        return await self._cached("passages", index, probe)
+        fields = await self._fields(index)
+        text = (fields or {}).get("text") or {}
+        found = (text.get("text") or {}).get("meta", {}).get(PASSAGES_META_KEY)
+        return str(found[0]) if isinstance(found, list) and len(found) == 1 else None

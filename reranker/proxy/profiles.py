@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from elasticsearch import AsyncElasticsearch
@@ -20,8 +19,9 @@ from starlette.routing import Route
 
 from reranker.es.profiles import (
     MAX_DELETE,
+    delete_operations,
+    deleted,
     owner_subject_filter,
-    profile_from_document,
     profile_id,
 )
 from reranker.feedback.ubi import MAX_ID_CHARS
@@ -29,7 +29,7 @@ from reranker.proxy import errors
 from reranker.proxy.clients import owner_of
 from reranker.proxy.http import GuardedProxy, require_api_key
 from reranker.proxy.settings import ProxySettings
-from reranker.rerank.personal import Personalization
+from reranker.rerank.personal import Personalization, personalization_of
 
 
 class Proxy(GuardedProxy, Protocol):
@@ -85,14 +85,8 @@ async def read_profile(
     answer: Any = await client.options(request_timeout=2.0, ignore_status=404).get(
         index=settings.profiles_index, id=profile_id(owner, user, index)
     )
-    profile = profile_from_document(answer.get("_source") or {})
-    if profile is None or (profile.owner, profile.subject) != (owner or "", user):
-        return None
-    age_days = (datetime.now(UTC) - profile.as_of).total_seconds() / 86_400
-    direction = profile.direction()
-    if direction is None or age_days > settings.profile_retention_days:
-        return None
-    return Personalization(direction, weight, profile.clicks)
+    source = answer.get("_source") or {}
+    return personalization_of(source, (owner, user), weight, settings.profile_retention_days)
 
 
 async def delete_profiles(
@@ -105,12 +99,11 @@ async def delete_profiles(
         index=settings.profiles_index, query=owner_subject_filter(owner, user), size=MAX_DELETE,
         source=False,
     )  # fmt: skip
-    ids = [hit["_id"] for hit in (found.get("hits") or {}).get("hits", [])]
-    if not ids:
+    operations = delete_operations(settings.profiles_index, found)
+    if not operations:
         return 0
-    operations = [{"delete": {"_index": settings.profiles_index, "_id": doc}} for doc in ids]
     answer: Any = await es.bulk(operations=operations, refresh=True)
-    return sum(1 for item in answer["items"] if item["delete"].get("result") == "deleted")
+    return deleted(answer)
 
 
 def profiles_refusal(index: str, params: Mapping[str, str], settings: ProxySettings) -> str | None:

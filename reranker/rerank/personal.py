@@ -12,13 +12,15 @@ over weights, docs/experiments/personalisation.md), or set per request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from reranker.errors import SearchError
+from reranker.es.profiles import profile_from_document
 from reranker.rerank.diversity import scaled, unit_rows
 
 #: the personal feature's weight when a request names none (docs/experiments/personalisation.md:
@@ -45,6 +47,27 @@ class Personalization:
 
     def describe(self) -> dict[str, Any]:
         return {"weight": self.weight, "profile_clicks": self.clicks}
+
+
+def personalization_of(
+    source: Mapping[str, Any],
+    key: tuple[str | None, str],
+    weight: float,
+    retention_days: float,
+    now: datetime | None = None,
+) -> Personalization | None:
+    """What a stored profile document (``_source``) gives the search of the user ``key``
+    ((proxy client, user)): ``None`` when it is not theirs, holds nothing, or was last
+    updated more than ``retention_days`` ago."""
+    profile = profile_from_document(source)
+    owner, user = key
+    if profile is None or (profile.owner, profile.subject) != (owner or "", user):
+        return None
+    age_days = ((now or datetime.now(UTC)) - profile.as_of).total_seconds() / 86_400
+    direction = profile.direction()
+    if direction is None or age_days > retention_days:
+        return None
+    return Personalization(direction, weight, profile.clicks)
 
 
 class Personalizable(Protocol):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from reranker.es.node import NodeStatus
 from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
-from tests.conftest import es_settings
+from tests.conftest import es_settings, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 # The shared BEIR data sits beside the checkout; RERANKER_DATA points elsewhere.
@@ -205,6 +205,13 @@ async def running(
             yield http
 
 
+def start_serve(port: int, *options: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``reranker serve OPTIONS --port PORT`` as a process of its own, with ``env``."""
+    command = [sys.executable, "-c", "from reranker.cli import main; main()", "serve"]
+    command += [*options, "--port", str(port), "--log-format", "text"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def start_scorer(port: int) -> subprocess.Popen[bytes]:
     # the survivor takes all CLIENTS at once after its peer dies: its own admission bounds
     # (default queue 16) would answer 429 to some, which is not the fail-over under test
@@ -213,10 +220,28 @@ def start_scorer(port: int) -> subprocess.Popen[bytes]:
         "RERANKER_PROXY_MAX_SCORER_QUEUE": str(CLIENTS + 4),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO), **bounds}
-    command = [sys.executable, "-c", "from reranker.cli import main; main()", "serve"]
-    command += ["--scorer-only", "--model", str(SHIPPED), "--variant", "int8"]
-    command += ["--port", str(port), "--log-format", "text"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    model = ("--scorer-only", "--model", str(SHIPPED), "--variant", "int8")
+    return start_serve(port, *model, env=env)
+
+
+@contextmanager
+def serving_processes(
+    start: Callable[[int], subprocess.Popen[bytes]], count: int = 2
+) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    """``count`` processes ``start``ed on free ports, healthy, as (URL, process); killed after
+    (those still running)."""
+    ports = [free_port() for _ in range(count)]
+    processes = [start(port) for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url, process in zip(urls, processes, strict=True):
+            wait_healthy(url, process)
+        yield list(zip(urls, processes, strict=True))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], limit_s: float = 90) -> None:

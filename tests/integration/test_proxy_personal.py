@@ -21,7 +21,7 @@ from elasticsearch import Elasticsearch
 
 from reranker.cli import main
 from reranker.es.node import NodeStatus
-from reranker.es.profiles import update_profiles
+from reranker.es.profiles import SETTLE_S, update_profiles
 from reranker.proxy import ProxySettings
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
@@ -200,9 +200,14 @@ async def test_personalisation_without_a_user_is_a_400(
     assert "ext.ubi.user_id" in response.json()["error"]["reason"]
 
 
-def test_the_update_command_reads_only_what_is_new(
-    es_node: NodeStatus, es_client: Elasticsearch, names: dict[str, str]
-) -> None:
+async def test_the_update_command_reads_only_what_is_new(
+    es_node: NodeStatus, es_client: Elasticsearch, proxy_alias: str, proxy_scorer: Scorer,
+    embedder: Embedder, names: dict[str, str],
+) -> None:  # fmt: skip
+    async with running(settings(es_node, proxy_alias, names), proxy_scorer, embedder) as http:
+        await click_last(http, await search(http, proxy_alias, "frank"))
+    await asyncio.sleep(SETTLE_S + 0.5)  # the command leaves the last seconds' events for later
+
     def run() -> dict[str, Any]:
         result = CliRunner().invoke(
             main,
@@ -215,6 +220,7 @@ def test_the_update_command_reads_only_what_is_new(
 
     first, second = run(), run()
     assert first["received_through"] <= second["received_through"]
+    assert first["clicks_read"] == 1 and first["profiles_updated"] == 1
     assert second["clicks_read"] == 0
     assert (
         es_client.indices.get_settings(index=names["profiles"])[names["profiles"]]["settings"][

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,15 @@ from reranker.es.indexing import LoadOptions, index_corpus
 from reranker.es.node import NodeStatus
 from reranker.retrieval.embedder import Embedder
 from reranker.retrieval.remote_embedder import RemoteEmbedder
-from tests.conftest import SCIFACT, free_port, require_data
+from tests.conftest import SCIFACT, require_data
 from tests.integration.conftest import (
     QUERY,
     QUERY_TEXT,
     REPO,
     proxy_settings,
     running,
-    wait_healthy,
+    serving_processes,
+    start_serve,
     write_jsonl,
 )
 
@@ -48,25 +48,13 @@ ANSWERED_BEFORE_KILL = 3
 def start_embedder(port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RERANKER_EMBEDDER_URLS", None)  # an embedder-only server embeds in process
-    command = [sys.executable, "-c", "from reranker.cli import main; main()", "serve"]
-    command += ["--embedder-only", "--port", str(port), "--log-format", "text"]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return start_serve(port, "--embedder-only", env=env)
 
 
 @pytest.fixture(scope="module")
 def embedders() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
-    ports = [free_port(), free_port()]
-    processes = [start_embedder(port) for port in ports]
-    try:
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
-        for url, process in zip(urls, processes, strict=True):
-            wait_healthy(url, process)
-        yield list(zip(urls, processes, strict=True))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+    with serving_processes(start_embedder) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,13 @@ import httpx
 import pytest
 
 from reranker.es.node import NodeStatus
-from tests.conftest import free_port
 from tests.integration.conftest import (
     CLIENTS,
     QUERY,
     proxy_settings,
     running,
+    serving_processes,
     start_scorer,
-    wait_healthy,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -32,18 +31,8 @@ ROUNDS = 3
 
 @pytest.fixture
 def scorers() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
-    ports = [free_port(), free_port()]
-    processes = [start_scorer(port) for port in ports]
-    try:
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
-        for url, process in zip(urls, processes, strict=True):
-            wait_healthy(url, process)
-        yield list(zip(urls, processes, strict=True))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+    with serving_processes(start_scorer) as started:
+        yield started
 
 
 async def test_a_scorer_killed_mid_load_loses_no_request_and_the_other_serves_the_rest(

@@ -242,3 +242,23 @@ def test_kmeans_separates_two_clear_topics() -> None:
     topics = kmeans_topics(vectors, 2, seed=3)
     assert len({topics[f"a{i}"] for i in range(5)}) == 1
     assert topics["a0"] != topics["b0"]
+
+
+def test_a_stored_profile_serves_only_its_own_user_and_client() -> None:
+    from reranker.rerank.personal import personalization_of
+
+    stored = empty_profile("key-1", "u", "i", 3, NOW).add([(NOW, np.array(B))], 30.0)
+    source = stored.to_document()
+    mine = personalization_of(source, ("key-1", "u"), 2.0, 180.0, now=NOW)
+    assert mine is not None and mine.weight == 2.0 and mine.clicks == 1
+    assert personalization_of(source, ("key-2", "u"), 2.0, 180.0, now=NOW) is None
+    assert personalization_of(source, ("key-1", "v"), 2.0, 180.0, now=NOW) is None
+
+
+def test_a_profile_past_the_retention_is_not_used() -> None:
+    from reranker.rerank.personal import personalization_of
+
+    source = empty_profile("", "u", "i", 3, NOW).add([(NOW, np.array(A))], 30.0).to_document()
+    later = NOW + timedelta(days=181)
+    assert personalization_of(source, (None, "u"), 1.0, 180.0, now=later) is None
+    assert personalization_of(source, (None, "u"), 1.0, 180.0, now=NOW) is not None
