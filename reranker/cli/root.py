@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from reranker.cli.adapt import adapt_cmd
 from reranker.cli.bench import bench
 from reranker.cli.clicks import judgments_cmd, simulate_clicks_cmd
 from reranker.cli.common import EXIT_CODES_HELP, RerankerGroup
@@ -58,6 +59,7 @@ for command in (
     train_cmd,
     distill_cmd,
     train_embedder_cmd,
+    adapt_cmd,
     export_cmd,
     serve_cmd,
     ltr,
