@@ -18,11 +18,11 @@ documents alone, as GPL does, without a query generator (none ships offline):
   is not pushed away (it is likely relevant too).
 
 The check needs no labels either: held-out pseudo-queries (never trained on) are searched
-through the hybrid list (Elasticsearch's BM25 top 100 fused with exact cosines over the
-corpus's vectors: the index's own for the embedder as it is, the adapted model's int8 for
-the candidate) and the fraction whose source ranks first is compared. Training runs in time
-slices inside ``minutes``; after each, the check: a slice that does not beat the best so far
-stops the run, and the original embedder is kept when nothing beat it.
+through the hybrid list (in-process BM25 top 100 fused with exact cosines) over the corpus
+with each held-out source replaced by its text without the query (else BM25 finds every
+source by its own words), and the fraction whose source ranks first is compared. Training
+runs in time slices inside ``minutes``; after each, the check: a slice that does not beat
+the best so far stops the run, and the original embedder is kept when nothing beat it.
 
 Importing this module imports torch and transformers (the ``train`` extra).
 """
@@ -55,8 +55,9 @@ from reranker.es import mappings
 from reranker.models import ENCODER_CARD, read_card, write_json_atomic
 from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.embedder import Embedder
-from reranker.retrieval.first_stage import FirstStage, Hit, HybridOptions, fuse
+from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.retrieval.queries import VECTOR_FIELD
+from reranker.training.data import BM25
 from reranker.training.embedder import EmbedderTrainConfig, _BiEncoder
 from reranker.training.losses import in_batch_loss
 from reranker.training.toolbox import (
@@ -318,29 +319,50 @@ def _mine_and_label(
 # the check
 
 
-def _bm25_windows(
-    stage: FirstStage, queries: Sequence[PseudoQuery], depth: int
-) -> dict[str, list[Hit]]:
-    return {pq.doc_id: stage.bm25(pq.query, depth) for pq in queries}
+def check_passages(
+    ids: Sequence[str], passages: Sequence[str], held_out: Sequence[PseudoQuery]
+) -> list[str]:
+    """The corpus the check searches: each held-out pseudo-query's source replaced by what is
+    left of it without the query (its body for a title, the rest for a sentence), so that no
+    source holds its query word for word and the check measures more than exact matching."""
+    positives = {pq.doc_id: pq.positive for pq in held_out}
+    return [positives.get(doc_id, text) for doc_id, text in zip(ids, passages, strict=True)]
 
 
-def _check(
-    queries: Sequence[PseudoQuery],
-    lexical: dict[str, list[Hit]],
-    query_vectors: np.ndarray,
-    doc_vectors: np.ndarray,
-    doc_ids: Sequence[str],
-    hybrid: HybridOptions,
-    depth: int,
-) -> float:
-    """Top-1 rate of the held-out pseudo-queries' sources in the hybrid list."""
-    ranked: dict[str, list[str]] = {}
-    for pq, vector in zip(queries, query_vectors, strict=True):
-        cosines = doc_vectors @ vector
-        top = np.argsort(-cosines, kind="stable")[:depth]
-        dense = [Hit(doc_ids[i], float(cosines[i])) for i in top]
-        ranked[pq.doc_id] = [h.id for h in fuse(lexical[pq.doc_id], dense, hybrid, depth)]
-    return round(top1_rate(ranked, {pq.doc_id: pq.doc_id for pq in queries}), 4)
+@dataclass
+class _Check:
+    """The held-out pseudo-queries, their BM25 windows over the check's corpus, and which
+    rows of the corpus are held-out sources."""
+
+    queries: list[PseudoQuery]
+    ids: list[str]
+    passages: list[str]
+    lexical: dict[str, list[Hit]]
+    rows: list[int]
+
+    @classmethod
+    def build(cls, docs: _Documents, held_out: list[PseudoQuery], depth: int) -> _Check:
+        passages = check_passages(docs.ids, docs.passages, held_out)
+        bm25 = BM25(passages)
+        lexical = {
+            pq.doc_id: [Hit(docs.ids[i], s) for i, s in bm25.top_k(pq.query, depth)]
+            for pq in held_out
+        }
+        row = {doc_id: i for i, doc_id in enumerate(docs.ids)}
+        return cls(held_out, docs.ids, passages, lexical, [row[pq.doc_id] for pq in held_out])
+
+    def score(
+        self, query_vectors: np.ndarray, doc_vectors: np.ndarray, hybrid: HybridOptions, depth: int
+    ) -> float:
+        """Top-1 rate of the held-out pseudo-queries' sources in the hybrid list."""
+        ranked: dict[str, list[str]] = {}
+        for pq, vector in zip(self.queries, query_vectors, strict=True):
+            cosines = doc_vectors @ vector
+            top = np.argsort(-cosines, kind="stable")[:depth]
+            dense = [Hit(self.ids[i], float(cosines[i])) for i in top]
+            fused = fuse(self.lexical[pq.doc_id], dense, hybrid, depth)
+            ranked[pq.doc_id] = [h.id for h in fused]
+        return round(top1_rate(ranked, {pq.doc_id: pq.doc_id for pq in self.queries}), 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,21 +495,18 @@ def adapt(
     training, held_out = split_held_out(pseudo, config.held_out, config.seed)
     kinds = {k: sum(1 for pq in pseudo if pq.kind == k) for k in ("title", "sentence", "span")}
 
-    # the check's fixed parts: BM25 windows, and the embedder as it is (the index's vectors)
-    assert pipeline.first_stage is not None
-    lexical = _bm25_windows(pipeline.first_stage, held_out, config.window)
+    # the check's fixed parts: its corpus and BM25 windows, and the embedder as it is (the
+    # index's vectors, the held-out sources' rows encoded without their queries)
+    check = _Check.build(docs, held_out, config.window)
     held_texts = [pq.query for pq in held_out]
-    base_score = _check(
-        held_out,
-        lexical,
-        embedder.encode_queries(held_texts),
-        docs.vectors,
-        docs.ids,
-        config.hybrid,
-        config.window,
+    base_vectors = docs.vectors.copy()
+    base_vectors[check.rows] = embedder.encode([check.passages[r] for r in check.rows])
+    base_score = check.score(
+        embedder.encode_queries(held_texts), base_vectors, config.hybrid, config.window
     )
+    del base_vectors
     log.info("held-out top-1 before adapting: %.4f", base_score)
-    sample = docs.passages[: min(200, len(docs.passages))]
+    sample = check.passages[: min(200, len(check.passages))]
     t0 = time.monotonic()
     embedder.encode(sample)
     encode_seconds = (time.monotonic() - t0) * len(docs.passages) / len(sample)
@@ -549,15 +568,9 @@ def adapt(
             shutil.rmtree(candidate)
         student.save(candidate / "checkpoint")
         adapted = export_fn(candidate / "checkpoint", candidate / "embedder", card_name)
-        vectors = adapted.encode(docs.passages, progress=config.progress)
-        score = _check(
-            held_out,
-            lexical,
-            adapted.encode_queries(held_texts),
-            vectors,
-            docs.ids,
-            config.hybrid,
-            config.window,
+        vectors = adapted.encode(check.passages, progress=config.progress)
+        score = check.score(
+            adapted.encode_queries(held_texts), vectors, config.hybrid, config.window
         )
         history.append({"step": step, "top1": score, "slice": n})
         log.info("held-out top-1 after step %d: %.4f", step, score)
@@ -593,8 +606,9 @@ def adapt(
             "the teacher's logit margins"
         ),
         "check": (
-            "held-out pseudo-queries' source ranked first in the hybrid list (Elasticsearch "
-            "BM25 top 100 fused with exact cosines over the corpus's vectors)"
+            "held-out pseudo-queries whose source ranks first in the hybrid list (in-process "
+            "BM25 top 100 fused with exact cosines), over the corpus with each held-out "
+            "source replaced by its text without the query"
         ),
         "history": history,
         "chosen": best,
