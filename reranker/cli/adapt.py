@@ -110,6 +110,8 @@ def adapt_cmd(
     from reranker.training.adapt import AdaptConfig, adapt
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for chatty in ("elastic_transport", "elasticsearch", "httpx"):  # a line per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     hybrid = parse_hybrid(fusion, rank_constant, normalization, weights)
     client = es_client(ctx)
     embedder = query_embedder(ctx)

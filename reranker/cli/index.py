@@ -111,7 +111,12 @@ def index_cmd(
 
 @click.command("reindex")
 @click.option("--alias", required=True, help="Alias whose index is rebuilt.")
-@click.option("--re-embed", is_flag=True, help="Recompute embeddings instead of copying them.")
+@click.option(
+    "--re-embed",
+    is_flag=True,
+    help="Recompute embeddings instead of copying them (always done when the index was "
+    "embedded with another embedder than this command's).",
+)
 @click.option("--keep-old", is_flag=True, help="Keep the previous index after the alias swap.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @layout_options

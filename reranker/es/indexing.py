@@ -150,6 +150,9 @@ def reindex_alias(
     kept = {"source", "extra", "source_sha256", mappings.PASSAGES_META_KEY}
     meta = {k: v for k, v in old_meta.items() if k in kept}
     meta["reindexed_from"] = current
+    # vectors of another embedder are of another space: copying them under this embedder's
+    # name would make every kNN search of the new index wrong
+    re_embed = re_embed or old_meta.get("embedder") != encoder.model_id
 
     def scanned() -> Iterator[Document]:
         # Elasticsearch 9 leaves vectors out of _source unless asked for them.

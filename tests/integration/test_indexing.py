@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from elasticsearch import Elasticsearch
 
 from reranker.cli import main
-from reranker.corpus import CorpusSource
+from reranker.corpus import CorpusSource, passage_text
 from reranker.errors import IndexingError, MalformedLineError
 from reranker.es import mappings
 from reranker.es.indexing import LoadOptions, _load_and_swap, index_corpus, reindex_alias
@@ -354,3 +354,30 @@ def test_a_failed_index_run_is_not_left_to_resume(
     with pytest.raises(IndexingError):
         index_corpus(es_client, CorpusSource.open(path), alias, embedder, options=SMALL_BULKS)
     assert indices_named_after(es_client, alias) == []
+
+
+def test_reindex_with_another_embedder_embeds_again_instead_of_copying(
+    es_client: Elasticsearch,
+    embedder: Embedder,
+    scifact_docs: list[dict[str, Any]],
+    tmp_path: Path,
+    alias: str,
+) -> None:
+    from reranker.config import Settings
+
+    index_corpus(
+        es_client,
+        CorpusSource.open(write_jsonl(tmp_path / "d.jsonl", scifact_docs[:5])),
+        alias,
+        embedder,
+        options=QUIET,
+    )
+    other = Embedder.stock(Settings(home=tmp_path / "home"))
+    assert other.model_id != embedder.model_id
+
+    reindex_alias(es_client, alias, other, options=QUIET)
+
+    stored = es_client.get(index=alias, id=scifact_docs[0]["_id"], source_exclude_vectors=False)
+    expected = other.encode([passage_text(scifact_docs[0])])[0]
+    assert stored["_source"]["embedding"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert mappings.index_meta(es_client, alias)["embedder"] == other.model_id
