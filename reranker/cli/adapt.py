@@ -36,9 +36,10 @@ from reranker.cli.common import es_client, hybrid_options, parse_hybrid, query_e
 @click.option(
     "--held-out",
     type=click.IntRange(min=10),
-    default=200,
+    default=1000,
     show_default=True,
-    help="Pseudo-queries kept out of training for the check (at most a fifth).",
+    help="Pseudo-queries kept out of training for the check (at most a fifth of the "
+    "documents; with 1,000, one standard error of the top-1 rate is about 0.015).",
 )
 @click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--lr", type=float, default=2e-5, show_default=True)

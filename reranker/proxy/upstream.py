@@ -17,9 +17,12 @@ from reranker.proxy.settings import ProxySettings
 
 def make_async_client(settings: ProxySettings) -> AsyncElasticsearch:
     """The proxy's client: the shared auth/TLS options, httpx transport (no aiohttp needed),
-    no retry on timeout (the request's deadline is already spent)."""
+    no retry on timeout (the request's deadline is already spent). A connection error or a
+    503 is retried on another node, as many times as there are nodes: with one retry, a
+    request whose first node answered 503 while a killed node was being tried again (the
+    pool revives a dead node after its back-off) failed the search, seen in a 3-node run."""
     options = client_options(settings.es)
-    options.update(retry_on_timeout=False, max_retries=1)
+    options.update(retry_on_timeout=False, max_retries=max(1, len(settings.es.es_urls)))
     if "ssl_assert_fingerprint" in options:
         # httpx cannot pin a certificate; elastic-transport's aiohttp node can
         try:

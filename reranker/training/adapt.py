@@ -84,7 +84,7 @@ class AdaptConfig:
     """Wall-clock budget for the whole run (reading, mining, teacher, training, checks)."""
     max_documents: int = 20_000
     """Documents read (the first ones by id order of a scan); pseudo-queries come from these."""
-    held_out: int = 200
+    held_out: int = 1000
     """Pseudo-queries kept for the check (at most a fifth of the documents)."""
     negatives: int = 3
     """Hard negatives the teacher scores per pseudo-query (one is sampled per step)."""

@@ -264,10 +264,10 @@ async def test_searches_through_the_proxy_all_answer_while_a_node_is_killed_and_
         stop.set()
         answers = await load
 
-    partial = sum(1 for *_, body in answers.rows if body["_shards"]["failed"])
-    print(f"{len(answers.rows)} searches, {partial} with failed shards")
     statuses = {status for _, _, status, _ in answers.rows}
     assert statuses == {200}, [body for _, _, status, body in answers.rows if status != 200][:3]
+    partial = sum(1 for *_, body in answers.rows if body["_shards"]["failed"])
+    print(f"{len(answers.rows)} searches, {partial} with failed shards")
     assert answers.between(0, killed_at) and answers.between(killed_at, restarting_at)
     assert answers.between(rejoined_at, time.monotonic())
     for _, reranked, _, body in answers.rows:
