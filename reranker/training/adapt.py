@@ -90,11 +90,11 @@ class AdaptConfig:
     """Hard negatives the teacher scores per pseudo-query (one is sampled per step)."""
     negative_depth: int = 30
     window: int = 100
-    batch_size: int = 32
-    lr: float = 2e-5
+    batch_size: int = 16
+    lr: float = 3e-5
     warmup_fraction: float = 0.1
     scale: float = 20.0
-    margin_weight: float = 0.1
+    margin_weight: float = 0.0
     """Weight of the margin-MSE term (student ``scale``·cosine margins against the teacher's
     logit margins) beside the multiple-negatives loss."""
     title_fraction: float = 0.5
@@ -295,19 +295,20 @@ def _mine_and_label(
         if pq.doc_id not in order:
             stats["source_not_in_window"] += 1
             continue
-        pool = hard_negatives(order, pq.doc_id, config.negative_depth)
+        # a negative must be one of the documents read (--max-documents may read fewer)
+        pool = [d for d in hard_negatives(order, pq.doc_id, config.negative_depth) if d in passages]
         if not pool:
             stats["no_negative"] += 1
             continue
         chosen = rng.sample(pool, min(config.negatives, len(pool)))
         rows = [order.index(pq.doc_id), *(order.index(d) for d in chosen)]
         _, features = pipeline.scorer_inputs(pq.query, window)
-        pairs = [(pq.query, pq.positive), *((pq.query, passages.get(d, "")) for d in chosen)]
+        pairs = [(pq.query, pq.positive), *((pq.query, passages[d]) for d in chosen)]
         scores = pipeline.scorer.score(pairs, features=None if features is None else features[rows])
         examples.append(
             _Example(
                 pq,
-                tuple(passages.get(d, "") for d in chosen),
+                tuple(passages[d] for d in chosen),
                 float(scores[0]),
                 tuple(float(s) for s in scores[1:]),
             )
@@ -549,11 +550,13 @@ def adapt(
             0.0, (deadline - time.monotonic() - (config.slices - n + 1) * reserve)
         ) / (config.slices - n + 1)
         first_step_at = time.monotonic()
+        losses: list[float] = []
         while time.monotonic() < slice_end and (
             config.max_steps is None or step < config.max_steps * n // config.slices
         ):
             loss = _step(student, next(batches), rng, config, (optimizer, schedule.scheduler))
             step += 1
+            losses.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             if step == 3 and config.max_steps is None:
@@ -572,7 +575,8 @@ def adapt(
         score = check.score(
             adapted.encode_queries(held_texts), vectors, config.hybrid, config.window
         )
-        history.append({"step": step, "top1": score, "slice": n})
+        mean_loss = round(float(np.mean(losses)), 4) if losses else None
+        history.append({"step": step, "top1": score, "slice": n, "loss": mean_loss})
         log.info("held-out top-1 after step %d: %.4f", step, score)
         if score > best["top1"]:
             best = history[-1]
