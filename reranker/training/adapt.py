@@ -226,8 +226,6 @@ class _Documents:
 
 def _read_documents(client: Elasticsearch, alias: str, limit: int, progress: bool) -> _Documents:
     behind = mappings.indices_behind_alias(client, alias)
-    if not behind:
-        raise IndexingError(f"alias {alias!r} does not exist; index a corpus first")
     total = min(limit, int(client.count(index=alias)["count"]))
     ids: list[str] = []
     titles: list[str] = []
@@ -472,6 +470,8 @@ def adapt(
         torch.set_num_threads(config.threads)
     if pipeline.first_stage is None or pipeline.scorer is None:
         raise ConfigError("adapting needs the first stage and a cross-encoder (the teacher)")
+    if not mappings.indices_behind_alias(client, config.alias):
+        raise IndexingError(f"alias {config.alias!r} does not exist; index a corpus first")
     meta = mappings.index_meta(client, config.alias)
     recorded = meta.get("embedder")
     if recorded and recorded != embedder.model_id:
