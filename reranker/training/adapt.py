@@ -59,7 +59,7 @@ from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
 from reranker.retrieval.queries import VECTOR_FIELD
 from reranker.training.data import BM25
 from reranker.training.embedder import EmbedderTrainConfig, _BiEncoder
-from reranker.training.losses import in_batch_loss
+from reranker.training.losses import in_batch_loss, margin_mse_loss
 from reranker.training.toolbox import (
     backward_step,
     package_versions,
@@ -179,18 +179,6 @@ def _titled(title: str, body: str) -> str:
 def hard_negatives(window: Sequence[str], source: str, depth: int) -> list[str]:
     """The ``window``'s doc ids above ``depth`` other than ``source``, in order."""
     return [d for d in window[:depth] if d != source]
-
-
-def margin_mse(
-    student_positive: torch.Tensor,
-    student_negative: torch.Tensor,
-    teacher_positive: torch.Tensor,
-    teacher_negative: torch.Tensor,
-) -> torch.Tensor:
-    """GPL's loss: the squared difference between the student's and the teacher's margins."""
-    student = student_positive - student_negative
-    teacher = teacher_positive - teacher_negative
-    return torch.mean((student - teacher) ** 2)
 
 
 def top1_rate(ranked: dict[str, list[str]], sources: dict[str, str]) -> float:
@@ -444,7 +432,12 @@ def _step(
     contrastive = in_batch_loss(queries, passages, relevant, config.scale)
     positive = config.scale * (queries * passages[:n]).sum(-1)
     negative = config.scale * (queries * passages[n:]).sum(-1)
-    margin = margin_mse(positive, negative, teacher_pos, teacher_neg)
+    # margin-MSE over each (source, negative) pair, the distillation's loss
+    margin = margin_mse_loss(
+        torch.stack([positive, negative], 1).flatten(),
+        torch.stack([teacher_pos, teacher_neg], 1).flatten(),
+        [2] * n,
+    )
     return backward_step(
         contrastive + config.margin_weight * margin, student.model, optimizers, 1.0
     )

@@ -7,14 +7,13 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from reranker.errors import ConfigError
 from reranker.training.adapt import (
     AdaptConfig,
     PseudoQuery,
+    check_passages,
     hard_negatives,
-    margin_mse,
     pseudo_query,
     sentences,
     split_held_out,
@@ -77,19 +76,6 @@ def test_hard_negatives_are_the_window_top_without_the_source() -> None:
     assert hard_negatives(window, "src", depth=3) == ["a", "b"]
 
 
-def test_margin_mse_is_zero_when_the_student_copies_the_teachers_margins() -> None:
-    pos, neg = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 2.0])
-    assert float(margin_mse(pos + 5, neg + 5, pos, neg)) == pytest.approx(0.0)
-    assert float(margin_mse(pos, neg, pos + 1, neg)) == pytest.approx(1.0)
-
-
-def test_margin_mse_pulls_a_student_margin_towards_the_teacher() -> None:
-    student = torch.tensor([0.5], requires_grad=True)
-    loss = margin_mse(student, torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([0.0]))
-    loss.backward()
-    assert student.grad is not None and float(student.grad[0]) < 0  # a step raises it
-
-
 def test_top1_rate_counts_sources_ranked_first() -> None:
     ranked = {"q1": ["s1", "x"], "q2": ["x", "s2"], "q3": []}
     assert top1_rate(ranked, {"q1": "s1", "q2": "s2", "q3": "s3"}) == pytest.approx(1 / 3)
@@ -110,3 +96,9 @@ def test_held_out_queries_are_never_trained_on_and_at_most_a_fifth() -> None:
 def test_a_config_that_cannot_run_is_refused(overrides: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         AdaptConfig(alias="a", output=Path("/tmp/x"), **overrides)  # type: ignore[arg-type]
+
+
+def test_the_check_searches_held_out_sources_without_their_queries() -> None:
+    held = [PseudoQuery("d2", "the cut sentence.", "what is left", "sentence")]
+    corpus = check_passages(["d1", "d2"], ["first doc", "what is left the cut sentence."], held)
+    assert corpus == ["first doc", "what is left"]
