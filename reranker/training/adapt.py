@@ -424,11 +424,15 @@ def _step(
     ]
     passages = student.embed(texts, config.passage_max_length)
     n = len(batch)
-    teacher_pos = torch.tensor([e.teacher_positive for e in batch])
-    teacher_neg = torch.tensor([e.teacher_negatives[p] for e, p in zip(batch, picks, strict=True)])
+    device = student.device
+    teacher_pos = torch.tensor([e.teacher_positive for e in batch], device=device)
+    teacher_neg = torch.tensor(
+        [e.teacher_negatives[p] for e, p in zip(batch, picks, strict=True)], device=device
+    )
     # a negative the teacher puts above the source is likely relevant too: not pushed away
-    relevant = torch.zeros((n, 2 * n), dtype=torch.bool)
-    relevant[torch.arange(n), n + torch.arange(n)] = teacher_neg >= teacher_pos
+    relevant = torch.zeros((n, 2 * n), dtype=torch.bool, device=device)
+    rows = torch.arange(n, device=device)
+    relevant[rows, n + rows] = teacher_neg >= teacher_pos
     contrastive = in_batch_loss(queries, passages, relevant, config.scale)
     positive = config.scale * (queries * passages[:n]).sum(-1)
     negative = config.scale * (queries * passages[n:]).sum(-1)

@@ -59,11 +59,12 @@ from reranker.training.cross_encoder_config import default_base_model
 from reranker.training.data import BM25, read_qrels
 from reranker.training.losses import in_batch_loss
 from reranker.training.toolbox import (
+    autocast,
     backward_step,
-    cpu_supports_bf16,
     linear_warmup_schedule,
     package_versions,
     quiet_transformers,
+    resolve_device,
     seed_everything,
 )
 
@@ -242,16 +243,16 @@ class _BiEncoder:
             self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         self.conventions = encoder_conventions(folder)
         self.config = config
-        self.bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+        #: CUDA where torch sees a GPU, else the CPU; bf16 autocast where the hardware has it
+        self.device, self.bf16 = resolve_device(config.bf16)
+        self.model.to(self.device)
 
     def embed(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
+        """Unit-length embeddings of ``texts``, on :attr:`device`."""
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        if self.bf16 and self.model.training:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                hidden = self.model(**batch).last_hidden_state
-        else:
+        ).to(self.device)
+        with autocast(self.device, self.bf16 and self.model.training):
             hidden = self.model(**batch).last_hidden_state
         if self.conventions["pooling"] == "cls":
             pooled = hidden[:, 0]
@@ -279,7 +280,7 @@ class _BiEncoder:
         with tqdm(total=len(texts), disable=not label, desc=label, unit="text") as bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                out[chunk] = self.embed([texts[i] for i in chunk], max_length).numpy()
+                out[chunk] = self.embed([texts[i] for i in chunk], max_length).cpu().numpy()
                 bar.update(len(chunk))
         return out
 
@@ -377,7 +378,8 @@ def _step(
     queries = encoder.embed(encoder.as_queries([e.query for e in batch]), config.query_max_length)
     passages = encoder.embed([corpus.passages[d] for d in doc_ids], config.passage_max_length)
     relevant = torch.tensor(
-        [[d in relevant_texts.get(e.query, ()) for d in doc_ids] for e in batch]
+        [[d in relevant_texts.get(e.query, ()) for d in doc_ids] for e in batch],
+        device=encoder.device,
     )
     loss = in_batch_loss(queries, passages, relevant, config.scale)
     return backward_step(loss, encoder.model, optimizers, 1.0)

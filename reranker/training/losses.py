@@ -65,7 +65,8 @@ def in_batch_loss(
     out rather than pushed away."""
     batch = queries.shape[0]
     scores = scale * queries.float() @ passages.float().T
+    rows = torch.arange(batch, device=scores.device)
     diagonal = torch.zeros_like(relevant)
-    diagonal[torch.arange(batch), torch.arange(batch)] = True
+    diagonal[rows, rows] = True
     scores = scores.masked_fill(relevant & ~diagonal, torch.finfo(scores.dtype).min / 2)
-    return torch.nn.functional.cross_entropy(scores, torch.arange(batch))
+    return torch.nn.functional.cross_entropy(scores, rows)
