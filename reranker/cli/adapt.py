@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -104,7 +105,7 @@ def adapt_cmd(
     embedder as it is; otherwise nothing is written but the report, and the exit code is 0.
 
     Search with the adapted model after reindexing: `reranker --embedder OUTPUT/embedder
-    reindex --alias ALIAS --re-embed` (or --reindex here), then the same --embedder (or
+    reindex --alias ALIAS` (or --reindex here), then the same --embedder (or
     RERANKER_EMBEDDER) for search, eval and serve. Needs the train extra.
     """
     import logging
@@ -137,6 +138,14 @@ def adapt_cmd(
     path = QueryPath(index=alias, hybrid=hybrid, model=teacher)
     pipeline = build_pipeline(path, client, embedder)
     report = adapt(config, client, embedder, pipeline)
+    _say_and_reindex(ctx, report, target, reindex, progress)
+
+
+def _say_and_reindex(
+    ctx: click.Context, report: dict[str, Any], target: Path, reindex: bool, progress: bool
+) -> None:
+    """What the run kept; with ``reindex`` and an adapted model, the alias rebuilt with it."""
+    alias = report["alias"]
     before = report["history"][0]["top1"]
     after = report["chosen"]["top1"]
     click.echo(
@@ -151,14 +160,14 @@ def adapt_cmd(
     if not reindex:
         click.echo(
             f"adapted embedder: {adapted}\nuse it: reranker --embedder {adapted} reindex "
-            f"--alias {alias} --re-embed"
+            f"--alias {alias}"
         )
         return
     from reranker.es.indexing import LoadOptions, reindex_alias
     from reranker.retrieval.embedder import Embedder
 
     result = reindex_alias(
-        client,
+        es_client(ctx),
         alias,
         Embedder(adapted),
         re_embed=True,

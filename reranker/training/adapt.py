@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import random
-import re
 import resource
 import shutil
 import time
@@ -41,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,11 +54,17 @@ from reranker.es import mappings
 from reranker.models import ENCODER_CARD, read_card, write_json_atomic
 from reranker.rerank.pipeline import Pipeline
 from reranker.retrieval.embedder import Embedder
-from reranker.retrieval.first_stage import Hit, HybridOptions, fuse
+from reranker.retrieval.first_stage import HybridOptions
 from reranker.retrieval.queries import VECTOR_FIELD
-from reranker.training.data import BM25
 from reranker.training.embedder import EmbedderTrainConfig, _BiEncoder
 from reranker.training.losses import in_batch_loss, margin_mse_loss
+from reranker.training.pseudo_queries import (
+    PseudoQuery,
+    PseudoQueryCheck,
+    hard_negatives,
+    pseudo_query,
+    split_held_out,
+)
 from reranker.training.toolbox import (
     backward_step,
     package_versions,
@@ -67,9 +72,6 @@ from reranker.training.toolbox import (
 )
 
 log = logging.getLogger(__name__)
-
-PseudoKind = Literal["title", "sentence", "span"]
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,82 +122,6 @@ class AdaptConfig:
             raise ConfigError("--max-steps must be at least 1")
         if not 0.0 <= self.title_fraction <= 1.0:
             raise ConfigError("the title fraction must be in [0, 1]")
-
-
-# --------------------------------------------------------------------------------------------
-# pure parts: pseudo-queries, negatives, the loss
-
-
-@dataclass(frozen=True)
-class PseudoQuery:
-    doc_id: str
-    query: str
-    positive: str
-    """The document's text the query was made from (for a sentence: without that sentence)."""
-    kind: PseudoKind
-
-
-def sentences(text: str) -> list[str]:
-    """``text`` split after ., ! or ? followed by a capital, a digit or an opening mark."""
-    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
-
-
-def pseudo_query(
-    doc_id: str,
-    title: str,
-    text: str,
-    rng: random.Random,
-    *,
-    title_fraction: float = 0.5,
-    min_words: int = 4,
-    max_words: int = 30,
-) -> PseudoQuery | None:
-    """One pseudo-query for a document (see the module's doc); ``None`` when it is too short
-    to give one (under 12 words of body)."""
-    title = " ".join(title.split())
-    body = " ".join(text.split())
-    words = body.split()
-    if len(words) < 12:
-        return None
-    if title and rng.random() < title_fraction:
-        return PseudoQuery(doc_id, title, body, "title")
-    parts = sentences(body)
-    fitting = [i for i, s in enumerate(parts) if min_words <= len(s.split()) <= max_words]
-    if len(parts) >= 2 and fitting:
-        cut = rng.choice(fitting)
-        rest = " ".join(s for i, s in enumerate(parts) if i != cut)
-        return PseudoQuery(doc_id, parts[cut], _titled(title, rest), "sentence")
-    length = rng.randint(6, min(14, len(words) // 2))
-    start = rng.randrange(0, len(words) - length + 1)
-    span = " ".join(words[start : start + length])
-    rest = " ".join(words[:start] + words[start + length :])
-    return PseudoQuery(doc_id, span, _titled(title, rest), "span")
-
-
-def _titled(title: str, body: str) -> str:
-    return f"{title} {body}" if title else body
-
-
-def hard_negatives(window: Sequence[str], source: str, depth: int) -> list[str]:
-    """The ``window``'s doc ids above ``depth`` other than ``source``, in order."""
-    return [d for d in window[:depth] if d != source]
-
-
-def top1_rate(ranked: dict[str, list[str]], sources: dict[str, str]) -> float:
-    """The fraction of pseudo-queries (id → ranked doc ids) whose source ranks first."""
-    if not ranked:
-        return 0.0
-    return sum(1 for q, ids in ranked.items() if ids and ids[0] == sources[q]) / len(ranked)
-
-
-def split_held_out(
-    queries: Sequence[PseudoQuery], n: int, seed: int
-) -> tuple[list[PseudoQuery], list[PseudoQuery]]:
-    """(training, held-out): ``n`` pseudo-queries (at most a fifth) drawn by ``seed``."""
-    order = list(queries)
-    random.Random(seed).shuffle(order)
-    n = min(n, len(order) // 5)
-    return order[n:], order[:n]
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,56 +229,6 @@ def _mine_and_label(
 
 
 # --------------------------------------------------------------------------------------------
-# the check
-
-
-def check_passages(
-    ids: Sequence[str], passages: Sequence[str], held_out: Sequence[PseudoQuery]
-) -> list[str]:
-    """The corpus the check searches: each held-out pseudo-query's source replaced by what is
-    left of it without the query (its body for a title, the rest for a sentence), so that no
-    source holds its query word for word and the check measures more than exact matching."""
-    positives = {pq.doc_id: pq.positive for pq in held_out}
-    return [positives.get(doc_id, text) for doc_id, text in zip(ids, passages, strict=True)]
-
-
-@dataclass
-class _Check:
-    """The held-out pseudo-queries, their BM25 windows over the check's corpus, and which
-    rows of the corpus are held-out sources."""
-
-    queries: list[PseudoQuery]
-    ids: list[str]
-    passages: list[str]
-    lexical: dict[str, list[Hit]]
-    rows: list[int]
-
-    @classmethod
-    def build(cls, docs: _Documents, held_out: list[PseudoQuery], depth: int) -> _Check:
-        passages = check_passages(docs.ids, docs.passages, held_out)
-        bm25 = BM25(passages)
-        lexical = {
-            pq.doc_id: [Hit(docs.ids[i], s) for i, s in bm25.top_k(pq.query, depth)]
-            for pq in held_out
-        }
-        row = {doc_id: i for i, doc_id in enumerate(docs.ids)}
-        return cls(held_out, docs.ids, passages, lexical, [row[pq.doc_id] for pq in held_out])
-
-    def score(
-        self, query_vectors: np.ndarray, doc_vectors: np.ndarray, hybrid: HybridOptions, depth: int
-    ) -> float:
-        """Top-1 rate of the held-out pseudo-queries' sources in the hybrid list."""
-        ranked: dict[str, list[str]] = {}
-        for pq, vector in zip(self.queries, query_vectors, strict=True):
-            cosines = doc_vectors @ vector
-            top = np.argsort(-cosines, kind="stable")[:depth]
-            dense = [Hit(self.ids[i], float(cosines[i])) for i in top]
-            fused = fuse(self.lexical[pq.doc_id], dense, hybrid, depth)
-            ranked[pq.doc_id] = [h.id for h in fused]
-        return round(top1_rate(ranked, {pq.doc_id: pq.doc_id for pq in self.queries}), 4)
-
-
-# --------------------------------------------------------------------------------------------
 # the run
 
 
@@ -447,6 +323,147 @@ def _step(
     )
 
 
+@dataclass
+class _Corpus:
+    """What a run adapts to: the documents, their pseudo-queries and the check's parts."""
+
+    docs: _Documents
+    pseudo: list[PseudoQuery]
+    training: list[PseudoQuery]
+    check: PseudoQueryCheck
+    base_top1: float
+    encode_seconds: float
+    """About how long encoding the whole corpus takes (each check does it once)."""
+
+    @property
+    def held_texts(self) -> list[str]:
+        return [pq.query for pq in self.check.queries]
+
+
+def _corpus(
+    config: AdaptConfig, client: Elasticsearch, embedder: Embedder, rng: random.Random
+) -> _Corpus:
+    """The documents behind the alias, their pseudo-queries, and the check of the embedder as
+    it is (the index's vectors; the held-out sources' rows encoded without their queries)."""
+    docs = _read_documents(client, config.alias, config.max_documents, config.progress)
+    made = [
+        pseudo_query(i, t, x, rng, title_fraction=config.title_fraction)
+        for i, t, x in zip(docs.ids, docs.titles, docs.texts, strict=True)
+    ]
+    pseudo = [pq for pq in made if pq is not None]
+    if len(pseudo) < 50:
+        raise SourceError(f"{config.alias}: only {len(pseudo)} documents long enough to adapt on")
+    training, held_out = split_held_out(pseudo, config.held_out, config.seed)
+    check = PseudoQueryCheck.build(docs.ids, docs.passages, held_out, config.window)
+    vectors = docs.vectors.copy()
+    vectors[check.rows] = embedder.encode([check.passages[r] for r in check.rows])
+    queries = embedder.encode_queries([pq.query for pq in held_out])
+    base_top1 = check.score(queries, vectors, config.hybrid, config.window)
+    log.info("held-out top-1 before adapting: %.4f", base_top1)
+    sample = check.passages[: min(200, len(check.passages))]
+    started = time.monotonic()
+    embedder.encode(sample)
+    encode_seconds = (time.monotonic() - started) * len(docs.passages) / len(sample)
+    return _Corpus(docs, pseudo, training, check, base_top1, encode_seconds)
+
+
+@dataclass
+class _Training:
+    """The student, its optimizer and schedule, and what the slices gave."""
+
+    config: AdaptConfig
+    student: _BiEncoder
+    examples: list[_Example]
+    rng: random.Random
+    deadline: float
+    reserve: float
+    """Seconds kept back per remaining slice for its export and check."""
+    history: list[dict[str, Any]]
+    step: int = 0
+    seconds: float = 0.0
+    stopped: str = "budget"
+
+    def __post_init__(self) -> None:
+        config = self.config
+        parameters = self.student.model.parameters()
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.01)
+        per_epoch = max(1, len(self.examples) // config.batch_size)
+        warmup = math.ceil(config.warmup_fraction * per_epoch)
+        total = config.max_steps if config.max_steps is not None else per_epoch
+        self.schedule = _Schedule(self.optimizer, warmup, total)
+        self.batches = _batches(self.examples, config.batch_size, self.rng)
+
+    def run_slice(self, n: int, bar: Any) -> list[float]:
+        """Train slice ``n`` (of ``config.slices``) until its share of the time left, or its
+        share of ``max_steps``; the losses of its steps."""
+        config = self.config
+        left = config.slices - n + 1
+        end = time.monotonic() + max(0.0, self.deadline - time.monotonic() - left * self.reserve)
+        end = time.monotonic() + (end - time.monotonic()) / left
+        started = time.monotonic()
+        losses: list[float] = []
+        optimizers = (self.optimizer, self.schedule.scheduler)
+        while time.monotonic() < end and (
+            config.max_steps is None or self.step < config.max_steps * n // config.slices
+        ):
+            losses.append(_step(self.student, next(self.batches), self.rng, config, optimizers))
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if self.step == 3 and config.max_steps is None:
+                # the run is bounded by time: the schedule ends where the budget does
+                per_step = (time.monotonic() - started) / 3
+                budget = max(0.0, self.deadline - time.monotonic() - config.slices * self.reserve)
+                self.schedule.total = max(self.schedule.warmup + 1, 3 + int(budget / per_step))
+        self.seconds += time.monotonic() - started
+        return losses
+
+
+def _slices(
+    training: _Training, corpus: _Corpus, work: Path, name: str, export: Callable[..., Embedder]
+) -> dict[str, Any]:
+    """Each slice, then the check of its export; the best entry of the history."""
+    config = training.config
+    best = training.history[0]
+    with tqdm(desc="adapting", unit="step", disable=not config.progress) as bar:
+        for n in range(1, config.slices + 1):
+            losses = training.run_slice(n, bar)
+            candidate = work / f"slice-{n}"
+            if candidate.exists():
+                shutil.rmtree(candidate)
+            training.student.save(candidate / "checkpoint")
+            adapted = export(candidate / "checkpoint", candidate / "embedder", name)
+            vectors = adapted.encode(corpus.check.passages, progress=config.progress)
+            queries = adapted.encode_queries(corpus.held_texts)
+            score = corpus.check.score(queries, vectors, config.hybrid, config.window)
+            mean_loss = round(float(np.mean(losses)), 4) if losses else None
+            entry = {"step": training.step, "top1": score, "slice": n, "loss": mean_loss}
+            training.history.append(entry)
+            log.info("held-out top-1 after step %d: %.4f", training.step, score)
+            if score <= best["top1"]:
+                training.stopped = f"the check did not improve after slice {n}"
+                break
+            best = entry
+            if time.monotonic() >= training.deadline:
+                break
+    return best
+
+
+def _check_inputs(
+    config: AdaptConfig, client: Elasticsearch, embedder: Embedder, pipeline: Pipeline
+) -> None:
+    if pipeline.first_stage is None or pipeline.scorer is None:
+        raise ConfigError("adapting needs the first stage and a cross-encoder (the teacher)")
+    if not mappings.indices_behind_alias(client, config.alias):
+        raise IndexingError(f"alias {config.alias!r} does not exist; index a corpus first")
+    recorded = mappings.index_meta(client, config.alias).get("embedder")
+    if recorded and recorded != embedder.model_id:
+        raise ConfigError(
+            f"{config.alias} was embedded with {recorded}, not {embedder.model_id}: "
+            "name the index's embedder with --embedder"
+        )
+
+
 def adapt(
     config: AdaptConfig,
     client: Elasticsearch,
@@ -459,67 +476,58 @@ def adapt(
     report (also ``output/adapt.json``). ``pipeline`` is the current query path: its first
     stage mines negatives, its scorer is the teacher. The adapted model is written to
     ``output/embedder`` only when the check improved; see the module's doc."""
-    started = time.monotonic()
-    cpu_started = _cpu_seconds()
+    started, cpu_started = time.monotonic(), _cpu_seconds()
     deadline = started + 60.0 * config.minutes
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    if pipeline.first_stage is None or pipeline.scorer is None:
-        raise ConfigError("adapting needs the first stage and a cross-encoder (the teacher)")
-    if not mappings.indices_behind_alias(client, config.alias):
-        raise IndexingError(f"alias {config.alias!r} does not exist; index a corpus first")
-    meta = mappings.index_meta(client, config.alias)
-    recorded = meta.get("embedder")
-    if recorded and recorded != embedder.model_id:
-        raise ConfigError(
-            f"{config.alias} was embedded with {recorded}, not {embedder.model_id}: "
-            "name the index's embedder with --embedder"
-        )
+    _check_inputs(config, client, embedder, pipeline)
     out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    work.mkdir(exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
-    docs = _read_documents(client, config.alias, config.max_documents, config.progress)
-
-    made = [
-        pseudo_query(i, t, x, rng, title_fraction=config.title_fraction)
-        for i, t, x in zip(docs.ids, docs.titles, docs.texts, strict=True)
-    ]
-    pseudo = [pq for pq in made if pq is not None]
-    if len(pseudo) < 50:
-        raise SourceError(f"{config.alias}: only {len(pseudo)} documents long enough to adapt on")
-    training, held_out = split_held_out(pseudo, config.held_out, config.seed)
-    kinds = {k: sum(1 for pq in pseudo if pq.kind == k) for k in ("title", "sentence", "span")}
-
-    # the check's fixed parts: its corpus and BM25 windows, and the embedder as it is (the
-    # index's vectors, the held-out sources' rows encoded without their queries)
-    check = _Check.build(docs, held_out, config.window)
-    held_texts = [pq.query for pq in held_out]
-    base_vectors = docs.vectors.copy()
-    base_vectors[check.rows] = embedder.encode([check.passages[r] for r in check.rows])
-    base_score = check.score(
-        embedder.encode_queries(held_texts), base_vectors, config.hybrid, config.window
-    )
-    del base_vectors
-    log.info("held-out top-1 before adapting: %.4f", base_score)
-    sample = check.passages[: min(200, len(check.passages))]
-    t0 = time.monotonic()
-    embedder.encode(sample)
-    encode_seconds = (time.monotonic() - t0) * len(docs.passages) / len(sample)
-
+    corpus = _corpus(config, client, embedder, rng)
     # mining and the teacher get at most a third of the budget
     mine_deadline = started + 60.0 * config.minutes / 3
-    examples, mining = _mine_and_label(training, pipeline, docs, config, rng, mine_deadline)
+    examples, mining = _mine_and_label(
+        corpus.training, pipeline, corpus.docs, config, rng, mine_deadline
+    )
     if len(examples) < config.batch_size:
         raise SourceError(
             f"{config.alias}: {len(examples)} pseudo-queries found their source in the first "
             f"stage's window; adapting needs at least {config.batch_size}"
         )
-
     base_dir = torch_base(embedder, work)
-    train_config = EmbedderTrainConfig(
+    student = _BiEncoder(base_dir, _student_config(config, base_dir, work))
+    training = _Training(
+        config,
+        student,
+        examples,
+        rng,
+        deadline,
+        # each slice's check costs an export and an encoding of the corpus
+        reserve=1.3 * corpus.encode_seconds + 40.0,
+        history=[{"step": 0, "top1": corpus.base_top1}],
+    )
+    name = f"{embedder.card.get('name', embedder.model_dir.name)}-adapted-{config.alias}"
+    best = _slices(training, corpus, work, name, export or _export)
+    report = {
+        **_report(config, corpus, embedder, pipeline, examples, mining),
+        "history": training.history,
+        "chosen": best,
+        "kept": "original" if best["step"] == 0 else "adapted",
+        "stopped": training.stopped,
+        "steps": training.step,
+        "train_seconds": round(training.seconds, 1),
+        "seconds": round(time.monotonic() - started, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu_started, 1),
+    }
+    _keep(report, out, work / f"slice-{best.get('slice')}" / "embedder")
+    return report
+
+
+def _student_config(config: AdaptConfig, base_dir: Path, work: Path) -> EmbedderTrainConfig:
+    return EmbedderTrainConfig(
         datasets=[Path(config.alias)],
         output=work,
         base_model=base_dir,
@@ -527,78 +535,33 @@ def adapt(
         passage_max_length=config.passage_max_length,
         threads=config.threads,
     )
-    student = _BiEncoder(base_dir, train_config)
-    card_name = f"{embedder.card.get('name', embedder.model_dir.name)}-adapted-{config.alias}"
-    export_fn = export or _export
-    # each slice's check costs an export and an encoding of the corpus
-    reserve = 1.3 * encode_seconds + 40.0
-    optimizer = torch.optim.AdamW(student.model.parameters(), lr=config.lr, weight_decay=0.01)
-    per_epoch = max(1, len(examples) // config.batch_size)
-    schedule = _Schedule(optimizer, math.ceil(config.warmup_fraction * per_epoch), per_epoch)
-    batches = _batches(examples, config.batch_size, rng)
-    history: list[dict[str, Any]] = [{"step": 0, "top1": base_score}]
-    best: dict[str, Any] = history[0]
-    step = 0
-    stopped = "budget"
-    train_seconds = 0.0
-    bar = tqdm(desc="adapting", unit="step", disable=not config.progress)
-    for n in range(1, config.slices + 1):
-        slice_end = time.monotonic() + max(
-            0.0, (deadline - time.monotonic() - (config.slices - n + 1) * reserve)
-        ) / (config.slices - n + 1)
-        first_step_at = time.monotonic()
-        losses: list[float] = []
-        while time.monotonic() < slice_end and (
-            config.max_steps is None or step < config.max_steps * n // config.slices
-        ):
-            loss = _step(student, next(batches), rng, config, (optimizer, schedule.scheduler))
-            step += 1
-            losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if step == 3 and config.max_steps is None:
-                per_step = (time.monotonic() - first_step_at) / 3
-                budget = max(0.0, deadline - time.monotonic() - config.slices * reserve)
-                schedule.total = max(schedule.warmup + 1, 3 + int(budget / per_step))
-            elif step == 1 and config.max_steps is not None:
-                schedule.total = max(schedule.warmup + 1, config.max_steps)
-        train_seconds += time.monotonic() - first_step_at
-        candidate = work / f"slice-{n}"
-        if candidate.exists():
-            shutil.rmtree(candidate)
-        student.save(candidate / "checkpoint")
-        adapted = export_fn(candidate / "checkpoint", candidate / "embedder", card_name)
-        vectors = adapted.encode(check.passages, progress=config.progress)
-        score = check.score(
-            adapted.encode_queries(held_texts), vectors, config.hybrid, config.window
-        )
-        mean_loss = round(float(np.mean(losses)), 4) if losses else None
-        history.append({"step": step, "top1": score, "slice": n, "loss": mean_loss})
-        log.info("held-out top-1 after step %d: %.4f", step, score)
-        if score > best["top1"]:
-            best = history[-1]
-        else:
-            stopped = f"the check did not improve after slice {n}"
-            break
-        if time.monotonic() >= deadline:
-            break
-    bar.close()
 
-    kept = "original" if best["step"] == 0 else "adapted"
-    final = out / "embedder"
-    if final.exists():
-        shutil.rmtree(final)
-    if kept == "adapted":
-        shutil.copytree(work / f"slice-{best['slice']}" / "embedder", final)
-    report = {
+
+def _report(
+    config: AdaptConfig,
+    corpus: _Corpus,
+    embedder: Embedder,
+    pipeline: Pipeline,
+    examples: list[_Example],
+    mining: dict[str, int],
+) -> dict[str, Any]:
+    """What the run read and made, before any training."""
+    kinds = {
+        k: sum(1 for pq in corpus.pseudo if pq.kind == k) for k in ("title", "sentence", "span")
+    }
+    return {
         "kind": "adapt",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "alias": config.alias,
-        "index": docs.index,
-        "documents": len(docs.ids),
+        "index": corpus.docs.index,
+        "documents": len(corpus.docs.ids),
         "base_embedder": embedder.model_id,
         "teacher": getattr(pipeline.scorer, "model_id", type(pipeline.scorer).__name__),
-        "pseudo_queries": {"made": len(pseudo), **kinds, "held_out": len(held_out)},
+        "pseudo_queries": {
+            "made": len(corpus.pseudo),
+            **kinds,
+            "held_out": len(corpus.check.queries),
+        },
         "mining": mining,
         "examples": len(examples),
         "loss": (
@@ -611,24 +574,24 @@ def adapt(
             "BM25 top 100 fused with exact cosines), over the corpus with each held-out "
             "source replaced by its text without the query"
         ),
-        "history": history,
-        "chosen": best,
-        "kept": kept,
-        "stopped": stopped,
-        "steps": step,
-        "train_seconds": round(train_seconds, 1),
-        "seconds": round(time.monotonic() - started, 1),
-        "cpu_seconds": round(_cpu_seconds() - cpu_started, 1),
         "config": json.loads(json.dumps(asdict(config), default=str)),
         "versions": package_versions(),
     }
-    if kept == "adapted":
+
+
+def _keep(report: dict[str, Any], out: Path, chosen: Path) -> None:
+    """Write the report, and the chosen slice's embedder (with the report in its card) when
+    one beat the embedder as it was; drop the work folder."""
+    final = out / "embedder"
+    if final.exists():
+        shutil.rmtree(final)
+    if report["kept"] == "adapted":
+        shutil.copytree(chosen, final)
         card = read_card(final, ENCODER_CARD)
         card["adapted"] = {k: v for k, v in report.items() if k not in ("config", "versions")}
         write_json_atomic(final / ENCODER_CARD, card)
     write_json_atomic(out / "adapt.json", report)
-    shutil.rmtree(work, ignore_errors=True)
-    return report
+    shutil.rmtree(out / "work", ignore_errors=True)
 
 
 def _export(checkpoint: Path, target: Path, name: str) -> Embedder:

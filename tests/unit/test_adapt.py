@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from reranker.errors import ConfigError
-from reranker.training.adapt import (
-    AdaptConfig,
+from reranker.training.adapt import AdaptConfig
+from reranker.training.pseudo_queries import (
     PseudoQuery,
     check_passages,
     hard_negatives,
