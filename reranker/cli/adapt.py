@@ -166,12 +166,9 @@ def _say_and_reindex(
     from reranker.es.indexing import LoadOptions, reindex_alias
     from reranker.retrieval.embedder import Embedder
 
+    # another embedder than the index's: reindex_alias embeds every document again
     result = reindex_alias(
-        es_client(ctx),
-        alias,
-        Embedder(adapted),
-        re_embed=True,
-        options=LoadOptions(progress=progress),
+        es_client(ctx), alias, Embedder(adapted), options=LoadOptions(progress=progress)
     )
     click.echo(
         f"{alias} → {result.index}: {result.documents} documents embedded with {adapted}; "

@@ -49,7 +49,7 @@ from elasticsearch import helpers as es_helpers
 from tqdm.auto import tqdm
 
 from reranker.corpus import passage_text
-from reranker.errors import ConfigError, IndexingError, ModelError, SourceError
+from reranker.errors import ConfigError, IndexingError, SourceError
 from reranker.es import mappings
 from reranker.models import ENCODER_CARD, read_card, write_json_atomic
 from reranker.rerank.pipeline import Pipeline
@@ -138,8 +138,10 @@ class _Documents:
     index: str
 
 
-def _read_documents(client: Elasticsearch, alias: str, limit: int, progress: bool) -> _Documents:
-    behind = mappings.indices_behind_alias(client, alias)
+def _read_documents(
+    client: Elasticsearch, alias: str, index: str, limit: int, progress: bool
+) -> _Documents:
+    """The documents behind ``alias`` (``index``, the one it points at) that have a vector."""
     total = min(limit, int(client.count(index=alias)["count"]))
     ids: list[str] = []
     titles: list[str] = []
@@ -170,7 +172,7 @@ def _read_documents(client: Elasticsearch, alias: str, limit: int, progress: boo
     docs = [{"title": t, "text": x} for t, x in zip(titles, texts, strict=True)]
     matrix = np.asarray(vectors, dtype=np.float32)
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    return _Documents(ids, titles, texts, [passage_text(d) for d in docs], matrix, behind[0])
+    return _Documents(ids, titles, texts, [passage_text(d) for d in docs], matrix, index)
 
 
 @dataclass(frozen=True)
@@ -341,11 +343,15 @@ class _Corpus:
 
 
 def _corpus(
-    config: AdaptConfig, client: Elasticsearch, embedder: Embedder, rng: random.Random
+    config: AdaptConfig,
+    client: Elasticsearch,
+    index: str,
+    embedder: Embedder,
+    rng: random.Random,
 ) -> _Corpus:
     """The documents behind the alias, their pseudo-queries, and the check of the embedder as
     it is (the index's vectors; the held-out sources' rows encoded without their queries)."""
-    docs = _read_documents(client, config.alias, config.max_documents, config.progress)
+    docs = _read_documents(client, config.alias, index, config.max_documents, config.progress)
     made = [
         pseudo_query(i, t, x, rng, title_fraction=config.title_fraction)
         for i, t, x in zip(docs.ids, docs.titles, docs.texts, strict=True)
@@ -356,14 +362,13 @@ def _corpus(
     training, held_out = split_held_out(pseudo, config.held_out, config.seed)
     check = PseudoQueryCheck.build(docs.ids, docs.passages, held_out, config.window)
     vectors = docs.vectors.copy()
+    started = time.monotonic()
     vectors[check.rows] = embedder.encode([check.passages[r] for r in check.rows])
+    # the held-out sources' encoding times the whole corpus's (each check encodes it once)
+    encode_seconds = (time.monotonic() - started) * len(docs.passages) / len(check.rows)
     queries = embedder.encode_queries([pq.query for pq in held_out])
     base_top1 = check.score(queries, vectors, config.hybrid, config.window)
     log.info("held-out top-1 before adapting: %.4f", base_top1)
-    sample = check.passages[: min(200, len(check.passages))]
-    started = time.monotonic()
-    embedder.encode(sample)
-    encode_seconds = (time.monotonic() - started) * len(docs.passages) / len(sample)
     return _Corpus(docs, pseudo, training, check, base_top1, encode_seconds)
 
 
@@ -451,10 +456,12 @@ def _slices(
 
 def _check_inputs(
     config: AdaptConfig, client: Elasticsearch, embedder: Embedder, pipeline: Pipeline
-) -> None:
+) -> str:
+    """The index behind the alias, once the inputs can be adapted with."""
     if pipeline.first_stage is None or pipeline.scorer is None:
         raise ConfigError("adapting needs the first stage and a cross-encoder (the teacher)")
-    if not mappings.indices_behind_alias(client, config.alias):
+    behind = mappings.indices_behind_alias(client, config.alias)
+    if not behind:
         raise IndexingError(f"alias {config.alias!r} does not exist; index a corpus first")
     recorded = mappings.index_meta(client, config.alias).get("embedder")
     if recorded and recorded != embedder.model_id:
@@ -462,6 +469,7 @@ def _check_inputs(
             f"{config.alias} was embedded with {recorded}, not {embedder.model_id}: "
             "name the index's embedder with --embedder"
         )
+    return behind[0]
 
 
 def adapt(
@@ -481,12 +489,12 @@ def adapt(
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    _check_inputs(config, client, embedder, pipeline)
+    index = _check_inputs(config, client, embedder, pipeline)
     out = Path(config.output)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
-    corpus = _corpus(config, client, embedder, rng)
+    corpus = _corpus(config, client, index, embedder, rng)
     # mining and the teacher get at most a third of the budget
     mine_deadline = started + 60.0 * config.minutes / 3
     examples, mining = _mine_and_label(
@@ -600,7 +608,4 @@ def _export(checkpoint: Path, target: Path, name: str) -> Embedder:
 
     export_encoder(checkpoint, target, name=name, max_length=256)
     add_encoder_int8(target, keep_fp32=False)
-    try:
-        return Embedder(target)
-    except ModelError as exc:  # pragma: no cover - an export that does not load is a bug
-        raise ModelError(f"the adapted embedder at {target} does not load: {exc}") from exc
+    return Embedder(target)
