@@ -22,7 +22,7 @@ from reranker.cli.common import es_client, hybrid_options, parse_hybrid, query_e
 @click.option(
     "--minutes",
     type=click.FloatRange(min=0.5),
-    default=20.0,
+    default=15.0,
     show_default=True,
     help="Wall-clock budget for the whole run: reading, mining, the teacher, training and "
     "the checks.",

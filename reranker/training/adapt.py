@@ -82,14 +82,15 @@ log = logging.getLogger(__name__)
 class AdaptConfig:
     alias: str
     output: Path
-    minutes: float = 20.0
+    minutes: float = 15.0
     """Wall-clock budget for the whole run (reading, mining, teacher, training, checks)."""
     max_documents: int = 20_000
     """Documents read (the first ones by id order of a scan); pseudo-queries come from these."""
     held_out: int = 1000
     """Pseudo-queries kept for the check (at most a fifth of the documents)."""
-    negatives: int = 3
-    """Hard negatives the teacher scores per pseudo-query (one is sampled per step)."""
+    negatives: int = 1
+    """Hard negatives the teacher scores per pseudo-query (one is sampled per step; a run
+    sees each example about once, so more cost teacher time that training rarely uses)."""
     negative_depth: int = 30
     window: int = 100
     batch_size: int = 16
@@ -105,7 +106,9 @@ class AdaptConfig:
     """Training time slices, each followed by the check."""
     max_steps: int | None = None
     query_max_length: int = 64
-    passage_max_length: int = 256
+    passage_max_length: int = 128
+    """Tokens of a passage in training (the export still reads 256): all-MiniLM-L6-v2 itself
+    was trained at 128, and on long documents it halves a step's cost at the same check."""
     hybrid: HybridOptions = field(default_factory=HybridOptions)
     seed: int = 13
     threads: int | None = None
@@ -198,8 +201,10 @@ def _mine_and_label(
     passages = dict(zip(docs.ids, docs.passages, strict=True))
     stats = {"searched": 0, "source_not_in_window": 0, "no_negative": 0}
     examples: list[_Example] = []
+    # with --max-steps, no more examples than those steps read
+    wanted = None if config.max_steps is None else config.max_steps * config.batch_size
     for pq in tqdm(queries, desc="mining + teacher", unit="query", disable=not config.progress):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (wanted is not None and len(examples) >= wanted):
             break
         stats["searched"] += 1
         window = pipeline.first_stage.search(

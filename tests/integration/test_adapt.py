@@ -61,7 +61,8 @@ def test_adapt_trains_on_the_documents_alone_and_reindexes_with_what_it_kept(
     assert report["documents"] == len(scifact_docs)
     assert report["base_embedder"] == embedder.model_id
     assert report["pseudo_queries"]["held_out"] == 20
-    assert report["examples"] >= 8
+    # --max-steps 4 of batches of 8 read at most 32 examples: mining stops there
+    assert 8 <= report["examples"] <= 32
     # two slices of two steps each; the second runs only if the first beat the embedder
     assert [h["step"] for h in report["history"]] in ([0, 2], [0, 2, 4])
     assert 0.0 <= report["history"][0]["top1"] <= 1.0
