@@ -187,52 +187,73 @@ class _Example:
     teacher_negatives: tuple[float, ...]
 
 
-def _mine_and_label(
-    queries: Sequence[PseudoQuery],
-    pipeline: Pipeline,
-    docs: _Documents,
-    config: AdaptConfig,
-    rng: random.Random,
-    deadline: float,
-) -> tuple[list[_Example], dict[str, int]]:
-    """Each pseudo-query's window, negatives and the teacher's scores (stops at ``deadline``
-    with what it has)."""
-    assert pipeline.first_stage is not None and pipeline.scorer is not None
-    passages = dict(zip(docs.ids, docs.passages, strict=True))
-    stats = {"searched": 0, "source_not_in_window": 0, "no_negative": 0}
-    examples: list[_Example] = []
-    # with --max-steps, no more examples than those steps read
-    wanted = None if config.max_steps is None else config.max_steps * config.batch_size
-    for pq in tqdm(queries, desc="mining + teacher", unit="query", disable=not config.progress):
-        if time.monotonic() > deadline or (wanted is not None and len(examples) >= wanted):
-            break
-        stats["searched"] += 1
-        window = pipeline.first_stage.search(
-            pq.query, "hybrid", config.window, hybrid=config.hybrid
-        )
+class _Miner:
+    """Mines and labels pseudo-queries as training asks for batches, so that a run mines what
+    its budget can train on and no more; once every pseudo-query is mined, batches go over
+    the examples again."""
+
+    def __init__(
+        self,
+        queries: Sequence[PseudoQuery],
+        pipeline: Pipeline,
+        docs: _Documents,
+        config: AdaptConfig,
+        rng: random.Random,
+    ) -> None:
+        assert pipeline.first_stage is not None and pipeline.scorer is not None
+        self.first_stage, self.scorer = pipeline.first_stage, pipeline.scorer
+        self.pipeline, self.queries, self.config, self.rng = pipeline, queries, config, rng
+        self.passages = dict(zip(docs.ids, docs.passages, strict=True))
+        self.stats = {"searched": 0, "source_not_in_window": 0, "no_negative": 0}
+        self.examples: list[_Example] = []
+
+    def label(self, pq: PseudoQuery) -> _Example | None:
+        """The pseudo-query's negatives from its window and the teacher's scores; ``None``
+        when its source is not in the window or nothing else is."""
+        config = self.config
+        self.stats["searched"] += 1
+        window = self.first_stage.search(pq.query, "hybrid", config.window, hybrid=config.hybrid)
         order = [h.id for h in window]
         if pq.doc_id not in order:
-            stats["source_not_in_window"] += 1
-            continue
+            self.stats["source_not_in_window"] += 1
+            return None
         # a negative must be one of the documents read (--max-documents may read fewer)
-        pool = [d for d in hard_negatives(order, pq.doc_id, config.negative_depth) if d in passages]
+        pool = [
+            d for d in hard_negatives(order, pq.doc_id, config.negative_depth) if d in self.passages
+        ]
         if not pool:
-            stats["no_negative"] += 1
-            continue
-        chosen = rng.sample(pool, min(config.negatives, len(pool)))
+            self.stats["no_negative"] += 1
+            return None
+        chosen = self.rng.sample(pool, min(config.negatives, len(pool)))
         rows = [order.index(pq.doc_id), *(order.index(d) for d in chosen)]
-        _, features = pipeline.scorer_inputs(pq.query, window)
-        pairs = [(pq.query, pq.positive), *((pq.query, passages[d]) for d in chosen)]
-        scores = pipeline.scorer.score(pairs, features=None if features is None else features[rows])
-        examples.append(
-            _Example(
-                pq,
-                tuple(passages[d] for d in chosen),
-                float(scores[0]),
-                tuple(float(s) for s in scores[1:]),
-            )
+        _, features = self.pipeline.scorer_inputs(pq.query, window)
+        pairs = [(pq.query, pq.positive), *((pq.query, self.passages[d]) for d in chosen)]
+        scores = self.scorer.score(pairs, features=None if features is None else features[rows])
+        return _Example(
+            pq,
+            tuple(self.passages[d] for d in chosen),
+            float(scores[0]),
+            tuple(float(s) for s in scores[1:]),
         )
-    return examples, stats
+
+    def batches(self) -> Iterator[list[_Example]]:
+        size = self.config.batch_size
+        fresh: list[_Example] = []
+        for pq in self.queries:
+            example = self.label(pq)
+            if example is None:
+                continue
+            self.examples.append(example)
+            fresh.append(example)
+            if len(fresh) == size:
+                yield fresh
+                fresh = []
+        if len(self.examples) < size:
+            raise SourceError(
+                f"{self.config.alias}: {len(self.examples)} pseudo-queries found their source in "
+                f"the first stage's window; adapting needs at least {size}"
+            )
+        yield from _batches(self.examples, size, self.rng)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +294,10 @@ class _Schedule:
         self.warmup = max(1, warmup)
         self.total = max(total, self.warmup + 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def resize(self, total: int, warmup_fraction: float) -> None:
+        self.warmup = max(1, math.ceil(warmup_fraction * total))
+        self.total = max(total, self.warmup + 1)
 
     def factor(self, step: int) -> float:
         if step < self.warmup:
@@ -383,7 +408,7 @@ class _Training:
 
     config: AdaptConfig
     student: _BiEncoder
-    examples: list[_Example]
+    miner: _Miner
     rng: random.Random
     deadline: float
     reserve: float
@@ -397,11 +422,10 @@ class _Training:
         config = self.config
         parameters = self.student.model.parameters()
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.01)
-        per_epoch = max(1, len(self.examples) // config.batch_size)
-        warmup = math.ceil(config.warmup_fraction * per_epoch)
+        per_epoch = max(1, len(self.miner.queries) // config.batch_size)
         total = config.max_steps if config.max_steps is not None else per_epoch
-        self.schedule = _Schedule(self.optimizer, warmup, total)
-        self.batches = _batches(self.examples, config.batch_size, self.rng)
+        self.schedule = _Schedule(self.optimizer, math.ceil(config.warmup_fraction * total), total)
+        self.batches = self.miner.batches()
 
     def run_slice(self, n: int, bar: Any) -> list[float]:
         """Train slice ``n`` (of ``config.slices``) until its share of the time left, or its
@@ -413,18 +437,21 @@ class _Training:
         started = time.monotonic()
         losses: list[float] = []
         optimizers = (self.optimizer, self.schedule.scheduler)
-        while time.monotonic() < end and (
-            config.max_steps is None or self.step < config.max_steps * n // config.slices
+        while (
+            time.monotonic() < end
+            and self.step < self.schedule.total
+            and (config.max_steps is None or self.step < config.max_steps * n // config.slices)
         ):
             losses.append(_step(self.student, next(self.batches), self.rng, config, optimizers))
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if self.step == 3 and config.max_steps is None:
-                # the run is bounded by time: the schedule ends where the budget does
+                # the run is bounded by time: the schedule ends where the budget does (a step's
+                # time holds the mining of its batch)
                 per_step = (time.monotonic() - started) / 3
                 budget = max(0.0, self.deadline - time.monotonic() - config.slices * self.reserve)
-                self.schedule.total = max(self.schedule.warmup + 1, 3 + int(budget / per_step))
+                self.schedule.resize(3 + int(budget / per_step), config.warmup_fraction)
         self.seconds += time.monotonic() - started
         return losses
 
@@ -500,22 +527,12 @@ def adapt(
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
     corpus = _corpus(config, client, index, embedder, rng)
-    # mining and the teacher get at most a third of the budget
-    mine_deadline = started + 60.0 * config.minutes / 3
-    examples, mining = _mine_and_label(
-        corpus.training, pipeline, corpus.docs, config, rng, mine_deadline
-    )
-    if len(examples) < config.batch_size:
-        raise SourceError(
-            f"{config.alias}: {len(examples)} pseudo-queries found their source in the first "
-            f"stage's window; adapting needs at least {config.batch_size}"
-        )
     base_dir = torch_base(embedder, work)
     student = _BiEncoder(base_dir, _student_config(config, base_dir, work))
     training = _Training(
         config,
         student,
-        examples,
+        _Miner(corpus.training, pipeline, corpus.docs, config, rng),
         rng,
         deadline,
         # each slice's check costs an export and an encoding of the corpus
@@ -525,7 +542,7 @@ def adapt(
     name = f"{embedder.card.get('name', embedder.model_dir.name)}-adapted-{config.alias}"
     best = _slices(training, corpus, work, name, export or _export)
     report = {
-        **_report(config, corpus, embedder, pipeline, examples, mining),
+        **_report(config, corpus, embedder, pipeline, training.miner),
         "history": training.history,
         "chosen": best,
         "kept": "original" if best["step"] == 0 else "adapted",
@@ -555,10 +572,9 @@ def _report(
     corpus: _Corpus,
     embedder: Embedder,
     pipeline: Pipeline,
-    examples: list[_Example],
-    mining: dict[str, int],
+    miner: _Miner,
 ) -> dict[str, Any]:
-    """What the run read and made, before any training."""
+    """What the run read and mined."""
     kinds = {
         k: sum(1 for pq in corpus.pseudo if pq.kind == k) for k in ("title", "sentence", "span")
     }
@@ -575,8 +591,8 @@ def _report(
             **kinds,
             "held_out": len(corpus.check.queries),
         },
-        "mining": mining,
-        "examples": len(examples),
+        "mining": miner.stats,
+        "examples": len(miner.examples),
         "loss": (
             f"multiple-negatives ranking (scale {config.scale}, one mined negative per query, "
             f"teacher-preferred negatives masked) + {config.margin_weight} × margin-MSE against "
