@@ -21,8 +21,9 @@ The check needs no labels either: held-out pseudo-queries (never trained on) are
 through the hybrid list (in-process BM25 top 100 fused with exact cosines) over the corpus
 with each held-out source replaced by its text without the query (else BM25 finds every
 source by its own words), and the fraction whose source ranks first is compared. Training
-runs in time slices inside ``minutes``; after each, the check: a slice that does not beat
-the best so far stops the run, and the original embedder is kept when nothing beat it.
+runs in time slices inside ``minutes``; after each, the check: a slice whose check falls
+below the best so far by more than the check's standard error stops the run, and the
+original embedder is kept when nothing beat it.
 
 Importing this module imports torch and transformers (the ``train`` extra).
 """
@@ -477,13 +478,22 @@ def _slices(
             entry = {"step": training.step, "top1": score, "slice": n, "loss": mean_loss}
             training.history.append(entry)
             log.info("held-out top-1 after step %d: %.4f", training.step, score)
-            if score <= best["top1"]:
-                training.stopped = f"the check did not improve after slice {n}"
+            if score > best["top1"]:
+                best = entry
+            elif score < best["top1"] - check_noise(best["top1"], len(corpus.held_texts)):
+                training.stopped = f"the check fell by more than its standard error in slice {n}"
                 break
-            best = entry
             if time.monotonic() >= training.deadline:
                 break
     return best
+
+
+def check_noise(rate: float, n: int) -> float:
+    """One standard error of a top-1 rate over ``n`` queries: a slice whose check falls by
+    more stops the run; one within it may be the check's noise mid-schedule (the learning
+    rate is highest there), and training goes on. Only a check above the embedder as it was
+    is ever kept."""
+    return math.sqrt(max(rate * (1.0 - rate), 1e-6) / max(1, n))
 
 
 def _check_inputs(

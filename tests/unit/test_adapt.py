@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reranker.errors import ConfigError
-from reranker.training.adapt import AdaptConfig
+from reranker.training.adapt import AdaptConfig, check_noise
 from reranker.training.pseudo_queries import (
     PseudoQuery,
     check_passages,
@@ -102,3 +102,9 @@ def test_the_check_searches_held_out_sources_without_their_queries() -> None:
     held = [PseudoQuery("d2", "the cut sentence.", "what is left", "sentence")]
     corpus = check_passages(["d1", "d2"], ["first doc", "what is left the cut sentence."], held)
     assert corpus == ["first doc", "what is left"]
+
+
+def test_a_check_stops_the_run_only_when_it_falls_beyond_one_standard_error() -> None:
+    # 0.7 over 1,000 queries: sqrt(0.7 * 0.3 / 1000) ≈ 0.0145, three queries are 0.003
+    assert check_noise(0.7, 1000) == pytest.approx(0.01449, abs=1e-4)
+    assert check_noise(0.7, 100_000) < 0.002
