@@ -466,6 +466,8 @@ def _slices(
     with tqdm(desc="adapting", unit="step", disable=not config.progress) as bar:
         for n in range(1, config.slices + 1):
             losses = training.run_slice(n, bar)
+            if not losses and n > 1:  # the schedule ended in an earlier slice: nothing new
+                break
             candidate = work / f"slice-{n}"
             if candidate.exists():
                 shutil.rmtree(candidate)
