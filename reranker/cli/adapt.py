@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from reranker.cli.common import es_client, hybrid_options, parse_hybrid, query_embedder
+from reranker.cli.common import alias_embedder, es_client, hybrid_options, parse_hybrid
 
 
 @click.command("adapt")
@@ -105,8 +105,9 @@ def adapt_cmd(
     embedder as it is; otherwise nothing is written but the report, and the exit code is 0.
 
     Search with the adapted model after reindexing: `reranker --embedder OUTPUT/embedder
-    reindex --alias ALIAS` (or --reindex here), then the same --embedder (or
-    RERANKER_EMBEDDER) for search, eval and serve. Needs the train extra.
+    reindex --alias ALIAS` (or --reindex here). The index records the embedder's folder:
+    search, eval and reindex on ALIAS embed with it when no --embedder is named; serve needs
+    --embedder. Needs the train extra.
     """
     import logging
 
@@ -118,7 +119,7 @@ def adapt_cmd(
         logging.getLogger(chatty).setLevel(logging.WARNING)
     hybrid = parse_hybrid(fusion, rank_constant, normalization, weights)
     client = es_client(ctx)
-    embedder = query_embedder(ctx)
+    embedder = alias_embedder(ctx, client, alias)
     target = output or ctx.obj.home / "models" / f"adapted-{alias}"
     config = AdaptConfig(
         alias=alias,

@@ -103,6 +103,32 @@ def query_embedder(ctx: click.Context) -> Embedder:
     return Embedder.default(ctx.obj)
 
 
+def alias_embedder(ctx: click.Context, client: Elasticsearch, alias: str) -> Embedder:
+    """The embedder for ALIAS's queries: the one named (--embedder, RERANKER_EMBEDDER), else
+    the one the index was built with when its folder is on this machine and still holds that
+    model (an adapted embedder after `reranker adapt --reindex`), else the default."""
+    from reranker.es.mappings import index_meta
+    from reranker.retrieval.embedder import DEFAULT_EMBEDDER_DIR, Embedder
+
+    settings: Settings = ctx.obj
+    if settings.embedder is None:
+        try:
+            meta = index_meta(client, alias)
+        except Exception:  # no such index yet, or not readable: the command says what is wrong
+            meta = {}
+        folder = meta.get("embedder_dir")
+        if folder and Path(folder).is_dir() and Path(folder) != DEFAULT_EMBEDDER_DIR.resolve():
+            # (the default folder needs no note: Embedder.default loads it below)
+            try:
+                recorded = Embedder(Path(folder))
+            except Exception:  # not loadable any more: the default, as before
+                recorded = None
+            if recorded is not None and recorded.model_id == meta.get("embedder"):
+                click.echo(f"note: embedding queries with {folder}, {alias}'s embedder", err=True)
+                return recorded
+    return Embedder.default(settings)
+
+
 #: how long one batch of documents may take an embedder endpoint when indexing
 INDEXING_EMBED_TIMEOUT_S = 120.0
 
@@ -137,17 +163,21 @@ def remote_embedder(
 
 
 def indexing_tools(
-    ctx: click.Context, embedder_urls: tuple[str, ...] = ()
+    ctx: click.Context, embedder_urls: tuple[str, ...] = (), *, alias: str | None = None
 ) -> tuple[Elasticsearch, TextEncoder, EmbeddingCache]:
     """What indexing a corpus needs: the client, the embedder (remote when ``embedder_urls``
-    or ``RERANKER_EMBEDDER_URLS`` name endpoints, else in process), and the cache of that
-    embedder's document vectors in ``RERANKER_HOME``."""
+    or ``RERANKER_EMBEDDER_URLS`` name endpoints, else in process: with ``alias``, the one
+    :func:`alias_embedder` finds), and the cache of that embedder's document vectors in
+    ``RERANKER_HOME``."""
     from reranker.es.indexing import default_cache
 
     client = es_client(ctx)
     # a batch of documents on a CPU endpoint takes seconds, more on a busy machine
     remote = remote_embedder(ctx, embedder_urls, timeout_s=INDEXING_EMBED_TIMEOUT_S)
-    embedder = remote or query_embedder(ctx)
+    if remote is None and alias is not None:
+        embedder: TextEncoder = alias_embedder(ctx, client, alias)
+    else:
+        embedder = remote or query_embedder(ctx)
     return client, embedder, default_cache(ctx.obj.home, embedder)
 
 

@@ -193,7 +193,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
     queries, qrels = judged_queries(dataset, a.split, limit=a.max_queries)
     alias = a.alias or f"beir-{dataset.name.lower()}"
 
-    client, embedder, cache = indexing_tools(ctx)
+    client, embedder, cache = indexing_tools(ctx, alias=alias)
     built = ensure_dataset_index(
         client,
         dataset,

@@ -133,10 +133,12 @@ def reindex_cmd(
     embedder_urls: tuple[str, ...],
 ) -> None:
     """Rebuild the index behind ALIAS from its own documents (scan + bulk), with the current
-    mappings, and swap the alias the same safe way as `index`."""
+    mappings, and swap the alias the same safe way as `index`. Without --embedder (or
+    RERANKER_EMBEDDER, or an endpoint), the index keeps the embedder it was built with when
+    that folder is on this machine, else it gets the default."""
     from reranker.es.indexing import LoadOptions, reindex_alias
 
-    client, embedder, cache = indexing_tools(ctx, embedder_urls)
+    client, embedder, cache = indexing_tools(ctx, embedder_urls, alias=alias)
     result = reindex_alias(
         client,
         alias,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from reranker.cli.common import (
+    alias_embedder,
     diversity_options,
     es_client,
     hybrid_options,
@@ -16,7 +17,6 @@ from reranker.cli.common import (
     parse_hybrid,
     passages_for,
     passages_option,
-    query_embedder,
 )
 from reranker.config import MODEL_VARIANTS
 
@@ -160,7 +160,7 @@ def search_cmd(
         diversity=parse_diversity(diversity, duplicate_threshold),
     )
     # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
-    encoder = query_embedder(ctx) if mode != "bm25" or rerank else None
+    encoder = alias_embedder(ctx, client, alias) if mode != "bm25" or rerank else None
     if encoder is not None and mode != "bm25":
         _check_index_embedder(client, alias, encoder.model_id)
     personal = (

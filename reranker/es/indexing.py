@@ -196,8 +196,10 @@ def _load_and_swap(
     """Load into a new index (or resume an interrupted one), count, swap; see the module."""
     started = time.monotonic()
     previous = mappings.indices_behind_alias(client, alias)
+    model_dir = getattr(encoder, "model_dir", None)  # an embedder in process has its folder
     full_meta = {
         **meta,
+        **({"embedder_dir": str(Path(model_dir).resolve())} if model_dir is not None else {}),
         "embedder": encoder.model_id,
         "dims": encoder.dim,
         "documents": expected,

@@ -436,6 +436,7 @@ class _Training:
         end = time.monotonic() + max(0.0, self.deadline - time.monotonic() - left * self.reserve)
         end = time.monotonic() + (end - time.monotonic()) / left
         started = time.monotonic()
+        mark = (started, self.step)
         losses: list[float] = []
         optimizers = (self.optimizer, self.schedule.scheduler)
         while (
@@ -447,12 +448,15 @@ class _Training:
             self.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if self.step == 3 and config.max_steps is None:
-                # the run is bounded by time: the schedule ends where the budget does (a step's
-                # time holds the mining of its batch)
-                per_step = (time.monotonic() - started) / 3
-                budget = max(0.0, self.deadline - time.monotonic() - config.slices * self.reserve)
-                self.schedule.resize(3 + int(budget / per_step), config.warmup_fraction)
+            since = self.step - mark[1]
+            if config.max_steps is None and since == (3 if len(losses) == 3 else 20):
+                # the run is bounded by time: the schedule ends where the budget does, sized
+                # after a slice's 3rd step and every 20 steps after (the first steps carry
+                # warm-up costs; a step's time holds the mining of its batch)
+                per_step = (time.monotonic() - mark[0]) / since
+                budget = max(0.0, self.deadline - time.monotonic() - left * self.reserve)
+                self.schedule.resize(self.step + int(budget / per_step), config.warmup_fraction)
+                mark = (time.monotonic(), self.step)
         self.seconds += time.monotonic() - started
         return losses
 

@@ -272,6 +272,32 @@ def test_search_refuses_knn_with_another_embedder_than_the_index_was_built_with(
         delete_indices_named_after(es_client, alias)
 
 
+def test_search_and_reindex_follow_the_embedder_the_index_was_built_with(
+    es_node: Any, es_client: Any, mini_scifact: Path
+) -> None:
+    from reranker.es.mappings import index_meta
+
+    alias = "test-search-follows"
+    base = ["--es-url", es_node.url]
+    try:
+        stock = [*base, "--embedder", "all-MiniLM-L6-v2"]
+        indexed = CliRunner().invoke(
+            main, [*stock, "eval", str(mini_scifact), "--alias", alias, "--modes", "bm25"]
+        )
+        assert indexed.exit_code == 0, indexed.output
+        built_with = index_meta(es_client, alias)["embedder"]
+        assert built_with.startswith("all-MiniLM-L6-v2@")
+        query = ["search", "coffee and the heart", "--alias", alias, "--k", "3"]
+        followed = CliRunner().invoke(main, [*base, *query, "--mode", "hybrid"])
+        assert followed.exit_code == 0, followed.output
+        assert "embedding queries with" in followed.output
+        rebuilt = CliRunner().invoke(main, [*base, "reindex", "--alias", alias, "--no-progress"])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert index_meta(es_client, alias)["embedder"] == built_with
+    finally:
+        delete_indices_named_after(es_client, alias)
+
+
 def test_eval_with_diversity_reports_redundancy_and_keeps_the_order_at_lambda_one(
     es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
 ) -> None:
