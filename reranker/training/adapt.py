@@ -291,13 +291,13 @@ class _Schedule:
     """Linear warm-up then linear decay to zero at ``total`` steps, where ``total`` is set
     once the step time is known (the run is bounded by time, not by steps)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> None:
-        self.warmup = max(1, warmup)
-        self.total = max(total, self.warmup + 1)
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int, warmup_fraction: float):
+        self.warmup_fraction = warmup_fraction
+        self.resize(total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
 
-    def resize(self, total: int, warmup_fraction: float) -> None:
-        self.warmup = max(1, math.ceil(warmup_fraction * total))
+    def resize(self, total: int) -> None:
+        self.warmup = max(1, math.ceil(self.warmup_fraction * total))
         self.total = max(total, self.warmup + 1)
 
     def factor(self, step: int) -> float:
@@ -425,7 +425,7 @@ class _Training:
         self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.01)
         per_epoch = max(1, len(self.miner.queries) // config.batch_size)
         total = config.max_steps if config.max_steps is not None else per_epoch
-        self.schedule = _Schedule(self.optimizer, math.ceil(config.warmup_fraction * total), total)
+        self.schedule = _Schedule(self.optimizer, total, config.warmup_fraction)
         self.batches = self.miner.batches()
 
     def run_slice(self, n: int, bar: Any) -> list[float]:
@@ -455,7 +455,7 @@ class _Training:
                 # warm-up costs; a step's time holds the mining of its batch)
                 per_step = (time.monotonic() - mark[0]) / since
                 budget = max(0.0, self.deadline - time.monotonic() - left * self.reserve)
-                self.schedule.resize(self.step + int(budget / per_step), config.warmup_fraction)
+                self.schedule.resize(self.step + int(budget / per_step))
                 mark = (time.monotonic(), self.step)
         self.seconds += time.monotonic() - started
         return losses

@@ -104,7 +104,7 @@ def test_the_check_searches_held_out_sources_without_their_queries() -> None:
     assert corpus == ["first doc", "what is left"]
 
 
-def test_a_check_stops_the_run_only_when_it_falls_beyond_one_standard_error() -> None:
+def test_the_checks_noise_is_one_standard_error_of_its_top1_rate() -> None:
     # 0.7 over 1,000 queries: sqrt(0.7 * 0.3 / 1000) ≈ 0.0145, three queries are 0.003
     assert check_noise(0.7, 1000) == pytest.approx(0.01449, abs=1e-4)
     assert check_noise(0.7, 100_000) < 0.002
