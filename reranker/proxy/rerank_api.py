@@ -27,11 +27,11 @@ scorer's pool, deadline (``default_timeout_ms``) and circuit breaker, and the me
 first-stage order to fail open to: a scorer that is missing, failing or late is an error.
 
 A first-stage-aware model (``Scorer.feature_names``, the default) reads first-stage scores;
-these requests carry none, so the dense score is computed here with the served embedder (the
-cosine of the query and each text, which also orders the texts for the model's prior; the
-BM25 feature is absent for every text, a constant the prior ranks by nothing,
-:func:`~reranker.rerank.features.features_for_texts`). Without a loaded embedder such a
-model answers 424 (TEI's status for a model that cannot rerank).
+these requests carry none, so they are computed here as a hybrid search would give them: the
+dense score with the served embedder (the cosine of the query and each text), BM25 over the
+request's own texts, and the two fused at the default weights, which order the texts for the
+model's prior and its cascade (:func:`~reranker.rerank.features.features_for_texts`). Without
+a loaded embedder such a model answers 424 (TEI's status for a model that cannot rerank).
 
 Sources read for the shapes and statuses (cited where used):
 huggingface/text-embeddings-inference ``router/src/http/types.rs`` (``RerankRequest``,

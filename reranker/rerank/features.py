@@ -17,8 +17,9 @@ list never looks better than being retrieved last by it.
 
 Where no first stage gave a dense score (a BM25-only search, the rerank API's bare texts), the
 cosine is computed in process by the served embedder (:func:`dense_cosines`), the same one
-that embeds indices and queries. Where no BM25 score exists (the rerank API), that column is
-missing for every candidate: a constant, which the model's linear prior ranks by nothing.
+that embeds indices and queries. The rerank API's texts get their BM25 score in process too,
+over the request's own texts (:mod:`reranker.retrieval.lexical`), and the two are fused as a
+hybrid search fuses them, so the model reads the window it was trained on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import numpy as np
 
 from reranker.errors import SearchError
 from reranker.retrieval.embed_cache import encode_queries
+from reranker.retrieval.first_stage import DEFAULT_WEIGHTS
+from reranker.retrieval.fusion import linear
+from reranker.retrieval.lexical import bm25_scores
 
 if TYPE_CHECKING:
     from reranker.retrieval.embed_cache import TextEncoder
@@ -130,11 +134,19 @@ def dense_cosines(encoder: TextEncoder, query: str, passages: Sequence[str]) -> 
 
 
 def features_for_texts(encoder: TextEncoder, query: str, passages: Sequence[str]) -> WindowFeatures:
-    """Features of texts no first stage scored (the rerank API): the dense cosine computed
-    in process orders the window (``fused``) and is the ``dense`` feature; ``bm25`` is missing
-    for every text."""
+    """Features of texts no first stage scored (the rerank API), computed in process as a
+    hybrid search would give them: ``dense`` the embedder's cosine, ``bm25`` BM25 over the
+    texts themselves (missing where a text shares no word with the query, as it would be
+    missing from Elasticsearch's BM25 list), ``fused`` the two fused by linear min-max at the
+    default weights (see docs/experiments/defaults.md, the rerank API)."""
     cosines = dense_cosines(encoder, query, passages).tolist()
-    return window_features(cosines, [None] * len(cosines), cosines)
+    lexical = bm25_scores(query, passages).tolist()
+    keys = [str(i) for i in range(len(cosines))]
+    matched = {key: score for key, score in zip(keys, lexical, strict=True) if score > 0.0}
+    dense = dict(zip(keys, cosines, strict=True))
+    fused = linear([matched, dense], weights=DEFAULT_WEIGHTS["linear"])
+    bm25 = [matched.get(key) for key in keys]
+    return window_features([fused[key] for key in keys], bm25, cosines)
 
 
 class FeatureUnavailable(SearchError):

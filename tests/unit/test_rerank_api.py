@@ -20,7 +20,7 @@ import pytest
 from reranker.config import Settings
 from reranker.errors import ModelError
 from reranker.proxy import ProxySettings, create_app
-from reranker.rerank.features import features_for_texts
+from reranker.rerank.features import dense_cosines, features_for_texts
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
 from tests.helpers import QUERY, SHIPPED, SHIPPED_AWARE, TEXTS, proxy_client
@@ -371,16 +371,21 @@ async def test_with_a_default_cascade_the_model_rescores_the_cosines_top_k_only(
     assert [row["index"] for row in tei.json()][2:] == tail  # the tail keeps the cosine order
 
 
-async def test_the_absent_bm25_column_does_not_change_the_order(
-    aware: Scorer, embedder: Embedder
+async def test_the_texts_get_bm25_over_the_request_and_the_hybrid_fusion(
+    embedder: Embedder,
 ) -> None:
     features = features_for_texts(embedder, QUERY, TEXTS).values
-    assert (features[:, 1] == features[0, 1]).all()  # the same value for every text
-    pairs = [(QUERY, t) for t in TEXTS]
-    shifted = features.copy()
-    shifted[:, 1] = 1.0
-    margin = aware.score(pairs, features=shifted) - aware.score(pairs, features=features)
-    assert np.allclose(margin, margin[0], atol=1e-4)
+    fused, bm25, dense = features[:, 0], features[:, 1], features[:, 2]
+    # "what is a qubit in quantum computing": texts 1 and 3 share words with it, 0 and 2 do not
+    assert bm25[0] == bm25[2] == 0.0
+    assert bm25[1] > 0.0 and bm25[3] >= 0.0 and max(bm25) == 1.0
+    cosines = dense_cosines(embedder, QUERY, TEXTS)
+    assert np.argsort(-dense).tolist() == np.argsort(-cosines).tolist()
+    assert np.allclose(
+        fused,
+        (0.7 * bm25 + dense - (0.7 * bm25 + dense).min()) / np.ptp(0.7 * bm25 + dense),
+        atol=1e-6,
+    )
 
 
 async def test_a_first_stage_aware_model_without_an_embedder_is_a_424(aware: Scorer) -> None:
