@@ -6,9 +6,11 @@ least as well as the dense cosine of the served embedder alone (the cheapest thi
 could do with the same texts)?
 
 For every judged query of the split: the hybrid (linear) top-N of the dataset's index, as
-``reranker eval`` builds it, becomes a ``/rerank`` request to the real app in process (the
-default scorer and embedder, nothing else loaded); its scores, the dense cosine of the same
-texts and the hybrid order itself are scored by ir_measures against the qrels.
+``reranker eval`` builds it, becomes a ``/rerank`` request to the real app in process, set up
+as ``reranker serve`` sets it up (the default scorer and embedder, the first-stage cascade with
+the top ``--cascade-k`` rescored); its scores, the dense cosine of the same texts, the fused
+order the API computes for them (BM25 over the texts and the cosine, no model) and the hybrid
+order itself are scored by ir_measures against the qrels.
 
     python benchmarks/rerank_api_quality.py ../shared/data/scifact --alias beir-scifact \
         --output benchmarks/results/rerank-api-quality-scifact.json
@@ -35,7 +37,8 @@ from reranker.es.client import make_client
 from reranker.evaluation.runs import judged_queries
 from reranker.metrics import score_run
 from reranker.proxy import ProxySettings, create_app
-from reranker.rerank.features import dense_cosines
+from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT
+from reranker.rerank.features import features_for_texts
 from reranker.rerank.scorer import default_model_dir, load_scorer
 from reranker.retrieval.embedder import Embedder
 from reranker.retrieval.first_stage import FirstStage, HybridOptions
@@ -61,15 +64,6 @@ async def _rerank_all(
     return run
 
 
-def cascade_order(cheap: dict[str, float], full: dict[str, float], k: int) -> dict[str, float]:
-    """``cheap``'s top ``k`` in ``full``'s order, then the rest in ``cheap``'s order, as
-    descending run scores."""
-    ranked = sorted(cheap, key=lambda d: -cheap[d])
-    head = sorted(ranked[:k], key=lambda d: -full[d])
-    order = head + ranked[k:]
-    return {doc: float(len(order) - i) for i, doc in enumerate(order)}
-
-
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--alias", required=True, help="Index holding DATASET (default embedder).")
@@ -79,10 +73,9 @@ def cascade_order(cheap: dict[str, float], full: dict[str, float], k: int) -> di
 @click.option("--variant", default="int8", show_default=True)
 @click.option(
     "--cascade-k",
-    default=20,
+    default=DEFAULT_CASCADE_K,
     show_default=True,
-    help="Also report the cosine's top K reordered by the API's scores, the rest in cosine "
-    "order (what a first-stage cascade over the cosine would answer).",
+    help="The served cascade: the model rescores the fused order's top K (0: every text).",
 )
 @click.option("--output", type=click.Path(path_type=Path), default=None)
 @click.option("--progress/--no-progress", default=True)
@@ -106,14 +99,18 @@ def main(
     requests: dict[str, tuple[str, list[str], list[str]]] = {}
     hybrid_run: dict[str, dict[str, float]] = {}
     dense_run: dict[str, dict[str, float]] = {}
+    fused_run: dict[str, dict[str, float]] = {}
     for qid, text in tqdm(queries.items(), desc="hybrid", unit="q", disable=not progress):
         hits = stage.search(text, "hybrid", window, hybrid=HybridOptions())
         ids = [h.id for h in hits]
         texts = [passage_text(h.source or {}) for h in hits]
         requests[qid] = (text, ids, texts)
         hybrid_run[qid] = {h.id: h.score for h in hits}
-        cosines = dense_cosines(embedder, text, texts).tolist() if texts else []
+        features = features_for_texts(embedder, text, texts).values if texts else None
+        cosines = [] if features is None else features[:, 2].tolist()
+        fused = [] if features is None else features[:, 0].tolist()
         dense_run[qid] = dict(zip(ids, cosines, strict=True))
+        fused_run[qid] = dict(zip(ids, fused, strict=True))
 
     app = create_app(
         ProxySettings(
@@ -123,6 +120,8 @@ def main(
             max_body_bytes=64 << 20,
             default_timeout_ms=600_000,
             max_timeout_ms=600_000,
+            cascade_model=Path(FIRST_STAGE_STUDENT) if cascade_k else None,
+            default_cascade=cascade_k or None,
         ),
         scorer_factory=lambda: scorer,
         encoder_factory=lambda: embedder,
@@ -132,12 +131,11 @@ def main(
     api_run = asyncio.run(_rerank_all(app, requests, progress))
     seconds = time.perf_counter() - started
 
-    cascade_run = {qid: cascade_order(dense_run[qid], api_run[qid], cascade_k) for qid in api_run}
     results = {
         "hybrid order": score_run(hybrid_run, qrels),
         "dense cosine of the same texts": score_run(dense_run, qrels),
-        "/rerank (defaults)": score_run(api_run, qrels),
-        f"cosine top {cascade_k} reordered by /rerank": score_run(cascade_run, qrels),
+        "BM25 of the texts fused with the cosine": score_run(fused_run, qrels),
+        "/rerank (served defaults)": score_run(api_run, qrels),
     }
     report = {
         "dataset": dataset.name,
@@ -146,6 +144,7 @@ def main(
         "window": window,
         "first_stage": f"hybrid, linear min-max {HybridOptions().weights}, BM25 + kNN top-N",
         "model": scorer.model_id,
+        "cascade_k": cascade_k,
         "variant": variant,
         "embedder": embedder.model_id,
         "results": results,

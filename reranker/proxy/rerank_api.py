@@ -433,7 +433,7 @@ class RerankApi:
                     assert encoder is not None
                     features = features_for_texts(encoder, call.query, call.texts).values
                 if features is not None and cascade_k is not None:
-                    # the cosine is the cheap level: the model rescores its top k
+                    # the fused order is the cheap level: the model rescores its top k
                     cheap = features[:, 0].tolist()
                     head, _ = cascade_split(cheap, cascade_k)
                     logits = cached.score(
@@ -499,8 +499,8 @@ class RerankApi:
 
     def cascade_k(self, texts: int) -> int | None:
         """The cascade a first-stage-aware model's request gets: the proxy's default k
-        (``default_cascade``, with the first stage as the cheap level: here the embedder's
-        cosine), when it is below the count of texts; else ``None``, every text scored."""
+        (``default_cascade``, with the first stage as the cheap level: here the fused BM25 and
+        cosine of the texts), when it is below the count of texts; else ``None``, every text scored."""
         k = self.proxy.settings.default_cascade
         if k is None or not self.proxy.models.first_stage_student or k >= texts:
             return None

@@ -354,7 +354,7 @@ async def test_a_first_stage_aware_model_reads_the_dense_score_the_embedder_comp
     assert info["first_stage_features"] == list(aware.feature_names)
 
 
-async def test_with_a_default_cascade_the_model_rescores_the_cosines_top_k_only(
+async def test_with_a_default_cascade_the_model_rescores_the_fused_orders_top_k_only(
     aware: Scorer, embedder: Embedder
 ) -> None:
     settings = api_settings(cascade_model=Path("first-stage"), default_cascade=2)
@@ -362,13 +362,13 @@ async def test_with_a_default_cascade_the_model_rescores_the_cosines_top_k_only(
         tei = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
     assert tei.status_code == 200, tei.text
     features = features_for_texts(embedder, QUERY, TEXTS).values
-    by_cosine = sorted(range(len(TEXTS)), key=lambda i: -features[i, 0])
-    head, tail = by_cosine[:2], by_cosine[2:]
+    by_fused = sorted(range(len(TEXTS)), key=lambda i: -features[i, 0])
+    head, tail = by_fused[:2], by_fused[2:]
     logits = aware.score([(QUERY, TEXTS[i]) for i in head], features=features[head])
     got = {row["index"]: row["score"] for row in tei.json()}
     assert np.allclose([got[i] for i in head], logits, atol=1e-4)
     assert max(got[i] for i in tail) < min(got[i] for i in head)
-    assert [row["index"] for row in tei.json()][2:] == tail  # the tail keeps the cosine order
+    assert [row["index"] for row in tei.json()][2:] == tail  # the tail keeps the fused order
 
 
 async def test_the_texts_get_bm25_over_the_request_and_the_hybrid_fusion(
