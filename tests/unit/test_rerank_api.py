@@ -388,6 +388,14 @@ async def test_the_texts_get_bm25_over_the_request_and_the_hybrid_fusion(
     )
 
 
+async def test_texts_sharing_no_word_with_the_query_are_ordered_by_the_cosine(
+    embedder: Embedder,
+) -> None:
+    features = features_for_texts(embedder, "zzyzx", TEXTS).values
+    assert (features[:, 1] == 0.0).all()
+    assert np.argsort(-features[:, 0]).tolist() == np.argsort(-features[:, 2]).tolist()
+
+
 async def test_a_first_stage_aware_model_without_an_embedder_is_a_424(aware: Scorer) -> None:
     async with serving(aware) as http:
         tei = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS})
