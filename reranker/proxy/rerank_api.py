@@ -500,7 +500,8 @@ class RerankApi:
     def cascade_k(self, texts: int) -> int | None:
         """The cascade a first-stage-aware model's request gets: the proxy's default k
         (``default_cascade``, with the first stage as the cheap level: here the fused BM25 and
-        cosine of the texts), when it is below the count of texts; else ``None``, every text scored."""
+        cosine of the texts), when it is below the count of texts; else ``None``, every text
+        scored."""
         k = self.proxy.settings.default_cascade
         if k is None or not self.proxy.models.first_stage_student or k >= texts:
             return None
