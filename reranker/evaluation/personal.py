@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -257,7 +258,10 @@ async def run_simulation(
     then updates the profiles. The report."""
     plan = sim.plan
     topics = sorted(set(sim.topics.values()))
-    users = make_users(topics, plan.users, plan.seed, "sim-person")
+    # a run's users are new users: an earlier run's clicks (same seed, same index) must not
+    # become their history, so the ids carry a tag of this run (the randomness stays seeded)
+    run = uuid.uuid4().hex[:8]
+    users = make_users(topics, plan.users, plan.seed, f"sim-person-{run}")
     history = assign(users, splits["history"], plan.history, plan.seed, plan.focus,
                      sim.query_topic)  # fmt: skip
     await asyncio.gather(*(sim.session(u, q, n, None) for u, q, n in history))
@@ -274,10 +278,11 @@ async def run_simulation(
             outcomes[arm].append(click_dcg(outcome[1]))
     weight = chosen_weight(outcomes)
     later = await compare(sim, users, splits["later"], weight)
-    newcomers = make_users(topics, plan.new_users, plan.seed, "sim-newcomer")
+    newcomers = make_users(topics, plan.new_users, plan.seed, f"sim-newcomer-{run}")
     fresh = await compare(sim, newcomers, splits["later"], weight)
     return {
         "note": NOTE,
+        "run": run,
         "users": plan.users,
         "topics": len(topics),
         "clicks_accepted": sim.posted,

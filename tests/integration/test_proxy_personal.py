@@ -21,7 +21,7 @@ from elasticsearch import Elasticsearch
 
 from reranker.cli import main
 from reranker.es.node import NodeStatus
-from reranker.es.profiles import SETTLE_S, update_profiles
+from reranker.es.profiles import PROFILE_KIND, SETTLE_S, update_profiles
 from reranker.proxy import ProxySettings
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
@@ -286,3 +286,10 @@ async def test_the_simulation_runs_end_to_end_and_new_users_are_left_alone(
     assert report["learned_weight"] in {0.0, 0.5, 1.0, 2.0, 4.0}
     fresh = report["new_users"]
     assert fresh["identical_orders"] == fresh["sessions"] and fresh["personalised_sessions"] == 0
+    # the profiles are this run's users' alone: a rerun never inherits an earlier run's clicks
+    es_client.indices.refresh(index=names["profiles"])
+    stored = es_client.search(
+        index=names["profiles"], query={"term": {"kind": PROFILE_KIND}}, size=100
+    )["hits"]["hits"]
+    want = {f"sim-person-{report['run']}-{plan.seed}-{i}" for i in range(plan.users)}
+    assert {hit["_source"]["subject"] for hit in stored} == want
