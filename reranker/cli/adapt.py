@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from reranker.cli.common import alias_embedder, es_client, hybrid_options, parse_hybrid
+from reranker.cli.common import (
+    alias_embedder,
+    alias_meta,
+    es_client,
+    hybrid_options,
+    parse_hybrid,
+)
 
 
 @click.command("adapt")
@@ -119,7 +125,7 @@ def adapt_cmd(
         logging.getLogger(chatty).setLevel(logging.WARNING)
     hybrid = parse_hybrid(fusion, rank_constant, normalization, weights)
     client = es_client(ctx)
-    embedder = alias_embedder(ctx, client, alias)
+    embedder = alias_embedder(ctx, alias, alias_meta(client, alias))
     target = output or ctx.obj.home / "models" / f"adapted-{alias}"
     config = AdaptConfig(
         alias=alias,

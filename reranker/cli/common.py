@@ -103,19 +103,27 @@ def query_embedder(ctx: click.Context) -> Embedder:
     return Embedder.default(ctx.obj)
 
 
-def alias_embedder(ctx: click.Context, client: Elasticsearch, alias: str) -> Embedder:
-    """The embedder for ALIAS's queries: the one named (--embedder, RERANKER_EMBEDDER), else
-    the one the index was built with when its folder is on this machine and still holds that
-    model (an adapted embedder after `reranker adapt --reindex`), else the default."""
+def alias_meta(client: Elasticsearch, alias: str) -> dict[str, Any]:
+    """What the index behind ``alias`` recorded at indexing (its ``_meta.reranker``): the
+    embedder, its folder, passages; ``{}`` when there is no such index yet (eval builds it) or
+    it cannot be read (the command itself then says what is wrong)."""
     from reranker.es.mappings import index_meta
+
+    try:
+        return dict(index_meta(client, alias))
+    except Exception:
+        return {}
+
+
+def alias_embedder(ctx: click.Context, alias: str, meta: dict[str, Any]) -> Embedder:
+    """The embedder for ALIAS's queries: the one named (--embedder, RERANKER_EMBEDDER), else
+    the one the index was built with (``meta``, :func:`alias_meta`) when its folder is on this
+    machine and still holds that model (an adapted embedder after `reranker adapt --reindex`),
+    else the default."""
     from reranker.retrieval.embedder import DEFAULT_EMBEDDER_DIR, Embedder
 
     settings: Settings = ctx.obj
     if settings.embedder is None:
-        try:
-            meta = index_meta(client, alias)
-        except Exception:  # no such index yet, or not readable: the command says what is wrong
-            meta = {}
         folder = meta.get("embedder_dir")
         if folder and Path(folder).is_dir() and Path(folder) != DEFAULT_EMBEDDER_DIR.resolve():
             # (the default folder needs no note: Embedder.default loads it below)
@@ -175,7 +183,7 @@ def indexing_tools(
     # a batch of documents on a CPU endpoint takes seconds, more on a busy machine
     remote = remote_embedder(ctx, embedder_urls, timeout_s=INDEXING_EMBED_TIMEOUT_S)
     if remote is None and alias is not None:
-        embedder: TextEncoder = alias_embedder(ctx, client, alias)
+        embedder: TextEncoder = alias_embedder(ctx, alias, alias_meta(client, alias))
     else:
         embedder = remote or query_embedder(ctx)
     return client, embedder, default_cache(ctx.obj.home, embedder)
@@ -282,17 +290,14 @@ def passages_option(func: F) -> F:
     )(func)
 
 
-def passages_for(client: Any, alias: str, asked: str | None) -> str | None:
-    """The combination a search of ``alias`` uses: ``asked`` (``none``: truncate), else the
-    one the index recorded at indexing, else none."""
+def passages_for(meta: dict[str, Any], asked: str | None) -> str | None:
+    """The combination a search of an index uses: ``asked`` (``none``: truncate), else the one
+    the index recorded at indexing (``meta``, :func:`alias_meta`), else none."""
     if asked is not None:
         return None if asked == "none" else asked
-    from reranker.es.mappings import PASSAGES_META_KEY, index_meta
+    from reranker.es.mappings import PASSAGES_META_KEY
 
-    try:
-        recorded = index_meta(client, alias).get(PASSAGES_META_KEY)
-    except Exception:  # no index yet (eval indexes it), or not readable: truncate
-        return None
+    recorded = meta.get(PASSAGES_META_KEY)
     return str(recorded) if recorded else None
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from reranker.retrieval.embed_cache import TextEncoder
 
 from reranker.cli.common import (
+    alias_meta,
     default_model_dir,
     diversity_options,
     hybrid_options,
@@ -225,7 +226,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             scorer_api_key=ctx.obj.scorer_api_key,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
-            passages=passages_for(client, alias, a.passages),  # type: ignore[arg-type]
+            passages=passages_for(alias_meta(client, alias), a.passages),  # type: ignore[arg-type]
             diversity=parse_diversity(a.diversity, a.duplicate_threshold),
         )
         reranking = _reranking(a, path, wanted, dataset.name)

@@ -10,6 +10,7 @@ import click
 
 from reranker.cli.common import (
     alias_embedder,
+    alias_meta,
     diversity_options,
     es_client,
     hybrid_options,
@@ -24,16 +25,12 @@ if TYPE_CHECKING:
     from reranker.rerank.personal import Personalization
 
 
-def _check_index_embedder(client: Any, alias: str, model_id: str) -> None:
+def _check_index_embedder(alias: str, meta: dict[str, Any], model_id: str) -> None:
     """Refuse kNN with query vectors of another embedding space than the index's (the
     embedder ``reranker index`` recorded in its ``_meta``; an index without one passes)."""
     from reranker.errors import ConfigError
-    from reranker.es.mappings import index_meta
 
-    try:
-        recorded = index_meta(client, alias).get("embedder")
-    except Exception:  # not readable here: the search itself reports what is wrong
-        return
+    recorded = meta.get("embedder")
     if recorded and recorded != model_id:
         raise ConfigError(
             f"{alias} was embedded with {recorded}, and this command embeds queries with "
@@ -146,6 +143,7 @@ def search_cmd(
 
     cascade = rerank and 0 < cascade_k < window
     client = es_client(ctx)
+    meta = alias_meta(client, alias)  # read once: the embedder, its check, passages
     path = QueryPath(
         index=alias,
         base=mode,
@@ -156,13 +154,13 @@ def search_cmd(
         variant=variant,
         cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
         cascade_k=cascade_k if cascade else None,
-        passages=passages_for(client, alias, passages) if rerank else None,  # type: ignore[arg-type]
+        passages=passages_for(meta, passages) if rerank else None,  # type: ignore[arg-type]
         diversity=parse_diversity(diversity, duplicate_threshold),
     )
     # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
-    encoder = alias_embedder(ctx, client, alias) if mode != "bm25" or rerank else None
+    encoder = alias_embedder(ctx, alias, meta) if mode != "bm25" or rerank else None
     if encoder is not None and mode != "bm25":
-        _check_index_embedder(client, alias, encoder.model_id)
+        _check_index_embedder(alias, meta, encoder.model_id)
     personal = (
         _profile(client, profiles_index, (owner, user, alias), personal_weight) if user else None
     )
