@@ -21,6 +21,7 @@ class DiversityBenchArgs:
     alias: str | None
     window: int
     lambdas: str
+    method: str
     duplicate_threshold: float | None
     max_queries: int | None
     output: Path | None
@@ -49,9 +50,16 @@ def parse_lambdas(raw: str) -> list[float]:
 @click.option("--window", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--lambdas",
-    default="1,0.95,0.9,0.85,0.8,0.7,0.6,0.5",
+    default="1,0.95,0.93,0.92,0.91,0.9,0.88,0.85,0.8",
     show_default=True,
-    help="MMR's λ values, comma-separated (1 = the reranked order).",
+    help="λ values, comma-separated (1 = the reranked order).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["swap", "mmr"]),
+    default="swap",
+    show_default=True,
+    help="How to diversify (see `reranker search --help`).",
 )
 @click.option(
     "--duplicate-threshold",
@@ -73,7 +81,7 @@ def diversity_cmd(ctx: click.Context, /, **options: Any) -> None:
 
     Every judged query of --split is reranked once the way `reranker eval` reranks by
     default (hybrid top --window, the shipped model, the first-stage cascade), with the
-    documents' stored embeddings; then the window is reordered by MMR at each of --lambdas.
+    documents' stored embeddings; then it is diversified by --method at each of --lambdas.
     Reported per λ: NDCG@10, the mean cosine over pairs of the top 10 (ILS@10, lower = more
     diverse) and its change against λ = 1.
     """
@@ -85,7 +93,7 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
     from reranker.evaluation.runs import ensure_dataset_index, judged_queries, query_vectors
     from reranker.evaluation.speed import check_dataset, say, write_report
     from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT
-    from reranker.rerank.diversity import Diversity
+    from reranker.rerank.diversity import Diversity, Method
     from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     lambdas = parse_lambdas(a.lambdas)
@@ -110,7 +118,11 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
         qid: pipeline.search(text, k=a.window, vector=vectors.get(qid)).hits
         for qid, text in tqdm(queries.items(), desc="rerank", unit="q", disable=not a.progress)
     }
-    points = [curve_point(windows, qrels, Diversity(lam, a.duplicate_threshold)) for lam in lambdas]
+    method: Method = "mmr" if a.method == "mmr" else "swap"
+    points = [
+        curve_point(windows, qrels, Diversity(lam, a.duplicate_threshold, method))
+        for lam in lambdas
+    ]
     base = curve_point(windows, qrels, Diversity(1.0))
     say(f"{a.dataset.name} / {a.split}: {len(queries)} queries, window {a.window}")
     say(f"{'lambda':>8}{'ndcg@10':>10}{'Δ':>9}{'ils@10':>9}{'Δ%':>8}{'collapsed':>11}")
@@ -132,6 +144,7 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
             "embedder": encoder.model_id,
             "first_stage": "hybrid",
             "cascade_k": path.cascade_k,
+            "method": a.method,
             "baseline": base.as_json(),
             "curve": [p.as_json() for p in points],
         },

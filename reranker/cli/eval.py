@@ -69,6 +69,7 @@ class EvalArgs:
     score_cache: bool
     passages: str | None
     diversity: float | None
+    diversity_method: str
     duplicate_threshold: float | None
     progress: bool
 
@@ -227,7 +228,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             cascade_model=cascade_model,
             cascade_k=cascade_k,
             passages=passages_for(alias_meta(client, alias), a.passages),  # type: ignore[arg-type]
-            diversity=parse_diversity(a.diversity, a.duplicate_threshold),
+            diversity=parse_diversity(a.diversity, a.duplicate_threshold, a.diversity_method),
         )
         reranking = _reranking(a, path, wanted, dataset.name)
         scorer, blend_choice, cascade = reranking

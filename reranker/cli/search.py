@@ -130,6 +130,7 @@ def search_cmd(
     cascade_k: int,
     passages: str | None,
     diversity: float | None,
+    diversity_method: str,
     duplicate_threshold: float | None,
     user: str | None,
     owner: str,
@@ -155,7 +156,7 @@ def search_cmd(
         cascade_model=Path(FIRST_STAGE_STUDENT) if cascade else None,
         cascade_k=cascade_k if cascade else None,
         passages=passages_for(meta, passages) if rerank else None,  # type: ignore[arg-type]
-        diversity=parse_diversity(diversity, duplicate_threshold),
+        diversity=parse_diversity(diversity, duplicate_threshold, diversity_method),
     )
     # the embedder: kNN, and the dense score a first-stage-aware model reads (BM25 mode too)
     encoder = alias_embedder(ctx, alias, meta) if mode != "bm25" or rerank else None

@@ -159,7 +159,7 @@ def _logged_diversity(why: dict[str, Any]) -> dict[str, Any]:
 
 
 def diversity_explained(why: dict[str, Any]) -> dict[str, Any]:
-    """A hit's MMR explanation, its ``duplicate_of`` as the duplicated hit's index and id."""
+    """A hit's diversity explanation, its ``duplicate_of`` as the duplicated hit's index and id."""
     out = dict(why)
     if "duplicate_of" in out:
         index, doc_id = split_key(str(out["duplicate_of"]))

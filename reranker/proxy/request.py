@@ -13,7 +13,7 @@ from typing import Any
 from reranker.errors import SearchError
 from reranker.proxy.errors import ProxyError, bad_request
 from reranker.proxy.settings import ProxySettings
-from reranker.rerank.diversity import DEFAULT_LAMBDA, Diversity
+from reranker.rerank.diversity import DEFAULT_LAMBDAS, DEFAULT_METHOD, METHODS, Diversity
 from reranker.rerank.passages import COMBINES
 from reranker.rerank.personal import MAX_WEIGHT as MAX_PERSONAL_WEIGHT
 from reranker.retrieval.first_stage import HybridOptions
@@ -33,7 +33,7 @@ RERANK_FIELDS = (
     "personalize",
 )
 PERSONALIZE_FIELDS = ("weight",)
-DIVERSITY_FIELDS = ("lambda", "duplicate_threshold")
+DIVERSITY_FIELDS = ("method", "lambda", "duplicate_threshold")
 HYBRID_FIELDS = ("dense", "fusion", "rank_constant", "weights", "normalization")
 #: body keys that make no sense when the proxy orders the hits itself
 CONFLICTING_BODY_KEYS = ("sort", "search_after", "rescore", "collapse", "retriever", "pit")
@@ -78,8 +78,8 @@ class RerankSpec:
     """No ``cascade`` was given: the proxy's default cascade (``default_cascade``) may apply;
     ``"cascade": false`` asks for the whole window."""
     diversity: Diversity | None = None
-    """MMR over the reranked window with the index's embeddings; ``None``: the reranked
-    order."""
+    """Swaps or MMR over the reranked window with the index's embeddings; ``None``: the
+    reranked order."""
     passages: str | None = None
     """Score long documents by passages, combined by ``max`` or ``firstmax``; ``None``:
     truncate (:mod:`reranker.rerank.passages`)."""
@@ -212,21 +212,26 @@ def _parse_passages(raw: Any) -> str | None:
 
 
 def _parse_diversity(raw: Any) -> Diversity | None:
-    """``true`` (the default lambda), ``false``/absent, or ``{"lambda": x,
-    "duplicate_threshold": y}``."""
+    """``true`` (the default method and its lambda), ``false``/absent, or ``{"method": "swap"
+    | "mmr", "lambda": x, "duplicate_threshold": y}``."""
     if raw is None or raw is False:
         return None
     if raw is True:
-        return Diversity(DEFAULT_LAMBDA)
+        return Diversity(DEFAULT_LAMBDAS[DEFAULT_METHOD], method=DEFAULT_METHOD)
     if not isinstance(raw, dict):
         raise bad_request(f"[rerank.diversity] must be true, false or an object, got {_kind(raw)}")
     _no_unknown(raw, DIVERSITY_FIELDS, "rerank.diversity")
-    lam = raw.get("lambda", DEFAULT_LAMBDA)
+    method = raw.get("method", DEFAULT_METHOD)
+    if method not in METHODS:
+        raise bad_request(
+            f"[rerank.diversity] method must be one of {', '.join(METHODS)}, got {method!r}"[:300]
+        )
+    lam = raw.get("lambda", DEFAULT_LAMBDAS[method])
     threshold = raw.get("duplicate_threshold")
     if not _is_number(lam) or (threshold is not None and not _is_number(threshold)):
         raise bad_request("[rerank.diversity] lambda and duplicate_threshold must be numbers")
     try:
-        return Diversity(float(lam), None if threshold is None else float(threshold))
+        return Diversity(float(lam), None if threshold is None else float(threshold), method)
     except SearchError as exc:
         raise bad_request(f"[rerank.diversity] {exc}") from None
 

@@ -71,7 +71,7 @@ class RankedHit:
     predicted: dict[str, float] | None = None  # a multi-task model's signal heads, by head
     explanation: dict[str, Any] | None = None  # each feature's value and contribution
     vector: list[float] | None = None  # the stored embedding (diversity reads it)
-    diversity: dict[str, Any] | None = None  # its MMR relevance, redundancy and penalty
+    diversity: dict[str, Any] | None = None  # why its place (diversity.Placement)
     personal: dict[str, float] | None = None  # its profile similarity and contribution
 
 
@@ -148,9 +148,10 @@ class Pipeline:
         """``predict_signals`` reads a multi-task model's signal heads into each hit's
         ``predicted`` (a blend reading ``predicted_*`` features turns it on itself).
         ``encoder`` computes the dense score a first-stage-aware model reads where the first
-        stage gave none (a BM25-only search). ``diversity`` reorders the final window by MMR
-        over the hits' stored vectors (:mod:`reranker.rerank.diversity`); ``personal``, before
-        it, adds a user's profile similarity (:mod:`reranker.rerank.personal`)."""
+        stage gave none (a BM25-only search). ``diversity`` diversifies the final window
+        (swaps or MMR) over the hits' stored vectors (:mod:`reranker.rerank.diversity`);
+        ``personal``, before it, adds a user's profile similarity
+        (:mod:`reranker.rerank.personal`)."""
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
         if window < 1:
@@ -502,7 +503,7 @@ class QueryPath:
     """Score documents longer than the model reads by overlapping passages, combined by
     ``max`` or ``firstmax`` (:mod:`reranker.rerank.passages`); ``None`` = truncate."""
     diversity: Diversity | None = None
-    """MMR over the final window with the index's embeddings; ``None`` = the reranked order
+    """Swaps or MMR over the final window with the index's embeddings; ``None`` = the order
     (λ = 1 still fetches the embeddings, to measure a list's redundancy)."""
 
 

@@ -306,15 +306,17 @@ def test_eval_with_diversity_reports_redundancy_and_keeps_the_order_at_lambda_on
     base += ["--modes", "rerank", "--window", "20", "--max-queries", "8", "--no-progress"]
     try:
         reports = []
-        for extra in ([], ["--diversity", "1"], ["--diversity", "0.3"]):
+        mmr = ["--diversity", "0.3", "--diversity-method", "mmr"]
+        for extra in ([], ["--diversity", "1"], ["--diversity", "0.3"], mmr):
             output = tmp_path / f"eval-{len(reports)}.json"
             result = CliRunner().invoke(main, [*base, *extra, "--output", str(output)])
             assert result.exit_code == 0, result.output
             reports.append(json.loads(output.read_text())["results"]["rerank"])
-        plain, kept, diverse = reports
+        plain, kept, swapped, by_mmr = reports
         assert "ils@10" not in plain
         assert kept["ndcg@10"] == pytest.approx(plain["ndcg@10"])
-        assert 0.0 < diverse["ils@10"] < kept["ils@10"]
+        assert 0.0 < swapped["ils@10"] < kept["ils@10"]
+        assert 0.0 < by_mmr["ils@10"] < kept["ils@10"]
         alone = CliRunner().invoke(main, [*base, "--duplicate-threshold", "0.9"])
         assert alone.exit_code == 2 and "needs --diversity" in alone.output
     finally:
@@ -334,7 +336,7 @@ def test_bench_diversity_measures_ndcg_and_redundancy_against_lambda(
         assert result.exit_code == 0, result.output
         report = json.loads(output.read_text())
         at_one, at_low = report["curve"]
-        assert at_one == report["baseline"]
+        assert report["method"] == "swap" and at_one == report["baseline"]
         assert at_low["lambda"] == 0.3 and at_low["ils@10"] < at_one["ils@10"]
         bad = CliRunner().invoke(main, [*args[:-2], "--lambdas", "1,2"])
         assert bad.exit_code == 2 and "[0, 1]" in bad.output

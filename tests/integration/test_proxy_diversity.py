@@ -55,19 +55,41 @@ async def test_lambda_one_keeps_the_reranked_order_and_explains_each_hit(
     kept = await proxy.post(f"/{proxy_alias}/_search", json=body({"lambda": 1.0}, explain=True))
     assert ids(kept) == ids(plain)
     answer = kept.json()
-    assert answer["rerank"]["diversity"] == {"lambda": 1.0, "duplicate_threshold": None}
+    assert answer["rerank"]["diversity"] == {
+        "method": "swap",
+        "lambda": 1.0,
+        "duplicate_threshold": None,
+    }
     assert answer["rerank"]["took_ms"]["diversity"] >= 0.0
+    assert [h["_score"] for h in kept.json()["hits"]["hits"]] == [
+        h["_score"] for h in plain.json()["hits"]["hits"]
+    ]
     for hit in answer["hits"]["hits"]:
         why = hit["_rerank"]["diversity"]
+        assert set(why) == {"relevance", "redundancy", "penalty", "swapped_in"}
+        assert why["penalty"] == 0.0 and why["swapped_in"] is False
+
+
+async def test_mmr_explains_each_hit_by_its_mmr_value(
+    proxy: httpx.AsyncClient, proxy_alias: str
+) -> None:
+    response = await proxy.post(
+        f"/{proxy_alias}/_search", json=body({"method": "mmr", "lambda": 0.5}, explain=True)
+    )
+    assert response.status_code == 200, response.text
+    for hit in response.json()["hits"]["hits"]:
+        why = hit["_rerank"]["diversity"]
         assert set(why) == {"relevance", "redundancy", "penalty", "mmr"}
-        assert why["penalty"] == 0.0
+        assert hit["_score"] == why["mmr"]
 
 
+@pytest.mark.parametrize("method", ["swap", "mmr"])
 async def test_a_low_lambda_makes_the_page_less_redundant_and_keeps_the_top_hit(
-    proxy: httpx.AsyncClient, proxy_alias: str, es_client: Elasticsearch
+    proxy: httpx.AsyncClient, proxy_alias: str, es_client: Elasticsearch, method: str
 ) -> None:
     plain = ids(await proxy.post(f"/{proxy_alias}/_search", json=body()))
-    diverse = ids(await proxy.post(f"/{proxy_alias}/_search", json=body({"lambda": 0.3})))
+    asked = {"method": method, "lambda": 0.3}
+    diverse = ids(await proxy.post(f"/{proxy_alias}/_search", json=body(asked)))
     assert diverse[0] == plain[0]
     assert diverse != plain
     assert redundancy(es_client, proxy_alias, diverse) < redundancy(es_client, proxy_alias, plain)
@@ -153,11 +175,12 @@ async def test_a_diversified_search_is_logged_with_its_lambda_and_penalties(
         es_node, proxy_alias, request_log=True, log_index_prefix=prefix, log_flush_s=0.1
     )
     async with running(settings, proxy_scorer, embedder) as http:
-        response = await http.post(f"/{proxy_alias}/_search", json=body({"lambda": 0.4}))
+        asked = {"method": "mmr", "lambda": 0.4}
+        response = await http.post(f"/{proxy_alias}/_search", json=body(asked))
     assert response.status_code == 200
     es_client.indices.refresh(index=f"{prefix}-*")
     (doc,) = [h["_source"] for h in es_client.search(index=f"{prefix}-*")["hits"]["hits"]]
-    assert doc["diversity"] == {"lambda": 0.4, "duplicate_threshold": None}
+    assert doc["diversity"] == {**asked, "duplicate_threshold": None}
     penalties = [hit["diversity_penalty"] for hit in doc["hits"]]
     assert penalties[0] == 0.0 and max(penalties) > 0.0
     assert "diversity" in doc["took_ms"]

@@ -1,4 +1,5 @@
-"""Diversity after reranking: MMR over the window's stored embeddings (pure logic)."""
+"""Diversity after reranking: swaps onto the first page and MMR over the window's stored
+embeddings (pure logic)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import pytest
 
 from reranker.errors import SearchError
 from reranker.rerank.diversity import (
+    PAGE,
+    SWAPS,
     Diversity,
     diversify,
     intra_list_similarity,
     mmr_order,
+    relevance_chances,
     scaled,
+    swap_order,
 )
 
 # three documents: two near copies (a, a2) and one on another topic (b)
@@ -74,7 +79,7 @@ def test_no_threshold_collapses_nothing() -> None:
 
 def test_diversify_sets_falling_scores_and_explains_each_hit() -> None:
     hits = [Ranked("a", 3.0, A), Ranked("a2", 2.9, A2), Ranked("b", 1.0, B)]
-    ordered = diversify(hits, Diversity(0.5, 0.95), explain=True)
+    ordered = diversify(hits, Diversity(0.5, 0.95, "mmr"), explain=True)
     assert [h.id for h in ordered] == ["a", "b", "a2"]
     scores = [h.score for h in ordered]
     assert scores == sorted(scores, reverse=True)
@@ -85,12 +90,12 @@ def test_diversify_sets_falling_scores_and_explains_each_hit() -> None:
 
 def test_without_explain_no_explanation_is_written() -> None:
     hits = [Ranked("a", 3.0, A), Ranked("b", 1.0, B)]
-    assert all(h.diversity is None for h in diversify(hits, Diversity(0.5)))
+    assert all(h.diversity is None for h in diversify(hits, Diversity(0.5, method="mmr")))
 
 
 def test_a_hit_without_a_vector_is_similar_to_nothing() -> None:
     hits = [Ranked("a", 3.0, A), Ranked("a2", 2.9, A2), Ranked("none", 2.0, None)]
-    ordered = diversify(hits, Diversity(0.5))
+    ordered = diversify(hits, Diversity(0.5, method="mmr"))
     assert [h.id for h in ordered] == ["a", "none", "a2"]
 
 
@@ -119,3 +124,79 @@ def test_relevance_is_scaled_to_zero_one_over_the_window() -> None:
 def test_intra_list_similarity_is_the_mean_cosine_over_pairs() -> None:
     assert intra_list_similarity(np.array([A, A, B])) == pytest.approx(1 / 3)
     assert intra_list_similarity(np.array([A])) == 0.0
+
+
+# ------------------------------------------------------------------------- swaps (the default)
+
+
+def crowded_window(rng: np.random.Generator) -> tuple[list[float], np.ndarray]:
+    """A confident top hit, then a page of near copies of one topic, then two other topics."""
+    copies = np.array(A) + rng.normal(scale=0.05, size=(PAGE + 3, 3))
+    vectors = np.vstack([copies, [B, [0.0, 0.0, 1.0]]])
+    scores = [8.0, *np.linspace(1.0, 0.5, PAGE + 2).tolist(), 0.4, 0.3]
+    return scores, vectors
+
+
+def page_of(placements: list[Any]) -> list[int]:
+    return [p.position for p in placements[:PAGE]]
+
+
+def test_swaps_at_lambda_one_keep_the_order_and_the_scores() -> None:
+    hits = [Ranked(str(i), 3.0 - i, v) for i, v in enumerate([A, A2, B])]
+    ordered = diversify(hits, Diversity(1.0), explain=True)
+    assert [(h.id, h.score) for h in ordered] == [("0", 3.0), ("1", 2.0), ("2", 1.0)]
+
+
+def test_an_unsure_copy_on_the_page_gives_way_to_another_topic_below_it() -> None:
+    scores, vectors = crowded_window(np.random.default_rng(3))
+    placements = swap_order(scores, vectors, Diversity(0.5))
+    page = page_of(placements)
+    assert page[0] == 0  # the confident hit stays first
+    assert {PAGE + 3, PAGE + 4} & set(page)
+    assert intra_list_similarity(vectors[page]) < intra_list_similarity(vectors[:PAGE])
+
+
+def test_a_lambda_close_to_one_swaps_nothing() -> None:
+    scores, vectors = crowded_window(np.random.default_rng(3))
+    assert page_of(swap_order(scores, vectors, Diversity(0.999))) == list(range(PAGE))
+
+
+def test_at_most_swaps_hits_come_onto_the_page() -> None:
+    scores, vectors = crowded_window(np.random.default_rng(5))
+    placements = swap_order(scores, vectors, Diversity(0.0))
+    assert 0 < sum(bool(p.swapped_in) for p in placements) <= SWAPS
+    assert sorted(p.position for p in placements) == list(range(len(scores)))
+
+
+def test_hits_left_on_the_page_and_below_it_keep_their_order() -> None:
+    scores, vectors = crowded_window(np.random.default_rng(3))
+    order = [p.position for p in swap_order(scores, vectors, Diversity(0.5))]
+    stayed = [i for i in order[:PAGE] if i < PAGE]
+    below = order[PAGE:]
+    assert stayed == sorted(stayed) and below == sorted(below)
+
+
+def test_swapped_scores_fall_down_the_list_and_say_what_came_onto_the_page() -> None:
+    scores, vectors = crowded_window(np.random.default_rng(3))
+    hits = [Ranked(str(i), s, vectors[i].tolist()) for i, s in enumerate(scores)]
+    ordered = diversify(hits, Diversity(0.5), explain=True)
+    values = [h.score for h in ordered]
+    assert values == sorted(values, reverse=True)
+    explained = [h.diversity for h in ordered]
+    assert all(w is not None and set(w) >= {"relevance", "swapped_in"} for w in explained)
+    assert any(w is not None and w["swapped_in"] for w in explained[:PAGE])
+    assert not any(w is not None and w["swapped_in"] for w in explained[PAGE:])
+
+
+def test_chances_of_relevance_ignore_the_scores_scale_and_fall_below_the_scored_hits() -> None:
+    scores = np.linspace(5.0, -5.0, 100)
+    chances = relevance_chances(scores)
+    assert np.allclose(relevance_chances(10 * scores + 3), chances)
+    assert np.all((chances > 0) & (chances < 1))
+    assert np.all(np.diff(chances[20:]) < 0)
+    assert chances[0] > chances[19]
+
+
+def test_an_unknown_method_is_refused() -> None:
+    with pytest.raises(SearchError, match="method"):
+        Diversity(0.8, method="dpp")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from reranker.proxy.request import (
     split_rerank,
 )
 from reranker.proxy.settings import ProxySettings
-from reranker.rerank.diversity import DEFAULT_LAMBDA, Diversity
+from reranker.rerank.diversity import DEFAULT_LAMBDA, DEFAULT_LAMBDAS, Diversity
 
 SETTINGS = ProxySettings(max_window=200, default_window=100)
 
@@ -115,9 +115,20 @@ def test_unknown_rerank_field_is_a_400_naming_it() -> None:
     assert "windw" in error.reason
 
 
-def test_diversity_true_takes_the_default_lambda() -> None:
+def test_diversity_true_takes_the_default_method_and_its_lambda() -> None:
     spec = parse_rerank({"diversity": True}, SETTINGS)
-    assert spec.diversity == Diversity(DEFAULT_LAMBDA)
+    assert spec.diversity == Diversity(DEFAULT_LAMBDA, method="swap")
+
+
+def test_a_named_method_without_lambda_takes_that_methods_default() -> None:
+    spec = parse_rerank({"diversity": {"method": "mmr"}}, SETTINGS)
+    assert spec.diversity == Diversity(DEFAULT_LAMBDAS["mmr"], method="mmr")
+    assert DEFAULT_LAMBDAS["mmr"] != DEFAULT_LAMBDAS["swap"]
+
+
+def test_an_unknown_diversity_method_is_refused() -> None:
+    error = refusal(parse_rerank, {"diversity": {"method": "dpp"}}, SETTINGS)
+    assert "swap, mmr" in error.reason
 
 
 def test_diversity_object_gives_lambda_and_duplicate_threshold() -> None:
