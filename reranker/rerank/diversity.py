@@ -243,7 +243,8 @@ def _best_exchange(
     """The page after the one exchange (a hit on it for one below) that raises its value
     most, ``None`` when none raises it. Vectorised over the hits below for each hit on it."""
     k = len(page)
-    below = np.array([i for i in range(len(chance)) if i not in set(page)])
+    on_page = set(page)
+    below = np.array([i for i in range(len(chance)) if i not in on_page])
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     block = similarity[np.ix_(page, page)]
     pair_sum = (block.sum() - np.trace(block)) / 2.0
