@@ -313,15 +313,14 @@ def _collapsed(
         return placements
     kept: list[Placement] = []
     copies: list[Placement] = []
+    kept_rows: list[int] = []
     for placement in placements:
-        twin = next(
-            (k.position for k in kept if similarity[placement.position, k.position] >= threshold),
-            None,
-        )
-        if twin is None:
-            kept.append(placement)
+        close = np.flatnonzero(similarity[placement.position, kept_rows] >= threshold)
+        if len(close):
+            copies.append(replace(placement, duplicate_of=kept_rows[int(close[0])]))
         else:
-            copies.append(replace(placement, duplicate_of=twin))
+            kept.append(placement)
+            kept_rows.append(placement.position)
     return kept + copies
 
 

@@ -200,3 +200,12 @@ def test_chances_of_relevance_ignore_the_scores_scale_and_fall_below_the_scored_
 def test_an_unknown_method_is_refused() -> None:
     with pytest.raises(SearchError, match="method"):
         Diversity(0.8, method="dpp")  # type: ignore[arg-type]
+
+
+def test_swaps_with_a_threshold_put_a_near_copy_below_every_distinct_hit() -> None:
+    scores = [3.0, 2.9, 2.0, 1.0]
+    vectors = np.array([A, A2, B, [0.0, 0.0, 1.0]])
+    placements = swap_order(scores, vectors, Diversity(1.0, 0.95))
+    assert [p.position for p in placements] == [0, 2, 3, 1]
+    assert placements[-1].duplicate_of == 0
+    assert all(p.duplicate_of is None for p in placements[:-1])
