@@ -272,11 +272,10 @@ def diversity_options(func: F) -> F:
     func = click.option(
         "--diversity-method",
         type=click.Choice(["swap", "mmr"]),
-        default="swap",
-        show_default=True,
+        default=None,
         help="With --diversity: swap (up to two hits of the first page exchanged for less "
         "redundant ones below it, where the expected gain allows) or mmr (maximal marginal "
-        "relevance down the whole window).",
+        "relevance down the whole window).  [default: swap]",
     )(func)
     func = click.option(
         "--duplicate-threshold",
@@ -312,7 +311,7 @@ def passages_for(meta: dict[str, Any], asked: str | None) -> str | None:
 
 
 def parse_diversity(
-    lam: float | None, duplicate_threshold: float | None, method: str = "swap"
+    lam: float | None, duplicate_threshold: float | None, method: str | None = None
 ) -> Any:
     """The :class:`~reranker.rerank.diversity.Diversity` the options ask for, or ``None``."""
     from reranker.rerank.diversity import Diversity
@@ -320,6 +319,8 @@ def parse_diversity(
     if lam is None:
         if duplicate_threshold is not None:
             raise click.BadParameter("needs --diversity", param_hint="--duplicate-threshold")
+        if method is not None:
+            raise click.BadParameter("needs --diversity", param_hint="--diversity-method")
         return None
     return Diversity(lam, duplicate_threshold, "mmr" if method == "mmr" else "swap")
 

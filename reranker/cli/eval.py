@@ -69,7 +69,7 @@ class EvalArgs:
     score_cache: bool
     passages: str | None
     diversity: float | None
-    diversity_method: str
+    diversity_method: str | None
     duplicate_threshold: float | None
     progress: bool
 

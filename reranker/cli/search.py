@@ -130,7 +130,7 @@ def search_cmd(
     cascade_k: int,
     passages: str | None,
     diversity: float | None,
-    diversity_method: str,
+    diversity_method: str | None,
     duplicate_threshold: float | None,
     user: str | None,
     owner: str,

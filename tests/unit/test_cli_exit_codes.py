@@ -23,3 +23,10 @@ def test_doctor_exits_non_zero_when_the_cluster_is_unreachable() -> None:
     result = CliRunner().invoke(main, ["--es-url", UNREACHABLE, "doctor"])
     assert result.exit_code == 1, result.output
     assert "NO  elasticsearch" in result.output
+
+
+def test_a_diversity_method_without_diversity_is_a_usage_error() -> None:
+    args = ["--es-url", UNREACHABLE, "search", "vitamin D", "--alias", "x", "--rerank"]
+    result = CliRunner().invoke(main, [*args, "--diversity-method", "mmr"])
+    assert result.exit_code == 2, result.output
+    assert "--diversity-method" in result.output and "needs --diversity" in result.output
