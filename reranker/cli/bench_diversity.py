@@ -9,7 +9,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from reranker.cli.common import es_client, query_embedder
+from reranker.cli.common import es_client, parse_diversity, query_embedder
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
     from reranker.evaluation.runs import ensure_dataset_index, judged_queries, query_vectors
     from reranker.evaluation.speed import check_dataset, say, write_report
     from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT
-    from reranker.rerank.diversity import Diversity, Method
+    from reranker.rerank.diversity import Diversity
     from reranker.rerank.pipeline import QueryPath, build_pipeline
 
     lambdas = parse_lambdas(a.lambdas)
@@ -118,9 +118,8 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
         qid: pipeline.search(text, k=a.window, vector=vectors.get(qid)).hits
         for qid, text in tqdm(queries.items(), desc="rerank", unit="q", disable=not a.progress)
     }
-    method: Method = "mmr" if a.method == "mmr" else "swap"
     points = [
-        curve_point(windows, qrels, Diversity(lam, a.duplicate_threshold, method))
+        curve_point(windows, qrels, parse_diversity(lam, a.duplicate_threshold, a.method))
         for lam in lambdas
     ]
     base = curve_point(windows, qrels, Diversity(1.0))

@@ -207,7 +207,6 @@ def swap_order(
     unit = unit_rows(np.asarray(vectors, dtype=np.float64))
     similarity = unit @ unit.T
     page = list(range(min(PAGE, n)))
-    swapped: set[int] = set()
     if diversity.lam < 1.0 and n > len(page) >= 2:
         redundancy_weight = (1.0 - diversity.lam) / diversity.lam if diversity.lam > 0 else 1e9
         for _ in range(SWAPS):
@@ -215,10 +214,9 @@ def swap_order(
             if exchange is None:
                 break
             page = exchange
-            swapped |= set(page) - set(range(PAGE))
     on_page = set(page)
     order = page + [i for i in range(n) if i not in on_page]
-    return _swap_placements(order, len(page), chance, similarity, diversity, swapped)
+    return _swap_placements(order, len(page), chance, similarity, diversity)
 
 
 def _page_value(
@@ -278,7 +276,6 @@ def _swap_placements(
     chance: np.ndarray,
     similarity: np.ndarray,
     diversity: Diversity,
-    swapped: set[int],
 ) -> list[Placement]:
     """Placements in ``order``: each page hit's redundancy is its mean cosine to the rest of
     the page, each hit below it its mean cosine to the page; values fall strictly down the
@@ -298,7 +295,7 @@ def _swap_placements(
                 redundancy=redundancy,
                 penalty=(1.0 - diversity.lam) * redundancy,
                 mmr=float(values[place]),
-                swapped_in=place < page_size and i in swapped,
+                swapped_in=place < page_size and i >= PAGE,  # it was below the page
             )
         )
     return _collapsed(placements, similarity, diversity.duplicate_threshold)
@@ -369,13 +366,11 @@ def diversify(hits: Sequence[H], diversity: Diversity, *, explain: bool = False)
     below = 0
     for placement in placements:
         hit = hits[placement.position]
-        if keep_scores:
-            pass
-        elif placement.duplicate_of is None:
-            hit.score = placement.mmr
-        else:
+        if placement.duplicate_of is not None:
             below += 1
             hit.score = floor - below
+        elif not keep_scores:
+            hit.score = placement.mmr
         if explain:
             why = placement.to_dict()
             if placement.duplicate_of is not None:
