@@ -212,9 +212,11 @@ class Answers:
         return [row for row in self.rows if start < row[0] < end]
 
 
-async def search_load(http: httpx.AsyncClient, alias: str, stop: asyncio.Event) -> Answers:
-    """CLIENTS clients searching until ``stop``: half reranked, half passed through."""
-    answers = Answers()
+async def search_load(
+    http: httpx.AsyncClient, alias: str, stop: asyncio.Event, answers: Answers
+) -> Answers:
+    """CLIENTS clients searching until ``stop``, into ``answers``: half reranked, half passed
+    through."""
 
     async def searcher(number: int) -> None:
         reranked = number % 2 == 0
@@ -252,8 +254,12 @@ async def test_searches_through_the_proxy_all_answer_while_a_node_is_killed_and_
     victim = next(port for port in cluster.ports if port != master_port(client))
     async with running(load_settings(cluster, f"{search_alias}*"), None) as http:
         stop = asyncio.Event()
-        load = asyncio.create_task(search_load(http, search_alias, stop))
+        started = Answers()
+        load = asyncio.create_task(search_load(http, search_alias, stop, started))
         await asyncio.sleep(2.0)
+        # a cold cluster's first search took 1.7 s in CI: kill once answers come
+        while not started.rows and not load.done():
+            await asyncio.sleep(0.1)
         killed_at = time.monotonic()
         await asyncio.to_thread(kill, cluster, victim)
         await asyncio.sleep(5.0)

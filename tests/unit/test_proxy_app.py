@@ -346,6 +346,19 @@ async def test_the_heartbeat_counts_cpu_work_that_holds_the_loop() -> None:
         held.check()
 
 
+async def test_the_heartbeat_leaves_out_a_garbage_collection_of_the_whole_heap() -> None:
+    import gc
+    import time
+
+    heap = [[n] for n in range(1_500_000)]  # a heap whose full collection takes a while
+    async with heartbeat() as held:
+        started = time.thread_time()
+        gc.collect()
+        collected_s = time.thread_time() - started
+    del heap
+    assert collected_s > held.cpu_s + 0.02, (collected_s, held.cpu_s)
+
+
 async def test_a_client_flooding_the_proxy_waits_then_gets_429s_and_the_others_do_not() -> None:
     keys = ("key-a-0001", "key-b-0002", "key-flood-3")
     async with proxy_client(settings(api_keys=keys)) as http:
