@@ -6,9 +6,10 @@ whole: it trades ``λ · expected DCG@10 − (1 − λ) · ILS@10``, the page's 
 its redundancy (the mean cosine over its pairs, what ``ILS@10`` measures), and makes at most
 ``SWAPS`` exchanges of a hit on the page for one below it, each the one that raises that
 value most, none that lowers it. The expected gain needs each hit's chance of being relevant:
-a logistic model of its rank and its score's place among the top ``SCORED_DEPTH`` scores (the
-cross-encoder's, where a cascade scores only those), and a falling prior by rank below them,
-both fitted on the dev queries of SciFact and Stack Exchange with the shipped model
+a logistic model of its rank, its score's place among the top ``SCORED_DEPTH`` scores (the
+cross-encoder's, where a cascade scores only those) and its cosine to the top hit (the
+documents relevant to a query resemble one another), and a falling prior by rank below
+them, both fitted on the dev queries of SciFact and Stack Exchange with the shipped model
 (docs/experiments/diversity.md). A hit the model is sure of is rarely worth exchanging; an
 unsure hit much like the rest of the page is. Swapped-in hits take the page's place their
 chance gives them; the rest of the window keeps its order below the page. ``λ = 1`` keeps
@@ -40,19 +41,20 @@ METHODS: tuple[Method, ...] = ("swap", "mmr")
 #: the method when none is named, and each method's λ when none is given: chosen on the dev
 #: queries of SciFact and Stack Exchange (docs/experiments/diversity.md)
 DEFAULT_METHOD: Method = "swap"
-DEFAULT_LAMBDAS: dict[Method, float] = {"swap": 0.91, "mmr": 0.85}
+DEFAULT_LAMBDAS: dict[Method, float] = {"swap": 0.88, "mmr": 0.85}
 DEFAULT_LAMBDA = DEFAULT_LAMBDAS[DEFAULT_METHOD]
 
 #: the page the swap method diversifies, and at most how many exchanges it makes
 PAGE = 10
 SWAPS = 2
 #: the swap method's chance of relevance: over the top SCORED_DEPTH hits, a logistic model
-#: of (log rank, score − the top score, the score's z within those hits, 1); below them a
-#: prior a · rank^−b. Fitted on SciFact's and Stack Exchange's dev windows of the shipped
-#: model (hybrid top 100, cascade 20): the logistic by 20,000 steps of gradient descent at
-#: rate 0.1 from zero, the prior by maximum likelihood (docs/experiments/diversity.md).
+#: of (log rank, score − the top score, the score's z within those hits, the cosine to the
+#: top hit, 1); below them a prior a · rank^−b. Fitted on SciFact's and Stack Exchange's dev
+#: windows of the shipped model (hybrid top 100, cascade 20): the logistic by 20,000 steps
+#: of gradient descent at rate 0.1 from zero, the prior by maximum likelihood
+#: (docs/experiments/diversity.md).
 SCORED_DEPTH = 20
-RELEVANCE_COEFFICIENTS = (0.110, 1.500, 1.317, -3.048)
+RELEVANCE_COEFFICIENTS = (0.179, 1.654, 1.072, 1.454, -3.620)
 RANK_PRIOR = (0.630, 1.475)
 
 
@@ -175,10 +177,11 @@ def mmr_order(
     return placed + collapsed
 
 
-def relevance_chances(scores: Sequence[float]) -> np.ndarray:
-    """Each hit's chance of being relevant, for ``scores`` in ranked order (see the module's
-    doc: the logistic model over the top ``SCORED_DEPTH``, the rank prior below). The scores
-    are min-max scaled over the window first, so the model's own scale does not matter."""
+def relevance_chances(scores: Sequence[float], to_top: np.ndarray) -> np.ndarray:
+    """Each hit's chance of being relevant, for ``scores`` in ranked order and ``to_top``
+    each hit's cosine to the first (see the module's doc: the logistic model over the top
+    ``SCORED_DEPTH``, the rank prior below). The scores are min-max scaled over the window
+    first, so the model's own scale does not matter."""
     values = scaled(scores) if len(scores) else np.zeros(0)
     ranks = np.arange(1, len(values) + 1, dtype=np.float64)
     a, b = RANK_PRIOR
@@ -187,8 +190,16 @@ def relevance_chances(scores: Sequence[float]) -> np.ndarray:
     if len(head):
         spread = head.std()
         z = (head - head.mean()) / spread if spread > 0 else np.zeros_like(head)
-        w_rank, w_gap, w_z, bias = RELEVANCE_COEFFICIENTS
-        logit = w_rank * np.log(ranks[: len(head)]) + w_gap * (head - head[0]) + w_z * z + bias
+        similar = np.asarray(to_top[: len(head)], dtype=np.float64).copy()
+        similar[0] = 1.0  # the top hit is itself, even when it has no vector
+        w_rank, w_gap, w_z, w_top, bias = RELEVANCE_COEFFICIENTS
+        logit = (
+            w_rank * np.log(ranks[: len(head)])
+            + w_gap * (head - head[0])
+            + w_z * z
+            + w_top * similar
+            + bias
+        )
         chances[: len(head)] = 1.0 / (1.0 + np.exp(-logit))
     return chances
 
@@ -203,9 +214,9 @@ def swap_order(
     n = len(scores)
     if vectors.shape[0] != n:
         raise ValueError(f"{vectors.shape[0]} vectors for {n} scores")
-    chance = relevance_chances(scores)
     unit = unit_rows(np.asarray(vectors, dtype=np.float64))
     similarity = unit @ unit.T
+    chance = relevance_chances(scores, similarity[0]) if n else np.zeros(0)
     page = list(range(min(PAGE, n)))
     if diversity.lam < 1.0 and n > len(page) >= 2:
         redundancy_weight = (1.0 - diversity.lam) / diversity.lam if diversity.lam > 0 else 1e9
@@ -239,13 +250,17 @@ def _best_exchange(
     page: list[int], chance: np.ndarray, similarity: np.ndarray, weight: float
 ) -> list[int] | None:
     """The page after the one exchange (a hit on it for one below) that raises its value
-    most, ``None`` when none raises it. Vectorised over the hits below for each hit on it."""
+    most, ``None`` when none raises it. Only trades count: an exchange that would raise the
+    page's expected gain is not made, because the reranked order, not the chances, says what
+    is more relevant (chances that disagree with it cost NDCG on dev). Vectorised over the
+    hits below for each hit on it."""
     k = len(page)
     on_page = set(page)
     below = np.array([i for i in range(len(chance)) if i not in on_page])
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     block = similarity[np.ix_(page, page)]
     pair_sum = (block.sum() - np.trace(block)) / 2.0
+    current_gain = float(chance[page] @ discounts)
     current = _page_value(page, chance, similarity, weight)
     best: tuple[float, list[int]] | None = None
     for j in range(k):
@@ -262,6 +277,7 @@ def _best_exchange(
             + similarity[np.ix_(below, np.asarray(rest))].sum(1)
         )
         value = gain - weight * pairs / (k * (k - 1) / 2.0)
+        value[gain > current_gain + 1e-12] = -np.inf
         top = int(np.argmax(value))
         if value[top] > current + 1e-12 and (best is None or value[top] > best[0]):
             newcomer = int(below[top])

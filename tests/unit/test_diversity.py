@@ -190,11 +190,34 @@ def test_swapped_scores_fall_down_the_list_and_say_what_came_onto_the_page() -> 
 
 def test_chances_of_relevance_ignore_the_scores_scale_and_fall_below_the_scored_hits() -> None:
     scores = np.linspace(5.0, -5.0, 100)
-    chances = relevance_chances(scores)
-    assert np.allclose(relevance_chances(10 * scores + 3), chances)
+    to_top = np.full(100, 0.5)
+    chances = relevance_chances(scores, to_top)
+    assert np.allclose(relevance_chances(10 * scores + 3, to_top), chances)
     assert np.all((chances > 0) & (chances < 1))
     assert np.all(np.diff(chances[20:]) < 0)
     assert chances[0] > chances[19]
+
+
+def test_a_scored_hit_like_the_top_one_is_likelier_relevant_than_one_unlike_it() -> None:
+    scores = np.linspace(5.0, -5.0, 100)
+    alike, unlike = np.full(100, 0.9), np.full(100, 0.1)
+    more, less = relevance_chances(scores, alike), relevance_chances(scores, unlike)
+    assert np.all(more[1:20] > less[1:20])
+    assert more[0] == less[0]  # the top hit is the top hit, whatever its vector
+    assert np.array_equal(more[20:], less[20:])  # below the scored hits: rank alone
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.9])
+def test_a_swap_trades_expected_gain_for_novelty_never_gains_both(lam: float) -> None:
+    rng = np.random.default_rng(11)
+    discounts = 1.0 / np.log2(np.arange(2, PAGE + 2))
+    for _ in range(20):
+        scores = np.sort(rng.normal(size=40))[::-1]
+        vectors = rng.normal(size=(40, 8))
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        chance = relevance_chances(scores, unit @ unit[0])
+        page = page_of(swap_order(scores.tolist(), vectors, Diversity(lam)))
+        assert chance[page] @ discounts <= chance[:PAGE] @ discounts + 1e-9
 
 
 def test_an_unknown_method_is_refused() -> None:
