@@ -106,9 +106,11 @@ async def click_last(http: httpx.AsyncClient, answer: dict[str, Any], times: int
 def update(es_client: Elasticsearch, names: dict[str, str], clicks: int) -> dict[str, Any]:
     """Wait for the proxy to have written ``clicks`` click events, then update profiles."""
     deadline = time.monotonic() + 30
+    # 404 until the proxy's writer creates the index, 503 while its shard starts
+    waiting = es_client.options(ignore_status=(404, 503), retry_on_status=())
     while time.monotonic() < deadline:
-        es_client.options(ignore_status=404).indices.refresh(index=names["events"])
-        found = es_client.options(ignore_status=404).count(index=names["events"])
+        waiting.indices.refresh(index=names["events"])
+        found = waiting.count(index=names["events"])
         if found.get("count", 0) >= clicks:
             break
         time.sleep(0.2)
