@@ -340,12 +340,8 @@ def _collapsed(
 def intra_list_similarity(vectors: np.ndarray) -> float:
     """The mean cosine over distinct pairs of ``vectors`` (a list's redundancy; 0.0 for
     fewer than two)."""
-    n = vectors.shape[0]
-    if n < 2:
-        return 0.0
     unit = unit_rows(np.asarray(vectors, dtype=np.float64))
-    similarity = unit @ unit.T
-    return float((similarity.sum() - np.trace(similarity)) / (n * (n - 1)))
+    return _mean_pair_similarity(unit @ unit.T, range(vectors.shape[0]))
 
 
 class Diversifiable(Protocol):
