@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: texts tokenised (and length-sorted) together; bounds memory on very long inputs
 _CHUNK = 2048
+#: what a card says of an int8 variant whose activations are quantised per token
+#: (``export/rowwise_int8.py``): its vectors do not depend on the batch
+PER_TOKEN = "per-token"
 #: the embedder used when none is named: all-MiniLM-L6-v2 fine-tuned on SciFact and Stack
 #: Exchange train (int8; ``reranker train-embedder``), the first stage chosen on dev queries
 DEFAULT_EMBEDDER_DIR = SHIPPED_MODELS_DIR / "all-MiniLM-L6-v2-scifact-se"
@@ -131,6 +134,13 @@ class Embedder:
         #: the embedding space, which an index records
         suffix = "" if variant == "fp32" else f"/{variant}"
         self.model_id: str = f"{card.get('name', self.model_dir.name)}@{digest[:12]}{suffix}"
+        #: a dynamic int8 graph quantises each MatMul's input with one scale for the whole
+        #: batch, so a text's vector would move with its batchmates (cosine 0.992 between one
+        #: text alone and in a batch, shipped embedder); one text per run keeps it the same in
+        #: any call, and on CPU it was no slower (no padding): 0.78x the batched time
+        self.one_text_per_run = variant != "fp32" and PER_TOKEN not in str(
+            chosen.get("quantization", "")
+        )
         self._lock = threading.Lock()
         self.truncated = 0  # texts cut to max_length, over the life of this object
 
@@ -143,12 +153,15 @@ class Embedder:
         """``(len(texts), dim)`` float32 embeddings in the caller's order, each of unit length.
 
         Texts are tokenised in chunks, sorted by length and padded per batch, so short texts
-        do not pay for long ones. ``progress`` shows a tqdm bar. A non-str item raises
+        do not pay for long ones; a graph whose vectors would depend on the batch runs one
+        text at a time (``one_text_per_run``). ``progress`` shows a tqdm bar. A non-str item raises
         :class:`TypeError`; an empty sequence gives a ``(0, dim)`` array.
         """
         items = check_texts(texts)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self.one_text_per_run:
+            batch_size = 1
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         if not items:
             return out

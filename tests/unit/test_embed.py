@@ -283,3 +283,17 @@ def test_queries_get_the_cards_instruction_and_documents_do_not(
     assert float(embedder.encode_queries([query])[0] @ embedder.encode([query])[0]) < 0.99
     with pytest.raises(ModelError, match="unknown pooling"):
         Embedder(_with_card(minilm_assembled_dir, tmp_path / "bad", pooling="max"))
+
+
+def test_a_dynamic_int8_embedders_vector_does_not_depend_on_the_texts_beside_it() -> None:
+    embedder = Embedder.default()
+    assert embedder.variant == "int8" and embedder.one_text_per_run
+    query = "vitamin D deficiency and bone health"
+    others = ["Paris is the capital of France. " * 20, "short", "Qubits hold superpositions."]
+    alone = embedder.encode([query])[0]
+    assert np.array_equal(embedder.encode([query, *others])[0], alone)
+    assert np.array_equal(embedder.encode([*others, query], batch_size=4)[-1], alone)
+
+
+def test_an_fp32_embedder_keeps_batching(minilm_embedder: Embedder) -> None:
+    assert minilm_embedder.variant == "fp32" and not minilm_embedder.one_text_per_run
