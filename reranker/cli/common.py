@@ -266,7 +266,7 @@ def diversity_options(func: F) -> F:
         type=click.FloatRange(0.0, 1.0),
         default=None,
         help="Diversify the reranked list with the documents' stored embeddings, trading "
-        "λ · relevance against (1 − λ) · redundancy (1 keeps the order; 0.88 for swap, 0.85 "
+        "λ · relevance against (1 − λ) · redundancy (1 keeps the order; 0.89 for swap, 0.85 "
         "for mmr were chosen on dev; docs/experiments/diversity.md).",
     )(func)
     func = click.option(
