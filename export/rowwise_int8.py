@@ -30,12 +30,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from reranker.errors import ModelError
+from reranker.models import PER_TOKEN_QUANTIZATION
 
 #: the opset blocked ``QuantizeLinear`` needs; the graphs here are written at 17 and keep
 #: their meaning at 21 (no operator they use changed semantics in between)
 OPSET = 21
-#: the card's words for what a variant made here does
-DESCRIPTION = "dynamic per-token (symmetric, uint8) activations; batch-invariant"
+#: the card's words for what a variant made here does (read by the serving side too)
+DESCRIPTION = PER_TOKEN_QUANTIZATION
 
 _ZERO_POINT = "rowwise/zero_point"
 _MAX_CODE = "rowwise/127"

@@ -38,6 +38,9 @@ WEIGHTS_FILE = "model.safetensors"
 EMBEDDER_CACHE_NAME = "all-MiniLM-L6-v2"
 
 ENCODER_CARD = "card.json"
+#: what a card's variant ``quantization`` says of an int8 graph whose activations are quantised
+#: per token (``export/rowwise_int8.py``): its outputs do not depend on the batch
+PER_TOKEN_QUANTIZATION = "dynamic per-token (symmetric, uint8) activations; batch-invariant"
 CROSS_ENCODER_CARD = "reranker.json"
 CARD_FORMAT = 1
 

@@ -230,14 +230,6 @@ def swap_order(
     return _swap_placements(order, len(page), chance, similarity, diversity)
 
 
-def _page_value(
-    page: Sequence[int], chance: np.ndarray, similarity: np.ndarray, weight: float
-) -> float:
-    discounts = 1.0 / np.log2(np.arange(2, len(page) + 2))
-    gain = float(chance[list(page)] @ discounts)
-    return gain - weight * _mean_pair_similarity(similarity, page)
-
-
 def _mean_pair_similarity(similarity: np.ndarray, items: Sequence[int]) -> float:
     k = len(items)
     if k < 2:
@@ -260,8 +252,9 @@ def _best_exchange(
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     block = similarity[np.ix_(page, page)]
     pair_sum = (block.sum() - np.trace(block)) / 2.0
+    pair_count = k * (k - 1) / 2.0
     current_gain = float(chance[page] @ discounts)
-    current = _page_value(page, chance, similarity, weight)
+    current = current_gain - weight * pair_sum / pair_count
     best: tuple[float, list[int]] | None = None
     for j in range(k):
         rest = page[:j] + page[j + 1 :]
@@ -276,7 +269,7 @@ def _best_exchange(
             - (block[j].sum() - block[j, j])
             + similarity[np.ix_(below, np.asarray(rest))].sum(1)
         )
-        value = gain - weight * pairs / (k * (k - 1) / 2.0)
+        value = gain - weight * pairs / pair_count
         value[gain > current_gain + 1e-12] = -np.inf
         top = int(np.argmax(value))
         if value[top] > current + 1e-12 and (best is None or value[top] > best[0]):

@@ -33,6 +33,7 @@ from reranker.errors import ModelError
 from reranker.models import (
     EMBEDDER_CACHE_NAME,
     ENCODER_CARD,
+    PER_TOKEN_QUANTIZATION,
     POOLINGS,
     SHIPPED_ENCODER_GRAPH,
     SHIPPED_MODEL_NAME,
@@ -55,9 +56,6 @@ log = logging.getLogger(__name__)
 
 #: texts tokenised (and length-sorted) together; bounds memory on very long inputs
 _CHUNK = 2048
-#: what a card says of an int8 variant whose activations are quantised per token
-#: (``export/rowwise_int8.py``): its vectors do not depend on the batch
-PER_TOKEN = "per-token"
 #: the embedder used when none is named: all-MiniLM-L6-v2 fine-tuned on SciFact and Stack
 #: Exchange train (int8; ``reranker train-embedder``), the first stage chosen on dev queries
 DEFAULT_EMBEDDER_DIR = SHIPPED_MODELS_DIR / "all-MiniLM-L6-v2-scifact-se"
@@ -138,7 +136,7 @@ class Embedder:
         #: batch, so a text's vector would move with its batchmates (cosine 0.992 between one
         #: text alone and in a batch, shipped embedder); one text per run keeps it the same in
         #: any call, and on CPU it was no slower (no padding): 0.78x the batched time
-        self.one_text_per_run = variant != "fp32" and PER_TOKEN not in str(
+        self.one_text_per_run = variant != "fp32" and PER_TOKEN_QUANTIZATION not in str(
             chosen.get("quantization", "")
         )
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from reranker.rerank.diversity import (
     relevance_chances,
     scaled,
     swap_order,
+    unit_rows,
 )
 
 # three documents: two near copies (a, a2) and one on another topic (b)
@@ -214,7 +215,7 @@ def test_a_swap_trades_expected_gain_for_novelty_never_gains_both(lam: float) ->
     for _ in range(20):
         scores = np.sort(rng.normal(size=40))[::-1]
         vectors = rng.normal(size=(40, 8))
-        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = unit_rows(vectors)
         chance = relevance_chances(scores, unit @ unit[0])
         page = page_of(swap_order(scores.tolist(), vectors, Diversity(lam)))
         assert chance[page] @ discounts <= chance[:PAGE] @ discounts + 1e-9
