@@ -63,6 +63,10 @@ class Settings:
     embedder: Path | None = None
     """An embedder folder (``reranker train-embedder``'s ``embedder/``) to use instead of the
     shipped all-MiniLM-L6-v2 for indexing and queries (``--embedder``, ``RERANKER_EMBEDDER``)."""
+    rescore_embedder: Path | None = None
+    """The second embedder, whose vectors an index stores for the reranking stage
+    (``--rescore-embedder``, ``RERANKER_RESCORE_EMBEDDER``): a folder, or ``none`` for no
+    second embedder; ``None``: the shipped bge-small-en-v1.5 (int8)."""
     #: the key remote rerank endpoints want (``--scorer-url``; the proxy's setting of the name)
     scorer_api_key: str | None = field(default=None, repr=False)
     embedder_urls: tuple[str, ...] = ()
@@ -110,6 +114,9 @@ class Settings:
             "es_verify_certs": env_bool("RERANKER_ES_VERIFY_CERTS", True),
             "embedder": Path(os.environ["RERANKER_EMBEDDER"])
             if os.environ.get("RERANKER_EMBEDDER")
+            else None,
+            "rescore_embedder": Path(os.environ["RERANKER_RESCORE_EMBEDDER"])
+            if os.environ.get("RERANKER_RESCORE_EMBEDDER")
             else None,
             "scorer_api_key": os.environ.get("RERANKER_PROXY_SCORER_API_KEY") or None,
             "embedder_urls": tuple(

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
+from reranker.cli.common import alias_rescore
 from reranker.evaluation.lengths import parse_lengths
 from reranker.evaluation.peaks import load_average, machine_info
 from reranker.evaluation.speed import (
@@ -115,10 +116,15 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
     alias = a.index or f"beir-{a.dataset.name.lower()}"
     client = make_client(ctx.obj)
     encoder = Embedder.default(ctx.obj)
-    steps = window_ladder(baseline, model, chosen, a.cascade_k)
-    pipelines = [_pipeline(step, a, alias, client, encoder) for step in steps]
+    rescore = alias_rescore(ctx, client, alias)
+    steps = window_ladder(baseline, model, chosen, a.cascade_k, rescore=rescore is not None)
+    pipelines = [
+        _pipeline(step, a, alias, client, encoder, rescore if step.rescore else None)
+        for step in steps
+    ]
     stage = pipelines[0].first_stage
     assert stage is not None
+    stage.with_rescore_vectors = rescore is not None  # the window carries them for every step
     vectors = dict(zip(queries, stage.embed(list(queries.values())), strict=True))
     windows = {
         qid: stage.search(text, "hybrid", a.window, hybrid=pipelines[0].hybrid, vector=vectors[qid])
@@ -171,7 +177,9 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
     write_report(a.output, payload)
 
 
-def _pipeline(step: WindowStep, a: WindowBenchArgs, alias: str, client: Any, encoder: Any) -> Any:
+def _pipeline(
+    step: WindowStep, a: WindowBenchArgs, alias: str, client: Any, encoder: Any, rescore: Any
+) -> Any:
     """The pipeline of one step of the ladder, its scorer loaded as ``serve`` loads it."""
     from reranker.rerank.pipeline import QueryPath, build_pipeline
     from reranker.rerank.scorer import load_scorer
@@ -186,7 +194,7 @@ def _pipeline(step: WindowStep, a: WindowBenchArgs, alias: str, client: Any, enc
         cascade_model=Path("first-stage") if step.cascade_k else None,
         cascade_k=step.cascade_k,
     )
-    return build_pipeline(path, client, encoder, scorer=scorer)
+    return build_pipeline(path, client, encoder, scorer=scorer, rescore=rescore)
 
 
 def _rows(

@@ -17,6 +17,7 @@ from reranker.errors import RerankerError
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
+    from reranker.rerank.rescore import Rescore
     from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder
     from reranker.retrieval.embedder import Embedder
     from reranker.retrieval.remote_embedder import RemoteEmbedder
@@ -101,6 +102,39 @@ def query_embedder(ctx: click.Context) -> Embedder:
     from reranker.retrieval.embedder import Embedder
 
     return Embedder.default(ctx.obj)
+
+
+def rescore_encoder(ctx: click.Context) -> TextEncoder | None:
+    """The second embedder (``--rescore-embedder``; none with ``none``), loaded once per
+    command."""
+    from reranker.rerank.rescore import rescore_embedder
+
+    memo = ctx.find_root().meta
+    if "reranker.rescore_encoder" not in memo:
+        memo["reranker.rescore_encoder"] = rescore_embedder(ctx.obj)
+    encoder: TextEncoder | None = memo["reranker.rescore_encoder"]
+    return encoder
+
+
+def alias_rescore(ctx: click.Context, client: Elasticsearch, alias: str) -> Rescore | None:
+    """The second embedder for reranking ALIAS's window: this command's, when the index holds
+    its vectors (``_meta``); else none, with a note when the index holds another's."""
+    from reranker.es.mappings import RESCORE_META_KEY
+    from reranker.rerank.rescore import Rescore
+
+    stored = alias_meta(client, alias).get(RESCORE_META_KEY)
+    if not stored:
+        return None
+    encoder = rescore_encoder(ctx)
+    if encoder is None or encoder.model_id != stored:
+        ours = encoder.model_id if encoder is not None else "none"
+        click.echo(
+            f"note: {alias} holds second-embedder vectors of {stored}, this command's second "
+            f"embedder is {ours}: the window is reranked without them (reindex to change)",
+            err=True,
+        )
+        return None
+    return Rescore(encoder)
 
 
 def alias_meta(client: Elasticsearch, alias: str) -> dict[str, Any]:

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from reranker.evaluation.runs import EvalReport, RunFunction
     from reranker.rerank.cascade import Cascade
     from reranker.rerank.pipeline import QueryPath
+    from reranker.rerank.rescore import Rescore
     from reranker.rerank.scorer import PairScorer
     from reranker.retrieval.embed_cache import TextEncoder
 
 from reranker.cli.common import (
     alias_meta,
+    alias_rescore,
     default_model_dir,
     diversity_options,
     hybrid_options,
@@ -32,6 +34,7 @@ from reranker.cli.common import (
     parse_hybrid,
     passages_for,
     passages_option,
+    rescore_encoder,
     scorer_url_option,
 )
 from reranker.rerank.capabilities import FromFolder, max_length_of
@@ -204,6 +207,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
         cache=cache,
         force=a.reindex,
         progress=a.progress,
+        rescorer=rescore_encoder(ctx),
     )
     if built is not None:
         click.echo(f"indexed {built.documents} documents into {built.index}", err=True)
@@ -231,11 +235,9 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             diversity=parse_diversity(a.diversity, a.duplicate_threshold, a.diversity_method),
         )
         reranking = _reranking(a, path, wanted, dataset.name)
-        scorer, blend_choice, cascade = reranking
+        rescore = alias_rescore(ctx, client, alias)
         runners.update(
-            _rerank_runners(
-                wanted, path, client, embedder, scorer, blend_choice, vectors, cascade, redundancy
-            )
+            _rerank_runners(wanted, path, client, embedder, reranking, vectors, redundancy, rescore)
         )
     report = EvalReport(dataset=dataset.name, split=a.split, queries=len(queries), index=alias)
     for mode in wanted:
@@ -437,19 +439,18 @@ def _rerank_runners(
     path: QueryPath,
     client: Elasticsearch,
     embedder: TextEncoder,
-    scorer: PairScorer,
-    blend_choice: tuple[SignalConfig | None, Blend | None],
+    reranking: tuple[PairScorer, tuple[SignalConfig | None, Blend | None], Cascade | None],
     vectors: dict[str, list[float]],
-    cascade: Cascade | None = None,
     redundancy: dict[str, list[float]] | None = None,
+    rescore: Rescore | None = None,
 ) -> dict[str, RunFunction]:
     """The ``rerank`` and ``blend`` modes' runners (those wanted), one pipeline each from the
-    one builder, sharing ``scorer``; with diversity, each query's ILS@10 into
-    ``redundancy[mode]``."""
+    one builder, sharing ``reranking``'s scorer, blend choice and cascade, and ``rescore``
+    (the second embedder); with diversity, each query's ILS@10 into ``redundancy[mode]``."""
     from reranker.evaluation.runs import pipeline_runner
     from reranker.rerank.pipeline import build_pipeline
 
-    signal_config, blend_model = blend_choice
+    scorer, (signal_config, blend_model), cascade = reranking
     runners: dict[str, RunFunction] = {}
     for mode, mode_blend in (("rerank", None), ("blend", blend_model)):
         if mode in wanted:
@@ -461,6 +462,7 @@ def _rerank_runners(
                 blend=mode_blend,
                 signals=signal_config,
                 cascade=cascade,
+                rescore=rescore,
             )
             sink = None
             if redundancy is not None and path.diversity is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from reranker.cli.common import embedder_url_option, indexing_tools
+from reranker.cli.common import embedder_url_option, indexing_tools, rescore_encoder
 
 # --------------------------------------------------------------------------- index
 
@@ -76,8 +76,10 @@ def index_cmd(
     """Index SOURCE (a BEIR folder or a JSONL file) into a new versioned index behind ALIAS.
 
     Documents are embedded (ONNX all-MiniLM-L6-v2; through `reranker serve --embedder-only`
-    endpoints with --embedder-url), bulk-loaded into <alias>-<timestamp>, counted, and only
-    then is the alias swapped atomically. Any failure leaves the alias and its current index
+    endpoints with --embedder-url) and by the second embedder (bge-small-en-v1.5, whose
+    vectors only the reranking stage reads; `reranker --rescore-embedder none index ...` for
+    none), bulk-loaded into <alias>-<timestamp>, counted, and only then is the alias swapped
+    atomically. Any failure leaves the alias and its current index
     untouched. Re-running on the same source gives the same result.
 
     A run that was killed or interrupted (Ctrl-C) leaves its new index marked in progress;
@@ -102,6 +104,7 @@ def index_cmd(
             passages=passages,
             shards=shards,
             replicas=replicas,
+            rescore_encoder=rescore_encoder(ctx),
         ),
     )
     for skipped in result.skipped:
@@ -146,7 +149,11 @@ def reindex_cmd(
         cache=cache,
         re_embed=re_embed,
         options=LoadOptions(
-            keep_previous=keep_old, progress=progress, shards=shards, replicas=replicas
+            keep_previous=keep_old,
+            progress=progress,
+            shards=shards,
+            replicas=replicas,
+            rescore_encoder=rescore_encoder(ctx),
         ),
     )
     _report_index(result)

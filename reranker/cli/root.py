@@ -39,15 +39,27 @@ from reranker.config import Settings
     "all-MiniLM-L6-v2 for the stock model [env RERANKER_EMBEDDER; default: the shipped "
     "all-MiniLM-L6-v2-scifact-se, fine-tuned, chosen on dev queries].",
 )
+@click.option(
+    "--rescore-embedder",
+    envvar="RERANKER_RESCORE_EMBEDDER",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Second embedder folder: `index` stores each document's vector of it (not searched), "
+    "and reranking adds its cosine to the cross-encoder's score for indices that hold them; "
+    "`none` for no second embedder [env RERANKER_RESCORE_EMBEDDER; default: the shipped "
+    "bge-small-en-v1.5 (int8), chosen on dev queries].",
+)
 @click.version_option(package_name="reranker")
 @click.pass_context
-def main(ctx: click.Context, es_url: str | None, embedder: Path | None) -> None:
+def main(
+    ctx: click.Context, es_url: str | None, embedder: Path | None, rescore_embedder: Path | None
+) -> None:
     """Hybrid search reranking in front of Elasticsearch.
 
     Elasticsearch recalls candidates (BM25 and kNN); an ONNX cross-encoder reranks them.
     Start with `reranker es up`, then `reranker index` a corpus and `reranker eval` it.
     """
-    ctx.obj = Settings.from_env(es_url=es_url, embedder=embedder)
+    ctx.obj = Settings.from_env(es_url=es_url, embedder=embedder, rescore_embedder=rescore_embedder)
 
 
 for command in (

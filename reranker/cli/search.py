@@ -11,6 +11,7 @@ import click
 from reranker.cli.common import (
     alias_embedder,
     alias_meta,
+    alias_rescore,
     diversity_options,
     es_client,
     hybrid_options,
@@ -165,7 +166,8 @@ def search_cmd(
     personal = (
         _profile(client, profiles_index, (owner, user, alias), personal_weight) if user else None
     )
-    pipeline = build_pipeline(path, client, encoder, personal=personal)
+    rescore = alias_rescore(ctx, client, alias) if rerank else None
+    pipeline = build_pipeline(path, client, encoder, personal=personal, rescore=rescore)
     result = pipeline.search(text, k=k)
     if result.degraded:
         click.echo(f"warning: {result.degraded}", err=True)
@@ -182,6 +184,8 @@ def search_cmd(
             }
             if hit.relevance is not None:
                 row["relevance"] = hit.relevance
+            if hit.rescore is not None:
+                row["rescore_similarity"] = hit.rescore
             click.echo(json.dumps(row))
         else:
             label = (source.get("title") or source.get("text") or "").replace("\n", " ")[:90]

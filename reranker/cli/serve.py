@@ -15,6 +15,7 @@ from reranker.cli.common import (
     load_cli_scorer,
     query_embedder,
     remote_embedder,
+    rescore_encoder,
     scorer_url_option,
 )
 from reranker.config import MODEL_VARIANTS
@@ -162,7 +163,7 @@ def serve_cmd(
         overrides["blends"] = parse_pairs(blend_files, "blend")
     if model_roots:
         overrides["model_roots"] = tuple(model_roots)
-    if scorer_urls:
+    if scorer_urls:  # remote scorers: the endpoints load (and reload) the model
         overrides["scorer_urls"] = scorer_urls
     if cascade_model is not None:
         overrides["cascade_model"] = cascade_model
@@ -175,13 +176,13 @@ def serve_cmd(
         settings = dataclasses.replace(settings, model_roots=(served.parent,))
     serve(
         settings,
-        # remote scorers: the endpoints load (and reload) the model, not this process
         model_loader=None
         if settings.scorer_urls or settings.embedder_only
         else lambda folder, chosen: load_cli_scorer(folder or model, chosen or variant),
         # the embedder: kNN queries, and the dense score a first-stage-aware model reads where
         # no kNN gave one (a BM25-only search, the rerank API); remote with --embedder-url
         encoder_factory=_encoder_factory(ctx, settings, embedder_urls),
+        rescore_factory=_rescore_factory(ctx, settings),
         json_logs=log_format == "json",
     )
 
@@ -205,6 +206,24 @@ def _encoder_factory(ctx: click.Context, settings: Any, urls: tuple[str, ...]) -
         timeout_s = settings.default_timeout_ms / 1000
         remote = remote_embedder(ctx, urls, timeout_s=timeout_s, health_interval_s=5.0)
         return remote or query_embedder(ctx)
+
+    return build
+
+
+def _rescore_factory(ctx: click.Context, settings: Any) -> Any:
+    """The second embedder's loader (none for a scorer- or embedder-only server, which
+    searches no index, or with ``--rescore-embedder none``)."""
+    from reranker.rerank.rescore import NO_RESCORE
+
+    if settings.embedder_only or settings.scorer_only:
+        return None
+    if str(ctx.obj.rescore_embedder) == NO_RESCORE:
+        return None
+
+    def build() -> Any:
+        encoder = rescore_encoder(ctx)
+        assert encoder is not None  # NO_RESCORE was handled above
+        return encoder
 
     return build
 

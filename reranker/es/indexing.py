@@ -38,8 +38,9 @@ from reranker.corpus import CorpusSource, Document, passage_text
 from reranker.errors import IndexingError, MalformedLineError
 from reranker.es import mappings
 from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder, encode_with_cache
+from reranker.retrieval.queries import RESCORE_VECTOR_FIELD, VECTOR_FIELD
 
-SOURCE_FIELDS_RESERVED = {"_id", "embedding"}
+SOURCE_FIELDS_RESERVED = {"_id", VECTOR_FIELD, RESCORE_VECTOR_FIELD}
 #: source ids checked per request when finding where an interrupted load stopped
 RESUME_CHECK = 1000
 
@@ -80,6 +81,9 @@ class LoadOptions:
     """How searches of the new index score documents longer than the cross-encoder reads,
     unless they say otherwise (``max``, ``firstmax``; recorded in its ``_meta``); ``None``:
     they truncate."""
+    rescore_encoder: TextEncoder | None = None
+    """A second embedder: each document's vector of it is stored (not searched) for the
+    reranking stage (:mod:`reranker.rerank.rescore`); ``None``: none."""
 
 
 def source_digest(source: CorpusSource) -> str:
@@ -153,6 +157,12 @@ def reindex_alias(
     # vectors of another embedder are of another space: copying them under this embedder's
     # name would make every kNN search of the new index wrong
     re_embed = re_embed or old_meta.get("embedder") != encoder.model_id
+    rescorer = options.rescore_encoder
+    reuse_rescore = (
+        not re_embed
+        and rescorer is not None
+        and old_meta.get(mappings.RESCORE_META_KEY) == rescorer.model_id
+    )
 
     def scanned() -> Iterator[Document]:
         # Elasticsearch 9 leaves vectors out of _source unless asked for them.
@@ -177,6 +187,7 @@ def reindex_alias(
         cache=cache,
         reuse_embeddings=not re_embed,
         options=options,
+        reuse_rescore=reuse_rescore,
     )
 
 
@@ -192,6 +203,7 @@ def _load_and_swap(
     reuse_embeddings: bool,
     options: LoadOptions,
     resumable: bool = False,
+    reuse_rescore: bool = False,
 ) -> IndexResult:
     """Load into a new index (or resume an interrupted one), count, swap; see the module."""
     started = time.monotonic()
@@ -202,6 +214,7 @@ def _load_and_swap(
         **({"embedder_dir": str(Path(model_dir).resolve())} if model_dir is not None else {}),
         "embedder": encoder.model_id,
         "dims": encoder.dim,
+        **_rescore_meta(options.rescore_encoder),
         "documents": expected,
         "reranker_version": __version__,
     }
@@ -213,7 +226,13 @@ def _load_and_swap(
             log.warning("resuming %s at document %d of %d", new_index, start, expected)
         remaining = itertools.islice(documents(), start, None)
         actions = _actions(
-            new_index, remaining, encoder, cache, reuse_embeddings, options, expected - start
+            new_index,
+            remaining,
+            encoder,
+            cache,
+            (reuse_embeddings, reuse_rescore),
+            options,
+            expected - start,
         )
         loaded = _bulk_load(client, actions, options)
         client.indices.put_settings(index=new_index, settings={"index": {"refresh_interval": None}})
@@ -308,7 +327,7 @@ def unfinished_index(client: Elasticsearch, alias: str, meta: dict[str, Any]) ->
     except (ApiError, TransportError):
         return None
     version = re.compile(re.escape(alias) + r"-\d{14}(-\d+)?")
-    keys = ("source_sha256", "embedder", "documents")
+    keys = ("source_sha256", "embedder", mappings.RESCORE_META_KEY, "documents")
     matches = []
     for name, body in found.items():
         theirs = body.get("mappings", {}).get("_meta", {}).get("reranker", {})
@@ -343,31 +362,25 @@ def _actions(
     documents: Iterable[Document],
     encoder: TextEncoder,
     cache: EmbeddingCache | None,
-    reuse_embeddings: bool,
+    reuse: tuple[bool, bool],
     options: LoadOptions,
     expected: int,
 ) -> Iterator[dict[str, Any]]:
+    """Bulk actions for ``documents``, embedded in chunks; ``reuse``: whether a document's
+    stored vector (the embedder's, the second embedder's) is kept where it has one."""
     bar = tqdm(total=expected, unit="doc", desc="embed+load", disable=not options.progress)
     iterator = iter(documents)
+    rescorer = options.rescore_encoder
     try:
         while chunk := list(itertools.islice(iterator, options.chunk_size)):
-            needs = [
-                i
-                for i, doc in enumerate(chunk)
-                if not (reuse_embeddings and _has_vector(doc, encoder.dim))
-            ]
-            if needs:
-                vectors = encode_with_cache(
-                    encoder,
-                    [passage_text(chunk[i]) for i in needs],
-                    cache,
-                    batch_size=options.embed_batch_size,
-                )
-                for i, vector in zip(needs, vectors, strict=True):
-                    chunk[i]["embedding"] = vector.tolist()
+            _embed_chunk(chunk, VECTOR_FIELD, encoder, cache, reuse[0], options)
+            if rescorer is not None:
+                _embed_chunk(chunk, RESCORE_VECTOR_FIELD, rescorer, None, reuse[1], options)
             for doc in chunk:
                 source = {k: v for k, v in doc.items() if k not in SOURCE_FIELDS_RESERVED}
-                source["embedding"] = doc["embedding"]
+                source[VECTOR_FIELD] = doc[VECTOR_FIELD]
+                if rescorer is not None:
+                    source[RESCORE_VECTOR_FIELD] = doc[RESCORE_VECTOR_FIELD]
                 yield {"_index": index, "_id": doc["_id"], "_source": source}
             bar.update(len(chunk))
     finally:
@@ -398,8 +411,40 @@ def _bulk_load(
     return loaded
 
 
-def _has_vector(doc: Document, dim: int) -> bool:
-    vector = doc.get("embedding")
+def _embed_chunk(
+    chunk: list[Document],
+    field: str,
+    encoder: TextEncoder,
+    cache: EmbeddingCache | None,
+    reuse: bool,
+    options: LoadOptions,
+) -> None:
+    """Set ``field`` of each document in ``chunk`` to its vector by ``encoder`` (kept where
+    ``reuse`` and the document already has one of the right size)."""
+    needs = [
+        i for i, doc in enumerate(chunk) if not (reuse and _has_vector(doc, encoder.dim, field))
+    ]
+    if not needs:
+        return
+    vectors = encode_with_cache(
+        encoder,
+        [passage_text(chunk[i]) for i in needs],
+        cache,
+        batch_size=options.embed_batch_size,
+    )
+    for i, vector in zip(needs, vectors, strict=True):
+        chunk[i][field] = vector.tolist()
+
+
+def _rescore_meta(rescorer: TextEncoder | None) -> dict[str, Any]:
+    """What an index's ``_meta`` says of its second embedder (nothing without one)."""
+    if rescorer is None:
+        return {}
+    return {mappings.RESCORE_META_KEY: rescorer.model_id, "rescore_dims": rescorer.dim}
+
+
+def _has_vector(doc: Document, dim: int, field: str = VECTOR_FIELD) -> bool:
+    vector = doc.get(field)
     return isinstance(vector, list) and len(vector) == dim
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
 
 from reranker.errors import IndexingError
+from reranker.retrieval.queries import RESCORE_VECTOR_FIELD
 
 #: ``es_mappings/``, installed with the package (a checkout's own folder in an editable install)
 MAPPINGS_DIR = Path(str(files("es_mappings")))
@@ -81,6 +82,15 @@ def documents_index_body(
         body["mappings"]["properties"]["embedding"]["meta"] = {
             EMBEDDER_META_KEY: embedder_stamp(str(meta["embedder"]))
         }
+    if meta.get(RESCORE_META_KEY):
+        # the second embedder's vectors are read for the reranking window, never searched:
+        # no HNSW graph to build
+        body["mappings"]["properties"][RESCORE_VECTOR_FIELD] = {
+            "type": "dense_vector",
+            "dims": int(meta["rescore_dims"]),
+            "index": False,
+            "meta": {EMBEDDER_META_KEY: embedder_stamp(str(meta[RESCORE_META_KEY]))},
+        }
     if meta.get(PASSAGES_META_KEY):
         # the index's own default for long documents, read back the same way (field caps)
         body["mappings"]["properties"]["text"]["meta"] = {
@@ -92,6 +102,9 @@ def documents_index_body(
 
 #: the key of the embedder's id in the ``embedding`` field's mapping metadata
 EMBEDDER_META_KEY = "embedder"
+#: the key of the second embedder's id in an index's ``_meta`` (its vectors:
+#: :data:`~reranker.retrieval.queries.RESCORE_VECTOR_FIELD`)
+RESCORE_META_KEY = "rescore_embedder"
 #: the key of the index's passage combination (``max``, ``firstmax``) in its ``_meta`` and in
 #: the ``text`` field's mapping metadata: long documents are scored by passages by default
 PASSAGES_META_KEY = "passages"

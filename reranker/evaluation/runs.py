@@ -144,8 +144,10 @@ def ensure_dataset_index(
     cache: EmbeddingCache | None,
     force: bool = False,
     progress: bool = True,
+    rescorer: TextEncoder | None = None,
 ) -> IndexResult | None:
-    """Index the dataset's corpus behind ``alias`` unless it already holds exactly this corpus.
+    """Index the dataset's corpus behind ``alias`` unless it already holds exactly this corpus
+    embedded by ``encoder`` (and the second embedder ``rescorer``, when given).
 
     ``signals.jsonl`` beside the corpus, if present, is joined in. Returns None when the
     existing index was reused.
@@ -158,9 +160,15 @@ def ensure_dataset_index(
         if (
             meta.get("source_sha256") == source_digest(source)
             and meta.get("embedder") == encoder.model_id
+            and meta.get(mappings.RESCORE_META_KEY) == (rescorer.model_id if rescorer else None)
         ):
             return None
 
     return index_corpus(
-        client, source, alias, encoder, cache=cache, options=LoadOptions(progress=progress)
+        client,
+        source,
+        alias,
+        encoder,
+        cache=cache,
+        options=LoadOptions(progress=progress, rescore_encoder=rescorer),
     )

@@ -537,26 +537,45 @@ def _batch_size(backend: Backend) -> int:
 @dataclass(frozen=True)
 class WindowStep:
     """One rung of the window ladder: which model reranks, at what max length, with or
-    without the first stage as a cascade's cheap level (``cascade_k``)."""
+    without the first stage as a cascade's cheap level (``cascade_k``), with or without the
+    second embedder's cosine (``rescore``)."""
 
     name: str
     model: Path
     max_length: int | None
     cascade_k: int | None = None
+    rescore: bool = False
 
 
 def window_ladder(
-    baseline: Path, model: Path, lengths: Sequence[int], cascade_k: int | None
+    baseline: Path,
+    model: Path,
+    lengths: Sequence[int],
+    cascade_k: int | None,
+    *,
+    rescore: bool = False,
 ) -> list[WindowStep]:
     """The steps from ``baseline`` (at its card's length) to ``model`` at each of ``lengths``
-    in turn, then ``model`` at the last length with the first-stage cascade: each step
-    changes one thing, so each step's ratio to the one before is that change's share."""
+    in turn, then ``model`` at the last length with the first-stage cascade, then (with
+    ``rescore``) with the second embedder too: each step changes one thing, so each step's
+    ratio to the one before is that change's share."""
     steps = [WindowStep("baseline", baseline, None)]
     for length in lengths:
         steps.append(WindowStep(f"model@{length}", model, length))
     if cascade_k is not None:
         last = lengths[-1] if lengths else None
         steps.append(WindowStep(f"model@{last}+cascade{cascade_k}", model, last, cascade_k))
+    if rescore:
+        last_step = steps[-1]
+        steps.append(
+            WindowStep(
+                f"{last_step.name}+rescore",
+                model,
+                last_step.max_length,
+                last_step.cascade_k,
+                rescore=True,
+            )
+        )
     return steps
 
 

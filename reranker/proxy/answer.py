@@ -105,6 +105,7 @@ def search_answer(
         **({"fusion": spec.hybrid.fusion} if first.dense is not None else {}),
         "blend": result.blend,
         **({"cascade": result.cascade} if result.cascade is not None else {}),
+        **({"rescore": result.rescore} if result.rescore is not None else {}),
         **({"diversity": result.diversity} if result.diversity is not None else {}),
         **({"passages": spec.passages} if spec.passages is not None else {}),
         **({"personalize": personalized(result)} if spec.personal_weight is not None else {}),
@@ -141,6 +142,8 @@ def answer_hit(first: FirstStageResult, hit: RankedHit, rank: int, plan: Plan) -
             out["_rerank"]["diversity"] = diversity_explained(hit.diversity)
         if hit.personal is not None:
             out["_rerank"]["personal"] = hit.personal
+        if hit.rescore is not None:  # the second embedder's cosine, normalised over the window
+            out["_rerank"]["rescore_similarity"] = hit.rescore
     return out
 
 

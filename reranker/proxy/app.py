@@ -91,6 +91,7 @@ class Proxy:
         es_client: AsyncElasticsearch | None = None,
         load_in_background: bool = True,
         model_loader: ModelLoader | None = None,
+        rescore_factory: EncoderFactory | None = None,
     ) -> None:
         if settings.scorer_urls and scorer_factory is None:
             scorer_factory = remote_scorer_factory(settings)
@@ -111,6 +112,7 @@ class Proxy:
             scorer_factory=scorer_factory,
             encoder_factory=encoder_factory,
             model_loader=model_loader,
+            rescore_factory=rescore_factory,
         )
         self.metrics.watch_remote_endpoints(self._remote_endpoints)
         self.reranking = RerankHandler(

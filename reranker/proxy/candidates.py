@@ -27,7 +27,12 @@ from reranker.proxy.errors import (
 )
 from reranker.rerank.pipeline import Degraded
 from reranker.retrieval.first_stage import Hit
-from reranker.retrieval.queries import read_vectors, vectors_query
+from reranker.retrieval.queries import (
+    RESCORE_VECTOR_FIELD,
+    VECTOR_FIELD,
+    read_vectors,
+    vectors_query,
+)
 
 KEY_SEPARATOR = "\x1f"  # joins _index and _id: the same _id may live in two indices
 
@@ -159,22 +164,31 @@ async def attach_vectors(
     *,
     headers: Mapping[str, str],
     timeout_s: float,
+    embeddings: bool = True,
+    rescore: bool = False,
 ) -> None:
-    """Set each candidate's ``vector`` to its stored embedding: one search by (index, id)
-    with ``client`` (the client's own credentials); 400 when the index holds none."""
-    if not candidates:
+    """Set each candidate's ``vector`` to its stored embedding (``embeddings``) and its
+    ``rescore_vector`` to its second embedder's (``rescore``): one search by (index, id) with
+    ``client`` (the client's own credentials); 400 when embeddings are asked for and the
+    index holds none."""
+    fields = [VECTOR_FIELD] if embeddings else []
+    fields += [RESCORE_VECTOR_FIELD] if rescore else []
+    if not candidates or not fields:
         return
     _, answer = await search_es(
-        client, index, vectors_query(split_key(h.id) for h in candidates),
+        client, index, vectors_query((split_key(h.id) for h in candidates), fields),
         headers=headers, timeout_s=timeout_s,
     )  # fmt: skip
     try:
-        found = read_vectors(answer)
+        found = {name: read_vectors(answer, name) for name in fields}
     except (KeyError, TypeError, ValueError):
         raise bad_gateway("Elasticsearch's answer holds no readable vectors") from None
-    if not found:
+    if embeddings and not found[VECTOR_FIELD]:
         raise bad_request(
             f"diversity and personalisation need the documents' embeddings; [{index}] has none"
         )
     for hit in candidates:
-        hit.vector = found.get(split_key(hit.id))
+        if embeddings:
+            hit.vector = found[VECTOR_FIELD].get(split_key(hit.id))
+        if rescore:
+            hit.rescore_vector = found[RESCORE_VECTOR_FIELD].get(split_key(hit.id))

@@ -12,7 +12,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 
 from reranker.es.mappings import EMBEDDER_META_KEY, PASSAGES_META_KEY, embedder_stamp
-from reranker.retrieval.queries import VECTOR_FIELD
+from reranker.retrieval.queries import RESCORE_VECTOR_FIELD, VECTOR_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class IndexProbes:
             return known[1]
         try:
             caps = await (await self._searcher()).options(request_timeout=2.0).field_caps(
-                index=index, fields=[VECTOR_FIELD, "text"], ignore_unavailable=True,
+                index=index, fields=[VECTOR_FIELD, RESCORE_VECTOR_FIELD, "text"],
+                ignore_unavailable=True,
                 allow_no_indices=True,
             )  # fmt: skip
         except Exception as exc:
@@ -74,6 +75,17 @@ class IndexProbes:
                             index, ", ".join(stamped), ours)  # fmt: skip
             return False, ", ".join(stamped)
         return has, None
+
+    async def rescore_vectors(self, index: str, embedder_id: str) -> bool:
+        """Whether every index behind ``index`` holds second-embedder vectors of
+        ``embedder_id`` (``rescore_embedding``, its stamp in the field's metadata); no answer:
+        no (the window is reranked without them, never a failed search)."""
+        fields = await self._fields(index)
+        types = (fields or {}).get(RESCORE_VECTOR_FIELD, {})
+        vectors = types.get("dense_vector") or {}
+        stamped = vectors.get("meta", {}).get(EMBEDDER_META_KEY)
+        complete = set(types) == {"dense_vector"} and not vectors.get("indices")
+        return complete and stamped == [embedder_stamp(embedder_id)]
 
     async def passages(self, index: str) -> str | None:
         """The passage combination ``index`` was indexed with (``reranker index --passages``,

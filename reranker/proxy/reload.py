@@ -79,6 +79,7 @@ class LoadedModels:
         encoder_factory: EncoderFactory | None = None,
         model_loader: ModelLoader | None = None,
         student_factory: ScorerFactory | None = None,
+        rescore_factory: EncoderFactory | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -88,6 +89,7 @@ class LoadedModels:
             scorer_factory = lambda: loader(None, None)  # noqa: E731
         self.scorer_factory = scorer_factory
         self.encoder_factory = encoder_factory
+        self.rescore_factory = rescore_factory
         self.model_loader = model_loader
         self.scorer: ServedScorer | None = None
         #: the first stage is the cascade's cheap level (``--cascade-model first-stage``)
@@ -114,6 +116,10 @@ class LoadedModels:
         if self.score_cache is not None:
             metrics.watch_score_cache(self.score_cache)
         self.encoder: TextEncoder | None = None
+        #: the second embedder (:mod:`reranker.rerank.rescore`); ``None``: none configured,
+        #: or it failed to load (``rescore_error``), and windows are reranked without it
+        self.rescorer: TextEncoder | None = None
+        self.rescore_error: str | None = None
         self.model_error: str | None = None
         self.encoder_error: str | None = None
         self.loaded = asyncio.Event()
@@ -160,6 +166,12 @@ class LoadedModels:
                 except Exception as exc:
                     self.encoder_error = str(exc) or type(exc).__name__
                     log.error("the query embedder could not be loaded: %s", self.encoder_error)
+            if self.rescore_factory is not None:
+                try:
+                    self.rescorer = await asyncio.to_thread(self.rescore_factory)
+                except Exception as exc:
+                    self.rescore_error = str(exc) or type(exc).__name__
+                    log.error("the second embedder could not be loaded: %s", self.rescore_error)
         finally:
             freeze_heap()
             self.loaded.set()

@@ -84,6 +84,7 @@ from reranker.rerank.pipeline import (
     QueryPath,
     build_pipeline,
 )
+from reranker.rerank.rescore import Rescore
 from reranker.rerank.scorer import PairScorer
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.first_stage import Hit, fuse
@@ -140,6 +141,8 @@ class Window:
     encoder: TextEncoder | None = None
     #: the searching user's profile (``None``: not personalised)
     personal: Personalization | None = None
+    #: the second embedder, when the index holds its vectors and the window carries them
+    rescore: Rescore | None = None
 
     def pipeline(self, scorer: PairScorer | None, cascade: Cascade | None = None) -> Pipeline:
         """The search's pipeline, by the one builder; no scorer: the first-stage order."""
@@ -164,6 +167,7 @@ class Window:
             explain=self.explain,
             cascade=cascade if scorer is not None else None,
             personal=self.personal,
+            rescore=self.rescore,
         )
 
     def first_stage_order(self, why: Degraded | None = None) -> PipelineResult:
@@ -400,10 +404,16 @@ class RerankHandler:
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             personal = await self._profile(search, spec, degraded)
-            window = replace(window, encoder=self.models.encoder, personal=personal)
-            if spec.diversity is not None or personal is not None:
+            rescore = await self._rescore(search.index)
+            window = replace(
+                window, encoder=self.models.encoder, personal=personal, rescore=rescore
+            )
+            embeddings = spec.diversity is not None or personal is not None
+            if embeddings or rescore is not None:
                 began = time.perf_counter()
-                await self._attach_vectors(search, window.candidates, budget)
+                await self._attach_vectors(
+                    search, window.candidates, budget, embeddings=embeddings, rescore=rescore
+                )
                 first.timings_ms["es"] += (time.perf_counter() - began) * 1000
             result, rerank_ms = await self._score(window, first, budget, ticket)
         finally:
@@ -584,15 +594,33 @@ class RerankHandler:
             return None
 
     async def _attach_vectors(
-        self, search: SearchRequest, candidates: Sequence[Hit], budget: Budget
+        self,
+        search: SearchRequest,
+        candidates: Sequence[Hit],
+        budget: Budget,
+        *,
+        embeddings: bool,
+        rescore: Rescore | None,
     ) -> None:
-        """The candidates' stored embeddings, for diversity and personalisation."""
+        """The candidates' stored embeddings (``embeddings``: for diversity and
+        personalisation) and second-embedder vectors (with ``rescore``), in one search."""
         if budget.expired():
             raise errors.upstream_timeout("no time left to fetch the documents' embeddings")
         await attach_vectors(
             await self._searcher(), search.index, candidates,
             headers=self._upstream_headers(search.request), timeout_s=budget.remaining_s(),
+            embeddings=embeddings, rescore=rescore is not None,
         )  # fmt: skip
+
+    async def _rescore(self, index: str) -> Rescore | None:
+        """The second embedder for reranking ``index``'s window: the served one, when the
+        index holds its vectors (field caps, cached); else none."""
+        rescorer = self.models.rescorer
+        if rescorer is None or self.models.scorer is None:
+            return None
+        if not await self.probes.rescore_vectors(index, rescorer.model_id):
+            return None
+        return Rescore(rescorer)
 
     # ------------------------------------------------------------------ scoring
 

@@ -39,6 +39,7 @@ def create_app(
     es_client: AsyncElasticsearch | None = None,
     load_in_background: bool = True,
     model_loader: ModelLoader | None = None,
+    rescore_factory: EncoderFactory | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
 
@@ -46,8 +47,9 @@ def create_app(
     query embedder (for ``rerank.hybrid.dense``); both run in a thread at start-up, in the
     background by default (``/_health`` answers 503 until the scorer is loaded, and reranked
     searches fail open meanwhile). ``es_client`` replaces the client made from
-    ``settings.es`` (it is then not closed by the app). The :class:`Proxy` is at
-    ``app.state.proxy``.
+    ``settings.es`` (it is then not closed by the app). ``rescore_factory`` builds the second
+    embedder (:mod:`reranker.rerank.rescore`), for indices that hold its vectors. The
+    :class:`Proxy` is at ``app.state.proxy``.
     """
     proxy = Proxy(
         settings,
@@ -56,6 +58,7 @@ def create_app(
         es_client=es_client,
         load_in_background=load_in_background,
         model_loader=model_loader,
+        rescore_factory=rescore_factory,
     )
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -137,6 +140,7 @@ def serve(
     scorer_factory: ScorerFactory | None = None,
     encoder_factory: EncoderFactory | None = None,
     model_loader: ModelLoader | None = None,
+    rescore_factory: EncoderFactory | None = None,
     log_level: str = "info",
     access_log: bool = False,
     json_logs: bool = True,
@@ -152,6 +156,7 @@ def serve(
         scorer_factory=scorer_factory,
         encoder_factory=encoder_factory,
         model_loader=model_loader,
+        rescore_factory=rescore_factory,
     )
     from reranker.proxy.connections import protocol_with_header_timeout
 

@@ -44,6 +44,7 @@ from reranker.rerank.features import (
 from reranker.rerank.heads import PREDICTED_PREFIX, predicted_feature
 from reranker.rerank.passages import Combine, by_passages
 from reranker.rerank.personal import Personalization, personalize
+from reranker.rerank.rescore import Rescore
 from reranker.rerank.scorer import PairScorer, ScoreTimeout
 from reranker.retrieval.first_stage import MODES, FirstStage, Hit, HybridOptions
 
@@ -73,6 +74,7 @@ class RankedHit:
     vector: list[float] | None = None  # the stored embedding (diversity reads it)
     diversity: dict[str, Any] | None = None  # why its place (diversity.Placement)
     personal: dict[str, float] | None = None  # its profile similarity and contribution
+    rescore: float | None = None  # the second embedder's cosine, normalised over the window
 
 
 DegradedKind = Literal["timeout", "error", "unavailable", "circuit_open", "es_partial"]
@@ -107,6 +109,8 @@ class PipelineResult:
     """With diversity: its lambda and duplicate threshold."""
     personal: dict[str, Any] | None = None
     """Personalised: the personal feature's weight and how many clicks built the profile."""
+    rescore: dict[str, Any] | None = None
+    """Where the second embedder's cosine was added: its id and weight."""
 
 
 def check_scores(scores: np.ndarray, expected: int) -> None:
@@ -144,6 +148,7 @@ class Pipeline:
         encoder: TextEncoder | None = None,
         diversity: Diversity | None = None,
         personal: Personalization | None = None,
+        rescore: Rescore | None = None,
     ) -> None:
         """``predict_signals`` reads a multi-task model's signal heads into each hit's
         ``predicted`` (a blend reading ``predicted_*`` features turns it on itself).
@@ -151,7 +156,8 @@ class Pipeline:
         stage gave none (a BM25-only search). ``diversity`` diversifies the final window
         (swaps or MMR) over the hits' stored vectors (:mod:`reranker.rerank.diversity`);
         ``personal``, before it, adds a user's profile similarity
-        (:mod:`reranker.rerank.personal`)."""
+        (:mod:`reranker.rerank.personal`); ``rescore`` a second embedder's cosine to each
+        logit (:mod:`reranker.rerank.rescore`)."""
         if base not in MODES:
             raise SearchError(f"unknown first-stage mode {base!r}; use one of {', '.join(MODES)}")
         if window < 1:
@@ -194,6 +200,7 @@ class Pipeline:
         self.cascade = cascade
         self.diversity = diversity
         self.personal = personal
+        self.rescore = rescore
         if cascade is not None:
             if scorer is None:
                 raise SearchError("a cascade needs the full model; no scorer was given")
@@ -240,10 +247,11 @@ class Pipeline:
         if self.scorer is not None and hits:
             started = time.perf_counter()
             try:
+                bonus = self._rescore(text, candidates, hits, missing, timings)
                 pairs, features = self.scorer_inputs(text, candidates, missing)
                 if self.cascade is not None:
                     first_stage = [h.score for h in candidates]
-                    cascaded = self._cascade(pairs, features, first_stage, deadline, timings)
+                    cascaded = self._cascade(pairs, features, first_stage, deadline, timings, bonus)
                 elif self.predict_signals:
                     logits, predicted = self.scorer.score_with_signals(  # type: ignore[attr-defined]
                         pairs, deadline=deadline, features=features
@@ -268,13 +276,16 @@ class Pipeline:
                     hits = [hits[i] for i in order]
                     timings["rerank"] = (time.perf_counter() - started) * 1000
                 else:
-                    for hit, logit in zip(hits, logits.tolist(), strict=True):
+                    combined = logits if bonus is None else logits + bonus
+                    for hit, logit, score in zip(
+                        hits, logits.tolist(), combined.tolist(), strict=True
+                    ):
                         hit.relevance = float(logit)
-                        hit.score = float(logit)
+                        hit.score = float(score)
                     timings["rerank"] = (time.perf_counter() - started) * 1000
                     if self.blend is not None:
                         started = time.perf_counter()
-                        self._apply_blend(hits, logits)
+                        self._apply_blend(hits, combined)
                         timings["blend"] = (time.perf_counter() - started) * 1000
                     hits.sort(key=lambda h: (-h.score, h.first_stage_rank))
         if self.personal is not None:
@@ -310,6 +321,11 @@ class Pipeline:
             ),
             diversity=self.diversity.describe() if self.diversity is not None else None,
             personal=self.personal.describe() if self.personal is not None else None,
+            rescore=(
+                {"embedder": self.rescore.model_id, "weight": self.rescore.weight}
+                if self.rescore is not None and any(h.rescore is not None for h in hits)
+                else None
+            ),
         )
 
     def _cascade(
@@ -319,12 +335,14 @@ class Pipeline:
         first_stage: Sequence[float],
         deadline: float | None,
         timings: dict[str, float],
+        bonus: np.ndarray | None = None,
     ) -> tuple[list[int], list[float], list[float], list[float | None]]:
         """The cascade over ``pairs`` (see :class:`Cascade`): the window's positions in
         cascade order, and per position the cheap level's score, the final score and the full
         model's logit (``None`` beyond the top k). ``features`` are the whole window's (a
         first-stage-aware full model reads its head's rows); ``first_stage`` the window's
-        first-stage scores, the cheap level when the cascade has no student. Timings:
+        first-stage scores, the cheap level when the cascade has no student; ``bonus`` what
+        the second embedder adds to each position's logit (:meth:`_rescore`). Timings:
         ``student`` (the full model's share is the rest of ``rerank``)."""
         assert self.cascade is not None and self.scorer is not None
         started = time.perf_counter()
@@ -342,13 +360,44 @@ class Pipeline:
             features=None if features is None else features[head],
         )
         check_scores(full, len(head))
-        full_list = [float(x) for x in full.tolist()]
+        logits = [float(x) for x in full.tolist()]
+        full_list = (
+            logits
+            if bonus is None
+            else [x + float(bonus[i]) for x, i in zip(logits, head, strict=True)]
+        )
         order = cascade_order(student_list, full_list, self.cascade.k)
         final = cascade_scores(student_list, head, full_list)
         relevance: list[float | None] = [None] * len(pairs)
-        for i, logit in zip(head, full_list, strict=True):
+        for i, logit in zip(head, logits, strict=True):
             relevance[i] = logit
         return order, student_list, final, relevance
+
+    def _rescore(
+        self,
+        text: str,
+        candidates: Sequence[Hit],
+        hits: Sequence[RankedHit],
+        missing: dict[str, int],
+        timings: dict[str, float],
+    ) -> np.ndarray | None:
+        """What the second embedder adds to each candidate's logit: its weight × the cosine
+        normalised over the window, also kept in each hit's ``rescore``. ``None`` without a
+        second embedder, or when a candidate has no vector of it (counted in
+        ``missing["rescore"]``): a window is rescored whole or not at all, so no hit is
+        ranked down for lacking a vector."""
+        if self.rescore is None:
+            return None
+        lacking = sum(1 for h in candidates if h.rescore_vector is None)
+        if lacking:
+            missing["rescore"] = lacking
+            return None
+        started = time.perf_counter()
+        similarity, _ = self.rescore.similarities(text, [h.rescore_vector for h in candidates])
+        for hit, value in zip(hits, similarity.tolist(), strict=True):
+            hit.rescore = float(value)
+        timings["rescore"] = (time.perf_counter() - started) * 1000
+        return np.asarray(self.rescore.weight * similarity, dtype=np.float64)
 
     def scorer_inputs(
         self, text: str, candidates: Sequence[Hit], missing: dict[str, int] | None = None
@@ -569,6 +618,7 @@ def build_pipeline(
     explain: bool = False,
     cascade: Cascade | None = None,
     personal: Personalization | None = None,
+    rescore: Rescore | None = None,
 ) -> Pipeline:
     """The query path as ``path`` says: the first stage on ``path.index`` (reading the text
     fields and the signals' source fields; none without a ``client``: the caller fetches the
@@ -576,7 +626,8 @@ def build_pipeline(
     share one between pipelines, else loaded from ``path.model``/``path.variant``, behind the
     logit cache when ``path.score_cache`` is set), then the blend. A cascade is ``cascade`` if
     given (to share a student between pipelines), else the one ``path`` names
-    (:func:`cascade_for`)."""
+    (:func:`cascade_for`). ``rescore``: the second embedder, for an index that holds its
+    vectors (:mod:`reranker.rerank.rescore`)."""
     stage = None
     if client is not None:
         fields = [*path.source_fields, *(signals.source_fields if signals is not None else ())]
@@ -586,6 +637,7 @@ def build_pipeline(
             encoder,
             with_source=list(dict.fromkeys(fields)),
             with_vectors=path.diversity is not None or personal is not None,
+            with_rescore_vectors=rescore is not None and path.rerank,
         )
     if scorer is None and path.rerank:
         scorer = scorer_for(path)
@@ -606,4 +658,5 @@ def build_pipeline(
         encoder=encoder,
         diversity=path.diversity,
         personal=personal,
+        rescore=rescore if path.rerank else None,
     )

@@ -14,7 +14,9 @@ from reranker.retrieval import fusion
 from reranker.retrieval.embed_cache import TextEncoder, encode_queries
 from reranker.retrieval.fusion import NORMALIZATIONS, Normalization
 from reranker.retrieval.queries import (
+    RESCORE_VECTOR_FIELD,
     TEXT_FIELDS,
+    VECTOR_FIELD,
     bm25_query,
     knn_clause,
     read_vectors,
@@ -36,6 +38,8 @@ class Hit:
     stage_scores: dict[str, float] = field(default_factory=dict)
     vector: list[float] | None = None
     """The document's stored embedding, when the search asked for it (diversity)."""
+    rescore_vector: list[float] | None = None
+    """The document's second embedder's vector, when the search asked for it (rescoring)."""
 
 
 #: fusion weights (lexical, dense) when none are given: linear 0.7 : 1 ranked best on both dev
@@ -104,14 +108,17 @@ class FirstStage:
         fields: Sequence[str] = TEXT_FIELDS,
         with_source: bool | Sequence[str] = False,
         with_vectors: bool = False,
+        with_rescore_vectors: bool = False,
     ) -> None:
-        """``with_vectors``: each hit carries its stored embedding (:meth:`attach_vectors`)."""
+        """``with_vectors``: each hit carries its stored embedding; ``with_rescore_vectors``:
+        its second embedder's vector, where the index has one (:meth:`attach_vectors`)."""
         self.client = client
         self.index = index
         self.encoder = encoder
         self.fields = tuple(fields)
         self.with_source = with_source
         self.with_vectors = with_vectors
+        self.with_rescore_vectors = with_rescore_vectors
 
     def search(
         self,
@@ -134,24 +141,32 @@ class FirstStage:
             hits = self.dense(text, k, vector=vector)
         else:
             hits = self.hybrid(text, k, hybrid or HybridOptions(), vector=vector)
-        if self.with_vectors:
+        if self.with_vectors or self.with_rescore_vectors:
             self.attach_vectors(hits)
         return hits
 
     def attach_vectors(self, hits: Sequence[Hit]) -> None:
-        """Give each hit its stored embedding (one search by id for the whole list; a
-        document without one keeps ``None``)."""
-        if not hits:
+        """Give each hit its stored vectors, those this stage was asked for (one search by
+        id for the whole list; a document without one keeps ``None``)."""
+        fields = [VECTOR_FIELD] if self.with_vectors else []
+        fields += [RESCORE_VECTOR_FIELD] if self.with_rescore_vectors else []
+        if not hits or not fields:
             return
         try:
             response = self.client.search(
-                index=self.index, **vectors_query((None, h.id) for h in hits)
+                index=self.index, **vectors_query(((None, h.id) for h in hits), fields)
             )
         except (ApiError, TransportError) as exc:
             raise SearchError(f"fetching embeddings from {self.index!r} failed: {exc}") from exc
-        by_id = {doc_id: vector for (_, doc_id), vector in read_vectors(response).items()}
+        found = {
+            name: {doc_id: vector for (_, doc_id), vector in read_vectors(response, name).items()}
+            for name in fields
+        }
         for hit in hits:
-            hit.vector = by_id.get(hit.id)
+            if self.with_vectors:
+                hit.vector = found[VECTOR_FIELD].get(hit.id)
+            if self.with_rescore_vectors:
+                hit.rescore_vector = found[RESCORE_VECTOR_FIELD].get(hit.id)
 
     def bm25(self, text: str, k: int) -> list[Hit]:
         return self._run({"query": bm25_query(text, self.fields)}, k, "bm25")

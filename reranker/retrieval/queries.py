@@ -9,6 +9,9 @@ from typing import Any
 TEXT_FIELDS: tuple[str, ...] = ("title", "text")
 #: the dense_vector field every index of ours holds (es_mappings/docs.json)
 VECTOR_FIELD = "embedding"
+#: the second embedder's vectors, where an index has them: not searched (no HNSW graph), read
+#: for the reranking window only (:mod:`reranker.rerank.rescore`)
+RESCORE_VECTOR_FIELD = "rescore_embedding"
 
 
 def bm25_query(text: str, fields: Sequence[str] = TEXT_FIELDS) -> dict[str, Any]:
@@ -34,10 +37,13 @@ def knn_clause(
     }
 
 
-def vectors_query(documents: Iterable[tuple[str | None, str]]) -> dict[str, Any]:
-    """A search body that returns the stored embeddings of ``documents`` ((index, id) pairs;
-    index ``None`` = whichever index the search targets), and nothing else. The vectors come
-    back under ``fields`` (Elasticsearch leaves them out of ``_source`` by default)."""
+def vectors_query(
+    documents: Iterable[tuple[str | None, str]], fields: Sequence[str] = (VECTOR_FIELD,)
+) -> dict[str, Any]:
+    """A search body that returns the stored vectors (``fields``) of ``documents`` ((index,
+    id) pairs; index ``None`` = whichever index the search targets), and nothing else. The
+    vectors come back under ``fields`` (Elasticsearch leaves them out of ``_source`` by
+    default)."""
     by_index: dict[str | None, dict[str, None]] = defaultdict(dict)  # ordered, no repeats
     for index, doc_id in documents:
         by_index[index][doc_id] = None
@@ -51,16 +57,16 @@ def vectors_query(documents: Iterable[tuple[str | None, str]]) -> dict[str, Any]
         "query": {"bool": {"should": clauses, "minimum_should_match": 1}},
         "size": sum(len(ids) for ids in by_index.values()),
         "_source": False,
-        "fields": [VECTOR_FIELD],
+        "fields": list(fields),
     }
 
 
-def read_vectors(response: Any) -> dict[tuple[str, str], list[float]]:
-    """(index, id) → stored embedding, from the answer to :func:`vectors_query` (documents
-    without one are left out)."""
+def read_vectors(response: Any, field: str = VECTOR_FIELD) -> dict[tuple[str, str], list[float]]:
+    """(index, id) → stored vector of ``field``, from the answer to :func:`vectors_query`
+    (documents without one are left out)."""
     found = {}
     for hit in response["hits"]["hits"]:
-        vector = (hit.get("fields") or {}).get(VECTOR_FIELD)
+        vector = (hit.get("fields") or {}).get(field)
         if isinstance(vector, list) and vector:
             # a dense_vector comes back as a list of numbers (older releases: a list of one)
             values = vector[0] if isinstance(vector[0], list) else vector

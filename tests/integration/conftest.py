@@ -189,13 +189,18 @@ def proxy_settings(es_node: NodeStatus, alias: str, **overrides: Any) -> ProxySe
 
 @asynccontextmanager
 async def running(
-    settings: ProxySettings, scorer: Scorer | None, embedder: Embedder | None = None
+    settings: ProxySettings,
+    scorer: Scorer | None,
+    embedder: Embedder | None = None,
+    *,
+    rescorer: Embedder | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
         settings,
         scorer_factory=(lambda: scorer) if scorer is not None else None,
         encoder_factory=(lambda: embedder) if embedder is not None else None,
         load_in_background=False,
+        rescore_factory=(lambda: rescorer) if rescorer is not None else None,
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
