@@ -13,6 +13,7 @@ from reranker.cli.common import (
     es_client,
     hybrid_options,
     parse_hybrid,
+    rescore_encoder,
 )
 
 
@@ -174,9 +175,8 @@ def _say_and_reindex(
     from reranker.retrieval.embedder import Embedder
 
     # another embedder than the index's: reindex_alias embeds every document again
-    result = reindex_alias(
-        es_client(ctx), alias, Embedder(adapted), options=LoadOptions(progress=progress)
-    )
+    options = LoadOptions(progress=progress, rescore_encoder=rescore_encoder(ctx))
+    result = reindex_alias(es_client(ctx), alias, Embedder(adapted), options=options)
     click.echo(
         f"{alias} → {result.index}: {result.documents} documents embedded with {adapted}; "
         f"search with: reranker --embedder {adapted} ..."

@@ -9,7 +9,13 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from reranker.cli.common import es_client, parse_diversity, query_embedder
+from reranker.cli.common import (
+    alias_rescore,
+    es_client,
+    parse_diversity,
+    query_embedder,
+    rescore_encoder,
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,10 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
     alias = a.alias or f"beir-{a.dataset.name.lower()}"
     client = es_client(ctx)
     encoder = query_embedder(ctx)
-    ensure_dataset_index(client, a.dataset, alias, encoder, cache=None, progress=a.progress)
+    rescorer = rescore_encoder(ctx)
+    ensure_dataset_index(
+        client, a.dataset, alias, encoder, cache=None, progress=a.progress, rescorer=rescorer
+    )
     path = QueryPath(
         index=alias,
         window=a.window,
@@ -111,7 +120,7 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
         cascade_k=min(DEFAULT_CASCADE_K, a.window),
         diversity=Diversity(1.0),  # the embeddings fetched, the order kept
     )
-    pipeline = build_pipeline(path, client, encoder)
+    pipeline = build_pipeline(path, client, encoder, rescore=alias_rescore(ctx, client, alias))
     assert pipeline.first_stage is not None
     vectors = query_vectors(pipeline.first_stage, queries)  # in one batch, as `eval` does
     windows = {

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from reranker.cli.common import RerankerGroup, indexing_tools
+from reranker.cli.common import RerankerGroup, alias_rescore, indexing_tools, rescore_encoder
 from reranker.config import MODEL_VARIANTS
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def run_log_features(ctx: click.Context, a: LogFeaturesArgs) -> None:
         embedder,
         cache=cache,
         progress=a.progress,
+        rescorer=rescore_encoder(ctx),
     )
     path = QueryPath(
         index=alias,
@@ -112,7 +113,7 @@ def run_log_features(ctx: click.Context, a: LogFeaturesArgs) -> None:
         score_cache=ctx.obj.home / "scores",
         source_fields=("title", "text", *config.source_fields),
     )
-    pipeline = build_pipeline(path, client, embedder)
+    pipeline = build_pipeline(path, client, embedder, rescore=alias_rescore(ctx, client, alias))
     scorer = pipeline.scorer
     assert isinstance(scorer, CachedScorer)
     assert pipeline.first_stage is not None

@@ -154,15 +154,17 @@ def reindex_alias(
     kept = {"source", "extra", "source_sha256", mappings.PASSAGES_META_KEY}
     meta = {k: v for k, v in old_meta.items() if k in kept}
     meta["reindexed_from"] = current
-    # vectors of another embedder are of another space: copying them under this embedder's
-    # name would make every kNN search of the new index wrong
-    re_embed = re_embed or old_meta.get("embedder") != encoder.model_id
     rescorer = options.rescore_encoder
+    # the second embedder's vectors are a space of their own: kept whenever it is the same
+    # model (unless --re-embed), whatever happens to the embedder's
     reuse_rescore = (
         not re_embed
         and rescorer is not None
         and old_meta.get(mappings.RESCORE_META_KEY) == rescorer.model_id
     )
+    # vectors of another embedder are of another space: copying them under this embedder's
+    # name would make every kNN search of the new index wrong
+    re_embed = re_embed or old_meta.get("embedder") != encoder.model_id
 
     def scanned() -> Iterator[Document]:
         # Elasticsearch 9 leaves vectors out of _source unless asked for them.

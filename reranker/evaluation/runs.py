@@ -144,10 +144,13 @@ def ensure_dataset_index(
     cache: EmbeddingCache | None,
     force: bool = False,
     progress: bool = True,
-    rescorer: TextEncoder | None = None,
+    rescorer: TextEncoder | None,
+    check_rescore: bool = True,
 ) -> IndexResult | None:
     """Index the dataset's corpus behind ``alias`` unless it already holds exactly this corpus
-    embedded by ``encoder`` (and the second embedder ``rescorer``, when given).
+    embedded by ``encoder`` and the second embedder ``rescorer`` (``None``: without one;
+    ``check_rescore`` false: an index with or without any is reused, as the first stage alone
+    does not read those vectors).
 
     ``signals.jsonl`` beside the corpus, if present, is joined in. Returns None when the
     existing index was reused.
@@ -160,7 +163,10 @@ def ensure_dataset_index(
         if (
             meta.get("source_sha256") == source_digest(source)
             and meta.get("embedder") == encoder.model_id
-            and meta.get(mappings.RESCORE_META_KEY) == (rescorer.model_id if rescorer else None)
+            and (
+                not check_rescore
+                or meta.get(mappings.RESCORE_META_KEY) == (rescorer.model_id if rescorer else None)
+            )
         ):
             return None
 

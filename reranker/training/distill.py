@@ -456,8 +456,9 @@ def distill(
         if encoder is not None:
             alias = f"beir-{dataset.name.lower()}"
             ensure_dataset_index(
-                client, dataset, alias, encoder, cache=embedding_cache, progress=progress
-            )
+                client, dataset, alias, encoder, cache=embedding_cache, progress=progress,
+                rescorer=None, check_rescore=False,  # mining reads the first stage alone
+            )  # fmt: skip
         mined = mine_candidates(dataset, train_qrels, client, encoder, config, label="train",
                                 progress=progress)  # fmt: skip
         held = mine_candidates(dataset, dev_qrels, client, encoder, config, label="held-out",
