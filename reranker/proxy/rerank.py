@@ -404,7 +404,8 @@ class RerankHandler:
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             personal = await self._profile(search, spec, degraded)
-            rescore = await self._rescore(search.index)
+            # a blend reads the model's own logit (what it was fitted on): no second embedder
+            rescore = await self._rescore(search.index) if window.blend is None else None
             window = replace(
                 window, encoder=self.models.encoder, personal=personal, rescore=rescore
             )

@@ -285,7 +285,7 @@ class Pipeline:
                     timings["rerank"] = (time.perf_counter() - started) * 1000
                     if self.blend is not None:
                         started = time.perf_counter()
-                        self._apply_blend(hits, combined)
+                        self._apply_blend(hits, logits)
                         timings["blend"] = (time.perf_counter() - started) * 1000
                     hits.sort(key=lambda h: (-h.score, h.first_stage_rank))
         if self.personal is not None:
@@ -385,8 +385,9 @@ class Pipeline:
         normalised over the window, also kept in each hit's ``rescore``. ``None`` without a
         second embedder, or when a candidate has no vector of it (counted in
         ``missing["rescore"]``): a window is rescored whole or not at all, so no hit is
-        ranked down for lacking a vector."""
-        if self.rescore is None:
+        ranked down for lacking a vector. Nor with a blend: it reads the model's own logit,
+        as `reranker ltr log-features` logged it for the fit."""
+        if self.rescore is None or self.blend is not None:
             return None
         lacking = sum(1 for h in candidates if h.rescore_vector is None)
         if lacking:

@@ -6,7 +6,8 @@ An index built with a second embedder (``reranker index`` with the default
 window only. The reranking stage embeds the query with the same model and adds, to each
 scored hit's cross-encoder logit, ``weight`` × the cosine min-max normalised over the window.
 A window with a hit that lacks a vector (one of the indices searched was built without the
-second embedder) is reranked without it, and the hits are counted.
+second embedder) is reranked without it, and the hits are counted. A blended search does not
+add it either: a blend reads the model's own logit, which is what it was fitted on.
 
 Why: the shipped cross-encoder's own text score is weak (its logit is mostly its first-stage
 prior), while a second, differently trained embedder is a strong, independent signal. On the

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from reranker.blend.blends import LinearBlend
 from reranker.config import Settings
 from reranker.errors import ModelError
 from reranker.es import mappings
@@ -167,3 +168,13 @@ def test_none_names_no_second_embedder_and_the_default_is_the_shipped_bge() -> N
 def test_a_missing_second_embedder_folder_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="second embedder folder"):
         rescore_embedder(Settings(rescore_embedder=tmp_path / "absent"))
+
+
+def test_a_blend_reads_the_models_own_logit_and_the_cosine_is_not_added() -> None:
+    hits = [hit("long", "bbbb", [0.0, 1.0, 0.0], 2.0), hit("short", "a", [1.0, 0.0, 0.0], 1.0)]
+    blend = LinearBlend(
+        weights={"relevance": 1.0, "first_stage": 0.0}, feature_names=("relevance", "first_stage")
+    )
+    result = rescoring(hits, blend=blend).search("a query", k=2)
+    assert [h.id for h in result.hits] == ["long", "short"]  # by length, as fitted
+    assert result.rescore is None and all(h.rescore is None for h in result.hits)
