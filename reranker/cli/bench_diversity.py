@@ -56,7 +56,7 @@ def parse_lambdas(raw: str) -> list[float]:
 @click.option("--window", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option(
     "--lambdas",
-    default="1,0.95,0.93,0.91,0.9,0.89,0.88,0.87,0.85,0.8",
+    default="1,0.95,0.93,0.91,0.9,0.89,0.88,0.87,0.86,0.85,0.8",
     show_default=True,
     help="λ values, comma-separated (1 = the reranked order).",
 )

@@ -295,13 +295,16 @@ def hybrid_options(func: F) -> F:
 def diversity_options(func: F) -> F:
     """``--diversity LAMBDA``, ``--diversity-method`` and ``--duplicate-threshold`` (see
     :func:`parse_diversity`)."""
+    from reranker.rerank.diversity import DEFAULT_LAMBDAS
+
     func = click.option(
         "--diversity",
         type=click.FloatRange(0.0, 1.0),
         default=None,
         help="Diversify the reranked list with the documents' stored embeddings, trading "
-        "λ · relevance against (1 − λ) · redundancy (1 keeps the order; 0.89 for swap, 0.85 "
-        "for mmr were chosen on dev; docs/experiments/diversity.md).",
+        "λ · relevance against (1 − λ) · redundancy (1 keeps the order; "
+        f"{DEFAULT_LAMBDAS['swap']} for swap, {DEFAULT_LAMBDAS['mmr']} for mmr were chosen on "
+        "dev; docs/experiments/diversity.md).",
     )(func)
     func = click.option(
         "--diversity-method",

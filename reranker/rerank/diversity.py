@@ -41,7 +41,7 @@ METHODS: tuple[Method, ...] = ("swap", "mmr")
 #: the method when none is named, and each method's λ when none is given: chosen on the dev
 #: queries of SciFact and Stack Exchange (docs/experiments/diversity.md)
 DEFAULT_METHOD: Method = "swap"
-DEFAULT_LAMBDAS: dict[Method, float] = {"swap": 0.89, "mmr": 0.85}
+DEFAULT_LAMBDAS: dict[Method, float] = {"swap": 0.86, "mmr": 0.85}
 DEFAULT_LAMBDA = DEFAULT_LAMBDAS[DEFAULT_METHOD]
 
 #: the page the swap method diversifies, and at most how many exchanges it makes
