@@ -30,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "reranker-minilm-l6-aware"
 EMBEDDER = REPO / "models" / "all-MiniLM-L6-v2-scifact-se"
+RESCORE_EMBEDDER = REPO / "models" / "bge-small-en-v1.5-int8"
+#: the wheel ships no models: a user names each folder
+MODELS = ["--embedder", EMBEDDER, "--rescore-embedder", RESCORE_EMBEDDER]
 
 
 def run(command: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -77,7 +80,7 @@ def test_installed_eval_runs_from_another_directory_with_paths_given(
     dataset = write_mini_scifact(tmp_path / "mini-scifact", "test", 8, 60)
     output = tmp_path / "eval.json"
     alias = "test-installed-eval"
-    command = [installed, "--es-url", es_node.url, "--embedder", EMBEDDER, "eval", dataset]
+    command = [installed, "--es-url", es_node.url, *MODELS, "eval", dataset]
     command += ["--alias", alias, "--modes", "bm25,hybrid,rerank", "--model", MODEL]
     command += ["--output", output, "--no-progress"]
     try:
@@ -93,7 +96,7 @@ def test_installed_serve_answers_from_another_directory_with_paths_given(
     installed: Path, es_node: Any, tmp_path: Path
 ) -> None:
     port = free_port()
-    command = [installed, "--es-url", es_node.url, "--embedder", EMBEDDER, "serve"]
+    command = [installed, "--es-url", es_node.url, *MODELS, "serve"]
     command += ["--port", str(port), "--model", MODEL]
     process = subprocess.Popen(
         [str(c) for c in command],
