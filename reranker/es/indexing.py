@@ -37,7 +37,12 @@ from reranker import __version__
 from reranker.corpus import CorpusSource, Document, passage_text
 from reranker.errors import IndexingError, MalformedLineError
 from reranker.es import mappings
-from reranker.retrieval.embed_cache import EmbeddingCache, TextEncoder, encode_with_cache
+from reranker.retrieval.embed_cache import (
+    EmbeddingCache,
+    TextEncoder,
+    cache_name,
+    encode_with_cache,
+)
 from reranker.retrieval.queries import RESCORE_VECTOR_FIELD, VECTOR_FIELD
 
 SOURCE_FIELDS_RESERVED = {"_id", VECTOR_FIELD, RESCORE_VECTOR_FIELD}
@@ -465,4 +470,4 @@ def _delete_quietly(client: Elasticsearch, index: str) -> None:
 
 
 def default_cache(home: Path, encoder: TextEncoder) -> EmbeddingCache:
-    return EmbeddingCache(home / "embeddings", encoder.model_id)
+    return EmbeddingCache(home / "embeddings", cache_name(encoder))

@@ -49,6 +49,15 @@ def encode_queries(encoder: Any, texts: Sequence[str]) -> np.ndarray:
     return result
 
 
+def cache_name(encoder: Any) -> str:
+    """The name of ``encoder``'s vectors in a cache: its model id, marked when it embeds one
+    text at a time (an int8 graph whose vectors would depend on their batchmates), since the
+    same model gave batch-dependent vectors before, and a cache filled then must not serve
+    them now."""
+    one_text = "+one-text" if getattr(encoder, "one_text_per_run", False) else ""
+    return f"{encoder.model_id}{one_text}"
+
+
 class EmbeddingCache:
     """Float32 vectors in one SQLite file per model."""
 

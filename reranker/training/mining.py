@@ -51,9 +51,9 @@ class HybridData:
 
 
 def _embed(texts: Sequence[str], embedder: Any, cache_dir: Path | None) -> np.ndarray:
-    from reranker.retrieval.embed_cache import EmbeddingCache, encode_with_cache
+    from reranker.retrieval.embed_cache import EmbeddingCache, cache_name, encode_with_cache
 
-    cache = EmbeddingCache(cache_dir, embedder.model_id) if cache_dir is not None else None
+    cache = EmbeddingCache(cache_dir, cache_name(embedder)) if cache_dir is not None else None
     try:
         return encode_with_cache(embedder, list(texts), cache)
     finally:

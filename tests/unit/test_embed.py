@@ -13,7 +13,9 @@ import pytest
 
 from reranker.config import Settings
 from reranker.errors import ModelError
+from reranker.es.indexing import default_cache
 from reranker.models import EMBEDDER_CACHE_NAME, SHIPPED_ENCODER_GRAPH
+from reranker.retrieval.embed_cache import cache_name
 from reranker.retrieval.embedder import (
     DEFAULT_EMBEDDER_DIR,
     STOCK_EMBEDDER,
@@ -297,3 +299,13 @@ def test_a_dynamic_int8_embedders_vector_does_not_depend_on_the_texts_beside_it(
 
 def test_an_fp32_embedder_keeps_batching(minilm_embedder: Embedder) -> None:
     assert minilm_embedder.variant == "fp32" and not minilm_embedder.one_text_per_run
+
+
+def test_vectors_of_one_text_per_run_have_a_cache_of_their_own(
+    minilm_embedder: Embedder, tmp_path: Path
+) -> None:
+    # the same model id gave batch-dependent vectors before: a cache filled then is not read
+    one_text = Embedder.default()
+    assert cache_name(one_text) == f"{one_text.model_id}+one-text"
+    assert cache_name(minilm_embedder) == minilm_embedder.model_id
+    assert default_cache(tmp_path, one_text).path.name.endswith("_one-text.sqlite")
