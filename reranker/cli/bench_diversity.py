@@ -10,6 +10,7 @@ import click
 from tqdm import tqdm
 
 from reranker.cli.common import (
+    alias_meta,
     alias_rescore,
     es_client,
     parse_diversity,
@@ -120,7 +121,8 @@ def run_diversity_bench(ctx: click.Context, a: DiversityBenchArgs) -> None:
         cascade_k=min(DEFAULT_CASCADE_K, a.window),
         diversity=Diversity(1.0),  # the embeddings fetched, the order kept
     )
-    pipeline = build_pipeline(path, client, encoder, rescore=alias_rescore(ctx, client, alias))
+    rescore = alias_rescore(ctx, alias, alias_meta(client, alias))
+    pipeline = build_pipeline(path, client, encoder, rescore=rescore)
     assert pipeline.first_stage is not None
     vectors = query_vectors(pipeline.first_stage, queries)  # in one batch, as `eval` does
     windows = {

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from reranker.cli.common import alias_rescore
+from reranker.cli.common import alias_meta, alias_rescore
 from reranker.evaluation.lengths import parse_lengths
 from reranker.evaluation.peaks import load_average, machine_info
 from reranker.evaluation.speed import (
@@ -116,7 +116,7 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
     alias = a.index or f"beir-{a.dataset.name.lower()}"
     client = make_client(ctx.obj)
     encoder = Embedder.default(ctx.obj)
-    rescore = alias_rescore(ctx, client, alias)
+    rescore = alias_rescore(ctx, alias, alias_meta(client, alias))
     steps = window_ladder(baseline, model, chosen, a.cascade_k, rescore=rescore is not None)
     pipelines = [
         _pipeline(step, a, alias, client, encoder, rescore if step.rescore else None)

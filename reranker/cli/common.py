@@ -116,13 +116,14 @@ def rescore_encoder(ctx: click.Context) -> TextEncoder | None:
     return encoder
 
 
-def alias_rescore(ctx: click.Context, client: Elasticsearch, alias: str) -> Rescore | None:
+def alias_rescore(ctx: click.Context, alias: str, meta: dict[str, Any]) -> Rescore | None:
     """The second embedder for reranking ALIAS's window: this command's, when the index holds
-    its vectors (``_meta``); else none, with a note when the index holds another's."""
+    its vectors (``meta``, :func:`alias_meta`); else none, with a note when the index holds
+    another's."""
     from reranker.es.mappings import RESCORE_META_KEY
     from reranker.rerank.rescore import Rescore
 
-    stored = alias_meta(client, alias).get(RESCORE_META_KEY)
+    stored = meta.get(RESCORE_META_KEY)
     if not stored:
         return None
     encoder = rescore_encoder(ctx)

@@ -218,6 +218,7 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
     reranking = None
     redundancy: dict[str, list[float]] = {}  # ILS@10 per query, with --diversity
     if {"rerank", "blend"} & set(wanted):
+        meta = alias_meta(client, alias)  # read once: passages, the second embedder
         path = QueryPath(
             index=alias,
             base=a.rerank_base,
@@ -231,11 +232,11 @@ def run_eval(ctx: click.Context, a: EvalArgs) -> None:
             scorer_api_key=ctx.obj.scorer_api_key,
             cascade_model=cascade_model,
             cascade_k=cascade_k,
-            passages=passages_for(alias_meta(client, alias), a.passages),  # type: ignore[arg-type]
+            passages=passages_for(meta, a.passages),  # type: ignore[arg-type]
             diversity=parse_diversity(a.diversity, a.duplicate_threshold, a.diversity_method),
         )
         reranking = _reranking(a, path, wanted, dataset.name)
-        rescore = alias_rescore(ctx, client, alias)
+        rescore = alias_rescore(ctx, alias, meta)
         runners.update(
             _rerank_runners(wanted, path, client, embedder, reranking, vectors, redundancy, rescore)
         )

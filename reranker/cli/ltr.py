@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from reranker.cli.common import RerankerGroup, alias_rescore, indexing_tools, rescore_encoder
+from reranker.cli.common import (
+    RerankerGroup,
+    alias_meta,
+    alias_rescore,
+    indexing_tools,
+    rescore_encoder,
+)
 from reranker.config import MODEL_VARIANTS
 
 if TYPE_CHECKING:
@@ -113,7 +119,8 @@ def run_log_features(ctx: click.Context, a: LogFeaturesArgs) -> None:
         score_cache=ctx.obj.home / "scores",
         source_fields=("title", "text", *config.source_fields),
     )
-    pipeline = build_pipeline(path, client, embedder, rescore=alias_rescore(ctx, client, alias))
+    rescore = alias_rescore(ctx, alias, alias_meta(client, alias))
+    pipeline = build_pipeline(path, client, embedder, rescore=rescore)
     scorer = pipeline.scorer
     assert isinstance(scorer, CachedScorer)
     assert pipeline.first_stage is not None

@@ -166,7 +166,7 @@ def search_cmd(
     personal = (
         _profile(client, profiles_index, (owner, user, alias), personal_weight) if user else None
     )
-    rescore = alias_rescore(ctx, client, alias) if rerank else None
+    rescore = alias_rescore(ctx, alias, meta) if rerank else None
     pipeline = build_pipeline(path, client, encoder, personal=personal, rescore=rescore)
     result = pipeline.search(text, k=k)
     if result.degraded:

@@ -61,6 +61,21 @@ def thaw_heap() -> None:
     gc.unfreeze()
 
 
+async def _load_encoder(
+    factory: EncoderFactory | None, what: str
+) -> tuple[TextEncoder | None, str | None]:
+    """The encoder ``factory`` builds (in a thread), or ``None`` and why: a model that fails
+    to load leaves the proxy up, its error kept for ``/_health``."""
+    if factory is None:
+        return None, None
+    try:
+        return await asyncio.to_thread(factory), None
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        log.error("%s could not be loaded: %s", what, error)
+        return None, error
+
+
 class LoadedModels:
     """The scorer and the embedder new requests use, and how they got there.
 
@@ -160,18 +175,12 @@ class LoadedModels:
                     log.error("the cascade model could not be loaded: %s", self.student_error)
                 else:
                     self.student = student
-            if self.encoder_factory is not None:
-                try:
-                    self.encoder = await asyncio.to_thread(self.encoder_factory)
-                except Exception as exc:
-                    self.encoder_error = str(exc) or type(exc).__name__
-                    log.error("the query embedder could not be loaded: %s", self.encoder_error)
-            if self.rescore_factory is not None:
-                try:
-                    self.rescorer = await asyncio.to_thread(self.rescore_factory)
-                except Exception as exc:
-                    self.rescore_error = str(exc) or type(exc).__name__
-                    log.error("the second embedder could not be loaded: %s", self.rescore_error)
+            self.encoder, self.encoder_error = await _load_encoder(
+                self.encoder_factory, "the query embedder"
+            )
+            self.rescorer, self.rescore_error = await _load_encoder(
+                self.rescore_factory, "the second embedder"
+            )
         finally:
             freeze_heap()
             self.loaded.set()

@@ -389,12 +389,13 @@ class Pipeline:
         as `reranker ltr log-features` logged it for the fit."""
         if self.rescore is None or self.blend is not None:
             return None
-        lacking = sum(1 for h in candidates if h.rescore_vector is None)
+        started = time.perf_counter()
+        similarity, lacking = self.rescore.similarities(
+            text, [h.rescore_vector for h in candidates]
+        )
         if lacking:
             missing["rescore"] = lacking
             return None
-        started = time.perf_counter()
-        similarity, _ = self.rescore.similarities(text, [h.rescore_vector for h in candidates])
         for hit, value in zip(hits, similarity.tolist(), strict=True):
             hit.rescore = float(value)
         timings["rescore"] = (time.perf_counter() - started) * 1000

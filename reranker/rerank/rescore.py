@@ -28,6 +28,7 @@ import numpy as np
 
 from reranker.errors import ModelError
 from reranker.models import SHIPPED_MODELS_DIR
+from reranker.rerank.diversity import scaled
 from reranker.retrieval.embed_cache import encode_queries
 
 if TYPE_CHECKING:
@@ -90,7 +91,5 @@ def normalised_cosines(
     matrix = np.asarray([vectors[i] for i in present], dtype=np.float64)
     norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
     cosines = matrix @ np.asarray(query, dtype=np.float64) / np.maximum(norms, 1e-12)
-    low, high = float(cosines.min()), float(cosines.max())
-    scaled = np.ones_like(cosines) if high == low else (cosines - low) / (high - low)
-    out[present] = scaled
+    out[present] = scaled(cosines)
     return out, len(vectors) - len(present)
