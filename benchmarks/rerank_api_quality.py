@@ -7,10 +7,10 @@ could do with the same texts)?
 
 For every judged query of the split: the hybrid (linear) top-N of the dataset's index, as
 ``reranker eval`` builds it, becomes a ``/rerank`` request to the real app in process, set up
-as ``reranker serve`` sets it up (the default scorer and embedder, the first-stage cascade with
-the top ``--cascade-k`` rescored); its scores, the dense cosine of the same texts, the fused
-order the API computes for them (BM25 over the texts and the cosine, no model) and the hybrid
-order itself are scored by ir_measures against the qrels.
+as ``reranker serve`` sets it up (the default scorer, embedder and second embedder, the
+first-stage cascade with the top ``--cascade-k`` rescored); its scores, the dense cosine of the
+same texts, the fused order the API computes for them (BM25 over the texts and the cosine, no
+model) and the hybrid order itself are scored by ir_measures against the qrels.
 
     python benchmarks/rerank_api_quality.py ../shared/data/scifact --alias beir-scifact \
         --output benchmarks/results/rerank-api-quality-scifact.json
@@ -41,6 +41,7 @@ from reranker.metrics import score_run
 from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.cascade import DEFAULT_CASCADE_K, FIRST_STAGE_STUDENT
 from reranker.rerank.features import features_for_texts
+from reranker.rerank.rescore import rescore_embedder
 from reranker.rerank.scorer import default_model_dir, load_scorer
 from reranker.retrieval.embedder import Embedder
 from reranker.retrieval.first_stage import FirstStage, HybridOptions
@@ -129,6 +130,7 @@ def main(
     settings = Settings.from_env()
     embedder = _RememberingEncoder(Embedder.default(settings))
     scorer = load_scorer(default_model_dir(), variant)
+    rescorer = rescore_embedder(settings)  # RERANKER_RESCORE_EMBEDDER=none: without it
     client = make_client(settings)
     stage = FirstStage(client, alias, embedder.embedder, with_source=["title", "text"])
     queries, qrels = judged_queries(dataset, split, limit=max_queries)
@@ -162,6 +164,7 @@ def main(
         ),
         scorer_factory=lambda: scorer,
         encoder_factory=lambda: embedder,
+        rescore_factory=None if rescorer is None else lambda: rescorer,
         load_in_background=False,
     )
     started = time.perf_counter()
@@ -184,6 +187,7 @@ def main(
         "cascade_k": cascade_k,
         "variant": variant,
         "embedder": embedder.model_id,
+        "second_embedder": None if rescorer is None else rescorer.model_id,
         "results": results,
         "rerank_seconds": round(seconds, 1),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only",

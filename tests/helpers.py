@@ -38,13 +38,18 @@ def settings(**overrides: Any) -> ProxySettings:
 
 @asynccontextmanager
 async def proxy_client(
-    proxy_settings: ProxySettings, *, scorer: Any = None, encoder: Any = None
+    proxy_settings: ProxySettings,
+    *,
+    scorer: Any = None,
+    encoder: Any = None,
+    rescorer: Any = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the proxy app (its models loaded first, when given)."""
     app = create_app(
         proxy_settings,
         scorer_factory=(lambda: scorer) if scorer is not None else None,
         encoder_factory=(lambda: encoder) if encoder is not None else None,
+        rescore_factory=(lambda: rescorer) if rescorer is not None else None,
         load_in_background=False,
     )
     async with app.router.lifespan_context(app):

@@ -211,11 +211,12 @@ def _encoder_factory(ctx: click.Context, settings: Any, urls: tuple[str, ...]) -
 
 
 def _rescore_factory(ctx: click.Context, settings: Any) -> Any:
-    """The second embedder's loader (none for a scorer- or embedder-only server, which
-    searches no index, or with ``--rescore-embedder none``)."""
+    """The second embedder's loader (none for an embedder-only server, or with
+    ``--rescore-embedder none``): searches add its cosine, and so does the rerank API for a
+    first-stage-aware model."""
     from reranker.rerank.rescore import NO_RESCORE
 
-    if settings.embedder_only or settings.scorer_only:
+    if settings.embedder_only:
         return None
     if str(ctx.obj.rescore_embedder) == NO_RESCORE:
         return None

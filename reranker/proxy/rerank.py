@@ -67,6 +67,7 @@ from reranker.proxy.request import (
     parse_rerank,
     source_filter,
 )
+from reranker.proxy.rescoring import Beside, rescore_for
 from reranker.proxy.settings import ProxySettings
 from reranker.rerank.capabilities import FromFolder, max_length_of
 from reranker.rerank.cascade import Cascade, check_cascade_models
@@ -212,6 +213,8 @@ class RerankHandler:
         # remote embedding waits on the network: overlap those calls as remote scoring does
         embedders = 4 if settings.es.embedder_urls else 1
         self.embed_executor = ThreadPoolExecutor(embedders, "reranker-embed")
+        # the second embedder's query, beside the first stage's
+        self.rescore_executor = ThreadPoolExecutor(1, "reranker-rescore")
         self.gate = ScoringGate(settings, metrics, admission, breaker, self.executor)
         self._searcher = searcher
         self._upstream_headers = upstream_headers
@@ -223,6 +226,7 @@ class RerankHandler:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.embed_executor.shutdown(wait=False, cancel_futures=True)
+        self.rescore_executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ admission
 
@@ -395,6 +399,8 @@ class RerankHandler:
     ) -> Answer:
         spec = plan.spec
         budget = Budget.start(spec.timeout_ms, self.settings.es_budget_fraction)
+        # a blend reads the model's own logit (what it was fitted on): no second embedder
+        rescoring = Beside(None if plan.blend is not None else self._rescore(search.index, plan))
         try:
             first = await self._first_stage(search, spec, plan.sources, plan.text, budget)
             degraded = first.degraded()
@@ -404,8 +410,7 @@ class RerankHandler:
                 degraded.append(Degraded("unavailable", message))
             window = self._window(search.index, first, plan, explain=spec.explain or logged)
             personal = await self._profile(search, spec, degraded)
-            # a blend reads the model's own logit (what it was fitted on): no second embedder
-            rescore = await self._rescore(search.index) if window.blend is None else None
+            rescore = await rescoring.result()
             window = replace(
                 window, encoder=self.models.encoder, personal=personal, rescore=rescore
             )
@@ -418,6 +423,7 @@ class RerankHandler:
                 first.timings_ms["es"] += (time.perf_counter() - began) * 1000
             result, rerank_ms = await self._score(window, first, budget, ticket)
         finally:
+            rescoring.abandon()  # done unless the first stage failed
             if not ticket.submitted:  # else the scoring call frees its slot when it ends
                 ticket.scoring_done()
         if result.degraded:
@@ -613,17 +619,14 @@ class RerankHandler:
             embeddings=embeddings, rescore=rescore is not None,
         )  # fmt: skip
 
-    async def _rescore(self, index: str) -> Rescore | None:
-        """The second embedder for reranking ``index``'s window: the served one, when the
-        index holds its vectors (field caps, cached); else none."""
-        rescorer = self.models.rescorer
-        if rescorer is None or self.models.scorer is None:
+    def _rescore(self, index: str, plan: Plan) -> asyncio.Future[Rescore | None] | None:
+        """The second embedder for ``index``'s window, started now (the query embedded
+        while the first stage runs); ``None`` without a cross-encoder to add it to."""
+        if self.models.scorer is None:
             return None
-        if not await self.probes.rescore_vectors(index, rescorer.model_id):
-            return None
-        return Rescore(rescorer)
-
-    # ------------------------------------------------------------------ scoring
+        rescorer, probes = self.models.rescorer, self.probes
+        started = rescore_for(rescorer, probes, self.rescore_executor, index, plan.text)
+        return asyncio.ensure_future(started)
 
     async def _score(
         self, window: Window, first: FirstStageResult, budget: Budget, ticket: Ticket

@@ -31,7 +31,10 @@ these requests carry none, so they are computed here as a hybrid search would gi
 dense score with the served embedder (the cosine of the query and each text), BM25 over the
 request's own texts, and the two fused at the default weights, which order the texts for the
 model's prior and its cascade (:func:`~reranker.rerank.features.features_for_texts`). Without
-a loaded embedder such a model answers 424 (TEI's status for a model that cannot rerank).
+a loaded embedder such a model answers 424 (TEI's status for a model that cannot rerank). With
+a second embedder loaded (:mod:`reranker.rerank.rescore`), the texts the model scores are
+embedded by it too, and its cosine, normalised over them, is added to their logits
+(``HEAD_RESCORE_WEIGHT``), as a search of an index that holds its vectors adds it.
 
 Sources read for the shapes and statuses (cited where used):
 huggingface/text-embeddings-inference ``router/src/http/types.rs`` (``RerankRequest``,
@@ -75,6 +78,7 @@ from reranker.rerank.capabilities import Batching, max_length_of
 from reranker.rerank.cascade import cascade_scores, cascade_split
 from reranker.rerank.features import features_for_texts
 from reranker.rerank.pipeline import check_scores
+from reranker.rerank.rescore import HEAD_RESCORE_WEIGHT, Rescore
 from reranker.retrieval.remote_embedder import embedder_card
 
 if TYPE_CHECKING:
@@ -83,7 +87,7 @@ if TYPE_CHECKING:
     from reranker.proxy.reload import LoadedModels
     from reranker.proxy.rerank import RerankHandler
     from reranker.proxy.settings import ProxySettings
-    from reranker.rerank.scorer import ServedScorer
+    from reranker.rerank.scorer import PairScorer, ServedScorer
     from reranker.retrieval.embed_cache import TextEncoder
 
 
@@ -425,27 +429,15 @@ class RerankApi:
             cached = models.cached(scorer)
 
             cascade_k = self.cascade_k(len(pairs)) if aware else None
+            rescore = self._rescore() if aware else None
 
             def work() -> np.ndarray:
                 began = time.perf_counter()
-                features = None
                 if aware:
                     assert encoder is not None
-                    features = features_for_texts(encoder, call.query, call.texts).values
-                if features is not None and cascade_k is not None:
-                    # the fused order is the cheap level: the model rescores its top k
-                    cheap = features[:, 0].tolist()
-                    head, _ = cascade_split(cheap, cascade_k)
-                    logits = cached.score(
-                        [pairs[i] for i in head], deadline=deadline, features=features[head]
-                    )
-                    check_scores(logits, len(head))
-                    final = np.asarray(cascade_scores(cheap, head, logits.tolist()), np.float32)
-                    scores = logits_or_probabilities(final, probabilities=call.probabilities)
+                    scores = self._aware_scores(call, cached, encoder, cascade_k, rescore, deadline)
                 else:
-                    scores = cached.score(
-                        pairs, sigmoid=call.probabilities, deadline=deadline, features=features
-                    )
+                    scores = cached.score(pairs, sigmoid=call.probabilities, deadline=deadline)
                 took.append(time.perf_counter() - began)
                 check_scores(scores, len(pairs))  # else the scorer's failure (424)
                 return scores
@@ -475,6 +467,38 @@ class RerankApi:
                 ticket.scoring_done()
             ticket.release()
             self.proxy.metrics.in_flight.set(self.proxy.admission.in_flight)
+
+    @staticmethod
+    def _aware_scores(
+        call: RerankCall,
+        scorer: PairScorer,
+        encoder: TextEncoder,
+        cascade_k: int | None,
+        rescore: Rescore | None,
+        deadline: float,
+    ) -> np.ndarray:
+        """A first-stage-aware model's scores, as a hybrid search's reranking stage gives
+        them: the features computed from the texts; the fused order the cheap level, whose
+        top ``cascade_k`` (all texts without a cascade) the model scores; with ``rescore``,
+        the second embedder's cosine over those texts added to their logits."""
+        pairs = [(call.query, text) for text in call.texts]
+        features = features_for_texts(encoder, call.query, call.texts).values
+        cheap = features[:, 0].tolist()
+        head = list(range(len(pairs))) if cascade_k is None else cascade_split(cheap, cascade_k)[0]
+        logits = scorer.score([pairs[i] for i in head], deadline=deadline, features=features[head])
+        check_scores(logits, len(head))
+        full = np.asarray(logits, dtype=np.float64)
+        if rescore is not None:
+            full = full + rescore.bonus_for_texts(call.query, [call.texts[i] for i in head])
+        final = np.asarray(cascade_scores(cheap, head, full.tolist()), np.float32)
+        return logits_or_probabilities(final, probabilities=call.probabilities)
+
+    def _rescore(self) -> Rescore | None:
+        """The second embedder's cosine, added for a first-stage-aware model as a search of an
+        index holding its vectors adds it (a plain model's logits stay its own: a
+        :class:`~reranker.rerank.remote.RemoteScorer` reads them as such)."""
+        rescorer = self.proxy.models.rescorer
+        return None if rescorer is None else Rescore(rescorer, weight=HEAD_RESCORE_WEIGHT)
 
     def _served(self) -> tuple[ServedScorer, TextEncoder | None]:
         """The scorer this server serves, and the embedder when the scorer reads the dense
@@ -506,6 +530,12 @@ class RerankApi:
         if k is None or not self.proxy.models.first_stage_student or k >= texts:
             return None
         return k
+
+    def _rescore_card(self, scorer: ServedScorer) -> dict[str, Any]:
+        rescore = self._rescore() if scorer.feature_names else None
+        if rescore is None:
+            return {}
+        return {"rescore": {"embedder": rescore.model_id, "weight": rescore.weight}}
 
     def _encoder_state(self) -> str:
         return "loading" if not self.proxy.models.loaded.is_set() else "none configured"
@@ -551,6 +581,8 @@ class RerankApi:
             "variant": variant,
             "provider": scorer.provider,
             "first_stage_features": list(scorer.feature_names),
+            # the second embedder a first-stage-aware model's scores include (rerank.rescore)
+            **self._rescore_card(scorer),
             "limits": {
                 "max_documents": settings.max_window,
                 "max_body_bytes": settings.max_body_bytes,

@@ -21,6 +21,7 @@ from reranker.config import Settings
 from reranker.errors import ModelError
 from reranker.proxy import ProxySettings, create_app
 from reranker.rerank.features import dense_cosines, features_for_texts
+from reranker.rerank.rescore import DEFAULT_RESCORE_DIR, HEAD_RESCORE_WEIGHT
 from reranker.rerank.scorer import Scorer
 from reranker.retrieval.embedder import Embedder
 from tests.helpers import QUERY, SHIPPED, SHIPPED_AWARE, TEXTS, proxy_client
@@ -54,9 +55,14 @@ def api_settings(**overrides: Any) -> ProxySettings:
 
 @asynccontextmanager
 async def serving(
-    scorer: Any, settings: ProxySettings | None = None, encoder: Embedder | None = None
+    scorer: Any,
+    settings: ProxySettings | None = None,
+    encoder: Embedder | None = None,
+    rescorer: Embedder | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with proxy_client(settings or api_settings(), scorer=scorer, encoder=encoder) as http:
+    async with proxy_client(
+        settings or api_settings(), scorer=scorer, encoder=encoder, rescorer=rescorer
+    ) as http:
         yield http
 
 
@@ -369,6 +375,43 @@ async def test_with_a_default_cascade_the_model_rescores_the_fused_orders_top_k_
     assert np.allclose([got[i] for i in head], logits, atol=1e-4)
     assert max(got[i] for i in tail) < min(got[i] for i in head)
     assert [row["index"] for row in tei.json()][2:] == tail  # the tail keeps the fused order
+
+
+@pytest.fixture(scope="module")
+def second_embedder() -> Embedder:
+    return Embedder(DEFAULT_RESCORE_DIR, max_length=128, threads=1)
+
+
+async def test_a_second_embedder_adds_its_cosine_over_the_scored_head_to_the_logits(
+    aware: Scorer, embedder: Embedder, second_embedder: Embedder
+) -> None:
+    settings = api_settings(cascade_model=Path("first-stage"), default_cascade=3)
+    async with serving(aware, settings, encoder=embedder, rescorer=second_embedder) as http:
+        tei = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
+        info = (await http.get("/info")).json()
+    assert tei.status_code == 200, tei.text
+    features = features_for_texts(embedder, QUERY, TEXTS).values
+    head = sorted(range(len(TEXTS)), key=lambda i: -features[i, 0])[:3]
+    logits = aware.score([(QUERY, TEXTS[i]) for i in head], features=features[head])
+    query = second_embedder.encode_queries([QUERY])[0]
+    cosines = second_embedder.encode([TEXTS[i] for i in head]) @ query
+    normalised = (cosines - cosines.min()) / np.ptp(cosines)
+    got = {row["index"]: row["score"] for row in tei.json()}
+    want = logits + HEAD_RESCORE_WEIGHT * normalised
+    assert np.allclose([got[i] for i in head], want, atol=1e-3)
+    assert info["rescore"] == {"embedder": second_embedder.model_id, "weight": HEAD_RESCORE_WEIGHT}
+
+
+async def test_a_plain_models_logits_stay_its_own_beside_a_second_embedder(
+    scorer: Scorer, second_embedder: Embedder
+) -> None:
+    async with serving(scorer, rescorer=second_embedder) as http:
+        tei = await http.post("/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
+        info = (await http.get("/info")).json()
+    got = {row["index"]: row["score"] for row in tei.json()}
+    want = expected(scorer, TEXTS, sigmoid=False)
+    assert np.allclose([got[i] for i in range(len(TEXTS))], want, atol=1e-4)
+    assert "rescore" not in info
 
 
 async def test_the_texts_get_bm25_over_the_request_and_the_hybrid_fusion(

@@ -91,6 +91,25 @@ def test_vectors_that_are_absent_or_of_another_size_are_counted_and_get_zero() -
     assert scaled.tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+class CountingEncoder(AxisEncoder):
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        self.queries.extend(texts)
+        return super().encode_queries(texts, batch_size)
+
+
+def test_a_query_embedded_beforehand_is_not_embedded_again() -> None:
+    encoder = CountingEncoder()
+    rescore = Rescore(encoder).embedded(["a query"])  # type: ignore[arg-type]
+    scaled, _ = rescore.similarities("a query", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert scaled.tolist() == [1.0, 0.0]
+    assert encoder.queries == ["a query"]
+    rescore.similarities("b query", [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert encoder.queries == ["a query", "b query"]  # one it did not know
+
+
 def test_the_second_embedders_cosine_can_overturn_the_logit() -> None:
     # the length scorer prefers "bbbb" (4) to "a" (1) by 3; the query is along x, which only
     # "a" shares: 15 x (1 - 0) outweighs it
