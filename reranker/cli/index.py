@@ -39,7 +39,8 @@ def layout_options(command: Any) -> Any:
     "extra",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="JSONL of extra fields joined on _id (e.g. signals.jsonl); repeatable.",
+    help="JSONL of extra fields joined on _id (e.g. signals.jsonl); repeatable [default: a BEIR "
+    "folder's own signals.jsonl, as `eval` joins it].",
 )
 @click.option(
     "--skip-malformed/--abort-on-malformed",
@@ -89,6 +90,8 @@ def index_cmd(
     from reranker.corpus import CorpusSource
     from reranker.es.indexing import LoadOptions, index_corpus
 
+    if not extra and (source / "signals.jsonl").is_file():
+        extra = (source / "signals.jsonl",)  # the index `eval` builds of it, and reuses
     corpus = CorpusSource.open(source, extra=extra)
     client, embedder, cache = indexing_tools(ctx, embedder_urls)
     result = index_corpus(

@@ -42,8 +42,10 @@ def vectors_query(
 ) -> dict[str, Any]:
     """A search body that returns the stored vectors (``fields``) of ``documents`` ((index,
     id) pairs; index ``None`` = whichever index the search targets), and nothing else. The
-    vectors come back under ``fields`` (Elasticsearch leaves them out of ``_source`` by
-    default)."""
+    vectors come back under ``fields`` as doc values (Elasticsearch leaves them out of
+    ``_source`` by default): the same float32 values as the fields API gives, printed at
+    float32's length, which halves the answer and the time to fetch 100 of them (SciFact's
+    bge vectors: 41 → 18 ms a round trip on this machine)."""
     by_index: dict[str | None, dict[str, None]] = defaultdict(dict)  # ordered, no repeats
     for index, doc_id in documents:
         by_index[index][doc_id] = None
@@ -57,7 +59,7 @@ def vectors_query(
         "query": {"bool": {"should": clauses, "minimum_should_match": 1}},
         "size": sum(len(ids) for ids in by_index.values()),
         "_source": False,
-        "fields": list(fields),
+        "docvalue_fields": list(fields),
     }
 
 

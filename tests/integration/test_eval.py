@@ -93,6 +93,30 @@ def test_eval_reuses_an_index_that_already_holds_the_corpus(
         delete_indices_named_after(es_client, alias)
 
 
+def test_eval_reuses_the_index_reranker_index_built_of_the_same_folder_and_its_signals(
+    es_node: Any, es_client: Any, mini_scifact: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "with-signals"
+    shutil.copytree(mini_scifact, folder)
+    ids = [json.loads(line)["_id"] for line in (folder / "corpus.jsonl").open()]
+    write_jsonl(folder / "signals.jsonl", [{"_id": i, "signals": {"citations": 3}} for i in ids])
+    alias = "test-eval-after-index"
+    try:
+        built = CliRunner().invoke(
+            main, ["--es-url", es_node.url, "index", str(folder), "--alias", alias, "--no-progress"]
+        )
+        assert built.exit_code == 0, built.output
+        evaluated = CliRunner().invoke(
+            main,
+            ["--es-url", es_node.url, "eval", str(folder), "--alias", alias, "--modes", "bm25",
+             "--no-progress"],
+        )  # fmt: skip
+        assert evaluated.exit_code == 0, evaluated.output
+        assert "indexed" not in evaluated.output
+    finally:
+        delete_indices_named_after(es_client, alias)
+
+
 def test_eval_of_a_split_without_qrels_exits_4_naming_the_splits(
     es_node: Any, mini_scifact: Path
 ) -> None:
