@@ -628,6 +628,8 @@ class RerankHandler:
         started = rescore_for(rescorer, probes, self.rescore_executor, index, plan.text)
         return asyncio.ensure_future(started)
 
+    # ------------------------------------------------------------------ scoring
+
     async def _score(
         self, window: Window, first: FirstStageResult, budget: Budget, ticket: Ticket
     ) -> tuple[PipelineResult, dict[str, float]]:
