@@ -4,7 +4,7 @@ cascade), on real windows of an indexed dataset."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,7 @@ def run_window_bench(ctx: click.Context, a: WindowBenchArgs) -> None:
                 )
             )
     rows = _rows(steps, pipelines, seconds, runs, qrels)
-    _report(a, alias, len(queries), rows, load_before, query_seconds if rescore else None)
+    _report(a, alias, len(queries), rows, load_before, query_seconds or None)
 
 
 def _report(
@@ -203,12 +203,14 @@ def _report(
 
 def _embedded_queries(rescore: Any, texts: list[str]) -> tuple[Any, list[float]]:
     """``rescore`` with every query embedded, and the seconds each took."""
-    seconds = []
+    if rescore is None:
+        return None, []
+    vectors, seconds = {}, []
     for text in texts:
         started = time.perf_counter()
-        rescore = rescore if rescore is None else rescore.embedded([text])
+        vectors[text] = rescore.query_vector(text)
         seconds.append(time.perf_counter() - started)
-    return rescore, seconds
+    return replace(rescore, query_vectors=vectors), seconds
 
 
 def _pipeline(

@@ -104,7 +104,7 @@ class Rescore:
         (the rerank API's): each embedded here, ``weight`` × the cosine normalised over
         ``texts``."""
         vectors = self.encoder.encode(list(texts))
-        similarity, _ = normalised_cosines(encode_queries(self.encoder, [query])[0], list(vectors))
+        similarity, _ = normalised_cosines(self.query_vector(query), list(vectors))
         return self.weight * similarity
 
 
